@@ -1,0 +1,18 @@
+//! Shared pieces of the Sluice filters and services.
+//!
+//! Everything here is plain Rust with no proxy-wasm dependency, so it is compiled into every
+//! filter (wasm32) and into the native services, the CLI and the tests alike.
+
+pub mod config;
+pub mod error;
+pub mod host;
+pub mod openai;
+pub mod policy;
+pub mod properties;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm_host;
+
+pub use config::{parse_config, ConfigError};
+pub use error::{ErrorKind, OpenAiError};
+pub use policy::{Limits, Policy};
+pub use host::{Host, MockHost};

@@ -1,0 +1,85 @@
+//! The per-key policy that key-auth publishes as `sluice_policy` and later filters enforce.
+
+use serde::{Deserialize, Serialize};
+
+/// Limits attached to one key. Absent means "no limit of this kind for this key"; the
+/// rate-limit filter may still apply tenant-, model- or global limits from its own config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_tokens: Option<u64>,
+}
+
+impl Limits {
+    /// A limit of zero would reject every request; it is a configuration mistake, not a
+    /// way to disable a key (that is what `enabled: false` is for).
+    pub fn validate(&self) -> Result<(), String> {
+        let all = [
+            ("requests_per_minute", self.requests_per_minute),
+            ("tokens_per_minute", self.tokens_per_minute),
+            ("max_parallel", self.max_parallel),
+            ("daily_tokens", self.daily_tokens),
+        ];
+        match all.iter().find(|(_, v)| *v == Some(0)) {
+            Some((name, _)) => Err(format!("limits.{name} must be at least 1")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What `sluice_policy` holds: the key's record without its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub key_id: String,
+    pub tenant: String,
+    /// Model globs the key may use (`*` any run, `?` one character); `["*"]` allows all,
+    /// an empty list allows none.
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_limits_are_rejected() {
+        assert!(Limits::default().validate().is_ok());
+        let l = Limits {
+            max_parallel: Some(0),
+            ..Limits::default()
+        };
+        assert_eq!(
+            l.validate().unwrap_err(),
+            "limits.max_parallel must be at least 1"
+        );
+    }
+
+    #[test]
+    fn policy_round_trips_and_omits_absent_limits() {
+        let p = Policy {
+            key_id: "key_1".into(),
+            tenant: "team-a".into(),
+            models: vec!["llama-*".into()],
+            limits: Limits {
+                requests_per_minute: Some(60),
+                ..Limits::default()
+            },
+        };
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(
+            json,
+            r#"{"key_id":"key_1","tenant":"team-a","models":["llama-*"],"limits":{"requests_per_minute":60}}"#
+        );
+        assert_eq!(serde_json::from_str::<Policy>(&json).unwrap(), p);
+    }
+}

@@ -1,0 +1,49 @@
+//! Names of the filter-state properties through which the filters talk to each other.
+//!
+//! A filter publishes with `set_property([NAME], value)`; another wasm filter reads it with
+//! `get_property([NAME])`; the access log reads `%FILTER_STATE(wasm.NAME:PLAIN)%`.
+//! A client cannot forge filter state, which is why these, and never headers, carry identity.
+
+/// The key's public id (never the secret). Written by key-auth.
+pub const KEY_ID: &str = "sluice_key_id";
+/// Tenant / team of the key. Written by key-auth.
+pub const TENANT: &str = "sluice_tenant";
+/// JSON of the key's [`crate::Policy`]. Written by key-auth.
+pub const POLICY: &str = "sluice_policy";
+/// `model` as the client sent it. Written by model-router.
+pub const MODEL_REQUESTED: &str = "sluice_model_requested";
+/// The upstream model name actually sent. Written by model-router.
+pub const MODEL: &str = "sluice_model";
+/// The pool (Envoy cluster) chosen. Written by model-router.
+pub const ROUTE: &str = "sluice_route";
+/// Prompt tokens of the body sent upstream. Written by token-counter.
+pub const PROMPT_TOKENS: &str = "sluice_prompt_tokens";
+/// Completion tokens, final. Written by token-counter.
+pub const COMPLETION_TOKENS: &str = "sluice_completion_tokens";
+/// `backend` or `counted`. Written by token-counter.
+pub const USAGE_SOURCE: &str = "sluice_usage_source";
+/// JSON: PII counts per entity type and the action taken. Written by pii-redaction.
+pub const PII: &str = "sluice_pii";
+/// JSON: which limit decided, remaining, reserved, reconciled. Written by rate-limit.
+pub const RATELIMIT: &str = "sluice_ratelimit";
+
+/// The one internal header: Envoy's route table matches it. model-router always overwrites
+/// or removes it; key-auth strips every client-sent header with [`INTERNAL_HEADER_PREFIX`].
+pub const ROUTE_HEADER: &str = "x-sluice-route";
+/// No request header with this prefix is trusted when it comes from a client.
+pub const INTERNAL_HEADER_PREFIX: &str = "x-sluice-";
+
+/// Every property name, for access-log and documentation checks.
+pub const ALL: [&str; 11] = [
+    KEY_ID,
+    TENANT,
+    POLICY,
+    MODEL_REQUESTED,
+    MODEL,
+    ROUTE,
+    PROMPT_TOKENS,
+    COMPLETION_TOKENS,
+    USAGE_SOURCE,
+    PII,
+    RATELIMIT,
+];

@@ -1,0 +1,117 @@
+//! Finding the one credential of a request among the header styles clients use.
+
+use crate::Denial;
+
+/// Headers that may carry an API key, as sent by OpenAI, Anthropic / Azure and Google SDKs.
+/// `authorization` must use the `Bearer` scheme; the others carry the bare key.
+pub const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
+
+/// The key a request presented and every header that carried it (to strip before upstream).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Credential {
+    pub key: String,
+    pub headers: Vec<String>,
+}
+
+/// Extract the credential. Repeating the same key in several headers is accepted (some
+/// SDKs send both `authorization` and `api-key`); two different keys are refused, since
+/// which one the caller meant is unknowable.
+pub fn extract(headers: &[(String, Vec<u8>)]) -> Result<Credential, Denial> {
+    let mut found: Option<Credential> = None;
+    for (name, value) in headers {
+        if !CREDENTIAL_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        let value = std::str::from_utf8(value).map_err(|_| Denial::Malformed)?.trim();
+        let key = if name == "authorization" {
+            bearer_token(value).ok_or(Denial::Malformed)?
+        } else {
+            value
+        };
+        if key.is_empty() {
+            return Err(Denial::Malformed);
+        }
+        match &mut found {
+            None => {
+                found = Some(Credential {
+                    key: key.to_string(),
+                    headers: vec![name.clone()],
+                })
+            }
+            Some(c) if c.key == key => {
+                if !c.headers.contains(name) {
+                    c.headers.push(name.clone());
+                }
+            }
+            Some(_) => return Err(Denial::Conflicting),
+        }
+    }
+    found.ok_or(Denial::Missing)
+}
+
+/// `Bearer <token>`, the scheme case-insensitive (RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn every_header_style() {
+        for (name, value) in [
+            ("authorization", "Bearer sk-1"),
+            ("authorization", "bearer   sk-1"),
+            ("x-api-key", "sk-1"),
+            ("api-key", " sk-1 "),
+            ("x-goog-api-key", "sk-1"),
+        ] {
+            let c = extract(&h(&[("host", "x"), (name, value)])).unwrap();
+            assert_eq!(c.key, "sk-1", "{name}: {value}");
+            assert_eq!(c.headers, vec![name.to_string()]);
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let table: &[(&[(&str, &str)], Denial)] = &[
+            (&[], Denial::Missing),
+            (&[("host", "x")], Denial::Missing),
+            (&[("authorization", "Basic dTpw")], Denial::Malformed),
+            (&[("authorization", "Bearer")], Denial::Malformed),
+            (&[("authorization", "Bearer ")], Denial::Malformed),
+            (&[("x-api-key", "")], Denial::Malformed),
+            (
+                &[("authorization", "Bearer sk-1"), ("x-api-key", "sk-2")],
+                Denial::Conflicting,
+            ),
+            (
+                &[("authorization", "Bearer sk-1"), ("authorization", "Bearer sk-2")],
+                Denial::Conflicting,
+            ),
+        ];
+        for (headers, want) in table {
+            assert_eq!(extract(&h(headers)), Err(*want), "{headers:?}");
+        }
+        let non_utf8 = vec![("x-api-key".to_string(), vec![0xff, 0xfe])];
+        assert_eq!(extract(&non_utf8), Err(Denial::Malformed));
+    }
+
+    #[test]
+    fn same_key_twice_is_one_credential() {
+        let c = extract(&h(&[("authorization", "Bearer sk-1"), ("api-key", "sk-1")])).unwrap();
+        assert_eq!(c.key, "sk-1");
+        assert_eq!(c.headers, vec!["authorization", "api-key"]);
+    }
+}

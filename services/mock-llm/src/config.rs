@@ -1,0 +1,82 @@
+//! Behaviour of one mock pool; set at start by flags and changed at run time through
+//! `PUT /_mock/config` (a JSON object whose fields replace the current ones).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockConfig {
+    /// Pool name, echoed in `x-mock-pool` so tests can tell pools apart.
+    pub name: String,
+    /// Models listed by `/v1/models` (any model is served).
+    pub models: Vec<String>,
+    /// Report `usage` (false: like TGI, never report it, even when asked).
+    pub usage: bool,
+    /// Tokens in a reply when `max_tokens` does not cap it.
+    pub reply_tokens: u64,
+    /// Delay before the response headers.
+    pub delay_ms: u64,
+    /// Delay before the first token of a stream (after the headers).
+    pub ttft_ms: u64,
+    /// Delay between tokens of a stream.
+    pub token_delay_ms: u64,
+    /// `/health` answers 200 when true, 503 when false.
+    pub healthy: bool,
+    /// Answer LLM calls with this status and an OpenAI error body.
+    pub fail_status: Option<u16>,
+    /// How many calls fail before the pool recovers; absent: all of them.
+    pub fail_count: Option<u64>,
+    /// Cut a stream's connection after this many content chunks.
+    pub disconnect_after: Option<u64>,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            name: "mock".into(),
+            models: vec!["mock-model".into()],
+            usage: true,
+            reply_tokens: 16,
+            delay_ms: 0,
+            ttft_ms: 0,
+            token_delay_ms: 0,
+            healthy: true,
+            fail_status: None,
+            fail_count: None,
+            disconnect_after: None,
+        }
+    }
+}
+
+impl MockConfig {
+    /// Apply a JSON patch: each field present replaces the current value (null clears an
+    /// optional one). Unknown fields are refused so a typo in a test fails loudly.
+    pub fn patched(&self, patch: &serde_json::Value) -> Result<Self, String> {
+        let mut merged = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        let (Some(target), Some(fields)) = (merged.as_object_mut(), patch.as_object()) else {
+            return Err("the patch must be a JSON object".into());
+        };
+        for (k, v) in fields {
+            target.insert(k.clone(), v.clone());
+        }
+        serde_json::from_value(merged).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn patch_replaces_and_clears() {
+        let c = MockConfig::default()
+            .patched(&json!({"fail_status": 500, "fail_count": 2}))
+            .unwrap();
+        assert_eq!((c.fail_status, c.fail_count), (Some(500), Some(2)));
+        let c = c.patched(&json!({"fail_status": null})).unwrap();
+        assert_eq!(c.fail_status, None);
+        assert!(c.patched(&json!({"no_such": 1})).is_err());
+        assert!(c.patched(&json!([1])).is_err());
+    }
+}

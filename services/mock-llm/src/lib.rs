@@ -1,0 +1,12 @@
+//! `sluice-mock-llm`: an OpenAI-compatible stand-in for a GPU backend (vLLM, TGI, ...).
+//!
+//! JSON and SSE replies derived deterministically from the prompt, usage on or off,
+//! latency / time-to-first-token / per-token delay, failure injection, `/health`,
+//! vLLM-style `/metrics`, and a record of every LLM request at `GET /_mock/requests`.
+
+pub mod app;
+pub mod config;
+pub mod reply;
+
+pub use app::{router, App};
+pub use config::MockConfig;

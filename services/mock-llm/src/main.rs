@@ -1,0 +1,72 @@
+use clap::Parser;
+use sluice_mock_llm::{router, App, MockConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// OpenAI-compatible GPU-backend stand-in. Delays default to zero so a benchmark measures
+/// the gateway, not the mock.
+#[derive(Parser, Debug)]
+#[command(name = "sluice-mock-llm", version)]
+struct Args {
+    /// Address to listen on; port 0 picks a free one (see --port-file).
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    listen: SocketAddr,
+    /// Write the bound port to this file once listening.
+    #[arg(long)]
+    port_file: Option<PathBuf>,
+    /// Pool name, returned in `x-mock-pool`.
+    #[arg(long, default_value = "mock")]
+    name: String,
+    /// Models listed by /v1/models (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "mock-model")]
+    models: Vec<String>,
+    /// Never report usage, even when asked (like TGI).
+    #[arg(long)]
+    no_usage: bool,
+    /// Tokens per reply (capped by max_tokens).
+    #[arg(long, default_value_t = 16)]
+    reply_tokens: u64,
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    #[arg(long, default_value_t = 0)]
+    ttft_ms: u64,
+    #[arg(long, default_value_t = 0)]
+    token_delay_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let config = MockConfig {
+        name: args.name,
+        models: args.models,
+        usage: !args.no_usage,
+        reply_tokens: args.reply_tokens,
+        delay_ms: args.delay_ms,
+        ttft_ms: args.ttft_ms,
+        token_delay_ms: args.token_delay_ms,
+        ..MockConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let bound = listener.local_addr()?;
+    if let Some(path) = &args.port_file {
+        // Written whole then renamed, so a poller never reads half a number.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bound.port().to_string())?;
+        std::fs::rename(&tmp, path)?;
+    }
+    eprintln!("sluice-mock-llm {} listening on http://{bound}", config.name);
+    axum::serve(listener, router(App::new(config)))
+        .with_graceful_shutdown(async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending().await,
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await
+}
