@@ -1,0 +1,65 @@
+//! The key file: an ECDS resource (the key-auth Wasm filter config) that Envoy watches.
+//!
+//! Envoy needs the filter config as a `TypedExtensionConfig` whose plugin `configuration`
+//! is a `google.protobuf.StringValue` holding key-auth's JSON (a `Struct` would reach the
+//! plugin as protobuf bytes, not JSON). This module edits that inner JSON and leaves the
+//! rest of the resource (Wasm code path, VM settings) as it is.
+
+use crate::render::write_atomic;
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use sluice_key_auth::{KeyAuthConfig, KeyStore};
+use std::path::{Path, PathBuf};
+
+/// Where the plugin configuration string sits in the ECDS document.
+const CONFIG_POINTER: &str = "/resources/0/typed_config/config/configuration/value";
+
+pub struct KeyFile {
+    path: PathBuf,
+    document: Value,
+    pub config: KeyAuthConfig,
+}
+
+impl KeyFile {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the key file {} (start the stack with scripts/run.sh, or pass --key-file)",
+                path.display()
+            )
+        })?;
+        let document: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let inner = document
+            .pointer(CONFIG_POINTER)
+            .and_then(Value::as_str)
+            .with_context(|| {
+                format!(
+                    "{} has no key-auth configuration at {CONFIG_POINTER}",
+                    path.display()
+                )
+            })?;
+        let config: KeyAuthConfig = sluice_common::parse_config(inner.as_bytes())
+            .with_context(|| format!("the key-auth configuration in {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            document,
+            config,
+        })
+    }
+
+    /// Validate exactly as the filter will, then replace the file atomically: Envoy only
+    /// reloads on a rename into the watched directory, and never sees half a file.
+    pub fn save(&mut self) -> Result<()> {
+        if let Err(e) = KeyStore::from_config(&self.config) {
+            bail!("refusing to write an invalid key configuration: {e}");
+        }
+        let inner = serde_json::to_string(&self.config)?;
+        match self.document.pointer_mut(CONFIG_POINTER) {
+            Some(slot) => *slot = Value::String(inner),
+            None => bail!("the key file lost its configuration slot"),
+        }
+        let text = serde_json::to_string_pretty(&self.document)?;
+        write_atomic(&self.path, text.as_bytes())
+    }
+}

@@ -1,0 +1,211 @@
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use sluice_cli::keyfile::KeyFile;
+use sluice_cli::keys::{generate, KeySpec};
+use sluice_cli::render::{parse_vars, render_file};
+use sluice_common::Limits;
+use std::path::PathBuf;
+use time::OffsetDateTime;
+
+/// The Sluice command line: API keys and config rendering.
+#[derive(Parser)]
+#[command(name = "sluice", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage API keys in the key file that Envoy watches.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Render a config template (envoy/*.j2) with NAME=VALUE variables.
+    Render {
+        template: PathBuf,
+        #[arg(long, short)]
+        out: PathBuf,
+        /// NAME=VALUE; JSON values (numbers, true/false, lists) keep their type.
+        #[arg(long = "set", short = 's')]
+        vars: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct KeyFileArg {
+    /// The ECDS key file; the local stack's by default.
+    #[arg(long, env = "SLUICE_KEY_FILE", default_value = ".sluice/ecds/key-auth.json")]
+    key_file: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key. The key is printed once, on stdout; only its digest is stored.
+    Create {
+        #[command(flatten)]
+        file: KeyFileArg,
+        #[arg(long)]
+        tenant: String,
+        /// Public id (default: random `key_...`).
+        #[arg(long)]
+        id: Option<String>,
+        /// Model globs the key may use, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u64>,
+        /// Tokens per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// Requests in flight at once.
+        #[arg(long)]
+        max_parallel: Option<u64>,
+        /// Tokens per day.
+        #[arg(long)]
+        daily_tokens: Option<u64>,
+        /// RFC 3339 time or a duration from now (30d, 12h, 90m).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List keys (ids and prefixes, never secrets).
+    List {
+        #[command(flatten)]
+        file: KeyFileArg,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a key: requests with it get 401 once Envoy reloads (about 2 s).
+    Revoke {
+        #[command(flatten)]
+        file: KeyFileArg,
+        id: String,
+    },
+    /// Keep a key but refuse it.
+    Disable {
+        #[command(flatten)]
+        file: KeyFileArg,
+        id: String,
+    },
+    /// Accept a disabled key again.
+    Enable {
+        #[command(flatten)]
+        file: KeyFileArg,
+        id: String,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Render {
+            template,
+            out,
+            vars,
+        } => render_file(&template, &out, &parse_vars(&vars)?),
+        Command::Keys(cmd) => keys(cmd),
+    }
+}
+
+fn keys(cmd: KeysCommand) -> Result<()> {
+    match cmd {
+        KeysCommand::Create {
+            file,
+            tenant,
+            id,
+            models,
+            rpm,
+            tpm,
+            max_parallel,
+            daily_tokens,
+            expires,
+        } => {
+            let mut kf = KeyFile::load(&file.key_file)?;
+            let spec = KeySpec {
+                id,
+                tenant,
+                models,
+                limits: Limits {
+                    requests_per_minute: rpm,
+                    tokens_per_minute: tpm,
+                    max_parallel,
+                    daily_tokens,
+                },
+                expires,
+            };
+            let new = generate(&spec, OffsetDateTime::now_utc())?;
+            if kf.config.keys.iter().any(|k| k.id == new.record.id) {
+                bail!("a key with id {:?} exists already", new.record.id);
+            }
+            eprintln!(
+                "created key {} for tenant {} (shown once; store it now)",
+                new.record.id, new.record.tenant
+            );
+            kf.config.keys.push(new.record);
+            kf.save()?;
+            println!("{}", new.secret);
+            Ok(())
+        }
+        KeysCommand::List { file, json } => {
+            let kf = KeyFile::load(&file.key_file)?;
+            if json {
+                for k in &kf.config.keys {
+                    let mut v = serde_json::to_value(k)?;
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("sha256");
+                    }
+                    println!("{v}");
+                }
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:<16} {:<16} {:<8} {:<22} {:<16} LIMITS",
+                "ID", "TENANT", "PREFIX", "ENABLED", "EXPIRES", "MODELS"
+            );
+            for k in &kf.config.keys {
+                println!(
+                    "{:<20} {:<16} {:<16} {:<8} {:<22} {:<16} {}",
+                    k.id,
+                    k.tenant,
+                    k.prefix.as_deref().unwrap_or("-"),
+                    k.enabled,
+                    k.expires_at.as_deref().unwrap_or("never"),
+                    k.models.join(","),
+                    serde_json::to_string(&k.limits)?
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::Revoke { file, id } => edit(&file, &id, |keys, i| {
+            keys.remove(i);
+            "revoked"
+        }),
+        KeysCommand::Disable { file, id } => edit(&file, &id, |keys, i| {
+            if let Some(k) = keys.get_mut(i) {
+                k.enabled = false;
+            }
+            "disabled"
+        }),
+        KeysCommand::Enable { file, id } => edit(&file, &id, |keys, i| {
+            if let Some(k) = keys.get_mut(i) {
+                k.enabled = true;
+            }
+            "enabled"
+        }),
+    }
+}
+
+fn edit(
+    file: &KeyFileArg,
+    id: &str,
+    change: impl FnOnce(&mut Vec<sluice_key_auth::KeyRecord>, usize) -> &'static str,
+) -> Result<()> {
+    let mut kf = KeyFile::load(&file.key_file)?;
+    let Some(i) = kf.config.keys.iter().position(|k| k.id == id) else {
+        bail!("no key with id {id:?}");
+    };
+    let what = change(&mut kf.config.keys, i);
+    kf.save()?;
+    eprintln!("{what} key {id}");
+    Ok(())
+}

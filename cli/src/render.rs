@@ -1,0 +1,88 @@
+//! Rendering of the Envoy config templates in `envoy/` (minijinja / Jinja2 syntax).
+//!
+//! One template serves the local stack, the tests, the benchmark (with or without filters)
+//! and docker-compose; only the variables differ. Undefined variables are errors, so a
+//! template and its callers cannot drift apart silently.
+
+use anyhow::{Context, Result};
+use minijinja::{Environment, UndefinedBehavior, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Render `template` (the text) with `vars`.
+pub fn render_str(name: &str, template: &str, vars: &BTreeMap<String, Value>) -> Result<String> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+    // minijinja would JSON-escape every value in `.yaml`/`.json` templates; ours quote
+    // explicitly (`tojson` where a value needs it).
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.add_template(name, template)
+        .with_context(|| format!("template {name} does not parse"))?;
+    let tmpl = env.get_template(name)?;
+    tmpl.render(vars)
+        .with_context(|| format!("cannot render {name}"))
+}
+
+/// Render a template file into `out`, written atomically (temp file, then rename) because
+/// Envoy may be watching the target directory.
+pub fn render_file(template: &Path, out: &Path, vars: &BTreeMap<String, Value>) -> Result<()> {
+    let text = std::fs::read_to_string(template)
+        .with_context(|| format!("cannot read {}", template.display()))?;
+    let rendered = render_str(&template.display().to_string(), &text, vars)?;
+    write_atomic(out, rendered.as_bytes())
+}
+
+/// Write a file so that readers see the old or the new content, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // A dot-name, so a directory watcher matching the real name ignores the temp file.
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+/// Parse `NAME=VALUE` pairs; a value that is valid JSON (numbers, booleans, lists) is
+/// passed as such, anything else as a string.
+pub fn parse_vars(pairs: &[String]) -> Result<BTreeMap<String, Value>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let (k, v) = p
+                .split_once('=')
+                .with_context(|| format!("{p:?} is not NAME=VALUE"))?;
+            let value = serde_json::from_str::<serde_json::Value>(v)
+                .map(Value::from_serialize)
+                .unwrap_or_else(|_| Value::from(v));
+            Ok((k.to_string(), value))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_and_refuses_undefined() {
+        let vars = parse_vars(&["port=8080".into(), "filters=true".into(), "name=a b".into()])
+            .unwrap();
+        let out = render_str(
+            "t",
+            "port: {{ port }}\n{% if filters %}f: {{ name | tojson }}\n{% endif %}",
+            &vars,
+        )
+        .unwrap();
+        assert_eq!(out, "port: 8080\nf: \"a b\"\n");
+        assert!(render_str("t", "{{ missing }}", &vars).is_err());
+    }
+}

@@ -1,0 +1,440 @@
+//! End-to-end harness: starts real Envoy with the built `.wasm` filters, `sluice-mock-llm`
+//! pools, and talks to them over real HTTP.
+//!
+//! Every process listens on a port the kernel picked (port 0), found back through a port
+//! file (mocks) or Envoy's admin API (listener), so parallel tests never collide. Each
+//! Envoy gets its own `--base-id`. Logs go to files in the stack's temp dir and are printed
+//! only when a test fails. Dropping a [`Stack`] stops everything it started.
+//!
+//! This is test support code: a setup step that fails must fail the test, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod process;
+
+use process::Proc;
+use serde_json::Value;
+use sluice_key_auth::KeyAuthConfig;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, else the project venv's. Missing is a failure, never a
+/// skip: a green run without Envoy would prove nothing.
+pub fn envoy_bin() -> PathBuf {
+    let path = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"));
+    assert!(
+        path.exists(),
+        "no Envoy binary at {} (run scripts/setup.sh, or set ENVOY_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// A file that `scripts/build.sh` produces.
+pub fn built(rel: &str) -> PathBuf {
+    let path = repo_root().join(rel);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build.sh first",
+        path.display()
+    );
+    path
+}
+
+pub fn wasm_dir() -> PathBuf {
+    built("target/wasm/sluice_key_auth.wasm");
+    repo_root().join("target/wasm")
+}
+
+pub fn mock_bin() -> PathBuf {
+    built("target/release/sluice-mock-llm")
+}
+
+pub fn cli_bin() -> PathBuf {
+    built("target/release/sluice")
+}
+
+/// Poll `check` every 50 ms until it returns `Some`, or panic after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One mock GPU pool.
+pub struct Mock {
+    pub name: String,
+    pub port: u16,
+    pub url: String,
+}
+
+impl Mock {
+    /// Every LLM request the pool received (method, path, headers, body).
+    pub async fn requests(&self) -> Vec<Value> {
+        reqwest::get(format!("{}/_mock/requests", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn clear(&self) {
+        reqwest::Client::new()
+            .delete(format!("{}/_mock/requests", self.url))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Change the pool's behaviour (see `MockConfig`).
+    pub async fn configure(&self, patch: Value) {
+        let r = reqwest::Client::new()
+            .put(format!("{}/_mock/config", self.url))
+            .json(&patch)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "mock config refused: {patch}");
+    }
+}
+
+/// The header value of a recorded request, if present.
+pub fn recorded_header<'a>(request: &'a Value, name: &str) -> Option<&'a str> {
+    request["headers"]
+        .as_array()?
+        .iter()
+        .find(|h| h[0] == name)
+        .and_then(|h| h[1].as_str())
+}
+
+/// What a [`Stack`] starts.
+pub struct StackOptions {
+    pub pools: Vec<&'static str>,
+    pub filters: bool,
+    pub keys: KeyAuthConfig,
+    /// Extra template variables for `envoy/envoy.yaml.j2`.
+    pub vars: Vec<(String, Value)>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            pools: vec!["pool-a", "pool-b"],
+            filters: true,
+            keys: KeyAuthConfig::default(),
+            vars: Vec::new(),
+        }
+    }
+}
+
+/// Envoy plus mock pools, all on free loopback ports, in one temp dir.
+pub struct Stack {
+    pub gateway: String,
+    pub admin: String,
+    pub pools: Vec<Mock>,
+    pub dir: tempfile::TempDir,
+    procs: Vec<Proc>,
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-e2e-")
+            .tempdir()
+            .unwrap();
+        let mut procs = Vec::new();
+        let mut pools = Vec::new();
+        for name in &options.pools {
+            let port_file = dir.path().join(format!("{name}.port"));
+            let proc = Proc::spawn(
+                name,
+                &mock_bin(),
+                &[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--name",
+                    name,
+                    "--port-file",
+                    port_file.to_str().unwrap(),
+                ],
+                dir.path(),
+            );
+            procs.push(proc);
+            let port: u16 = wait_for_file(&port_file, &mut procs).await.parse().unwrap();
+            pools.push(Mock {
+                name: name.to_string(),
+                port,
+                url: format!("http://127.0.0.1:{port}"),
+            });
+        }
+        let state = dir.path().to_path_buf();
+        std::fs::create_dir_all(state.join("ecds")).unwrap();
+        write_key_file(&state.join("ecds/key-auth.json"), &options.keys);
+
+        let mut vars: BTreeMap<String, minijinja::Value> = BTreeMap::new();
+        let pools_json: Vec<Value> = pools
+            .iter()
+            .map(|m| serde_json::json!({"name": m.name, "host": "127.0.0.1", "port": m.port}))
+            .collect();
+        vars.insert("listen_port".into(), 0.into());
+        vars.insert("admin_port".into(), 0.into());
+        vars.insert("state_dir".into(), state.to_str().unwrap().into());
+        vars.insert("filters".into(), options.filters.into());
+        vars.insert("pools".into(), minijinja::Value::from_serialize(&pools_json));
+        vars.insert("health_interval".into(), "1s".into());
+        for (k, v) in &options.vars {
+            vars.insert(k.clone(), minijinja::Value::from_serialize(v));
+        }
+        let config = state.join("envoy.yaml");
+        sluice_cli::render::render_file(&repo_root().join("envoy/envoy.yaml.j2"), &config, &vars)
+            .unwrap();
+
+        let admin_file = state.join("admin.address");
+        let base_id = next_base_id();
+        procs.push(Proc::spawn(
+            "envoy",
+            &envoy_bin(),
+            &[
+                "-c",
+                config.to_str().unwrap(),
+                "--concurrency",
+                "2",
+                "--base-id",
+                &base_id.to_string(),
+                "--admin-address-path",
+                admin_file.to_str().unwrap(),
+                "--log-level",
+                "info",
+                "--file-flush-interval-msec",
+                "100",
+            ],
+            dir.path(),
+        ));
+        let admin = format!("http://{}", wait_for_file(&admin_file, &mut procs).await);
+        let mut stack = Self {
+            gateway: String::new(),
+            admin,
+            pools,
+            dir,
+            procs,
+        };
+        stack.gateway = stack.wait_ready().await;
+        stack
+    }
+
+    /// Wait for `/ready` to say LIVE, then read the listener's bound port.
+    async fn wait_ready(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.assert_running();
+            if let Ok(r) = reqwest::get(format!("{}/ready", self.admin)).await {
+                if r.text().await.map(|t| t.trim() == "LIVE").unwrap_or(false) {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "Envoy did not become ready in 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let listeners: Value = reqwest::get(format!("{}/listeners?format=json", self.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+            ["port_value"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no bound listener in {listeners}"));
+        format!("http://127.0.0.1:{port}")
+    }
+
+    fn assert_running(&mut self) {
+        for p in &mut self.procs {
+            if let Some(status) = p.exited() {
+                panic!("{} exited during start-up: {status}", p.name);
+            }
+        }
+    }
+
+    pub fn pool(&self, name: &str) -> &Mock {
+        self.pools.iter().find(|p| p.name == name).unwrap()
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.path().join("ecds/key-auth.json")
+    }
+
+    /// An Envoy counter or gauge from the admin API (0 when absent).
+    pub async fn stat(&self, name: &str) -> u64 {
+        let text = reqwest::get(format!("{}/stats?filter=^{}$", self.admin, regex_escape(name)))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub async fn prometheus(&self) -> String {
+        reqwest::get(format!("{}/stats/prometheus", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The JSON access-log lines written so far.
+    pub fn access_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Everything the processes logged so far, for assertions about what is never logged.
+    pub fn logs(&self) -> String {
+        self.procs.iter().map(Proc::log).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Run the `sluice` CLI against this stack's key file; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(cli_bin())
+            .args(args)
+            .env("SLUICE_KEY_FILE", self.key_file())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sluice {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Wait until Envoy has applied `n` key-file updates in total (the first load counts).
+    pub async fn wait_key_updates(&self, n: u64) {
+        eventually("the key file to reload", Duration::from_secs(10), || async {
+            (self.stat("extension_config_discovery.http_filter.sluice.key_auth.update_success").await
+                >= n)
+                .then_some(())
+        })
+        .await
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for p in &self.procs {
+                p.print_log_tail(400);
+            }
+        }
+        for p in &mut self.procs {
+            p.stop();
+        }
+    }
+}
+
+/// Write a key file (ECDS resource) for `keys`, as `scripts/run.sh` and the CLI do.
+pub fn write_key_file(path: &Path, keys: &KeyAuthConfig) {
+    let mut vars: BTreeMap<String, minijinja::Value> = BTreeMap::new();
+    vars.insert("wasm_dir".into(), wasm_dir().to_str().unwrap().into());
+    vars.insert("key_auth_config".into(), minijinja::Value::from_serialize(keys));
+    sluice_cli::render::render_file(
+        &repo_root().join("envoy/ecds/key-auth.json.j2"),
+        path,
+        &vars,
+    )
+    .unwrap();
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                vec![c]
+            } else {
+                vec!['\\', c]
+            }
+        })
+        .collect()
+}
+
+async fn wait_for_file(path: &Path, procs: &mut [Proc]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if !s.trim().is_empty() {
+                return s.trim().to_string();
+            }
+        }
+        for p in procs.iter_mut() {
+            if let Some(status) = p.exited() {
+                p.print_log_tail(200);
+                panic!("{} exited during start-up: {status}", p.name);
+            }
+        }
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `--base-id` no other Envoy of this machine uses: derived from the pid and a counter,
+/// so parallel test binaries and the local stack do not share hot-restart memory.
+fn next_base_id() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    1000 + (std::process::id() % 100_000) * 16 + NEXT.fetch_add(1, Ordering::Relaxed) % 16
+}
+
+/// A key record for `secret`, enabled, all models, no limits.
+pub fn key_record(id: &str, secret: &str, tenant: &str) -> sluice_key_auth::KeyRecord {
+    sluice_key_auth::KeyRecord {
+        id: id.into(),
+        sha256: sluice_key_auth::keystore::digest(secret)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        tenant: tenant.into(),
+        enabled: true,
+        expires_at: None,
+        models: vec!["*".into()],
+        limits: Default::default(),
+        prefix: None,
+        created_at: None,
+    }
+}
+
+/// A small chat request body.
+pub fn chat_body(stream: bool) -> Value {
+    serde_json::json!({
+        "model": "mock-model",
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Say hello to the gateway."}]
+    })
+}

@@ -1,0 +1,107 @@
+//! Every Envoy config in the repository passes `envoy --mode validate`, and Envoy's own
+//! replies come back in the OpenAI error shape.
+
+use serde_json::{json, Value};
+use sluice_e2e::{envoy_bin, key_record, repo_root, write_key_file, Stack, StackOptions};
+use sluice_key_auth::KeyAuthConfig;
+use std::collections::BTreeMap;
+
+fn validate(config: &std::path::Path) {
+    let out = std::process::Command::new(envoy_bin())
+        .args(["--mode", "validate", "-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} does not validate:\n{}{}",
+        config.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_envoy_config_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("ecds")).unwrap();
+    write_key_file(&dir.path().join("ecds/key-auth.json"), &KeyAuthConfig::default());
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo_root().join("envoy")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".yaml") {
+            validate(&path);
+            checked += 1;
+        } else if name.ends_with(".yaml.j2") {
+            // Each template in each of its modes.
+            for filters in [true, false] {
+                let mut vars: BTreeMap<String, minijinja::Value> = BTreeMap::new();
+                vars.insert("listen_port".into(), 8080.into());
+                vars.insert("admin_port".into(), 9901.into());
+                vars.insert("state_dir".into(), dir.path().to_str().unwrap().into());
+                vars.insert("filters".into(), filters.into());
+                vars.insert(
+                    "pools".into(),
+                    minijinja::Value::from_serialize(json!([
+                        {"name": "pool-a", "host": "127.0.0.1", "port": 9001},
+                        {"name": "pool-b", "host": "localhost", "port": 9002}
+                    ])),
+                );
+                let out = dir.path().join(format!("{name}.{filters}.yaml"));
+                sluice_cli::render::render_file(&path, &out, &vars).unwrap();
+                validate(&out);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 2, "no Envoy config found to validate");
+}
+
+#[tokio::test]
+async fn envoy_local_replies_use_the_openai_error_shape() {
+    let secret = "sk-sluice-e2e-local-replies-0123456789abcdef";
+    let s = Stack::start(StackOptions {
+        keys: KeyAuthConfig {
+            keys: vec![key_record("key_lr", secret, "t")],
+        },
+        vars: vec![("max_request_bytes".into(), json!(4096))],
+        ..StackOptions::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let big = "x".repeat(10_000);
+    let r = client
+        .post(format!("{}/v1/chat/completions", s.gateway))
+        .header("x-api-key", secret)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["code"], "request_too_large");
+
+    // Every pool down: Envoy's 503 in the OpenAI shape.
+    for p in &s.pools {
+        p.configure(json!({"healthy": false})).await;
+    }
+    let r = sluice_e2e::eventually(
+        "the pools to be marked unhealthy",
+        std::time::Duration::from_secs(15),
+        || async {
+            let r = client
+                .post(format!("{}/v1/chat/completions", s.gateway))
+                .header("x-api-key", secret)
+                .json(&sluice_e2e::chat_body(false))
+                .send()
+                .await
+                .unwrap();
+            (r.status() == 503).then_some(r)
+        },
+    )
+    .await;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "server_error");
+    assert_eq!(body["error"]["code"], "upstream_unavailable");
+}
