@@ -38,7 +38,8 @@ fn random_bytes<const N: usize>() -> Result<[u8; N]> {
 pub fn generate(spec: &KeySpec, now: OffsetDateTime) -> Result<NewKey> {
     let secret = format!(
         "{KEY_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<KEY_ENTROPY_BYTES>()?)
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(random_bytes::<KEY_ENTROPY_BYTES>()?)
     );
     let id = match &spec.id {
         Some(id) => id.clone(),

@@ -34,7 +34,11 @@ enum Command {
 #[derive(Args)]
 struct KeyFileArg {
     /// The ECDS key file; the local stack's by default.
-    #[arg(long, env = "SLUICE_KEY_FILE", default_value = ".sluice/ecds/key-auth.json")]
+    #[arg(
+        long,
+        env = "SLUICE_KEY_FILE",
+        default_value = ".sluice/ecds/key-auth.json"
+    )]
     key_file: PathBuf,
 }
 

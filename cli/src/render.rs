@@ -74,8 +74,8 @@ mod tests {
 
     #[test]
     fn renders_and_refuses_undefined() {
-        let vars = parse_vars(&["port=8080".into(), "filters=true".into(), "name=a b".into()])
-            .unwrap();
+        let vars =
+            parse_vars(&["port=8080".into(), "filters=true".into(), "name=a b".into()]).unwrap();
         let out = render_str(
             "t",
             "port: {{ port }}\n{% if filters %}f: {{ name | tojson }}\n{% endif %}",

@@ -7,7 +7,12 @@
 //! only when a test fails. Dropping a [`Stack`] stops everything it started.
 //!
 //! This is test support code: a setup step that fails must fail the test, loudly.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 pub mod process;
 
@@ -75,7 +80,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -200,7 +208,10 @@ impl Stack {
         vars.insert("admin_port".into(), 0.into());
         vars.insert("state_dir".into(), state.to_str().unwrap().into());
         vars.insert("filters".into(), options.filters.into());
-        vars.insert("pools".into(), minijinja::Value::from_serialize(&pools_json));
+        vars.insert(
+            "pools".into(),
+            minijinja::Value::from_serialize(&pools_json),
+        );
         vars.insert("health_interval".into(), "1s".into());
         for (k, v) in &options.vars {
             vars.insert(k.clone(), minijinja::Value::from_serialize(v));
@@ -252,7 +263,10 @@ impl Stack {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "Envoy did not become ready in 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "Envoy did not become ready in 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let listeners: Value = reqwest::get(format!("{}/listeners?format=json", self.admin))
@@ -286,12 +300,16 @@ impl Stack {
 
     /// An Envoy counter or gauge from the admin API (0 when absent).
     pub async fn stat(&self, name: &str) -> u64 {
-        let text = reqwest::get(format!("{}/stats?filter=^{}$", self.admin, regex_escape(name)))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = reqwest::get(format!(
+            "{}/stats?filter=^{}$",
+            self.admin,
+            regex_escape(name)
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name}: ")))
             .and_then(|v| v.trim().parse().ok())
@@ -318,7 +336,11 @@ impl Stack {
 
     /// Everything the processes logged so far, for assertions about what is never logged.
     pub fn logs(&self) -> String {
-        self.procs.iter().map(Proc::log).collect::<Vec<_>>().join("\n")
+        self.procs
+            .iter()
+            .map(Proc::log)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Run the `sluice` CLI against this stack's key file; returns stdout.
@@ -338,11 +360,17 @@ impl Stack {
 
     /// Wait until Envoy has applied `n` key-file updates in total (the first load counts).
     pub async fn wait_key_updates(&self, n: u64) {
-        eventually("the key file to reload", Duration::from_secs(10), || async {
-            (self.stat("extension_config_discovery.http_filter.sluice.key_auth.update_success").await
-                >= n)
-                .then_some(())
-        })
+        eventually(
+            "the key file to reload",
+            Duration::from_secs(10),
+            || async {
+                (self
+                    .stat("extension_config_discovery.http_filter.sluice.key_auth.update_success")
+                    .await
+                    >= n)
+                    .then_some(())
+            },
+        )
         .await
     }
 }
@@ -364,7 +392,10 @@ impl Drop for Stack {
 pub fn write_key_file(path: &Path, keys: &KeyAuthConfig) {
     let mut vars: BTreeMap<String, minijinja::Value> = BTreeMap::new();
     vars.insert("wasm_dir".into(), wasm_dir().to_str().unwrap().into());
-    vars.insert("key_auth_config".into(), minijinja::Value::from_serialize(keys));
+    vars.insert(
+        "key_auth_config".into(),
+        minijinja::Value::from_serialize(keys),
+    );
     sluice_cli::render::render_file(
         &repo_root().join("envoy/ecds/key-auth.json.j2"),
         path,
@@ -399,7 +430,11 @@ async fn wait_for_file(path: &Path, procs: &mut [Proc]) -> String {
                 panic!("{} exited during start-up: {status}", p.name);
             }
         }
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,5 +1,11 @@
 //! Every Envoy config in the repository passes `envoy --mode validate`, and Envoy's own
 //! replies come back in the OpenAI error shape.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use serde_json::{json, Value};
 use sluice_e2e::{envoy_bin, key_record, repo_root, write_key_file, Stack, StackOptions};
@@ -24,7 +30,10 @@ fn validate(config: &std::path::Path) {
 fn every_envoy_config_validates() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("ecds")).unwrap();
-    write_key_file(&dir.path().join("ecds/key-auth.json"), &KeyAuthConfig::default());
+    write_key_file(
+        &dir.path().join("ecds/key-auth.json"),
+        &KeyAuthConfig::default(),
+    );
     let mut checked = 0;
     for entry in std::fs::read_dir(repo_root().join("envoy")).unwrap() {
         let path = entry.unwrap().path();

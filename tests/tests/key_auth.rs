@@ -1,4 +1,10 @@
 //! key-auth through real Envoy: header styles, denials, stripping, hot reload, streaming.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use serde_json::{json, Value};
 use sluice_e2e::{chat_body, eventually, key_record, recorded_header, Stack, StackOptions};
@@ -60,7 +66,12 @@ async fn every_header_style_is_accepted_and_never_reaches_upstream() {
         assert_eq!(body["object"], "chat.completion");
     }
     // The same key in two headers is one credential.
-    let r = post(&s, &[("authorization", &bearer), ("api-key", GOOD)], &chat_body(false)).await;
+    let r = post(
+        &s,
+        &[("authorization", &bearer), ("api-key", GOOD)],
+        &chat_body(false),
+    )
+    .await;
     assert_eq!(r.status(), 200);
 
     let seen = s.pool("pool-a").requests().await;
@@ -77,14 +88,35 @@ async fn every_header_style_is_accepted_and_never_reaches_upstream() {
 #[tokio::test]
 async fn missing_unknown_expired_disabled_and_conflicting_keys_get_openai_401s() {
     let s = stack().await;
-    let cases: Vec<(Vec<(&str, String)>, &str, &str)> = vec![
+    // (headers, error code, counter reason)
+    type Case<'a> = (Vec<(&'a str, String)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![], "missing_api_key", "missing"),
-        (vec![("authorization", "Basic dXNlcjpwYXNz".into())], "invalid_api_key", "malformed"),
-        (vec![("authorization", "Bearer sk-sluice-nope".into())], "invalid_api_key", "unknown"),
-        (vec![("x-api-key", OLD.into())], "expired_api_key", "expired"),
-        (vec![("api-key", OFF.into())], "disabled_api_key", "disabled"),
         (
-            vec![("authorization", format!("Bearer {GOOD}")), ("x-api-key", OFF.into())],
+            vec![("authorization", "Basic dXNlcjpwYXNz".into())],
+            "invalid_api_key",
+            "malformed",
+        ),
+        (
+            vec![("authorization", "Bearer sk-sluice-nope".into())],
+            "invalid_api_key",
+            "unknown",
+        ),
+        (
+            vec![("x-api-key", OLD.into())],
+            "expired_api_key",
+            "expired",
+        ),
+        (
+            vec![("api-key", OFF.into())],
+            "disabled_api_key",
+            "disabled",
+        ),
+        (
+            vec![
+                ("authorization", format!("Bearer {GOOD}")),
+                ("x-api-key", OFF.into()),
+            ],
             "conflicting_api_keys",
             "conflicting",
         ),
@@ -107,12 +139,16 @@ async fn missing_unknown_expired_disabled_and_conflicting_keys_get_openai_401s()
             assert!(!text.contains(secret), "{reason}: key echoed");
         }
         assert_eq!(
-            s.stat(&format!("wasmcustom.sluice.key_auth.denied.{reason}")).await,
+            s.stat(&format!("wasmcustom.sluice.key_auth.denied.{reason}"))
+                .await,
             1,
             "{reason} counter"
         );
     }
-    assert!(s.pool("pool-a").requests().await.is_empty(), "a denied request went upstream");
+    assert!(
+        s.pool("pool-a").requests().await.is_empty(),
+        "a denied request went upstream"
+    );
     assert!(s.pool("pool-b").requests().await.is_empty());
     // The denial counters carry the reason as a Prometheus label.
     let prom = s.prometheus().await;
@@ -143,7 +179,11 @@ async fn client_sent_internal_headers_have_no_effect() {
         )
         .await;
         assert_eq!(r.status(), 200);
-        assert_eq!(r.headers()["x-mock-pool"], "pool-a", "the client steered routing");
+        assert_eq!(
+            r.headers()["x-mock-pool"],
+            "pool-a",
+            "the client steered routing"
+        );
     }
     assert!(s.pool("pool-b").requests().await.is_empty());
     for req in s.pool("pool-a").requests().await {
@@ -184,28 +224,53 @@ async fn policy_is_published_as_filter_state() {
     .await;
     assert_eq!(line["key_id"], "key_good");
     let fields = [
-        "timestamp", "request_id", "key_id", "tenant", "model_requested", "model", "route",
-        "upstream_host", "status", "prompt_tokens", "completion_tokens", "usage_source", "pii",
-        "ratelimit", "duration_ms", "ttfb_ms",
+        "timestamp",
+        "request_id",
+        "key_id",
+        "tenant",
+        "model_requested",
+        "model",
+        "route",
+        "upstream_host",
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "usage_source",
+        "pii",
+        "ratelimit",
+        "duration_ms",
+        "ttfb_ms",
     ];
     for f in fields {
         assert!(line.get(f).is_some(), "access log lacks {f}: {line}");
     }
-    assert!(line["upstream_host"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(line["upstream_host"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
 }
 
 #[tokio::test]
 async fn keys_added_and_revoked_with_the_cli_take_effect_without_restart() {
     let s = stack().await;
     s.wait_key_updates(1).await;
-    let created = s.cli(&["keys", "create", "--tenant", "hot", "--id", "key_hot", "--rpm", "10"]);
+    let created = s.cli(&[
+        "keys", "create", "--tenant", "hot", "--id", "key_hot", "--rpm", "10",
+    ]);
     let secret = created.trim().to_string();
     assert!(secret.starts_with("sk-sluice-"));
     let started = Instant::now();
-    eventually("the new key to be accepted", Duration::from_secs(10), || async {
-        (post(&s, &[("x-api-key", &secret)], &chat_body(false)).await.status() == 200)
-            .then_some(())
-    })
+    eventually(
+        "the new key to be accepted",
+        Duration::from_secs(10),
+        || async {
+            (post(&s, &[("x-api-key", &secret)], &chat_body(false))
+                .await
+                .status()
+                == 200)
+                .then_some(())
+        },
+    )
     .await;
     eprintln!("new key accepted after {:?}", started.elapsed());
     let listed = s.cli(&["keys", "list"]);
@@ -219,17 +284,32 @@ async fn keys_added_and_revoked_with_the_cli_take_effect_without_restart() {
     assert_eq!(in_flight.status(), 200);
     s.cli(&["keys", "revoke", "key_hot"]);
     let revoked_at = Instant::now();
-    eventually("the revoked key to be refused", Duration::from_secs(10), || async {
-        (post(&s, &[("x-api-key", &secret)], &json!({})).await.status() == 401).then_some(())
-    })
+    eventually(
+        "the revoked key to be refused",
+        Duration::from_secs(10),
+        || async {
+            (post(&s, &[("x-api-key", &secret)], &json!({}))
+                .await
+                .status()
+                == 401)
+                .then_some(())
+        },
+    )
     .await;
     eprintln!("revoked key refused after {:?}", revoked_at.elapsed());
-    let text = in_flight.text().await.expect("the in-flight stream completes");
+    let text = in_flight
+        .text()
+        .await
+        .expect("the in-flight stream completes");
     assert!(text.ends_with("data: [DONE]\n\n"), "stream cut: {text}");
     // Other keys kept working throughout.
-    assert_eq!(post(&s, &[("x-api-key", GOOD)], &json!({})).await.status(), 400);
     assert_eq!(
-        s.stat("extension_config_discovery.http_filter.sluice.key_auth.update_rejected").await,
+        post(&s, &[("x-api-key", GOOD)], &json!({})).await.status(),
+        400
+    );
+    assert_eq!(
+        s.stat("extension_config_discovery.http_filter.sluice.key_auth.update_rejected")
+            .await,
         0
     );
 }
@@ -246,15 +326,23 @@ async fn an_invalid_key_file_is_rejected_and_the_previous_keys_keep_serving() {
     // An unknown field: deny_unknown_fields makes on_configure refuse it.
     *slot = Value::String(r#"{"keys":[],"typo_field":true}"#.into());
     sluice_cli::render::write_atomic(&path, doc.to_string().as_bytes()).unwrap();
-    eventually("the update to be rejected", Duration::from_secs(10), || async {
-        (s.stat("extension_config_discovery.http_filter.sluice.key_auth.update_rejected").await
-            >= 1)
-            .then_some(())
-    })
+    eventually(
+        "the update to be rejected",
+        Duration::from_secs(10),
+        || async {
+            (s.stat("extension_config_discovery.http_filter.sluice.key_auth.update_rejected")
+                .await
+                >= 1)
+                .then_some(())
+        },
+    )
     .await;
     let r = post(&s, &[("x-api-key", GOOD)], &chat_body(false)).await;
     assert_eq!(r.status(), 200, "the previous keys must keep serving");
-    assert!(s.logs().contains("configuration rejected"), "the reason is logged");
+    assert!(
+        s.logs().contains("configuration rejected"),
+        "the reason is logged"
+    );
     // And the CLI refuses to work on a file it cannot read.
     let out = std::process::Command::new(sluice_e2e::cli_bin())
         .args(["keys", "list"])
@@ -286,8 +374,15 @@ async fn a_streamed_response_reaches_the_client_chunk_by_chunk() {
     }
     assert!(text.ends_with("data: [DONE]\n\n"));
     let (first, last) = (arrivals[0], *arrivals.last().unwrap());
-    eprintln!("{} chunks; first at {first:?}, last at {last:?}", arrivals.len());
-    assert!(arrivals.len() >= 10, "chunks were coalesced: {}", arrivals.len());
+    eprintln!(
+        "{} chunks; first at {first:?}, last at {last:?}",
+        arrivals.len()
+    );
+    assert!(
+        arrivals.len() >= 10,
+        "chunks were coalesced: {}",
+        arrivals.len()
+    );
     assert!(
         last - first >= Duration::from_millis(1200),
         "the response was buffered: first {first:?}, last {last:?}"

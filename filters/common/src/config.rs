@@ -41,7 +41,10 @@ mod tests {
         );
         assert_eq!(parse_config::<Sample>(b"  \n"), Err(ConfigError::Empty));
         let unknown = parse_config::<Sample>(br#"{"name":"a","extra":1}"#).unwrap_err();
-        assert!(unknown.to_string().contains("unknown field `extra`"), "{unknown}");
+        assert!(
+            unknown.to_string().contains("unknown field `extra`"),
+            "{unknown}"
+        );
         assert!(matches!(
             parse_config::<Sample>(b"{"),
             Err(ConfigError::Syntax(_))

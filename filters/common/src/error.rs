@@ -159,8 +159,7 @@ mod tests {
                              "code": "model_not_found"}})
         );
         let plain: Value =
-            serde_json::from_str(&OpenAiError::new(ErrorKind::Unavailable, "down").body())
-                .unwrap();
+            serde_json::from_str(&OpenAiError::new(ErrorKind::Unavailable, "down").body()).unwrap();
         assert_eq!(plain["error"]["param"], Value::Null);
         assert_eq!(plain["error"]["code"], Value::Null);
     }

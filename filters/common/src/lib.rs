@@ -14,5 +14,5 @@ pub mod wasm_host;
 
 pub use config::{parse_config, ConfigError};
 pub use error::{ErrorKind, OpenAiError};
-pub use policy::{Limits, Policy};
 pub use host::{Host, MockHost};
+pub use policy::{Limits, Policy};

@@ -38,7 +38,10 @@ impl Host for WasmHost {
     }
 
     fn set_property(&mut self, name: &str, value: &[u8]) {
-        report("set_property", hostcalls::set_property(vec![name], Some(value)));
+        report(
+            "set_property",
+            hostcalls::set_property(vec![name], Some(value)),
+        );
     }
 
     fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {

@@ -4,7 +4,8 @@ use crate::Denial;
 
 /// Headers that may carry an API key, as sent by OpenAI, Anthropic / Azure and Google SDKs.
 /// `authorization` must use the `Bearer` scheme; the others carry the bare key.
-pub const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
+pub const CREDENTIAL_HEADERS: [&str; 4] =
+    ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
 
 /// The key a request presented and every header that carried it (to strip before upstream).
 #[derive(Debug, PartialEq, Eq)]
@@ -22,7 +23,9 @@ pub fn extract(headers: &[(String, Vec<u8>)]) -> Result<Credential, Denial> {
         if !CREDENTIAL_HEADERS.contains(&name.as_str()) {
             continue;
         }
-        let value = std::str::from_utf8(value).map_err(|_| Denial::Malformed)?.trim();
+        let value = std::str::from_utf8(value)
+            .map_err(|_| Denial::Malformed)?
+            .trim();
         let key = if name == "authorization" {
             bearer_token(value).ok_or(Denial::Malformed)?
         } else {
@@ -97,7 +100,10 @@ mod tests {
                 Denial::Conflicting,
             ),
             (
-                &[("authorization", "Bearer sk-1"), ("authorization", "Bearer sk-2")],
+                &[
+                    ("authorization", "Bearer sk-1"),
+                    ("authorization", "Bearer sk-2"),
+                ],
                 Denial::Conflicting,
             ),
         ];

@@ -172,7 +172,11 @@ mod tests {
 
     #[test]
     fn authenticates_by_digest() {
-        let s = store(vec![record("k1", "sk-sluice-one"), record("k2", "sk-sluice-two")]).unwrap();
+        let s = store(vec![
+            record("k1", "sk-sluice-one"),
+            record("k2", "sk-sluice-two"),
+        ])
+        .unwrap();
         assert_eq!(s.authenticate("sk-sluice-two", 0).unwrap().key_id, "k2");
         assert_eq!(s.authenticate("sk-sluice-three", 0), Err(Denial::Unknown));
         assert_eq!(s.authenticate("", 0), Err(Denial::Unknown));
@@ -226,7 +230,10 @@ mod tests {
             (vec![bad_id], "id must be"),
             (vec![zero], "tokens_per_minute"),
             (vec![record("dup", "a"), record("dup", "b")], "duplicate id"),
-            (vec![record("a", "same"), record("b", "same")], "same sha256"),
+            (
+                vec![record("a", "same"), record("b", "same")],
+                "same sha256",
+            ),
         ];
         for (records, want) in cases {
             let err = store(records).unwrap_err().to_string();

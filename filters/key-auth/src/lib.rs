@@ -170,7 +170,12 @@ mod tests {
             ("content-type", "application/json"),
         ]);
         let outcome = on_request_headers(&store(), &mut h);
-        assert_eq!(outcome, Outcome::Allowed { key_id: "k1".into() });
+        assert_eq!(
+            outcome,
+            Outcome::Allowed {
+                key_id: "k1".into()
+            }
+        );
         assert_eq!(h.header("authorization"), None);
         assert_eq!(h.header("api-key"), None);
         assert_eq!(h.header("content-type"), Some(&b"application/json"[..]));
@@ -203,10 +208,16 @@ mod tests {
             (&[], Denial::Missing),
             (&[("authorization", "Basic abc")], Denial::Malformed),
             (
-                &[("x-api-key", "sk-sluice-good"), ("api-key", "sk-sluice-off")],
+                &[
+                    ("x-api-key", "sk-sluice-good"),
+                    ("api-key", "sk-sluice-off"),
+                ],
                 Denial::Conflicting,
             ),
-            (&[("authorization", "Bearer sk-sluice-bad")], Denial::Unknown),
+            (
+                &[("authorization", "Bearer sk-sluice-bad")],
+                Denial::Unknown,
+            ),
             (&[("x-goog-api-key", "sk-sluice-old")], Denial::Expired),
             (&[("api-key", "sk-sluice-off")], Denial::Disabled),
         ];
@@ -223,7 +234,11 @@ mod tests {
                 .contains(&("content-type".into(), "application/json".into())));
             let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
             assert_eq!(body["error"]["type"], "authentication_error");
-            assert!(!reply.body.contains("sk-sluice"), "key echoed: {}", reply.body);
+            assert!(
+                !reply.body.contains("sk-sluice"),
+                "key echoed: {}",
+                reply.body
+            );
             assert!(h.properties.is_empty());
         }
     }

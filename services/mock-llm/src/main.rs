@@ -55,7 +55,10 @@ async fn main() -> std::io::Result<()> {
         std::fs::write(&tmp, bound.port().to_string())?;
         std::fs::rename(&tmp, path)?;
     }
-    eprintln!("sluice-mock-llm {} listening on http://{bound}", config.name);
+    eprintln!(
+        "sluice-mock-llm {} listening on http://{bound}",
+        config.name
+    );
     axum::serve(listener, router(App::new(config)))
         .with_graceful_shutdown(async {
             let mut term =

@@ -4,10 +4,38 @@ use serde_json::{json, Value};
 use sluice_common::openai::Usage;
 
 const WORDS: [&str; 32] = [
-    "the", "model", "answers", "with", "tokens", "from", "a", "small", "fixed", "vocabulary",
-    "so", "every", "reply", "is", "repeatable", "and", "tests", "can", "predict", "it", "GPU",
-    "pool", "stream", "chunk", "gateway", "latency", "budget", "prompt", "cache", "kernel",
-    "batch", "done",
+    "the",
+    "model",
+    "answers",
+    "with",
+    "tokens",
+    "from",
+    "a",
+    "small",
+    "fixed",
+    "vocabulary",
+    "so",
+    "every",
+    "reply",
+    "is",
+    "repeatable",
+    "and",
+    "tests",
+    "can",
+    "predict",
+    "it",
+    "GPU",
+    "pool",
+    "stream",
+    "chunk",
+    "gateway",
+    "latency",
+    "budget",
+    "prompt",
+    "cache",
+    "kernel",
+    "batch",
+    "done",
 ];
 
 /// Which OpenAI endpoint is being answered.
@@ -126,12 +154,12 @@ pub fn plan(call: &Call, reply_len: u64) -> Plan {
 fn choice(call: &Call, text: Option<&str>, finish: Option<&str>, first: bool) -> Value {
     match call.api {
         Api::Chat => {
-            let mut delta = json!({});
+            let mut delta = serde_json::Map::new();
             if first {
-                delta["role"] = json!("assistant");
+                delta.insert("role".into(), json!("assistant"));
             }
             if let Some(t) = text {
-                delta["content"] = json!(t);
+                delta.insert("content".into(), json!(t));
             }
             json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
         }
@@ -156,10 +184,11 @@ pub fn full_response(call: &Call, plan: &Plan, id: &str, created: u64, usage: bo
                    "finish_reason": plan.finish_reason}),
         ),
     };
+    let usage = usage.then(|| json!(plan.usage));
     let mut body = json!({"id": id, "object": object, "created": created,
-                          "model": call.model, "choices": [choice]});
-    if usage {
-        body["usage"] = json!(plan.usage);
+                          "model": call.model, "choices": [choice], "usage": usage});
+    if let Some(fields) = body.as_object_mut().filter(|_| usage.is_none()) {
+        fields.remove("usage");
     }
     body
 }
@@ -175,9 +204,11 @@ pub fn stream_events(call: &Call, plan: &Plan, id: &str, created: u64, usage: bo
     let with_usage = usage && call.include_usage;
     let chunk = |choices: Value, usage_value: Option<Value>| {
         let mut c = json!({"id": id, "object": object, "created": created,
-                           "model": call.model, "choices": choices});
-        if with_usage {
-            c["usage"] = usage_value.unwrap_or(Value::Null);
+                           "model": call.model, "choices": choices,
+                           "usage": usage_value.unwrap_or(Value::Null)});
+        // The `usage` field is present (null until the last chunk) only when asked for.
+        if let Some(fields) = c.as_object_mut().filter(|_| !with_usage) {
+            fields.remove("usage");
         }
         format!("data: {c}\n\n")
     };
@@ -247,7 +278,10 @@ mod tests {
             .iter()
             .map(|e| {
                 let v: Value = serde_json::from_str(e.trim_start_matches("data: ").trim()).unwrap();
-                v["choices"][0]["delta"]["content"].as_str().unwrap().to_string()
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
             })
             .collect();
         assert_eq!(text, p.tokens.concat());
@@ -264,7 +298,10 @@ mod tests {
             br#"{"model":"m","prompt":["a b","c"],"max_tokens":4,"stream":true}"#,
         )
         .unwrap();
-        assert_eq!((c.prompt_text.as_str(), c.max_tokens, c.stream), ("a b\nc", Some(4), true));
+        assert_eq!(
+            (c.prompt_text.as_str(), c.max_tokens, c.stream),
+            ("a b\nc", Some(4), true)
+        );
         assert!(Call::parse(Api::Chat, b"{not json").is_err());
         assert!(Call::parse(Api::Chat, br#"{"model":"m"}"#).is_err());
     }

@@ -1,4 +1,10 @@
 //! The mock over real HTTP: what tests and benchmarks rely on.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use serde_json::{json, Value};
 use sluice_mock_llm::{router, App, MockConfig};
@@ -14,7 +20,8 @@ async fn start(config: MockConfig) -> String {
 async fn chat_json_stream_recording_and_failures() {
     let base = start(MockConfig::default()).await;
     let http = reqwest::Client::new();
-    let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    let chat =
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
 
     let r: Value = http
         .post(format!("{base}/v1/chat/completions"))
@@ -69,14 +76,38 @@ async fn chat_json_stream_recording_and_failures() {
         .await
         .unwrap();
     let statuses = [
-        http.post(format!("{base}/v1/chat/completions")).json(&chat).send().await.unwrap().status(),
-        http.post(format!("{base}/v1/chat/completions")).json(&chat).send().await.unwrap().status(),
-        http.get(format!("{base}/health")).send().await.unwrap().status(),
+        http.post(format!("{base}/v1/chat/completions"))
+            .json(&chat)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        http.post(format!("{base}/v1/chat/completions"))
+            .json(&chat)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        http.get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
     ];
     assert_eq!(statuses.map(|s| s.as_u16()), [503, 200, 503]);
 
-    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("vllm:num_requests_running{model_name=\"mock\"} 0"), "{metrics}");
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("vllm:num_requests_running{model_name=\"mock\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -86,7 +117,8 @@ async fn disconnect_mid_stream_cuts_the_body() {
         ..MockConfig::default()
     })
     .await;
-    let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let body =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let resp = reqwest::Client::new()
         .post(format!("{base}/v1/chat/completions"))
         .json(&body)
@@ -94,5 +126,8 @@ async fn disconnect_mid_stream_cuts_the_body() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.text().await.is_err(), "the body should end in an error");
+    assert!(
+        resp.text().await.is_err(),
+        "the body should end in an error"
+    );
 }

