@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The same POST load (a ~2 KB chat body) direct to the mock backend, through bare Envoy
+# (same config, no Sluice wasm filters) and through the Sluice filter chain. Prints
+# requests/s and p50/p99 latency for each, and the differences and ratios.
+#
+# Numbers on a shared 2-core machine are noisy: compare the rows of one run, not runs.
+# Environment: BENCH_SECONDS (10), BENCH_CONNECTIONS (16), BENCH_THREADS (1),
+# BENCH_ENVOY_CONCURRENCY (1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+CONNS=${BENCH_CONNECTIONS:-16}
+THREADS=${BENCH_THREADS:-1}
+ENVOY_CONCURRENCY=${BENCH_ENVOY_CONCURRENCY:-1}
+
+scripts/setup.sh >/dev/null
+scripts/build.sh >/dev/null
+ENVOY="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
+SLUICE="$ROOT/target/release/sluice"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_file() { for _ in $(seq 300); do [ -s "$1" ] && return 0; sleep 0.1; done; echo "bench: $1 never appeared" >&2; exit 1; }
+
+# The backend: zero delays, so the numbers are the gateway's.
+target/release/sluice-mock-llm --listen 127.0.0.1:0 --port-file "$work/mock.port" \
+  --name pool-a --reply-tokens 16 >"$work/mock.log" 2>&1 &
+pids+=($!)
+wait_file "$work/mock.port"
+MOCK_PORT=$(cat "$work/mock.port")
+
+# One key for the chain.
+mkdir -p "$work/chain/ecds" "$work/bare/ecds"
+"$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$work/chain/ecds/key-auth.json" \
+  -s "wasm_dir=$ROOT/target/wasm" -s 'key_auth_config={"keys":[]}'
+KEY=$(SLUICE_KEY_FILE="$work/chain/ecds/key-auth.json" "$SLUICE" keys create --tenant bench 2>/dev/null)
+
+start_envoy() { # name filters; sets PORT_<name>
+  local name=$1 filters=$2 port admin
+  port=$(free_port); admin=$(free_port)
+  while [ "$admin" = "$port" ]; do admin=$(free_port); done
+  "$SLUICE" render envoy/envoy.yaml.j2 -o "$work/$name/envoy.yaml" \
+    -s "listen_port=$port" -s "admin_port=$admin" -s "state_dir=$work/$name" \
+    -s "pools=[{\"name\":\"pool-a\",\"host\":\"127.0.0.1\",\"port\":$MOCK_PORT}]" -s "filters=$filters"
+  "$ENVOY" -c "$work/$name/envoy.yaml" --concurrency "$ENVOY_CONCURRENCY" --base-id "$admin" \
+    --log-level warn >"$work/$name/envoy.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 300); do
+    if [ "$(curl -s "http://127.0.0.1:$admin/ready" || true)" = LIVE ]; then
+      printf -v "PORT_$name" '%s' "$port"
+      return 0
+    fi
+    sleep 0.1
+  done
+  cat "$work/$name/envoy.log" >&2; exit 1
+}
+start_envoy bare false
+start_envoy chain true
+BARE_PORT=$PORT_bare
+CHAIN_PORT=$PORT_chain
+
+# A ~2 KB chat body.
+.venv/bin/python - "$work/body.json" <<'PY'
+import json, sys
+text = ("You are a helpful assistant for a GPU inference platform. " * 40)[:1900]
+json.dump({"model": "mock-model", "max_tokens": 16,
+           "messages": [{"role": "system", "content": "Be brief."},
+                        {"role": "user", "content": text}]}, open(sys.argv[1], "w"))
+PY
+cat >"$work/post.lua" <<LUA
+local f = io.open("$work/body.json", "r")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["content-type"] = "application/json"
+wrk.headers["authorization"] = "Bearer $KEY"
+LUA
+
+# Sanity: each target answers 200 before it is measured.
+for p in "$MOCK_PORT" "$BARE_PORT" "$CHAIN_PORT"; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/v1/chat/completions" \
+    -H "authorization: Bearer $KEY" -H 'content-type: application/json' --data @"$work/body.json" || true)
+  [ "$code" = 200 ] || { echo "bench: port $p answered $code"; tail -n 20 "$work"/*/envoy.log; exit 1; }
+done
+
+run() { # name port
+  wrk -t"$THREADS" -c"$CONNS" -d2s -s "$work/post.lua" "http://127.0.0.1:$2/v1/chat/completions" >/dev/null
+  wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency -s "$work/post.lua" \
+    "http://127.0.0.1:$2/v1/chat/completions" >"$work/$1.wrk"
+}
+run direct "$MOCK_PORT"
+run bare "$BARE_PORT"
+run chain "$CHAIN_PORT"
+
+.venv/bin/python - "$work" "$SECONDS_PER_RUN" "$CONNS" "$ENVOY_CONCURRENCY" <<'PY'
+import re, sys
+work, secs, conns, conc = sys.argv[1:]
+def us(v):
+    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 1, "ms": 1000, "s": 1e6}[unit]
+rows = {}
+for name in ("direct", "bare", "chain"):
+    text = open(f"{work}/{name}.wrk").read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    p50 = us(re.search(r"\s50%\s+(\S+)", text).group(1))
+    p99 = us(re.search(r"\s99%\s+(\S+)", text).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    rows[name] = (rps, p50, p99, int(errors.group(1)) if errors else 0)
+print(f"bench: {secs}s per target, {conns} connections, Envoy --concurrency {conc}, ~2 KB chat POST")
+print(f"{'target':<8} {'req/s':>10} {'p50 us':>10} {'p99 us':>10} {'non-2xx':>8}")
+for name, (rps, p50, p99, err) in rows.items():
+    print(f"{name:<8} {rps:>10.0f} {p50:>10.1f} {p99:>10.1f} {err:>8}")
+b, c, d = rows["bare"], rows["chain"], rows["direct"]
+print(f"chain vs bare Envoy: p50 +{c[1]-b[1]:.1f} us, p99 +{c[2]-b[2]:.1f} us, throughput x{c[0]/b[0]:.2f}")
+print(f"bare Envoy vs direct: p50 +{b[1]-d[1]:.1f} us, throughput x{b[0]/d[0]:.2f}")
+if any(r[3] for r in rows.values()):
+    sys.exit("bench: some responses were not 2xx")
+PY
