@@ -33,10 +33,7 @@ impl ChatCompletionRequest {
     }
 
     pub fn include_usage(&self) -> bool {
-        self.stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false)
+        StreamOptions::include_usage(&self.stream_options)
     }
 }
 
@@ -46,6 +43,16 @@ pub struct StreamOptions {
     pub include_usage: Option<bool>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl StreamOptions {
+    /// Whether a request's (optional) `stream_options` ask for the usage chunk.
+    pub fn include_usage(options: &Option<StreamOptions>) -> bool {
+        options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +111,16 @@ pub struct CompletionRequest {
     pub max_tokens: Option<u64>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl CompletionRequest {
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        StreamOptions::include_usage(&self.stream_options)
+    }
 }
 
 /// `prompt` of the legacy completions API: a string or a list of strings.

@@ -85,12 +85,8 @@ impl Call {
                     serde_json::from_slice(body).map_err(|e| e.to_string())?;
                 Ok(Self {
                     api,
-                    stream: req.stream.unwrap_or(false),
-                    include_usage: req
-                        .stream_options
-                        .as_ref()
-                        .and_then(|o| o.include_usage)
-                        .unwrap_or(false),
+                    stream: req.is_stream(),
+                    include_usage: req.include_usage(),
                     max_tokens: req.max_tokens,
                     messages: 0,
                     prompt_text: req.prompt.map(|p| p.text()).unwrap_or_default(),

@@ -75,26 +75,15 @@ async fn chat_json_stream_recording_and_failures() {
         .send()
         .await
         .unwrap();
+    let status =
+        |req: reqwest::RequestBuilder| async move { req.send().await.unwrap().status().as_u16() };
+    let chat_url = format!("{base}/v1/chat/completions");
     let statuses = [
-        http.post(format!("{base}/v1/chat/completions"))
-            .json(&chat)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        http.post(format!("{base}/v1/chat/completions"))
-            .json(&chat)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        http.get(format!("{base}/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(http.post(&chat_url).json(&chat)).await,
+        status(http.post(&chat_url).json(&chat)).await,
+        status(http.get(format!("{base}/health"))).await,
     ];
-    assert_eq!(statuses.map(|s| s.as_u16()), [503, 200, 503]);
+    assert_eq!(statuses, [503, 200, 503]);
 
     let metrics = http
         .get(format!("{base}/metrics"))
