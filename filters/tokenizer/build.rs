@@ -16,9 +16,12 @@ use regex_syntax::hir::{Class, HirKind};
 use std::io::Write;
 use std::path::Path;
 
-/// Slot layout of the hash index: low bits `rank + 1` (0 = empty), high bits a fingerprint
-/// of the hash so most mismatches are rejected without touching the token bytes.
+/// Slot layout of the hash index (u64): fingerprint (16 bits, from the hash's top) |
+/// token length (8) | offset in the blob (22) | rank + 1 (18; 0 = empty slot). One read
+/// of a slot decides almost every probe; only a real candidate touches the token bytes.
 const RANK_BITS: u32 = 18;
+const OFFSET_BITS: u32 = 22;
+const LEN_BITS: u32 = 8;
 
 mod hash {
     include!("src/hash.rs");
@@ -45,18 +48,6 @@ fn write_encoding(out: &Path, name: &str, bpe: &tiktoken_rs::CoreBPE, max_rank: 
         n < (1 << RANK_BITS) - 1,
         "{name}: too many tokens for the slot layout"
     );
-    // Load factor below 0.4: short probe sequences.
-    let cap = ((n as usize) * 5 / 2).next_power_of_two();
-    let mask = cap as u32 - 1;
-    let mut table = vec![0u32; cap];
-    for (rank, t) in tokens.iter().enumerate() {
-        let h = hash(t);
-        let mut i = h & mask;
-        while table[i as usize] != 0 {
-            i = (i + 1) & mask;
-        }
-        table[i as usize] = ((h >> RANK_BITS) << RANK_BITS) | (rank as u32 + 1);
-    }
     let mut offsets = Vec::with_capacity(tokens.len() + 1);
     let mut blob = Vec::new();
     for t in &tokens {
@@ -64,13 +55,47 @@ fn write_encoding(out: &Path, name: &str, bpe: &tiktoken_rs::CoreBPE, max_rank: 
         blob.extend_from_slice(t);
     }
     offsets.push(blob.len() as u32);
-    // Header (4 x u32): token count, table capacity, blob length, reserved; then offsets,
-    // table, blob. Everything u32 little-endian and 4-aligned up to the blob.
+    assert!(
+        blob.len() < 1 << OFFSET_BITS,
+        "{name}: token bytes exceed the slot layout"
+    );
+    // Load factor below 0.4: short probe sequences.
+    let cap = ((n as usize) * 5 / 2).next_power_of_two();
+    let mask = cap as u64 - 1;
+    let mut table = vec![0u64; cap];
+    for (rank, t) in tokens.iter().enumerate() {
+        assert!(
+            t.len() < 1 << LEN_BITS,
+            "{name}: token {rank} is too long for the slot"
+        );
+        let h = hash(t);
+        let mut i = h & mask;
+        while table[i as usize] != 0 {
+            i = (i + 1) & mask;
+        }
+        table[i as usize] = (h >> 48) << 48
+            | (t.len() as u64) << (OFFSET_BITS + RANK_BITS)
+            | u64::from(offsets[rank]) << RANK_BITS
+            | (rank as u64 + 1);
+    }
+    // Rank of every two-byte token, indexed by the two bytes: the first lookups of every
+    // merge, without hashing.
+    let mut pairs = vec![u32::MAX; 1 << 16];
+    for (rank, t) in tokens.iter().enumerate() {
+        if let [a, b] = t[..] {
+            pairs[(a as usize) << 8 | b as usize] = rank as u32;
+        }
+    }
+    // Header (4 x u32): token count, table capacity, blob length, reserved; then the table
+    // (u64, 8-aligned), pair ranks and offsets (u32), and the token bytes. Little-endian.
     let mut f = std::fs::File::create(out.join(format!("{name}.bin"))).unwrap();
     for v in [n, cap as u32, blob.len() as u32, 0] {
         f.write_all(&v.to_le_bytes()).unwrap();
     }
-    for v in offsets.iter().chain(table.iter()) {
+    for v in &table {
+        f.write_all(&v.to_le_bytes()).unwrap();
+    }
+    for v in pairs.iter().chain(offsets.iter()) {
         f.write_all(&v.to_le_bytes()).unwrap();
     }
     f.write_all(&blob).unwrap();

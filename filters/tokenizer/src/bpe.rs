@@ -4,42 +4,53 @@ use crate::hash::hash;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+// Slot layout: see build.rs.
 const RANK_BITS: u32 = 18;
-const RANK_MASK: u32 = (1 << RANK_BITS) - 1;
-/// Pieces longer than this are merged with a heap (O(n log n)) instead of tiktoken's
+const OFFSET_BITS: u32 = 22;
+const RANK_MASK: u64 = (1 << RANK_BITS) - 1;
+const OFFSET_MASK: u64 = (1 << OFFSET_BITS) - 1;
+/// Pieces longer than this (bytes) are merged with a heap (O(n log n)) instead of tiktoken's
 /// linear scan (O(n²)): a 100 KB run of one letter must not stall a worker.
-const HEAP_THRESHOLD: usize = 128;
+const HEAP_THRESHOLD: usize = 32;
 const NONE: u32 = u32::MAX;
+/// `rank` of a part that was merged away (never equal to a heap entry's rank).
+const DEAD: u32 = u32::MAX - 1;
 
 /// A vocabulary: token bytes by rank and a hash index from bytes to rank.
 pub struct Vocab {
+    table: &'static [u64],
+    /// Rank of each two-byte token by `(b0 << 8) | b1`; `u32::MAX` when not a token.
+    pairs: &'static [u32],
     offsets: &'static [u32],
-    table: &'static [u32],
     blob: &'static [u8],
-    mask: u32,
+    mask: u64,
 }
 
 impl Vocab {
-    /// Wrap the build-time tables. `None` when they are malformed (never, for ours).
-    pub fn from_tables(words: &'static [u32], blob_and_more: &'static [u8]) -> Option<Self> {
-        let (&n, rest) = words.split_first()?;
-        let (&cap, rest) = rest.split_first()?;
-        let (&blob_len, rest) = rest.split_first()?;
-        let rest = rest.get(1..)?;
-        let n = n as usize;
-        let cap = cap as usize;
-        let offsets = rest.get(..n + 1)?;
-        let table = rest.get(n + 1..n + 1 + cap)?;
-        let blob_start = 4 * (4 + n + 1 + cap);
-        let blob = blob_and_more.get(blob_start..blob_start + blob_len as usize)?;
-        if !cap.is_power_of_two() || offsets.last().copied()? != blob_len {
+    /// Wrap the build-time tables (see build.rs for the layout). `None` when they are
+    /// malformed (never, for ours).
+    pub fn from_tables(data: &'static [u8]) -> Option<Self> {
+        let word = |i: usize| -> Option<usize> {
+            let b: [u8; 4] = data.get(4 * i..4 * i + 4)?.try_into().ok()?;
+            Some(u32::from_le_bytes(b) as usize)
+        };
+        let (n, cap, blob_len) = (word(0)?, word(1)?, word(2)?);
+        let table_end = 16 + 8 * cap;
+        let pairs_end = table_end + 4 * (1 << 16);
+        let offsets_end = pairs_end + 4 * (n + 1);
+        let table = bytemuck::try_cast_slice(data.get(16..table_end)?).ok()?;
+        let pairs = bytemuck::try_cast_slice(data.get(table_end..pairs_end)?).ok()?;
+        let offsets: &[u32] = bytemuck::try_cast_slice(data.get(pairs_end..offsets_end)?).ok()?;
+        let blob = data.get(offsets_end..offsets_end + blob_len)?;
+        if !cap.is_power_of_two() || offsets.last().copied()? as usize != blob_len {
             return None;
         }
         Some(Self {
-            offsets,
             table,
+            pairs,
+            offsets,
             blob,
-            mask: cap as u32 - 1,
+            mask: cap as u64 - 1,
         })
     }
 
@@ -52,7 +63,6 @@ impl Vocab {
     }
 
     /// The bytes of token `rank`.
-    #[inline]
     pub fn token(&self, rank: u32) -> &'static [u8] {
         let r = rank as usize;
         match (self.offsets.get(r), self.offsets.get(r + 1)) {
@@ -65,17 +75,18 @@ impl Vocab {
     #[inline]
     pub fn rank(&self, bytes: &[u8]) -> Option<u32> {
         let h = hash(bytes);
-        let fingerprint = h >> RANK_BITS;
+        // Fingerprint and length together, as they sit in the slot's top 24 bits.
+        let want = (h >> 48) << 8 | bytes.len() as u64;
         let mut i = h & self.mask;
         loop {
             let slot = *self.table.get(i as usize)?;
             if slot == 0 {
                 return None;
             }
-            if slot >> RANK_BITS == fingerprint {
-                let rank = (slot & RANK_MASK) - 1;
-                if self.token(rank) == bytes {
-                    return Some(rank);
+            if slot >> (OFFSET_BITS + RANK_BITS) == want {
+                let start = ((slot >> RANK_BITS) & OFFSET_MASK) as usize;
+                if self.blob.get(start..start + bytes.len()) == Some(bytes) {
+                    return Some(((slot & RANK_MASK) - 1) as u32);
                 }
             }
             i = (i + 1) & self.mask;
@@ -84,7 +95,15 @@ impl Vocab {
 
     #[inline]
     fn rank_or_none(&self, bytes: Option<&[u8]>) -> u32 {
-        bytes.and_then(|b| self.rank(b)).unwrap_or(NONE)
+        match bytes {
+            Some(&[a, b]) => self
+                .pairs
+                .get(usize::from(a) << 8 | usize::from(b))
+                .copied()
+                .unwrap_or(NONE),
+            Some(b) => self.rank(b).unwrap_or(NONE),
+            None => NONE,
+        }
     }
 
     /// Split `piece` into tokens and hand each token's byte range to `emit`.
@@ -141,74 +160,83 @@ impl Vocab {
         }
     }
 
-    /// The same merges with a min-heap of (rank, start) and a linked list of parts.
+    /// The same merges with a min-heap and a linked list of parts. Part `i` starts at byte
+    /// `i`; `next[i]` is where it ends; `rank[i]` is the rank of the pair it starts (NONE
+    /// when it is the last part or when the pair is no token). Heap entries are
+    /// `rank << 32 | start`, so the minimum is the lowest rank, then the leftmost pair,
+    /// as in tiktoken; an entry whose rank no longer matches its part is stale.
     fn merge_heap(&self, piece: &[u8], scratch: &mut Scratch, mut emit: impl FnMut(usize, usize)) {
-        let n = piece.len();
+        let n = piece.len() as u32;
         let Scratch {
             next,
             prev,
+            rank,
             heap,
-            alive,
             ..
         } = scratch;
         next.clear();
         prev.clear();
+        rank.clear();
         heap.clear();
-        alive.clear();
-        alive.resize(n, true);
-        // Part i starts at byte i until merged away; next/prev link live parts; n = end.
-        next.extend((1..=n as u32).map(|i| i));
-        prev.extend((0..n as u32).map(|i| i.wrapping_sub(1)));
-        let end_of = |next: &[u32], i: u32| next.get(i as usize).copied().unwrap_or(n as u32);
-        let pair_rank = |next: &[u32], i: u32| -> u32 {
-            let j = end_of(next, i);
-            if j as usize >= n {
-                return NONE;
-            }
-            let k = end_of(next, j);
-            self.rank_or_none(piece.get(i as usize..k as usize))
-        };
-        for i in 0..n as u32 {
-            let r = pair_rank(next, i);
+        next.extend(1..=n);
+        prev.extend((0..n).map(|i| i.wrapping_sub(1)));
+        let bytes = |a: u32, b: u32| piece.get(a as usize..b as usize);
+        for i in 0..n {
+            let r = if i + 2 <= n {
+                self.rank_or_none(bytes(i, i + 2))
+            } else {
+                NONE
+            };
+            rank.push(r);
             if r != NONE {
-                heap.push(Reverse((r, i, end_of(next, end_of(next, i)))));
+                heap.push(Reverse(u64::from(r) << 32 | u64::from(i)));
             }
         }
-        while let Some(Reverse((_, i, k))) = heap.pop() {
-            // Stale entries: a part merged away, or a pair whose right side changed (parts
-            // only ever merge, so an unchanged end means the same bytes and the same rank).
-            if !alive.get(i as usize).copied().unwrap_or(false) {
+        let at = |v: &Vec<u32>, i: u32| v.get(i as usize).copied().unwrap_or(NONE);
+        while let Some(Reverse(entry)) = heap.pop() {
+            let (r, i) = ((entry >> 32) as u32, entry as u32);
+            if at(rank, i) != r {
                 continue;
             }
-            let j = end_of(next, i);
-            if (j as usize) >= n || end_of(next, j) != k {
-                continue;
-            }
-            // Merge part j into part i.
-            if let Some(a) = alive.get_mut(j as usize) {
-                *a = false;
-            }
+            // Merge the part after i into i.
+            let j = at(next, i);
+            let k = at(next, j);
             if let Some(x) = next.get_mut(i as usize) {
                 *x = k;
             }
-            if let Some(x) = prev.get_mut(k as usize) {
-                *x = i;
+            if let Some(x) = rank.get_mut(j as usize) {
+                *x = DEAD;
             }
-            let r = pair_rank(next, i);
-            if r != NONE {
-                heap.push(Reverse((r, i, end_of(next, end_of(next, i)))));
+            if k < n {
+                if let Some(x) = prev.get_mut(k as usize) {
+                    *x = i;
+                }
             }
-            let p = prev.get(i as usize).copied().unwrap_or(u32::MAX);
-            if p != u32::MAX {
-                let r = pair_rank(next, p);
-                if r != NONE {
-                    heap.push(Reverse((r, p, end_of(next, end_of(next, p)))));
+            let new = if k < n {
+                self.rank_or_none(bytes(i, at(next, k)))
+            } else {
+                NONE
+            };
+            if let Some(x) = rank.get_mut(i as usize) {
+                *x = new;
+            }
+            if new != NONE {
+                heap.push(Reverse(u64::from(new) << 32 | u64::from(i)));
+            }
+            let p = at(prev, i);
+            if p != NONE {
+                let new = self.rank_or_none(bytes(p, k));
+                if let Some(x) = rank.get_mut(p as usize) {
+                    *x = new;
+                }
+                if new != NONE {
+                    heap.push(Reverse(u64::from(new) << 32 | u64::from(p)));
                 }
             }
         }
         let mut i = 0u32;
-        while (i as usize) < n {
-            let j = end_of(next, i);
+        while i < n {
+            let j = at(next, i);
             emit(i as usize, j as usize);
             i = j;
         }
@@ -221,6 +249,6 @@ pub struct Scratch {
     parts: Vec<(u32, u32)>,
     next: Vec<u32>,
     prev: Vec<u32>,
-    heap: BinaryHeap<Reverse<(u32, u32, u32)>>,
-    alive: Vec<bool>,
+    rank: Vec<u32>,
+    heap: BinaryHeap<Reverse<u64>>,
 }

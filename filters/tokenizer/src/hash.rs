@@ -1,9 +1,9 @@
 // Shared by build.rs (which builds the index) and src/bpe.rs (which probes it): one
 // definition, so the two can never disagree.
 
-/// A fast, well-mixed 32-bit hash of a token's bytes, eight bytes at a time.
+/// A fast, well-mixed 64-bit hash of a token's bytes, eight bytes at a time.
 #[inline]
-pub(crate) fn hash(bytes: &[u8]) -> u32 {
+pub(crate) fn hash(bytes: &[u8]) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut h: u64 = (bytes.len() as u64).wrapping_mul(K);
     let mut chunks = bytes.chunks_exact(8);
@@ -17,5 +17,5 @@ pub(crate) fn hash(bytes: &[u8]) -> u32 {
         *t = *b;
     }
     h = (h.rotate_left(5) ^ u64::from_le_bytes(tail)).wrapping_mul(K);
-    (h ^ (h >> 32)) as u32
+    h ^ (h >> 29)
 }

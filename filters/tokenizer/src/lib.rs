@@ -68,7 +68,7 @@ impl Tokenizer {
     }
 }
 
-#[repr(C, align(4))]
+#[repr(C, align(8))]
 struct Aligned<T: ?Sized>(T);
 
 static O200K_DATA: &Aligned<[u8]> =
@@ -79,12 +79,9 @@ static CL100K_DATA: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(
 )));
 
 fn load(name: &'static str, data: &'static Aligned<[u8]>, pattern: Pattern) -> Option<Tokenizer> {
-    let bytes: &'static [u8] = &data.0;
-    let words = bytes.get(..bytes.len() / 4 * 4)?;
-    let words: &'static [u32] = bytemuck::try_cast_slice(words).ok()?;
     Some(Tokenizer {
         name,
-        vocab: Vocab::from_tables(words, bytes)?,
+        vocab: Vocab::from_tables(&data.0)?,
         pattern,
     })
 }

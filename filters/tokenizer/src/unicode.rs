@@ -20,10 +20,37 @@ pub(crate) const UPPERISH: u8 = LU | LT | LM | LO | MARK;
 /// `[\p{Ll}\p{Lm}\p{Lo}\p{M}]`
 pub(crate) const LOWERISH: u8 = LL | LM | LO | MARK;
 
-/// Flags of `c`: two table loads, no search.
+/// Flags of the ASCII characters: one load for the common case.
+// Evaluated at compile time: an out-of-bounds index would fail the build, not a request.
+#[allow(clippy::indexing_slicing)]
+static ASCII: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut i = 0;
+    while i < 128 {
+        let b = i as u8;
+        t[i] = if b.is_ascii_uppercase() {
+            LU
+        } else if b.is_ascii_lowercase() {
+            LL
+        } else if b.is_ascii_digit() {
+            NUM
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            WS
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
+
+/// Flags of `c`: one load for ASCII, two for the rest; no search.
 #[inline]
 pub(crate) fn class(c: char) -> u8 {
     let cp = c as u32;
+    if let Some(&k) = ASCII.get(cp as usize) {
+        return k;
+    }
     let block = BLOCK_INDEX
         .get((cp >> BLOCK_SHIFT) as usize)
         .copied()
@@ -56,5 +83,15 @@ mod tests {
         assert_eq!(class('!'), 0);
         assert_eq!(class('😀'), 0);
         assert!(FOLD_S.contains(&'\u{17f}'), "long s folds to s");
+    }
+
+    #[test]
+    fn ascii_table_matches_the_unicode_table() {
+        for b in 0u8..128 {
+            let cp = u32::from(b);
+            let block = BLOCK_INDEX[(cp >> BLOCK_SHIFT) as usize] as usize;
+            let from_table = BLOCKS[(block << BLOCK_SHIFT) | b as usize];
+            assert_eq!(ASCII[b as usize], from_table, "{b:#x}");
+        }
     }
 }
