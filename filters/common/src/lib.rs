@@ -5,10 +5,13 @@
 
 pub mod config;
 pub mod error;
+pub mod glob;
 pub mod host;
+pub mod json;
 pub mod openai;
 pub mod policy;
 pub mod properties;
+pub mod sse;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm_host;
 
