@@ -75,7 +75,7 @@ impl SseParser {
             return events;
         }
         let mut bytes = chunk;
-        if self.after_cr {
+        if self.after_cr && !bytes.is_empty() {
             self.after_cr = false;
             if let Some((b'\n', rest)) = bytes.split_first() {
                 // The second half of a `\r\n` line end: part of the line end, not a line.
