@@ -59,7 +59,8 @@ fn write_encoding(out: &Path, name: &str, bpe: &tiktoken_rs::CoreBPE, max_rank: 
         blob.len() < 1 << OFFSET_BITS,
         "{name}: token bytes exceed the slot layout"
     );
-    // Load factor below 0.4: short probe sequences.
+    // Load factor about 0.38. Measured in V8 on the corpus: 34 MB/s, against 30 MB/s at
+    // 0.76 load (which would save 3 MB of the ~10 MB both encodings take).
     let cap = ((n as usize) * 5 / 2).next_power_of_two();
     let mask = cap as u64 - 1;
     let mut table = vec![0u64; cap];

@@ -1,0 +1,207 @@
+//! token-counter configuration.
+//!
+//! ```json
+//! {"paths": {"/v1/chat/completions": "chat", "/v1/completions": "completions",
+//!            "/v1/embeddings": "embeddings"},
+//!  "encodings": [{"models": ["gpt-4", "gpt-4-*", "gpt-3.5*"], "encoding": "cl100k_base"}],
+//!  "default_encoding": "o200k_base",
+//!  "inject_include_usage": true,
+//!  "metric_models": ["llama-3.1-8b", "qwen2.5-72b"],
+//!  "max_counted_bytes": 4194304}
+//! ```
+
+use serde::{Deserialize, Serialize};
+use sluice_common::glob::first_match;
+use sluice_common::ConfigError;
+use sluice_tokenizer::Tokenizer;
+use std::collections::{BTreeMap, HashSet};
+
+/// Which OpenAI API a path serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncodingRule {
+    /// Model globs (`*`, `?`).
+    pub models: Vec<String>,
+    /// `o200k_base` or `cl100k_base`.
+    pub encoding: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCounterConfig {
+    /// Request paths (query excluded) that are LLM calls. Other paths pass untouched.
+    #[serde(default = "default_paths")]
+    pub paths: BTreeMap<String, Api>,
+    /// Model globs to encodings; the first rule that matches wins.
+    #[serde(default)]
+    pub encodings: Vec<EncodingRule>,
+    #[serde(default = "default_encoding")]
+    pub default_encoding: String,
+    /// Ask the backend for usage on streams (`stream_options.include_usage`) and hide the
+    /// extra chunk from clients that did not ask for it.
+    #[serde(default = "yes")]
+    pub inject_include_usage: bool,
+    /// Models reported by name in metrics; any other folds into `other`, so label
+    /// cardinality stays bounded whatever clients send.
+    #[serde(default)]
+    pub metric_models: Vec<String>,
+    /// Most generated text kept to count a response whose usage the backend did not report.
+    #[serde(default = "default_max_counted")]
+    pub max_counted_bytes: usize,
+}
+
+fn default_paths() -> BTreeMap<String, Api> {
+    [
+        ("/v1/chat/completions", Api::Chat),
+        ("/v1/completions", Api::Completions),
+        ("/v1/embeddings", Api::Embeddings),
+    ]
+    .into_iter()
+    .map(|(p, a)| (p.to_string(), a))
+    .collect()
+}
+
+fn default_encoding() -> String {
+    "o200k_base".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_counted() -> usize {
+    4 << 20
+}
+
+impl Default for TokenCounterConfig {
+    fn default() -> Self {
+        Self {
+            paths: default_paths(),
+            encodings: Vec::new(),
+            default_encoding: default_encoding(),
+            inject_include_usage: true,
+            metric_models: Vec::new(),
+            max_counted_bytes: default_max_counted(),
+        }
+    }
+}
+
+/// The validated configuration, ready for requests.
+pub struct Settings {
+    pub paths: BTreeMap<String, Api>,
+    rules: Vec<(Vec<String>, &'static Tokenizer)>,
+    default: &'static Tokenizer,
+    pub inject_include_usage: bool,
+    metric_models: HashSet<String>,
+    pub max_counted_bytes: usize,
+}
+
+fn tokenizer(name: &str) -> Result<&'static Tokenizer, ConfigError> {
+    sluice_tokenizer::by_name(name).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "unknown encoding {name:?} (known: {})",
+            sluice_tokenizer::ENCODINGS.join(", ")
+        ))
+    })
+}
+
+impl Settings {
+    pub fn new(config: TokenCounterConfig) -> Result<Self, ConfigError> {
+        if let Some(p) = config.paths.keys().find(|p| !p.starts_with('/')) {
+            return Err(ConfigError::Invalid(format!("path {p:?} must start with '/'")));
+        }
+        let rules = config
+            .encodings
+            .iter()
+            .map(|r| {
+                if r.models.is_empty() {
+                    return Err(ConfigError::Invalid("an encoding rule without models".into()));
+                }
+                Ok((r.models.clone(), tokenizer(&r.encoding)?))
+            })
+            .collect::<Result<_, _>>()?;
+        if config.max_counted_bytes == 0 {
+            return Err(ConfigError::Invalid("max_counted_bytes must be at least 1".into()));
+        }
+        Ok(Self {
+            paths: config.paths,
+            rules,
+            default: tokenizer(&config.default_encoding)?,
+            inject_include_usage: config.inject_include_usage,
+            metric_models: config.metric_models.into_iter().collect(),
+            max_counted_bytes: config.max_counted_bytes,
+        })
+    }
+
+    /// The API of a request, if it is an LLM call this filter counts.
+    pub fn api(&self, method: &str, path: &str) -> Option<Api> {
+        if method != "POST" {
+            return None;
+        }
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        self.paths.get(path).copied()
+    }
+
+    pub fn tokenizer_for(&self, model: &str) -> &'static Tokenizer {
+        self.rules
+            .iter()
+            .find(|(globs, _)| first_match(globs, model).is_some())
+            .map_or(self.default, |(_, t)| *t)
+    }
+
+    /// The model as a metric label: a configured name, or `other`.
+    pub fn model_label<'a>(&self, model: &'a str) -> &'a str {
+        if self.metric_models.contains(model) {
+            model
+        } else {
+            "other"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(json: &str) -> Result<Settings, ConfigError> {
+        Settings::new(sluice_common::parse_config(json.as_bytes())?)
+    }
+
+    #[test]
+    fn defaults_and_rules() {
+        let s = settings(
+            r#"{"encodings":[{"models":["gpt-4","gpt-3.5*"],"encoding":"cl100k_base"}],
+                "metric_models":["m1"]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.api("POST", "/v1/chat/completions?x=1"), Some(Api::Chat));
+        assert_eq!(s.api("GET", "/v1/chat/completions"), None);
+        assert_eq!(s.api("POST", "/v1/models"), None);
+        assert_eq!(s.tokenizer_for("gpt-3.5-turbo").name(), "cl100k_base");
+        assert_eq!(s.tokenizer_for("gpt-4o").name(), "o200k_base");
+        assert_eq!(s.model_label("m1"), "m1");
+        assert_eq!(s.model_label("anything-else"), "other");
+    }
+
+    #[test]
+    fn bad_configs() {
+        for (json, want) in [
+            (r#"{"default_encoding":"p50k"}"#, "unknown encoding"),
+            (r#"{"encodings":[{"models":[],"encoding":"o200k_base"}]}"#, "without models"),
+            (r#"{"paths":{"v1/x":"chat"}}"#, "must start with"),
+            (r#"{"paths":{"/x":"images"}}"#, "unknown variant"),
+            (r#"{"typo":1}"#, "unknown field"),
+        ] {
+            let err = settings(json).err().expect(json).to_string();
+            assert!(err.contains(want), "{json}: {err}");
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! token-counter: exact token accounting, streamed responses included.
+//!
+//! Request: counts the prompt of the body sent upstream (OpenAI's message formula, the
+//! model's encoding) and publishes `sluice_prompt_tokens` before the request leaves; asks
+//! streams for usage (`stream_options.include_usage`) when the client did not.
+//! Response: reads `usage` from JSON bodies and SSE streams as chunks pass (nothing is held
+//! back but an incomplete event that must be edited), hides the usage chunk from clients
+//! that did not ask for it, and counts the generated text when the backend reports none or
+//! the stream is cut. Publishes `sluice_completion_tokens` and `sluice_usage_source`.
+//!
+//! The policy is in plain modules ([`request`], [`response`], [`prompt`]) tested natively;
+//! `filter` (wasm32 only) is the proxy-wasm glue.
+
+pub mod config;
+pub mod prompt;
+pub mod request;
+pub mod response;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+
+pub use config::{Api, Settings, TokenCounterConfig};
+pub use request::{plan_request, RequestPlan};
+pub use response::{CompletionUsage, ResponseTracker, UsageSource};
+
+/// A label value safe inside an Envoy stat name (tags are cut at dots).
+pub fn label(value: &str) -> String {
+    let cleaned: String = value
+        .chars()
+        .take(64)
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    if cleaned.is_empty() {
+        "none".into()
+    } else {
+        cleaned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn labels_are_stat_safe() {
+        assert_eq!(super::label("llama-3.1-8b"), "llama-3_1-8b");
+        assert_eq!(super::label(""), "none");
+        assert_eq!(super::label("team a/b"), "team_a_b");
+    }
+}

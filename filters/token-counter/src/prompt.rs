@@ -1,0 +1,187 @@
+//! Prompt tokens of a request body, as OpenAI counts them.
+//!
+//! Chat follows OpenAI's message formula: 3 tokens per message, the tokens of each of its
+//! values (role, content, ...), 1 more for a `name`, and 3 to prime the reply. Content may
+//! be a string or an array of parts, of which the text parts count. Tool and function
+//! definitions and tool calls count as their JSON text.
+
+use crate::config::Api;
+use serde_json::Value;
+use sluice_tokenizer::Tokenizer;
+
+const TOKENS_PER_MESSAGE: u64 = 3;
+const TOKENS_PER_NAME: u64 = 1;
+const REPLY_PRIMING: u64 = 3;
+
+/// Why a body cannot be counted: the message of a 400, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadField {
+    pub param: &'static str,
+    pub message: String,
+}
+
+fn bad(param: &'static str, message: impl Into<String>) -> BadField {
+    BadField {
+        param,
+        message: message.into(),
+    }
+}
+
+fn count(t: &Tokenizer, s: &str) -> u64 {
+    t.count(s) as u64
+}
+
+fn count_json(t: &Tokenizer, v: &Value) -> u64 {
+    count(t, &v.to_string())
+}
+
+/// Prompt tokens of a parsed body.
+pub fn prompt_tokens(api: Api, body: &Value, t: &Tokenizer) -> Result<u64, BadField> {
+    match api {
+        Api::Chat => chat(body, t),
+        Api::Completions => prompt_like(body.get("prompt"), "prompt", t),
+        Api::Embeddings => prompt_like(body.get("input"), "input", t),
+    }
+}
+
+fn chat(body: &Value, t: &Tokenizer) -> Result<u64, BadField> {
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("messages", "'messages' must be an array of messages."))?;
+    let mut total = REPLY_PRIMING;
+    for message in messages {
+        let fields = message
+            .as_object()
+            .ok_or_else(|| bad("messages", "Each message must be an object."))?;
+        total += TOKENS_PER_MESSAGE;
+        for (key, value) in fields {
+            total += match (key.as_str(), value) {
+                (_, Value::Null) => 0,
+                ("content", v) => content(v, t)?,
+                ("name", Value::String(s)) => count(t, s) + TOKENS_PER_NAME,
+                (_, Value::String(s)) => count(t, s),
+                // tool_calls, function_call, and anything structured: its JSON text.
+                (_, v) => count_json(t, v),
+            };
+        }
+    }
+    for key in ["tools", "functions"] {
+        if let Some(defs) = body.get(key).filter(|v| !v.is_null()) {
+            total += count_json(t, defs);
+        }
+    }
+    Ok(total)
+}
+
+fn content(v: &Value, t: &Tokenizer) -> Result<u64, BadField> {
+    match v {
+        Value::String(s) => Ok(count(t, s)),
+        Value::Array(parts) => parts.iter().try_fold(0, |acc, part| {
+            let kind = part.get("type").and_then(Value::as_str);
+            match (kind, part.get("text")) {
+                (Some("text"), Some(Value::String(s))) => Ok(acc + count(t, s)),
+                (Some("text"), _) => Err(bad("messages", "A text content part needs a string 'text'.")),
+                // Images, audio and files are not text: no text tokens.
+                (Some(_), _) => Ok(acc),
+                (None, _) => Err(bad("messages", "Each content part needs a 'type'.")),
+            }
+        }),
+        _ => Err(bad(
+            "messages",
+            "'content' must be a string or an array of content parts.",
+        )),
+    }
+}
+
+/// `prompt` / `input`: a string, a list of strings, a list of token ids, or a list of lists
+/// of token ids. Absent counts 0.
+fn prompt_like(v: Option<&Value>, param: &'static str, t: &Tokenizer) -> Result<u64, BadField> {
+    let wrong = || bad(param, format!("'{param}' must be a string, an array of strings or an array of token ids."));
+    match v {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::String(s)) => Ok(count(t, s)),
+        Some(Value::Array(items)) => items.iter().try_fold(0, |acc, item| match item {
+            Value::String(s) => Ok(acc + count(t, s)),
+            Value::Number(_) => Ok(acc + 1),
+            Value::Array(ids) if ids.iter().all(Value::is_number) => Ok(acc + ids.len() as u64),
+            _ => Err(wrong()),
+        }),
+        Some(_) => Err(wrong()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn o200k() -> &'static Tokenizer {
+        sluice_tokenizer::o200k_base().unwrap()
+    }
+
+    #[test]
+    fn chat_formula() {
+        let t = o200k();
+        let body = json!({"model": "m", "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "name": "bob", "content": [
+                {"type": "text", "text": "Hello there"},
+                {"type": "image_url", "image_url": {"url": "data:..."}}]}
+        ]});
+        let want = 3
+            + (3 + t.count("system") + t.count("You are terse."))
+            + (3 + t.count("user") + t.count("bob") + 1 + t.count("Hello there"));
+        assert_eq!(prompt_tokens(Api::Chat, &body, t).unwrap(), want as u64);
+    }
+
+    #[test]
+    fn tools_and_tool_calls_count_as_json() {
+        let t = o200k();
+        let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+        let calls = json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]);
+        let body = json!({"model": "m", "tools": tools, "messages": [
+            {"role": "assistant", "content": null, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": "c1", "content": "42"}
+        ]});
+        let want = 3
+            + (3 + t.count("assistant") + t.count(&calls.to_string()))
+            + (3 + t.count("tool") + t.count("c1") + t.count("42"))
+            + t.count(&tools.to_string());
+        assert_eq!(prompt_tokens(Api::Chat, &body, t).unwrap(), want as u64);
+    }
+
+    #[test]
+    fn completion_prompt_forms() {
+        let t = o200k();
+        let cases = [
+            (json!("hello world"), 2),
+            (json!(["hello", "world"]), 2),
+            (json!([1, 2, 3]), 3),
+            (json!([[1, 2], [3]]), 3),
+            (Value::Null, 0),
+        ];
+        for (prompt, want) in cases {
+            let body = json!({"model": "m", "prompt": prompt});
+            assert_eq!(prompt_tokens(Api::Completions, &body, t).unwrap(), want, "{prompt}");
+        }
+        let emb = json!({"model": "m", "input": "hello world"});
+        assert_eq!(prompt_tokens(Api::Embeddings, &emb, t).unwrap(), 2);
+    }
+
+    #[test]
+    fn wrong_shapes_name_the_field() {
+        let t = o200k();
+        let cases = [
+            (Api::Chat, json!({"model": "m"}), "messages"),
+            (Api::Chat, json!({"model": "m", "messages": "hi"}), "messages"),
+            (Api::Chat, json!({"model": "m", "messages": [{"role": "user", "content": 42}]}), "messages"),
+            (Api::Chat, json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]}), "messages"),
+            (Api::Completions, json!({"model": "m", "prompt": {"a": 1}}), "prompt"),
+            (Api::Completions, json!({"model": "m", "prompt": [true]}), "prompt"),
+        ];
+        for (api, body, param) in cases {
+            assert_eq!(prompt_tokens(api, &body, t).unwrap_err().param, param, "{body}");
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The request side: parse the body once, count it, and ask streams for usage.
+
+use crate::config::{Api, Settings};
+use crate::prompt::prompt_tokens;
+use serde_json::{Map, Value};
+use sluice_common::{ErrorKind, OpenAiError};
+use sluice_tokenizer::Tokenizer;
+
+/// What the filter learned from a request body and what it changes in it.
+pub struct RequestPlan {
+    pub api: Api,
+    pub model: String,
+    pub tokenizer: &'static Tokenizer,
+    pub prompt_tokens: u64,
+    pub stream: bool,
+    /// `stream_options.include_usage` was added by us: the usage chunk must be hidden
+    /// from the client.
+    pub injected_usage: bool,
+    /// The body to send upstream when it differs from the client's.
+    pub new_body: Option<Vec<u8>>,
+}
+
+fn invalid(message: impl Into<String>, param: Option<&str>) -> OpenAiError {
+    let e = OpenAiError::new(ErrorKind::InvalidRequest, message);
+    match param {
+        Some(p) => e.with_param(p),
+        None => e,
+    }
+}
+
+/// Plan a request from its complete body. `Err` is the 400 to answer.
+pub fn plan_request(settings: &Settings, api: Api, body: &[u8]) -> Result<RequestPlan, OpenAiError> {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| {
+        invalid(
+            format!("We could not parse the JSON body of your request ({e})."),
+            None,
+        )
+    })?;
+    let Some(fields) = value.as_object_mut() else {
+        return Err(invalid("The request body must be a JSON object.", None));
+    };
+    let model = match fields.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(_) => return Err(invalid("'model' must be a non-empty string.", Some("model"))),
+        None => return Err(invalid("You must provide a model parameter.", Some("model"))),
+    };
+    let tokenizer = settings.tokenizer_for(&model);
+    let prompt_tokens = prompt_tokens(api, &value, tokenizer)
+        .map_err(|b| invalid(b.message, Some(b.param)))?;
+    let stream = value.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let asked = value
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let inject = stream && !asked && settings.inject_include_usage && api != Api::Embeddings;
+    let mut new_body = None;
+    if inject {
+        if let Some(fields) = value.as_object_mut() {
+            let options = fields
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !options.is_object() {
+                *options = Value::Object(Map::new());
+            }
+            if let Some(o) = options.as_object_mut() {
+                o.insert("include_usage".into(), Value::Bool(true));
+            }
+        }
+        new_body = serde_json::to_vec(&value).ok();
+    }
+    Ok(RequestPlan {
+        api,
+        model,
+        tokenizer,
+        prompt_tokens,
+        stream,
+        injected_usage: new_body.is_some(),
+        new_body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TokenCounterConfig;
+    use serde_json::json;
+
+    fn settings() -> Settings {
+        Settings::new(TokenCounterConfig::default()).unwrap()
+    }
+
+    fn plan(body: Value) -> Result<RequestPlan, OpenAiError> {
+        plan_request(&settings(), Api::Chat, body.to_string().as_bytes())
+    }
+
+    #[test]
+    fn injects_include_usage_and_keeps_everything_else() {
+        let body = json!({"model": "m", "stream": true, "temperature": 0.5,
+                          "messages": [{"role": "user", "content": "hi"}]});
+        let p = plan(body.clone()).unwrap();
+        assert!(p.stream && p.injected_usage);
+        let sent: Value = serde_json::from_slice(p.new_body.as_ref().unwrap()).unwrap();
+        let mut want = body;
+        want["stream_options"] = json!({"include_usage": true});
+        assert_eq!(sent, want);
+        // Key order is the client's, the new field last.
+        let text = String::from_utf8(p.new_body.unwrap()).unwrap();
+        assert!(text.starts_with(r#"{"model":"m","stream":true,"temperature":0.5"#), "{text}");
+    }
+
+    #[test]
+    fn leaves_bodies_alone_when_nothing_is_needed() {
+        for body in [
+            json!({"model": "m", "messages": []}),
+            json!({"model": "m", "stream": true, "stream_options": {"include_usage": true}, "messages": []}),
+        ] {
+            let p = plan(body).unwrap();
+            assert!(p.new_body.is_none() && !p.injected_usage);
+        }
+        let p = plan(json!({"model": "m", "stream": true, "stream_options": {"include_usage": false}, "messages": []})).unwrap();
+        assert!(p.injected_usage, "include_usage false means the client does not want it");
+    }
+
+    #[test]
+    fn bad_bodies_are_400s() {
+        let s = settings();
+        for (body, param) in [
+            (&b"{not json"[..], None),
+            (b"[1,2]", None),
+            (br#"{"messages":[]}"#, Some("model")),
+            (br#"{"model":7,"messages":[]}"#, Some("model")),
+            (br#"{"model":"m","messages":[{"role":"user","content":42}]}"#, Some("messages")),
+        ] {
+            let e = plan_request(&s, Api::Chat, body).err().expect("a 400");
+            assert_eq!(e.status(), 400);
+            assert_eq!(e.param.as_deref(), param);
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The response side: capture the backend's usage or count the generated text, as chunks
+//! pass; hide the usage chunk we asked for from a client that did not.
+
+use crate::config::Api;
+use serde_json::Value;
+use sluice_common::json::remove_top_level_null_member;
+use sluice_common::sse::SseParser;
+use sluice_tokenizer::Tokenizer;
+
+/// Largest single SSE event accepted (a chunk of a stream is small; this bounds memory).
+const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// Where the completion count came from (`sluice_usage_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSource {
+    /// Reported by the backend.
+    Backend,
+    /// Tokenized here.
+    Counted,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backend => "backend",
+            Self::Counted => "counted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletionUsage {
+    pub completion_tokens: u64,
+    pub source: UsageSource,
+}
+
+enum Mode {
+    /// A complete JSON body: copied (bounded) as it passes, read at the end.
+    Json { body: Vec<u8>, truncated: bool },
+    /// Server-sent events, parsed incrementally.
+    Sse { parser: SseParser, strip: bool },
+}
+
+/// Follows one response.
+pub struct ResponseTracker {
+    api: Api,
+    mode: Mode,
+    success: bool,
+    tokenizer: &'static Tokenizer,
+    /// Generated text seen so far (bounded), for counting when the backend reports none.
+    text: String,
+    max_text: usize,
+    /// Tokens of text that no longer fit in `text`, counted as it was dropped.
+    overflow_tokens: u64,
+    backend_completion: Option<u64>,
+}
+
+impl ResponseTracker {
+    /// `stream`: the request asked for a stream; `strip_usage`: we injected include_usage.
+    pub fn new(
+        api: Api,
+        status: u16,
+        content_type: Option<&str>,
+        stream: bool,
+        strip_usage: bool,
+        tokenizer: &'static Tokenizer,
+        max_text: usize,
+    ) -> Self {
+        let ct = content_type.unwrap_or("").to_ascii_lowercase();
+        let sse = ct.starts_with("text/event-stream") || (stream && !ct.contains("json"));
+        let mode = if sse {
+            Mode::Sse {
+                parser: SseParser::new(MAX_EVENT_BYTES),
+                strip: strip_usage,
+            }
+        } else {
+            Mode::Json {
+                body: Vec::new(),
+                truncated: false,
+            }
+        };
+        Self {
+            api,
+            mode,
+            success: (200..300).contains(&status),
+            tokenizer,
+            text: String::new(),
+            max_text,
+            overflow_tokens: 0,
+            backend_completion: None,
+        }
+    }
+
+    /// Whether this response's bytes may be rewritten (so `content-length` must go).
+    pub fn rewrites(&self) -> bool {
+        matches!(self.mode, Mode::Sse { strip: true, .. })
+    }
+
+    /// Observe a chunk. Returns the bytes to send instead, when they differ.
+    pub fn on_chunk(&mut self, chunk: &[u8], end_of_stream: bool) -> Option<Vec<u8>> {
+        match &mut self.mode {
+            Mode::Json { body, truncated } => {
+                if body.len() + chunk.len() <= self.max_text {
+                    body.extend_from_slice(chunk);
+                } else {
+                    *truncated = true;
+                }
+                None
+            }
+            Mode::Sse { parser, strip } => {
+                let strip = *strip;
+                let events = parser.push(chunk);
+                let broken = parser.error().is_some();
+                let mut out = strip.then(|| Vec::with_capacity(chunk.len()));
+                for event in events {
+                    let mut keep = true;
+                    if let Some(data) = event.data.as_deref() {
+                        keep = self.on_event(data) || !strip;
+                    }
+                    if let Some(out) = out.as_mut() {
+                        if keep {
+                            let edited = (event.data_lines == 1)
+                                .then(|| remove_top_level_null_member(&event.raw, "usage"))
+                                .flatten();
+                            out.extend_from_slice(edited.as_deref().unwrap_or(&event.raw));
+                        }
+                    }
+                }
+                if let Mode::Sse { parser, .. } = &mut self.mode {
+                    // Hand back what cannot be parsed (the stream's tail, or a non-SSE body)
+                    // rather than hold it.
+                    if let Some(out) = out.as_mut() {
+                        if end_of_stream || broken {
+                            out.extend_from_slice(&parser.take_pending());
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// One event's data. Returns false for the usage-only chunk (hidden when stripping).
+    fn on_event(&mut self, data: &str) -> bool {
+        if data.trim() == "[DONE]" {
+            return true;
+        }
+        let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+            // Not JSON: count it as text, best effort.
+            self.add_text(data);
+            return true;
+        };
+        if let Some(n) = chunk.pointer("/usage/completion_tokens").and_then(Value::as_u64) {
+            self.backend_completion = Some(n);
+        }
+        let choices = chunk.get("choices").and_then(Value::as_array);
+        for choice in choices.into_iter().flatten() {
+            let texts = match self.api {
+                Api::Chat => delta_texts(choice.get("delta")),
+                Api::Completions | Api::Embeddings => {
+                    choice.get("text").and_then(Value::as_str).into_iter().collect()
+                }
+            };
+            for t in texts {
+                self.add_text(t);
+            }
+        }
+        let usage_only = choices.is_some_and(Vec::is_empty) && chunk.get("usage").is_some_and(Value::is_object);
+        !usage_only
+    }
+
+    fn add_text(&mut self, t: &str) {
+        if self.text.len() + t.len() <= self.max_text {
+            self.text.push_str(t);
+        } else {
+            // Past the cap, count pieces as they come: rarely exact at the seams, never
+            // unbounded in memory.
+            self.overflow_tokens += self.tokenizer.count(t) as u64;
+        }
+    }
+
+    /// The final completion usage. Call once the response ended, normally or not.
+    pub fn finish(&mut self) -> CompletionUsage {
+        if let Mode::Json { body, truncated } = &mut self.mode {
+            let body = std::mem::take(body);
+            if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                if let Some(n) = v.pointer("/usage/completion_tokens").and_then(Value::as_u64) {
+                    self.backend_completion = Some(n);
+                }
+                for choice in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+                    let texts = match self.api {
+                        Api::Chat => message_texts(choice.get("message")),
+                        _ => choice.get("text").and_then(Value::as_str).into_iter().collect(),
+                    };
+                    for t in texts {
+                        self.add_text(t);
+                    }
+                }
+            } else if self.success && !*truncated {
+                // Not JSON: the text is what can be recovered.
+                let text = String::from_utf8_lossy(&body).into_owned();
+                self.add_text(&text);
+            }
+        }
+        if let Some(n) = self.backend_completion {
+            return CompletionUsage {
+                completion_tokens: n,
+                source: UsageSource::Backend,
+            };
+        }
+        let counted = if self.success {
+            self.tokenizer.count(&self.text) as u64 + self.overflow_tokens
+        } else {
+            0
+        };
+        CompletionUsage {
+            completion_tokens: counted,
+            source: UsageSource::Counted,
+        }
+    }
+}
+
+/// Generated text of a stream delta: content, reasoning, and tool-call names / arguments.
+fn delta_texts(delta: Option<&Value>) -> Vec<&str> {
+    message_texts(delta)
+}
+
+fn message_texts(m: Option<&Value>) -> Vec<&str> {
+    let Some(m) = m else { return Vec::new() };
+    let mut out = Vec::new();
+    for key in ["content", "reasoning_content", "refusal"] {
+        if let Some(s) = m.get(key).and_then(Value::as_str) {
+            out.push(s);
+        }
+    }
+    for call in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+        for key in ["name", "arguments"] {
+            if let Some(s) = call.pointer(&format!("/function/{key}")).and_then(Value::as_str) {
+                out.push(s);
+            }
+        }
+    }
+    if let Some(f) = m.get("function_call") {
+        for key in ["name", "arguments"] {
+            if let Some(s) = f.get(key).and_then(Value::as_str) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tok() -> &'static Tokenizer {
+        sluice_tokenizer::o200k_base().unwrap()
+    }
+
+    fn chunk(content: &str, with_usage_field: bool) -> String {
+        let mut c = json!({"id": "x", "object": "chat.completion.chunk",
+                           "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]});
+        if with_usage_field {
+            c["usage"] = Value::Null;
+        }
+        format!("data: {c}\n\n")
+    }
+
+    fn usage_chunk(completion: u64) -> String {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "x", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": completion, "total_tokens": 5 + completion}})
+        )
+    }
+
+    fn sse(strip: bool) -> ResponseTracker {
+        ResponseTracker::new(Api::Chat, 200, Some("text/event-stream"), true, strip, tok(), 1 << 20)
+    }
+
+    #[test]
+    fn stream_without_usage_is_counted() {
+        let mut t = sse(false);
+        let body = format!("{}{}data: [DONE]\n\n", chunk("Hello", false), chunk(" world", false));
+        assert_eq!(t.on_chunk(body.as_bytes(), true), None);
+        let u = t.finish();
+        assert_eq!((u.completion_tokens, u.source), (2, UsageSource::Counted));
+    }
+
+    #[test]
+    fn injected_usage_is_read_and_hidden_exactly() {
+        let with = format!(
+            "{}{}{}data: [DONE]\n\n",
+            chunk("Hello", true),
+            chunk(" world", true),
+            usage_chunk(7)
+        );
+        let without = format!("{}{}data: [DONE]\n\n", chunk("Hello", false), chunk(" world", false));
+        // Whatever the chunking, the client gets exactly the stream without usage.
+        for split in 0..with.len() {
+            let mut t = sse(true);
+            let mut out = t.on_chunk(&with.as_bytes()[..split], false).unwrap();
+            out.extend(t.on_chunk(&with.as_bytes()[split..], true).unwrap());
+            assert_eq!(String::from_utf8(out).unwrap(), without, "split at {split}");
+            let u = t.finish();
+            assert_eq!((u.completion_tokens, u.source), (7, UsageSource::Backend));
+        }
+    }
+
+    #[test]
+    fn asked_for_usage_passes_untouched() {
+        let mut t = sse(false);
+        let body = format!("{}{}data: [DONE]\n\n", chunk("Hi", true), usage_chunk(1));
+        assert_eq!(t.on_chunk(body.as_bytes(), true), None);
+        assert_eq!(t.finish().source, UsageSource::Backend);
+    }
+
+    #[test]
+    fn cut_stream_counts_what_arrived() {
+        let mut t = sse(true);
+        let body = format!("{}{}data: {{\"id\":", chunk("one", true), chunk(" two", true));
+        let out = t.on_chunk(body.as_bytes(), false).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), format!("{}{}", chunk("one", false), chunk(" two", false)));
+        let u = t.finish();
+        assert_eq!((u.completion_tokens, u.source), (2, UsageSource::Counted));
+    }
+
+    #[test]
+    fn json_bodies() {
+        let with_usage = json!({"choices": [{"message": {"role": "assistant", "content": "Hello world"}}],
+                                "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}});
+        let without = json!({"choices": [{"message": {"role": "assistant", "content": "Hello world"}}]});
+        for (body, want) in [(with_usage, (9, UsageSource::Backend)), (without, (2, UsageSource::Counted))] {
+            let mut t = ResponseTracker::new(Api::Chat, 200, Some("application/json"), false, false, tok(), 1 << 20);
+            let bytes = body.to_string();
+            let (a, b) = bytes.as_bytes().split_at(bytes.len() / 2);
+            assert_eq!(t.on_chunk(a, false), None);
+            assert_eq!(t.on_chunk(b, true), None);
+            let u = t.finish();
+            assert_eq!((u.completion_tokens, u.source), want);
+        }
+        // Not JSON: the text is counted; an error status counts nothing.
+        let mut t = ResponseTracker::new(Api::Chat, 200, Some("text/plain"), false, false, tok(), 1 << 20);
+        t.on_chunk(b"Hello world", true);
+        assert_eq!(t.finish().completion_tokens, 2);
+        let mut t = ResponseTracker::new(Api::Chat, 500, Some("application/json"), false, false, tok(), 1 << 20);
+        t.on_chunk(br#"{"error":{"message":"boom"}}"#, true);
+        assert_eq!(t.finish().completion_tokens, 0);
+    }
+
+    #[test]
+    fn tool_call_deltas_count() {
+        let mut t = sse(false);
+        let c = json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]}}]});
+        t.on_chunk(format!("data: {c}\n\ndata: [DONE]\n\n").as_bytes(), true);
+        let want = tok().count("get_weather{\"city\":\"Paris\"}") as u64;
+        assert_eq!(t.finish().completion_tokens, want);
+    }
+}
