@@ -49,7 +49,7 @@ start_envoy() { # name filters; sets PORT_<name>
   while [ "$admin" = "$port" ]; do admin=$(free_port); done
   "$SLUICE" render envoy/envoy.yaml.j2 -o "$work/$name/envoy.yaml" \
     -s "listen_port=$port" -s "admin_port=$admin" -s "state_dir=$work/$name" \
-    -s "pools=[{\"name\":\"pool-a\",\"host\":\"127.0.0.1\",\"port\":$MOCK_PORT}]" -s "filters=$filters"
+    -s "pools=[{\"name\":\"pool-a\",\"host\":\"127.0.0.1\",\"port\":$MOCK_PORT}]" -s "filters=$filters" -s "wasm_dir=$ROOT/target/wasm"
   "$ENVOY" -c "$work/$name/envoy.yaml" --concurrency "$ENVOY_CONCURRENCY" --base-id "$admin" \
     --log-level warn >"$work/$name/envoy.log" 2>&1 &
   pids+=($!)

@@ -84,7 +84,7 @@ pools_json="[$(IFS=,; echo "${pools[*]}")]"
 
 "$SLUICE" render envoy/envoy.yaml.j2 -o "$STATE/envoy.yaml" \
   -s "listen_port=$PORT" -s "admin_port=$ADMIN_PORT" -s "state_dir=$STATE" \
-  -s "pools=$pools_json" -s filters=true
+  -s "pools=$pools_json" -s filters=true -s "wasm_dir=$ROOT/target/wasm"
 "$ENVOY" -c "$STATE/envoy.yaml" --concurrency 2 --base-id "$ADMIN_PORT" \
   --log-level info >"$STATE/logs/envoy.log" 2>&1 &
 pids+=($!)

@@ -9,9 +9,27 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Render `template` (the text) with `vars`.
-pub fn render_str(name: &str, template: &str, vars: &BTreeMap<String, Value>) -> Result<String> {
+/// Render `template` (the text) with `vars`. `file("rel/path")` in the template reads a
+/// file relative to `base_dir` (the template's directory), e.g. a filter's JSON config.
+pub fn render_str(
+    name: &str,
+    template: &str,
+    vars: &BTreeMap<String, Value>,
+    base_dir: &Path,
+) -> Result<String> {
     let mut env = Environment::new();
+    let base = base_dir.to_path_buf();
+    env.add_function(
+        "file",
+        move |rel: String| -> Result<String, minijinja::Error> {
+            std::fs::read_to_string(base.join(&rel)).map_err(|e| {
+                minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!("cannot read {rel}: {e}"),
+                )
+            })
+        },
+    );
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
     // minijinja would JSON-escape every value in `.yaml`/`.json` templates; ours quote
@@ -29,7 +47,8 @@ pub fn render_str(name: &str, template: &str, vars: &BTreeMap<String, Value>) ->
 pub fn render_file(template: &Path, out: &Path, vars: &BTreeMap<String, Value>) -> Result<()> {
     let text = std::fs::read_to_string(template)
         .with_context(|| format!("cannot read {}", template.display()))?;
-    let rendered = render_str(&template.display().to_string(), &text, vars)?;
+    let base = template.parent().unwrap_or(Path::new("."));
+    let rendered = render_str(&template.display().to_string(), &text, vars, base)?;
     write_atomic(out, rendered.as_bytes())
 }
 
@@ -76,13 +95,18 @@ mod tests {
     fn renders_and_refuses_undefined() {
         let vars =
             parse_vars(&["port=8080".into(), "filters=true".into(), "name=a b".into()]).unwrap();
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
         let out = render_str(
             "t",
             "port: {{ port }}\n{% if filters %}f: {{ name | tojson }}\n{% endif %}",
             &vars,
+            here,
         )
         .unwrap();
         assert_eq!(out, "port: 8080\nf: \"a b\"\n");
-        assert!(render_str("t", "{{ missing }}", &vars).is_err());
+        assert!(render_str("t", "{{ missing }}", &vars, here).is_err());
+        let with_file = render_str("t", "{{ file('Cargo.toml') | length > 0 }}", &vars, here);
+        assert_eq!(with_file.unwrap(), "true");
+        assert!(render_str("t", "{{ file('nope') }}", &vars, here).is_err());
     }
 }

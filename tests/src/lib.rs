@@ -58,6 +58,7 @@ pub fn built(rel: &str) -> PathBuf {
 
 pub fn wasm_dir() -> PathBuf {
     built("target/wasm/sluice_key_auth.wasm");
+    built("target/wasm/sluice_token_counter.wasm");
     repo_root().join("target/wasm")
 }
 
@@ -213,6 +214,7 @@ impl Stack {
             minijinja::Value::from_serialize(&pools_json),
         );
         vars.insert("health_interval".into(), "1s".into());
+        vars.insert("wasm_dir".into(), wasm_dir().to_str().unwrap().into());
         for (k, v) in &options.vars {
             vars.insert(k.clone(), minijinja::Value::from_serialize(v));
         }
@@ -472,4 +474,47 @@ pub fn chat_body(stream: bool) -> Value {
         "stream": stream,
         "messages": [{"role": "user", "content": "Say hello to the gateway."}]
     })
+}
+
+impl Stack {
+    /// The access-log line of the request with `x-request-id: id` (waits for the flush).
+    pub async fn log_line(&self, id: &str) -> Value {
+        eventually(
+            &format!("the access log line of {id}"),
+            Duration::from_secs(10),
+            || async {
+                self.access_log()
+                    .into_iter()
+                    .find(|l| l["request_id"] == id)
+            },
+        )
+        .await
+    }
+
+    /// POST a JSON body to the gateway with a key and a request id.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        key: &str,
+        id: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}{path}", self.gateway))
+            .header("authorization", format!("Bearer {key}"))
+            .header("x-request-id", id)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// A numeric access-log field (filter state is logged as a string).
+pub fn log_number(line: &Value, field: &str) -> Option<u64> {
+    match &line[field] {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
 }

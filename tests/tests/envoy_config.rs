@@ -50,6 +50,10 @@ fn every_envoy_config_validates() {
                 vars.insert("state_dir".into(), dir.path().to_str().unwrap().into());
                 vars.insert("filters".into(), filters.into());
                 vars.insert(
+                    "wasm_dir".into(),
+                    sluice_e2e::wasm_dir().to_str().unwrap().into(),
+                );
+                vars.insert(
                     "pools".into(),
                     minijinja::Value::from_serialize(json!([
                         {"name": "pool-a", "host": "127.0.0.1", "port": 9001},

@@ -94,9 +94,18 @@ mod tests {
 
     #[test]
     fn removes_only_the_top_level_null_member() {
-        assert_eq!(rm(r#"{"id":"x","usage":null}"#).as_deref(), Some(r#"{"id":"x"}"#));
-        assert_eq!(rm(r#"{"usage":null,"id":"x"}"#).as_deref(), Some(r#"{"id":"x"}"#));
-        assert_eq!(rm(r#"{"a":1, "usage" : null , "b":2}"#).as_deref(), Some(r#"{"a":1, "b":2}"#));
+        assert_eq!(
+            rm(r#"{"id":"x","usage":null}"#).as_deref(),
+            Some(r#"{"id":"x"}"#)
+        );
+        assert_eq!(
+            rm(r#"{"usage":null,"id":"x"}"#).as_deref(),
+            Some(r#"{"id":"x"}"#)
+        );
+        assert_eq!(
+            rm(r#"{"a":1, "usage" : null , "b":2}"#).as_deref(),
+            Some(r#"{"a":1, "b":2}"#)
+        );
         assert_eq!(rm(r#"{"usage":null}"#).as_deref(), Some("{}"));
         assert_eq!(rm(r#"{"usage":{"total_tokens":3}}"#), None);
         assert_eq!(rm(r#"{"c":"\"usage\":null","d":{"usage":null}}"#), None);

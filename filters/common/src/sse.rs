@@ -169,7 +169,10 @@ mod tests {
         let input = b"data: {\"a\":1}\n\ndata: [DONE]\n\n";
         let ev = p.push(input);
         assert_eq!(datas(&ev), ["{\"a\":1}", "[DONE]"]);
-        assert_eq!(ev.iter().flat_map(|e| e.raw.clone()).collect::<Vec<_>>(), input);
+        assert_eq!(
+            ev.iter().flat_map(|e| e.raw.clone()).collect::<Vec<_>>(),
+            input
+        );
         assert!(p.pending().is_empty());
     }
 

@@ -116,20 +116,26 @@ fn tokenizer(name: &str) -> Result<&'static Tokenizer, ConfigError> {
 impl Settings {
     pub fn new(config: TokenCounterConfig) -> Result<Self, ConfigError> {
         if let Some(p) = config.paths.keys().find(|p| !p.starts_with('/')) {
-            return Err(ConfigError::Invalid(format!("path {p:?} must start with '/'")));
+            return Err(ConfigError::Invalid(format!(
+                "path {p:?} must start with '/'"
+            )));
         }
         let rules = config
             .encodings
             .iter()
             .map(|r| {
                 if r.models.is_empty() {
-                    return Err(ConfigError::Invalid("an encoding rule without models".into()));
+                    return Err(ConfigError::Invalid(
+                        "an encoding rule without models".into(),
+                    ));
                 }
                 Ok((r.models.clone(), tokenizer(&r.encoding)?))
             })
             .collect::<Result<_, _>>()?;
         if config.max_counted_bytes == 0 {
-            return Err(ConfigError::Invalid("max_counted_bytes must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "max_counted_bytes must be at least 1".into(),
+            ));
         }
         Ok(Self {
             paths: config.paths,
@@ -195,7 +201,10 @@ mod tests {
     fn bad_configs() {
         for (json, want) in [
             (r#"{"default_encoding":"p50k"}"#, "unknown encoding"),
-            (r#"{"encodings":[{"models":[],"encoding":"o200k_base"}]}"#, "without models"),
+            (
+                r#"{"encodings":[{"models":[],"encoding":"o200k_base"}]}"#,
+                "without models",
+            ),
             (r#"{"paths":{"v1/x":"chat"}}"#, "must start with"),
             (r#"{"paths":{"/x":"images"}}"#, "unknown variant"),
             (r#"{"typo":1}"#, "unknown field"),

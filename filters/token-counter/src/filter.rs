@@ -43,7 +43,9 @@ impl Counters {
             None => None,
         };
         if let Some(id) = id {
-            if let Err(e) = hostcalls::increment_metric(id, i64::try_from(value).unwrap_or(i64::MAX)) {
+            if let Err(e) =
+                hostcalls::increment_metric(id, i64::try_from(value).unwrap_or(i64::MAX))
+            {
                 log::warn!("token-counter: increment_metric failed: {e:?}");
             }
         }
@@ -67,7 +69,8 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let settings = sluice_common::parse_config::<TokenCounterConfig>(&bytes).and_then(Settings::new);
+        let settings =
+            sluice_common::parse_config::<TokenCounterConfig>(&bytes).and_then(Settings::new);
         match settings {
             Ok(s) => {
                 // Touch the tokenizers now, not on the first request.
@@ -170,7 +173,10 @@ impl Http {
                 return;
             }
         };
-        set_property(properties::COMPLETION_TOKENS, &usage.completion_tokens.to_string());
+        set_property(
+            properties::COMPLETION_TOKENS,
+            &usage.completion_tokens.to_string(),
+        );
         set_property(properties::USAGE_SOURCE, usage.source.as_str());
         let tenant = hostcalls::get_property(vec![properties::TENANT])
             .ok()
@@ -188,9 +194,15 @@ impl Http {
             usage.source.as_str()
         );
         let mut counters = self.counters.borrow_mut();
-        counters.add(format!("sluice.tokens.type.input.{labels}"), plan.prompt_tokens);
-        counters.add(format!("sluice.tokens.type.output.{labels}"), usage.completion_tokens);
-        counters.add(format!("sluice.requests.{labels}"), 1);
+        counters.add(
+            format!("gen_ai.client.token.usage.type.input.{labels}"),
+            plan.prompt_tokens,
+        );
+        counters.add(
+            format!("gen_ai.client.token.usage.type.output.{labels}"),
+            usage.completion_tokens,
+        );
+        counters.add(format!("sluice.llm.requests.{labels}"), 1);
     }
 }
 
@@ -236,7 +248,9 @@ impl HttpContext for Http {
             Err(e) => self.reject(&e),
             Ok(mut plan) => {
                 if let Some(new_body) = plan.new_body.take() {
-                    if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, &new_body) {
+                    if let Err(e) =
+                        hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, &new_body)
+                    {
                         log::warn!("token-counter: cannot rewrite the request body: {e:?}");
                         plan.injected_usage = false;
                     } else if let Err(e) = hostcalls::set_map_value(
@@ -264,7 +278,10 @@ impl HttpContext for Http {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let content_type = header(MapType::HttpResponseHeaders, "content-type");
-        let max = self.settings.as_ref().map_or(1 << 20, |s| s.max_counted_bytes);
+        let max = self
+            .settings
+            .as_ref()
+            .map_or(1 << 20, |s| s.max_counted_bytes);
         let tracker = ResponseTracker::new(
             plan.api,
             status,
@@ -275,7 +292,9 @@ impl HttpContext for Http {
             max,
         );
         if tracker.rewrites() {
-            if let Err(e) = hostcalls::remove_map_value(MapType::HttpResponseHeaders, "content-length") {
+            if let Err(e) =
+                hostcalls::remove_map_value(MapType::HttpResponseHeaders, "content-length")
+            {
                 log::warn!("token-counter: cannot remove content-length: {e:?}");
             }
         }
@@ -296,7 +315,9 @@ impl HttpContext for Http {
                 }
             };
             if let Some(replacement) = tracker.on_chunk(&chunk, end_of_stream) {
-                if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &replacement) {
+                if let Err(e) =
+                    hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &replacement)
+                {
                     log::warn!("token-counter: cannot rewrite a response chunk: {e:?}");
                 }
             }

@@ -81,7 +81,10 @@ fn content(v: &Value, t: &Tokenizer) -> Result<u64, BadField> {
             let kind = part.get("type").and_then(Value::as_str);
             match (kind, part.get("text")) {
                 (Some("text"), Some(Value::String(s))) => Ok(acc + count(t, s)),
-                (Some("text"), _) => Err(bad("messages", "A text content part needs a string 'text'.")),
+                (Some("text"), _) => Err(bad(
+                    "messages",
+                    "A text content part needs a string 'text'.",
+                )),
                 // Images, audio and files are not text: no text tokens.
                 (Some(_), _) => Ok(acc),
                 (None, _) => Err(bad("messages", "Each content part needs a 'type'.")),
@@ -97,7 +100,12 @@ fn content(v: &Value, t: &Tokenizer) -> Result<u64, BadField> {
 /// `prompt` / `input`: a string, a list of strings, a list of token ids, or a list of lists
 /// of token ids. Absent counts 0.
 fn prompt_like(v: Option<&Value>, param: &'static str, t: &Tokenizer) -> Result<u64, BadField> {
-    let wrong = || bad(param, format!("'{param}' must be a string, an array of strings or an array of token ids."));
+    let wrong = || {
+        bad(
+            param,
+            format!("'{param}' must be a string, an array of strings or an array of token ids."),
+        )
+    };
     match v {
         None | Some(Value::Null) => Ok(0),
         Some(Value::String(s)) => Ok(count(t, s)),
@@ -139,7 +147,8 @@ mod tests {
     fn tools_and_tool_calls_count_as_json() {
         let t = o200k();
         let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
-        let calls = json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]);
+        let calls =
+            json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]);
         let body = json!({"model": "m", "tools": tools, "messages": [
             {"role": "assistant", "content": null, "tool_calls": calls},
             {"role": "tool", "tool_call_id": "c1", "content": "42"}
@@ -163,7 +172,11 @@ mod tests {
         ];
         for (prompt, want) in cases {
             let body = json!({"model": "m", "prompt": prompt});
-            assert_eq!(prompt_tokens(Api::Completions, &body, t).unwrap(), want, "{prompt}");
+            assert_eq!(
+                prompt_tokens(Api::Completions, &body, t).unwrap(),
+                want,
+                "{prompt}"
+            );
         }
         let emb = json!({"model": "m", "input": "hello world"});
         assert_eq!(prompt_tokens(Api::Embeddings, &emb, t).unwrap(), 2);
@@ -174,14 +187,38 @@ mod tests {
         let t = o200k();
         let cases = [
             (Api::Chat, json!({"model": "m"}), "messages"),
-            (Api::Chat, json!({"model": "m", "messages": "hi"}), "messages"),
-            (Api::Chat, json!({"model": "m", "messages": [{"role": "user", "content": 42}]}), "messages"),
-            (Api::Chat, json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]}), "messages"),
-            (Api::Completions, json!({"model": "m", "prompt": {"a": 1}}), "prompt"),
-            (Api::Completions, json!({"model": "m", "prompt": [true]}), "prompt"),
+            (
+                Api::Chat,
+                json!({"model": "m", "messages": "hi"}),
+                "messages",
+            ),
+            (
+                Api::Chat,
+                json!({"model": "m", "messages": [{"role": "user", "content": 42}]}),
+                "messages",
+            ),
+            (
+                Api::Chat,
+                json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]}),
+                "messages",
+            ),
+            (
+                Api::Completions,
+                json!({"model": "m", "prompt": {"a": 1}}),
+                "prompt",
+            ),
+            (
+                Api::Completions,
+                json!({"model": "m", "prompt": [true]}),
+                "prompt",
+            ),
         ];
         for (api, body, param) in cases {
-            assert_eq!(prompt_tokens(api, &body, t).unwrap_err().param, param, "{body}");
+            assert_eq!(
+                prompt_tokens(api, &body, t).unwrap_err().param,
+                param,
+                "{body}"
+            );
         }
     }
 }

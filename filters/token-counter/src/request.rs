@@ -29,7 +29,11 @@ fn invalid(message: impl Into<String>, param: Option<&str>) -> OpenAiError {
 }
 
 /// Plan a request from its complete body. `Err` is the 400 to answer.
-pub fn plan_request(settings: &Settings, api: Api, body: &[u8]) -> Result<RequestPlan, OpenAiError> {
+pub fn plan_request(
+    settings: &Settings,
+    api: Api,
+    body: &[u8],
+) -> Result<RequestPlan, OpenAiError> {
     let mut value: Value = serde_json::from_slice(body).map_err(|e| {
         invalid(
             format!("We could not parse the JSON body of your request ({e})."),
@@ -41,13 +45,26 @@ pub fn plan_request(settings: &Settings, api: Api, body: &[u8]) -> Result<Reques
     };
     let model = match fields.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(_) => return Err(invalid("'model' must be a non-empty string.", Some("model"))),
-        None => return Err(invalid("You must provide a model parameter.", Some("model"))),
+        Some(_) => {
+            return Err(invalid(
+                "'model' must be a non-empty string.",
+                Some("model"),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                "You must provide a model parameter.",
+                Some("model"),
+            ))
+        }
     };
     let tokenizer = settings.tokenizer_for(&model);
-    let prompt_tokens = prompt_tokens(api, &value, tokenizer)
-        .map_err(|b| invalid(b.message, Some(b.param)))?;
-    let stream = value.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let prompt_tokens =
+        prompt_tokens(api, &value, tokenizer).map_err(|b| invalid(b.message, Some(b.param)))?;
+    let stream = value
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let asked = value
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
@@ -105,7 +122,10 @@ mod tests {
         assert_eq!(sent, want);
         // Key order is the client's, the new field last.
         let text = String::from_utf8(p.new_body.unwrap()).unwrap();
-        assert!(text.starts_with(r#"{"model":"m","stream":true,"temperature":0.5"#), "{text}");
+        assert!(
+            text.starts_with(r#"{"model":"m","stream":true,"temperature":0.5"#),
+            "{text}"
+        );
     }
 
     #[test]
@@ -118,7 +138,10 @@ mod tests {
             assert!(p.new_body.is_none() && !p.injected_usage);
         }
         let p = plan(json!({"model": "m", "stream": true, "stream_options": {"include_usage": false}, "messages": []})).unwrap();
-        assert!(p.injected_usage, "include_usage false means the client does not want it");
+        assert!(
+            p.injected_usage,
+            "include_usage false means the client does not want it"
+        );
     }
 
     #[test]
@@ -129,7 +152,10 @@ mod tests {
             (b"[1,2]", None),
             (br#"{"messages":[]}"#, Some("model")),
             (br#"{"model":7,"messages":[]}"#, Some("model")),
-            (br#"{"model":"m","messages":[{"role":"user","content":42}]}"#, Some("messages")),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":42}]}"#,
+                Some("messages"),
+            ),
         ] {
             let e = plan_request(&s, Api::Chat, body).err().expect("a 400");
             assert_eq!(e.status(), 400);

@@ -150,22 +150,28 @@ impl ResponseTracker {
             self.add_text(data);
             return true;
         };
-        if let Some(n) = chunk.pointer("/usage/completion_tokens").and_then(Value::as_u64) {
+        if let Some(n) = chunk
+            .pointer("/usage/completion_tokens")
+            .and_then(Value::as_u64)
+        {
             self.backend_completion = Some(n);
         }
         let choices = chunk.get("choices").and_then(Value::as_array);
         for choice in choices.into_iter().flatten() {
             let texts = match self.api {
                 Api::Chat => delta_texts(choice.get("delta")),
-                Api::Completions | Api::Embeddings => {
-                    choice.get("text").and_then(Value::as_str).into_iter().collect()
-                }
+                Api::Completions | Api::Embeddings => choice
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .into_iter()
+                    .collect(),
             };
             for t in texts {
                 self.add_text(t);
             }
         }
-        let usage_only = choices.is_some_and(Vec::is_empty) && chunk.get("usage").is_some_and(Value::is_object);
+        let usage_only =
+            choices.is_some_and(Vec::is_empty) && chunk.get("usage").is_some_and(Value::is_object);
         !usage_only
     }
 
@@ -184,13 +190,25 @@ impl ResponseTracker {
         if let Mode::Json { body, truncated } = &mut self.mode {
             let body = std::mem::take(body);
             if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                if let Some(n) = v.pointer("/usage/completion_tokens").and_then(Value::as_u64) {
+                if let Some(n) = v
+                    .pointer("/usage/completion_tokens")
+                    .and_then(Value::as_u64)
+                {
                     self.backend_completion = Some(n);
                 }
-                for choice in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+                for choice in v
+                    .get("choices")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     let texts = match self.api {
                         Api::Chat => message_texts(choice.get("message")),
-                        _ => choice.get("text").and_then(Value::as_str).into_iter().collect(),
+                        _ => choice
+                            .get("text")
+                            .and_then(Value::as_str)
+                            .into_iter()
+                            .collect(),
                     };
                     for t in texts {
                         self.add_text(t);
@@ -233,9 +251,17 @@ fn message_texts(m: Option<&Value>) -> Vec<&str> {
             out.push(s);
         }
     }
-    for call in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+    for call in m
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         for key in ["name", "arguments"] {
-            if let Some(s) = call.pointer(&format!("/function/{key}")).and_then(Value::as_str) {
+            if let Some(s) = call
+                .pointer(&format!("/function/{key}"))
+                .and_then(Value::as_str)
+            {
                 out.push(s);
             }
         }
@@ -276,13 +302,25 @@ mod tests {
     }
 
     fn sse(strip: bool) -> ResponseTracker {
-        ResponseTracker::new(Api::Chat, 200, Some("text/event-stream"), true, strip, tok(), 1 << 20)
+        ResponseTracker::new(
+            Api::Chat,
+            200,
+            Some("text/event-stream"),
+            true,
+            strip,
+            tok(),
+            1 << 20,
+        )
     }
 
     #[test]
     fn stream_without_usage_is_counted() {
         let mut t = sse(false);
-        let body = format!("{}{}data: [DONE]\n\n", chunk("Hello", false), chunk(" world", false));
+        let body = format!(
+            "{}{}data: [DONE]\n\n",
+            chunk("Hello", false),
+            chunk(" world", false)
+        );
         assert_eq!(t.on_chunk(body.as_bytes(), true), None);
         let u = t.finish();
         assert_eq!((u.completion_tokens, u.source), (2, UsageSource::Counted));
@@ -296,7 +334,11 @@ mod tests {
             chunk(" world", true),
             usage_chunk(7)
         );
-        let without = format!("{}{}data: [DONE]\n\n", chunk("Hello", false), chunk(" world", false));
+        let without = format!(
+            "{}{}data: [DONE]\n\n",
+            chunk("Hello", false),
+            chunk(" world", false)
+        );
         // Whatever the chunking, the client gets exactly the stream without usage.
         for split in 0..with.len() {
             let mut t = sse(true);
@@ -319,9 +361,16 @@ mod tests {
     #[test]
     fn cut_stream_counts_what_arrived() {
         let mut t = sse(true);
-        let body = format!("{}{}data: {{\"id\":", chunk("one", true), chunk(" two", true));
+        let body = format!(
+            "{}{}data: {{\"id\":",
+            chunk("one", true),
+            chunk(" two", true)
+        );
         let out = t.on_chunk(body.as_bytes(), false).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), format!("{}{}", chunk("one", false), chunk(" two", false)));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("{}{}", chunk("one", false), chunk(" two", false))
+        );
         let u = t.finish();
         assert_eq!((u.completion_tokens, u.source), (2, UsageSource::Counted));
     }
@@ -330,9 +379,21 @@ mod tests {
     fn json_bodies() {
         let with_usage = json!({"choices": [{"message": {"role": "assistant", "content": "Hello world"}}],
                                 "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}});
-        let without = json!({"choices": [{"message": {"role": "assistant", "content": "Hello world"}}]});
-        for (body, want) in [(with_usage, (9, UsageSource::Backend)), (without, (2, UsageSource::Counted))] {
-            let mut t = ResponseTracker::new(Api::Chat, 200, Some("application/json"), false, false, tok(), 1 << 20);
+        let without =
+            json!({"choices": [{"message": {"role": "assistant", "content": "Hello world"}}]});
+        for (body, want) in [
+            (with_usage, (9, UsageSource::Backend)),
+            (without, (2, UsageSource::Counted)),
+        ] {
+            let mut t = ResponseTracker::new(
+                Api::Chat,
+                200,
+                Some("application/json"),
+                false,
+                false,
+                tok(),
+                1 << 20,
+            );
             let bytes = body.to_string();
             let (a, b) = bytes.as_bytes().split_at(bytes.len() / 2);
             assert_eq!(t.on_chunk(a, false), None);
@@ -341,10 +402,26 @@ mod tests {
             assert_eq!((u.completion_tokens, u.source), want);
         }
         // Not JSON: the text is counted; an error status counts nothing.
-        let mut t = ResponseTracker::new(Api::Chat, 200, Some("text/plain"), false, false, tok(), 1 << 20);
+        let mut t = ResponseTracker::new(
+            Api::Chat,
+            200,
+            Some("text/plain"),
+            false,
+            false,
+            tok(),
+            1 << 20,
+        );
         t.on_chunk(b"Hello world", true);
         assert_eq!(t.finish().completion_tokens, 2);
-        let mut t = ResponseTracker::new(Api::Chat, 500, Some("application/json"), false, false, tok(), 1 << 20);
+        let mut t = ResponseTracker::new(
+            Api::Chat,
+            500,
+            Some("application/json"),
+            false,
+            false,
+            tok(),
+            1 << 20,
+        );
         t.on_chunk(br#"{"error":{"message":"boom"}}"#, true);
         assert_eq!(t.finish().completion_tokens, 0);
     }

@@ -262,30 +262,41 @@ async fn complete(app: Arc<App>, api: Api, body: Bytes) -> Response {
         return resp;
     }
     let events = reply::stream_events(&call, &plan, &id, created, config.usage);
+    // (delay before, bytes, index of the event it belongs to)
+    let mut writes: Vec<(u64, Bytes, usize)> = Vec::with_capacity(events.len() * 2);
+    for (i, event) in events.into_iter().enumerate() {
+        let delay = if i == 0 {
+            config.ttft_ms
+        } else {
+            config.token_delay_ms
+        };
+        if config.split_events && event.len() > 1 {
+            let cut = event.len() / 2;
+            let (a, b) = event.split_at(cut);
+            writes.push((delay, Bytes::copy_from_slice(a.as_bytes()), i));
+            writes.push((20, Bytes::copy_from_slice(b.as_bytes()), i));
+        } else {
+            writes.push((delay, Bytes::from(event), i));
+        }
+    }
+    let disconnect_after = config.disconnect_after;
     let stream = futures::stream::unfold(
-        (events.into_iter().enumerate(), running, config),
-        |(mut events, running, config)| async move {
-            let (i, event) = events.next()?;
-            let delay = if i == 0 {
-                config.ttft_ms
-            } else {
-                config.token_delay_ms
-            };
+        (writes.into_iter(), running),
+        move |(mut writes, running)| async move {
+            let (delay, bytes, event) = writes.next()?;
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             // Content chunks are numbered from 1 (event 0 opens the message).
-            if config.disconnect_after.is_some_and(|k| i as u64 > k) {
+            if disconnect_after.is_some_and(|k| event as u64 > k) {
                 let cut = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "injected");
                 // Pause first so hyper flushes what was sent: the client must see a stream
                 // that started and was then cut, not a failed request.
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                // Yield the error once, then end: hyper aborts the connection.
-                let mut drained = events;
-                drained.by_ref().for_each(drop);
-                return Some((Err(cut), (drained, running, config)));
+                writes.by_ref().for_each(drop);
+                return Some((Err(cut), (writes, running)));
             }
-            Some((Ok(Bytes::from(event)), (events, running, config)))
+            Some((Ok(bytes), (writes, running)))
         },
     );
     Response::builder()

@@ -28,6 +28,9 @@ pub struct MockConfig {
     pub fail_count: Option<u64>,
     /// Cut a stream's connection after this many content chunks.
     pub disconnect_after: Option<u64>,
+    /// Send every stream event in two writes, 20 ms apart, cut mid-JSON: the gateway
+    /// must put split events back together.
+    pub split_events: bool,
 }
 
 impl Default for MockConfig {
@@ -44,6 +47,7 @@ impl Default for MockConfig {
             fail_status: None,
             fail_count: None,
             disconnect_after: None,
+            split_events: false,
         }
     }
 }
