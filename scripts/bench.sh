@@ -51,7 +51,7 @@ start_envoy() { # name filters; sets PORT_<name>
     -s "listen_port=$port" -s "admin_port=$admin" -s "state_dir=$work/$name" \
     -s "pools=[{\"name\":\"pool-a\",\"host\":\"127.0.0.1\",\"port\":$MOCK_PORT}]" -s "filters=$filters" -s "wasm_dir=$ROOT/target/wasm"
   "$ENVOY" -c "$work/$name/envoy.yaml" --concurrency "$ENVOY_CONCURRENCY" --base-id "$admin" \
-    --log-level warn >"$work/$name/envoy.log" 2>&1 &
+    --log-level info >"$work/$name/envoy.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 300); do
     if [ "$(curl -s "http://127.0.0.1:$admin/ready" || true)" = LIVE ]; then
@@ -124,3 +124,35 @@ print(f"bare Envoy vs direct: p50 +{b[1]-d[1]:.1f} us, throughput x{b[0]/d[0]:.2
 if any(r[3] for r in rows.values()):
     sys.exit("bench: some responses were not 2xx")
 PY
+
+# ---- Tokenizer: inside Envoy, in V8 outside Envoy, and natively against tiktoken-rs ----
+# A ~512 KB prompt of the mixed corpus (prose, code, CJK, emoji, whitespace and digit runs,
+# long words) through the chain and through bare Envoy: the difference is what token-counter
+# costs (JSON parsing and counting), so size / difference is a floor of its speed in Envoy.
+.venv/bin/python - "$work/big.json" <<'PY'
+import json, sys
+corpus = json.load(open("filters/tokenizer/tests/corpus.json"))
+text = "\n".join(e["text"] for e in corpus)
+text = (text * (512_000 // len(text.encode()) + 1))[:512_000]
+json.dump({"model": "mock-model", "max_tokens": 1,
+           "messages": [{"role": "user", "content": text}]}, open(sys.argv[1], "w"))
+PY
+median_ms() { # port -> median of 15 request times in ms
+  for _ in $(seq 15); do
+    curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$1/v1/chat/completions" \
+      -H "authorization: Bearer $KEY" -H 'content-type: application/json' --data @"$work/big.json"
+  done | sort -n | sed -n 8p | awk '{printf "%.2f", $1 * 1000}'
+}
+median_ms "$BARE_PORT" >/dev/null; median_ms "$CHAIN_PORT" >/dev/null   # warm up
+bare_ms=$(median_ms "$BARE_PORT")
+chain_ms=$(median_ms "$CHAIN_PORT")
+size=$(stat -c %s "$work/big.json")
+echo
+echo "tokenizer in Envoy: ${size}-byte prompt: bare ${bare_ms} ms, chain ${chain_ms} ms" \
+  "-> token-counter $(awk -v s="$size" -v b="$bare_ms" -v c="$chain_ms" 'BEGIN { d = c - b; if (d <= 0) print "n/a (below noise)"; else printf "%.1f MB/s (parse + count)", s / 1e6 / (d / 1000) }')"
+grep -h "tokenizers ready" "$work/chain/envoy.log" | head -1 | sed 's/.*token-counter: /tokenizer in Envoy: /'
+
+cargo build --quiet --profile wasm-release -p sluice-tokenizer --example throughput --target wasm32-wasip1
+echo "tokenizer in V8 (Node WASI, same engine as Envoy): $(node --no-warnings scripts/lib/wasi-run.mjs \
+  target/wasm32-wasip1/wasm-release/examples/throughput.wasm | tr '\n' ' ')"
+echo "tokenizer native: $(cargo run --quiet --release -p sluice-tokenizer --example throughput | tr '\n' ' ')"

@@ -12,8 +12,6 @@ pub mod openai;
 pub mod policy;
 pub mod properties;
 pub mod sse;
-#[cfg(target_arch = "wasm32")]
-pub mod wasm_host;
 
 pub use config::{parse_config, ConfigError};
 pub use error::{ErrorKind, OpenAiError};

@@ -1,10 +1,10 @@
 //! proxy-wasm glue: configuration, counters, and the per-request hook. No policy here.
 
+use crate::wasm_host::{define_counter, increment, WasmHost};
 use crate::{on_request_headers, Denial, KeyAuthConfig, KeyStore, Outcome};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
-use sluice_common::wasm_host::{define_counter, increment, WasmHost};
 use std::rc::Rc;
 
 proxy_wasm::main! {{

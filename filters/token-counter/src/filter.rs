@@ -15,38 +15,48 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
-/// Counter ids by full stat name, defined on first use. Bounded: label values are folded
-/// (`metric_models`, sanitized tenants) and the map stops growing at `MAX_COUNTERS`.
+/// Counter ids per label set (`model.<m>.tenant.<t>.source.<s>`), defined on first use:
+/// input tokens, output tokens, requests. Bounded: label values are folded
+/// (`metric_models`, sanitized tenants) and the map stops growing at `MAX_LABEL_SETS`.
 #[derive(Default)]
 struct Counters {
-    ids: HashMap<String, u32>,
+    ids: HashMap<String, [Option<u32>; 3]>,
 }
 
-const MAX_COUNTERS: usize = 4096;
+const MAX_LABEL_SETS: usize = 2048;
+
+fn define(name: &str) -> Option<u32> {
+    match hostcalls::define_metric(MetricType::Counter, name) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            log::warn!("token-counter: define_metric failed: {e:?}");
+            None
+        }
+    }
+}
 
 impl Counters {
-    fn add(&mut self, name: String, value: u64) {
-        let id = match self.ids.get(&name) {
-            Some(id) => Some(*id),
-            None if self.ids.len() < MAX_COUNTERS => {
-                match hostcalls::define_metric(MetricType::Counter, &name) {
-                    Ok(id) => {
-                        self.ids.insert(name, id);
-                        Some(id)
-                    }
-                    Err(e) => {
-                        log::warn!("token-counter: define_metric failed: {e:?}");
-                        None
-                    }
-                }
+    fn record(&mut self, labels: String, input: u64, output: u64) {
+        if !self.ids.contains_key(&labels) {
+            if self.ids.len() >= MAX_LABEL_SETS {
+                return;
             }
-            None => None,
+            let ids = [
+                define(&format!("gen_ai.client.token.usage.type.input.{labels}")),
+                define(&format!("gen_ai.client.token.usage.type.output.{labels}")),
+                define(&format!("sluice.llm.requests.{labels}")),
+            ];
+            self.ids.insert(labels.clone(), ids);
+        }
+        let Some(ids) = self.ids.get(&labels) else {
+            return;
         };
-        if let Some(id) = id {
-            if let Err(e) =
-                hostcalls::increment_metric(id, i64::try_from(value).unwrap_or(i64::MAX))
-            {
-                log::warn!("token-counter: increment_metric failed: {e:?}");
+        for (id, value) in ids.iter().zip([input, output, 1]) {
+            if let Some(id) = id {
+                let v = i64::try_from(value).unwrap_or(i64::MAX);
+                if let Err(e) = hostcalls::increment_metric(*id, v) {
+                    log::warn!("token-counter: increment_metric failed: {e:?}");
+                }
             }
         }
     }
@@ -73,16 +83,24 @@ impl RootContext for Root {
             sluice_common::parse_config::<TokenCounterConfig>(&bytes).and_then(Settings::new);
         match settings {
             Ok(s) => {
-                // Touch the tokenizers now, not on the first request.
+                // Make the tokenizers ready now, not on the first request; report what
+                // that costs this VM (each worker thread pays it once).
+                let started = hostcalls::get_current_time().ok();
                 let ready = sluice_tokenizer::ENCODINGS
                     .iter()
-                    .all(|e| sluice_tokenizer::by_name(e).is_some());
+                    .all(|e| sluice_tokenizer::by_name(e).is_some_and(|t| t.count("ready") > 0));
                 if !ready {
                     log::error!("token-counter: tokenizer tables are corrupt");
                     return false;
                 }
+                let micros = started
+                    .and_then(|t| hostcalls::get_current_time().ok()?.duration_since(t).ok())
+                    .map_or(0, |d| d.as_micros());
+                let memory_mb = core::arch::wasm32::memory_size(0) as f64 * 65536.0 / 1e6;
                 self.settings = Some(Rc::new(s));
-                log::info!("token-counter: configured");
+                log::info!(
+                    "token-counter: configured; tokenizers ready in {micros} us; VM linear memory {memory_mb:.1} MB"
+                );
                 true
             }
             Err(e) => {
@@ -193,16 +211,9 @@ impl Http {
             label(&tenant),
             usage.source.as_str()
         );
-        let mut counters = self.counters.borrow_mut();
-        counters.add(
-            format!("gen_ai.client.token.usage.type.input.{labels}"),
-            plan.prompt_tokens,
-        );
-        counters.add(
-            format!("gen_ai.client.token.usage.type.output.{labels}"),
-            usage.completion_tokens,
-        );
-        counters.add(format!("sluice.llm.requests.{labels}"), 1);
+        self.counters
+            .borrow_mut()
+            .record(labels, plan.prompt_tokens, usage.completion_tokens);
     }
 }
 

@@ -2,10 +2,11 @@
 //! pass; hide the usage chunk we asked for from a client that did not.
 
 use crate::config::Api;
-use serde_json::Value;
+use serde::Deserialize;
 use sluice_common::json::remove_top_level_null_member;
 use sluice_common::sse::SseParser;
 use sluice_tokenizer::Tokenizer;
+use std::borrow::Cow;
 
 /// Largest single SSE event accepted (a chunk of a stream is small; this bounds memory).
 const MAX_EVENT_BYTES: usize = 1 << 20;
@@ -39,6 +40,80 @@ enum Mode {
     Json { body: Vec<u8>, truncated: bool },
     /// Server-sent events, parsed incrementally.
     Sse { parser: SseParser, strip: bool },
+}
+
+/// The parts of a response body or stream chunk that matter here, borrowed from the text;
+/// everything else is skipped without being built (much cheaper than a `Value`).
+#[derive(Deserialize)]
+struct View<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<ChoiceView<'a>>>,
+    #[serde(default)]
+    usage: Option<UsageView>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(borrow, default)]
+    delta: Option<MessageView<'a>>,
+    #[serde(borrow, default)]
+    message: Option<MessageView<'a>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct MessageView<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCallView<'a>>>,
+    #[serde(borrow, default)]
+    function_call: Option<FunctionView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallView<'a> {
+    #[serde(borrow, default)]
+    function: Option<FunctionView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionView<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct UsageView {
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+impl MessageView<'_> {
+    /// Generated text: content, reasoning, refusal, and tool-call names / arguments.
+    fn texts(&self) -> impl Iterator<Item = &str> {
+        let calls = self
+            .tool_calls
+            .iter()
+            .flatten()
+            .filter_map(|c| c.function.as_ref());
+        [&self.content, &self.reasoning_content, &self.refusal]
+            .into_iter()
+            .filter_map(|t| t.as_deref())
+            .chain(
+                calls
+                    .chain(self.function_call.as_ref())
+                    .flat_map(|f| [f.name.as_deref(), f.arguments.as_deref()])
+                    .flatten(),
+            )
+    }
 }
 
 /// Follows one response.
@@ -145,34 +220,41 @@ impl ResponseTracker {
         if data.trim() == "[DONE]" {
             return true;
         }
-        let Ok(chunk) = serde_json::from_str::<Value>(data) else {
-            // Not JSON: count it as text, best effort.
-            self.add_text(data);
-            return true;
-        };
-        if let Some(n) = chunk
-            .pointer("/usage/completion_tokens")
-            .and_then(Value::as_u64)
-        {
+        match serde_json::from_str::<View>(data) {
+            Ok(view) => {
+                self.read_view(&view, true);
+                let usage_only =
+                    view.choices.as_ref().is_some_and(Vec::is_empty) && view.usage.is_some();
+                !usage_only
+            }
+            Err(_) => {
+                // Not an OpenAI chunk: count its text, best effort.
+                self.add_text(data);
+                true
+            }
+        }
+    }
+
+    /// Take usage and generated text from a chunk (`delta`) or a whole body (`message`).
+    fn read_view(&mut self, view: &View, stream: bool) {
+        if let Some(n) = view.usage.as_ref().and_then(|u| u.completion_tokens) {
             self.backend_completion = Some(n);
         }
-        let choices = chunk.get("choices").and_then(Value::as_array);
-        for choice in choices.into_iter().flatten() {
-            let texts = match self.api {
-                Api::Chat => delta_texts(choice.get("delta")),
-                Api::Completions | Api::Embeddings => choice
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .into_iter()
-                    .collect(),
+        for choice in view.choices.iter().flatten() {
+            let message = if stream {
+                &choice.delta
+            } else {
+                &choice.message
+            };
+            let texts: Vec<&str> = match (self.api, message) {
+                (Api::Chat, Some(m)) => m.texts().collect(),
+                (Api::Chat, None) => Vec::new(),
+                _ => choice.text.as_deref().into_iter().collect(),
             };
             for t in texts {
                 self.add_text(t);
             }
         }
-        let usage_only =
-            choices.is_some_and(Vec::is_empty) && chunk.get("usage").is_some_and(Value::is_object);
-        !usage_only
     }
 
     fn add_text(&mut self, t: &str) {
@@ -189,35 +271,15 @@ impl ResponseTracker {
     pub fn finish(&mut self) -> CompletionUsage {
         if let Mode::Json { body, truncated } = &mut self.mode {
             let body = std::mem::take(body);
-            if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                if let Some(n) = v
-                    .pointer("/usage/completion_tokens")
-                    .and_then(Value::as_u64)
-                {
-                    self.backend_completion = Some(n);
+            let truncated = *truncated;
+            match serde_json::from_slice::<View>(&body) {
+                Ok(view) => self.read_view(&view, false),
+                Err(_) if self.success && !truncated => {
+                    // Not JSON: the text is what can be recovered.
+                    let text = String::from_utf8_lossy(&body).into_owned();
+                    self.add_text(&text);
                 }
-                for choice in v
-                    .get("choices")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let texts = match self.api {
-                        Api::Chat => message_texts(choice.get("message")),
-                        _ => choice
-                            .get("text")
-                            .and_then(Value::as_str)
-                            .into_iter()
-                            .collect(),
-                    };
-                    for t in texts {
-                        self.add_text(t);
-                    }
-                }
-            } else if self.success && !*truncated {
-                // Not JSON: the text is what can be recovered.
-                let text = String::from_utf8_lossy(&body).into_owned();
-                self.add_text(&text);
+                Err(_) => {}
             }
         }
         if let Some(n) = self.backend_completion {
@@ -238,48 +300,10 @@ impl ResponseTracker {
     }
 }
 
-/// Generated text of a stream delta: content, reasoning, and tool-call names / arguments.
-fn delta_texts(delta: Option<&Value>) -> Vec<&str> {
-    message_texts(delta)
-}
-
-fn message_texts(m: Option<&Value>) -> Vec<&str> {
-    let Some(m) = m else { return Vec::new() };
-    let mut out = Vec::new();
-    for key in ["content", "reasoning_content", "refusal"] {
-        if let Some(s) = m.get(key).and_then(Value::as_str) {
-            out.push(s);
-        }
-    }
-    for call in m
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        for key in ["name", "arguments"] {
-            if let Some(s) = call
-                .pointer(&format!("/function/{key}"))
-                .and_then(Value::as_str)
-            {
-                out.push(s);
-            }
-        }
-    }
-    if let Some(f) = m.get("function_call") {
-        for key in ["name", "arguments"] {
-            if let Some(s) = f.get(key).and_then(Value::as_str) {
-                out.push(s);
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn tok() -> &'static Tokenizer {
         sluice_tokenizer::o200k_base().unwrap()

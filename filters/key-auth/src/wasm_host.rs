@@ -4,9 +4,9 @@
 //! panic and kill the VM (every later request then gets 503). Here each call's error is
 //! logged and the request goes on.
 
-use crate::host::Host;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, Status};
+use sluice_common::Host;
 use std::time::UNIX_EPOCH;
 
 /// The current HTTP context's host. Zero-sized: proxy-wasm tracks the effective context.
