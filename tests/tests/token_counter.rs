@@ -169,7 +169,7 @@ async fn streams_get_usage_injected_and_hidden_or_passed_on() {
         Some(16),
         "the mock's reply length"
     );
-    assert_eq!(count(o200k(), &text) > 0, true);
+    assert!(!text.is_empty(), "the client got the generated text");
 
     // Asked for: passed on untouched.
     let mut asked = chat("Tell me", true);
