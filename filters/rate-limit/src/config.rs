@@ -1,0 +1,140 @@
+//! rate-limit configuration. One wasm module, two stages in the chain (see lib.rs).
+//!
+//! ```json
+//! {"stage": "tokens",
+//!  "window_seconds": 60, "day_seconds": 86400,
+//!  "default_max_tokens": 512, "max_output_reservation": 32768,
+//!  "limits": [
+//!    {"name": "team-a", "scope": "tenant", "match": ["team-a"], "tokens_per_minute": 100000},
+//!    {"name": "big-models", "scope": "model", "match": ["llama-3.1-405b*"], "max_parallel": 8},
+//!    {"name": "all", "scope": "global", "requests_per_minute": 6000}
+//!  ]}
+//! ```
+
+use serde::{Deserialize, Serialize};
+use sluice_common::ConfigError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Right after key-auth, on headers only: request counts and requests in flight for
+    /// the key, its tenant and global rules. An over-rate key costs no body buffering.
+    Admission,
+    /// After token-counter: token reservations (and model-scoped request / concurrency
+    /// limits), reconciled with the real usage at the end of the response.
+    Tokens,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// One budget per tenant.
+    Tenant,
+    /// One budget per model.
+    Model,
+    /// One budget per key and model.
+    KeyModel,
+    /// One budget for everything the rule matches.
+    Global,
+}
+
+impl Scope {
+    /// Whether the model must be known to apply the rule (then it belongs to the tokens
+    /// stage).
+    pub fn needs_model(self) -> bool {
+        matches!(self, Self::Model | Self::KeyModel)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitRule {
+    /// Shown in `sluice_ratelimit` when this rule decides.
+    pub name: String,
+    pub scope: Scope,
+    /// Globs on the subject: the tenant for `tenant`, the model for the other scopes.
+    #[serde(default = "everything", rename = "match")]
+    pub matches: Vec<String>,
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default)]
+    pub max_parallel: Option<u64>,
+    #[serde(default)]
+    pub daily_tokens: Option<u64>,
+}
+
+fn everything() -> Vec<String> {
+    vec!["*".into()]
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub stage: Stage,
+    /// Length of the "minute" of per-minute limits (shorter only in tests).
+    #[serde(default = "minute")]
+    pub window_seconds: u64,
+    /// Length of the "day" of daily budgets.
+    #[serde(default = "day")]
+    pub day_seconds: u64,
+    /// Output tokens reserved when a request sets no `max_tokens` / `max_completion_tokens`.
+    #[serde(default = "default_output")]
+    pub default_max_tokens: u64,
+    /// Most output tokens reserved for one request, whatever it asks.
+    #[serde(default = "output_cap")]
+    pub max_output_reservation: u64,
+    #[serde(default)]
+    pub limits: Vec<LimitRule>,
+}
+
+fn minute() -> u64 {
+    60
+}
+fn day() -> u64 {
+    86_400
+}
+fn default_output() -> u64 {
+    512
+}
+fn output_cap() -> u64 {
+    32_768
+}
+
+impl RateLimitConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.window_seconds == 0 || self.day_seconds == 0 {
+            return bad("window_seconds and day_seconds must be at least 1".into());
+        }
+        if self.max_output_reservation == 0 {
+            return bad("max_output_reservation must be at least 1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for r in &self.limits {
+            if r.name.is_empty() || r.name == "key" || !names.insert(r.name.as_str()) {
+                return bad(format!(
+                    "limit names must be unique, non-empty and not \"key\": {:?}",
+                    r.name
+                ));
+            }
+            let values = [
+                r.requests_per_minute,
+                r.tokens_per_minute,
+                r.max_parallel,
+                r.daily_tokens,
+            ];
+            if values.iter().all(Option::is_none) {
+                return bad(format!("limit {:?} sets no limit", r.name));
+            }
+            if values.contains(&Some(0)) {
+                return bad(format!("limit {:?}: a limit of 0 refuses everything", r.name));
+            }
+            if r.matches.is_empty() {
+                return bad(format!("limit {:?}: match must not be empty", r.name));
+            }
+        }
+        Ok(())
+    }
+}

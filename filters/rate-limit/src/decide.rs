@@ -1,0 +1,337 @@
+//! What applies to a request, taking it, giving it back.
+
+use crate::config::{LimitRule, RateLimitConfig, Scope, Stage};
+use crate::store::{self, Quota, Refused, SharedStore, Taken};
+use serde::Serialize;
+use sluice_common::glob::glob_match;
+use sluice_common::Policy;
+
+/// Kinds of counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    RequestsPerMinute,
+    TokensPerMinute,
+    DailyTokens,
+    MaxParallel,
+}
+
+impl Kind {
+    fn short(self) -> &'static str {
+        match self {
+            Self::RequestsPerMinute => "rpm",
+            Self::TokensPerMinute => "tpm",
+            Self::DailyTokens => "day",
+            Self::MaxParallel => "par",
+        }
+    }
+
+    pub fn is_tokens(self) -> bool {
+        matches!(self, Self::TokensPerMinute | Self::DailyTokens)
+    }
+}
+
+/// One counter a request is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// `key` for the key's own policy, else the rule's name.
+    pub rule: String,
+    pub kind: Kind,
+    pub quota: Quota,
+    /// Shared-data key: rule, kind and a slot for the subject.
+    pub store_key: String,
+}
+
+/// Subjects hash into this many slots per rule and kind, so shared data stays bounded
+/// whatever model names or keys come and go. Two subjects in one slot share a budget: the
+/// limit gets stricter, never looser.
+pub const SLOTS: u64 = 4096;
+
+fn slot(subject: &str) -> u64 {
+    // FNV-1a: stable across VMs and restarts.
+    subject
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+        % SLOTS
+}
+
+/// Who is asking.
+pub struct Subject<'a> {
+    pub policy: &'a Policy,
+    /// Known only in the tokens stage.
+    pub model: Option<&'a str>,
+}
+
+fn push(checks: &mut Vec<Check>, rule: &str, subject: &str, kind: Kind, limit: Option<u64>, window: u64) {
+    if let Some(limit) = limit {
+        checks.push(Check {
+            rule: rule.to_string(),
+            kind,
+            quota: Quota { limit, window },
+            store_key: format!("rl:{rule}:{}:{}", kind.short(), slot(subject)),
+        });
+    }
+}
+
+/// The counters a stage checks for this request, request counts and slots first (cheap
+/// to refuse on), then tokens.
+pub fn checks(config: &RateLimitConfig, who: &Subject) -> Vec<Check> {
+    let minute = config.window_seconds;
+    let day = config.day_seconds;
+    let mut out = Vec::new();
+    let rule_subject = |r: &LimitRule| -> Option<String> {
+        let (matched_on, subject) = match r.scope {
+            Scope::Tenant => (who.policy.tenant.as_str(), who.policy.tenant.clone()),
+            Scope::Global => (who.model.unwrap_or(""), String::new()),
+            Scope::Model => (who.model?, who.model?.to_string()),
+            Scope::KeyModel => (who.model?, format!("{}\u{0}{}", who.policy.key_id, who.model?)),
+        };
+        // Global rules match models when the model is known, else every request.
+        let matched = if r.scope == Scope::Global && who.model.is_none() {
+            true
+        } else {
+            r.matches.iter().any(|g| glob_match(g, matched_on))
+        };
+        matched.then_some(subject)
+    };
+    let admission = config.stage == Stage::Admission;
+    // The key's own policy: request count and slots at admission, tokens after.
+    let l = &who.policy.limits;
+    let key = who.policy.key_id.as_str();
+    if admission {
+        push(&mut out, "key", key, Kind::RequestsPerMinute, l.requests_per_minute, minute);
+        push(&mut out, "key", key, Kind::MaxParallel, l.max_parallel, 0);
+    } else {
+        push(&mut out, "key", key, Kind::TokensPerMinute, l.tokens_per_minute, minute);
+        push(&mut out, "key", key, Kind::DailyTokens, l.daily_tokens, day);
+    }
+    for r in &config.limits {
+        // A rule whose scope needs the model is all checked in the tokens stage; other
+        // rules split like the key's policy.
+        let in_stage = |kind: Kind| {
+            if r.scope.needs_model() {
+                !admission
+            } else {
+                admission != kind.is_tokens()
+            }
+        };
+        if !admission || !r.scope.needs_model() {
+            let Some(subject) = rule_subject(r) else { continue };
+            for (kind, limit, window) in [
+                (Kind::RequestsPerMinute, r.requests_per_minute, minute),
+                (Kind::MaxParallel, r.max_parallel, 0),
+                (Kind::TokensPerMinute, r.tokens_per_minute, minute),
+                (Kind::DailyTokens, r.daily_tokens, day),
+            ] {
+                if in_stage(kind) {
+                    push(&mut out, &r.name, &subject, kind, limit, window);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A counter taken for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub check: Check,
+    pub taken: Taken,
+    pub amount: u64,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub check: Check,
+    pub remaining: u64,
+    /// Seconds until the counter frees up (at least 1).
+    pub retry_after: u64,
+    /// The store failed (contention or error): refused to stay under the limit.
+    pub unavailable: bool,
+}
+
+/// Take every check (1 for request counts and slots, `tokens` for token budgets). On the
+/// first refusal, give back what was taken: a refused request costs nothing.
+pub fn admit<S: SharedStore>(
+    store: &S,
+    checks: &[Check],
+    now: u64,
+    tokens: u64,
+) -> Result<Vec<Held>, Denial> {
+    let mut held: Vec<Held> = Vec::with_capacity(checks.len());
+    for c in checks {
+        let amount = if c.kind.is_tokens() { tokens } else { 1 };
+        match store::take(store, &c.store_key, c.quota, now, amount) {
+            Ok(taken) => held.push(Held {
+                check: c.clone(),
+                taken,
+                amount,
+            }),
+            Err(refused) => {
+                release(store, &held);
+                let (remaining, unavailable) = match refused {
+                    Refused::Exhausted { remaining } => (remaining, false),
+                    Refused::Unavailable => (0, true),
+                };
+                let retry_after = if c.quota.window == 0 {
+                    1
+                } else {
+                    c.quota.reset_at(now).saturating_sub(now).max(1)
+                };
+                return Err(Denial {
+                    check: c.clone(),
+                    remaining,
+                    retry_after,
+                    unavailable,
+                });
+            }
+        }
+    }
+    Ok(held)
+}
+
+/// Give everything back (rollback, or a request that never produced anything).
+pub fn release<S: SharedStore>(store: &S, held: &[Held]) {
+    for h in held {
+        store::give_back(store, &h.check.store_key, h.taken.window_start, h.amount);
+    }
+}
+
+/// At the end of a request: give back its slots, and settle its token reservations with
+/// the real usage (refund what was not used, charge what went over). Returns the tokens
+/// finally charged.
+pub fn settle<S: SharedStore>(store: &S, held: &[Held], now: u64, used_tokens: u64) -> u64 {
+    for h in held {
+        match h.check.kind {
+            Kind::MaxParallel => {
+                store::give_back(store, &h.check.store_key, h.taken.window_start, 1);
+            }
+            Kind::TokensPerMinute | Kind::DailyTokens => {
+                if used_tokens < h.amount {
+                    store::give_back(
+                        store,
+                        &h.check.store_key,
+                        h.taken.window_start,
+                        h.amount - used_tokens,
+                    );
+                } else {
+                    store::charge(store, &h.check.store_key, h.check.quota, now, used_tokens - h.amount);
+                }
+            }
+            Kind::RequestsPerMinute => {}
+        }
+    }
+    used_tokens
+}
+
+/// The output tokens to reserve: what the request allows, else the default; capped.
+pub fn output_reservation(config: &RateLimitConfig, max_tokens: Option<u64>) -> u64 {
+    max_tokens
+        .unwrap_or(config.default_max_tokens)
+        .min(config.max_output_reservation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use sluice_common::Limits;
+
+    fn policy(rpm: Option<u64>, tpm: Option<u64>, par: Option<u64>) -> Policy {
+        Policy {
+            key_id: "k1".into(),
+            tenant: "team-a".into(),
+            models: vec!["*".into()],
+            limits: Limits {
+                requests_per_minute: rpm,
+                tokens_per_minute: tpm,
+                max_parallel: par,
+                daily_tokens: None,
+            },
+        }
+    }
+
+    fn config(stage: Stage, limits: serde_json::Value) -> RateLimitConfig {
+        let c: RateLimitConfig = serde_json::from_value(serde_json::json!({
+            "stage": stage, "limits": limits
+        }))
+        .unwrap();
+        c.validate().unwrap();
+        c
+    }
+
+    #[test]
+    fn stages_split_the_checks() {
+        let p = policy(Some(10), Some(1000), Some(2));
+        let limits = serde_json::json!([
+            {"name": "t", "scope": "tenant", "match": ["team-*"], "requests_per_minute": 5, "tokens_per_minute": 50},
+            {"name": "m", "scope": "model", "match": ["llama*"], "max_parallel": 1},
+            {"name": "other-tenant", "scope": "tenant", "match": ["team-b"], "requests_per_minute": 1}
+        ]);
+        let a = checks(&config(Stage::Admission, limits.clone()), &Subject { policy: &p, model: None });
+        let kinds: Vec<_> = a.iter().map(|c| (c.rule.as_str(), c.kind)).collect();
+        assert_eq!(kinds, [("key", Kind::RequestsPerMinute), ("key", Kind::MaxParallel), ("t", Kind::RequestsPerMinute)]);
+        let t = checks(&config(Stage::Tokens, limits), &Subject { policy: &p, model: Some("llama-3") });
+        let kinds: Vec<_> = t.iter().map(|c| (c.rule.as_str(), c.kind)).collect();
+        assert_eq!(kinds, [("key", Kind::TokensPerMinute), ("t", Kind::TokensPerMinute), ("m", Kind::MaxParallel)]);
+    }
+
+    #[test]
+    fn a_refused_request_costs_nothing() {
+        let s = MemoryStore::default();
+        let p = policy(None, Some(100), None);
+        let c = config(Stage::Tokens, serde_json::json!([
+            {"name": "t", "scope": "tenant", "tokens_per_minute": 1000}
+        ]));
+        let checks = checks(&c, &Subject { policy: &p, model: Some("m") });
+        let held = admit(&s, &checks, 0, 60).unwrap();
+        let denied = admit(&s, &checks, 1, 50).unwrap_err();
+        assert_eq!((denied.check.rule.as_str(), denied.remaining), ("key", 40));
+        assert_eq!(denied.retry_after, 59);
+        // The tenant budget is untouched by the refusal.
+        assert_eq!(store::remaining(&s, &checks[1].store_key, checks[1].quota, 1), 940);
+        // Settling: 60 reserved, 25 used -> 35 refunded.
+        settle(&s, &held, 2, 25);
+        assert_eq!(store::remaining(&s, &checks[0].store_key, checks[0].quota, 2), 75);
+        // Over the reservation: charged.
+        let held = admit(&s, &checks, 3, 10).unwrap();
+        settle(&s, &held, 3, 30);
+        assert_eq!(store::remaining(&s, &checks[0].store_key, checks[0].quota, 3), 45);
+    }
+
+    #[test]
+    fn slots_are_given_back() {
+        let s = MemoryStore::default();
+        let p = policy(None, None, Some(1));
+        let c = config(Stage::Admission, serde_json::json!([]));
+        let checks = checks(&c, &Subject { policy: &p, model: None });
+        let held = admit(&s, &checks, 0, 0).unwrap();
+        assert!(admit(&s, &checks, 0, 0).is_err());
+        settle(&s, &held, 5, 0);
+        assert!(admit(&s, &checks, 6, 0).is_ok());
+    }
+
+    #[test]
+    fn reservation() {
+        let c = config(Stage::Tokens, serde_json::json!([]));
+        assert_eq!(output_reservation(&c, Some(100)), 100);
+        assert_eq!(output_reservation(&c, None), 512);
+        assert_eq!(output_reservation(&c, Some(10_000_000)), 32_768);
+    }
+
+    #[test]
+    fn bad_configs() {
+        for limits in [
+            serde_json::json!([{"name": "x", "scope": "tenant"}]),
+            serde_json::json!([{"name": "x", "scope": "tenant", "max_parallel": 0}]),
+            serde_json::json!([{"name": "key", "scope": "tenant", "max_parallel": 1}]),
+            serde_json::json!([{"name": "a", "scope": "tenant", "max_parallel": 1}, {"name": "a", "scope": "model", "max_parallel": 1}]),
+        ] {
+            let c: RateLimitConfig = serde_json::from_value(serde_json::json!({"stage": "tokens", "limits": limits})).unwrap();
+            assert!(c.validate().is_err(), "{limits}");
+        }
+    }
+}
