@@ -54,7 +54,8 @@ start_envoy() { # name filters; sets PORT_<name>
     --log-level info >"$work/$name/envoy.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 300); do
-    if [ "$(curl -s "http://127.0.0.1:$admin/ready" || true)" = LIVE ]; then
+    if [ "$(curl -s "http://127.0.0.1:$admin/ready" || true)" = LIVE ] &&
+       curl -s "http://127.0.0.1:$admin/clusters" | grep -q 'health_flags::healthy$'; then
       printf -v "PORT_$name" '%s' "$port"
       return 0
     fi

@@ -97,7 +97,11 @@ for _ in $(seq 600); do
       die "a process exited during start-up (logs above, all in $STATE/logs)"
     fi
   done
-  if [ "$(curl -s "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null)" = LIVE ]; then ready=1; break; fi
+  # Ready: Envoy is live and both pools passed their first health check.
+  if [ "$(curl -s "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null)" = LIVE ] &&
+     [ "$(curl -s "http://127.0.0.1:$ADMIN_PORT/clusters" 2>/dev/null | grep -c 'health_flags::healthy$')" -ge 2 ]; then
+    ready=1; break
+  fi
   sleep 0.1
 done
 [ $ready = 1 ] || die "Envoy did not become ready in 60 s; see $STATE/logs/envoy.log"

@@ -59,6 +59,7 @@ pub fn built(rel: &str) -> PathBuf {
 pub fn wasm_dir() -> PathBuf {
     built("target/wasm/sluice_key_auth.wasm");
     built("target/wasm/sluice_token_counter.wasm");
+    built("target/wasm/sluice_rate_limit.wasm");
     repo_root().join("target/wasm")
 }
 
@@ -271,6 +272,36 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Ready means the pools' first active health checks passed, too: before that Envoy
+        // answers 503 no_healthy_upstream.
+        let admin = self.admin.clone();
+        let pools: Vec<String> = self.pools.iter().map(|p| p.name.clone()).collect();
+        eventually(
+            "every pool to pass its health check",
+            Duration::from_secs(30),
+            || {
+                let (admin, pools) = (admin.clone(), pools.clone());
+                async move {
+                    let text = reqwest::get(format!("{admin}/clusters"))
+                        .await
+                        .ok()?
+                        .text()
+                        .await
+                        .ok()?;
+                    pools
+                        .iter()
+                        .all(|p| {
+                            text.contains(&format!("{p}::127.0.0.1:"))
+                                && text.lines().any(|l| {
+                                    l.starts_with(&format!("{p}::"))
+                                        && l.ends_with("health_flags::healthy")
+                                })
+                        })
+                        .then_some(())
+                }
+            },
+        )
+        .await;
         let listeners: Value = reqwest::get(format!("{}/listeners?format=json", self.admin))
             .await
             .unwrap()
@@ -383,6 +414,9 @@ impl Drop for Stack {
             for p in &self.procs {
                 p.print_log_tail(400);
             }
+            let log =
+                std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+            eprintln!("----- access log -----\n{log}----- end of access log -----");
         }
         for p in &mut self.procs {
             p.stop();

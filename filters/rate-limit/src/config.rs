@@ -72,7 +72,10 @@ fn everything() -> Vec<String> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
-    pub stage: Stage,
+    /// Absent: taken from the filter's `root_id` (`....admission` / `....tokens`), so both
+    /// instances can share one rules file.
+    #[serde(default)]
+    pub stage: Option<Stage>,
     /// Length of the "minute" of per-minute limits (shorter only in tests).
     #[serde(default = "minute")]
     pub window_seconds: u64,
@@ -103,6 +106,28 @@ fn output_cap() -> u64 {
 }
 
 impl RateLimitConfig {
+    /// Fix the stage from the config or, failing that, the filter's root id.
+    pub fn resolve_stage(&mut self, root_id: &str) -> Result<Stage, ConfigError> {
+        let from_root = if root_id.ends_with("admission") {
+            Some(Stage::Admission)
+        } else if root_id.ends_with("tokens") {
+            Some(Stage::Tokens)
+        } else {
+            None
+        };
+        let stage = self.stage.or(from_root).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "no stage: set \"stage\" or use a root_id ending in admission or tokens (got {root_id:?})"
+            ))
+        })?;
+        self.stage = Some(stage);
+        Ok(stage)
+    }
+
+    pub fn stage(&self) -> Stage {
+        self.stage.unwrap_or(Stage::Tokens)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.window_seconds == 0 || self.day_seconds == 0 {
@@ -129,7 +154,10 @@ impl RateLimitConfig {
                 return bad(format!("limit {:?} sets no limit", r.name));
             }
             if values.contains(&Some(0)) {
-                return bad(format!("limit {:?}: a limit of 0 refuses everything", r.name));
+                return bad(format!(
+                    "limit {:?}: a limit of 0 refuses everything",
+                    r.name
+                ));
             }
             if r.matches.is_empty() {
                 return bad(format!("limit {:?}: match must not be empty", r.name));

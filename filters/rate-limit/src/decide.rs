@@ -49,12 +49,9 @@ pub const SLOTS: u64 = 4096;
 
 fn slot(subject: &str) -> u64 {
     // FNV-1a: stable across VMs and restarts.
-    subject
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
-        % SLOTS
+    subject.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) % SLOTS
 }
 
 /// Who is asking.
@@ -64,7 +61,14 @@ pub struct Subject<'a> {
     pub model: Option<&'a str>,
 }
 
-fn push(checks: &mut Vec<Check>, rule: &str, subject: &str, kind: Kind, limit: Option<u64>, window: u64) {
+fn push(
+    checks: &mut Vec<Check>,
+    rule: &str,
+    subject: &str,
+    kind: Kind,
+    limit: Option<u64>,
+    window: u64,
+) {
     if let Some(limit) = limit {
         checks.push(Check {
             rule: rule.to_string(),
@@ -86,7 +90,10 @@ pub fn checks(config: &RateLimitConfig, who: &Subject) -> Vec<Check> {
             Scope::Tenant => (who.policy.tenant.as_str(), who.policy.tenant.clone()),
             Scope::Global => (who.model.unwrap_or(""), String::new()),
             Scope::Model => (who.model?, who.model?.to_string()),
-            Scope::KeyModel => (who.model?, format!("{}\u{0}{}", who.policy.key_id, who.model?)),
+            Scope::KeyModel => (
+                who.model?,
+                format!("{}\u{0}{}", who.policy.key_id, who.model?),
+            ),
         };
         // Global rules match models when the model is known, else every request.
         let matched = if r.scope == Scope::Global && who.model.is_none() {
@@ -96,15 +103,29 @@ pub fn checks(config: &RateLimitConfig, who: &Subject) -> Vec<Check> {
         };
         matched.then_some(subject)
     };
-    let admission = config.stage == Stage::Admission;
+    let admission = config.stage() == Stage::Admission;
     // The key's own policy: request count and slots at admission, tokens after.
     let l = &who.policy.limits;
     let key = who.policy.key_id.as_str();
     if admission {
-        push(&mut out, "key", key, Kind::RequestsPerMinute, l.requests_per_minute, minute);
+        push(
+            &mut out,
+            "key",
+            key,
+            Kind::RequestsPerMinute,
+            l.requests_per_minute,
+            minute,
+        );
         push(&mut out, "key", key, Kind::MaxParallel, l.max_parallel, 0);
     } else {
-        push(&mut out, "key", key, Kind::TokensPerMinute, l.tokens_per_minute, minute);
+        push(
+            &mut out,
+            "key",
+            key,
+            Kind::TokensPerMinute,
+            l.tokens_per_minute,
+            minute,
+        );
         push(&mut out, "key", key, Kind::DailyTokens, l.daily_tokens, day);
     }
     for r in &config.limits {
@@ -118,7 +139,9 @@ pub fn checks(config: &RateLimitConfig, who: &Subject) -> Vec<Check> {
             }
         };
         if !admission || !r.scope.needs_model() {
-            let Some(subject) = rule_subject(r) else { continue };
+            let Some(subject) = rule_subject(r) else {
+                continue;
+            };
             for (kind, limit, window) in [
                 (Kind::RequestsPerMinute, r.requests_per_minute, minute),
                 (Kind::MaxParallel, r.max_parallel, 0),
@@ -218,7 +241,13 @@ pub fn settle<S: SharedStore>(store: &S, held: &[Held], now: u64, used_tokens: u
                         h.amount - used_tokens,
                     );
                 } else {
-                    store::charge(store, &h.check.store_key, h.check.quota, now, used_tokens - h.amount);
+                    store::charge(
+                        store,
+                        &h.check.store_key,
+                        h.check.quota,
+                        now,
+                        used_tokens - h.amount,
+                    );
                 }
             }
             Kind::RequestsPerMinute => {}
@@ -259,6 +288,7 @@ mod tests {
             "stage": stage, "limits": limits
         }))
         .unwrap();
+        assert_eq!(c.stage(), stage);
         c.validate().unwrap();
         c
     }
@@ -271,35 +301,79 @@ mod tests {
             {"name": "m", "scope": "model", "match": ["llama*"], "max_parallel": 1},
             {"name": "other-tenant", "scope": "tenant", "match": ["team-b"], "requests_per_minute": 1}
         ]);
-        let a = checks(&config(Stage::Admission, limits.clone()), &Subject { policy: &p, model: None });
+        let a = checks(
+            &config(Stage::Admission, limits.clone()),
+            &Subject {
+                policy: &p,
+                model: None,
+            },
+        );
         let kinds: Vec<_> = a.iter().map(|c| (c.rule.as_str(), c.kind)).collect();
-        assert_eq!(kinds, [("key", Kind::RequestsPerMinute), ("key", Kind::MaxParallel), ("t", Kind::RequestsPerMinute)]);
-        let t = checks(&config(Stage::Tokens, limits), &Subject { policy: &p, model: Some("llama-3") });
+        assert_eq!(
+            kinds,
+            [
+                ("key", Kind::RequestsPerMinute),
+                ("key", Kind::MaxParallel),
+                ("t", Kind::RequestsPerMinute)
+            ]
+        );
+        let t = checks(
+            &config(Stage::Tokens, limits),
+            &Subject {
+                policy: &p,
+                model: Some("llama-3"),
+            },
+        );
         let kinds: Vec<_> = t.iter().map(|c| (c.rule.as_str(), c.kind)).collect();
-        assert_eq!(kinds, [("key", Kind::TokensPerMinute), ("t", Kind::TokensPerMinute), ("m", Kind::MaxParallel)]);
+        assert_eq!(
+            kinds,
+            [
+                ("key", Kind::TokensPerMinute),
+                ("t", Kind::TokensPerMinute),
+                ("m", Kind::MaxParallel)
+            ]
+        );
     }
 
     #[test]
     fn a_refused_request_costs_nothing() {
         let s = MemoryStore::default();
         let p = policy(None, Some(100), None);
-        let c = config(Stage::Tokens, serde_json::json!([
-            {"name": "t", "scope": "tenant", "tokens_per_minute": 1000}
-        ]));
-        let checks = checks(&c, &Subject { policy: &p, model: Some("m") });
+        let c = config(
+            Stage::Tokens,
+            serde_json::json!([
+                {"name": "t", "scope": "tenant", "tokens_per_minute": 1000}
+            ]),
+        );
+        let checks = checks(
+            &c,
+            &Subject {
+                policy: &p,
+                model: Some("m"),
+            },
+        );
         let held = admit(&s, &checks, 0, 60).unwrap();
         let denied = admit(&s, &checks, 1, 50).unwrap_err();
         assert_eq!((denied.check.rule.as_str(), denied.remaining), ("key", 40));
         assert_eq!(denied.retry_after, 59);
         // The tenant budget is untouched by the refusal.
-        assert_eq!(store::remaining(&s, &checks[1].store_key, checks[1].quota, 1), 940);
+        assert_eq!(
+            store::remaining(&s, &checks[1].store_key, checks[1].quota, 1),
+            940
+        );
         // Settling: 60 reserved, 25 used -> 35 refunded.
         settle(&s, &held, 2, 25);
-        assert_eq!(store::remaining(&s, &checks[0].store_key, checks[0].quota, 2), 75);
+        assert_eq!(
+            store::remaining(&s, &checks[0].store_key, checks[0].quota, 2),
+            75
+        );
         // Over the reservation: charged.
         let held = admit(&s, &checks, 3, 10).unwrap();
         settle(&s, &held, 3, 30);
-        assert_eq!(store::remaining(&s, &checks[0].store_key, checks[0].quota, 3), 45);
+        assert_eq!(
+            store::remaining(&s, &checks[0].store_key, checks[0].quota, 3),
+            45
+        );
     }
 
     #[test]
@@ -307,7 +381,13 @@ mod tests {
         let s = MemoryStore::default();
         let p = policy(None, None, Some(1));
         let c = config(Stage::Admission, serde_json::json!([]));
-        let checks = checks(&c, &Subject { policy: &p, model: None });
+        let checks = checks(
+            &c,
+            &Subject {
+                policy: &p,
+                model: None,
+            },
+        );
         let held = admit(&s, &checks, 0, 0).unwrap();
         assert!(admit(&s, &checks, 0, 0).is_err());
         settle(&s, &held, 5, 0);
@@ -330,7 +410,9 @@ mod tests {
             serde_json::json!([{"name": "key", "scope": "tenant", "max_parallel": 1}]),
             serde_json::json!([{"name": "a", "scope": "tenant", "max_parallel": 1}, {"name": "a", "scope": "model", "max_parallel": 1}]),
         ] {
-            let c: RateLimitConfig = serde_json::from_value(serde_json::json!({"stage": "tokens", "limits": limits})).unwrap();
+            let c: RateLimitConfig =
+                serde_json::from_value(serde_json::json!({"stage": "tokens", "limits": limits}))
+                    .unwrap();
             assert!(c.validate().is_err(), "{limits}");
         }
     }

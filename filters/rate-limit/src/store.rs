@@ -187,7 +187,11 @@ pub fn charge<S: SharedStore>(store: &S, key: &str, quota: Quota, now: u64, amou
 /// What is left in the current window.
 pub fn remaining<S: SharedStore>(store: &S, key: &str, quota: Quota, now: u64) -> u64 {
     let w = Window::decode(store.get(key).0.as_deref());
-    let used = if w.start == quota.window_start(now) { w.used } else { 0 };
+    let used = if w.start == quota.window_start(now) {
+        w.used
+    } else {
+        0
+    };
     quota.limit.saturating_sub(used)
 }
 
@@ -259,7 +263,10 @@ mod tests {
     #[test]
     fn gauges_have_no_window() {
         let s = MemoryStore::default();
-        let g = Quota { limit: 2, window: 0 };
+        let g = Quota {
+            limit: 2,
+            window: 0,
+        };
         let a = take(&s, "p", g, 1, 1).unwrap();
         take(&s, "p", g, 500, 1).unwrap();
         assert!(take(&s, "p", g, 900, 1).is_err());
@@ -298,7 +305,10 @@ mod tests {
             inner: MemoryStore::default(),
             interfere: std::cell::Cell::new(3),
         };
-        let q = Quota { limit: 5, window: 60 };
+        let q = Quota {
+            limit: 5,
+            window: 60,
+        };
         // Three interfering takes land first; ours must see them.
         assert_eq!(take(&s, "k", q, 10, 2).unwrap().remaining, 0);
         assert!(take(&s, "k", q, 10, 1).is_err());
@@ -306,7 +316,10 @@ mod tests {
             inner: MemoryStore::default(),
             interfere: std::cell::Cell::new(1000),
         };
-        let big = Quota { limit: 1_000_000, window: 60 };
+        let big = Quota {
+            limit: 1_000_000,
+            window: 60,
+        };
         assert_eq!(take(&starved, "k", big, 10, 1), Err(Refused::Unavailable));
     }
 }
