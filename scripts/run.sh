@@ -3,7 +3,9 @@
 # Prints how to call it; Ctrl-C stops everything.
 #
 # Environment (all optional): SLUICE_PORT (8080), SLUICE_ADMIN_PORT (9901),
-# SLUICE_POOL_PORT (9001; pools take this port and the next), SLUICE_STATE_DIR (.sluice),
+# SLUICE_POOL_PORT (9001; pools take this port and the next), SLUICE_RATELIMIT_PORT (8081),
+# SLUICE_REDIS (redis://...; default: the rate-limit service keeps counters in memory),
+# SLUICE_STATE_DIR (.sluice),
 # SLUICE_SKIP_BUILD=1 to use what is built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +28,7 @@ if [ -f "$STATE/run.pid" ] && kill -0 "$(cat "$STATE/run.pid")" 2>/dev/null; the
   die "Sluice is already running (pid $(cat "$STATE/run.pid"), state in $STATE). Stop it with Ctrl-C in its terminal or: kill $(cat "$STATE/run.pid")"
 fi
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$PORT" "$ADMIN_PORT" "$POOL_PORT" "$((POOL_PORT + 1))"; do
+for p in "$PORT" "$ADMIN_PORT" "$POOL_PORT" "$((POOL_PORT + 1))" "${SLUICE_RATELIMIT_PORT:-8081}"; do
   if port_busy "$p"; then
     die "port $p is in use by another program; free it or set SLUICE_PORT / SLUICE_ADMIN_PORT / SLUICE_POOL_PORT"
   fi
@@ -82,9 +84,18 @@ for i in 0 1; do
 done
 pools_json="[$(IFS=,; echo "${pools[*]}")]"
 
+# sluice-ratelimit: global limits. In memory, or in Redis when SLUICE_REDIS is set
+# (redis://127.0.0.1:6379; several Envoys and replicas then share one budget).
+RATELIMIT_PORT=${SLUICE_RATELIMIT_PORT:-8081}
+rl_args=(--listen "127.0.0.1:$RATELIMIT_PORT")
+[ -n "${SLUICE_REDIS:-}" ] && rl_args+=(--redis "$SLUICE_REDIS")
+target/release/sluice-ratelimit "${rl_args[@]}" >"$STATE/logs/ratelimit.log" 2>&1 &
+pids+=($!)
+
 "$SLUICE" render envoy/envoy.yaml.j2 -o "$STATE/envoy.yaml" \
   -s "listen_port=$PORT" -s "admin_port=$ADMIN_PORT" -s "state_dir=$STATE" \
-  -s "pools=$pools_json" -s filters=true -s "wasm_dir=$ROOT/target/wasm"
+  -s "pools=$pools_json" -s filters=true -s "wasm_dir=$ROOT/target/wasm" \
+  -s "ratelimit_port=$RATELIMIT_PORT"
 "$ENVOY" -c "$STATE/envoy.yaml" --concurrency 2 --base-id "$ADMIN_PORT" \
   --log-level info >"$STATE/logs/envoy.log" 2>&1 &
 pids+=($!)
@@ -112,6 +123,7 @@ cat <<MSG
     gateway      http://127.0.0.1:$PORT/v1
     Envoy admin  http://127.0.0.1:$ADMIN_PORT   (metrics: /stats/prometheus)
     mock pools   http://127.0.0.1:$POOL_PORT (pool-a), http://127.0.0.1:$((POOL_PORT + 1)) (pool-b)
+    ratelimit    127.0.0.1:$RATELIMIT_PORT (gRPC, storage: ${SLUICE_REDIS:-memory})
     state, logs  $STATE   (access log: $STATE/access.log)
 
   Use it from any OpenAI client:

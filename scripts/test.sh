@@ -32,7 +32,7 @@ cargo test --quiet --target wasm32-wasip1 --release "${FILTER_CRATES[@]}"
 step "OpenAI SDK smoke test against scripts/run.sh"
 state=$(mktemp -d)
 # Free ports for the stack, so a developer's running stack is not disturbed.
-read -r port admin pool < <(.venv/bin/python - <<'PY'
+read -r port admin pool rlport < <(.venv/bin/python - <<'PY'
 import socket
 def free(n=1):
     for _ in range(200):
@@ -46,10 +46,11 @@ def free(n=1):
             continue
         finally:
             for s in socks: s.close()
-print(free(), free(), free(2))
+print(free(), free(), free(2), free())
 PY
 )
-SLUICE_PORT=$port SLUICE_ADMIN_PORT=$admin SLUICE_POOL_PORT=$pool SLUICE_STATE_DIR=$state \
+SLUICE_PORT=$port SLUICE_ADMIN_PORT=$admin SLUICE_POOL_PORT=$pool SLUICE_RATELIMIT_PORT=$rlport \
+  SLUICE_STATE_DIR=$state \
   SLUICE_SKIP_BUILD=1 scripts/run.sh >"$state/run.out" 2>&1 &
 run_pid=$!
 cleanup() { kill -TERM "$run_pid" 2>/dev/null || true; wait "$run_pid" 2>/dev/null || true; }

@@ -71,6 +71,80 @@ pub fn cli_bin() -> PathBuf {
     built("target/release/sluice")
 }
 
+pub fn ratelimit_bin() -> PathBuf {
+    built("target/release/sluice-ratelimit")
+}
+
+/// A redis-server on a free port, stopped when dropped (or with [`RedisServer::stop`]).
+pub struct RedisServer {
+    proc: Option<Proc>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let bin = which("redis-server").expect("redis-server is missing: run scripts/setup.sh");
+        let proc = Proc::spawn(
+            "redis",
+            &bin,
+            &[
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            dir.path(),
+        );
+        eventually("redis to listen", Duration::from_secs(10), || async {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        Self {
+            proc: Some(proc),
+            port,
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop();
+        }
+        let _ = &self.dir;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.exists())
+}
+
 /// Poll `check` every 50 ms until it returns `Some`, or panic after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
@@ -144,6 +218,8 @@ pub struct StackOptions {
     pub keys: KeyAuthConfig,
     /// Extra template variables for `envoy/envoy.yaml.j2`.
     pub vars: Vec<(String, Value)>,
+    /// sluice-ratelimit's storage: its memory (None) or this Redis.
+    pub redis: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -153,6 +229,7 @@ impl Default for StackOptions {
             filters: true,
             keys: KeyAuthConfig::default(),
             vars: Vec::new(),
+            redis: None,
         }
     }
 }
@@ -197,6 +274,31 @@ impl Stack {
                 url: format!("http://127.0.0.1:{port}"),
             });
         }
+        // sluice-ratelimit, for global limits.
+        let rl_port_file = dir.path().join("ratelimit.port");
+        let mut rl_args = vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".to_string(),
+            "--port-file".to_string(),
+            rl_port_file.to_str().unwrap().to_string(),
+            "--redis-timeout-ms".to_string(),
+            "100".to_string(),
+        ];
+        if let Some(url) = &options.redis {
+            rl_args.push("--redis".into());
+            rl_args.push(url.clone());
+        }
+        let rl_args: Vec<&str> = rl_args.iter().map(String::as_str).collect();
+        procs.push(Proc::spawn(
+            "ratelimit",
+            &ratelimit_bin(),
+            &rl_args,
+            dir.path(),
+        ));
+        let ratelimit_port: u16 = wait_for_file(&rl_port_file, &mut procs)
+            .await
+            .parse()
+            .unwrap();
         let state = dir.path().to_path_buf();
         std::fs::create_dir_all(state.join("ecds")).unwrap();
         write_key_file(&state.join("ecds/key-auth.json"), &options.keys);
@@ -216,6 +318,7 @@ impl Stack {
         );
         vars.insert("health_interval".into(), "1s".into());
         vars.insert("wasm_dir".into(), wasm_dir().to_str().unwrap().into());
+        vars.insert("ratelimit_port".into(), ratelimit_port.into());
         for (k, v) in &options.vars {
             vars.insert(k.clone(), minijinja::Value::from_serialize(v));
         }
@@ -320,6 +423,13 @@ impl Stack {
             if let Some(status) = p.exited() {
                 panic!("{} exited during start-up: {status}", p.name);
             }
+        }
+    }
+
+    /// Stop a process of the stack by name (`ratelimit`, `pool-a`, ...), as a crash would.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(p) = self.procs.iter_mut().find(|p| p.name == name) {
+            p.stop();
         }
     }
 

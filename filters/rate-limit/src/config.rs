@@ -46,6 +46,51 @@ impl Scope {
     }
 }
 
+/// Where a limit is counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// In this Envoy's shared data: exact across its workers, no network.
+    #[default]
+    Local,
+    /// In sluice-ratelimit (RLS v3): one budget across Envoys and service replicas.
+    Global,
+}
+
+/// What to do when the rate-limit service fails or does not answer in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// 503 with `retry-after`.
+    #[default]
+    Deny,
+    /// Let the request through (global limits unchecked).
+    Allow,
+    /// Check the global limits in the local tier instead.
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalConfig {
+    /// Envoy cluster of sluice-ratelimit (HTTP/2).
+    pub cluster: String,
+    #[serde(default = "domain")]
+    pub domain: String,
+    /// A call slower than this counts as a failure.
+    #[serde(default = "timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+}
+
+fn domain() -> String {
+    "sluice".into()
+}
+fn timeout_ms() -> u64 {
+    50
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitRule {
@@ -63,6 +108,8 @@ pub struct LimitRule {
     pub max_parallel: Option<u64>,
     #[serde(default)]
     pub daily_tokens: Option<u64>,
+    #[serde(default)]
+    pub tier: Tier,
 }
 
 fn everything() -> Vec<String> {
@@ -90,6 +137,12 @@ pub struct RateLimitConfig {
     pub max_output_reservation: u64,
     #[serde(default)]
     pub limits: Vec<LimitRule>,
+    /// Where the key's own limits (from its policy) are counted.
+    #[serde(default)]
+    pub key_tier: Tier,
+    /// The rate-limit service, needed when any limit is `global`.
+    #[serde(default)]
+    pub global: Option<GlobalConfig>,
 }
 
 fn minute() -> u64 {
@@ -135,6 +188,35 @@ impl RateLimitConfig {
         }
         if self.max_output_reservation == 0 {
             return bad("max_output_reservation must be at least 1".into());
+        }
+        let uses_global =
+            self.key_tier == Tier::Global || self.limits.iter().any(|r| r.tier == Tier::Global);
+        if uses_global {
+            if self.global.is_none() {
+                return bad("a limit is global but there is no \"global\" service section".into());
+            }
+            if crate::rls::unit_of(self.window_seconds).is_none()
+                || crate::rls::unit_of(self.day_seconds).is_none()
+            {
+                return bad(
+                    "global limits need window_seconds and day_seconds of 1, 60, 3600 or 86400"
+                        .into(),
+                );
+            }
+            if self
+                .limits
+                .iter()
+                .any(|r| r.tier == Tier::Global && r.max_parallel.is_some())
+            {
+                return bad("max_parallel is counted locally; it cannot be global".into());
+            }
+        }
+        if self
+            .global
+            .as_ref()
+            .is_some_and(|g| g.timeout_ms == 0 || g.cluster.is_empty())
+        {
+            return bad("global: cluster must be set and timeout_ms at least 1".into());
         }
         let mut names = std::collections::HashSet::new();
         for r in &self.limits {

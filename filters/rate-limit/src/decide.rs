@@ -1,6 +1,6 @@
 //! What applies to a request, taking it, giving it back.
 
-use crate::config::{LimitRule, RateLimitConfig, Scope, Stage};
+use crate::config::{LimitRule, RateLimitConfig, Scope, Stage, Tier};
 use crate::store::{self, Quota, Refused, SharedStore, Taken};
 use serde::Serialize;
 use sluice_common::glob::glob_match;
@@ -38,8 +38,10 @@ pub struct Check {
     pub rule: String,
     pub kind: Kind,
     pub quota: Quota,
-    /// Shared-data key: rule, kind and a slot for the subject.
+    /// Shared-data key: rule, kind and a slot for the subject (also the subject's
+    /// identity in the global tier).
     pub store_key: String,
+    pub tier: Tier,
 }
 
 /// Subjects hash into this many slots per rule and kind, so shared data stays bounded
@@ -61,6 +63,7 @@ pub struct Subject<'a> {
     pub model: Option<&'a str>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn push(
     checks: &mut Vec<Check>,
     rule: &str,
@@ -68,6 +71,7 @@ fn push(
     kind: Kind,
     limit: Option<u64>,
     window: u64,
+    tier: Tier,
 ) {
     if let Some(limit) = limit {
         checks.push(Check {
@@ -75,6 +79,12 @@ fn push(
             kind,
             quota: Quota { limit, window },
             store_key: format!("rl:{rule}:{}:{}", kind.short(), slot(subject)),
+            // Requests in flight are a gauge: always counted here.
+            tier: if kind == Kind::MaxParallel {
+                Tier::Local
+            } else {
+                tier
+            },
         });
     }
 }
@@ -107,26 +117,39 @@ pub fn checks(config: &RateLimitConfig, who: &Subject) -> Vec<Check> {
     // The key's own policy: request count and slots at admission, tokens after.
     let l = &who.policy.limits;
     let key = who.policy.key_id.as_str();
+    let t = config.key_tier;
     if admission {
+        let rpm = l.requests_per_minute;
         push(
             &mut out,
             "key",
             key,
             Kind::RequestsPerMinute,
-            l.requests_per_minute,
+            rpm,
             minute,
+            t,
         );
-        push(&mut out, "key", key, Kind::MaxParallel, l.max_parallel, 0);
-    } else {
         push(
             &mut out,
             "key",
             key,
-            Kind::TokensPerMinute,
-            l.tokens_per_minute,
-            minute,
+            Kind::MaxParallel,
+            l.max_parallel,
+            0,
+            t,
         );
-        push(&mut out, "key", key, Kind::DailyTokens, l.daily_tokens, day);
+    } else {
+        let tpm = l.tokens_per_minute;
+        push(&mut out, "key", key, Kind::TokensPerMinute, tpm, minute, t);
+        push(
+            &mut out,
+            "key",
+            key,
+            Kind::DailyTokens,
+            l.daily_tokens,
+            day,
+            t,
+        );
     }
     for r in &config.limits {
         // A rule whose scope needs the model is all checked in the tokens stage; other
@@ -149,7 +172,7 @@ pub fn checks(config: &RateLimitConfig, who: &Subject) -> Vec<Check> {
                 (Kind::DailyTokens, r.daily_tokens, day),
             ] {
                 if in_stage(kind) {
-                    push(&mut out, &r.name, &subject, kind, limit, window);
+                    push(&mut out, &r.name, &subject, kind, limit, window, r.tier);
                 }
             }
         }

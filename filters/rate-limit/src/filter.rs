@@ -1,16 +1,21 @@
 //! proxy-wasm glue for rate-limit (both stages). Policy is in decide.rs / store.rs.
 
-use crate::config::{RateLimitConfig, Stage};
-use crate::decide::{self, Denial, Held, Kind, Subject};
+use crate::config::{FailureMode, RateLimitConfig, Stage, Tier};
+use crate::decide::{self, Check, Denial, Held, Kind, Subject};
 use crate::reset_header;
-use crate::store::{SharedStore, StoreError};
+use crate::rls;
+use crate::store::{SharedStore, StoreError, Taken};
+use prost::Message;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
 use serde::Deserialize;
 use sluice_common::{properties, ErrorKind, OpenAiError, Policy};
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::Duration;
 use std::time::UNIX_EPOCH;
 
 proxy_wasm::main! {{
@@ -58,12 +63,109 @@ fn set_property(name: &str, value: &str) {
     }
 }
 
-#[derive(Default)]
-struct Root {
-    config: Option<Rc<RateLimitConfig>>,
+/// Reconciliation reports for the global tier, queued by requests as they end and sent
+/// by the root context in batches: they outlive the HTTP context that made them.
+type Reports = Rc<RefCell<VecDeque<rls::RateLimitDescriptor>>>;
+
+/// Most queued report descriptors; beyond it the oldest are dropped (and counted).
+const MAX_QUEUED_REPORTS: usize = 10_000;
+/// Descriptors per report call.
+const REPORT_BATCH: usize = 200;
+
+/// Outcome counters (`wasmcustom.sluice.rate_limit.<outcome>`).
+struct Counters {
+    ids: Vec<(&'static str, Option<u32>)>,
 }
 
-impl Context for Root {}
+impl Counters {
+    const NAMES: [&'static str; 8] = [
+        "local.allowed",
+        "local.limited",
+        "global.ok",
+        "global.over_limit",
+        "global.failure.denied",
+        "global.failure.allowed",
+        "global.failure.local",
+        "global.reports_dropped",
+    ];
+
+    fn define() -> Self {
+        Self {
+            ids: Self::NAMES
+                .iter()
+                .map(|n| {
+                    let id = hostcalls::define_metric(
+                        proxy_wasm::types::MetricType::Counter,
+                        &format!("sluice.rate_limit.{n}"),
+                    )
+                    .ok();
+                    (*n, id)
+                })
+                .collect(),
+        }
+    }
+
+    fn add(&self, name: &str) {
+        if let Some((_, Some(id))) = self.ids.iter().find(|(n, _)| *n == name) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+}
+
+struct Shared {
+    config: RateLimitConfig,
+    counters: Counters,
+    reports: Reports,
+}
+
+#[derive(Default)]
+struct Root {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Root {
+    fn flush_reports(&self) {
+        let Some(shared) = &self.shared else { return };
+        let Some(global) = &shared.config.global else {
+            return;
+        };
+        loop {
+            let batch: Vec<_> = {
+                let mut q = shared.reports.borrow_mut();
+                let n = q.len().min(REPORT_BATCH);
+                q.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                return;
+            }
+            let request = rls::RateLimitRequest {
+                domain: global.domain.clone(),
+                descriptors: batch,
+                hits_addend: 0,
+            };
+            let timeout = Duration::from_millis(global.timeout_ms.max(1000));
+            if let Err(e) = hostcalls::dispatch_grpc_call(
+                &global.cluster,
+                rls::SERVICE,
+                rls::METHOD,
+                Vec::new(),
+                Some(&request.encode_to_vec()),
+                timeout,
+            ) {
+                log::warn!("rate-limit: cannot send a usage report: {e:?}");
+                return;
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, _token: u32, status: u32, _size: usize) {
+        if status != 0 {
+            log::warn!("rate-limit: a usage report failed (grpc status {status})");
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -86,7 +188,17 @@ impl RootContext for Root {
                     c.stage(),
                     c.limits.len()
                 );
-                self.config = Some(Rc::new(c));
+                if c.global.is_some() {
+                    // Reports are flushed from the root context every 100 ms.
+                    if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(100)) {
+                        log::warn!("rate-limit: cannot set the tick period: {e:?}");
+                    }
+                }
+                self.shared = Some(Rc::new(Shared {
+                    config: c,
+                    counters: Counters::define(),
+                    reports: Rc::new(RefCell::new(VecDeque::new())),
+                }));
                 true
             }
             Err(e) => {
@@ -96,13 +208,17 @@ impl RootContext for Root {
         }
     }
 
+    fn on_tick(&mut self) {
+        self.flush_reports();
+    }
+
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
-            config: self.config.clone(),
+            shared: self.shared.clone(),
             phase: Phase::Idle,
         }))
     }
@@ -114,12 +230,19 @@ enum Phase {
     Idle,
     /// Tokens stage: waiting for the body to read `max_tokens` and the model.
     AwaitingBody { policy: Policy, prompt_tokens: u64 },
+    /// Local counters taken; waiting for the rate-limit service on the global ones.
+    AwaitingGlobal {
+        token: u32,
+        local: Vec<Held>,
+        global: Vec<Check>,
+        tokens: u64,
+    },
     /// Admitted: counters held until the end of the stream.
     Admitted { held: Vec<Held>, reserved: u64 },
 }
 
 struct Http {
-    config: Option<Rc<RateLimitConfig>>,
+    shared: Option<Rc<Shared>>,
     phase: Phase,
 }
 
@@ -144,7 +267,13 @@ fn kind_family(kind: Kind) -> Option<&'static str> {
 
 impl Http {
     fn stage(&self) -> Option<Stage> {
-        self.config.as_ref().map(|c| c.stage())
+        self.shared.as_ref().map(|s| s.config.stage())
+    }
+
+    fn count(&self, outcome: &str) {
+        if let Some(s) = &self.shared {
+            s.counters.add(outcome);
+        }
     }
 
     fn refuse(&mut self, d: &Denial) -> Action {
@@ -211,27 +340,230 @@ impl Http {
     }
 
     fn admit(&mut self, policy: &Policy, model: Option<&str>, tokens: u64) -> Action {
-        let Some(config) = self.config.clone() else {
+        let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
-        let checks = decide::checks(&config, &Subject { policy, model });
+        let checks = decide::checks(&shared.config, &Subject { policy, model });
         if checks.is_empty() {
             return Action::Continue;
         }
-        match decide::admit(&EnvoyStore, &checks, now(), tokens) {
-            Ok(held) => {
+        let (local, global): (Vec<Check>, Vec<Check>) =
+            checks.into_iter().partition(|c| c.tier == Tier::Local);
+        // Local first: cheap, and a local refusal spares the service a call.
+        let local_held = match decide::admit(&EnvoyStore, &local, now(), tokens) {
+            Ok(held) => held,
+            Err(d) => {
+                self.count("local.limited");
+                return self.refuse(&d);
+            }
+        };
+        self.count("local.allowed");
+        let Some(g) = shared.config.global.as_ref().filter(|_| !global.is_empty()) else {
+            self.phase = Phase::Admitted {
+                held: local_held,
+                reserved: tokens,
+            };
+            return Action::Continue;
+        };
+        let request = rls::RateLimitRequest {
+            domain: g.domain.clone(),
+            descriptors: global
+                .iter()
+                .map(|c| {
+                    rls::descriptor(c, if c.kind.is_tokens() { tokens } else { 1 }, false, false)
+                })
+                .collect(),
+            hits_addend: 0,
+        };
+        match hostcalls::dispatch_grpc_call(
+            &g.cluster,
+            rls::SERVICE,
+            rls::METHOD,
+            Vec::new(),
+            Some(&request.encode_to_vec()),
+            Duration::from_millis(g.timeout_ms),
+        ) {
+            Ok(token) => {
+                self.phase = Phase::AwaitingGlobal {
+                    token,
+                    local: local_held,
+                    global,
+                    tokens,
+                };
+                Action::Pause
+            }
+            Err(e) => {
+                log::warn!("rate-limit: cannot call the rate-limit service: {e:?}");
+                self.global_failed(local_held, global, tokens, false)
+            }
+        }
+    }
+
+    /// The service failed or timed out: act per `failure_mode`. `resume`: the request is
+    /// paused and must be resumed (we are in the gRPC callback).
+    fn global_failed(
+        &mut self,
+        local: Vec<Held>,
+        global: Vec<Check>,
+        tokens: u64,
+        resume: bool,
+    ) -> Action {
+        let mode = self
+            .shared
+            .as_ref()
+            .and_then(|s| s.config.global.as_ref())
+            .map_or(FailureMode::Deny, |g| g.failure_mode);
+        match mode {
+            FailureMode::Deny => {
+                self.count("global.failure.denied");
+                decide::release(&EnvoyStore, &local);
+                let error = OpenAiError::new(
+                    ErrorKind::Unavailable,
+                    "The rate-limit service is unavailable; retry shortly.",
+                )
+                .with_code("rate_limit_service_unavailable");
+                let headers = vec![("content-type", "application/json"), ("retry-after", "1")];
+                if let Err(e) =
+                    hostcalls::send_http_response(503, headers, Some(error.body().as_bytes()))
+                {
+                    log::warn!("rate-limit: send_http_response failed: {e:?}");
+                }
+                self.publish(
+                    serde_json::json!({"allowed": false, "decided_by": "global:unavailable"}),
+                );
+                self.phase = Phase::Idle;
+                Action::Pause
+            }
+            FailureMode::Allow => {
+                self.count("global.failure.allowed");
+                self.phase = Phase::Admitted {
+                    held: local,
+                    reserved: tokens,
+                };
+                self.resume_if(resume)
+            }
+            FailureMode::Local => {
+                self.count("global.failure.local");
+                match decide::admit(&EnvoyStore, &global, now(), tokens) {
+                    Ok(mut held) => {
+                        // Counted locally now: settle them locally too.
+                        for h in &mut held {
+                            h.check.tier = Tier::Local;
+                        }
+                        let mut all = local;
+                        all.extend(held);
+                        self.phase = Phase::Admitted {
+                            held: all,
+                            reserved: tokens,
+                        };
+                        self.resume_if(resume)
+                    }
+                    Err(d) => {
+                        decide::release(&EnvoyStore, &local);
+                        self.refuse(&d)
+                    }
+                }
+            }
+        }
+    }
+
+    fn resume_if(&self, resume: bool) -> Action {
+        if resume {
+            if let Err(e) = hostcalls::resume_http_request() {
+                log::warn!("rate-limit: cannot resume the request: {e:?}");
+            }
+        }
+        Action::Continue
+    }
+}
+
+impl Context for Http {
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Idle);
+        let Phase::AwaitingGlobal {
+            token: expected,
+            local,
+            global,
+            tokens,
+        } = phase
+        else {
+            self.phase = phase;
+            return;
+        };
+        if token != expected {
+            self.phase = Phase::AwaitingGlobal {
+                token: expected,
+                local,
+                global,
+                tokens,
+            };
+            return;
+        }
+        let response = (status == 0)
+            .then(|| {
+                hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+                    .ok()
+                    .flatten()
+            })
+            .flatten()
+            .and_then(|b| rls::RateLimitResponse::decode(b.as_slice()).ok());
+        match response {
+            Some(r) if r.overall_code == rls::CODE_OK => {
+                self.count("global.ok");
+                let mut held = local;
+                for (i, check) in global.into_iter().enumerate() {
+                    let remaining = r
+                        .statuses
+                        .get(i)
+                        .map_or(0, |s| u64::from(s.limit_remaining));
+                    let amount = if check.kind.is_tokens() { tokens } else { 1 };
+                    held.push(Held {
+                        check,
+                        taken: Taken {
+                            window_start: 0,
+                            remaining,
+                        },
+                        amount,
+                    });
+                }
                 self.phase = Phase::Admitted {
                     held,
                     reserved: tokens,
                 };
-                Action::Continue
+                self.resume_if(true);
             }
-            Err(d) => self.refuse(&d),
+            Some(r) if r.overall_code == rls::CODE_OVER_LIMIT => {
+                self.count("global.over_limit");
+                decide::release(&EnvoyStore, &local);
+                let i = r
+                    .statuses
+                    .iter()
+                    .position(|s| s.code == rls::CODE_OVER_LIMIT)
+                    .unwrap_or(0);
+                let status = r.statuses.get(i);
+                if let Some(check) = global.get(i).or_else(|| global.first()) {
+                    let d = Denial {
+                        check: check.clone(),
+                        remaining: status.map_or(0, |s| u64::from(s.limit_remaining)),
+                        retry_after: status
+                            .and_then(|s| s.duration_until_reset.as_ref())
+                            .map_or(1, |d| u64::try_from(d.seconds).unwrap_or(1).max(1)),
+                        unavailable: false,
+                    };
+                    self.refuse(&d);
+                }
+            }
+            _ => {
+                let (code, message) = hostcalls::get_grpc_status().unwrap_or((status, None));
+                log::warn!(
+                    "rate-limit: the rate-limit service failed: grpc {code} {}",
+                    message.unwrap_or_default()
+                );
+                self.global_failed(local, global, tokens, true);
+            }
         }
     }
 }
-
-impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
@@ -291,10 +623,10 @@ impl HttpContext for Http {
             view.as_ref()
                 .and_then(|v| v.model.as_deref().map(str::to_string))
         });
-        let Some(config) = self.config.clone() else {
+        let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
-        let tokens = prompt_tokens + decide::output_reservation(&config, max_tokens);
+        let tokens = prompt_tokens + decide::output_reservation(&shared.config, max_tokens);
         self.admit(&policy, model.as_deref(), tokens)
     }
 
@@ -358,7 +690,32 @@ impl HttpContext for Http {
         } else {
             0
         };
-        decide::settle(&EnvoyStore, &held, now(), used);
+        let (local, global): (Vec<Held>, Vec<Held>) = held
+            .iter()
+            .cloned()
+            .partition(|h| h.check.tier == Tier::Local);
+        decide::settle(&EnvoyStore, &local, now(), used);
+        if let Some(shared) = &self.shared {
+            // Global token reservations: refund or charge the difference, through the root
+            // context's queue (this context is about to go away).
+            let mut q = shared.reports.borrow_mut();
+            for h in global.iter().filter(|h| h.check.kind.is_tokens()) {
+                let report = if used < h.amount {
+                    Some(rls::descriptor(&h.check, h.amount - used, true, false))
+                } else if used > h.amount {
+                    Some(rls::descriptor(&h.check, used - h.amount, false, true))
+                } else {
+                    None
+                };
+                if let Some(r) = report {
+                    if q.len() >= MAX_QUEUED_REPORTS {
+                        q.pop_front();
+                        shared.counters.add("global.reports_dropped");
+                    }
+                    q.push_back(r);
+                }
+            }
+        }
         let tokens_held = held.iter().any(|h| h.check.kind.is_tokens());
         let record = if tokens_held {
             serde_json::json!({"allowed": true, "reserved": reserved, "reconciled": used})

@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod decide;
+pub mod rls;
 pub mod store;
 
 // The proxy-wasm glue needs Envoy's host functions: it is left out of unit-test builds.

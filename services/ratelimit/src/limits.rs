@@ -141,16 +141,26 @@ descriptors:
 ";
 
     fn e(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn lookup_like_envoyproxy_ratelimit() {
         let f = LimitsFile::parse(YAML).unwrap();
-        let l = |d: &str, p: &[(&str, &str)]| f.lookup(d, &e(p)).map(|r| (r.unit, r.requests_per_unit));
-        assert_eq!(l("sluice", &[("tenant", "team-a")]), Some((Unit::Minute, 100)));
+        let l =
+            |d: &str, p: &[(&str, &str)]| f.lookup(d, &e(p)).map(|r| (r.unit, r.requests_per_unit));
+        assert_eq!(
+            l("sluice", &[("tenant", "team-a")]),
+            Some((Unit::Minute, 100))
+        );
         assert_eq!(l("sluice", &[("tenant", "team-b")]), Some((Unit::Hour, 7)));
-        assert_eq!(l("sluice", &[("tenant", "team-a"), ("model", "x")]), Some((Unit::Second, 5)));
+        assert_eq!(
+            l("sluice", &[("tenant", "team-a"), ("model", "x")]),
+            Some((Unit::Second, 5))
+        );
         assert_eq!(l("sluice", &[("model", "x")]), None);
         assert_eq!(l("other", &[("tenant", "team-a")]), None);
         assert!(LimitsFile::parse("domain: x\nbogus: 1").is_err());

@@ -34,14 +34,23 @@ struct Args {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let limits = match &args.limits {
-        Some(p) => Some(LimitsFile::parse(&std::fs::read_to_string(p)?).map_err(|e| format!("{}: {e}", p.display()))?),
+        Some(p) => Some(
+            LimitsFile::parse(&std::fs::read_to_string(p)?)
+                .map_err(|e| format!("{}: {e}", p.display()))?,
+        ),
         None => None,
     };
     let storage = match &args.redis {
-        Some(url) => Storage::Redis(Redis::connect(url, Duration::from_millis(args.redis_timeout_ms)).await?),
+        Some(url) => {
+            Storage::Redis(Redis::connect(url, Duration::from_millis(args.redis_timeout_ms)).await?)
+        }
         None => Storage::Memory(Memory::default()),
     };
-    let backend = if args.redis.is_some() { "redis" } else { "memory" };
+    let backend = if args.redis.is_some() {
+        "redis"
+    } else {
+        "memory"
+    };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let bound = listener.local_addr()?;
     if let Some(path) = &args.port_file {
@@ -71,16 +80,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     tonic::transport::Server::builder()
         .add_service(RateLimitServiceServer::from_arc(limiter))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        })
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(s) => s,
+                        Err(_) => return std::future::pending().await,
+                    };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            },
+        )
         .await?;
     Ok(())
 }

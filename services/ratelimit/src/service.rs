@@ -45,11 +45,16 @@ fn now() -> u64 {
 }
 
 impl RateLimiter {
-    pub async fn decide(&self, req: RateLimitRequest, now: u64) -> Result<RateLimitResponse, Status> {
+    pub async fn decide(
+        &self,
+        req: RateLimitRequest,
+        now: u64,
+    ) -> Result<RateLimitResponse, Status> {
         let default_hits = u64::from(req.hits_addend.max(1));
         let mut ops = Vec::new();
         // Per descriptor: its op's index and limit, if it has a limit.
-        let mut plan: Vec<Option<(usize, RateLimit, u64)>> = Vec::with_capacity(req.descriptors.len());
+        let mut plan: Vec<Option<(usize, RateLimit, u64)>> =
+            Vec::with_capacity(req.descriptors.len());
         for d in &req.descriptors {
             let mut force = false;
             let entries: Vec<(String, String)> = d
@@ -67,7 +72,10 @@ impl RateLimiter {
                     unit,
                     requests_per_unit: u64::from(o.requests_per_unit),
                 }),
-                None => self.limits.as_ref().and_then(|l| l.lookup(&req.domain, &entries)),
+                None => self
+                    .limits
+                    .as_ref()
+                    .and_then(|l| l.lookup(&req.domain, &entries)),
             };
             let Some(limit) = limit else {
                 plan.push(None);
@@ -85,7 +93,12 @@ impl RateLimiter {
                 Mode::Check
             };
             ops.push(Op {
-                key: format!("rl|{}|{}|{:?}|{start}", req.domain, identity.join("|"), limit.unit),
+                key: format!(
+                    "rl|{}|{}|{:?}|{start}",
+                    req.domain,
+                    identity.join("|"),
+                    limit.unit
+                ),
                 limit: limit.requests_per_unit,
                 hits,
                 mode,
@@ -110,16 +123,19 @@ impl RateLimiter {
                         return DescriptorStatus::default();
                     };
                     let used = applied.used.get(*i).copied().unwrap_or(0);
-                    let this_over = op.mode == Mode::Check && !applied.fits && used + op.hits > op.limit;
+                    let this_over =
+                        op.mode == Mode::Check && !applied.fits && used + op.hits > op.limit;
                     over |= this_over;
                     DescriptorStatus {
                         code: if this_over { Code::OverLimit } else { Code::Ok } as i32,
                         current_limit: Some(ProtoRateLimit {
                             name: String::new(),
-                            requests_per_unit: u32::try_from(limit.requests_per_unit).unwrap_or(u32::MAX),
+                            requests_per_unit: u32::try_from(limit.requests_per_unit)
+                                .unwrap_or(u32::MAX),
                             unit: limit.unit.to_proto(),
                         }),
-                        limit_remaining: u32::try_from(op.limit.saturating_sub(used)).unwrap_or(u32::MAX),
+                        limit_remaining: u32::try_from(op.limit.saturating_sub(used))
+                            .unwrap_or(u32::MAX),
                         duration_until_reset: Some(envoy_types::pb::google::protobuf::Duration {
                             seconds: i64::try_from(*reset).unwrap_or(i64::MAX),
                             nanos: 0,
@@ -131,7 +147,11 @@ impl RateLimiter {
             .collect();
         // A call that did not fit (all-or-nothing) is over the limit even if no single
         // descriptor alone would be.
-        let overall = if over || !applied.fits { Code::OverLimit } else { Code::Ok };
+        let overall = if over || !applied.fits {
+            Code::OverLimit
+        } else {
+            Code::Ok
+        };
         match overall {
             Code::OverLimit => self.outcomes.over_limit.fetch_add(1, Ordering::Relaxed),
             _ => self.outcomes.ok.fetch_add(1, Ordering::Relaxed),
@@ -150,7 +170,9 @@ impl RateLimitService for RateLimiter {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        self.decide(request.into_inner(), now()).await.map(Response::new)
+        self.decide(request.into_inner(), now())
+            .await
+            .map(Response::new)
     }
 }
 
@@ -171,13 +193,24 @@ mod tests {
         }
     }
 
-    fn descriptor(entries: &[(&str, &str)], limit: Option<u32>, hits: Option<u64>, negative: bool) -> RateLimitDescriptor {
+    fn descriptor(
+        entries: &[(&str, &str)],
+        limit: Option<u32>,
+        hits: Option<u64>,
+        negative: bool,
+    ) -> RateLimitDescriptor {
         RateLimitDescriptor {
             entries: entries
                 .iter()
-                .map(|(k, v)| Entry { key: k.to_string(), value: v.to_string() })
+                .map(|(k, v)| Entry {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                })
                 .collect(),
-            limit: limit.map(|l| RateLimitOverride { requests_per_unit: l, unit: 2 }),
+            limit: limit.map(|l| RateLimitOverride {
+                requests_per_unit: l,
+                unit: 2,
+            }),
             hits_addend: hits.map(|value| envoy_types::pb::google::protobuf::UInt64Value { value }),
             is_negative_hits: negative,
         }
@@ -201,20 +234,41 @@ mod tests {
         let key = [("sluice_rule", "key"), ("subject", "k1")];
         let ok = Code::Ok as i32;
         let over = Code::OverLimit as i32;
-        assert_eq!(code(&l, vec![descriptor(&key, Some(100), Some(60), false)], 0).await, ok);
-        assert_eq!(code(&l, vec![descriptor(&key, Some(100), Some(50), false)], 1).await, over);
+        assert_eq!(
+            code(&l, vec![descriptor(&key, Some(100), Some(60), false)], 0).await,
+            ok
+        );
+        assert_eq!(
+            code(&l, vec![descriptor(&key, Some(100), Some(50), false)], 1).await,
+            over
+        );
         // Refund 30: now 50 fits.
-        assert_eq!(code(&l, vec![descriptor(&key, Some(100), Some(30), true)], 2).await, ok);
-        let r = l.decide(call(vec![descriptor(&key, Some(100), Some(50), false)]), 3).await.unwrap();
+        assert_eq!(
+            code(&l, vec![descriptor(&key, Some(100), Some(30), true)], 2).await,
+            ok
+        );
+        let r = l
+            .decide(call(vec![descriptor(&key, Some(100), Some(50), false)]), 3)
+            .await
+            .unwrap();
         assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (ok, 20));
         // A forced charge goes over the limit; the force entry is not part of the identity.
         let mut forced = key.to_vec();
         forced.push((FORCE_ENTRY, "true"));
-        assert_eq!(code(&l, vec![descriptor(&forced, Some(100), Some(40), false)], 4).await, ok);
-        let r = l.decide(call(vec![descriptor(&key, Some(100), Some(1), false)]), 5).await.unwrap();
+        assert_eq!(
+            code(&l, vec![descriptor(&forced, Some(100), Some(40), false)], 4).await,
+            ok
+        );
+        let r = l
+            .decide(call(vec![descriptor(&key, Some(100), Some(1), false)]), 5)
+            .await
+            .unwrap();
         assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (over, 0));
         // The next minute starts from zero.
-        assert_eq!(code(&l, vec![descriptor(&key, Some(100), Some(100), false)], 60).await, ok);
+        assert_eq!(
+            code(&l, vec![descriptor(&key, Some(100), Some(100), false)], 60).await,
+            ok
+        );
     }
 
     #[tokio::test]
@@ -222,11 +276,20 @@ mod tests {
         let l = limiter(None);
         let a = [("subject", "a")];
         let b = [("subject", "b")];
-        assert_eq!(code(&l, vec![descriptor(&b, Some(1), None, false)], 0).await, Code::Ok as i32);
-        let both = vec![descriptor(&a, Some(5), None, false), descriptor(&b, Some(1), None, false)];
+        assert_eq!(
+            code(&l, vec![descriptor(&b, Some(1), None, false)], 0).await,
+            Code::Ok as i32
+        );
+        let both = vec![
+            descriptor(&a, Some(5), None, false),
+            descriptor(&b, Some(1), None, false),
+        ];
         assert_eq!(code(&l, both, 0).await, Code::OverLimit as i32);
         // `a` was not charged by the refused call.
-        let r = l.decide(call(vec![descriptor(&a, Some(5), None, false)]), 0).await.unwrap();
+        let r = l
+            .decide(call(vec![descriptor(&a, Some(5), None, false)]), 0)
+            .await
+            .unwrap();
         assert_eq!(r.statuses[0].limit_remaining, 4);
     }
 
@@ -235,9 +298,20 @@ mod tests {
         let l = limiter(Some("domain: sluice\ndescriptors:\n  - key: tenant\n    rate_limit: {unit: minute, requests_per_unit: 2}\n"));
         let t = [("tenant", "x")];
         for want in [Code::Ok, Code::Ok, Code::OverLimit] {
-            assert_eq!(code(&l, vec![descriptor(&t, None, None, false)], 0).await, want as i32);
+            assert_eq!(
+                code(&l, vec![descriptor(&t, None, None, false)], 0).await,
+                want as i32
+            );
         }
         // No limit configured: always OK.
-        assert_eq!(code(&l, vec![descriptor(&[("other", "y")], None, None, false)], 0).await, Code::Ok as i32);
+        assert_eq!(
+            code(
+                &l,
+                vec![descriptor(&[("other", "y")], None, None, false)],
+                0
+            )
+            .await,
+            Code::Ok as i32
+        );
     }
 }

@@ -76,7 +76,9 @@ impl Memory {
             map.retain(|_, (_, expires)| *expires > now);
         }
         let current = |map: &HashMap<String, (u64, u64)>, k: &str| {
-            map.get(k).filter(|(_, exp)| *exp > now).map_or(0, |(v, _)| *v)
+            map.get(k)
+                .filter(|(_, exp)| *exp > now)
+                .map_or(0, |(v, _)| *v)
         };
         let fits = ops
             .iter()
@@ -142,7 +144,8 @@ return out
 
 impl Redis {
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StorageError> {
-        let client = redis::Client::open(url).map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        let client =
+            redis::Client::open(url).map_err(|e| StorageError::Unavailable(e.to_string()))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout)
@@ -166,7 +169,12 @@ impl Redis {
                 Mode::Force => "force",
                 Mode::Refund => "refund",
             };
-            invocation.key(&o.key).arg(o.limit).arg(o.hits).arg(mode).arg(o.ttl.max(1));
+            invocation
+                .key(&o.key)
+                .arg(o.limit)
+                .arg(o.hits)
+                .arg(mode)
+                .arg(o.ttl.max(1));
         }
         let mut conn = self.conn.clone();
         let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
@@ -174,10 +182,15 @@ impl Redis {
             .await
             .map_err(|_| StorageError::Unavailable("redis timed out".into()))?
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-        let (fits, used) = out.split_first().ok_or_else(|| StorageError::Unavailable("empty reply".into()))?;
+        let (fits, used) = out
+            .split_first()
+            .ok_or_else(|| StorageError::Unavailable("empty reply".into()))?;
         Ok(Applied {
             fits: *fits == 1,
-            used: used.iter().map(|v| u64::try_from(*v).unwrap_or(0)).collect(),
+            used: used
+                .iter()
+                .map(|v| u64::try_from(*v).unwrap_or(0))
+                .collect(),
         })
     }
 }
@@ -199,12 +212,33 @@ mod tests {
     #[test]
     fn all_or_nothing_and_refunds() {
         let m = Memory::default();
-        let a = m.apply(&[op("a", 10, 6, Mode::Check), op("b", 5, 5, Mode::Check)], 0);
-        assert_eq!(a, Applied { fits: true, used: vec![6, 5] });
+        let a = m.apply(
+            &[op("a", 10, 6, Mode::Check), op("b", 5, 5, Mode::Check)],
+            0,
+        );
+        assert_eq!(
+            a,
+            Applied {
+                fits: true,
+                used: vec![6, 5]
+            }
+        );
         // b is full: a must not move either.
-        let a = m.apply(&[op("a", 10, 1, Mode::Check), op("b", 5, 1, Mode::Check)], 1);
-        assert_eq!(a, Applied { fits: false, used: vec![6, 5] });
-        let a = m.apply(&[op("b", 5, 3, Mode::Refund), op("a", 10, 9, Mode::Force)], 2);
+        let a = m.apply(
+            &[op("a", 10, 1, Mode::Check), op("b", 5, 1, Mode::Check)],
+            1,
+        );
+        assert_eq!(
+            a,
+            Applied {
+                fits: false,
+                used: vec![6, 5]
+            }
+        );
+        let a = m.apply(
+            &[op("b", 5, 3, Mode::Refund), op("a", 10, 9, Mode::Force)],
+            2,
+        );
         assert_eq!(a.used, vec![2, 15]);
         // Expired windows count from zero.
         assert_eq!(m.apply(&[op("a", 10, 1, Mode::Check)], 100).used, vec![1]);
