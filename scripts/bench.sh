@@ -42,14 +42,30 @@ mkdir -p "$work/chain/ecds" "$work/bare/ecds"
 "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$work/chain/ecds/key-auth.json" \
   -s "wasm_dir=$ROOT/target/wasm" -s 'key_auth_config={"keys":[]}'
 KEY=$(SLUICE_KEY_FILE="$work/chain/ecds/key-auth.json" "$SLUICE" keys create --tenant bench 2>/dev/null)
+# A key with limits (never reached): measures the rate-limit decisions themselves.
+LKEY=$(SLUICE_KEY_FILE="$work/chain/ecds/key-auth.json" "$SLUICE" keys create --tenant bench \
+  --rpm 1000000000 --tpm 1000000000000 --max-parallel 1000000 2>/dev/null)
 
-start_envoy() { # name filters; sets PORT_<name>
+# The global tier: sluice-ratelimit with Redis, for a third Envoy whose key limits are global.
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 &
+pids+=($!)
+RL_PORT=$(free_port)
+target/release/sluice-ratelimit --listen "127.0.0.1:$RL_PORT" --redis-timeout-ms 100 \
+  --redis "redis://127.0.0.1:$REDIS_PORT" >"$work/ratelimit.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$RL_PORT") 2>/dev/null && break; sleep 0.1; done
+mkdir -p "$work/global/ecds"
+cp "$work/chain/ecds/key-auth.json" "$work/global/ecds/key-auth.json"
+
+start_envoy() { # name filters [extra -s vars...]; sets PORT_<name>
   local name=$1 filters=$2 port admin
+  shift 2
   port=$(free_port); admin=$(free_port)
   while [ "$admin" = "$port" ]; do admin=$(free_port); done
   "$SLUICE" render envoy/envoy.yaml.j2 -o "$work/$name/envoy.yaml" \
     -s "listen_port=$port" -s "admin_port=$admin" -s "state_dir=$work/$name" \
-    -s "pools=[{\"name\":\"pool-a\",\"host\":\"127.0.0.1\",\"port\":$MOCK_PORT}]" -s "filters=$filters" -s "wasm_dir=$ROOT/target/wasm"
+    -s "pools=[{\"name\":\"pool-a\",\"host\":\"127.0.0.1\",\"port\":$MOCK_PORT}]" -s "filters=$filters" -s "wasm_dir=$ROOT/target/wasm" "$@"
   "$ENVOY" -c "$work/$name/envoy.yaml" --concurrency "$ENVOY_CONCURRENCY" --base-id "$admin" \
     --log-level info >"$work/$name/envoy.log" 2>&1 &
   pids+=($!)
@@ -65,8 +81,11 @@ start_envoy() { # name filters; sets PORT_<name>
 }
 start_envoy bare false
 start_envoy chain true
+start_envoy global true -s "ratelimit_port=$RL_PORT" \
+  -s 'rate_limit_config={"key_tier":"global","global":{"cluster":"sluice_ratelimit","timeout_ms":50,"failure_mode":"deny"}}'
 BARE_PORT=$PORT_bare
 CHAIN_PORT=$PORT_chain
+GLOBAL_PORT=$PORT_global
 
 # A ~2 KB chat body.
 .venv/bin/python - "$work/body.json" <<'PY'
@@ -82,24 +101,26 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["content-type"] = "application/json"
-wrk.headers["authorization"] = "Bearer $KEY"
+wrk.headers["authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
 LUA
 
 # Sanity: each target answers 200 before it is measured.
-for p in "$MOCK_PORT" "$BARE_PORT" "$CHAIN_PORT"; do
+for p in "$MOCK_PORT" "$BARE_PORT" "$CHAIN_PORT" "$GLOBAL_PORT"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/v1/chat/completions" \
     -H "authorization: Bearer $KEY" -H 'content-type: application/json' --data @"$work/body.json" || true)
   [ "$code" = 200 ] || { echo "bench: port $p answered $code"; tail -n 20 "$work"/*/envoy.log; exit 1; }
 done
 
-run() { # name port
-  wrk -t"$THREADS" -c"$CONNS" -d2s -s "$work/post.lua" "http://127.0.0.1:$2/v1/chat/completions" >/dev/null
-  wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency -s "$work/post.lua" \
+run() { # name port key
+  BENCH_KEY=$3 wrk -t"$THREADS" -c"$CONNS" -d2s -s "$work/post.lua" "http://127.0.0.1:$2/v1/chat/completions" >/dev/null
+  BENCH_KEY=$3 wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency -s "$work/post.lua" \
     "http://127.0.0.1:$2/v1/chat/completions" >"$work/$1.wrk"
 }
-run direct "$MOCK_PORT"
-run bare "$BARE_PORT"
-run chain "$CHAIN_PORT"
+run direct "$MOCK_PORT" "$KEY"
+run bare "$BARE_PORT" "$KEY"
+run chain "$CHAIN_PORT" "$KEY"
+run limits "$CHAIN_PORT" "$LKEY"
+run global "$GLOBAL_PORT" "$LKEY"
 
 .venv/bin/python - "$work" "$SECONDS_PER_RUN" "$CONNS" "$ENVOY_CONCURRENCY" <<'PY'
 import re, sys
@@ -108,7 +129,7 @@ def us(v):
     n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
     return float(n) * {"us": 1, "ms": 1000, "s": 1e6}[unit]
 rows = {}
-for name in ("direct", "bare", "chain"):
+for name in ("direct", "bare", "chain", "limits", "global"):
     text = open(f"{work}/{name}.wrk").read()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     p50 = us(re.search(r"\s50%\s+(\S+)", text).group(1))
@@ -116,10 +137,15 @@ for name in ("direct", "bare", "chain"):
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     rows[name] = (rps, p50, p99, int(errors.group(1)) if errors else 0)
 print(f"bench: {secs}s per target, {conns} connections, Envoy --concurrency {conc}, ~2 KB chat POST")
+print("  chain: key-auth + rate-limit + token-counter, key without limits; limits: same chain, key with")
+print("  rpm/tpm/max-parallel (local tier); global: the key's limits in sluice-ratelimit + Redis")
 print(f"{'target':<8} {'req/s':>10} {'p50 us':>10} {'p99 us':>10} {'non-2xx':>8}")
 for name, (rps, p50, p99, err) in rows.items():
     print(f"{name:<8} {rps:>10.0f} {p50:>10.1f} {p99:>10.1f} {err:>8}")
 b, c, d = rows["bare"], rows["chain"], rows["direct"]
+l, g = rows["limits"], rows["global"]
+print(f"rate-limit local decisions (limits vs chain): p50 +{l[1]-c[1]:.1f} us, p99 +{l[2]-c[2]:.1f} us, throughput x{l[0]/c[0]:.2f}")
+print(f"rate-limit global path (global vs limits): p50 +{g[1]-l[1]:.1f} us, p99 +{g[2]-l[2]:.1f} us (p99 {g[2]:.0f} us), throughput x{g[0]/l[0]:.2f}")
 print(f"chain vs bare Envoy: p50 +{c[1]-b[1]:.1f} us, p99 +{c[2]-b[2]:.1f} us, throughput x{c[0]/b[0]:.2f}")
 print(f"bare Envoy vs direct: p50 +{b[1]-d[1]:.1f} us, throughput x{b[0]/d[0]:.2f}")
 if any(r[3] for r in rows.values()):
@@ -157,3 +183,16 @@ cargo build --quiet --profile wasm-release -p sluice-tokenizer --example through
 echo "tokenizer in V8 (Node WASI, same engine as Envoy): $(node --no-warnings scripts/lib/wasi-run.mjs \
   target/wasm32-wasip1/wasm-release/examples/throughput.wasm | tr '\n' ' ')"
 echo "tokenizer native: $(cargo run --quiet --release -p sluice-tokenizer --example throughput | tr '\n' ' ')"
+
+# ---- sluice-ratelimit with Redis: decisions per second, the service on one core ----
+cargo build --quiet --release -p sluice-ratelimit --examples
+kill "$(pgrep -f "sluice-ratelimit --listen 127.0.0.1:$RL_PORT")" 2>/dev/null || true
+SOLO_PORT=$(free_port)
+taskset -c 0 target/release/sluice-ratelimit --listen "127.0.0.1:$SOLO_PORT" \
+  --redis "redis://127.0.0.1:$REDIS_PORT" >"$work/ratelimit-solo.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$SOLO_PORT") 2>/dev/null && break; sleep 0.1; done
+for c in 16 256; do
+  echo "sluice-ratelimit + Redis, service pinned to 1 core, $c concurrent calls:" \
+    "$(taskset -c 1 target/release/examples/load "http://127.0.0.1:$SOLO_PORT" 5 "$c")"
+done

@@ -180,6 +180,18 @@ pub fn checks(config: &RateLimitConfig, who: &Subject) -> Vec<Check> {
     out
 }
 
+/// Whether the tokens stage can have anything to check for this key: token budgets, or
+/// rules whose scope needs the model. When not, it lets the request pass without waiting
+/// for its body.
+pub fn tokens_stage_applies(config: &RateLimitConfig, policy: &Policy) -> bool {
+    let l = &policy.limits;
+    l.tokens_per_minute.is_some()
+        || l.daily_tokens.is_some()
+        || config.limits.iter().any(|r| {
+            r.tokens_per_minute.is_some() || r.daily_tokens.is_some() || r.scope.needs_model()
+        })
+}
+
 /// A counter taken for a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {

@@ -579,6 +579,13 @@ impl HttpContext for Http {
         match stage {
             Stage::Admission => self.admit(&policy, None, 0),
             Stage::Tokens => {
+                let applies = self
+                    .shared
+                    .as_ref()
+                    .is_some_and(|s| decide::tokens_stage_applies(&s.config, &policy));
+                if !applies {
+                    return Action::Continue;
+                }
                 // Only requests token-counter counted carry tokens.
                 let Some(prompt_tokens) =
                     property(properties::PROMPT_TOKENS).and_then(|p| p.parse().ok())
@@ -716,12 +723,8 @@ impl HttpContext for Http {
                 }
             }
         }
-        let tokens_held = held.iter().any(|h| h.check.kind.is_tokens());
-        let record = if tokens_held {
-            serde_json::json!({"allowed": true, "reserved": reserved, "reconciled": used})
-        } else {
-            serde_json::json!({"allowed": true})
-        };
-        self.publish(record);
+        self.publish(
+            serde_json::json!({"allowed": true, "reserved": reserved, "reconciled": used}),
+        );
     }
 }

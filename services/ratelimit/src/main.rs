@@ -78,23 +78,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     });
+    // Decisions are small request/response pairs on long-lived HTTP/2 connections: with
+    // Nagle's algorithm on, a response written while the previous one is unacknowledged
+    // waits for the peer's delayed ACK (~40 ms).
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            if let Ok(c) = &conn {
+                if let Err(e) = c.set_nodelay(true) {
+                    eprintln!("sluice-ratelimit: cannot set TCP_NODELAY: {e}");
+                }
+            }
+            conn
+        },
+    );
     tonic::transport::Server::builder()
         .add_service(RateLimitServiceServer::from_arc(limiter))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(s) => s,
-                        Err(_) => return std::future::pending().await,
-                    };
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            },
-        )
+        .serve_with_incoming_shutdown(incoming, async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending().await,
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
         .await?;
     Ok(())
 }

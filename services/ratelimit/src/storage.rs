@@ -149,7 +149,10 @@ impl Redis {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout)
-            .set_number_of_retries(1);
+            .set_number_of_retries(1)
+            // Small calls, many in flight on one connection: Nagle's algorithm with delayed
+            // ACKs would hold some of them ~40 ms.
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let conn = client
             .get_connection_manager_with_config(config)
             .await
