@@ -662,3 +662,23 @@ pub fn log_number(line: &Value, field: &str) -> Option<u64> {
         _ => None,
     }
 }
+
+/// Send `n` chat requests at once, round-robin over `gateways` and `keys` (as `x-api-key`);
+/// the statuses, in request order.
+pub async fn burst(gateways: &[&str], keys: &[&str], n: usize) -> Vec<u16> {
+    let client = reqwest::Client::new();
+    let requests = (0..n).map(|i| {
+        let url = format!("{}/v1/chat/completions", gateways[i % gateways.len()]);
+        let key = keys[i % keys.len()].to_string();
+        let client = client.clone();
+        async move {
+            let r = client
+                .post(url)
+                .header("x-api-key", key)
+                .json(&chat_body(false))
+                .send();
+            r.await.unwrap().status().as_u16()
+        }
+    });
+    futures::future::join_all(requests).await
+}

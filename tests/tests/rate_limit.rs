@@ -10,6 +10,10 @@
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sluice_e2e::{chat_body, eventually, key_record, log_number, Stack, StackOptions};
+
+async fn burst(s: &Stack, keys: &[&str], n: usize) -> Vec<u16> {
+    sluice_e2e::burst(&[&s.gateway], keys, n).await
+}
 use sluice_key_auth::{KeyAuthConfig, KeyRecord};
 use std::time::Duration;
 
@@ -22,28 +26,6 @@ async fn stack(keys: Vec<KeyRecord>, rate_limit_config: Value) -> Stack {
         ..StackOptions::default()
     })
     .await
-}
-
-/// Fire `n` requests at once; the statuses, in completion order.
-async fn burst(s: &Stack, keys: &[&str], n: usize) -> Vec<u16> {
-    let client = reqwest::Client::new();
-    let futures = (0..n).map(|i| {
-        let client = client.clone();
-        let url = format!("{}{CHAT}", s.gateway);
-        let key = keys[i % keys.len()].to_string();
-        async move {
-            client
-                .post(url)
-                .header("x-api-key", key)
-                .json(&chat_body(false))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    });
-    futures::future::join_all(futures).await
 }
 
 #[tokio::test]

@@ -37,25 +37,7 @@ async fn stack(k: KeyRecord, config: Value, redis: Option<String>) -> Stack {
 }
 
 async fn burst(gateways: &[&str], n: usize) -> Vec<u16> {
-    let client = reqwest::Client::new();
-    let futures = (0..n).map(|i| {
-        let (client, url) = (
-            client.clone(),
-            format!("{}{CHAT}", gateways[i % gateways.len()]),
-        );
-        async move {
-            client
-                .post(url)
-                .header("x-api-key", KEY)
-                .json(&chat_body(false))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    });
-    futures::future::join_all(futures).await
+    sluice_e2e::burst(gateways, &[KEY], n).await
 }
 
 #[tokio::test]

@@ -8,45 +8,7 @@
 )]
 
 use sluice_ratelimit::storage::{Mode, Op, Redis, Storage};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct RedisServer(Child, u16);
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> RedisServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is missing: run scripts/setup.sh");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    RedisServer(child, port)
-}
 
 fn op(key: &str, limit: u64, hits: u64, mode: Mode) -> Op {
     Op {
@@ -60,8 +22,8 @@ fn op(key: &str, limit: u64, hits: u64, mode: Mode) -> Op {
 
 #[tokio::test]
 async fn redis_storage_is_atomic_and_fails_fast() {
-    let server = start_redis();
-    let url = format!("redis://127.0.0.1:{}", server.1);
+    let mut server = sluice_e2e::RedisServer::start().await;
+    let url = server.url();
     let s = Storage::Redis(
         Redis::connect(&url, Duration::from_millis(200))
             .await
@@ -116,7 +78,7 @@ async fn redis_storage_is_atomic_and_fails_fast() {
     assert_eq!(admitted, 20);
 
     // Redis goes away: an error within the timeout, not a hang.
-    drop(server);
+    server.stop();
     let started = Instant::now();
     assert!(s.apply(&[op("t:d", 5, 1, Mode::Check)], 0).await.is_err());
     assert!(
