@@ -22,6 +22,10 @@ pub const PROMPT_TOKENS: &str = "sluice_prompt_tokens";
 pub const COMPLETION_TOKENS: &str = "sluice_completion_tokens";
 /// `backend` or `counted`. Written by token-counter.
 pub const USAGE_SOURCE: &str = "sluice_usage_source";
+/// The request's output cap (`max_completion_tokens`, else `max_tokens`), absent when it
+/// sets none. Written by token-counter with the prompt count, so rate-limit can reserve on
+/// headers without reading the body again. (An addition to DESIGN.md's table.)
+pub const MAX_OUTPUT_TOKENS: &str = "sluice_max_output_tokens";
 /// JSON: PII counts per entity type and the action taken. Written by pii-redaction.
 pub const PII: &str = "sluice_pii";
 /// JSON: which limit decided, remaining, reserved, reconciled. Written by rate-limit.
@@ -34,7 +38,7 @@ pub const ROUTE_HEADER: &str = "x-sluice-route";
 pub const INTERNAL_HEADER_PREFIX: &str = "x-sluice-";
 
 /// Every property name, for access-log and documentation checks.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     KEY_ID,
     TENANT,
     POLICY,
@@ -44,6 +48,7 @@ pub const ALL: [&str; 11] = [
     PROMPT_TOKENS,
     COMPLETION_TOKENS,
     USAGE_SOURCE,
+    MAX_OUTPUT_TOKENS,
     PII,
     RATELIMIT,
 ];

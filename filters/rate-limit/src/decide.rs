@@ -192,6 +192,11 @@ pub fn tokens_stage_applies(config: &RateLimitConfig, policy: &Policy) -> bool {
         })
 }
 
+/// Whether some rule of the tokens stage needs the model (then the stage reads the body).
+pub fn needs_model(config: &RateLimitConfig) -> bool {
+    config.limits.iter().any(|r| r.scope.needs_model())
+}
+
 /// A counter taken for a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {

@@ -592,8 +592,19 @@ impl HttpContext for Http {
                 else {
                     return Action::Continue;
                 };
-                if end_of_stream {
-                    return self.admit(&policy, None, prompt_tokens);
+                let needs_model = self
+                    .shared
+                    .as_ref()
+                    .is_some_and(|s| decide::needs_model(&s.config));
+                if end_of_stream || !needs_model {
+                    // token-counter, earlier in the chain, already read the body and
+                    // published its output cap: decide now, without holding the request.
+                    let cap = property(properties::MAX_OUTPUT_TOKENS).and_then(|p| p.parse().ok());
+                    let Some(shared) = self.shared.clone() else {
+                        return Action::Continue;
+                    };
+                    let tokens = prompt_tokens + decide::output_reservation(&shared.config, cap);
+                    return self.admit(&policy, None, tokens);
                 }
                 self.phase = Phase::AwaitingBody {
                     policy,
@@ -605,6 +616,12 @@ impl HttpContext for Http {
     }
 
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        // A global decision is pending: the body waits with the headers. (With
+        // allow_on_headers_stop_iteration Envoy still hands us the body; answering Continue
+        // here would send the request upstream before the service has answered.)
+        if matches!(self.phase, Phase::AwaitingGlobal { .. }) {
+            return Action::Pause;
+        }
         if !matches!(self.phase, Phase::AwaitingBody { .. }) {
             return Action::Continue;
         }

@@ -273,6 +273,9 @@ impl HttpContext for Http {
                     }
                 }
                 set_property(properties::PROMPT_TOKENS, &plan.prompt_tokens.to_string());
+                if let Some(cap) = plan.max_output_tokens {
+                    set_property(properties::MAX_OUTPUT_TOKENS, &cap.to_string());
+                }
                 self.phase = Phase::Sent(Box::new(plan));
                 Action::Continue
             }

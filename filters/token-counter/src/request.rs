@@ -12,6 +12,8 @@ pub struct RequestPlan {
     pub model: String,
     pub tokenizer: &'static Tokenizer,
     pub prompt_tokens: u64,
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub max_output_tokens: Option<u64>,
     pub stream: bool,
     /// `stream_options.include_usage` was added by us: the usage chunk must be hidden
     /// from the client.
@@ -65,6 +67,10 @@ pub fn plan_request(
         .get("stream")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    let max_output_tokens = value
+        .get("max_completion_tokens")
+        .and_then(Value::as_u64)
+        .or_else(|| value.get("max_tokens").and_then(Value::as_u64));
     let asked = value
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
@@ -90,6 +96,7 @@ pub fn plan_request(
         model,
         tokenizer,
         prompt_tokens,
+        max_output_tokens,
         stream,
         injected_usage: new_body.is_some(),
         new_body,
@@ -116,6 +123,7 @@ mod tests {
                           "messages": [{"role": "user", "content": "hi"}]});
         let p = plan(body.clone()).unwrap();
         assert!(p.stream && p.injected_usage);
+        assert_eq!(p.max_output_tokens, None);
         let sent: Value = serde_json::from_slice(p.new_body.as_ref().unwrap()).unwrap();
         let mut want = body;
         want["stream_options"] = json!({"include_usage": true});
@@ -137,6 +145,15 @@ mod tests {
             let p = plan(body).unwrap();
             assert!(p.new_body.is_none() && !p.injected_usage);
         }
+        let p = plan(
+            json!({"model": "m", "max_tokens": 9, "max_completion_tokens": 7, "messages": []}),
+        )
+        .unwrap();
+        assert_eq!(
+            p.max_output_tokens,
+            Some(7),
+            "max_completion_tokens supersedes max_tokens"
+        );
         let p = plan(json!({"model": "m", "stream": true, "stream_options": {"include_usage": false}, "messages": []})).unwrap();
         assert!(
             p.injected_usage,
