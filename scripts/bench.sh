@@ -71,7 +71,7 @@ start_envoy() { # name filters [extra -s vars...]; sets PORT_<name>
   pids+=($!)
   for _ in $(seq 300); do
     if [ "$(curl -s "http://127.0.0.1:$admin/ready" || true)" = LIVE ] &&
-       curl -s "http://127.0.0.1:$admin/clusters" | grep -q 'health_flags::healthy$'; then
+       curl -s "http://127.0.0.1:$admin/clusters" | grep -qE '^pool-a::.*health_flags::healthy$'; then
       printf -v "PORT_$name" '%s' "$port"
       return 0
     fi

@@ -110,7 +110,7 @@ for _ in $(seq 600); do
   done
   # Ready: Envoy is live and both pools passed their first health check.
   if [ "$(curl -s "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null)" = LIVE ] &&
-     [ "$(curl -s "http://127.0.0.1:$ADMIN_PORT/clusters" 2>/dev/null | grep -c 'health_flags::healthy$')" -ge 2 ]; then
+     [ "$(curl -s "http://127.0.0.1:$ADMIN_PORT/clusters" 2>/dev/null | grep -cE '^pool-[ab]::.*health_flags::healthy$')" -eq 2 ]; then
     ready=1; break
   fi
   sleep 0.1

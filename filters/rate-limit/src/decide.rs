@@ -17,12 +17,23 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn short(self) -> &'static str {
+    /// Short form in shared-data keys and RLS descriptors.
+    pub fn short(self) -> &'static str {
         match self {
             Self::RequestsPerMinute => "rpm",
             Self::TokensPerMinute => "tpm",
             Self::DailyTokens => "day",
             Self::MaxParallel => "par",
+        }
+    }
+
+    /// The name in `sluice_ratelimit` (`decided_by`), as serialized.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RequestsPerMinute => "requests_per_minute",
+            Self::TokensPerMinute => "tokens_per_minute",
+            Self::DailyTokens => "daily_tokens",
+            Self::MaxParallel => "max_parallel",
         }
     }
 
@@ -440,6 +451,18 @@ mod tests {
         assert_eq!(output_reservation(&c, Some(100)), 100);
         assert_eq!(output_reservation(&c, None), 512);
         assert_eq!(output_reservation(&c, Some(10_000_000)), 32_768);
+    }
+
+    #[test]
+    fn kind_names_match_serde() {
+        for k in [
+            Kind::RequestsPerMinute,
+            Kind::TokensPerMinute,
+            Kind::DailyTokens,
+            Kind::MaxParallel,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+        }
     }
 
     #[test]

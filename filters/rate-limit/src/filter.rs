@@ -316,7 +316,7 @@ impl Http {
             log::warn!("rate-limit: send_http_response failed: {e:?}");
         }
         self.publish(serde_json::json!({
-            "decided_by": format!("{}:{}", d.check.rule, serde_json::to_value(d.check.kind).unwrap_or_default().as_str().unwrap_or("")),
+            "decided_by": format!("{}:{}", d.check.rule, d.check.kind.name()),
             "limit": d.check.quota.limit, "remaining": d.remaining, "allowed": false,
         }));
         self.phase = Phase::Idle;

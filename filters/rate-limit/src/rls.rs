@@ -1,7 +1,7 @@
 //! The Envoy RLS v3 messages the filter sends and reads, as prost types (wire-compatible
 //! subsets of `envoy.service.ratelimit.v3`; unknown fields are skipped by prost).
 
-use crate::decide::{Check, Kind};
+use crate::decide::Check;
 
 pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
 pub const METHOD: &str = "ShouldRateLimit";
@@ -96,12 +96,6 @@ pub fn unit_of(window: u64) -> Option<i32> {
 
 /// The descriptor of a check: its identity (rule, kind, subject slot) and its limit.
 pub fn descriptor(check: &Check, hits: u64, negative: bool, force: bool) -> RateLimitDescriptor {
-    let kind = match check.kind {
-        Kind::RequestsPerMinute => "rpm",
-        Kind::TokensPerMinute => "tpm",
-        Kind::DailyTokens => "day",
-        Kind::MaxParallel => "par",
-    };
     let mut entries = vec![
         Entry {
             key: "sluice_rule".into(),
@@ -109,7 +103,7 @@ pub fn descriptor(check: &Check, hits: u64, negative: bool, force: bool) -> Rate
         },
         Entry {
             key: "sluice_kind".into(),
-            value: kind.into(),
+            value: check.kind.short().into(),
         },
         Entry {
             key: "subject".into(),

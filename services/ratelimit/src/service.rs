@@ -92,18 +92,18 @@ impl RateLimiter {
             } else {
                 Mode::Check
             };
-            ops.push(Op {
-                key: format!(
+            ops.push(Op::new(
+                format!(
                     "rl|{}|{}|{:?}|{start}",
                     req.domain,
                     identity.join("|"),
                     limit.unit
                 ),
-                limit: limit.requests_per_unit,
+                limit.requests_per_unit,
                 hits,
                 mode,
-                ttl: start + window - now,
-            });
+                start + window - now,
+            ));
             plan.push(Some((ops.len() - 1, limit, start + window - now)));
         }
         let applied = self.storage.apply(&ops, now).await.map_err(|e| {

@@ -27,6 +27,18 @@ pub struct Op {
     pub ttl: u64,
 }
 
+impl Op {
+    pub fn new(key: impl Into<String>, limit: u64, hits: u64, mode: Mode, ttl: u64) -> Self {
+        Self {
+            key: key.into(),
+            limit,
+            hits,
+            mode,
+            ttl,
+        }
+    }
+}
+
 /// Result of a call: whether the `Check`s fit, and each counter's value after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -203,13 +215,7 @@ mod tests {
     use super::*;
 
     fn op(key: &str, limit: u64, hits: u64, mode: Mode) -> Op {
-        Op {
-            key: key.into(),
-            limit,
-            hits,
-            mode,
-            ttl: 60,
-        }
+        Op::new(key, limit, hits, mode, 60)
     }
 
     #[test]

@@ -11,13 +11,7 @@ use sluice_ratelimit::storage::{Mode, Op, Redis, Storage};
 use std::time::{Duration, Instant};
 
 fn op(key: &str, limit: u64, hits: u64, mode: Mode) -> Op {
-    Op {
-        key: key.into(),
-        limit,
-        hits,
-        mode,
-        ttl: 60,
-    }
+    Op::new(key, limit, hits, mode, 60)
 }
 
 #[tokio::test]
