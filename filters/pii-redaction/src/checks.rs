@@ -23,10 +23,11 @@ pub fn luhn(digits: &[u8]) -> bool {
     sum % 10 == 0
 }
 
-/// Payment card issuer prefixes (first digit): Mastercard 2-series, Amex / Diners / JCB 3,
-/// Visa 4, Mastercard / Maestro 5, Discover / Maestro / UnionPay 6.
+/// Payment card issuer prefixes: Mastercard 2-series, Amex / Diners / JCB 3,
+/// Visa 4, Mastercard / Maestro 5, Discover / Maestro / UnionPay 6, and JCB's 15-digit
+/// `1800` range.
 pub fn card_prefix(digits: &[u8]) -> bool {
-    matches!(digits.first(), Some(b'2'..=b'6'))
+    matches!(digits.first(), Some(b'2'..=b'6')) || digits.starts_with(b"1800")
 }
 
 /// US SSN rules: area not 000, 666 or 900-999; group not 00; serial not 0000.

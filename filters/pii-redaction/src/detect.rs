@@ -522,6 +522,11 @@ impl Scanner<'_> {
             return nd >= 8;
         }
         let first = span.groups.first().map_or(0, |&(s, _)| self.at(s));
+        let second = span.groups.first().map_or(0, |&(s, _)| self.at(s + 1));
+        if span.count >= 2 && first == b'0' && second == b'0' {
+            // 00 + country code: the international prefix dialled instead of `+`.
+            return (10..=15).contains(&nd) && shape.iter().skip(1).all(|&n| n >= 2);
+        }
         if span.count < 2 || !(9..=12).contains(&nd) {
             return false;
         }
