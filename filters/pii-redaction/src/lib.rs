@@ -1,8 +1,12 @@
 //! pii-redaction: PII and secrets never reach the model, and never leak back through a stream.
 
 pub mod checks;
+pub mod config;
 pub mod detect;
 pub mod entity;
+pub mod redact;
 
+pub use config::{Action, Api, PiiConfig, Settings, Unscannable};
 pub use detect::{scan, Found};
 pub use entity::{BuiltIn, EntitySet};
+pub use redact::{find, redact_text, Blocked, Direction, Finding, Kind, Redactor};
