@@ -215,7 +215,8 @@ impl Settings {
                 return Err(invalid(format!("custom: duplicate name {:?}", a.name)));
             }
         }
-        let hashes = actions.contains(&Action::Hash) || custom.iter().any(|e| e.action == Action::Hash);
+        let hashes =
+            actions.contains(&Action::Hash) || custom.iter().any(|e| e.action == Action::Hash);
         let hmac = match (&c.hash_secret, hashes) {
             (Some(s), _) if s.len() < MIN_SECRET => {
                 return Err(invalid(format!(
@@ -246,7 +247,14 @@ impl Settings {
         }
         let custom_hold = custom
             .iter()
-            .map(|e| e.max_len + if e.context.is_empty() { 0 } else { CONTEXT_WINDOW })
+            .map(|e| {
+                e.max_len
+                    + if e.context.is_empty() {
+                        0
+                    } else {
+                        CONTEXT_WINDOW
+                    }
+            })
             .max()
             .unwrap_or(0);
         Ok(Self {
@@ -271,8 +279,7 @@ impl Settings {
     ) -> Result<CustomEntity, ConfigError> {
         let valid_name = !c.name.is_empty()
             && c.name.len() <= 48
-            && c
-                .name
+            && c.name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !valid_name {
@@ -334,7 +341,10 @@ impl Settings {
     }
 
     pub fn action(&self, e: BuiltIn) -> Action {
-        self.actions.get(e as usize).copied().unwrap_or(Action::Redact)
+        self.actions
+            .get(e as usize)
+            .copied()
+            .unwrap_or(Action::Redact)
     }
 
     /// The API a request path serves (query string ignored).
@@ -415,10 +425,10 @@ mod tests {
 
     #[test]
     fn pseudonyms_are_keyed_and_stable() {
-        let a = settings(r#"{"hash_secret": "0123456789abcdef", "default_action": "hash"}"#)
-            .unwrap();
-        let b = settings(r#"{"hash_secret": "0123456789abcdeX", "default_action": "hash"}"#)
-            .unwrap();
+        let a =
+            settings(r#"{"hash_secret": "0123456789abcdef", "default_action": "hash"}"#).unwrap();
+        let b =
+            settings(r#"{"hash_secret": "0123456789abcdeX", "default_action": "hash"}"#).unwrap();
         assert_eq!(a.pseudonym("x"), a.pseudonym("x"));
         assert_eq!(a.pseudonym("x").len(), 16);
         assert_ne!(a.pseudonym("x"), a.pseudonym("y"));

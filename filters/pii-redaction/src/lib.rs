@@ -5,8 +5,10 @@ pub mod config;
 pub mod detect;
 pub mod entity;
 pub mod redact;
+pub mod stream;
 
 pub use config::{Action, Api, PiiConfig, Settings, Unscannable};
 pub use detect::{scan, Found};
 pub use entity::{BuiltIn, EntitySet};
 pub use redact::{find, redact_text, Blocked, Direction, Finding, Kind, Redactor};
+pub use stream::StreamText;

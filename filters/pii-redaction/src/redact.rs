@@ -81,7 +81,13 @@ pub fn find(s: &Settings, text: &str, from: usize, out: &mut Vec<Finding>) {
     }
     if out.len() > before {
         // A custom entity wins a tie: the operator defined it for exactly this text.
-        out.sort_by_key(|f| (f.start, usize::MAX - f.end, matches!(f.kind, Kind::BuiltIn(_))));
+        out.sort_by_key(|f| {
+            (
+                f.start,
+                usize::MAX - f.end,
+                matches!(f.kind, Kind::BuiltIn(_)),
+            )
+        });
         let mut last_end = 0;
         out.retain(|f| {
             let keep = f.start >= last_end;
@@ -382,7 +388,9 @@ mod tests {
                            {"name": "ticket", "pattern": "TCK[0-9]{4}"}]}"#,
         );
         assert_eq!(
-            run(&s, "Employee EMP-123456 filed TCK0001").unwrap().unwrap(),
+            run(&s, "Employee EMP-123456 filed TCK0001")
+                .unwrap()
+                .unwrap(),
             "Employee [EMPLOYEE_ID_1] filed [TICKET_1]"
         );
         assert_eq!(
@@ -394,7 +402,9 @@ mod tests {
 
     #[test]
     fn overlapping_custom_and_builtin_keep_one() {
-        let s = settings(r#"{"custom": [{"name": "corp_mail", "pattern": "[a-z]+@corp\\.example", "max_len": 64}]}"#);
+        let s = settings(
+            r#"{"custom": [{"name": "corp_mail", "pattern": "[a-z]+@corp\\.example", "max_len": 64}]}"#,
+        );
         assert_eq!(
             run(&s, "to ann@corp.example now").unwrap().unwrap(),
             "to [CORP_MAIL_1] now"

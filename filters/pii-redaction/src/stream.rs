@@ -1,0 +1,230 @@
+//! Redacting text that arrives in pieces (a streamed choice's content, a tool call's
+//! arguments) without letting a value split across pieces through.
+//!
+//! Each push emits the text before the *hold point* and keeps the rest. The hold point is
+//! the start of the shortest tail that could still be, or still change, a finding:
+//! - the trailing run of non-space characters (every built-in entity but the spaced forms
+//!   and PEM blocks is one such run: an email, a key, a JWT whose end has not come yet);
+//! - before it, digit / capital groups joined by separators, up to `GROUP_HOLD` bytes
+//!   (`+44 20 7946 0958`, `4111 1111 1111 1111`, `DE89 3704 0044 0532 0130 00`);
+//! - an opened `-----BEGIN ...` block with no end marker yet;
+//! - the longest custom match plus its context window, when custom entities exist.
+//!
+//! Plain prose is therefore held back by one partial word; numbers and keys by what they
+//! need, and no more. A finding that straddles the hold point is held whole.
+
+use crate::config::Settings;
+use crate::entity::BuiltIn;
+use crate::redact::{find, Direction, Finding, Redactor};
+
+/// Already emitted text kept as left context for boundary checks.
+const CONTEXT_KEEP: usize = 64;
+/// A run of non-space characters longer than this is emitted (the longest built-in entity
+/// that is one run, a JWT, is far shorter in practice).
+const MAX_RUN: usize = 16 * 1024;
+/// Most bytes of separated groups held before a trailing run.
+const GROUP_HOLD: usize = 48;
+
+#[derive(Debug, Default)]
+pub struct StreamText {
+    pending: String,
+    context: String,
+    findings: Vec<Finding>,
+}
+
+fn floor_char(text: &str, mut i: usize) -> usize {
+    while i > 0 && !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn group_char(c: u8) -> bool {
+    c.is_ascii_digit() || c.is_ascii_uppercase() || matches!(c, b'+' | b'(' | b')')
+}
+
+fn separator(c: u8) -> bool {
+    matches!(c, b' ' | b'-' | b'.' | b'(' | b')' | b'/' | b'+')
+}
+
+/// Where the held-back tail of `text` starts.
+pub fn hold_point(s: &Settings, text: &str) -> usize {
+    let b = text.as_bytes();
+    let at = |i: usize| b.get(i).copied().unwrap_or(0);
+    let n = b.len();
+    let mut h = n;
+    while h > 0 && !at(h - 1).is_ascii_whitespace() && n - h < MAX_RUN {
+        h -= 1;
+    }
+    let run_start = h;
+    loop {
+        let mut j = h;
+        while j > 0 && separator(at(j - 1)) && h - j < 3 {
+            j -= 1;
+        }
+        let group_end = j;
+        while j > 0 && group_char(at(j - 1)) && group_end - j < 8 {
+            j -= 1;
+        }
+        let word_before = j > 0 && (at(j - 1).is_ascii_alphanumeric() || at(j - 1) == b'_');
+        if j == group_end || word_before || run_start - j > GROUP_HOLD {
+            break;
+        }
+        h = j;
+    }
+    if s.enabled.contains(BuiltIn::PrivateKey) {
+        if let Some(p) = text.rfind("-----BEGIN") {
+            let tail = text.get(p..).unwrap_or_default();
+            let closed = tail
+                .find("-----END ")
+                .is_some_and(|e| tail.get(e + 9..).unwrap_or_default().contains("-----"));
+            if !closed {
+                h = h.min(p);
+            }
+        }
+    }
+    if s.custom_hold > 0 {
+        h = h.min(floor_char(text, n.saturating_sub(s.custom_hold)));
+    }
+    floor_char(text, h)
+}
+
+impl StreamText {
+    /// Add a piece; returns the text that may go to the client now (maybe empty).
+    pub fn push(&mut self, s: &Settings, r: &mut Redactor, piece: &str) -> String {
+        self.pending.push_str(piece);
+        let hold = hold_point(s, &self.pending);
+        if hold == 0 {
+            return String::new();
+        }
+        self.emit(s, r, Some(hold))
+    }
+
+    /// The stream ended: everything left, redacted.
+    pub fn finish(&mut self, s: &Settings, r: &mut Redactor) -> String {
+        if self.pending.is_empty() {
+            return String::new();
+        }
+        self.emit(s, r, None)
+    }
+
+    /// Text held back now.
+    pub fn held(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn emit(&mut self, s: &Settings, r: &mut Redactor, hold: Option<usize>) -> String {
+        let from = self.context.len();
+        let mut joined = std::mem::take(&mut self.context);
+        joined.push_str(&self.pending);
+        let mut findings = std::mem::take(&mut self.findings);
+        find(s, &joined, from, &mut findings);
+        let mut cut = hold.map_or(joined.len(), |h| from + h);
+        for f in &findings {
+            if f.start < cut && f.end > cut {
+                cut = f.start;
+            }
+        }
+        findings.retain(|f| f.end <= cut);
+        for f in &mut findings {
+            f.start -= from;
+            f.end -= from;
+        }
+        let text = joined.get(from..cut).unwrap_or_default();
+        let out = match r.apply(s, text, &findings, Direction::Response, false) {
+            Ok(out) => out,
+            // Unreachable with may_block = false; never let the raw text through.
+            Err(_) => String::new(),
+        };
+        let keep_from = floor_char(&joined, cut.saturating_sub(CONTEXT_KEEP));
+        self.context = joined.get(keep_from..cut).unwrap_or_default().to_string();
+        self.pending = joined.get(cut..).unwrap_or_default().to_string();
+        self.findings = findings;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PiiConfig;
+    use proptest::prelude::*;
+
+    fn settings(json: &str) -> Settings {
+        Settings::new(sluice_common::parse_config::<PiiConfig>(json.as_bytes()).unwrap()).unwrap()
+    }
+
+    /// Push `pieces` one by one; returns what the client saw after each push, and all of it.
+    fn stream(s: &Settings, pieces: &[&str]) -> (Vec<String>, String) {
+        let mut r = Redactor::default();
+        let mut t = StreamText::default();
+        let mut seen = Vec::new();
+        for p in pieces {
+            seen.push(t.push(s, &mut r, p));
+        }
+        seen.push(t.finish(s, &mut r));
+        let all = seen.concat();
+        (seen, all)
+    }
+
+    #[test]
+    fn values_split_across_pieces_are_caught() {
+        let s = settings("{}");
+        let (_, all) = stream(&s, &["Mail jo", "hn.smi", "th@exa", "mple.com now"]);
+        assert_eq!(all, "Mail [EMAIL_1] now");
+        let (_, all) = stream(&s, &["card 4111 ", "1111 11", "11 1111 ok"]);
+        assert_eq!(all, "card [CREDIT_CARD_1] ok");
+        let (_, all) = stream(&s, &["call +1 415", " 555 ", "2671 today"]);
+        assert_eq!(all, "call [PHONE_1] today");
+        let (_, all) = stream(
+            &s,
+            &[
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIE",
+                "ow\nAb\n-----END RSA ",
+                "PRIVATE KEY-----\nbye",
+            ],
+        );
+        assert_eq!(all, "[PRIVATE_KEY_1]\nbye");
+    }
+
+    #[test]
+    fn prose_is_held_by_one_partial_word_only() {
+        let s = settings("{}");
+        let (seen, all) = stream(&s, &["Hello", " there,", " how are", " you?"]);
+        assert_eq!(seen, ["", "Hello ", "there, how ", "are ", "you?"]);
+        assert_eq!(all, "Hello there, how are you?");
+    }
+
+    #[test]
+    fn custom_entities_hold_their_window() {
+        let s = settings(r#"{"custom": [{"name": "emp", "pattern": "EMP-[0-9]{6}"}]}"#);
+        let (_, all) = stream(&s, &["id EM", "P-12", "3456 done and more text here"]);
+        assert_eq!(all, "id [EMP_1] done and more text here");
+    }
+
+    proptest! {
+        /// Wherever the text is cut, the client sees exactly what redacting the whole text
+        /// at once gives.
+        #[test]
+        fn any_split_equals_whole(cuts in proptest::collection::vec(0usize..200, 0..8)) {
+            let s = settings("{}");
+            let text = "Reach me at jane.doe@example.org or +44 20 7946 0958; card 4111-1111-1111-1111, \
+                        ssn 123-45-6789, ip 10.1.2.3, key AKIAIOSFODNN7EXAMPLE, iban DE89 3704 0044 0532 0130 00 — fin.";
+            let mut whole = Redactor::default();
+            let expected = crate::redact::redact_text(&s, &mut whole, text, Direction::Response, false, &mut Vec::new())
+                .unwrap().unwrap();
+            let mut points: Vec<usize> = cuts.into_iter().map(|c| floor_char(text, c.min(text.len()))).collect();
+            points.sort_unstable();
+            points.dedup();
+            let mut pieces = Vec::new();
+            let mut last = 0;
+            for p in points {
+                pieces.push(&text[last..p]);
+                last = p;
+            }
+            pieces.push(&text[last..]);
+            let (_, all) = stream(&s, &pieces);
+            prop_assert_eq!(all, expected);
+        }
+    }
+}
