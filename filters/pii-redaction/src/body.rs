@@ -84,6 +84,8 @@ pub enum RequestOutcome {
     Rewritten(Vec<u8>),
     /// Answer the client with this error; nothing goes upstream.
     Refused(OpenAiError),
+    /// Could not be scanned, and the configuration says block: answer with this error.
+    RefusedUnscanned(OpenAiError, NotScanned),
     /// Could not be scanned, and the configuration says pass.
     Passed(NotScanned),
 }
@@ -110,17 +112,24 @@ fn rewrite(
     Ok(changed)
 }
 
-fn unscannable(s: &Settings, why: NotScanned) -> RequestOutcome {
+/// The outcome for a body that cannot be scanned, per `on_unscannable`.
+pub fn unscannable(s: &Settings, why: NotScanned) -> RequestOutcome {
     match (s.on_unscannable, why) {
         (Unscannable::Pass, _) => RequestOutcome::Passed(why),
-        (Unscannable::Block, NotScanned::TooLarge) => RequestOutcome::Refused(OpenAiError::new(
-            ErrorKind::PayloadTooLarge,
-            "The request body is too large to be checked for personal data.",
-        )),
-        (Unscannable::Block, NotScanned::NotJson) => RequestOutcome::Refused(OpenAiError::new(
-            ErrorKind::InvalidRequest,
-            "The request body is not valid JSON.",
-        )),
+        (Unscannable::Block, NotScanned::TooLarge) => RequestOutcome::RefusedUnscanned(
+            OpenAiError::new(
+                ErrorKind::PayloadTooLarge,
+                "The request body is too large to be checked for personal data.",
+            ),
+            why,
+        ),
+        (Unscannable::Block, NotScanned::NotJson) => RequestOutcome::RefusedUnscanned(
+            OpenAiError::new(
+                ErrorKind::InvalidRequest,
+                "The request body is not valid JSON.",
+            ),
+            why,
+        ),
     }
 }
 
@@ -271,12 +280,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let RequestOutcome::Refused(e) = scan_request(&s, &mut r, Api::Chat, b"not json") else {
+        let RequestOutcome::RefusedUnscanned(e, NotScanned::NotJson) =
+            scan_request(&s, &mut r, Api::Chat, b"not json")
+        else {
             panic!()
         };
         assert_eq!(e.status(), 400);
         let big = vec![b' '; 201];
-        let RequestOutcome::Refused(e) = scan_request(&s, &mut r, Api::Chat, &big) else {
+        let RequestOutcome::RefusedUnscanned(e, NotScanned::TooLarge) =
+            scan_request(&s, &mut r, Api::Chat, &big)
+        else {
             panic!()
         };
         assert_eq!(e.status(), 413);

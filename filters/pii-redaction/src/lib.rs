@@ -1,4 +1,13 @@
 //! pii-redaction: PII and secrets never reach the model, and never leak back through a stream.
+//!
+//! Request: the body's text fields (chat messages and parts, tool-call arguments,
+//! completion prompts, configured paths) are scanned; findings are redacted, masked, hashed
+//! or block the request (403). Response: JSON bodies are rewritten whole; SSE streams pass
+//! event by event, holding back only the tail of text that could still become a finding
+//! ([`stream`]). Publishes `sluice_pii` (counts, never values) and per-entity metrics.
+//!
+//! Detection ([`detect`], [`checks`]) and policy are plain Rust tested natively and in
+//! wasm; `filter` (wasm32 only) is the proxy-wasm glue.
 
 pub mod body;
 pub mod checks;
@@ -8,6 +17,10 @@ pub mod entity;
 pub mod events;
 pub mod redact;
 pub mod stream;
+
+// The proxy-wasm glue needs Envoy's host functions: it is left out of unit-test builds.
+#[cfg(all(target_arch = "wasm32", not(test)))]
+mod filter;
 
 pub use body::{redact_response, scan_request, NotScanned, RequestOutcome};
 pub use config::{Action, Api, PiiConfig, Settings, Unscannable};

@@ -241,7 +241,10 @@ async fn complete(app: Arc<App>, api: Api, body: Bytes) -> Response {
         Ok(c) => c,
         Err(e) => return openai_error(400, &e),
     };
-    let plan = reply::plan(&call, config.reply_tokens);
+    let plan = match &config.reply_text {
+        Some(text) => reply::plan_text(&call, text, config.reply_chunk),
+        None => reply::plan(&call, config.reply_tokens),
+    };
     let n = app.served.fetch_add(1, Ordering::Relaxed);
     let id = format!("cmpl-mock-{n}");
     let created = SystemTime::now()

@@ -31,6 +31,10 @@ pub struct MockConfig {
     /// Send every stream event in two writes, 20 ms apart, cut mid-JSON: the gateway
     /// must put split events back together.
     pub split_events: bool,
+    /// Reply with this text instead of generated words, cut into pieces of `reply_chunk`
+    /// characters (one stream event each): tests put values split across events in it.
+    pub reply_text: Option<String>,
+    pub reply_chunk: usize,
 }
 
 impl Default for MockConfig {
@@ -48,6 +52,8 @@ impl Default for MockConfig {
             fail_count: None,
             disconnect_after: None,
             split_events: false,
+            reply_text: None,
+            reply_chunk: 4,
         }
     }
 }

@@ -140,6 +140,27 @@ pub fn plan(call: &Call, reply_len: u64) -> Plan {
         _ => (reply_len, "stop"),
     };
     let tokens = reply_tokens(&call.prompt_text, n);
+    planned(tokens, finish_reason, call)
+}
+
+/// A reply of fixed text, cut every `chunk` characters (max_tokens caps the pieces).
+pub fn plan_text(call: &Call, text: &str, chunk: usize) -> Plan {
+    let chars: Vec<char> = text.chars().collect();
+    let mut tokens: Vec<String> = chars
+        .chunks(chunk.max(1))
+        .map(|c| c.iter().collect())
+        .collect();
+    let mut finish_reason = "stop";
+    if let Some(cap) = call.max_tokens {
+        if (cap as usize) < tokens.len() {
+            tokens.truncate(cap as usize);
+            finish_reason = "length";
+        }
+    }
+    planned(tokens, finish_reason, call)
+}
+
+fn planned(tokens: Vec<String>, finish_reason: &'static str, call: &Call) -> Plan {
     Plan {
         usage: Usage::new(call.prompt_tokens(), tokens.len() as u64),
         tokens,
@@ -247,6 +268,15 @@ mod tests {
         assert_eq!(reply_tokens("a", 8), reply_tokens("a", 8));
         assert_ne!(reply_tokens("a", 8), reply_tokens("b", 8));
         assert_eq!(reply_tokens("a", 0).len(), 0);
+    }
+
+    #[test]
+    fn fixed_text_is_cut_into_pieces() {
+        let p = plan_text(&chat(true, false, None), "héllo world", 4);
+        assert_eq!(p.tokens, ["héll", "o wo", "rld"]);
+        assert_eq!(p.finish_reason, "stop");
+        let p = plan_text(&chat(true, false, Some(2)), "héllo world", 4);
+        assert_eq!((p.tokens.len(), p.finish_reason), (2, "length"));
     }
 
     #[test]
