@@ -20,7 +20,7 @@ pub fn luhn(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Payment card issuer prefixes: Mastercard 2-series, Amex / Diners / JCB 3,

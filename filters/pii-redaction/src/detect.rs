@@ -665,7 +665,7 @@ impl Scanner<'_> {
             }
             let body = i + 8 + kind;
             let n = self.run(body, TOKEN, 256);
-            return (n >= 32 && n < 256).then_some(Found {
+            return (32..256).contains(&n).then_some(Found {
                 start: i,
                 end: body + n,
                 entity: BuiltIn::AnthropicKey,
@@ -695,20 +695,17 @@ impl Scanner<'_> {
     }
 
     fn slack(&self, i: usize) -> Option<Found> {
-        let body = if self.starts_with(i, b"xox")
+        let xox = self.starts_with(i, b"xox")
             && matches!(self.at(i + 3), b'a' | b'b' | b'p' | b'o' | b's' | b'r')
-            && self.at(i + 4) == b'-'
-        {
-            i + 5
-        } else if self.starts_with(i, b"xapp-") {
-            i + 5
-        } else {
+            && self.at(i + 4) == b'-';
+        if !xox && !self.starts_with(i, b"xapp-") {
             return None;
-        };
+        }
+        let body = i + 5;
         let n = self.run(body, DIGIT | UPPER | LOWER | TOKEN, 256);
         let text = self.b.get(body..body + n).unwrap_or_default();
         let digits = text.iter().filter(|c| c.is_ascii_digit()).count();
-        (n >= 10 && n < 256 && digits >= 4).then_some(Found {
+        ((10..256).contains(&n) && digits >= 4).then_some(Found {
             start: i,
             end: body + n,
             entity: BuiltIn::SlackToken,
@@ -937,7 +934,7 @@ mod tests {
         hit(&format!("key: {oa}"), BuiltIn::OpenaiKey, oa);
         miss("sk-learn-is-a-python-library-for-ml");
         let an = format!("sk-ant-api03-{}", "Zx9_".repeat(20));
-        hit(&format!("{an}"), BuiltIn::AnthropicKey, &an);
+        hit(&an, BuiltIn::AnthropicKey, &an);
         let g = "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY";
         hit(&format!("key={g}&"), BuiltIn::GoogleApiKey, g);
         let sl = "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx";

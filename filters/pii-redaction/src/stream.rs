@@ -131,11 +131,10 @@ impl StreamText {
             f.end -= from;
         }
         let text = joined.get(from..cut).unwrap_or_default();
-        let out = match r.apply(s, text, &findings, Direction::Response, false) {
-            Ok(out) => out,
-            // Unreachable with may_block = false; never let the raw text through.
-            Err(_) => String::new(),
-        };
+        // With may_block = false apply cannot fail; if it did, nothing raw goes out.
+        let out = r
+            .apply(s, text, &findings, Direction::Response, false)
+            .unwrap_or_default();
         let keep_from = floor_char(&joined, cut.saturating_sub(CONTEXT_KEEP));
         self.context = joined.get(keep_from..cut).unwrap_or_default().to_string();
         self.pending = joined.get(cut..).unwrap_or_default().to_string();
