@@ -9,6 +9,8 @@
 //! Detection ([`detect`], [`checks`]) and policy are plain Rust tested natively and in
 //! wasm; `filter` (wasm32 only) is the proxy-wasm glue.
 
+#[cfg(test)]
+mod accuracy;
 pub mod body;
 pub mod checks;
 pub mod config;
