@@ -38,7 +38,7 @@ wait_file "$work/mock.port"
 MOCK_PORT=$(cat "$work/mock.port")
 
 # One key for the chain.
-mkdir -p "$work/chain/ecds" "$work/bare/ecds"
+mkdir -p "$work/chain/ecds" "$work/bare/ecds" "$work/nopii/ecds"
 "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$work/chain/ecds/key-auth.json" \
   -s "wasm_dir=$ROOT/target/wasm" -s 'key_auth_config={"keys":[]}'
 KEY=$(SLUICE_KEY_FILE="$work/chain/ecds/key-auth.json" "$SLUICE" keys create --tenant bench 2>/dev/null)
@@ -57,6 +57,7 @@ pids+=($!)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$RL_PORT") 2>/dev/null && break; sleep 0.1; done
 mkdir -p "$work/global/ecds"
 cp "$work/chain/ecds/key-auth.json" "$work/global/ecds/key-auth.json"
+cp "$work/chain/ecds/key-auth.json" "$work/nopii/ecds/key-auth.json"
 
 start_envoy() { # name filters [extra -s vars...]; sets PORT_<name>
   local name=$1 filters=$2 port admin
@@ -81,9 +82,12 @@ start_envoy() { # name filters [extra -s vars...]; sets PORT_<name>
 }
 start_envoy bare false
 start_envoy chain true
+# The chain with pii-redaction scanning nothing: isolates token-counter's and pii's costs.
+start_envoy nopii true -s 'pii_config={"scan_requests":false,"scan_responses":false}'
 start_envoy global true -s "ratelimit_port=$RL_PORT" \
   -s 'rate_limit_config={"key_tier":"global","global":{"cluster":"sluice_ratelimit","timeout_ms":50,"failure_mode":"deny"}}'
 BARE_PORT=$PORT_bare
+NOPII_PORT=$PORT_nopii
 CHAIN_PORT=$PORT_chain
 GLOBAL_PORT=$PORT_global
 
@@ -154,8 +158,9 @@ PY
 
 # ---- Tokenizer: inside Envoy, in V8 outside Envoy, and natively against tiktoken-rs ----
 # A ~512 KB prompt of the mixed corpus (prose, code, CJK, emoji, whitespace and digit runs,
-# long words) through the chain and through bare Envoy: the difference is what token-counter
-# costs (JSON parsing and counting), so size / difference is a floor of its speed in Envoy.
+# long words) through the chain (pii-redaction off) and through bare Envoy: the difference is
+# what token-counter costs (JSON parsing and counting), so size / difference is a floor of
+# its speed in Envoy.
 .venv/bin/python - "$work/big.json" <<'PY'
 import json, sys
 corpus = json.load(open("filters/tokenizer/tests/corpus.json"))
@@ -164,20 +169,44 @@ text = (text * (512_000 // len(text.encode()) + 1))[:512_000]
 json.dump({"model": "mock-model", "max_tokens": 1,
            "messages": [{"role": "user", "content": text}]}, open(sys.argv[1], "w"))
 PY
-median_ms() { # port -> median of 15 request times in ms
+median_ms() { # port [body file] -> median of 15 request times in ms
   for _ in $(seq 15); do
     curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$1/v1/chat/completions" \
-      -H "authorization: Bearer $KEY" -H 'content-type: application/json' --data @"$work/big.json"
+      -H "authorization: Bearer $KEY" -H 'content-type: application/json' --data @"${2:-$work/big.json}"
   done | sort -n | sed -n 8p | awk '{printf "%.2f", $1 * 1000}'
 }
-median_ms "$BARE_PORT" >/dev/null; median_ms "$CHAIN_PORT" >/dev/null   # warm up
+median_ms "$BARE_PORT" >/dev/null; median_ms "$NOPII_PORT" >/dev/null   # warm up
 bare_ms=$(median_ms "$BARE_PORT")
-chain_ms=$(median_ms "$CHAIN_PORT")
+chain_ms=$(median_ms "$NOPII_PORT")
 size=$(stat -c %s "$work/big.json")
 echo
 echo "tokenizer in Envoy: ${size}-byte prompt: bare ${bare_ms} ms, chain ${chain_ms} ms" \
   "-> token-counter $(awk -v s="$size" -v b="$bare_ms" -v c="$chain_ms" 'BEGIN { d = c - b; if (d <= 0) print "n/a (below noise)"; else printf "%.1f MB/s (parse + count)", s / 1e6 / (d / 1000) }')"
 grep -h "tokenizers ready" "$work/chain/envoy.log" | head -1 | sed 's/.*token-counter: /tokenizer in Envoy: /'
+
+# ---- pii-redaction: a 100 KB prompt through the chain with and without it; scan speed ----
+.venv/bin/python - "$work/pii.json" <<'PY'
+import json, sys
+corpus = json.load(open("filters/tokenizer/tests/corpus.json"))
+prose = "\n".join(e["text"] for e in corpus)[:2000]
+parts, i = [], 0
+while sum(map(len, parts)) < 100_000:
+    parts.append(prose + f" contact user{i}@example.org or +1 415 555 {i % 10000:04d} ")
+    i += 1
+json.dump({"model": "mock-model", "max_tokens": 1,
+           "messages": [{"role": "user", "content": "".join(parts)}]}, open(sys.argv[1], "w"))
+PY
+median_ms "$CHAIN_PORT" "$work/pii.json" >/dev/null; median_ms "$NOPII_PORT" "$work/pii.json" >/dev/null
+off_ms=$(median_ms "$NOPII_PORT" "$work/pii.json")
+on_ms=$(median_ms "$CHAIN_PORT" "$work/pii.json")
+echo
+echo "pii-redaction in Envoy: $(stat -c %s "$work/pii.json")-byte prompt (every entity redacted):" \
+  "off ${off_ms} ms, on ${on_ms} ms -> +$(awk -v a="$off_ms" -v b="$on_ms" 'BEGIN { printf "%.2f", b - a }') ms"
+cargo build --quiet --profile wasm-release -p sluice-pii-redaction --no-default-features \
+  --example throughput --target wasm32-wasip1
+echo "pii-redaction in V8 (Node WASI): $(node --no-warnings scripts/lib/wasi-run.mjs \
+  target/wasm32-wasip1/wasm-release/examples/throughput.wasm | tr '\n' ' ')"
+echo "pii-redaction native: $(cargo run --quiet --release -p sluice-pii-redaction --example throughput | tr '\n' ' ')"
 
 cargo build --quiet --profile wasm-release -p sluice-tokenizer --example throughput --target wasm32-wasip1
 echo "tokenizer in V8 (Node WASI, same engine as Envoy): $(node --no-warnings scripts/lib/wasi-run.mjs \

@@ -21,7 +21,7 @@ pub mod redact;
 pub mod stream;
 
 // The proxy-wasm glue needs Envoy's host functions: it is left out of unit-test builds.
-#[cfg(all(target_arch = "wasm32", not(test)))]
+#[cfg(all(target_arch = "wasm32", feature = "filter", not(test)))]
 mod filter;
 
 pub use body::{redact_response, scan_request, NotScanned, RequestOutcome};
