@@ -109,7 +109,7 @@ wrk.headers["authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
 LUA
 
 # Sanity: each target answers 200 before it is measured.
-for p in "$MOCK_PORT" "$BARE_PORT" "$CHAIN_PORT" "$GLOBAL_PORT"; do
+for p in "$MOCK_PORT" "$BARE_PORT" "$NOPII_PORT" "$CHAIN_PORT" "$GLOBAL_PORT"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/v1/chat/completions" \
     -H "authorization: Bearer $KEY" -H 'content-type: application/json' --data @"$work/body.json" || true)
   [ "$code" = 200 ] || { echo "bench: port $p answered $code"; tail -n 20 "$work"/*/envoy.log; exit 1; }
@@ -122,6 +122,7 @@ run() { # name port key
 }
 run direct "$MOCK_PORT" "$KEY"
 run bare "$BARE_PORT" "$KEY"
+run nopii "$NOPII_PORT" "$KEY"
 run chain "$CHAIN_PORT" "$KEY"
 run limits "$CHAIN_PORT" "$LKEY"
 run global "$GLOBAL_PORT" "$LKEY"
@@ -133,7 +134,7 @@ def us(v):
     n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
     return float(n) * {"us": 1, "ms": 1000, "s": 1e6}[unit]
 rows = {}
-for name in ("direct", "bare", "chain", "limits", "global"):
+for name in ("direct", "bare", "nopii", "chain", "limits", "global"):
     text = open(f"{work}/{name}.wrk").read()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     p50 = us(re.search(r"\s50%\s+(\S+)", text).group(1))
@@ -141,15 +142,17 @@ for name in ("direct", "bare", "chain", "limits", "global"):
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     rows[name] = (rps, p50, p99, int(errors.group(1)) if errors else 0)
 print(f"bench: {secs}s per target, {conns} connections, Envoy --concurrency {conc}, ~2 KB chat POST")
-print("  chain: key-auth + rate-limit + token-counter, key without limits; limits: same chain, key with")
+print("  chain: key-auth + rate-limit + pii-redaction + token-counter, key without limits; nopii: the")
+print("  chain with pii-redaction scanning nothing; limits: same chain, key with")
 print("  rpm/tpm/max-parallel (local tier); global: the key's limits in sluice-ratelimit + Redis")
 print(f"{'target':<8} {'req/s':>10} {'p50 us':>10} {'p99 us':>10} {'non-2xx':>8}")
 for name, (rps, p50, p99, err) in rows.items():
     print(f"{name:<8} {rps:>10.0f} {p50:>10.1f} {p99:>10.1f} {err:>8}")
-b, c, d = rows["bare"], rows["chain"], rows["direct"]
+b, c, d, n = rows["bare"], rows["chain"], rows["direct"], rows["nopii"]
 l, g = rows["limits"], rows["global"]
 print(f"rate-limit local decisions (limits vs chain): p50 +{l[1]-c[1]:.1f} us, p99 +{l[2]-c[2]:.1f} us, throughput x{l[0]/c[0]:.2f}")
 print(f"rate-limit global path (global vs limits): p50 +{g[1]-l[1]:.1f} us, p99 +{g[2]-l[2]:.1f} us (p99 {g[2]:.0f} us), throughput x{g[0]/l[0]:.2f}")
+print(f"pii-redaction, every entity on, ~2 KB prompt + JSON reply (chain vs nopii): p50 +{c[1]-n[1]:.1f} us, p99 +{c[2]-n[2]:.1f} us")
 print(f"chain vs bare Envoy: p50 +{c[1]-b[1]:.1f} us, p99 +{c[2]-b[2]:.1f} us, throughput x{c[0]/b[0]:.2f}")
 print(f"bare Envoy vs direct: p50 +{b[1]-d[1]:.1f} us, throughput x{b[0]/d[0]:.2f}")
 if any(r[3] for r in rows.values()):

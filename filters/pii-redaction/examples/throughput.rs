@@ -78,7 +78,10 @@ fn main() {
     let mut i = 0;
     while prompt.len() < 100_000 {
         prompt.push_str(&other[..other.len().min(2000)]);
-        prompt.push_str(&format!(" contact user{i}@example.org or +1 415 555 {:04} ", i % 10000));
+        prompt.push_str(&format!(
+            " contact user{i}@example.org or +1 415 555 {:04} ",
+            i % 10000
+        ));
         i += 1;
     }
     let body = serde_json::to_vec(&serde_json::json!({

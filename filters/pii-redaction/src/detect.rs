@@ -102,6 +102,8 @@ pub fn scan(text: &str, from: usize, set: EntitySet, out: &mut Vec<Found>) {
         set,
         floor: 0,
         ipv6_until: 0,
+        jwt_until: 0,
+        token_until: 0,
     };
     let numeric = set.any_numeric();
     let mut i = from;
@@ -144,6 +146,11 @@ struct Scanner<'a> {
     floor: usize,
     /// An IPv6 candidate was already judged up to here (each of its colons triggers).
     ipv6_until: usize,
+    /// A JWT header run that ends without a `.` ends here: every `eyJ` inside it (after a
+    /// `-`, which starts a word) would fail the same way. Keeps hostile input linear.
+    jwt_until: usize,
+    /// Same for the runs of `sk-` and `xox` tokens.
+    token_until: usize,
 }
 
 /// Digit groups of a number-like span: `+1 (415) 555-2671`, `4111 1111 1111 1111`, ...
@@ -222,6 +229,8 @@ impl Scanner<'_> {
         while n < max && class(self.at(i + n)) & mask != 0 {
             n += 1;
         }
+        #[cfg(test)]
+        tests::RUN_STEPS.with(|c| c.set(c.get() + n));
         n
     }
 
@@ -650,8 +659,8 @@ impl Scanner<'_> {
         None
     }
 
-    fn sk_key(&self, i: usize) -> Option<Found> {
-        if !self.starts_with(i, b"sk-") {
+    fn sk_key(&mut self, i: usize) -> Option<Found> {
+        if i < self.token_until || !self.starts_with(i, b"sk-") {
             return None;
         }
         if self.starts_with(i, b"sk-ant-") {
@@ -665,11 +674,7 @@ impl Scanner<'_> {
             }
             let body = i + 8 + kind;
             let n = self.run(body, TOKEN, 256);
-            return (32..256).contains(&n).then_some(Found {
-                start: i,
-                end: body + n,
-                entity: BuiltIn::AnthropicKey,
-            });
+            return self.token_or_skip((32..256).contains(&n), i, body + n, BuiltIn::AnthropicKey);
         }
         if !self.set.contains(BuiltIn::OpenaiKey) {
             return None;
@@ -687,14 +692,34 @@ impl Scanner<'_> {
         let mixed = text.iter().any(u8::is_ascii_uppercase)
             && text.iter().any(u8::is_ascii_lowercase)
             && text.iter().any(u8::is_ascii_digit);
-        ((20..256).contains(&n) && mixed).then_some(Found {
-            start: i,
-            end: body + n,
-            entity: BuiltIn::OpenaiKey,
-        })
+        self.token_or_skip(
+            (20..256).contains(&n) && mixed,
+            i,
+            body + n,
+            BuiltIn::OpenaiKey,
+        )
     }
 
-    fn slack(&self, i: usize) -> Option<Found> {
+    /// The finding when `ok`; otherwise remember where the failed run ends: a `-` inside
+    /// it starts a word, and every prefix found there would fail on the same run.
+    fn token_or_skip(
+        &mut self,
+        ok: bool,
+        start: usize,
+        end: usize,
+        entity: BuiltIn,
+    ) -> Option<Found> {
+        if ok {
+            return Self::found(start, end, entity);
+        }
+        self.token_until = end;
+        None
+    }
+
+    fn slack(&mut self, i: usize) -> Option<Found> {
+        if i < self.token_until {
+            return None;
+        }
         let xox = self.starts_with(i, b"xox")
             && matches!(self.at(i + 3), b'a' | b'b' | b'p' | b'o' | b's' | b'r')
             && self.at(i + 4) == b'-';
@@ -705,20 +730,22 @@ impl Scanner<'_> {
         let n = self.run(body, DIGIT | UPPER | LOWER | TOKEN, 256);
         let text = self.b.get(body..body + n).unwrap_or_default();
         let digits = text.iter().filter(|c| c.is_ascii_digit()).count();
-        ((10..256).contains(&n) && digits >= 4).then_some(Found {
-            start: i,
-            end: body + n,
-            entity: BuiltIn::SlackToken,
-        })
+        self.token_or_skip(
+            (10..256).contains(&n) && digits >= 4,
+            i,
+            body + n,
+            BuiltIn::SlackToken,
+        )
     }
 
-    fn jwt(&self, i: usize) -> Option<Found> {
-        if !self.starts_with(i, b"eyJ") {
+    fn jwt(&mut self, i: usize) -> Option<Found> {
+        if i < self.jwt_until || !self.starts_with(i, b"eyJ") {
             return None;
         }
         let b64 = DIGIT | UPPER | LOWER | TOKEN; // [A-Za-z0-9_-]
         let h = self.run(i, b64, 4096);
         if h < 10 || self.at(i + h) != b'.' {
+            self.jwt_until = i + h;
             return None;
         }
         let p_start = i + h + 1;
@@ -768,6 +795,11 @@ impl Scanner<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Bytes read by `Scanner::run` on this thread (a work count, not a time).
+        pub(super) static RUN_STEPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
 
     fn find(text: &str) -> Vec<(BuiltIn, &str)> {
         let mut out = Vec::new();
@@ -962,6 +994,23 @@ mod tests {
         let mut out = Vec::new();
         scan(t, 0, [BuiltIn::Ipv4].into_iter().collect(), &mut out);
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn hostile_repetitions_stay_linear() {
+        // Without the guards each repetition would re-read a long run: quadratic work.
+        for unit in ["eyJhbGciOi-", "fe80:", "a@", "sk-Ab1-", "1 ", "AKIA-"] {
+            let text = unit.repeat(100_000 / unit.len());
+            RUN_STEPS.with(|c| c.set(0));
+            let mut out = Vec::new();
+            scan(&text, 0, EntitySet::all(), &mut out);
+            let steps = RUN_STEPS.with(|c| c.get());
+            assert!(
+                steps <= 8 * text.len(),
+                "{unit:?}: {steps} steps for {} bytes",
+                text.len()
+            );
+        }
     }
 
     #[test]
