@@ -1,10 +1,9 @@
 //! proxy-wasm glue: configuration, counters, and the per-request hook. No policy here.
 
-use crate::wasm_host::{define_counter, increment, WasmHost};
 use crate::{on_request_headers, Denial, KeyAuthConfig, KeyStore, Outcome};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use sluice_proxy::{define_counter, increment, WasmHost};
 use std::rc::Rc;
 
 proxy_wasm::main! {{
@@ -50,30 +49,20 @@ impl Context for KeyAuthRoot {}
 
 impl RootContext for KeyAuthRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(bytes) => bytes.unwrap_or_default(),
-            Err(status) => {
-                log::error!("key-auth: cannot read the plugin configuration: {status:?}");
-                return false;
-            }
+        let parse = |b: &[u8]| {
+            sluice_common::parse_config::<KeyAuthConfig>(b)
+                .and_then(|config| KeyStore::from_config(&config))
         };
-        let store = sluice_common::parse_config::<KeyAuthConfig>(&bytes)
-            .and_then(|config| KeyStore::from_config(&config));
-        match store {
-            Ok(store) => {
-                log::info!("key-auth: configured with {} keys", store.len());
-                self.state = Some(Rc::new(State {
-                    store,
-                    counters: Counters::define(),
-                }));
-                true
-            }
-            Err(e) => {
-                // Returning false makes Envoy reject this config and keep the previous one.
-                log::error!("key-auth: configuration rejected: {e}");
-                false
-            }
-        }
+        // On `None` Envoy rejects this config and keeps the previous one.
+        let Some(store) = sluice_proxy::configure("key-auth", parse) else {
+            return false;
+        };
+        log::info!("key-auth: configured with {} keys", store.len());
+        self.state = Some(Rc::new(State {
+            store,
+            counters: Counters::define(),
+        }));
+        true
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -101,12 +90,15 @@ impl HttpContext for KeyAuthHttp {
         match on_request_headers(store, &mut WasmHost) {
             Outcome::Allowed { key_id } => {
                 log::debug!("key-auth: allowed key {key_id}");
-                increment(self.state.as_ref().and_then(|s| s.counters.allowed));
+                increment(self.state.as_ref().and_then(|s| s.counters.allowed), 1);
                 Action::Continue
             }
             Outcome::Denied(denial) => {
                 log::debug!("key-auth: denied ({})", denial.reason());
-                increment(self.state.as_ref().and_then(|s| s.counters.denied(denial)));
+                increment(
+                    self.state.as_ref().and_then(|s| s.counters.denied(denial)),
+                    1,
+                );
                 Action::Pause
             }
         }

@@ -16,8 +16,6 @@ pub mod keystore;
 // which then run anywhere (natively, and compiled to wasm32 under Node).
 #[cfg(all(target_arch = "wasm32", not(test)))]
 mod filter;
-#[cfg(all(target_arch = "wasm32", not(test)))]
-mod wasm_host;
 
 pub use config::{KeyAuthConfig, KeyRecord};
 pub use keystore::{digest, KeyStore, KEY_PREFIX};

@@ -244,7 +244,7 @@ mod tests {
         assert_eq!(v["metadata"]["note"], "call [PHONE_1]");
         assert_eq!(v["user"], "kept@x.io", "only the configured fields");
         assert_eq!(
-            r.report(),
+            r.report(None),
             r#"{"request":{"email":{"redact":2},"ipv4":{"redact":1},"phone":{"redact":1}}}"#
         );
     }

@@ -4,13 +4,14 @@ use crate::{
     redact_response, scan_request, Api, Direction, NotScanned, PiiConfig, Redactor, RequestOutcome,
     Settings, SseRedactor,
 };
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use sluice_common::properties;
 use sluice_common::OpenAiError;
+use sluice_proxy::{
+    header, read_body, remove_header, send_error, set_property, write_body, CounterSet,
+};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 proxy_wasm::main! {{
@@ -24,73 +25,38 @@ const MAX_EVENT: usize = 1 << 20;
 /// directions are fixed.
 const MAX_COUNTERS: usize = 1024;
 
-#[derive(Default)]
-struct Counters {
-    ids: HashMap<String, u32>,
-}
-
-impl Counters {
-    fn add(&mut self, name: String, n: u64) {
-        let id = match self.ids.get(&name) {
-            Some(id) => *id,
-            None => {
-                if self.ids.len() >= MAX_COUNTERS {
-                    return;
-                }
-                match hostcalls::define_metric(MetricType::Counter, &name) {
-                    Ok(id) => {
-                        self.ids.insert(name, id);
-                        id
-                    }
-                    Err(e) => {
-                        log::warn!("pii-redaction: define_metric failed: {e:?}");
-                        return;
-                    }
-                }
-            }
-        };
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
-        if let Err(e) = hostcalls::increment_metric(id, n) {
-            log::warn!("pii-redaction: increment_metric failed: {e:?}");
-        }
-    }
-}
-
-#[derive(Default)]
 struct Root {
     settings: Option<Rc<Settings>>,
-    counters: Rc<RefCell<Counters>>,
+    counters: Rc<RefCell<CounterSet>>,
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Self {
+            settings: None,
+            counters: Rc::new(RefCell::new(CounterSet::new(MAX_COUNTERS))),
+        }
+    }
 }
 
 impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(b) => b.unwrap_or_default(),
-            Err(e) => {
-                log::error!("pii-redaction: cannot read the plugin configuration: {e:?}");
-                return false;
-            }
+        let parse = |b: &[u8]| sluice_common::parse_config::<PiiConfig>(b).and_then(Settings::new);
+        let Some(s) = sluice_proxy::configure("pii-redaction", parse) else {
+            return false;
         };
-        match sluice_common::parse_config::<PiiConfig>(&bytes).and_then(Settings::new) {
-            Ok(s) => {
-                log::info!(
-                    "pii-redaction: configured; {} built-in and {} custom entities on",
-                    crate::BuiltIn::ALL
-                        .iter()
-                        .filter(|e| s.enabled.contains(**e))
-                        .count(),
-                    s.custom.len()
-                );
-                self.settings = Some(Rc::new(s));
-                true
-            }
-            Err(e) => {
-                log::error!("pii-redaction: configuration rejected: {e}");
-                false
-            }
-        }
+        log::info!(
+            "pii-redaction: configured; {} built-in and {} custom entities on",
+            crate::BuiltIn::ALL
+                .iter()
+                .filter(|e| s.enabled.contains(**e))
+                .count(),
+            s.custom.len()
+        );
+        self.settings = Some(Rc::new(s));
+        true
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -126,49 +92,16 @@ enum Phase {
 
 struct Http {
     settings: Option<Rc<Settings>>,
-    counters: Rc<RefCell<Counters>>,
+    counters: Rc<RefCell<CounterSet>>,
     phase: Phase,
     redactor: Redactor,
     unscanned: Option<(Direction, NotScanned)>,
     reported: bool,
 }
 
-fn header(map: MapType, name: &str) -> Option<String> {
-    match hostcalls::get_map_value_bytes(map, name) {
-        Ok(Some(v)) => String::from_utf8(v).ok(),
-        _ => None,
-    }
-}
-
-fn read(buffer: BufferType, size: usize) -> Vec<u8> {
-    match hostcalls::get_buffer(buffer, 0, size) {
-        Ok(b) => b.unwrap_or_default(),
-        Err(e) => {
-            log::warn!("pii-redaction: cannot read a body: {e:?}");
-            Vec::new()
-        }
-    }
-}
-
-fn write(buffer: BufferType, size: usize, bytes: &[u8]) -> bool {
-    match hostcalls::set_buffer(buffer, 0, size, bytes) {
-        Ok(()) => true,
-        Err(e) => {
-            log::warn!("pii-redaction: cannot rewrite a body: {e:?}");
-            false
-        }
-    }
-}
-
 impl Http {
     fn reject(&mut self, error: &OpenAiError) -> Action {
-        if let Err(e) = hostcalls::send_http_response(
-            u32::from(error.status()),
-            vec![OpenAiError::CONTENT_TYPE],
-            Some(error.body().as_bytes()),
-        ) {
-            log::warn!("pii-redaction: send_http_response failed: {e:?}");
-        }
+        send_error(error, &[]);
         self.phase = Phase::Done;
         Action::Pause
     }
@@ -179,36 +112,24 @@ impl Http {
             return;
         }
         self.reported = true;
-        let mut json = self.redactor.report();
-        if let Some((dir, why)) = self.unscanned {
-            // {"request":{...},"unscanned":"request:not_json"}
-            let d = if dir == Direction::Request {
-                "request"
-            } else {
-                "response"
-            };
-            json.pop();
-            if json.len() > 1 {
-                json.push(',');
-            }
-            json.push_str(&format!("\"unscanned\":\"{d}:{}\"}}", why.as_str()));
+        let unscanned = self
+            .unscanned
+            .map(|(dir, why)| (dir.as_str(), why.as_str()));
+        if let Some((d, why)) = unscanned {
             self.counters.borrow_mut().add(
-                format!("sluice.pii.unscanned.direction.{d}.reason.{}", why.as_str()),
+                &format!("sluice.pii.unscanned.direction.{d}.reason.{why}"),
                 1,
             );
         }
-        if let Err(e) = hostcalls::set_property(vec![properties::PII], Some(json.as_bytes())) {
-            log::warn!("pii-redaction: set_property failed: {e:?}");
-        }
+        let json = self
+            .redactor
+            .report(unscanned.map(|(d, why)| format!("{d}:{why}")));
+        set_property(properties::PII, json.as_bytes());
         let mut counters = self.counters.borrow_mut();
         for (dir, entity, action, n) in self.redactor.counts() {
-            let d = if dir == Direction::Request {
-                "request"
-            } else {
-                "response"
-            };
+            let d = dir.as_str();
             counters.add(
-                format!(
+                &format!(
                     "sluice.pii.findings.entity.{entity}.action.{}.direction.{d}",
                     action.as_str()
                 ),
@@ -240,9 +161,7 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         // The body may change length.
-        if let Err(e) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "content-length") {
-            log::warn!("pii-redaction: cannot remove content-length: {e:?}");
-        }
+        remove_header(MapType::HttpRequestHeaders, "content-length");
         self.phase = Phase::AwaitingBody(api);
         Action::Pause
     }
@@ -262,7 +181,7 @@ impl HttpContext for Http {
             }
             return Action::Pause;
         }
-        let body = read(BufferType::HttpRequestBody, size);
+        let body = read_body(BufferType::HttpRequestBody, size);
         let outcome = scan_request(&settings, &mut self.redactor, api, &body);
         self.on_request_outcome(outcome, api, size)
     }
@@ -290,11 +209,7 @@ impl HttpContext for Http {
             Phase::Done
         };
         if !matches!(self.phase, Phase::Done) {
-            if let Err(e) =
-                hostcalls::remove_map_value(MapType::HttpResponseHeaders, "content-length")
-            {
-                log::warn!("pii-redaction: cannot remove content-length: {e:?}");
-            }
+            remove_header(MapType::HttpResponseHeaders, "content-length");
         }
         Action::Continue
     }
@@ -314,19 +229,19 @@ impl HttpContext for Http {
                     }
                     return Action::Pause;
                 }
-                let body = read(BufferType::HttpResponseBody, size);
+                let body = read_body(BufferType::HttpResponseBody, size);
                 if let Some(new) = redact_response(&settings, &mut self.redactor, api, &body) {
-                    write(BufferType::HttpResponseBody, size, &new);
+                    write_body(BufferType::HttpResponseBody, size, &new);
                 }
                 self.phase = Phase::Done;
                 self.report();
                 Action::Continue
             }
             Phase::Streaming(redactor) => {
-                let chunk = read(BufferType::HttpResponseBody, size);
+                let chunk = read_body(BufferType::HttpResponseBody, size);
                 let out = redactor.on_chunk(&settings, &mut self.redactor, &chunk, end_of_stream);
                 if out != chunk {
-                    write(BufferType::HttpResponseBody, size, &out);
+                    write_body(BufferType::HttpResponseBody, size, &out);
                 }
                 if end_of_stream {
                     self.phase = Phase::Done;
@@ -367,7 +282,7 @@ impl Http {
                 Action::Continue
             }
             RequestOutcome::Rewritten(body) => {
-                if !write(BufferType::HttpRequestBody, size, &body) {
+                if !write_body(BufferType::HttpRequestBody, size, &body) {
                     // Nothing unredacted may go upstream.
                     let e = OpenAiError::new(
                         sluice_common::ErrorKind::Unavailable,

@@ -120,6 +120,15 @@ pub enum Direction {
     Response,
 }
 
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Request => "request",
+            Direction::Response => "response",
+        }
+    }
+}
+
 /// A finding whose action is `block` (requests only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocked {
@@ -259,16 +268,13 @@ impl Redactor {
     }
 
     /// `sluice_pii`: `{"request": {"email": {"redact": 2}}, "response": {...}}`; directions
-    /// with nothing found are left out. Never values.
-    pub fn report(&self) -> String {
+    /// with nothing found are left out; `unscanned` (`request:too_large`) when a body was
+    /// passed without a scan. Never values.
+    pub fn report(&self, unscanned: Option<String>) -> String {
         let mut root = serde_json::Map::new();
         for ((dir, entity, action), n) in &self.counts {
-            let d = match dir {
-                Direction::Request => "request",
-                Direction::Response => "response",
-            };
             let per_dir = root
-                .entry(d)
+                .entry(dir.as_str())
                 .or_insert_with(|| serde_json::Value::Object(Default::default()));
             if let Some(per_dir) = per_dir.as_object_mut() {
                 let per_entity = per_dir
@@ -278,6 +284,9 @@ impl Redactor {
                     per_entity.insert(action.as_str().into(), (*n).into());
                 }
             }
+        }
+        if let Some(u) = unscanned {
+            root.insert("unscanned".into(), u.into());
         }
         serde_json::Value::Object(root).to_string()
     }
@@ -342,10 +351,14 @@ mod tests {
         .unwrap();
         assert_eq!(b, "[CREDIT_CARD_1] [EMAIL_3]");
         assert_eq!(
-            r.report(),
+            r.report(None),
             r#"{"request":{"credit_card":{"redact":1},"email":{"redact":3}},"response":{"credit_card":{"redact":1},"email":{"redact":1}}}"#
         );
         assert_eq!(run(&s, "nothing here").unwrap(), None);
+        assert_eq!(
+            Redactor::default().report(Some("request:too_large".into())),
+            r#"{"unscanned":"request:too_large"}"#
+        );
     }
 
     #[test]

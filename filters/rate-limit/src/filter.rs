@@ -11,12 +11,12 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
 use serde::Deserialize;
 use sluice_common::{properties, ErrorKind, OpenAiError, Policy};
+use sluice_proxy::{define_counter, increment, now_unix_secs, property, send_error, set_property};
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
-use std::time::UNIX_EPOCH;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -43,24 +43,8 @@ impl SharedStore for EnvoyStore {
     }
 }
 
-fn now() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
-}
-
-fn property(name: &str) -> Option<String> {
-    hostcalls::get_property(vec![name])
-        .ok()
-        .flatten()
-        .and_then(|v| String::from_utf8(v).ok())
-}
-
-fn set_property(name: &str, value: &str) {
-    if let Err(e) = hostcalls::set_property(vec![name], Some(value.as_bytes())) {
-        log::warn!("rate-limit: set_property {name} failed: {e:?}");
-    }
+fn set_text_property(name: &str, value: &str) {
+    set_property(name, value.as_bytes());
 }
 
 /// Reconciliation reports for the global tier, queued by requests as they end and sent
@@ -93,21 +77,14 @@ impl Counters {
         Self {
             ids: Self::NAMES
                 .iter()
-                .map(|n| {
-                    let id = hostcalls::define_metric(
-                        proxy_wasm::types::MetricType::Counter,
-                        &format!("sluice.rate_limit.{n}"),
-                    )
-                    .ok();
-                    (*n, id)
-                })
+                .map(|n| (*n, define_counter(&format!("sluice.rate_limit.{n}"))))
                 .collect(),
         }
     }
 
     fn add(&self, name: &str) {
-        if let Some((_, Some(id))) = self.ids.iter().find(|(n, _)| *n == name) {
-            let _ = hostcalls::increment_metric(*id, 1);
+        if let Some((_, id)) = self.ids.iter().find(|(n, _)| *n == name) {
+            increment(*id, 1);
         }
     }
 }
@@ -169,43 +146,33 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(b) => b.unwrap_or_default(),
-            Err(e) => {
-                log::error!("rate-limit: cannot read the plugin configuration: {e:?}");
-                return false;
-            }
-        };
         let root_id = property("plugin_root_id").unwrap_or_default();
-        let parsed = sluice_common::parse_config::<RateLimitConfig>(&bytes).and_then(|mut c| {
-            c.resolve_stage(&root_id)?;
-            c.validate().map(|()| c)
-        });
-        match parsed {
-            Ok(c) => {
-                log::info!(
-                    "rate-limit: {:?} stage configured with {} rules",
-                    c.stage(),
-                    c.limits.len()
-                );
-                if c.global.is_some() {
-                    // Reports are flushed from the root context every 100 ms.
-                    if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(100)) {
-                        log::warn!("rate-limit: cannot set the tick period: {e:?}");
-                    }
-                }
-                self.shared = Some(Rc::new(Shared {
-                    config: c,
-                    counters: Counters::define(),
-                    reports: Rc::new(RefCell::new(VecDeque::new())),
-                }));
-                true
-            }
-            Err(e) => {
-                log::error!("rate-limit: configuration rejected: {e}");
-                false
+        let parse = |b: &[u8]| {
+            sluice_common::parse_config::<RateLimitConfig>(b).and_then(|mut c| {
+                c.resolve_stage(&root_id)?;
+                c.validate().map(|()| c)
+            })
+        };
+        let Some(c) = sluice_proxy::configure("rate-limit", parse) else {
+            return false;
+        };
+        log::info!(
+            "rate-limit: {:?} stage configured with {} rules",
+            c.stage(),
+            c.limits.len()
+        );
+        if c.global.is_some() {
+            // Reports are flushed from the root context every 100 ms.
+            if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(100)) {
+                log::warn!("rate-limit: cannot set the tick period: {e:?}");
             }
         }
+        self.shared = Some(Rc::new(Shared {
+            config: c,
+            counters: Counters::define(),
+            reports: Rc::new(RefCell::new(VecDeque::new())),
+        }));
+        true
     }
 
     fn on_tick(&mut self) {
@@ -302,19 +269,14 @@ impl Http {
         let limit = d.check.quota.limit.to_string();
         let remaining = d.remaining.to_string();
         let reset = reset_header(d.retry_after);
-        let mut headers: Vec<(String, &str)> = vec![
-            ("content-type".into(), "application/json"),
-            ("retry-after".into(), &retry),
-        ];
+        let mut headers: Vec<(String, &str)> = vec![("retry-after".into(), &retry)];
         if let Some(family) = kind_family(d.check.kind) {
             headers.push((format!("x-ratelimit-limit-{family}"), &limit));
             headers.push((format!("x-ratelimit-remaining-{family}"), &remaining));
             headers.push((format!("x-ratelimit-reset-{family}"), &reset));
         }
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        if let Err(e) = hostcalls::send_http_response(429, headers, Some(error.body().as_bytes())) {
-            log::warn!("rate-limit: send_http_response failed: {e:?}");
-        }
+        send_error(&error, &headers);
         self.publish(serde_json::json!({
             "decided_by": format!("{}:{}", d.check.rule, d.check.kind.name()),
             "limit": d.check.quota.limit, "remaining": d.remaining, "allowed": false,
@@ -336,7 +298,7 @@ impl Http {
         if let Some(o) = all.as_object_mut() {
             o.insert(stage.into(), record);
         }
-        set_property(properties::RATELIMIT, &all.to_string());
+        set_text_property(properties::RATELIMIT, &all.to_string());
     }
 
     fn admit(&mut self, policy: &Policy, model: Option<&str>, tokens: u64) -> Action {
@@ -350,7 +312,7 @@ impl Http {
         let (local, global): (Vec<Check>, Vec<Check>) =
             checks.into_iter().partition(|c| c.tier == Tier::Local);
         // Local first: cheap, and a local refusal spares the service a call.
-        let local_held = match decide::admit(&EnvoyStore, &local, now(), tokens) {
+        let local_held = match decide::admit(&EnvoyStore, &local, now_unix_secs(), tokens) {
             Ok(held) => held,
             Err(d) => {
                 self.count("local.limited");
@@ -422,12 +384,7 @@ impl Http {
                     "The rate-limit service is unavailable; retry shortly.",
                 )
                 .with_code("rate_limit_service_unavailable");
-                let headers = vec![("content-type", "application/json"), ("retry-after", "1")];
-                if let Err(e) =
-                    hostcalls::send_http_response(503, headers, Some(error.body().as_bytes()))
-                {
-                    log::warn!("rate-limit: send_http_response failed: {e:?}");
-                }
+                send_error(&error, &[("retry-after", "1")]);
                 self.publish(
                     serde_json::json!({"allowed": false, "decided_by": "global:unavailable"}),
                 );
@@ -444,7 +401,7 @@ impl Http {
             }
             FailureMode::Local => {
                 self.count("global.failure.local");
-                match decide::admit(&EnvoyStore, &global, now(), tokens) {
+                match decide::admit(&EnvoyStore, &global, now_unix_secs(), tokens) {
                     Ok(mut held) => {
                         // Counted locally now: settle them locally too.
                         for h in &mut held {
@@ -658,7 +615,7 @@ impl HttpContext for Http {
         let Phase::Admitted { held, .. } = &self.phase else {
             return Action::Continue;
         };
-        let t = now();
+        let t = now_unix_secs();
         // For each family, the counter with the least left decides what the client sees.
         for family in ["requests", "tokens"] {
             let tightest = held
@@ -718,7 +675,7 @@ impl HttpContext for Http {
             .iter()
             .cloned()
             .partition(|h| h.check.tier == Tier::Local);
-        decide::settle(&EnvoyStore, &local, now(), used);
+        decide::settle(&EnvoyStore, &local, now_unix_secs(), used);
         if let Some(shared) = &self.shared {
             // Global token reservations: refund or charge the difference, through the root
             // context's queue (this context is about to go away).

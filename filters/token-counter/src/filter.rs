@@ -3,11 +3,13 @@
 use crate::{label, plan_request, RequestPlan, ResponseTracker, Settings, TokenCounterConfig};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use sluice_common::properties;
 use sluice_common::{ErrorKind, OpenAiError};
+use sluice_proxy::{
+    header, property, read_body, remove_header, send_error, set_property, write_body, CounterSet,
+};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 proxy_wasm::main! {{
@@ -15,99 +17,65 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
-/// Counter ids per label set (`model.<m>.tenant.<t>.source.<s>`), defined on first use:
-/// input tokens, output tokens, requests. Bounded: label values are folded
-/// (`metric_models`, sanitized tenants) and the map stops growing at `MAX_LABEL_SETS`.
-#[derive(Default)]
-struct Counters {
-    ids: HashMap<String, [Option<u32>; 3]>,
-}
-
+/// Counters per label set (`model.<m>.tenant.<t>.source.<s>`): input tokens, output
+/// tokens, requests. Bounded: label values are folded (`metric_models`, sanitized tenants)
+/// and the set stops growing at `MAX_LABEL_SETS` label sets.
 const MAX_LABEL_SETS: usize = 2048;
 
-fn define(name: &str) -> Option<u32> {
-    match hostcalls::define_metric(MetricType::Counter, name) {
-        Ok(id) => Some(id),
-        Err(e) => {
-            log::warn!("token-counter: define_metric failed: {e:?}");
-            None
-        }
-    }
+fn record(counters: &mut CounterSet, labels: &str, input: u64, output: u64) {
+    counters.add(
+        &format!("gen_ai.client.token.usage.type.input.{labels}"),
+        input,
+    );
+    counters.add(
+        &format!("gen_ai.client.token.usage.type.output.{labels}"),
+        output,
+    );
+    counters.add(&format!("sluice.llm.requests.{labels}"), 1);
 }
 
-impl Counters {
-    fn record(&mut self, labels: String, input: u64, output: u64) {
-        if !self.ids.contains_key(&labels) {
-            if self.ids.len() >= MAX_LABEL_SETS {
-                return;
-            }
-            let ids = [
-                define(&format!("gen_ai.client.token.usage.type.input.{labels}")),
-                define(&format!("gen_ai.client.token.usage.type.output.{labels}")),
-                define(&format!("sluice.llm.requests.{labels}")),
-            ];
-            self.ids.insert(labels.clone(), ids);
-        }
-        let Some(ids) = self.ids.get(&labels) else {
-            return;
-        };
-        for (id, value) in ids.iter().zip([input, output, 1]) {
-            if let Some(id) = id {
-                let v = i64::try_from(value).unwrap_or(i64::MAX);
-                if let Err(e) = hostcalls::increment_metric(*id, v) {
-                    log::warn!("token-counter: increment_metric failed: {e:?}");
-                }
-            }
-        }
-    }
-}
-
-#[derive(Default)]
 struct Root {
     settings: Option<Rc<Settings>>,
-    counters: Rc<RefCell<Counters>>,
+    counters: Rc<RefCell<CounterSet>>,
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Self {
+            settings: None,
+            counters: Rc::new(RefCell::new(CounterSet::new(3 * MAX_LABEL_SETS))),
+        }
+    }
 }
 
 impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(b) => b.unwrap_or_default(),
-            Err(e) => {
-                log::error!("token-counter: cannot read the plugin configuration: {e:?}");
-                return false;
-            }
+        let parse =
+            |b: &[u8]| sluice_common::parse_config::<TokenCounterConfig>(b).and_then(Settings::new);
+        let Some(s) = sluice_proxy::configure("token-counter", parse) else {
+            return false;
         };
-        let settings =
-            sluice_common::parse_config::<TokenCounterConfig>(&bytes).and_then(Settings::new);
-        match settings {
-            Ok(s) => {
-                // Make the tokenizers ready now, not on the first request; report what
-                // that costs this VM (each worker thread pays it once).
-                let started = hostcalls::get_current_time().ok();
-                let ready = sluice_tokenizer::ENCODINGS
-                    .iter()
-                    .all(|e| sluice_tokenizer::by_name(e).is_some_and(|t| t.count("ready") > 0));
-                if !ready {
-                    log::error!("token-counter: tokenizer tables are corrupt");
-                    return false;
-                }
-                let micros = started
-                    .and_then(|t| hostcalls::get_current_time().ok()?.duration_since(t).ok())
-                    .map_or(0, |d| d.as_micros());
-                let memory_mb = core::arch::wasm32::memory_size(0) as f64 * 65536.0 / 1e6;
-                self.settings = Some(Rc::new(s));
-                log::info!(
-                    "token-counter: configured; tokenizers ready in {micros} us; VM linear memory {memory_mb:.1} MB"
-                );
-                true
-            }
-            Err(e) => {
-                log::error!("token-counter: configuration rejected: {e}");
-                false
-            }
+        // Make the tokenizers ready now, not on the first request; report what that costs
+        // this VM (each worker thread pays it once).
+        let started = hostcalls::get_current_time().ok();
+        let ready = sluice_tokenizer::ENCODINGS
+            .iter()
+            .all(|e| sluice_tokenizer::by_name(e).is_some_and(|t| t.count("ready") > 0));
+        if !ready {
+            log::error!("token-counter: tokenizer tables are corrupt");
+            return false;
         }
+        let micros = started
+            .and_then(|t| hostcalls::get_current_time().ok()?.duration_since(t).ok())
+            .map_or(0, |d| d.as_micros());
+        let memory_mb = core::arch::wasm32::memory_size(0) as f64 * 65536.0 / 1e6;
+        self.settings = Some(Rc::new(s));
+        log::info!(
+            "token-counter: configured; tokenizers ready in {micros} us; VM linear memory {memory_mb:.1} MB"
+        );
+        true
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -139,33 +107,17 @@ enum Phase {
 
 struct Http {
     settings: Option<Rc<Settings>>,
-    counters: Rc<RefCell<Counters>>,
+    counters: Rc<RefCell<CounterSet>>,
     phase: Phase,
 }
 
-fn header(map: MapType, name: &str) -> Option<String> {
-    match hostcalls::get_map_value_bytes(map, name) {
-        Ok(Some(v)) => String::from_utf8(v).ok(),
-        _ => None,
-    }
-}
-
-fn set_property(name: &str, value: &str) {
-    if let Err(e) = hostcalls::set_property(vec![name], Some(value.as_bytes())) {
-        log::warn!("token-counter: set_property {name} failed: {e:?}");
-    }
+fn set_text_property(name: &str, value: &str) {
+    set_property(name, value.as_bytes());
 }
 
 impl Http {
     fn reject(&mut self, error: &OpenAiError) -> Action {
-        let headers = vec![OpenAiError::CONTENT_TYPE];
-        if let Err(e) = hostcalls::send_http_response(
-            u32::from(error.status()),
-            headers,
-            Some(error.body().as_bytes()),
-        ) {
-            log::warn!("token-counter: send_http_response failed: {e:?}");
-        }
+        send_error(error, &[]);
         self.phase = Phase::Done;
         Action::Pause
     }
@@ -191,16 +143,12 @@ impl Http {
                 return;
             }
         };
-        set_property(
+        set_text_property(
             properties::COMPLETION_TOKENS,
             &usage.completion_tokens.to_string(),
         );
-        set_property(properties::USAGE_SOURCE, usage.source.as_str());
-        let tenant = hostcalls::get_property(vec![properties::TENANT])
-            .ok()
-            .flatten()
-            .and_then(|v| String::from_utf8(v).ok())
-            .unwrap_or_default();
+        set_text_property(properties::USAGE_SOURCE, usage.source.as_str());
+        let tenant = property(properties::TENANT).unwrap_or_default();
         let model = self
             .settings
             .as_ref()
@@ -211,9 +159,12 @@ impl Http {
             label(&tenant),
             usage.source.as_str()
         );
-        self.counters
-            .borrow_mut()
-            .record(labels, plan.prompt_tokens, usage.completion_tokens);
+        record(
+            &mut self.counters.borrow_mut(),
+            &labels,
+            plan.prompt_tokens,
+            usage.completion_tokens,
+        );
     }
 }
 
@@ -248,21 +199,12 @@ impl HttpContext for Http {
         let Some(settings) = self.settings.clone() else {
             return Action::Continue;
         };
-        let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
-            Ok(b) => b.unwrap_or_default(),
-            Err(e) => {
-                log::warn!("token-counter: cannot read the request body: {e:?}");
-                Vec::new()
-            }
-        };
+        let body = read_body(BufferType::HttpRequestBody, size);
         match plan_request(&settings, api, &body) {
             Err(e) => self.reject(&e),
             Ok(mut plan) => {
                 if let Some(new_body) = plan.new_body.take() {
-                    if let Err(e) =
-                        hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, &new_body)
-                    {
-                        log::warn!("token-counter: cannot rewrite the request body: {e:?}");
+                    if !write_body(BufferType::HttpRequestBody, size, &new_body) {
                         plan.injected_usage = false;
                     } else if let Err(e) = hostcalls::set_map_value(
                         MapType::HttpRequestHeaders,
@@ -272,9 +214,9 @@ impl HttpContext for Http {
                         log::warn!("token-counter: cannot set content-length: {e:?}");
                     }
                 }
-                set_property(properties::PROMPT_TOKENS, &plan.prompt_tokens.to_string());
+                set_text_property(properties::PROMPT_TOKENS, &plan.prompt_tokens.to_string());
                 if let Some(cap) = plan.max_output_tokens {
-                    set_property(properties::MAX_OUTPUT_TOKENS, &cap.to_string());
+                    set_text_property(properties::MAX_OUTPUT_TOKENS, &cap.to_string());
                 }
                 self.phase = Phase::Sent(Box::new(plan));
                 Action::Continue
@@ -306,11 +248,7 @@ impl HttpContext for Http {
             max,
         );
         if tracker.rewrites() {
-            if let Err(e) =
-                hostcalls::remove_map_value(MapType::HttpResponseHeaders, "content-length")
-            {
-                log::warn!("token-counter: cannot remove content-length: {e:?}");
-            }
+            remove_header(MapType::HttpResponseHeaders, "content-length");
         }
         self.phase = Phase::Responding(plan, Box::new(tracker));
         if end_of_stream {
@@ -321,19 +259,9 @@ impl HttpContext for Http {
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
         if let Phase::Responding(_, tracker) = &mut self.phase {
-            let chunk = match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size) {
-                Ok(b) => b.unwrap_or_default(),
-                Err(e) => {
-                    log::warn!("token-counter: cannot read a response chunk: {e:?}");
-                    Vec::new()
-                }
-            };
+            let chunk = read_body(BufferType::HttpResponseBody, size);
             if let Some(replacement) = tracker.on_chunk(&chunk, end_of_stream) {
-                if let Err(e) =
-                    hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &replacement)
-                {
-                    log::warn!("token-counter: cannot rewrite a response chunk: {e:?}");
-                }
+                write_body(BufferType::HttpResponseBody, size, &replacement);
             }
             if end_of_stream {
                 self.finish();
