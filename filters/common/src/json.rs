@@ -14,14 +14,7 @@ pub fn remove_top_level_null_member(json: &[u8], key: &str) -> Option<Vec<u8>> {
         match b {
             b'"' => {
                 let start = i;
-                i += 1;
-                while let Some(&c) = json.get(i) {
-                    match c {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
-                    }
-                }
+                i = closing_quote(json, i);
                 let end = i + 1; // after the closing quote
                 if depth == 1 && json.get(start + 1..i) == Some(key.as_bytes()) {
                     let mut j = end;
@@ -84,9 +77,99 @@ pub fn remove_top_level_null_member(json: &[u8], key: &str) -> Option<Vec<u8>> {
     None
 }
 
+/// Index of the `"` that closes the string opening at `open` (escapes skipped), or the
+/// length of `json` when it never closes.
+fn closing_quote(json: &[u8], open: usize) -> usize {
+    let mut i = open + 1;
+    while let Some(&c) = json.get(i) {
+        match c {
+            b'\\' => i += 2,
+            b'"' => return i,
+            _ => i += 1,
+        }
+    }
+    json.len()
+}
+
+/// Replace the string value of the top-level member `key` (`"model": "a"` → `"model": "b"`),
+/// leaving every other byte as it was. `None` when there is no such member with a string
+/// value. The new value is JSON-escaped here.
+pub fn replace_top_level_string(json: &[u8], key: &str, value: &str) -> Option<Vec<u8>> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    // The last top-level token was a member key (so a string now is its value).
+    let mut after_key = false;
+    let mut key_matches = false;
+    while let Some(&b) = json.get(i) {
+        match b {
+            b'"' => {
+                let start = i;
+                i = closing_quote(json, i);
+                if depth == 1 {
+                    if after_key {
+                        if key_matches {
+                            let encoded = serde_json::to_string(value).ok()?;
+                            let mut out = Vec::with_capacity(json.len() + encoded.len());
+                            out.extend_from_slice(json.get(..start)?);
+                            out.extend_from_slice(encoded.as_bytes());
+                            out.extend_from_slice(json.get(i + 1..)?);
+                            return Some(out);
+                        }
+                        after_key = false;
+                    } else {
+                        key_matches = json.get(start + 1..i) == Some(key.as_bytes());
+                        after_key = true;
+                        // The ':' and whitespace follow; the next token is the value.
+                    }
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth == 2 {
+                    after_key = false;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => after_key = false,
+            b':' | b' ' | b'\t' | b'\n' | b'\r' => {}
+            _ if depth == 1 => after_key = false, // a number, true, false, null
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn model(s: &str, v: &str) -> Option<String> {
+        replace_top_level_string(s.as_bytes(), "model", v).map(|v| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn replaces_only_the_top_level_string_member() {
+        assert_eq!(
+            model(r#"{"model":"a","messages":[]}"#, "b").as_deref(),
+            Some(r#"{"model":"b","messages":[]}"#)
+        );
+        assert_eq!(
+            model(
+                r#"{ "x": {"model":"no"}, "s":"model", "model" : "a\"q" }"#,
+                "m/\"1"
+            )
+            .as_deref(),
+            Some(r#"{ "x": {"model":"no"}, "s":"model", "model" : "m/\"1" }"#)
+        );
+        assert_eq!(model(r#"{"model":7}"#, "b"), None);
+        assert_eq!(model(r#"{"m":"model"}"#, "b"), None);
+        assert_eq!(model(r#"{"a":["model","x"]}"#, "b"), None);
+        assert_eq!(
+            model(r#"{"a":1,"model":"x"}"#, "b").as_deref(),
+            Some(r#"{"a":1,"model":"b"}"#)
+        );
+    }
 
     fn rm(s: &str) -> Option<String> {
         remove_top_level_null_member(s.as_bytes(), "usage").map(|v| String::from_utf8(v).unwrap())
