@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FILTERS=(sluice-key-auth sluice-pii-redaction sluice-token-counter sluice-rate-limit)
+FILTERS=(sluice-key-auth sluice-model-router sluice-pii-redaction sluice-token-counter sluice-rate-limit)
 
 args=()
 for f in "${FILTERS[@]}"; do args+=(-p "$f"); done

@@ -167,6 +167,8 @@ where
 /// One mock GPU pool.
 pub struct Mock {
     pub name: String,
+    /// The pool (Envoy cluster) this backend belongs to.
+    pub pool: String,
     pub port: u16,
     pub url: String,
 }
@@ -220,6 +222,11 @@ pub struct StackOptions {
     pub vars: Vec<(String, Value)>,
     /// sluice-ratelimit's storage: its memory (None) or this Redis.
     pub redis: Option<String>,
+    /// Mock backends per pool. With one, the mock is named like its pool; with more,
+    /// `<pool>-0`, `<pool>-1`, ...
+    pub backends: usize,
+    /// Extra fields of a pool in the template's `pools` (`lb`, `failover`), by pool name.
+    pub pool_options: Vec<(&'static str, Value)>,
 }
 
 impl Default for StackOptions {
@@ -230,6 +237,8 @@ impl Default for StackOptions {
             keys: KeyAuthConfig::default(),
             vars: Vec::new(),
             redis: None,
+            backends: 1,
+            pool_options: Vec::new(),
         }
     }
 }
@@ -251,28 +260,36 @@ impl Stack {
             .unwrap();
         let mut procs = Vec::new();
         let mut pools = Vec::new();
-        for name in &options.pools {
-            let port_file = dir.path().join(format!("{name}.port"));
-            let proc = Proc::spawn(
-                name,
-                &mock_bin(),
-                &[
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--name",
+        for pool in &options.pools {
+            for i in 0..options.backends.max(1) {
+                let name = if options.backends > 1 {
+                    format!("{pool}-{i}")
+                } else {
+                    pool.to_string()
+                };
+                let port_file = dir.path().join(format!("{name}.port"));
+                let proc = Proc::spawn(
+                    &name,
+                    &mock_bin(),
+                    &[
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--name",
+                        &name,
+                        "--port-file",
+                        port_file.to_str().unwrap(),
+                    ],
+                    dir.path(),
+                );
+                procs.push(proc);
+                let port: u16 = wait_for_file(&port_file, &mut procs).await.parse().unwrap();
+                pools.push(Mock {
                     name,
-                    "--port-file",
-                    port_file.to_str().unwrap(),
-                ],
-                dir.path(),
-            );
-            procs.push(proc);
-            let port: u16 = wait_for_file(&port_file, &mut procs).await.parse().unwrap();
-            pools.push(Mock {
-                name: name.to_string(),
-                port,
-                url: format!("http://127.0.0.1:{port}"),
-            });
+                    pool: pool.to_string(),
+                    port,
+                    url: format!("http://127.0.0.1:{port}"),
+                });
+            }
         }
         // sluice-ratelimit, for global limits.
         let rl_port_file = dir.path().join("ratelimit.port");
@@ -304,10 +321,34 @@ impl Stack {
         write_key_file(&state.join("ecds/key-auth.json"), &options.keys);
 
         let mut vars: BTreeMap<String, minijinja::Value> = BTreeMap::new();
-        let pools_json: Vec<Value> = pools
+        let pools_json: Vec<Value> = options
+            .pools
             .iter()
-            .map(|m| serde_json::json!({"name": m.name, "host": "127.0.0.1", "port": m.port}))
+            .map(|pool| {
+                let hosts: Vec<Value> = pools
+                    .iter()
+                    .filter(|m| m.pool == *pool)
+                    .map(|m| serde_json::json!({"host": "127.0.0.1", "port": m.port}))
+                    .collect();
+                let mut p = serde_json::json!({"name": pool, "hosts": hosts});
+                for (name, extra) in &options.pool_options {
+                    if name == pool {
+                        for (k, v) in extra.as_object().unwrap() {
+                            p[k] = v.clone();
+                        }
+                    }
+                }
+                p
+            })
             .collect();
+        // Without a router config of its own, a test's every model goes to the first pool
+        // under the name it sent (a pass-through alias).
+        vars.insert(
+            "model_router_config".into(),
+            minijinja::Value::from_serialize(serde_json::json!({
+                "models": {"*": {"targets": [{"pool": options.pools.first().copied().unwrap_or("pool-a")}]}}
+            })),
+        );
         vars.insert("listen_port".into(), 0.into());
         vars.insert("admin_port".into(), 0.into());
         vars.insert("state_dir".into(), state.to_str().unwrap().into());
@@ -378,9 +419,14 @@ impl Stack {
         // Ready means the pools' first active health checks passed, too: before that Envoy
         // answers 503 no_healthy_upstream.
         let admin = self.admin.clone();
-        let pools: Vec<String> = self.pools.iter().map(|p| p.name.clone()).collect();
+        // `<pool>::127.0.0.1:<port>::health_flags::healthy`, one line per backend.
+        let pools: Vec<String> = self
+            .pools
+            .iter()
+            .map(|m| format!("{}::127.0.0.1:{}::health_flags::", m.pool, m.port))
+            .collect();
         eventually(
-            "every pool to pass its health check",
+            "every backend to pass its health check",
             Duration::from_secs(30),
             || {
                 let (admin, pools) = (admin.clone(), pools.clone());
@@ -393,13 +439,7 @@ impl Stack {
                         .ok()?;
                     pools
                         .iter()
-                        .all(|p| {
-                            text.contains(&format!("{p}::127.0.0.1:"))
-                                && text.lines().any(|l| {
-                                    l.starts_with(&format!("{p}::"))
-                                        && l.ends_with("health_flags::healthy")
-                                })
-                        })
+                        .all(|p| text.lines().any(|l| l == format!("{p}healthy")))
                         .then_some(())
                 }
             },
@@ -435,6 +475,11 @@ impl Stack {
 
     pub fn pool(&self, name: &str) -> &Mock {
         self.pools.iter().find(|p| p.name == name).unwrap()
+    }
+
+    /// The backends of a pool, in order.
+    pub fn backends(&self, pool: &str) -> Vec<&Mock> {
+        self.pools.iter().filter(|m| m.pool == pool).collect()
     }
 
     pub fn key_file(&self) -> PathBuf {

@@ -55,9 +55,15 @@ fn every_envoy_config_validates() {
                 );
                 vars.insert(
                     "pools".into(),
+                    // Every pool form: one host, several, maglev / ring hash, failover.
                     minijinja::Value::from_serialize(json!([
                         {"name": "pool-a", "host": "127.0.0.1", "port": 9001},
-                        {"name": "pool-b", "host": "localhost", "port": 9002}
+                        {"name": "pool-b", "host": "localhost", "port": 9002},
+                        {"name": "pool-small", "failover": ["pool-a", "pool-b"],
+                         "hosts": [{"host": "127.0.0.1", "port": 9003}, {"host": "127.0.0.1", "port": 9004}]},
+                        {"name": "pool-large", "lb": "maglev",
+                         "hosts": [{"host": "127.0.0.1", "port": 9005}, {"host": "127.0.0.1", "port": 9006}]},
+                        {"name": "pool-ring", "lb": "ring_hash", "host": "127.0.0.1", "port": 9007}
                     ])),
                 );
                 let out = dir.path().join(format!("{name}.{filters}.yaml"));
