@@ -250,6 +250,8 @@ pub struct Stack {
     pub pools: Vec<Mock>,
     pub dir: tempfile::TempDir,
     procs: Vec<Proc>,
+    /// Some pool balances by consistent hash (maglev / ring_hash).
+    hash_pools: bool,
 }
 
 impl Stack {
@@ -395,6 +397,10 @@ impl Stack {
             pools,
             dir,
             procs,
+            hash_pools: options
+                .pool_options
+                .iter()
+                .any(|(_, o)| o.get("lb").is_some_and(|lb| lb != "least_request")),
         };
         stack.gateway = stack.wait_ready().await;
         stack
@@ -445,6 +451,12 @@ impl Stack {
             },
         )
         .await;
+        // Consistent-hash pools: each worker's hash table follows the health changes a
+        // moment after the admin page shows them; before that, every hash may land on the
+        // host that turned healthy first.
+        if self.hash_pools {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
         let listeners: Value = reqwest::get(format!("{}/listeners?format=json", self.admin))
             .await
             .unwrap()
