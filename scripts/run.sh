@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Start the whole local stack: Envoy with the Sluice filters and two mock GPU pools.
+# Start the whole local stack: Envoy with the Sluice filters and two mock GPU pools of two
+# backends each.
 # Prints how to call it; Ctrl-C stops everything.
 #
 # Environment (all optional): SLUICE_PORT (8080), SLUICE_ADMIN_PORT (9901),
-# SLUICE_POOL_PORT (9001; pools take this port and the next), SLUICE_RATELIMIT_PORT (8081),
+# SLUICE_POOL_PORT (9001; the four backends take this port and the next three), SLUICE_RATELIMIT_PORT (8081),
 # SLUICE_REDIS (redis://...; default: the rate-limit service keeps counters in memory),
 # SLUICE_STATE_DIR (.sluice),
 # SLUICE_SKIP_BUILD=1 to use what is built.
@@ -28,7 +29,7 @@ if [ -f "$STATE/run.pid" ] && kill -0 "$(cat "$STATE/run.pid")" 2>/dev/null; the
   die "Sluice is already running (pid $(cat "$STATE/run.pid"), state in $STATE). Stop it with Ctrl-C in its terminal or: kill $(cat "$STATE/run.pid")"
 fi
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$PORT" "$ADMIN_PORT" "$POOL_PORT" "$((POOL_PORT + 1))" "${SLUICE_RATELIMIT_PORT:-8081}"; do
+for p in "$PORT" "$ADMIN_PORT" "$POOL_PORT" "$((POOL_PORT + 1))" "$((POOL_PORT + 2))" "$((POOL_PORT + 3))" "${SLUICE_RATELIMIT_PORT:-8081}"; do
   if port_busy "$p"; then
     die "port $p is in use by another program; free it or set SLUICE_PORT / SLUICE_ADMIN_PORT / SLUICE_POOL_PORT"
   fi
@@ -73,16 +74,21 @@ if [ ! -s "$STATE/demo-key" ] || ! "$SLUICE" keys list | grep -q '^key_demo '; t
 fi
 DEMO_KEY=$(cat "$STATE/demo-key")
 
-pools=()
-for i in 0 1; do
-  name="pool-$([ $i = 0 ] && echo a || echo b)"
-  port=$((POOL_PORT + i))
-  target/release/sluice-mock-llm --listen "127.0.0.1:$port" --name "$name" \
-    --models mock-model >"$STATE/logs/$name.log" 2>&1 &
+# Two GPU pools of two mock backends each: pool-small (least_request, fails over to
+# pool-large) and pool-large (maglev on the affinity hash, bounded load). The aliases that
+# route to them are in envoy/filters/model-router.json.
+backend() { # name port
+  target/release/sluice-mock-llm --listen "127.0.0.1:$2" --name "$1" \
+    --models mock-model >"$STATE/logs/$1.log" 2>&1 &
   pids+=($!)
-  pools+=("{\"name\":\"$name\",\"host\":\"127.0.0.1\",\"port\":$port}")
-done
-pools_json="[$(IFS=,; echo "${pools[*]}")]"
+}
+backend pool-small-0 "$POOL_PORT"
+backend pool-small-1 $((POOL_PORT + 1))
+backend pool-large-0 $((POOL_PORT + 2))
+backend pool-large-1 $((POOL_PORT + 3))
+host() { echo "{\"host\":\"127.0.0.1\",\"port\":$1}"; }
+pools_json="[{\"name\":\"pool-small\",\"failover\":[\"pool-large\"],\"hosts\":[$(host "$POOL_PORT"),$(host $((POOL_PORT + 1)))]},\
+{\"name\":\"pool-large\",\"lb\":\"maglev\",\"hosts\":[$(host $((POOL_PORT + 2))),$(host $((POOL_PORT + 3)))]}]"
 
 # sluice-ratelimit: global limits. In memory, or in Redis when SLUICE_REDIS is set
 # (redis://127.0.0.1:6379; several Envoys and replicas then share one budget).
@@ -108,9 +114,11 @@ for _ in $(seq 600); do
       die "a process exited during start-up (logs above, all in $STATE/logs)"
     fi
   done
-  # Ready: Envoy is live and both pools passed their first health check.
+  # Ready: Envoy is live and the four backends passed their first health check (in
+  # their own pools; pool-small also checks pool-large's hosts, its failover).
   if [ "$(curl -s "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null)" = LIVE ] &&
-     [ "$(curl -s "http://127.0.0.1:$ADMIN_PORT/clusters" 2>/dev/null | grep -cE '^pool-[ab]::.*health_flags::healthy$')" -eq 2 ]; then
+     [ "$(curl -s "http://127.0.0.1:$ADMIN_PORT/clusters" 2>/dev/null |
+          grep -cE "^pool-small::127.0.0.1:($POOL_PORT|$((POOL_PORT + 1)))::health_flags::healthy$|^pool-large::.*health_flags::healthy$")" -eq 4 ]; then
     ready=1; break
   fi
   sleep 0.1
@@ -122,7 +130,8 @@ cat <<MSG
   Sluice is up.
     gateway      http://127.0.0.1:$PORT/v1
     Envoy admin  http://127.0.0.1:$ADMIN_PORT   (metrics: /stats/prometheus)
-    mock pools   http://127.0.0.1:$POOL_PORT (pool-a), http://127.0.0.1:$((POOL_PORT + 1)) (pool-b)
+    GPU pools    pool-small: 127.0.0.1:$POOL_PORT, :$((POOL_PORT + 1))   pool-large: :$((POOL_PORT + 2)), :$((POOL_PORT + 3))  (mock backends)
+    models       llama-3.1-8b (pool-small), qwen-2.5-72b (pool-large, 5% canary), auto, mock-model
     ratelimit    127.0.0.1:$RATELIMIT_PORT (gRPC, storage: ${SLUICE_REDIS:-memory})
     state, logs  $STATE   (access log: $STATE/access.log)
 
@@ -133,7 +142,9 @@ cat <<MSG
 
     curl -s \$OPENAI_BASE_URL/chat/completions -H "Authorization: Bearer \$OPENAI_API_KEY" \\
       -H 'content-type: application/json' \\
-      -d '{"model":"mock-model","messages":[{"role":"user","content":"Hello"}]}'
+      -d '{"model":"auto","messages":[{"role":"user","content":"Hello"}]}'
+
+    curl -s \$OPENAI_BASE_URL/models -H "Authorization: Bearer \$OPENAI_API_KEY"
 
   Keys: target/release/sluice keys create --tenant my-team   (list, revoke ID)
   Ctrl-C stops the stack.

@@ -46,7 +46,7 @@ def free(n=1):
             continue
         finally:
             for s in socks: s.close()
-print(free(), free(), free(2), free())
+print(free(), free(), free(4), free())
 PY
 )
 SLUICE_PORT=$port SLUICE_ADMIN_PORT=$admin SLUICE_POOL_PORT=$pool SLUICE_RATELIMIT_PORT=$rlport \

@@ -43,6 +43,25 @@ def chat_stream():
     assert len(parts) > 3 and "".join(parts).strip(), parts
 
 
+def models_and_routing():
+    client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
+    ids = [m.id for m in client.models.list()]
+    assert {"llama-3.1-8b", "qwen-2.5-72b", "auto"} <= set(ids), ids
+    # The backend sees (and echoes) the upstream model name the alias maps to.
+    r = client.chat.completions.create(
+        model="llama-3.1-8b", messages=[{"role": "user", "content": "Hello"}]
+    )
+    assert r.model == "meta-llama/Llama-3.1-8B-Instruct", r.model
+    try:
+        client.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "Hello"}]
+        )
+    except openai.NotFoundError as e:
+        assert e.body["code"] == "model_not_found", e.body
+        return
+    raise AssertionError("an unknown model was routed")
+
+
 def wrong_key():
     client = openai.OpenAI(base_url=base_url, api_key="sk-sluice-wrong", max_retries=0)
     try:
@@ -71,6 +90,7 @@ def curl_without_key():
 
 check("openai SDK: chat completion", chat)
 check("openai SDK: streamed chat completion", chat_stream)
+check("openai SDK: model list, alias routing, unknown model -> NotFoundError", models_and_routing)
 check("openai SDK: wrong key raises AuthenticationError", wrong_key)
 check("curl without a key: OpenAI-shaped 401", curl_without_key)
 passed = sum(ok for _, ok in results)
