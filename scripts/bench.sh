@@ -38,7 +38,7 @@ wait_file "$work/mock.port"
 MOCK_PORT=$(cat "$work/mock.port")
 
 # One key for the chain.
-mkdir -p "$work/chain/ecds" "$work/bare/ecds" "$work/nopii/ecds"
+mkdir -p "$work/chain/ecds" "$work/bare/ecds" "$work/nopii/ecds" "$work/norouter/ecds"
 "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$work/chain/ecds/key-auth.json" \
   -s "wasm_dir=$ROOT/target/wasm" -s 'key_auth_config={"keys":[]}'
 KEY=$(SLUICE_KEY_FILE="$work/chain/ecds/key-auth.json" "$SLUICE" keys create --tenant bench 2>/dev/null)
@@ -58,10 +58,15 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$RL_PORT") 2>/dev/null && b
 mkdir -p "$work/global/ecds"
 cp "$work/chain/ecds/key-auth.json" "$work/global/ecds/key-auth.json"
 cp "$work/chain/ecds/key-auth.json" "$work/nopii/ecds/key-auth.json"
+cp "$work/chain/ecds/key-auth.json" "$work/norouter/ecds/key-auth.json"
 
+# The router maps the benchmark's model to pool-a under another upstream name, so every
+# request is routed and its body rewritten (the router's full per-request work).
+ROUTER_CONFIG='{"models":{"mock-model":{"targets":[{"pool":"pool-a","model":"org/mock-model-8b"}]}}}'
 start_envoy() { # name filters [extra -s vars...]; sets PORT_<name>
   local name=$1 filters=$2 port admin
   shift 2
+  set -- -s "model_router_config=$ROUTER_CONFIG" "$@"
   port=$(free_port); admin=$(free_port)
   while [ "$admin" = "$port" ]; do admin=$(free_port); done
   "$SLUICE" render envoy/envoy.yaml.j2 -o "$work/$name/envoy.yaml" \
@@ -84,10 +89,13 @@ start_envoy bare false
 start_envoy chain true
 # The chain with pii-redaction scanning nothing: isolates token-counter's and pii's costs.
 start_envoy nopii true -s 'pii_config={"scan_requests":false,"scan_responses":false}'
+# The chain without model-router: isolates the router's cost.
+start_envoy norouter true -s model_router=false
 start_envoy global true -s "ratelimit_port=$RL_PORT" \
   -s 'rate_limit_config={"key_tier":"global","global":{"cluster":"sluice_ratelimit","timeout_ms":50,"failure_mode":"deny"}}'
 BARE_PORT=$PORT_bare
 NOPII_PORT=$PORT_nopii
+NOROUTER_PORT=$PORT_norouter
 CHAIN_PORT=$PORT_chain
 GLOBAL_PORT=$PORT_global
 
@@ -109,7 +117,7 @@ wrk.headers["authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
 LUA
 
 # Sanity: each target answers 200 before it is measured.
-for p in "$MOCK_PORT" "$BARE_PORT" "$NOPII_PORT" "$CHAIN_PORT" "$GLOBAL_PORT"; do
+for p in "$MOCK_PORT" "$BARE_PORT" "$NOPII_PORT" "$NOROUTER_PORT" "$CHAIN_PORT" "$GLOBAL_PORT"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/v1/chat/completions" \
     -H "authorization: Bearer $KEY" -H 'content-type: application/json' --data @"$work/body.json" || true)
   [ "$code" = 200 ] || { echo "bench: port $p answered $code"; tail -n 20 "$work"/*/envoy.log; exit 1; }
@@ -123,6 +131,7 @@ run() { # name port key
 run direct "$MOCK_PORT" "$KEY"
 run bare "$BARE_PORT" "$KEY"
 run nopii "$NOPII_PORT" "$KEY"
+run norouter "$NOROUTER_PORT" "$KEY"
 run chain "$CHAIN_PORT" "$KEY"
 run limits "$CHAIN_PORT" "$LKEY"
 run global "$GLOBAL_PORT" "$LKEY"
@@ -134,7 +143,7 @@ def us(v):
     n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
     return float(n) * {"us": 1, "ms": 1000, "s": 1e6}[unit]
 rows = {}
-for name in ("direct", "bare", "nopii", "chain", "limits", "global"):
+for name in ("direct", "bare", "nopii", "norouter", "chain", "limits", "global"):
     text = open(f"{work}/{name}.wrk").read()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     p50 = us(re.search(r"\s50%\s+(\S+)", text).group(1))
@@ -142,16 +151,18 @@ for name in ("direct", "bare", "nopii", "chain", "limits", "global"):
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     rows[name] = (rps, p50, p99, int(errors.group(1)) if errors else 0)
 print(f"bench: {secs}s per target, {conns} connections, Envoy --concurrency {conc}, ~2 KB chat POST")
-print("  chain: key-auth + rate-limit + pii-redaction + token-counter, key without limits; nopii: the")
-print("  chain with pii-redaction scanning nothing; limits: same chain, key with")
+print("  chain: key-auth + rate-limit + model-router + pii-redaction + token-counter, key without limits;")
+print("  nopii: the chain with pii-redaction scanning nothing; norouter: the chain without model-router;")
+print("  limits: same chain, key with")
 print("  rpm/tpm/max-parallel (local tier); global: the key's limits in sluice-ratelimit + Redis")
 print(f"{'target':<8} {'req/s':>10} {'p50 us':>10} {'p99 us':>10} {'non-2xx':>8}")
 for name, (rps, p50, p99, err) in rows.items():
     print(f"{name:<8} {rps:>10.0f} {p50:>10.1f} {p99:>10.1f} {err:>8}")
-b, c, d, n = rows["bare"], rows["chain"], rows["direct"], rows["nopii"]
+b, c, d, n, r = rows["bare"], rows["chain"], rows["direct"], rows["nopii"], rows["norouter"]
 l, g = rows["limits"], rows["global"]
 print(f"rate-limit local decisions (limits vs chain): p50 +{l[1]-c[1]:.1f} us, p99 +{l[2]-c[2]:.1f} us, throughput x{l[0]/c[0]:.2f}")
 print(f"rate-limit global path (global vs limits): p50 +{g[1]-l[1]:.1f} us, p99 +{g[2]-l[2]:.1f} us (p99 {g[2]:.0f} us), throughput x{g[0]/l[0]:.2f}")
+print(f"model-router, alias + body rewrite, ~2 KB body (chain vs norouter): p50 +{c[1]-r[1]:.1f} us, p99 +{c[2]-r[2]:.1f} us")
 print(f"pii-redaction, every entity on, ~2 KB prompt + JSON reply (chain vs nopii): p50 +{c[1]-n[1]:.1f} us, p99 +{c[2]-n[2]:.1f} us")
 print(f"chain vs bare Envoy: p50 +{c[1]-b[1]:.1f} us, p99 +{c[2]-b[2]:.1f} us, throughput x{c[0]/b[0]:.2f}")
 print(f"bare Envoy vs direct: p50 +{b[1]-d[1]:.1f} us, throughput x{b[0]/d[0]:.2f}")

@@ -43,6 +43,12 @@ impl SharedStore for EnvoyStore {
     }
 }
 
+/// The model as model-router published it: the public name the client asked for (what
+/// per-model rules name), else the upstream name. `None` without model-router.
+fn routed_model() -> Option<String> {
+    property(properties::MODEL_REQUESTED).or_else(|| property(properties::MODEL))
+}
+
 fn set_text_property(name: &str, value: &str) {
     set_property(name, value.as_bytes());
 }
@@ -553,7 +559,9 @@ impl HttpContext for Http {
                     .shared
                     .as_ref()
                     .is_some_and(|s| decide::needs_model(&s.config));
-                if end_of_stream || !needs_model {
+                // model-router, earlier in the chain, published the model.
+                let routed = routed_model();
+                if end_of_stream || !needs_model || routed.is_some() {
                     // token-counter, earlier in the chain, already read the body and
                     // published its output cap: decide now, without holding the request.
                     let cap = property(properties::MAX_OUTPUT_TOKENS).and_then(|p| p.parse().ok());
@@ -561,7 +569,7 @@ impl HttpContext for Http {
                         return Action::Continue;
                     };
                     let tokens = prompt_tokens + decide::output_reservation(&shared.config, cap);
-                    return self.admit(&policy, None, tokens);
+                    return self.admit(&policy, routed.as_deref(), tokens);
                 }
                 self.phase = Phase::AwaitingBody {
                     policy,
@@ -600,7 +608,7 @@ impl HttpContext for Http {
         let max_tokens = view
             .as_ref()
             .and_then(|v| v.max_completion_tokens.or(v.max_tokens));
-        let model = property(properties::MODEL).or_else(|| {
+        let model = routed_model().or_else(|| {
             view.as_ref()
                 .and_then(|v| v.model.as_deref().map(str::to_string))
         });
