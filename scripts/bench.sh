@@ -229,6 +229,9 @@ echo "tokenizer native: $(cargo run --quiet --release -p sluice-tokenizer --exam
 
 # ---- sluice-ratelimit with Redis: decisions per second, the service on one core ----
 cargo build --quiet --release -p sluice-ratelimit --examples
+# The Envoys are done: stop them so their health checks do not share the cores.
+pkill -TERM -f "$work/[a-z]*/envoy.yaml" 2>/dev/null || true
+sleep 1
 kill "$(pgrep -f "sluice-ratelimit --listen 127.0.0.1:$RL_PORT")" 2>/dev/null || true
 SOLO_PORT=$(free_port)
 taskset -c 0 target/release/sluice-ratelimit --listen "127.0.0.1:$SOLO_PORT" \

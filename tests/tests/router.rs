@@ -128,6 +128,16 @@ async fn aliases_land_on_their_pool_with_the_upstream_model() {
             .unwrap()
             .starts_with("127.0.0.1:"));
     }
+    let prom = s.prometheus().await;
+    assert!(
+        prom.lines()
+            .any(|l| l == "sluice_router_requests{router_model=\"small\",route=\"pool-small\"} 1"),
+        "{}",
+        prom.lines()
+            .filter(|l| l.contains("router"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     // auto: a short prompt goes to the small tier, a long one to the large tier.
     let (_, backend) = call(&s, KEY, &chat("auto", "Be brief.", "Hi")).await;
     assert!(backend.starts_with("pool-small"), "{backend}");
