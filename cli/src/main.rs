@@ -3,11 +3,12 @@ use clap::{Args, Parser, Subcommand};
 use sluice_cli::keyfile::KeyFile;
 use sluice_cli::keys::{generate, KeySpec};
 use sluice_cli::render::{parse_vars, render_file};
+use sluice_cli::usage::{aggregate, read_log, render, Format, GroupBy, PriceTable, Window};
 use sluice_common::Limits;
 use std::path::PathBuf;
 use time::OffsetDateTime;
 
-/// The Sluice command line: API keys and config rendering.
+/// The Sluice command line: API keys, usage reports and config rendering.
 #[derive(Parser)]
 #[command(name = "sluice", version)]
 struct Cli {
@@ -20,6 +21,22 @@ enum Command {
     /// Manage API keys in the key file that Envoy watches.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Usage totals from the gateway's JSON access log (tokens, requests, cost).
+    Usage {
+        /// The access log (JSON lines); the local stack's by default.
+        #[arg(long, default_value = ".sluice/access.log")]
+        log: PathBuf,
+        /// Group by these, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "key,model")]
+        by: Vec<GroupBy>,
+        #[arg(long, value_enum, default_value = "day")]
+        window: Window,
+        /// A price table (JSON: per-model prices per million tokens) to add cost.
+        #[arg(long)]
+        prices: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Render a config template (envoy/*.j2) with NAME=VALUE variables.
     Render {
         template: PathBuf,
@@ -108,6 +125,19 @@ fn main() -> Result<()> {
             vars,
         } => render_file(&template, &out, &parse_vars(&vars)?),
         Command::Keys(cmd) => keys(cmd),
+        Command::Usage {
+            log,
+            by,
+            window,
+            prices,
+            format,
+        } => {
+            let records = read_log(&log)?;
+            let prices = prices.as_deref().map(PriceTable::load).transpose()?;
+            let rows = aggregate(&records, &by, window, prices.as_ref());
+            print!("{}", render(&rows, &by, prices.as_ref(), format)?);
+            Ok(())
+        }
     }
 }
 

@@ -281,10 +281,11 @@ async fn an_unhealthy_backend_stops_getting_traffic() {
     let sick = s.pool("pool-small-0");
     sick.configure(json!({"healthy": false})).await;
     let started = Instant::now();
-    // Health checks run every 1 s here, two failures mark a host unhealthy.
+    // Health checks run every 1 s here; one failure marks a host unhealthy, so within one
+    // interval (plus the check round trip and this poll: 2 s).
     eventually(
         "pool-small-0 marked unhealthy",
-        Duration::from_secs(5),
+        Duration::from_millis(2000),
         || async {
             backend_flags(&s)
                 .await

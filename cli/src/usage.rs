@@ -1,0 +1,432 @@
+//! `sluice usage`: totals from the gateway's JSON access log, grouped by key, tenant, model
+//! and time window, with cost from an optional price table. The access log is the usage
+//! record (one line per request, written by Envoy, token counts from token-counter).
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// One request of the access log, as usage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub at: OffsetDateTime,
+    pub key_id: String,
+    pub tenant: String,
+    /// The public model name the client asked for (else the upstream name).
+    pub model: String,
+    pub status: u16,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// A field of the access log: filter state is logged as a string, `-` or null when unset.
+fn text(v: &Value, field: &str) -> Option<String> {
+    match v.get(field)? {
+        Value::String(s) if !s.is_empty() && s != "-" => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn number(v: &Value, field: &str) -> u64 {
+    text(v, field).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// A line of the access log; `None` for lines that are not usage (no key: the request was
+/// refused before a key was known) or not JSON.
+pub fn parse_line(line: &str) -> Option<Record> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    let key_id = text(&v, "key_id")?;
+    let at = OffsetDateTime::parse(&text(&v, "timestamp")?, &Rfc3339).ok()?;
+    Some(Record {
+        at,
+        key_id,
+        tenant: text(&v, "tenant").unwrap_or_else(|| "-".into()),
+        model: text(&v, "model_requested")
+            .or_else(|| text(&v, "model"))
+            .unwrap_or_else(|| "-".into()),
+        status: u16::try_from(number(&v, "status")).unwrap_or(0),
+        prompt_tokens: number(&v, "prompt_tokens"),
+        completion_tokens: number(&v, "completion_tokens"),
+    })
+}
+
+/// Read every usage record of an access log.
+pub fn read_log(path: &std::path::Path) -> Result<Vec<Record>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut out = Vec::new();
+    for line in std::io::BufReader::new(file).lines() {
+        if let Some(r) = parse_line(&line?) {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupBy {
+    Key,
+    Tenant,
+    Model,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Window {
+    Hour,
+    Day,
+    /// The whole log.
+    All,
+}
+
+/// Prices per million tokens, by model glob (first match in file order wins).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceTable {
+    #[serde(default = "usd")]
+    pub currency: String,
+    pub models: Vec<ModelPrice>,
+}
+
+fn usd() -> String {
+    "USD".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    /// A model glob (`*`, `?`).
+    pub model: String,
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
+impl PriceTable {
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a price table", path.display()))
+    }
+
+    pub fn cost(&self, model: &str, prompt: u64, completion: u64) -> Option<f64> {
+        let p = self
+            .models
+            .iter()
+            .find(|p| sluice_common::glob::glob_match(&p.model, model))?;
+        Some(
+            prompt as f64 * p.input_per_million / 1e6
+                + completion as f64 * p.output_per_million / 1e6,
+        )
+    }
+}
+
+/// Totals of one group in one window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    pub window: String,
+    #[serde(flatten)]
+    pub group: BTreeMap<String, String>,
+    pub requests: u64,
+    /// Requests answered with an error status (4xx / 5xx).
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+}
+
+fn window_of(at: OffsetDateTime, w: Window) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    match w {
+        Window::Hour => format!(
+            "{:04}-{:02}-{:02}T{:02}:00Z",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour()
+        ),
+        Window::Day => format!(
+            "{:04}-{:02}-{:02}",
+            at.year(),
+            u8::from(at.month()),
+            at.day()
+        ),
+        Window::All => "all".into(),
+    }
+}
+
+fn field(g: GroupBy) -> &'static str {
+    match g {
+        GroupBy::Key => "key_id",
+        GroupBy::Tenant => "tenant",
+        GroupBy::Model => "model",
+    }
+}
+
+/// Totals per window and group, sorted by window then group. Costs are summed per request
+/// (each priced by its own model), so grouping by tenant still prices every model right;
+/// a request whose model has no price leaves the group's cost unknown.
+pub fn aggregate(
+    records: &[Record],
+    by: &[GroupBy],
+    window: Window,
+    prices: Option<&PriceTable>,
+) -> Vec<Row> {
+    let mut rows: BTreeMap<(String, Vec<String>), Row> = BTreeMap::new();
+    for r in records {
+        let values: Vec<String> = by
+            .iter()
+            .map(|g| match g {
+                GroupBy::Key => r.key_id.clone(),
+                GroupBy::Tenant => r.tenant.clone(),
+                GroupBy::Model => r.model.clone(),
+            })
+            .collect();
+        let w = window_of(r.at, window);
+        let row = rows
+            .entry((w.clone(), values.clone()))
+            .or_insert_with(|| Row {
+                window: w,
+                group: by
+                    .iter()
+                    .map(|g| field(*g).to_string())
+                    .zip(values)
+                    .collect(),
+                requests: 0,
+                errors: 0,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                total_tokens: 0,
+                cost: prices.map(|_| 0.0),
+            });
+        row.requests += 1;
+        row.errors += u64::from(r.status >= 400);
+        row.prompt_tokens += r.prompt_tokens;
+        row.completion_tokens += r.completion_tokens;
+        row.total_tokens += r.prompt_tokens + r.completion_tokens;
+        if let Some(p) = prices {
+            row.cost = match (
+                row.cost,
+                p.cost(&r.model, r.prompt_tokens, r.completion_tokens),
+            ) {
+                (Some(sum), Some(c)) => Some(sum + c),
+                _ => None,
+            };
+        }
+    }
+    rows.into_values().collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+fn columns(by: &[GroupBy], with_cost: bool) -> Vec<&'static str> {
+    let mut c = vec!["window"];
+    c.extend(by.iter().map(|g| field(*g)));
+    c.extend([
+        "requests",
+        "errors",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+    ]);
+    if with_cost {
+        c.push("cost");
+    }
+    c
+}
+
+fn cells(row: &Row, cols: &[&str]) -> Vec<String> {
+    cols.iter()
+        .map(|c| match *c {
+            "window" => row.window.clone(),
+            "requests" => row.requests.to_string(),
+            "errors" => row.errors.to_string(),
+            "prompt_tokens" => row.prompt_tokens.to_string(),
+            "completion_tokens" => row.completion_tokens.to_string(),
+            "total_tokens" => row.total_tokens.to_string(),
+            "cost" => row
+                .cost
+                .map_or_else(|| "unpriced".into(), |c| format!("{c:.6}")),
+            other => row.group.get(other).cloned().unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn render(
+    rows: &[Row],
+    by: &[GroupBy],
+    prices: Option<&PriceTable>,
+    format: Format,
+) -> Result<String> {
+    let cols = columns(by, prices.is_some());
+    Ok(match format {
+        Format::Json => {
+            let mut v = serde_json::json!({"rows": rows});
+            if let Some(p) = prices {
+                v["currency"] = p.currency.clone().into();
+            }
+            serde_json::to_string_pretty(&v)?
+        }
+        Format::Csv => {
+            let mut out = cols.join(",");
+            out.push('\n');
+            for r in rows {
+                let line: Vec<String> = cells(r, &cols).iter().map(|c| csv_cell(c)).collect();
+                out.push_str(&line.join(","));
+                out.push('\n');
+            }
+            out
+        }
+        Format::Table => {
+            let body: Vec<Vec<String>> = rows.iter().map(|r| cells(r, &cols)).collect();
+            let widths: Vec<usize> = cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    body.iter()
+                        .filter_map(|r| r.get(i).map(String::len))
+                        .chain([c.len()])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let mut out = String::new();
+            let line = |cells: &[String], out: &mut String| {
+                let parts: Vec<String> = cells
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                out.push_str(parts.join("  ").trim_end());
+                out.push('\n');
+            };
+            line(
+                &cols.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>(),
+                &mut out,
+            );
+            for r in &body {
+                line(r, &mut out);
+            }
+            if let Some(p) = prices {
+                out.push_str(&format!("(cost in {})\n", p.currency));
+            }
+            out
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = r#"{"timestamp":"2026-11-21T10:15:00.000Z","key_id":"key_a","tenant":"team-a","model_requested":"small","model":"org/small-8b","status":200,"prompt_tokens":"10","completion_tokens":"5"}
+{"timestamp":"2026-11-21T10:45:00.000Z","key_id":"key_a","tenant":"team-a","model_requested":"large","model":"org/large","status":200,"prompt_tokens":"100","completion_tokens":"50"}
+{"timestamp":"2026-11-21T11:05:00.000Z","key_id":"key_b","tenant":"team-a","model_requested":"small","model":"org/small-8b","status":429,"prompt_tokens":"-","completion_tokens":null}
+{"timestamp":"2026-11-21T11:06:00.000Z","key_id":"-","tenant":"-","status":401}
+not json"#;
+
+    fn records() -> Vec<Record> {
+        LOG.lines().filter_map(parse_line).collect()
+    }
+
+    #[test]
+    fn lines_without_a_key_are_not_usage() {
+        let r = records();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[2].prompt_tokens, 0);
+        assert_eq!(r[1].model, "large");
+    }
+
+    #[test]
+    fn groups_windows_and_costs() {
+        let prices: PriceTable = serde_json::from_str(
+            r#"{"currency": "EUR", "models": [
+                {"model": "small", "input_per_million": 1.0, "output_per_million": 2.0},
+                {"model": "*", "input_per_million": 10.0, "output_per_million": 20.0}]}"#,
+        )
+        .unwrap();
+        let rows = aggregate(&records(), &[GroupBy::Tenant], Window::Day, Some(&prices));
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(
+            (r.window.as_str(), r.requests, r.errors),
+            ("2026-11-21", 3, 1)
+        );
+        assert_eq!(
+            (r.prompt_tokens, r.completion_tokens, r.total_tokens),
+            (110, 55, 165)
+        );
+        let want = (10.0 * 1.0 + 5.0 * 2.0 + 100.0 * 10.0 + 50.0 * 20.0) / 1e6;
+        assert!((r.cost.unwrap() - want).abs() < 1e-12);
+
+        let rows = aggregate(
+            &records(),
+            &[GroupBy::Key, GroupBy::Model],
+            Window::Hour,
+            None,
+        );
+        let keys: Vec<(String, String, String)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.window.clone(),
+                    r.group["key_id"].clone(),
+                    r.group["model"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("2026-11-21T10:00Z".into(), "key_a".into(), "large".into()),
+                ("2026-11-21T10:00Z".into(), "key_a".into(), "small".into()),
+                ("2026-11-21T11:00Z".into(), "key_b".into(), "small".into()),
+            ]
+        );
+        // An unpriced model makes the group's cost unknown rather than wrong.
+        let partial: PriceTable = serde_json::from_str(
+            r#"{"models": [{"model": "small", "input_per_million": 1, "output_per_million": 1}]}"#,
+        )
+        .unwrap();
+        let rows = aggregate(&records(), &[], Window::All, Some(&partial));
+        assert_eq!(rows[0].cost, None);
+    }
+
+    #[test]
+    fn formats() {
+        let rows = aggregate(&records(), &[GroupBy::Key], Window::All, None);
+        let csv = render(&rows, &[GroupBy::Key], None, Format::Csv).unwrap();
+        assert_eq!(
+            csv,
+            "window,key_id,requests,errors,prompt_tokens,completion_tokens,total_tokens\n\
+             all,key_a,2,0,110,55,165\nall,key_b,1,1,0,0,0\n"
+        );
+        let json: Value =
+            serde_json::from_str(&render(&rows, &[GroupBy::Key], None, Format::Json).unwrap())
+                .unwrap();
+        assert_eq!(json["rows"][0]["key_id"], "key_a");
+        assert_eq!(json["rows"][0]["total_tokens"], 165);
+        let table = render(&rows, &[GroupBy::Key], None, Format::Table).unwrap();
+        assert!(table.starts_with("WINDOW  KEY_ID  REQUESTS"), "{table}");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+    }
+}
