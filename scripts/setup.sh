@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 ENVOY_VERSION=1.40.0
 OPENAI_VERSION=3.54.0
+PYYAML_VERSION=6.0.3
+JSONSCHEMA_VERSION=4.26.0
 VENV=.venv
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -16,11 +18,14 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
 fi
 
-# Debian packages: redis-server (global rate limits), wrk (benchmark load).
+# Debian packages: redis-server (global rate limits), wrk (benchmark load), curl.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# docker-compose (Debian's, v1): `docker-compose config` validates docker-compose.yml
+# statically; no Docker engine is needed or used.
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   SUDO=""
@@ -42,5 +47,10 @@ fi
 if ! "$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
   say "installing openai==$OPENAI_VERSION into $VENV"
   "$VENV/bin/pip" install -q "openai==$OPENAI_VERSION"
+fi
+# PyYAML and jsonschema: the Istio resources are checked against the CRD schemas.
+if ! "$VENV/bin/python" -c "import yaml, jsonschema" 2>/dev/null; then
+  say "installing pyyaml==$PYYAML_VERSION jsonschema==$JSONSCHEMA_VERSION into $VENV"
+  "$VENV/bin/pip" install -q "pyyaml==$PYYAML_VERSION" "jsonschema==$JSONSCHEMA_VERSION"
 fi
 say "ready ($("$VENV/bin/envoy" --version | grep -o "[0-9a-f]*/$ENVOY_VERSION/[A-Za-z]*/[A-Z]*" | head -1))"

@@ -30,6 +30,20 @@ pub fn render_str(
             })
         },
     );
+    // `file("x.json") | fromjson`: a filter's JSON config as a value (to embed it in YAML).
+    env.add_filter(
+        "fromjson",
+        |text: String| -> Result<Value, minijinja::Error> {
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map(Value::from_serialize)
+                .map_err(|e| {
+                    minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        format!("not JSON: {e}"),
+                    )
+                })
+        },
+    );
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
     // minijinja would JSON-escape every value in `.yaml`/`.json` templates; ours quote
