@@ -126,6 +126,32 @@ pub fn define_counter(name: &str) -> Option<u32> {
     }
 }
 
+/// Define a histogram once per VM (Prometheus buckets come from Envoy).
+pub fn define_histogram(name: &str) -> Option<u32> {
+    match hostcalls::define_metric(MetricType::Histogram, name) {
+        Ok(id) => Some(id),
+        Err(status) => {
+            log::warn!("define_metric {name} failed: {status:?}");
+            None
+        }
+    }
+}
+
+/// Record one value in a histogram defined with [`define_histogram`].
+pub fn record(histogram: Option<u32>, value: u64) {
+    if let Some(id) = histogram {
+        report("record_metric", hostcalls::record_metric(id, value));
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the host cannot tell).
+pub fn now_unix_millis() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Add `n` to a counter defined with [`define_counter`].
 pub fn increment(counter: Option<u32>, n: u64) {
     if let Some(id) = counter {

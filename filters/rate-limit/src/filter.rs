@@ -11,7 +11,9 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
 use serde::Deserialize;
 use sluice_common::{properties, ErrorKind, OpenAiError, Policy};
-use sluice_proxy::{define_counter, increment, now_unix_secs, property, send_error, set_property};
+use sluice_proxy::{
+    define_counter, increment, now_unix_secs, property, send_error, set_property, CounterSet,
+};
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -98,6 +100,9 @@ impl Counters {
 struct Shared {
     config: RateLimitConfig,
     counters: Counters,
+    /// 429s by the limit that decided: `sluice.rate_limit.refused.rule.<rule>.kind.<kind>`
+    /// (rules come from the config, kinds are fixed: bounded).
+    refused: RefCell<CounterSet>,
     reports: Reports,
 }
 
@@ -176,6 +181,7 @@ impl RootContext for Root {
         self.shared = Some(Rc::new(Shared {
             config: c,
             counters: Counters::define(),
+            refused: RefCell::new(CounterSet::new(1024)),
             reports: Rc::new(RefCell::new(VecDeque::new())),
         }));
         true
@@ -283,6 +289,28 @@ impl Http {
         }
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         send_error(&error, &headers);
+        if let Some(shared) = &self.shared {
+            let rule: String = d
+                .check
+                .rule
+                .chars()
+                .take(64)
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            shared.refused.borrow_mut().add(
+                &format!(
+                    "sluice.rate_limit.refused.rule.{rule}.kind.{}",
+                    d.check.kind.name()
+                ),
+                1,
+            );
+        }
         self.publish(serde_json::json!({
             "decided_by": format!("{}:{}", d.check.rule, d.check.kind.name()),
             "limit": d.check.quota.limit, "remaining": d.remaining, "allowed": false,

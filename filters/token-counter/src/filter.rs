@@ -7,9 +7,10 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use sluice_common::properties;
 use sluice_common::{ErrorKind, OpenAiError};
 use sluice_proxy::{
-    header, property, read_body, remove_header, send_error, set_property, write_body, CounterSet,
+    define_histogram, header, now_unix_millis, property, read_body, record, remove_header,
+    send_error, set_property, write_body, CounterSet,
 };
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 proxy_wasm::main! {{
@@ -22,7 +23,7 @@ proxy_wasm::main! {{
 /// and the set stops growing at `MAX_LABEL_SETS` label sets.
 const MAX_LABEL_SETS: usize = 2048;
 
-fn record(counters: &mut CounterSet, labels: &str, input: u64, output: u64) {
+fn count_usage(counters: &mut CounterSet, labels: &str, input: u64, output: u64) {
     counters.add(
         &format!("gen_ai.client.token.usage.type.input.{labels}"),
         input,
@@ -37,6 +38,9 @@ fn record(counters: &mut CounterSet, labels: &str, input: u64, output: u64) {
 struct Root {
     settings: Option<Rc<Settings>>,
     counters: Rc<RefCell<CounterSet>>,
+    /// `sluice.llm.time_to_first_byte_ms`: from the request leaving for the backend to the
+    /// first byte of the response body (the first token of a stream).
+    ttfb: Rc<Cell<Option<u32>>>,
 }
 
 impl Default for Root {
@@ -44,6 +48,7 @@ impl Default for Root {
         Self {
             settings: None,
             counters: Rc::new(RefCell::new(CounterSet::new(3 * MAX_LABEL_SETS))),
+            ttfb: Rc::new(Cell::new(None)),
         }
     }
 }
@@ -72,6 +77,10 @@ impl RootContext for Root {
             .map_or(0, |d| d.as_micros());
         let memory_mb = core::arch::wasm32::memory_size(0) as f64 * 65536.0 / 1e6;
         self.settings = Some(Rc::new(s));
+        if self.ttfb.get().is_none() {
+            self.ttfb
+                .set(define_histogram("sluice.llm.time_to_first_byte_ms"));
+        }
         log::info!(
             "token-counter: configured; tokenizers ready in {micros} us; VM linear memory {memory_mb:.1} MB"
         );
@@ -87,6 +96,8 @@ impl RootContext for Root {
             settings: self.settings.clone(),
             counters: self.counters.clone(),
             phase: Phase::Passthrough,
+            ttfb: self.ttfb.get(),
+            sent_at_ms: None,
         }))
     }
 }
@@ -109,6 +120,10 @@ struct Http {
     settings: Option<Rc<Settings>>,
     counters: Rc<RefCell<CounterSet>>,
     phase: Phase,
+    ttfb: Option<u32>,
+    /// When the counted request left for the backend; taken when the first body byte of
+    /// the response is recorded.
+    sent_at_ms: Option<u64>,
 }
 
 fn set_text_property(name: &str, value: &str) {
@@ -159,7 +174,7 @@ impl Http {
             label(&tenant),
             usage.source.as_str()
         );
-        record(
+        count_usage(
             &mut self.counters.borrow_mut(),
             &labels,
             plan.prompt_tokens,
@@ -219,6 +234,7 @@ impl HttpContext for Http {
                     set_text_property(properties::MAX_OUTPUT_TOKENS, &cap.to_string());
                 }
                 self.phase = Phase::Sent(Box::new(plan));
+                self.sent_at_ms = Some(now_unix_millis());
                 Action::Continue
             }
         }
@@ -258,6 +274,11 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if size > 0 {
+            if let Some(sent) = self.sent_at_ms.take() {
+                record(self.ttfb, now_unix_millis().saturating_sub(sent));
+            }
+        }
         if let Phase::Responding(_, tracker) = &mut self.phase {
             let chunk = read_body(BufferType::HttpResponseBody, size);
             if let Some(replacement) = tracker.on_chunk(&chunk, end_of_stream) {

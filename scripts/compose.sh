@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Prepare the docker-compose stack (docker-compose.yml): build the .wasm filters and render
+# deploy/compose/ — the Envoy config from envoy/envoy.yaml.j2 (the one Envoy config source of
+# the native stack, the tests and compose; rendered, never copied) and the key file Envoy
+# watches, with a demo key on first use. Then: docker compose up --build.
+#   --render-only   render, do not build (scripts/test.sh uses it to validate statically)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "${1:-}" != --render-only ]; then
+  scripts/setup.sh
+  scripts/build.sh
+fi
+SLUICE=target/release/sluice
+[ -x "$SLUICE" ] || cargo build --quiet --release -p sluice-cli
+out=deploy/compose
+state=$out/state
+mkdir -p "$state/ecds"
+
+# Container paths: /etc/sluice/wasm (the built filters, mounted read-only), /var/lib/sluice
+# (deploy/compose/state: the key file, the access log).
+host() { echo "{\"host\":\"$1\",\"port\":8000}"; }
+pools="[{\"name\":\"pool-small\",\"failover\":[\"pool-large\"],\"hosts\":[$(host pool-small-0),$(host pool-small-1)]},\
+{\"name\":\"pool-large\",\"lb\":\"maglev\",\"hosts\":[$(host pool-large-0),$(host pool-large-1)]}]"
+"$SLUICE" render envoy/envoy.yaml.j2 -o "$out/envoy.yaml" \
+  -s listen_address=0.0.0.0 -s admin_address=0.0.0.0 -s listen_port=8080 -s admin_port=9901 \
+  -s state_dir=/var/lib/sluice -s wasm_dir=/etc/sluice/wasm -s "pools=$pools" -s filters=true \
+  -s ratelimit_host=ratelimit -s ratelimit_port=8081
+export SLUICE_KEY_FILE=$state/ecds/key-auth.json
+if [ ! -f "$SLUICE_KEY_FILE" ]; then
+  "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$SLUICE_KEY_FILE" \
+    -s wasm_dir=/etc/sluice/wasm -s 'key_auth_config={"keys":[]}'
+fi
+if ! "$SLUICE" keys list | grep -q '^key_demo '; then
+  ( umask 077; "$SLUICE" keys create --tenant demo --id key_demo 2>/dev/null > "$state/demo-key" )
+fi
+echo "compose: rendered $out/envoy.yaml and $SLUICE_KEY_FILE"
+echo "compose: docker compose up --build, then"
+echo "  export OPENAI_BASE_URL=http://localhost:8080/v1"
+echo "  export OPENAI_API_KEY=$(cat "$state/demo-key")"
