@@ -280,10 +280,10 @@ pub fn render(
     let cols = columns(by, prices.is_some());
     Ok(match format {
         Format::Json => {
-            let mut v = serde_json::json!({"rows": rows});
-            if let Some(p) = prices {
-                v["currency"] = p.currency.clone().into();
-            }
+            let v = match prices {
+                Some(p) => serde_json::json!({"rows": rows, "currency": p.currency}),
+                None => serde_json::json!({"rows": rows}),
+            };
             serde_json::to_string_pretty(&v)?
         }
         Format::Csv => {
