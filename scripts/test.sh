@@ -21,6 +21,30 @@ FILTER_CRATES=(-p sluice-common -p sluice-proxy -p sluice-tokenizer -p sluice-ke
 step "clippy (wasm32-wasip1, filters)"
 cargo clippy --quiet --target wasm32-wasip1 "${FILTER_CRATES[@]}" --all-targets -- -D warnings
 
+step "deployment configs: Istio resources against the CRD schemas, docker-compose"
+deploy=$(mktemp -d)
+crds=envoy/istio/crds
+if [ -d ../shared/istio-crds ]; then
+  # The workspace's CRDs are the reference; the vendored copy must match them.
+  for f in ../shared/istio-crds/*.yaml; do
+    cmp -s "$f" "envoy/istio/crds/$(basename "$f")" || { echo "envoy/istio/crds/$(basename "$f") differs from $f"; exit 1; }
+  done
+  crds=../shared/istio-crds
+fi
+for src in oci file; do
+  target/release/sluice render envoy/istio/wasmplugins.yaml.j2 -o "$deploy/wasmplugins-$src.yaml" -s "wasm_source=$src"
+done
+for ctx in GATEWAY SIDECAR_INBOUND; do
+  target/release/sluice render envoy/istio/envoyfilters.yaml.j2 -o "$deploy/envoyfilters-$ctx.yaml" -s "context=$ctx"
+done
+target/release/sluice render envoy/istio/destinationrules.yaml.j2 -o "$deploy/destinationrules.yaml" \
+  -s 'pools=[{"name":"pool-small"},{"name":"pool-large","lb":"maglev"},{"name":"pool-ring","lb":"ring_hash"}]'
+.venv/bin/python tests/deploy/validate_istio.py "$crds" "$deploy"/*.yaml
+scripts/compose.sh --render-only >/dev/null
+docker-compose -f docker-compose.yml config -q
+.venv/bin/python tests/deploy/check_compose.py "$ROOT" "$ROOT/.venv/bin/envoy"
+rm -rf "$deploy"
+
 step "unit and end-to-end tests (real Envoy: $ROOT/.venv/bin/envoy)"
 export ENVOY_BIN="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
 cargo test --workspace --no-fail-fast
