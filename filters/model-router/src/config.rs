@@ -22,14 +22,8 @@ use serde::{Deserialize, Serialize};
 use sluice_common::ConfigError;
 use std::collections::{BTreeMap, HashMap};
 
-/// Which OpenAI API a path serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Api {
-    Chat,
-    Completions,
-    Embeddings,
-}
+pub use sluice_common::openai::Api;
+use sluice_common::openai::{api_for_path, default_api_paths};
 
 /// How a weighted alias picks among its targets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +124,7 @@ pub struct RouterConfig {
     #[serde(default = "default_session_header")]
     pub session_header: String,
     /// Request paths (query excluded) routed by model.
-    #[serde(default = "default_paths")]
+    #[serde(default = "default_api_paths")]
     pub paths: BTreeMap<String, Api>,
     /// Answered by the gateway with the public models the key may use.
     #[serde(default = "default_models_path")]
@@ -139,17 +133,6 @@ pub struct RouterConfig {
 
 fn default_session_header() -> String {
     "x-session-id".into()
-}
-
-fn default_paths() -> BTreeMap<String, Api> {
-    [
-        ("/v1/chat/completions", Api::Chat),
-        ("/v1/completions", Api::Completions),
-        ("/v1/embeddings", Api::Embeddings),
-    ]
-    .into_iter()
-    .map(|(p, a)| (p.to_string(), a))
-    .collect()
 }
 
 fn default_models_path() -> String {
@@ -367,8 +350,7 @@ impl Settings {
     }
 
     pub fn api(&self, path: &str) -> Option<Api> {
-        let path = path.split(['?', '#']).next().unwrap_or(path);
-        self.paths.get(path).copied()
+        api_for_path(&self.paths, path)
     }
 
     pub fn is_models_path(&self, path: &str) -> bool {

@@ -12,6 +12,7 @@ const CHAT_REQUEST: [&str; 3] = [
     "messages.*.tool_calls.*.function.arguments",
 ];
 const COMPLETIONS_REQUEST: [&str; 2] = ["prompt", "prompt.*"];
+const EMBEDDINGS_REQUEST: [&str; 2] = ["input", "input.*"];
 const CHAT_RESPONSE: [&str; 3] = [
     "choices.*.message.content",
     "choices.*.message.content.*.text",
@@ -147,6 +148,7 @@ pub fn scan_request(s: &Settings, r: &mut Redactor, api: Api, body: &[u8]) -> Re
     let fixed: &[&str] = match api {
         Api::Chat => &CHAT_REQUEST,
         Api::Completions => &COMPLETIONS_REQUEST,
+        Api::Embeddings => &EMBEDDINGS_REQUEST,
     };
     let paths = fixed
         .iter()
@@ -179,6 +181,8 @@ pub fn redact_response(s: &Settings, r: &mut Redactor, api: Api, body: &[u8]) ->
     let fixed: &[&str] = match api {
         Api::Chat => &CHAT_RESPONSE,
         Api::Completions => &COMPLETIONS_RESPONSE,
+        // Vectors: no text comes back.
+        Api::Embeddings => return None,
     };
     let changed = rewrite(
         s,
@@ -264,6 +268,23 @@ mod tests {
         assert_eq!(
             scan_request(&s, &mut r, Api::Completions, &clean),
             RequestOutcome::Unchanged
+        );
+    }
+
+    #[test]
+    fn embeddings_inputs() {
+        let s = settings("{}");
+        let mut r = Redactor::default();
+        let v = rewritten(scan_request(
+            &s,
+            &mut r,
+            Api::Embeddings,
+            &body(json!({"model": "e", "input": ["a@b.io", "plain"]})),
+        ));
+        assert_eq!(v["input"], json!(["[EMAIL_1]", "plain"]));
+        assert_eq!(
+            redact_response(&s, &mut r, Api::Embeddings, b"{\"data\":[]}"),
+            None
         );
     }
 

@@ -92,7 +92,7 @@ pub struct PiiConfig {
     #[serde(default)]
     pub hash_secret: Option<String>,
     /// Request paths (query excluded) scanned, and the API each serves.
-    #[serde(default = "default_paths")]
+    #[serde(default = "default_api_paths")]
     pub paths: BTreeMap<String, Api>,
     /// More request fields to scan, as dotted paths; `*` is every element of an array
     /// (or value of an object): `metadata.notes`, `input.*.content`.
@@ -109,25 +109,11 @@ pub struct PiiConfig {
     pub on_unscannable: Unscannable,
 }
 
-/// Which OpenAI API a path serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Api {
-    Chat,
-    Completions,
-}
+pub use sluice_common::openai::Api;
+use sluice_common::openai::{api_for_path, default_api_paths};
 
 fn default_action() -> Action {
     Action::Redact
-}
-
-fn default_paths() -> BTreeMap<String, Api> {
-    [
-        ("/v1/chat/completions".to_string(), Api::Chat),
-        ("/v1/completions".to_string(), Api::Completions),
-    ]
-    .into_iter()
-    .collect()
 }
 
 fn yes() -> bool {
@@ -349,8 +335,7 @@ impl Settings {
 
     /// The API a request path serves (query string ignored).
     pub fn api(&self, path: &str) -> Option<Api> {
-        let path = path.split(['?', '#']).next().unwrap_or(path);
-        self.paths.get(path).copied()
+        api_for_path(&self.paths, path)
     }
 
     /// HMAC-SHA256 of `value` under the configured secret, first 8 bytes in hex.

@@ -125,7 +125,7 @@ impl SseRedactor {
                         }
                     }
                 }
-                Api::Completions => {
+                Api::Completions | Api::Embeddings => {
                     changed |= self.text_at(s, r, (idx, Field::Content), choice.get_mut("text"));
                 }
             }
@@ -192,7 +192,9 @@ impl SseRedactor {
             }
             let mut choice = match self.api {
                 Api::Chat => json!({"index": idx, "delta": {}, "finish_reason": null}),
-                Api::Completions => json!({"index": idx, "text": "", "finish_reason": null}),
+                Api::Completions | Api::Embeddings => {
+                    json!({"index": idx, "text": "", "finish_reason": null})
+                }
             };
             append(self.api, &mut choice, field, &rest);
             choices.push(choice);
@@ -212,7 +214,7 @@ fn append(api: Api, choice: &mut Value, field: Field, text: &str) {
         return;
     };
     let target = match api {
-        Api::Completions => choice.entry("text").or_insert_with(|| json!("")),
+        Api::Completions | Api::Embeddings => choice.entry("text").or_insert_with(|| json!("")),
         Api::Chat => {
             let delta = choice.entry("delta").or_insert_with(|| json!({}));
             let Some(delta) = delta.as_object_mut() else {

@@ -194,7 +194,8 @@ impl HttpContext for Http {
             return Action::Continue;
         };
         let status = header(MapType::HttpResponseHeaders, ":status").unwrap_or_default();
-        if !settings.scan_responses || end_of_stream || status != "200" {
+        // Embeddings come back as vectors: nothing to scan.
+        if !settings.scan_responses || end_of_stream || status != "200" || api == Api::Embeddings {
             self.phase = Phase::Done;
             return Action::Continue;
         }

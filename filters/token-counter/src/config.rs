@@ -16,14 +16,8 @@ use sluice_common::ConfigError;
 use sluice_tokenizer::Tokenizer;
 use std::collections::{BTreeMap, HashSet};
 
-/// Which OpenAI API a path serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Api {
-    Chat,
-    Completions,
-    Embeddings,
-}
+pub use sluice_common::openai::Api;
+use sluice_common::openai::{api_for_path, default_api_paths};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,7 +32,7 @@ pub struct EncodingRule {
 #[serde(deny_unknown_fields)]
 pub struct TokenCounterConfig {
     /// Request paths (query excluded) that are LLM calls. Other paths pass untouched.
-    #[serde(default = "default_paths")]
+    #[serde(default = "default_api_paths")]
     pub paths: BTreeMap<String, Api>,
     /// Model globs to encodings; the first rule that matches wins.
     #[serde(default)]
@@ -58,17 +52,6 @@ pub struct TokenCounterConfig {
     pub max_counted_bytes: usize,
 }
 
-fn default_paths() -> BTreeMap<String, Api> {
-    [
-        ("/v1/chat/completions", Api::Chat),
-        ("/v1/completions", Api::Completions),
-        ("/v1/embeddings", Api::Embeddings),
-    ]
-    .into_iter()
-    .map(|(p, a)| (p.to_string(), a))
-    .collect()
-}
-
 fn default_encoding() -> String {
     "o200k_base".into()
 }
@@ -84,7 +67,7 @@ fn default_max_counted() -> usize {
 impl Default for TokenCounterConfig {
     fn default() -> Self {
         Self {
-            paths: default_paths(),
+            paths: default_api_paths(),
             encodings: Vec::new(),
             default_encoding: default_encoding(),
             inject_include_usage: true,
@@ -152,8 +135,7 @@ impl Settings {
         if method != "POST" {
             return None;
         }
-        let path = path.split_once('?').map_or(path, |(p, _)| p);
-        self.paths.get(path).copied()
+        api_for_path(&self.paths, path)
     }
 
     pub fn tokenizer_for(&self, model: &str) -> &'static Tokenizer {
