@@ -323,14 +323,17 @@ async fn failover_within_and_across_pools_without_client_errors() {
         statuses.push(r.status().as_u16());
     }
     assert!(statuses.iter().all(|st| *st == 200), "{statuses:?}");
-    // Every backend of pool-small failing: the request goes to the next pool.
-    s.pool("pool-small-1")
-        .configure(json!({"fail_status": 503}))
-        .await;
-    for i in 0..10 {
-        let (st, backend) = call(&s, KEY, &chat("small", "s", &format!("f{i}"))).await;
-        assert_eq!(st, 200);
-        assert!(backend.starts_with("pool-large"), "{backend}");
+    // Every backend of pool-small failing (5xx, then 429 as an overloaded vLLM answers):
+    // the request goes to the next pool.
+    for status in [503, 429] {
+        s.pool("pool-small-1")
+            .configure(json!({"fail_status": status}))
+            .await;
+        for i in 0..10 {
+            let (st, backend) = call(&s, KEY, &chat("small", "s", &format!("f{status}-{i}"))).await;
+            assert_eq!(st, 200, "pool-small answering {status}");
+            assert!(backend.starts_with("pool-large"), "{backend}");
+        }
     }
 }
 
