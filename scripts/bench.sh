@@ -210,9 +210,25 @@ while sum(map(len, parts)) < 100_000:
 json.dump({"model": "mock-model", "max_tokens": 1,
            "messages": [{"role": "user", "content": "".join(parts)}]}, open(sys.argv[1], "w"))
 PY
-median_ms "$CHAIN_PORT" "$work/pii.json" >/dev/null; median_ms "$NOPII_PORT" "$work/pii.json" >/dev/null
-off_ms=$(median_ms "$NOPII_PORT" "$work/pii.json")
-on_ms=$(median_ms "$CHAIN_PORT" "$work/pii.json")
+# Requests alternate between the two Envoys (41 each), so the machine's drift hits both alike.
+paired_ms() { # port_off port_on body -> "median_off median_on" in ms
+  for _ in $(seq 41); do
+    for p in "$1" "$2"; do
+      printf '%s ' "$p"
+      curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$p/v1/chat/completions" \
+        -H "authorization: Bearer $KEY" -H 'content-type: application/json' --data @"$3"
+    done
+  done | .venv/bin/python -c '
+import statistics, sys
+off = sys.argv[1]
+t = {True: [], False: []}
+for line in sys.stdin:
+    port, secs = line.split()
+    t[port == off].append(float(secs) * 1000)
+print(f"{statistics.median(t[True]):.2f} {statistics.median(t[False]):.2f}")' "$1"
+}
+paired_ms "$NOPII_PORT" "$CHAIN_PORT" "$work/pii.json" >/dev/null   # warm up
+read -r off_ms on_ms < <(paired_ms "$NOPII_PORT" "$CHAIN_PORT" "$work/pii.json")
 echo
 echo "pii-redaction in Envoy: $(stat -c %s "$work/pii.json")-byte prompt (every entity redacted):" \
   "off ${off_ms} ms, on ${on_ms} ms -> +$(awk -v a="$off_ms" -v b="$on_ms" 'BEGIN { printf "%.2f", b - a }') ms"
