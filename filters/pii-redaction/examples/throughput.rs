@@ -62,7 +62,7 @@ fn main() {
     let all = EntitySet::all();
     let mut out = Vec::new();
     for (name, text) in [("mixed", &mixed), ("pii_dense", &pii)] {
-        let (secs, found) = best(5, || {
+        let (secs, found) = best(15, || {
             out.clear();
             scan(text, 0, all, &mut out);
             out.len()

@@ -109,22 +109,38 @@ pub fn scan(text: &str, from: usize, set: EntitySet, out: &mut Vec<Found>) {
     let mut i = from;
     while i < b.len() {
         let c = class(at(b, i));
-        if c & (ANY | START | DIGIT) == 0 {
-            i += 1;
-            continue;
-        }
-        let found = if c & ANY != 0 {
-            s.at_symbol(i)
-        } else if i > 0 && is_word(at(b, i - 1)) {
-            None
-        } else if c & DIGIT != 0 {
-            if numeric {
-                s.numeric(i)
+        let found = if c & WORD != 0 {
+            let word_start = i == 0 || !is_word(at(b, i - 1));
+            let f = if !word_start {
+                None
+            } else if c & DIGIT != 0 {
+                if numeric {
+                    s.numeric(i)
+                } else {
+                    None
+                }
+            } else if c & START != 0 {
+                s.word_start(i)
             } else {
                 None
+            };
+            if f.is_none() {
+                // Nothing starts inside a word: findings start at a word's first byte or
+                // at a symbol, and symbols are never word bytes. Skip to the word's end.
+                i += 1;
+                while let Some(&x) = b.get(i) {
+                    if class(x) & WORD == 0 {
+                        break;
+                    }
+                    i += 1;
+                }
+                continue;
             }
+            f
+        } else if c & ANY != 0 {
+            s.at_symbol(i)
         } else {
-            s.word_start(i)
+            None
         };
         match found {
             Some(f) => {
@@ -161,6 +177,8 @@ struct NumberSpan {
     paren: bool,
     /// (start, end) of each digit group.
     groups: [(usize, usize); MAX_GROUPS],
+    /// Digits in each group.
+    lens: [usize; MAX_GROUPS],
     /// The separator before each group (0 for the first, `(`/`)` when a parenthesis joins).
     seps: [u8; MAX_GROUPS],
     count: usize,
@@ -171,10 +189,6 @@ const MAX_GROUPS: usize = 8;
 const MAX_DIGITS: usize = 19;
 
 impl NumberSpan {
-    fn lens(&self) -> impl Iterator<Item = usize> + '_ {
-        self.groups.iter().take(self.count).map(|(s, e)| e - s)
-    }
-
     fn len_of(&self, k: usize) -> usize {
         self.groups.get(k).map_or(0, |(s, e)| e - s)
     }
@@ -194,8 +208,9 @@ impl NumberSpan {
         self.seps.iter().take(self.count).skip(1).all(|&s| s == c)
     }
 
-    fn shape(&self) -> Vec<usize> {
-        self.lens().collect()
+    /// Digits per group, in order.
+    fn shape(&self) -> &[usize] {
+        self.lens.get(..self.count).unwrap_or_default()
     }
 
     /// The digits only (at most 19).
@@ -341,6 +356,7 @@ impl Scanner<'_> {
             plus: false,
             paren: false,
             groups: [(0, 0); MAX_GROUPS],
+            lens: [0; MAX_GROUPS],
             seps: [0; MAX_GROUPS],
             count: 0,
             digits: 0,
@@ -374,8 +390,13 @@ impl Scanner<'_> {
                 return None;
             }
             let k = span.count;
-            if let (Some(g), Some(s)) = (span.groups.get_mut(k), span.seps.get_mut(k)) {
+            if let (Some(g), Some(l), Some(s)) = (
+                span.groups.get_mut(k),
+                span.lens.get_mut(k),
+                span.seps.get_mut(k),
+            ) {
                 *g = (ds, ds + n);
+                *l = n;
                 *s = if in_paren { b'(' } else { sep };
             }
             span.count += 1;
@@ -474,7 +495,7 @@ impl Scanner<'_> {
                 });
             }
         }
-        (self.set.contains(BuiltIn::Phone) && self.phone_ok(&span, &shape)).then_some(Found {
+        (self.set.contains(BuiltIn::Phone) && self.phone_ok(&span, shape)).then_some(Found {
             start,
             end,
             entity: BuiltIn::Phone,
