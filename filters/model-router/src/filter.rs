@@ -98,9 +98,6 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
-        // The routing headers are ours: whatever a client sent is never used.
-        remove_header(MapType::HttpRequestHeaders, properties::ROUTE_HEADER);
-        remove_header(MapType::HttpRequestHeaders, AFFINITY_HEADER);
         let Some(settings) = self.settings.clone() else {
             return Action::Continue;
         };
@@ -119,6 +116,10 @@ impl HttpContext for Http {
             return Action::Pause;
         }
         let Some(api) = settings.api(&path).filter(|_| method == "POST") else {
+            // The routing headers are ours: whatever a client sent is never used. (Routed
+            // requests get both overwritten once the body is read.)
+            remove_header(MapType::HttpRequestHeaders, properties::ROUTE_HEADER);
+            remove_header(MapType::HttpRequestHeaders, AFFINITY_HEADER);
             return Action::Continue;
         };
         if end_of_stream {
@@ -186,12 +187,14 @@ impl HttpContext for Http {
         ) {
             log::warn!("model-router: cannot set the route header: {e:?}");
         }
-        if let Some(hash) = &decision.affinity {
-            if let Err(e) =
-                hostcalls::set_map_value(MapType::HttpRequestHeaders, AFFINITY_HEADER, Some(hash))
-            {
-                log::warn!("model-router: cannot set the affinity header: {e:?}");
-            }
+        // Set, or removed: a client's value is never hashed. (`set_map_value` with `None`
+        // removes the header.)
+        if let Err(e) = hostcalls::set_map_value(
+            MapType::HttpRequestHeaders,
+            AFFINITY_HEADER,
+            decision.affinity.as_deref(),
+        ) {
+            log::warn!("model-router: cannot set the affinity header: {e:?}");
         }
         if let Err(e) = hostcalls::call_foreign_function("clear_route_cache", None) {
             log::warn!("model-router: clear_route_cache failed: {e:?}");
