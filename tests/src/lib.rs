@@ -720,6 +720,20 @@ pub fn log_number(line: &Value, field: &str) -> Option<u64> {
     }
 }
 
+/// Fixed rate-limit windows are aligned to the epoch (a minute window starts at :00, an hour
+/// window at the hour). A test that counts admissions within one window waits out the last
+/// `margin` seconds of the current one, so a slow run cannot straddle a boundary.
+pub async fn away_from_window_end(window_secs: u64, margin_secs: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let left = window_secs - now % window_secs;
+    if left <= margin_secs {
+        tokio::time::sleep(Duration::from_secs(left + 1)).await;
+    }
+}
+
 /// Send `n` chat requests at once, round-robin over `gateways` and `keys` (as `x-api-key`);
 /// the statuses, in request order.
 pub async fn burst(gateways: &[&str], keys: &[&str], n: usize) -> Vec<u16> {

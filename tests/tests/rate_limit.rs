@@ -47,6 +47,8 @@ async fn exactly_20_of_100_concurrent_requests_are_admitted() {
         {"name": "shared-tenant", "scope": "tenant", "match": ["shared"], "requests_per_minute": 20}
     ]});
     let s = stack(vec![k, a, b], config).await;
+    // Every count in this test must stay inside one window (window_seconds: an hour).
+    sluice_e2e::away_from_window_end(3600, 30).await;
 
     let statuses = burst(&s, &["sk-sluice-e2e-rpm-0123456789abcdefghij"], 100).await;
     assert_eq!(

@@ -43,6 +43,7 @@ async fn burst(gateways: &[&str], n: usize) -> Vec<u16> {
 #[tokio::test]
 async fn exactly_20_of_100_concurrent_requests_in_the_global_tier() {
     let s = stack(key(Some(20), None), global_config("deny", 1000), None).await;
+    sluice_e2e::away_from_window_end(60, 15).await;
     let statuses = burst(&[&s.gateway], 100).await;
     assert_eq!(
         statuses.iter().filter(|c| **c == 200).count(),
@@ -74,6 +75,7 @@ async fn two_envoys_and_two_service_replicas_share_one_budget_in_redis() {
         Some(redis.url()),
     )
     .await;
+    sluice_e2e::away_from_window_end(60, 15).await;
     let statuses = burst(&[&a.gateway, &b.gateway], 100).await;
     assert_eq!(
         statuses.iter().filter(|c| **c == 200).count(),
