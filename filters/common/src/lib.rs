@@ -8,6 +8,7 @@ pub mod error;
 pub mod glob;
 pub mod host;
 pub mod json;
+pub mod metrics;
 pub mod openai;
 pub mod policy;
 pub mod properties;

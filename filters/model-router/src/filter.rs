@@ -4,6 +4,7 @@ use crate::{models_list, route, Api, RequestFacts, RouterConfig, Settings, AFFIN
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use sluice_common::metrics::label;
 use sluice_common::{properties, Policy};
 use sluice_proxy::{
     header, property, read_body, remove_header, send_error, set_property, write_body, CounterSet,
@@ -212,18 +213,4 @@ impl HttpContext for Http {
         );
         Action::Continue
     }
-}
-
-/// A stat-name-safe label (tags are cut at dots).
-fn label(v: &str) -> String {
-    v.chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }

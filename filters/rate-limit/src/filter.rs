@@ -290,19 +290,7 @@ impl Http {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         send_error(&error, &headers);
         if let Some(shared) = &self.shared {
-            let rule: String = d
-                .check
-                .rule
-                .chars()
-                .take(64)
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
+            let rule = sluice_common::metrics::label(&d.check.rule);
             shared.refused.borrow_mut().add(
                 &format!(
                     "sluice.rate_limit.refused.rule.{rule}.kind.{}",

@@ -25,32 +25,4 @@ pub use config::{Api, Settings, TokenCounterConfig};
 pub use request::{plan_request, RequestPlan};
 pub use response::{CompletionUsage, ResponseTracker, UsageSource};
 
-/// A label value safe inside an Envoy stat name (tags are cut at dots).
-pub fn label(value: &str) -> String {
-    let cleaned: String = value
-        .chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if cleaned.is_empty() {
-        "none".into()
-    } else {
-        cleaned
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn labels_are_stat_safe() {
-        assert_eq!(super::label("llama-3.1-8b"), "llama-3_1-8b");
-        assert_eq!(super::label(""), "none");
-        assert_eq!(super::label("team a/b"), "team_a_b");
-    }
-}
+pub use sluice_common::metrics::label;
