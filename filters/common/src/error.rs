@@ -52,6 +52,21 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// Anthropic's `error.type` for the same class.
+    pub const fn anthropic_type(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request_error",
+            Self::Authentication => "authentication_error",
+            Self::Permission => "permission_error",
+            Self::ModelNotFound => "not_found_error",
+            Self::PayloadTooLarge => "request_too_large",
+            Self::RateLimited => "rate_limit_error",
+            Self::Unavailable => "api_error",
+        }
+    }
+}
+
 /// One error reply. Build it with [`OpenAiError::new`], then [`OpenAiError::body`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenAiError {
@@ -120,6 +135,19 @@ impl OpenAiError {
         })
     }
 
+    /// The body in the shape of `family`'s API: OpenAI's, or Anthropic's
+    /// `{"type":"error","error":{"type","message"}}`.
+    pub fn body_for(&self, family: crate::api::Family) -> String {
+        match family {
+            crate::api::Family::OpenAi => self.body(),
+            crate::api::Family::Anthropic => serde_json::json!({
+                "type": "error",
+                "error": {"type": self.kind.anthropic_type(), "message": self.message},
+            })
+            .to_string(),
+        }
+    }
+
     /// Headers of the reply; callers add their own (`www-authenticate`, `retry-after`, ...).
     pub const CONTENT_TYPE: (&'static str, &'static str) = ("content-type", "application/json");
 }
@@ -162,6 +190,18 @@ mod tests {
             serde_json::from_str(&OpenAiError::new(ErrorKind::Unavailable, "down").body()).unwrap();
         assert_eq!(plain["error"]["param"], Value::Null);
         assert_eq!(plain["error"]["code"], Value::Null);
+    }
+
+    #[test]
+    fn anthropic_shape() {
+        use crate::api::Family;
+        let e = OpenAiError::new(ErrorKind::RateLimited, "slow down").with_code("x");
+        let v: Value = serde_json::from_str(&e.body_for(Family::Anthropic)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}})
+        );
+        assert_eq!(e.body_for(Family::OpenAi), e.body());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Everything here is plain Rust with no proxy-wasm dependency, so it is compiled into every
 //! filter (wasm32) and into the native services, the CLI and the tests alike.
 
+pub mod api;
 pub mod config;
 pub mod error;
 pub mod glob;
@@ -14,6 +15,7 @@ pub mod policy;
 pub mod properties;
 pub mod sse;
 
+pub use api::{Api, Family, RequestView};
 pub use config::{parse_config, ConfigError};
 pub use error::{ErrorKind, OpenAiError};
 pub use host::{Host, MockHost};

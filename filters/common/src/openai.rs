@@ -5,34 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
 
-/// Which OpenAI API a request path serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Api {
-    Chat,
-    Completions,
-    Embeddings,
-}
-
-/// The OpenAI paths and their APIs: the default `paths` of every filter's config.
-pub fn default_api_paths() -> BTreeMap<String, Api> {
-    [
-        ("/v1/chat/completions", Api::Chat),
-        ("/v1/completions", Api::Completions),
-        ("/v1/embeddings", Api::Embeddings),
-    ]
-    .into_iter()
-    .map(|(p, a)| (p.to_string(), a))
-    .collect()
-}
-
-/// The API a request path serves (query string and fragment ignored).
-pub fn api_for_path(paths: &BTreeMap<String, Api>, path: &str) -> Option<Api> {
-    let path = path.split(['?', '#']).next().unwrap_or(path);
-    paths.get(path).copied()
-}
+pub use crate::api::{api_for_path, default_api_paths, Api};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatCompletionRequest {

@@ -26,6 +26,12 @@ pub const USAGE_SOURCE: &str = "sluice_usage_source";
 /// sets none. Written by token-counter with the prompt count, so rate-limit can reserve on
 /// headers without reading the body again. (An addition to DESIGN.md's table.)
 pub const MAX_OUTPUT_TOKENS: &str = "sluice_max_output_tokens";
+/// The API family of the request: `chat`, `completions`, `embeddings`, `responses`,
+/// `messages`, `count_tokens`. Written by token-counter (which classifies every governed
+/// request; DESIGN.md names model-router, which is optional in the chain).
+pub const API: &str = "sluice_api";
+/// The gateway's own prompt count, kept beside the backend's. Written by token-counter.
+pub const PROMPT_TOKENS_ESTIMATED: &str = "sluice_prompt_tokens_estimated";
 /// JSON: PII counts per entity type and the action taken. Written by pii-redaction.
 pub const PII: &str = "sluice_pii";
 /// JSON: which limit decided, remaining, reserved, reconciled. Written by rate-limit.
@@ -38,7 +44,9 @@ pub const ROUTE_HEADER: &str = "x-sluice-route";
 pub const INTERNAL_HEADER_PREFIX: &str = "x-sluice-";
 
 /// Every property name, for access-log and documentation checks.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 14] = [
+    API,
+    PROMPT_TOKENS_ESTIMATED,
     KEY_ID,
     TENANT,
     POLICY,

@@ -14,6 +14,23 @@ pub struct SseEvent {
     pub data: Option<String>,
     /// Number of `data` lines (1 for every OpenAI event).
     pub data_lines: usize,
+    /// The `event` field (Anthropic and Responses streams name every event).
+    pub event: Option<String>,
+}
+
+/// One event in wire form: `event: <name>` (when named), `data: <data>`, a blank line.
+/// `data` must be one line (JSON serialized without newlines is).
+pub fn encode(event: Option<&str>, data: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 32);
+    if let Some(name) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data.as_bytes());
+    out.extend_from_slice(b"\n\n");
+    out
 }
 
 /// Why the parser stopped parsing (it still returns the bytes it holds).
@@ -33,6 +50,7 @@ pub struct SseParser {
     after_cr: bool,
     data: Option<String>,
     data_lines: usize,
+    event: Option<String>,
     max_event: usize,
     error: Option<SseError>,
 }
@@ -46,6 +64,7 @@ impl SseParser {
             after_cr: false,
             data: None,
             data_lines: 0,
+            event: None,
             max_event,
             error: None,
         }
@@ -65,6 +84,7 @@ impl SseParser {
         self.line_start = 0;
         self.data = None;
         self.data_lines = 0;
+        self.event = None;
         std::mem::take(&mut self.pending)
     }
 
@@ -107,6 +127,7 @@ impl SseParser {
                     raw: std::mem::take(&mut self.pending),
                     data: self.data.take(),
                     data_lines: std::mem::take(&mut self.data_lines),
+                    event: self.event.take(),
                 });
                 self.line_start = 0;
             } else {
@@ -141,7 +162,9 @@ impl SseParser {
             }
             None => (line, &b""[..]),
         };
-        if name == b"data" {
+        if name == b"event" {
+            self.event = Some(String::from_utf8_lossy(value).into_owned());
+        } else if name == b"data" {
             let value = String::from_utf8_lossy(value);
             match &mut self.data {
                 Some(d) => {
@@ -194,13 +217,30 @@ mod tests {
                 // Same events; every byte passed on once, in order. (A `\n` completing a
                 // `\r\n` that arrives after its event was dispatched travels with the next
                 // event.)
-                let data = |e: &[SseEvent]| e.iter().map(|x| x.data.clone()).collect::<Vec<_>>();
+                let data = |e: &[SseEvent]| {
+                    e.iter()
+                        .map(|x| (x.event.clone(), x.data.clone()))
+                        .collect::<Vec<_>>()
+                };
                 assert_eq!(data(&ev), data(&whole), "split at {a},{b}");
                 let mut bytes: Vec<u8> = ev.iter().flat_map(|e| e.raw.clone()).collect();
                 bytes.extend(p.take_pending());
                 assert_eq!(bytes, input, "split at {a},{b}");
             }
         }
+    }
+
+    #[test]
+    fn named_events_round_trip() {
+        let input = encode(
+            Some("content_block_delta"),
+            r#"{"type":"content_block_delta"}"#,
+        );
+        let ev = SseParser::new(1 << 10).push(&input);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].event.as_deref(), Some("content_block_delta"));
+        assert_eq!(ev[0].raw, input);
+        assert_eq!(encode(None, "x"), b"data: x\n\n");
     }
 
     #[test]

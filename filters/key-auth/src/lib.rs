@@ -124,13 +124,20 @@ pub fn on_request_headers(store: &KeyStore, host: &mut impl Host) -> Outcome {
         }
         Err(denial) => {
             let error = denial.error();
+            // Anthropic clients (under /v1/messages) get Anthropic's error shape.
+            let path = headers
+                .iter()
+                .find(|(n, _)| n == ":path")
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            let family = sluice_common::api::family_for_path(&path);
             host.send_reply(
                 error.status(),
                 &[
                     OpenAiError::CONTENT_TYPE,
                     ("www-authenticate", "Bearer realm=\"sluice\""),
                 ],
-                error.body().as_bytes(),
+                error.body_for(family).as_bytes(),
             );
             Outcome::Denied(denial)
         }

@@ -55,6 +55,12 @@ struct Message {
 struct Body {
     #[serde(default)]
     messages: Option<Vec<Message>>,
+    /// Anthropic Messages' system prompt (a string or text blocks).
+    #[serde(default)]
+    system: Option<Value>,
+    /// Responses' system prompt.
+    #[serde(default)]
+    instructions: Option<Value>,
     #[serde(default)]
     prompt: Option<Value>,
     #[serde(default)]
@@ -89,7 +95,7 @@ fn text_of(v: &Value, images: &mut bool) -> String {
                         if let Some(Value::String(t)) = o.get("text") {
                             out.push_str(t);
                         }
-                        if matches!(o.get("type"), Some(Value::String(t)) if t == "image_url" || t == "input_image" || t == "image")
+                        if matches!(o.get("type"), Some(Value::String(t)) if t == "image_url" || t == "input_image" || t == "image" || t == "document")
                         {
                             *images = true;
                         }
@@ -103,8 +109,8 @@ fn text_of(v: &Value, images: &mut bool) -> String {
     }
 }
 
-fn prompt_facts(body: &[u8]) -> PromptFacts {
-    let Ok(b) = serde_json::from_slice::<Body>(body) else {
+fn prompt_facts(api: Api, body: &[u8]) -> PromptFacts {
+    let Ok(mut b) = serde_json::from_slice::<Body>(body) else {
         return PromptFacts::default();
     };
     let mut f = PromptFacts {
@@ -112,7 +118,33 @@ fn prompt_facts(body: &[u8]) -> PromptFacts {
             || b.functions.as_ref().is_some_and(|t| !t.is_null()),
         ..PromptFacts::default()
     };
-    let mut bytes = 0usize;
+    // Responses: `input` items are messages (role + content); a string input is one user
+    // message.
+    if api == Api::Responses {
+        if let Some(Value::Array(items)) = b.input.take() {
+            b.messages = Some(
+                items
+                    .into_iter()
+                    .map(|item| Message {
+                        role: item.get("role").and_then(Value::as_str).map(str::to_string),
+                        content: item.get("content").cloned(),
+                    })
+                    .collect(),
+            );
+        } else if let Some(Value::String(text)) = b.input.take() {
+            b.messages = Some(vec![Message {
+                role: Some("user".into()),
+                content: Some(Value::String(text)),
+            }]);
+        }
+    }
+    let system = b
+        .system
+        .as_ref()
+        .or(b.instructions.as_ref())
+        .map(|s| text_of(s, &mut f.has_images))
+        .filter(|s| !s.is_empty());
+    let mut bytes = system.as_ref().map_or(0, String::len);
     if let Some(messages) = &b.messages {
         for (i, m) in messages.iter().enumerate() {
             let text = m
@@ -134,6 +166,10 @@ fn prompt_facts(body: &[u8]) -> PromptFacts {
         bytes = text.len();
         f.first.clone_from(&text);
         f.last_user = text;
+    }
+    // A separate system prompt comes first (it is what a shared prefix starts with).
+    if let Some(system) = system {
+        f.first = system;
     }
     f.prompt_tokens = (bytes as u64).div_ceil(4);
     f
@@ -200,11 +236,7 @@ pub fn route(s: &Settings, facts: &RequestFacts, body: &[u8]) -> Result<Decision
             "The request body is not valid JSON.",
         )
     })?;
-    let requested = match head.model {
-        None | Some(Value::Null) => return Err(bad_request("You must provide a model parameter.")),
-        Some(Value::String(m)) => m,
-        Some(_) => return Err(bad_request("The `model` parameter must be a string.")),
-    };
+    let requested = sluice_common::api::check_model(head.model.as_ref())?.to_string();
     let Some(alias) = s.alias(&requested) else {
         return Err(OpenAiError::new(
             ErrorKind::ModelNotFound,
@@ -219,7 +251,7 @@ pub fn route(s: &Settings, facts: &RequestFacts, body: &[u8]) -> Result<Decision
     let prompt = if s.needs_messages(alias) && facts.api != Api::Embeddings
         || matches!(alias.kind, AliasKind::Auto { .. })
     {
-        Some(prompt_facts(body))
+        Some(prompt_facts(facts.api, body))
     } else {
         None
     };

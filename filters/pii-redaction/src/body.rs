@@ -5,21 +5,6 @@ use crate::redact::{redact_text, Blocked, Direction, Finding, Redactor};
 use serde_json::Value;
 use sluice_common::{ErrorKind, OpenAiError};
 
-/// The text fields of each API, as dotted paths (`*`: every element).
-const CHAT_REQUEST: [&str; 3] = [
-    "messages.*.content",
-    "messages.*.content.*.text",
-    "messages.*.tool_calls.*.function.arguments",
-];
-const COMPLETIONS_REQUEST: [&str; 2] = ["prompt", "prompt.*"];
-const EMBEDDINGS_REQUEST: [&str; 2] = ["input", "input.*"];
-const CHAT_RESPONSE: [&str; 3] = [
-    "choices.*.message.content",
-    "choices.*.message.content.*.text",
-    "choices.*.message.tool_calls.*.function.arguments",
-];
-const COMPLETIONS_RESPONSE: [&str; 1] = ["choices.*.text"];
-
 fn steps(path: &str) -> impl Iterator<Item = PathStep> + '_ {
     path.split('.').map(|s| match s {
         "*" => PathStep::Each,
@@ -145,11 +130,8 @@ pub fn scan_request(s: &Settings, r: &mut Redactor, api: Api, body: &[u8]) -> Re
     if !v.is_object() {
         return unscannable(s, NotScanned::NotJson);
     }
-    let fixed: &[&str] = match api {
-        Api::Chat => &CHAT_REQUEST,
-        Api::Completions => &COMPLETIONS_REQUEST,
-        Api::Embeddings => &EMBEDDINGS_REQUEST,
-    };
+    // The request model lists the prompt text of every API.
+    let fixed = api.request_text_paths();
     let paths = fixed
         .iter()
         .map(|p| steps(p).collect())
@@ -178,12 +160,11 @@ pub fn scan_request(s: &Settings, r: &mut Redactor, api: Api, body: &[u8]) -> Re
 /// that has started cannot be refused, and an error body from the backend has no text).
 pub fn redact_response(s: &Settings, r: &mut Redactor, api: Api, body: &[u8]) -> Option<Vec<u8>> {
     let mut v = serde_json::from_slice::<Value>(body).ok()?;
-    let fixed: &[&str] = match api {
-        Api::Chat => &CHAT_RESPONSE,
-        Api::Completions => &COMPLETIONS_RESPONSE,
-        // Vectors: no text comes back.
-        Api::Embeddings => return None,
-    };
+    // Embeddings and token counts: no text comes back.
+    let fixed = api.response_text_paths();
+    if fixed.is_empty() {
+        return None;
+    }
     let changed = rewrite(
         s,
         r,

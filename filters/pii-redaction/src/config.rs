@@ -109,8 +109,8 @@ pub struct PiiConfig {
     pub on_unscannable: Unscannable,
 }
 
+use sluice_common::openai::default_api_paths;
 pub use sluice_common::openai::Api;
-use sluice_common::openai::{api_for_path, default_api_paths};
 
 fn default_action() -> Action {
     Action::Redact
@@ -334,8 +334,9 @@ impl Settings {
     }
 
     /// The API a request path serves (query string ignored).
-    pub fn api(&self, path: &str) -> Option<Api> {
-        api_for_path(&self.paths, path)
+    /// The API of a governed request (`POST` on a configured path).
+    pub fn api(&self, method: &str, path: &str) -> Option<Api> {
+        sluice_common::api::api_for(&self.paths, method, path)
     }
 
     /// HMAC-SHA256 of `value` under the configured secret, first 8 bytes in hex.
@@ -366,8 +367,8 @@ mod tests {
         let s = settings("{}").unwrap();
         assert_eq!(s.enabled, EntitySet::all());
         assert!(BuiltIn::ALL.iter().all(|e| s.action(*e) == Action::Redact));
-        assert_eq!(s.api("/v1/chat/completions?x=1"), Some(Api::Chat));
-        assert_eq!(s.api("/v1/models"), None);
+        assert_eq!(s.api("POST", "/v1/chat/completions?x=1"), Some(Api::Chat));
+        assert_eq!(s.api("POST", "/v1/models"), None);
         assert_eq!(s.on_unscannable, Unscannable::Block);
         assert_eq!(s.custom_hold, 0);
     }

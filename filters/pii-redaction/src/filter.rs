@@ -148,7 +148,7 @@ impl HttpContext for Http {
         };
         let method = header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
         let path = header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
-        let Some(api) = settings.api(&path).filter(|_| method == "POST") else {
+        let Some(api) = settings.api(&method, &path) else {
             return Action::Continue;
         };
         if !settings.scan_requests {
@@ -194,8 +194,12 @@ impl HttpContext for Http {
             return Action::Continue;
         };
         let status = header(MapType::HttpResponseHeaders, ":status").unwrap_or_default();
-        // Embeddings come back as vectors: nothing to scan.
-        if !settings.scan_responses || end_of_stream || status != "200" || api == Api::Embeddings {
+        // Embeddings (vectors) and token counts: no text comes back.
+        if !settings.scan_responses
+            || end_of_stream
+            || status != "200"
+            || api.response_text_paths().is_empty()
+        {
             self.phase = Phase::Done;
             return Action::Continue;
         }

@@ -137,7 +137,7 @@ pub struct Blocked {
 
 /// Per-request state: placeholder numbers (the same value gets the same number in every
 /// field of the request and its response) and the counts.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Redactor {
     numbers: HashMap<(Kind, String), u32>,
     next: HashMap<Kind, u32>,

@@ -75,9 +75,11 @@ pub fn set_property(name: &str, value: &[u8]) {
     );
 }
 
-/// Answer the client with an OpenAI-style error (plus `extra` headers); nothing goes
-/// upstream.
+/// Answer the client with an error in the shape of the API its path belongs to (OpenAI's,
+/// or Anthropic's under `/v1/messages`), plus `extra` headers; nothing goes upstream.
 pub fn send_error(error: &OpenAiError, extra: &[(&str, &str)]) {
+    let path = header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
+    let family = sluice_common::api::family_for_path(&path);
     let mut headers = vec![OpenAiError::CONTENT_TYPE];
     headers.extend_from_slice(extra);
     report(
@@ -85,7 +87,7 @@ pub fn send_error(error: &OpenAiError, extra: &[(&str, &str)]) {
         hostcalls::send_http_response(
             u32::from(error.status()),
             headers,
-            Some(error.body().as_bytes()),
+            Some(error.body_for(family).as_bytes()),
         ),
     );
 }

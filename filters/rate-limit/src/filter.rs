@@ -9,12 +9,10 @@ use prost::Message;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
-use serde::Deserialize;
 use sluice_common::{properties, ErrorKind, OpenAiError, Policy};
 use sluice_proxy::{
     define_counter, increment, now_unix_secs, property, send_error, set_property, CounterSet,
 };
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -223,17 +221,6 @@ enum Phase {
 struct Http {
     shared: Option<Rc<Shared>>,
     phase: Phase,
-}
-
-/// The parts of a request body the tokens stage needs.
-#[derive(Deserialize)]
-struct BodyView<'a> {
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_completion_tokens: Option<u64>,
 }
 
 fn kind_family(kind: Kind) -> Option<&'static str> {
@@ -620,13 +607,15 @@ impl HttpContext for Http {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let view = serde_json::from_slice::<BodyView>(&body).ok();
-        let max_tokens = view
-            .as_ref()
-            .and_then(|v| v.max_completion_tokens.or(v.max_tokens));
+        // The request model's view: each API's output cap, the same `model` rule.
+        let path = sluice_proxy::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
+        let view =
+            sluice_common::api::api_for_path(&sluice_common::api::default_api_paths(), &path)
+                .and_then(|api| sluice_common::RequestView::parse(api, &body).ok());
+        let max_tokens = view.as_ref().and_then(|v| v.output_cap());
         let model = routed_model().or_else(|| {
             view.as_ref()
-                .and_then(|v| v.model.as_deref().map(str::to_string))
+                .and_then(|v| v.model().ok().map(str::to_string))
         });
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;

@@ -16,8 +16,8 @@ use sluice_common::ConfigError;
 use sluice_tokenizer::Tokenizer;
 use std::collections::{BTreeMap, HashSet};
 
+use sluice_common::openai::default_api_paths;
 pub use sluice_common::openai::Api;
-use sluice_common::openai::{api_for_path, default_api_paths};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,10 +132,7 @@ impl Settings {
 
     /// The API of a request, if it is an LLM call this filter counts.
     pub fn api(&self, method: &str, path: &str) -> Option<Api> {
-        if method != "POST" {
-            return None;
-        }
-        api_for_path(&self.paths, path)
+        sluice_common::api::api_for(&self.paths, method, path)
     }
 
     pub fn tokenizer_for(&self, model: &str) -> &'static Tokenizer {

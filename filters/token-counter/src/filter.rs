@@ -151,6 +151,7 @@ impl Http {
                 crate::CompletionUsage {
                     completion_tokens: 0,
                     source: crate::UsageSource::Counted,
+                    backend_prompt_tokens: None,
                 },
             ),
             other => {
@@ -158,6 +159,12 @@ impl Http {
                 return;
             }
         };
+        // The backend's prompt count is the truth when it reports one; ours stays in
+        // sluice_prompt_tokens_estimated.
+        let prompt_tokens = usage.backend_prompt_tokens.unwrap_or(plan.prompt_tokens);
+        if usage.backend_prompt_tokens.is_some() {
+            set_text_property(properties::PROMPT_TOKENS, &prompt_tokens.to_string());
+        }
         set_text_property(
             properties::COMPLETION_TOKENS,
             &usage.completion_tokens.to_string(),
@@ -177,7 +184,7 @@ impl Http {
         count_usage(
             &mut self.counters.borrow_mut(),
             &labels,
-            plan.prompt_tokens,
+            prompt_tokens,
             usage.completion_tokens,
         );
     }
@@ -199,6 +206,7 @@ impl HttpContext for Http {
             let e = OpenAiError::new(ErrorKind::InvalidRequest, "The request has no body.");
             return self.reject(&e);
         }
+        set_text_property(properties::API, api.as_str());
         self.phase = Phase::AwaitingBody(api);
         // Hold the headers until the body is counted: it may still change.
         Action::Pause
@@ -230,6 +238,10 @@ impl HttpContext for Http {
                     }
                 }
                 set_text_property(properties::PROMPT_TOKENS, &plan.prompt_tokens.to_string());
+                set_text_property(
+                    properties::PROMPT_TOKENS_ESTIMATED,
+                    &plan.prompt_tokens.to_string(),
+                );
                 if let Some(cap) = plan.max_output_tokens {
                     set_text_property(properties::MAX_OUTPUT_TOKENS, &cap.to_string());
                 }

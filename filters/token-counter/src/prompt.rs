@@ -41,7 +41,47 @@ pub fn prompt_tokens(api: Api, body: &Value, t: &Tokenizer) -> Result<u64, BadFi
         Api::Chat => chat(body, t),
         Api::Completions => prompt_like(body.get("prompt"), "prompt", t),
         Api::Embeddings => prompt_like(body.get("input"), "input", t),
+        Api::Responses | Api::Messages | Api::CountTokens => Ok(structured(api, body, t)),
     }
+}
+
+/// Responses and Anthropic Messages: the chat formula applied to their shapes. Every text
+/// the request model lists, 3 per message or input item, 3 to prime the reply, and tool
+/// definitions (and Anthropic `tool_use` inputs) as their JSON text.
+fn structured(api: Api, body: &Value, t: &Tokenizer) -> u64 {
+    let list = match api {
+        Api::Responses => body.get("input"),
+        _ => body.get("messages"),
+    };
+    let items = match list {
+        Some(Value::Array(a)) => a.len() as u64,
+        Some(Value::String(_)) => 1,
+        _ => 0,
+    };
+    let mut texts = Vec::new();
+    for path in api.request_text_paths() {
+        sluice_common::api::strings_at(body, path, &mut texts);
+    }
+    let mut total = REPLY_PRIMING + TOKENS_PER_MESSAGE * items;
+    total += texts.iter().map(|s| count(t, s)).sum::<u64>();
+    if let Some(Value::Array(messages)) = body.get("messages") {
+        for block in messages
+            .iter()
+            .filter_map(|m| m.get("content").and_then(Value::as_array))
+            .flatten()
+        {
+            if let Some(input) = block
+                .get("input")
+                .filter(|_| block.get("type") == Some(&Value::from("tool_use")))
+            {
+                total += count_json(t, input);
+            }
+        }
+    }
+    if let Some(defs) = body.get("tools").filter(|v| !v.is_null()) {
+        total += count_json(t, defs);
+    }
+    total
 }
 
 fn chat(body: &Value, t: &Tokenizer) -> Result<u64, BadField> {
@@ -126,6 +166,29 @@ mod tests {
 
     fn o200k() -> &'static Tokenizer {
         sluice_tokenizer::o200k_base().unwrap()
+    }
+
+    #[test]
+    fn responses_and_messages() {
+        let t = o200k();
+        let c = |s: &str| t.count(s) as u64;
+        let r = json!({"model": "m", "instructions": "Be terse.", "input": "Hello there"});
+        assert_eq!(
+            prompt_tokens(Api::Responses, &r, t).unwrap(),
+            3 + 3 + c("Be terse.") + c("Hello there")
+        );
+        let tools = json!([{"name": "f", "input_schema": {"type": "object"}}]);
+        let m = json!({"model": "m", "max_tokens": 9, "system": "Sys", "tools": tools,
+                       "messages": [{"role": "user", "content": "Hi"},
+                                    {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"a": 1}}]}]});
+        assert_eq!(
+            prompt_tokens(Api::Messages, &m, t).unwrap(),
+            3 + 6 + c("Sys") + c("Hi") + c(r#"{"a":1}"#) + c(&tools.to_string())
+        );
+        assert_eq!(
+            prompt_tokens(Api::CountTokens, &m, t).unwrap(),
+            prompt_tokens(Api::Messages, &m, t).unwrap()
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use crate::config::{Api, Settings};
 use crate::prompt::prompt_tokens;
 use serde_json::{Map, Value};
-use sluice_common::{ErrorKind, OpenAiError};
+use sluice_common::{ErrorKind, OpenAiError, RequestView};
 use sluice_tokenizer::Tokenizer;
 
 /// What the filter learned from a request body and what it changes in it.
@@ -36,49 +36,18 @@ pub fn plan_request(
     api: Api,
     body: &[u8],
 ) -> Result<RequestPlan, OpenAiError> {
-    let mut value: Value = serde_json::from_slice(body).map_err(|e| {
-        invalid(
-            format!("We could not parse the JSON body of your request ({e})."),
-            None,
-        )
-    })?;
-    let Some(fields) = value.as_object_mut() else {
-        return Err(invalid("The request body must be a JSON object.", None));
-    };
-    let model = match fields.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(_) => {
-            return Err(invalid(
-                "'model' must be a non-empty string.",
-                Some("model"),
-            ))
-        }
-        None => {
-            return Err(invalid(
-                "You must provide a model parameter.",
-                Some("model"),
-            ))
-        }
-    };
+    let mut view = RequestView::parse(api, body)?;
+    let model = view.model()?.to_string();
     let tokenizer = settings.tokenizer_for(&model);
     let prompt_tokens =
-        prompt_tokens(api, &value, tokenizer).map_err(|b| invalid(b.message, Some(b.param)))?;
-    let stream = value
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let max_output_tokens = value
-        .get("max_completion_tokens")
-        .and_then(Value::as_u64)
-        .or_else(|| value.get("max_tokens").and_then(Value::as_u64));
-    let asked = value
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let inject = stream && !asked && settings.inject_include_usage && api != Api::Embeddings;
+        prompt_tokens(api, &view.body, tokenizer).map_err(|b| invalid(b.message, Some(b.param)))?;
+    let stream = view.stream();
+    let max_output_tokens = view.output_cap();
+    let inject =
+        stream && !view.include_usage() && settings.inject_include_usage && api.usage_on_request();
     let mut new_body = None;
     if inject {
-        if let Some(fields) = value.as_object_mut() {
+        if let Some(fields) = view.body.as_object_mut() {
             let options = fields
                 .entry("stream_options")
                 .or_insert_with(|| Value::Object(Map::new()));
@@ -89,7 +58,7 @@ pub fn plan_request(
                 o.insert("include_usage".into(), Value::Bool(true));
             }
         }
-        new_body = serde_json::to_vec(&value).ok();
+        new_body = serde_json::to_vec(&view.body).ok();
     }
     Ok(RequestPlan {
         api,

@@ -3,6 +3,7 @@
 
 use crate::config::Api;
 use serde::Deserialize;
+use sluice_common::api::{strings_at, usage_of, ReportedUsage};
 use sluice_common::json::remove_top_level_null_member;
 use sluice_common::sse::SseParser;
 use sluice_tokenizer::Tokenizer;
@@ -33,6 +34,8 @@ impl UsageSource {
 pub struct CompletionUsage {
     pub completion_tokens: u64,
     pub source: UsageSource,
+    /// The prompt tokens the backend reported, when it did: the truth for every charge.
+    pub backend_prompt_tokens: Option<u64>,
 }
 
 enum Mode {
@@ -93,6 +96,8 @@ struct FunctionView<'a> {
 #[derive(Deserialize)]
 struct UsageView {
     #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
     completion_tokens: Option<u64>,
 }
 
@@ -128,6 +133,13 @@ pub struct ResponseTracker {
     /// Tokens of text that no longer fit in `text`, counted as it was dropped.
     overflow_tokens: u64,
     backend_completion: Option<u64>,
+    backend_prompt: Option<u64>,
+}
+
+/// Whether the fast borrowed views of OpenAI chat / completions chunks apply; the other
+/// APIs are read through the request model's event and body views.
+fn openai_choices(api: Api) -> bool {
+    matches!(api, Api::Chat | Api::Completions)
 }
 
 impl ResponseTracker {
@@ -163,6 +175,7 @@ impl ResponseTracker {
             max_text,
             overflow_tokens: 0,
             backend_completion: None,
+            backend_prompt: None,
         }
     }
 
@@ -220,6 +233,17 @@ impl ResponseTracker {
         if data.trim() == "[DONE]" {
             return true;
         }
+        if !openai_choices(self.api) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+                return true;
+            };
+            let e = sluice_common::api::stream_event(self.api, &v);
+            self.take_usage(e.usage);
+            for t in e.texts {
+                self.add_text(t);
+            }
+            return true;
+        }
         match serde_json::from_str::<View>(data) {
             Ok(view) => {
                 self.read_view(&view, true);
@@ -236,9 +260,21 @@ impl ResponseTracker {
     }
 
     /// Take usage and generated text from a chunk (`delta`) or a whole body (`message`).
-    fn read_view(&mut self, view: &View, stream: bool) {
-        if let Some(n) = view.usage.as_ref().and_then(|u| u.completion_tokens) {
+    fn take_usage(&mut self, u: ReportedUsage) {
+        if let Some(n) = u.completion {
             self.backend_completion = Some(n);
+        }
+        if let Some(n) = u.prompt {
+            self.backend_prompt = Some(n);
+        }
+    }
+
+    fn read_view(&mut self, view: &View, stream: bool) {
+        if let Some(u) = view.usage.as_ref() {
+            self.take_usage(ReportedUsage {
+                prompt: u.prompt_tokens,
+                completion: u.completion_tokens,
+            });
         }
         for choice in view.choices.iter().flatten() {
             let message = if stream {
@@ -272,8 +308,22 @@ impl ResponseTracker {
         if let Mode::Json { body, truncated } = &mut self.mode {
             let body = std::mem::take(body);
             let truncated = *truncated;
-            match serde_json::from_slice::<View>(&body) {
-                Ok(view) => self.read_view(&view, false),
+            let parsed = if openai_choices(self.api) {
+                serde_json::from_slice::<View>(&body).map(|view| self.read_view(&view, false))
+            } else {
+                serde_json::from_slice::<serde_json::Value>(&body).map(|v| {
+                    self.take_usage(usage_of(self.api, &v));
+                    let mut texts = Vec::new();
+                    for path in self.api.response_text_paths() {
+                        strings_at(&v, path, &mut texts);
+                    }
+                    for t in texts {
+                        self.add_text(t);
+                    }
+                })
+            };
+            match parsed {
+                Ok(()) => {}
                 Err(_) if self.success && !truncated => {
                     // Not JSON: the text is what can be recovered.
                     let text = String::from_utf8_lossy(&body).into_owned();
@@ -282,10 +332,16 @@ impl ResponseTracker {
                 Err(_) => {}
             }
         }
+        // Vectors and token counts generate nothing: a reported prompt count is the whole
+        // backend usage.
+        if !self.api.generates() && self.backend_prompt.is_some() {
+            self.backend_completion.get_or_insert(0);
+        }
         if let Some(n) = self.backend_completion {
             return CompletionUsage {
                 completion_tokens: n,
                 source: UsageSource::Backend,
+                backend_prompt_tokens: self.backend_prompt,
             };
         }
         let counted = if self.success {
@@ -296,6 +352,7 @@ impl ResponseTracker {
         CompletionUsage {
             completion_tokens: counted,
             source: UsageSource::Counted,
+            backend_prompt_tokens: self.backend_prompt,
         }
     }
 }
