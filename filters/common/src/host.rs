@@ -9,6 +9,8 @@ pub trait Host {
     /// client may send anything, and a filter must not panic on non-UTF-8.
     fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
     fn remove_request_header(&mut self, name: &str);
+    /// Replace (or add) a request header, pseudo-headers such as `:path` included.
+    fn set_request_header(&mut self, name: &str, value: &str);
     /// Publish a fact as filter state (`set_property([name], value)`).
     fn set_property(&mut self, name: &str, value: &[u8]);
     /// Answer the client directly; nothing goes upstream.
@@ -70,6 +72,11 @@ impl Host for MockHost {
     }
     fn remove_request_header(&mut self, name: &str) {
         self.headers.retain(|(k, _)| k != name);
+    }
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        self.remove_request_header(name);
+        self.headers
+            .push((name.to_string(), value.as_bytes().to_vec()));
     }
     fn set_property(&mut self, name: &str, value: &[u8]) {
         self.properties.push((name.to_string(), value.to_vec()));

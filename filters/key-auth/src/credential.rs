@@ -7,6 +7,51 @@ use crate::Denial;
 pub const CREDENTIAL_HEADERS: [&str; 4] =
     ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
 
+/// Query parameters that carry credentials in some clients (`?key=`, `?api_key=`, ...).
+/// Sluice never accepts a key there, and never forwards one: a backend would log it.
+pub const CREDENTIAL_QUERY_PARAMS: [&str; 7] = [
+    "key",
+    "api_key",
+    "api-key",
+    "apikey",
+    "access_token",
+    "token",
+    "x-api-key",
+];
+
+/// The path without its credential-like query parameters; `None` when there are none.
+/// Other parameters stay, in order (Anthropic SDKs send `?beta=true`).
+pub fn strip_credential_query(path: &str) -> Option<String> {
+    let (base, query) = path.split_once('?')?;
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let is_credential = |pair: &str| {
+        let name = pair.split('=').next().unwrap_or("");
+        CREDENTIAL_QUERY_PARAMS
+            .iter()
+            .any(|c| name.eq_ignore_ascii_case(c))
+    };
+    if !query.split('&').any(is_credential) {
+        return None;
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !is_credential(p))
+        .collect();
+    let mut out = base.to_string();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    Some(out)
+}
+
 /// The key a request presented and every header that carried it (to strip before upstream).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Credential {
@@ -63,6 +108,26 @@ fn bearer_token(value: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_query_parameters_are_stripped() {
+        for (path, want) in [
+            ("/v1/chat/completions", None),
+            ("/v1/chat/completions?beta=true", None),
+            (
+                "/v1/chat/completions?api_key=sk-1",
+                Some("/v1/chat/completions"),
+            ),
+            (
+                "/v1/messages?beta=true&key=sk-1",
+                Some("/v1/messages?beta=true"),
+            ),
+            ("/x?KEY=a&b=c&token=t&d", Some("/x?b=c&d")),
+            ("/x?keys=1", None),
+        ] {
+            assert_eq!(strip_credential_query(path).as_deref(), want, "{path}");
+        }
+    }
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
         pairs

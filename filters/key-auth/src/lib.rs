@@ -111,6 +111,14 @@ pub fn on_request_headers(store: &KeyStore, host: &mut impl Host) -> Outcome {
                     stripped_internal = true;
                 }
             }
+            // A key in the query string is never accepted, and never forwarded.
+            let path = headers
+                .iter()
+                .find(|(n, _)| n == ":path")
+                .and_then(|(_, v)| std::str::from_utf8(v).ok());
+            if let Some(clean) = path.and_then(credential::strip_credential_query) {
+                host.set_request_header(":path", &clean);
+            }
             if stripped_internal {
                 // Envoy may already have matched a route on the client's header.
                 host.clear_route_cache();

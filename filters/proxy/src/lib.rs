@@ -212,6 +212,13 @@ impl Host for WasmHost {
         remove_header(MapType::HttpRequestHeaders, name);
     }
 
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        report(
+            "set_map_value",
+            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)),
+        );
+    }
+
     fn set_property(&mut self, name: &str, value: &[u8]) {
         set_property(name, value);
     }

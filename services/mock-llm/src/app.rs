@@ -142,10 +142,43 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                 (Method::GET, "/v1/models") => models(&app),
                 (Method::POST, "/v1/chat/completions") => complete(app, Api::Chat, body).await,
                 (Method::POST, "/v1/completions") => complete(app, Api::Completions, body).await,
+                (Method::POST, "/v1/responses") => complete(app, Api::Responses, body).await,
+                (Method::POST, "/v1/messages") => complete(app, Api::Messages, body).await,
+                (Method::POST, "/v1/messages/count_tokens") => match reply::count_tokens(&body) {
+                    Ok(v) => json_response(StatusCode::OK, &v),
+                    Err(e) => openai_error(400, &e),
+                },
+                (Method::POST, "/v1/embeddings") => embeddings(&body),
                 _ => openai_error(404, "no such endpoint on the mock"),
             }
         }
     }
+}
+
+/// `/v1/embeddings`: one small deterministic vector per input, usage as OpenAI reports it.
+fn embeddings(body: &[u8]) -> Response {
+    let view = match sluice_common::RequestView::parse(sluice_common::Api::Embeddings, body) {
+        Ok(v) => v,
+        Err(e) => return openai_error(400, &e.message),
+    };
+    let inputs: Vec<&str> = view.texts();
+    let prompt_tokens: u64 = inputs
+        .iter()
+        .map(|t| t.split_whitespace().count() as u64)
+        .sum();
+    let data: Vec<_> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let h = t.len() as f64;
+            json!({"object": "embedding", "index": i, "embedding": [h / 100.0, 0.5, -0.25]})
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": data, "model": view.model().unwrap_or_default(),
+                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}),
+    )
 }
 
 fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {

@@ -38,11 +38,15 @@ const WORDS: [&str; 32] = [
     "done",
 ];
 
-/// Which OpenAI endpoint is being answered.
+/// Which endpoint is being answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
     Chat,
     Completions,
+    /// OpenAI Responses (`/v1/responses`), as vLLM serves it.
+    Responses,
+    /// Anthropic Messages (`/v1/messages`), as vLLM and SGLang serve it.
+    Messages,
 }
 
 /// The parts of a request the mock's reply depends on.
@@ -91,6 +95,32 @@ impl Call {
                     messages: 0,
                     prompt_text: req.prompt.map(|p| p.text()).unwrap_or_default(),
                     model: req.model,
+                })
+            }
+            Api::Responses | Api::Messages => {
+                let common_api = match api {
+                    Api::Responses => sluice_common::Api::Responses,
+                    _ => sluice_common::Api::Messages,
+                };
+                let view =
+                    sluice_common::RequestView::parse(common_api, body).map_err(|e| e.message)?;
+                let items = match view.body.get(if api == Api::Responses {
+                    "input"
+                } else {
+                    "messages"
+                }) {
+                    Some(Value::Array(a)) => a.len() as u64,
+                    Some(Value::String(_)) => 1,
+                    _ => 0,
+                };
+                Ok(Self {
+                    api,
+                    model: view.model().map_err(|e| e.message)?.to_string(),
+                    prompt_text: view.texts().join("\n"),
+                    messages: items,
+                    stream: view.stream(),
+                    include_usage: true,
+                    max_tokens: view.output_cap(),
                 })
             }
         }
@@ -180,22 +210,71 @@ fn choice(call: &Call, text: Option<&str>, finish: Option<&str>, first: bool) ->
             }
             json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
         }
-        Api::Completions => {
+        _ => {
             json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish})
         }
+    }
+}
+
+fn responses_usage(plan: &Plan) -> Value {
+    json!({"input_tokens": plan.usage.prompt_tokens, "output_tokens": plan.usage.completion_tokens,
+           "total_tokens": plan.usage.total_tokens,
+           "input_tokens_details": {"cached_tokens": 0},
+           "output_tokens_details": {"reasoning_tokens": 0}})
+}
+
+/// A Responses object; `output_text` `None` for the in-progress shape of a stream's start.
+fn response_object(call: &Call, plan: &Plan, id: &str, created: u64, done: bool) -> Value {
+    let text: String = plan.tokens.concat();
+    let output = if done {
+        json!([{"type": "message", "id": format!("msg_{id}"), "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}]}])
+    } else {
+        json!([])
+    };
+    let incomplete = done && plan.finish_reason == "length";
+    let status = match (done, incomplete) {
+        (false, _) => "in_progress",
+        (true, false) => "completed",
+        (true, true) => "incomplete",
+    };
+    json!({"id": format!("resp_{id}"), "object": "response", "created_at": created, "status": status,
+           "model": call.model, "output": output,
+           "incomplete_details": if incomplete { json!({"reason": "max_output_tokens"}) } else { Value::Null },
+           "parallel_tool_calls": true, "tool_choice": "auto", "tools": [], "temperature": 1.0, "top_p": 1.0,
+           "max_output_tokens": call.max_tokens, "error": null,
+           "usage": if done { responses_usage(plan) } else { Value::Null }})
+}
+
+fn anthropic_stop(plan: &Plan) -> &'static str {
+    if plan.finish_reason == "length" {
+        "max_tokens"
+    } else {
+        "end_turn"
     }
 }
 
 /// A complete (non-streamed) response body.
 pub fn full_response(call: &Call, plan: &Plan, id: &str, created: u64, usage: bool) -> Value {
     let text: String = plan.tokens.concat();
+    match call.api {
+        Api::Responses => return response_object(call, plan, id, created, true),
+        Api::Messages => {
+            return json!({"id": format!("msg_{id}"), "type": "message", "role": "assistant",
+                          "model": call.model, "content": [{"type": "text", "text": text}],
+                          "stop_reason": anthropic_stop(plan), "stop_sequence": null,
+                          "usage": {"input_tokens": plan.usage.prompt_tokens,
+                                    "output_tokens": plan.usage.completion_tokens}})
+        }
+        Api::Chat | Api::Completions => {}
+    }
     let (object, choice) = match call.api {
         Api::Chat => (
             "chat.completion",
             json!({"index": 0, "message": {"role": "assistant", "content": text},
                    "logprobs": null, "finish_reason": plan.finish_reason}),
         ),
-        Api::Completions => (
+        _ => (
             "text_completion",
             json!({"index": 0, "text": text, "logprobs": null,
                    "finish_reason": plan.finish_reason}),
@@ -214,9 +293,14 @@ pub fn full_response(call: &Call, plan: &Plan, id: &str, created: u64, usage: bo
 /// event opens the message, one event per token, one with the finish reason, then the
 /// usage-only chunk when asked for and enabled.
 pub fn stream_events(call: &Call, plan: &Plan, id: &str, created: u64, usage: bool) -> Vec<String> {
+    match call.api {
+        Api::Responses => return responses_events(call, plan, id, created),
+        Api::Messages => return messages_events(call, plan, id),
+        Api::Chat | Api::Completions => {}
+    }
     let object = match call.api {
         Api::Chat => "chat.completion.chunk",
-        Api::Completions => "text_completion",
+        _ => "text_completion",
     };
     let with_usage = usage && call.include_usage;
     let chunk = |choices: Value, usage_value: Option<Value>| {
@@ -245,6 +329,133 @@ pub fn stream_events(call: &Call, plan: &Plan, id: &str, created: u64, usage: bo
     }
     events.push("data: [DONE]\n\n".to_string());
     events
+}
+
+fn named(kind: &str, data: &Value) -> String {
+    format!("event: {kind}\ndata: {data}\n\n")
+}
+
+/// The Responses stream: created, in_progress, item and part added, one text delta per
+/// token, then text / part / item done and `response.completed` with usage; every event
+/// named and numbered.
+fn responses_events(call: &Call, plan: &Plan, id: &str, created: u64) -> Vec<String> {
+    let item = format!("msg_{id}");
+    let text: String = plan.tokens.concat();
+    let mut events: Vec<(String, Value)> = vec![
+        (
+            "response.created".into(),
+            json!({"response": response_object(call, plan, id, created, false)}),
+        ),
+        (
+            "response.in_progress".into(),
+            json!({"response": response_object(call, plan, id, created, false)}),
+        ),
+        (
+            "response.output_item.added".into(),
+            json!({"output_index": 0,
+            "item": {"type": "message", "id": item, "status": "in_progress", "role": "assistant", "content": []}}),
+        ),
+        (
+            "response.content_part.added".into(),
+            json!({"item_id": item, "output_index": 0, "content_index": 0,
+            "part": {"type": "output_text", "text": "", "annotations": []}}),
+        ),
+    ];
+    for t in &plan.tokens {
+        events.push((
+            "response.output_text.delta".into(),
+            json!({"item_id": item, "output_index": 0,
+            "content_index": 0, "delta": t, "logprobs": []}),
+        ));
+    }
+    let part = json!({"type": "output_text", "text": text, "annotations": []});
+    events.push((
+        "response.output_text.done".into(),
+        json!({"item_id": item, "output_index": 0,
+        "content_index": 0, "text": text, "logprobs": []}),
+    ));
+    events.push((
+        "response.content_part.done".into(),
+        json!({"item_id": item, "output_index": 0,
+        "content_index": 0, "part": part}),
+    ));
+    events.push(("response.output_item.done".into(), json!({"output_index": 0,
+        "item": {"type": "message", "id": item, "status": "completed", "role": "assistant", "content": [part]}})));
+    let last = if plan.finish_reason == "length" {
+        "response.incomplete"
+    } else {
+        "response.completed"
+    };
+    events.push((
+        last.into(),
+        json!({"response": response_object(call, plan, id, created, true)}),
+    ));
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(n, (kind, mut data))| {
+            if let Some(o) = data.as_object_mut() {
+                o.insert("type".into(), json!(kind));
+                o.insert("sequence_number".into(), json!(n));
+            }
+            named(&kind, &data)
+        })
+        .collect()
+}
+
+/// The Anthropic Messages stream: message_start (input usage), one text block with a delta
+/// per token, message_delta (stop reason, output usage), message_stop.
+fn messages_events(call: &Call, plan: &Plan, id: &str) -> Vec<String> {
+    let mut events = vec![
+        named(
+            "message_start",
+            &json!({"type": "message_start", "message": {
+            "id": format!("msg_{id}"), "type": "message", "role": "assistant", "model": call.model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": plan.usage.prompt_tokens, "output_tokens": 1}}}),
+        ),
+        named(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        ),
+        named("ping", &json!({"type": "ping"})),
+    ];
+    for t in &plan.tokens {
+        events.push(named(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": t}}),
+        ));
+    }
+    events.push(named(
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(named(
+        "message_delta",
+        &json!({"type": "message_delta",
+        "delta": {"stop_reason": anthropic_stop(plan), "stop_sequence": null},
+        "usage": {"output_tokens": plan.usage.completion_tokens}}),
+    ));
+    events.push(named("message_stop", &json!({"type": "message_stop"})));
+    events
+}
+
+/// `/v1/messages/count_tokens`: the mock's prompt count of a Messages body.
+pub fn count_tokens(body: &[u8]) -> Result<Value, String> {
+    let view = sluice_common::RequestView::parse(sluice_common::Api::CountTokens, body)
+        .map_err(|e| e.message)?;
+    let messages = view
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, |m| m.len() as u64);
+    let words: u64 = view
+        .texts()
+        .iter()
+        .map(|t| t.split_whitespace().count() as u64)
+        .sum();
+    Ok(json!({"input_tokens": words + 3 * messages}))
 }
 
 #[cfg(test)]
@@ -318,6 +529,37 @@ mod tests {
     }
 
     #[test]
+    fn typed_streams_carry_usage_and_text() {
+        for api in [Api::Responses, Api::Messages] {
+            let call = Call {
+                api,
+                ..chat(true, false, Some(4))
+            };
+            let p = plan(&call, 16);
+            let events = stream_events(&call, &p, "id", 0, false);
+            let mut text = String::new();
+            let mut usage = None;
+            for e in &events {
+                let (name, data) = e.trim_end().split_once('\n').unwrap();
+                let v: Value = serde_json::from_str(data.trim_start_matches("data: ")).unwrap();
+                assert_eq!(name.trim_start_matches("event: "), v["type"]);
+                let common = if api == Api::Responses {
+                    sluice_common::Api::Responses
+                } else {
+                    sluice_common::Api::Messages
+                };
+                let seen = sluice_common::api::stream_event(common, &v);
+                text.extend(seen.texts);
+                if seen.usage.completion.is_some() {
+                    usage = Some(seen.usage.completion);
+                }
+            }
+            assert_eq!(text, p.tokens.concat(), "{api:?}");
+            assert_eq!(usage, Some(Some(4)), "{api:?}");
+        }
+    }
+
+    #[test]
     fn parses_both_apis() {
         let c = Call::parse(
             Api::Completions,
@@ -329,6 +571,19 @@ mod tests {
             ("a b\nc", Some(4), true)
         );
         assert!(Call::parse(Api::Chat, b"{not json").is_err());
+        let r = Call::parse(
+            Api::Responses,
+            br#"{"model":"m","instructions":"be brief","input":"a b","max_output_tokens":3,"stream":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.prompt_text.as_str(), r.max_tokens, r.stream),
+            ("be brief\na b", Some(3), true)
+        );
+        assert!(
+            Call::parse(Api::Messages, br#"{"model":"m","messages":[]}"#).is_err(),
+            "max_tokens is required"
+        );
         assert!(Call::parse(Api::Chat, br#"{"model":"m"}"#).is_err());
     }
 }
