@@ -20,7 +20,48 @@ pub struct KeyFile {
     pub config: KeyAuthConfig,
 }
 
+/// An exclusive lock on a key file, held while it is read, changed and replaced, so that
+/// concurrent `sluice keys` commands serialize: no edit is lost and a revoke is never undone.
+/// The lock is on a sibling file (`.<name>.lock`), because the key file itself is replaced
+/// by a rename on every save. Released when dropped (or when the process dies).
+pub struct KeyFileLock {
+    _file: std::fs::File,
+}
+
+impl KeyFileLock {
+    pub fn acquire(path: &Path) -> Result<Self> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let lock_path = dir.join(format!(".{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open the lock file {}", lock_path.display()))?;
+        file.lock()
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        Ok(Self { _file: file })
+    }
+}
+
 impl KeyFile {
+    /// Read, change and replace the key file under its lock. `change` sees the keys as
+    /// they are now, after every edit that finished before this one.
+    pub fn edit<T>(path: &Path, change: impl FnOnce(&mut KeyAuthConfig) -> Result<T>) -> Result<T> {
+        let _lock = KeyFileLock::acquire(path)?;
+        let mut kf = Self::load(path)?;
+        let out = change(&mut kf.config)?;
+        kf.save()?;
+        Ok(out)
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(

@@ -154,7 +154,6 @@ fn keys(cmd: KeysCommand) -> Result<()> {
             daily_tokens,
             expires,
         } => {
-            let mut kf = KeyFile::load(&file.key_file)?;
             let spec = KeySpec {
                 id,
                 tenant,
@@ -168,15 +167,16 @@ fn keys(cmd: KeysCommand) -> Result<()> {
                 expires,
             };
             let new = generate(&spec, OffsetDateTime::now_utc())?;
-            if kf.config.keys.iter().any(|k| k.id == new.record.id) {
-                bail!("a key with id {:?} exists already", new.record.id);
-            }
-            eprintln!(
-                "created key {} for tenant {} (shown once; store it now)",
-                new.record.id, new.record.tenant
-            );
-            kf.config.keys.push(new.record);
-            kf.save()?;
+            let (id, tenant) = (new.record.id.clone(), new.record.tenant.clone());
+            // Under the key file's lock: the key is in the file before it is printed.
+            KeyFile::edit(&file.key_file, |config| {
+                if config.keys.iter().any(|k| k.id == new.record.id) {
+                    bail!("a key with id {:?} exists already", new.record.id);
+                }
+                config.keys.push(new.record);
+                Ok(())
+            })?;
+            eprintln!("created key {id} for tenant {tenant} (shown once; store it now)");
             println!("{}", new.secret);
             Ok(())
         }
@@ -234,12 +234,12 @@ fn edit(
     id: &str,
     change: impl FnOnce(&mut Vec<sluice_key_auth::KeyRecord>, usize) -> &'static str,
 ) -> Result<()> {
-    let mut kf = KeyFile::load(&file.key_file)?;
-    let Some(i) = kf.config.keys.iter().position(|k| k.id == id) else {
-        bail!("no key with id {id:?}");
-    };
-    let what = change(&mut kf.config.keys, i);
-    kf.save()?;
+    let what = KeyFile::edit(&file.key_file, |config| {
+        let Some(i) = config.keys.iter().position(|k| k.id == id) else {
+            bail!("no key with id {id:?}");
+        };
+        Ok(change(&mut config.keys, i))
+    })?;
     eprintln!("{what} key {id}");
     Ok(())
 }
