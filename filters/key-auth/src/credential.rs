@@ -22,11 +22,11 @@ pub const CREDENTIAL_QUERY_PARAMS: [&str; 7] = [
 /// The path without its credential-like query parameters; `None` when there are none.
 /// Other parameters stay, in order (Anthropic SDKs send `?beta=true`).
 pub fn strip_credential_query(path: &str) -> Option<String> {
-    let (base, query) = path.split_once('?')?;
-    let (query, fragment) = match query.split_once('#') {
-        Some((q, f)) => (q, Some(f)),
-        None => (query, None),
+    let (path, fragment) = match path.split_once('#') {
+        Some((p, f)) => (p, Some(f)),
+        None => (path, None),
     };
+    let (base, query) = path.split_once('?')?;
     let is_credential = |pair: &str| {
         let name = pair.split('=').next().unwrap_or("");
         CREDENTIAL_QUERY_PARAMS
@@ -124,6 +124,8 @@ mod tests {
             ),
             ("/x?KEY=a&b=c&token=t&d", Some("/x?b=c&d")),
             ("/x?keys=1", None),
+            ("/x#a?key=b", None),
+            ("/x?key=a#b?key=c", Some("/x#b?key=c")),
         ] {
             assert_eq!(strip_credential_query(path).as_deref(), want, "{path}");
         }

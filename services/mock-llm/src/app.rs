@@ -24,6 +24,8 @@ const MAX_BODY: usize = 16 * 1024 * 1024;
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    /// The query string as received (without `?`), empty when there is none.
+    pub query: String,
     /// Lower-cased names, in arrival order; repeated headers appear repeatedly.
     pub headers: Vec<(String, String)>,
     pub body: String,
@@ -104,6 +106,7 @@ fn openai_error(status: u16, message: &str) -> Response {
 async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
     let headers = req.headers().clone();
     let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
         Ok(b) => b,
@@ -135,6 +138,7 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
             app.record(Recorded {
                 method: method.to_string(),
                 path: path.clone(),
+                query,
                 headers: header_pairs(&headers),
                 body: String::from_utf8_lossy(&body).into_owned(),
             });
