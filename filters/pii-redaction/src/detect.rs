@@ -96,11 +96,18 @@ fn is_word(c: u8) -> bool {
 /// start before `from` are not reported: `text[..from]` is context already decided (the
 /// stream redactor keeps a little of it so that boundary checks see the real neighbours).
 pub fn scan(text: &str, from: usize, set: EntitySet, out: &mut Vec<Found>) {
+    scan_after(text, from, 0, set, out);
+}
+
+/// [`scan`], where a finding already ended at `floor` (`<= from`): as when scanning the
+/// whole text, no candidate reaches back across it. The stream redactor passes the end of
+/// the last finding it emitted, so two adjacent values are split exactly as in one piece.
+pub fn scan_after(text: &str, from: usize, floor: usize, set: EntitySet, out: &mut Vec<Found>) {
     let b = text.as_bytes();
     let mut s = Scanner {
         b,
         set,
-        floor: 0,
+        floor: floor.min(from),
         ipv6_until: 0,
         jwt_until: 0,
         token_until: 0,

@@ -26,8 +26,8 @@ mod filter;
 
 pub use body::{redact_response, scan_request, NotScanned, RequestOutcome};
 pub use config::{Action, Api, PiiConfig, Settings, Unscannable};
-pub use detect::{scan, Found};
+pub use detect::{scan, scan_after, Found};
 pub use entity::{BuiltIn, EntitySet};
 pub use events::SseRedactor;
-pub use redact::{find, redact_text, Blocked, Direction, Finding, Kind, Redactor};
+pub use redact::{find, find_after, redact_text, Blocked, Direction, Finding, Kind, Redactor};
 pub use stream::StreamText;

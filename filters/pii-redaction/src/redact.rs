@@ -2,7 +2,7 @@
 //! request, masks, keyed pseudonyms, blocks; and the counts published as `sluice_pii`.
 
 use crate::config::{Action, Settings, CONTEXT_WINDOW};
-use crate::detect::{scan, Found};
+use crate::detect::{scan_after, Found};
 use crate::entity::BuiltIn;
 use std::collections::{BTreeMap, HashMap};
 
@@ -50,10 +50,15 @@ pub struct Finding {
 /// Every enabled entity in `text` starting at or after `from`, in order, without overlaps
 /// (on overlap the earlier start wins, then the longer match, then a custom entity).
 pub fn find(s: &Settings, text: &str, from: usize, out: &mut Vec<Finding>) {
+    find_after(s, text, from, 0, out);
+}
+
+/// [`find`], where a finding already ended at `floor` (see [`crate::detect::scan_after`]).
+pub fn find_after(s: &Settings, text: &str, from: usize, floor: usize, out: &mut Vec<Finding>) {
     out.clear();
     let mut builtin: Vec<Found> = Vec::new();
     if !s.enabled.is_empty() {
-        scan(text, from, s.enabled, &mut builtin);
+        scan_after(text, from, floor, s.enabled, &mut builtin);
     }
     out.extend(builtin.iter().map(|f| Finding {
         start: f.start,

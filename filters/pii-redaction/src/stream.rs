@@ -15,7 +15,7 @@
 
 use crate::config::Settings;
 use crate::entity::BuiltIn;
-use crate::redact::{find, Direction, Finding, Redactor};
+use crate::redact::{find_after, Direction, Finding, Redactor};
 
 /// Already emitted text kept as left context for boundary checks.
 const CONTEXT_KEEP: usize = 64;
@@ -30,6 +30,8 @@ pub struct StreamText {
     pending: String,
     context: String,
     findings: Vec<Finding>,
+    /// How far before the end of the emitted text the last emitted finding ended.
+    last_finding_back: Option<usize>,
 }
 
 fn floor_char(text: &str, mut i: usize) -> usize {
@@ -57,20 +59,25 @@ pub fn hold_point(s: &Settings, text: &str) -> usize {
         h -= 1;
     }
     let run_start = h;
+    // Groups of digits / capitals (and `+`, `(`, `)`) joined by short separator runs, up to
+    // GROUP_HOLD bytes: every spaced entity (a phone, a card, an IBAN, an SSN) fits, and
+    // wherever one starts inside such a region (after a letter, a digit, a `+`), it is held.
     loop {
         let mut j = h;
         while j > 0 && separator(at(j - 1)) && h - j < 3 {
             j -= 1;
         }
         let group_end = j;
-        while j > 0 && group_char(at(j - 1)) && group_end - j < 8 {
+        while j > 0 && group_char(at(j - 1)) && run_start - j < GROUP_HOLD {
             j -= 1;
         }
-        let word_before = j > 0 && (at(j - 1).is_ascii_alphanumeric() || at(j - 1) == b'_');
-        if j == group_end || word_before || run_start - j > GROUP_HOLD {
+        if j == group_end {
             break;
         }
         h = j;
+        if run_start - j >= GROUP_HOLD {
+            break;
+        }
     }
     if s.enabled.contains(BuiltIn::PrivateKey) {
         if let Some(p) = text.rfind("-----BEGIN") {
@@ -118,7 +125,12 @@ impl StreamText {
         let mut joined = std::mem::take(&mut self.context);
         joined.push_str(&self.pending);
         let mut findings = std::mem::take(&mut self.findings);
-        find(s, &joined, from, &mut findings);
+        // Where the last finding ended, if it is still in the kept context.
+        let floor = self
+            .last_finding_back
+            .and_then(|back| from.checked_sub(back))
+            .unwrap_or(0);
+        find_after(s, &joined, from, floor, &mut findings);
         let mut cut = hold.map_or(joined.len(), |h| from + h);
         for f in &findings {
             if f.start < cut && f.end > cut {
@@ -126,6 +138,10 @@ impl StreamText {
             }
         }
         findings.retain(|f| f.end <= cut);
+        self.last_finding_back = match findings.last() {
+            Some(f) => Some(cut - f.end),
+            None => self.last_finding_back.map(|b| b + (cut - from)),
+        };
         for f in &mut findings {
             f.start -= from;
             f.end -= from;
@@ -184,6 +200,78 @@ mod tests {
             ],
         );
         assert_eq!(all, "[PRIVATE_KEY_1]\nbye");
+    }
+
+    /// Found by the `pii_stream` fuzz target: a phone number glued to a word by its `+`,
+    /// cut right after its first group, went out unredacted.
+    #[test]
+    fn regression_fuzz_phone_after_a_letter_cut_after_its_first_group() {
+        let s = settings("{}");
+        let text = "111\r\0\0\0\0\0\0\018y+0089633 019\0\0019";
+        let mut whole = Redactor::default();
+        let expected = crate::redact::redact_text(
+            &s,
+            &mut whole,
+            text,
+            Direction::Response,
+            false,
+            &mut Vec::new(),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(expected.contains("[PHONE_1]"), "{expected:?}");
+        for cut in 0..=text.len() {
+            let (_, all) = stream(&s, &[&text[..cut], &text[cut..]]);
+            assert_eq!(all, expected, "cut at {cut}");
+        }
+    }
+
+    /// Found by the `pii_stream` fuzz target: a phone whose digits but the last two form
+    /// one group of ten, cut after that group.
+    #[test]
+    fn regression_fuzz_phone_with_one_long_group() {
+        let s = settings("{}");
+        let text = "\n1\u{0}0000\u{0}\u{0}0000000000 00\u{e}00\u{16}2s";
+        let mut whole = Redactor::default();
+        let expected = crate::redact::redact_text(
+            &s,
+            &mut whole,
+            text,
+            Direction::Response,
+            false,
+            &mut Vec::new(),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(expected.contains("[PHONE_1]"), "{expected:?}");
+        for cut in 0..=text.len() {
+            let (_, all) = stream(&s, &[&text[..cut], &text[cut..]]);
+            assert_eq!(all, expected, "cut at {cut}");
+        }
+    }
+
+    /// Found by the `pii_stream` fuzz target: two addresses with nothing between them, the
+    /// text cut after the first one; whole, the second starts where the first ended.
+    #[test]
+    fn regression_fuzz_adjacent_emails() {
+        let s = settings("{}");
+        let text = "\u{6}\u{0}\u{0}\u{0}A@P.AK@ee.e.AA%R@ee.eGIN ";
+        let mut whole = Redactor::default();
+        let expected = crate::redact::redact_text(
+            &s,
+            &mut whole,
+            text,
+            Direction::Response,
+            false,
+            &mut Vec::new(),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(expected.contains("[EMAIL_2]"), "{expected:?}");
+        for cut in 0..=text.len() {
+            let (_, all) = stream(&s, &[&text[..cut], &text[cut..]]);
+            assert_eq!(all, expected, "cut at {cut}");
+        }
     }
 
     #[test]
