@@ -146,6 +146,14 @@ cat <<MSG
 
     curl -s \$OPENAI_BASE_URL/models -H "Authorization: Bearer \$OPENAI_API_KEY"
 
+  Or from any Anthropic client (Messages API, Claude Code):
+
+    export ANTHROPIC_BASE_URL=http://127.0.0.1:$PORT
+    export ANTHROPIC_API_KEY=$DEMO_KEY
+
+  Governed: POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses,
+  /v1/messages, /v1/messages/count_tokens; GET /v1/models. Every other path is refused.
+
   Keys: target/release/sluice keys create --tenant my-team   (list, revoke ID)
   Ctrl-C stops the stack.
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: setup, build, format, lints (native and wasm32), unit tests, end-to-end tests
-# against real Envoy, and the OpenAI SDK smoke test against the stack scripts/run.sh starts.
+# against real Envoy, a fuzz smoke run of every fuzz target, and the OpenAI and Anthropic SDK
+# smoke test against the stack scripts/run.sh starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -52,6 +53,9 @@ cargo test --workspace --no-fail-fast
 step "filter unit tests compiled to wasm32-wasip1, run in V8 (Node WASI)"
 command -v node >/dev/null || { echo "node is needed to run wasm tests"; exit 1; }
 cargo test --quiet --target wasm32-wasip1 --release "${FILTER_CRATES[@]}"
+
+step "fuzz smoke: every cargo-fuzz target for a few seconds (scripts/fuzz.sh)"
+scripts/fuzz.sh "${SLUICE_FUZZ_SECONDS:-10}"
 
 step "OpenAI and Anthropic SDK smoke test against scripts/run.sh"
 state=$(mktemp -d)

@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn regression_fuzz_phone_after_a_letter_cut_after_its_first_group() {
         let s = settings("{}");
-        let text = "111\r\0\0\0\0\0\0\018y+0089633 019\0\0019";
+        let text = "111\r\0\0\0\0\0\0\u{0}18y+0089633 019\0\u{0}019";
         let mut whole = Redactor::default();
         let expected = crate::redact::redact_text(
             &s,
