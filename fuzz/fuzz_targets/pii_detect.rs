@@ -2,30 +2,33 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use sluice_common::api::GOVERNED_PATHS;
-use sluice_pii_redaction::{scan_request, redact_response, Direction, PiiConfig, Redactor, Settings};
-use std::sync::OnceLock;
-
-fn settings() -> &'static Settings {
-    static S: OnceLock<Settings> = OnceLock::new();
-    S.get_or_init(|| {
-        let Ok(c) = sluice_common::parse_config::<PiiConfig>(b"{}") else {
-            std::process::abort()
-        };
-        Settings::new(c).unwrap_or_else(|_| std::process::abort())
-    })
-}
+use sluice_pii_redaction::{redact_response, scan_request, Direction, Redactor};
+#[path = "common.rs"]
+mod common;
 
 fuzz_target!(|data: &[u8]| {
-    let s = settings();
+    let s = common::pii_settings();
     if let Ok(text) = std::str::from_utf8(data) {
         let mut r = Redactor::default();
         let mut scratch = Vec::new();
-        if let Ok(Some(out)) =
-            sluice_pii_redaction::redact_text(s, &mut r, text, Direction::Request, false, &mut scratch)
-        {
+        if let Ok(Some(out)) = sluice_pii_redaction::redact_text(
+            s,
+            &mut r,
+            text,
+            Direction::Request,
+            false,
+            &mut scratch,
+        ) {
             // Redacting the redacted text finds nothing new to change.
             let mut again = Vec::new();
-            let twice = sluice_pii_redaction::redact_text(s, &mut r, &out, Direction::Request, false, &mut again);
+            let twice = sluice_pii_redaction::redact_text(
+                s,
+                &mut r,
+                &out,
+                Direction::Request,
+                false,
+                &mut again,
+            );
             assert!(matches!(twice, Ok(None) | Ok(Some(_))));
         }
     }

@@ -3,21 +3,12 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use sluice_common::api::GOVERNED_PATHS;
-use sluice_pii_redaction::{Direction, PiiConfig, Redactor, Settings, SseRedactor, StreamText};
-use std::sync::OnceLock;
-
-fn settings() -> &'static Settings {
-    static S: OnceLock<Settings> = OnceLock::new();
-    S.get_or_init(|| {
-        let Ok(c) = sluice_common::parse_config::<PiiConfig>(b"{}") else {
-            std::process::abort()
-        };
-        Settings::new(c).unwrap_or_else(|_| std::process::abort())
-    })
-}
+use sluice_pii_redaction::{Direction, Redactor, SseRedactor, StreamText};
+#[path = "common.rs"]
+mod common;
 
 fuzz_target!(|data: &[u8]| {
-    let s = settings();
+    let s = common::pii_settings();
     let Some((&cut, rest)) = data.split_first() else {
         return;
     };
@@ -33,10 +24,17 @@ fuzz_target!(|data: &[u8]| {
         streamed.push_str(&st.push(s, &mut r, b));
         streamed.push_str(&st.finish(s, &mut r));
         let mut r2 = Redactor::default();
-        let whole = sluice_pii_redaction::redact_text(s, &mut r2, text, Direction::Response, false, &mut Vec::new())
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| text.to_string());
+        let whole = sluice_pii_redaction::redact_text(
+            s,
+            &mut r2,
+            text,
+            Direction::Response,
+            false,
+            &mut Vec::new(),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| text.to_string());
         assert_eq!(streamed, whole);
     }
     let at = usize::from(cut) * rest.len() / 256;

@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
         };
         let ids = t.encode(text);
         assert_eq!(ids.len(), t.count(text));
-        let bytes: Vec<u8> = ids.iter().flat_map(|&r| t.vocab().token(r).to_vec()).collect();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&r| t.vocab().token(r).to_vec())
+            .collect();
         assert_eq!(bytes, text.as_bytes(), "encoding is lossless");
     }
 });

@@ -76,6 +76,14 @@ const RESPONSES_REPEATS: [&str; 12] = [
     "message.content.*.text",
 ];
 
+/// The `type` of a typed event (Responses, Anthropic Messages).
+fn event_type(v: &Value) -> String {
+    v.get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
 fn num(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
@@ -264,11 +272,7 @@ impl SseRedactor {
         v: &mut Value,
         before: &mut Vec<u8>,
     ) -> bool {
-        let kind = v
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        let kind = event_type(v);
         let index = format!(
             "{}:{}",
             num(v, "output_index"),
@@ -302,11 +306,7 @@ impl SseRedactor {
         v: &mut Value,
         before: &mut Vec<u8>,
     ) -> bool {
-        let kind = v
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        let kind = event_type(v);
         let index = num(v, "index");
         match kind.as_str() {
             "content_block_delta" => {

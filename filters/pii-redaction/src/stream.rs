@@ -202,75 +202,41 @@ mod tests {
         assert_eq!(all, "[PRIVATE_KEY_1]\nbye");
     }
 
-    /// Found by the `pii_stream` fuzz target: a phone number glued to a word by its `+`,
-    /// cut right after its first group, went out unredacted.
+    /// Inputs the `pii_stream` fuzz target found, where a stream cut somewhere let a value
+    /// through (or split it differently) that redacting the whole text catches: a phone
+    /// glued to a word by its `+`; a phone whose digits but the last group stand in one
+    /// group of ten; two e-mail addresses with nothing between them. Every cut must give
+    /// exactly the whole text's redaction.
     #[test]
-    fn regression_fuzz_phone_after_a_letter_cut_after_its_first_group() {
+    fn regression_fuzz_findings_any_cut_equals_whole() {
         let s = settings("{}");
-        let text = "111\r\0\0\0\0\0\0\u{0}18y+0089633 019\0\u{0}019";
-        let mut whole = Redactor::default();
-        let expected = crate::redact::redact_text(
-            &s,
-            &mut whole,
-            text,
-            Direction::Response,
-            false,
-            &mut Vec::new(),
-        )
-        .unwrap()
-        .unwrap();
-        assert!(expected.contains("[PHONE_1]"), "{expected:?}");
-        for cut in 0..=text.len() {
-            let (_, all) = stream(&s, &[&text[..cut], &text[cut..]]);
-            assert_eq!(all, expected, "cut at {cut}");
-        }
-    }
-
-    /// Found by the `pii_stream` fuzz target: a phone whose digits but the last two form
-    /// one group of ten, cut after that group.
-    #[test]
-    fn regression_fuzz_phone_with_one_long_group() {
-        let s = settings("{}");
-        let text = "\n1\u{0}0000\u{0}\u{0}0000000000 00\u{e}00\u{16}2s";
-        let mut whole = Redactor::default();
-        let expected = crate::redact::redact_text(
-            &s,
-            &mut whole,
-            text,
-            Direction::Response,
-            false,
-            &mut Vec::new(),
-        )
-        .unwrap()
-        .unwrap();
-        assert!(expected.contains("[PHONE_1]"), "{expected:?}");
-        for cut in 0..=text.len() {
-            let (_, all) = stream(&s, &[&text[..cut], &text[cut..]]);
-            assert_eq!(all, expected, "cut at {cut}");
-        }
-    }
-
-    /// Found by the `pii_stream` fuzz target: two addresses with nothing between them, the
-    /// text cut after the first one; whole, the second starts where the first ended.
-    #[test]
-    fn regression_fuzz_adjacent_emails() {
-        let s = settings("{}");
-        let text = "\u{6}\u{0}\u{0}\u{0}A@P.AK@ee.e.AA%R@ee.eGIN ";
-        let mut whole = Redactor::default();
-        let expected = crate::redact::redact_text(
-            &s,
-            &mut whole,
-            text,
-            Direction::Response,
-            false,
-            &mut Vec::new(),
-        )
-        .unwrap()
-        .unwrap();
-        assert!(expected.contains("[EMAIL_2]"), "{expected:?}");
-        for cut in 0..=text.len() {
-            let (_, all) = stream(&s, &[&text[..cut], &text[cut..]]);
-            assert_eq!(all, expected, "cut at {cut}");
+        for (text, placeholder) in [
+            (
+                "111\r\0\0\0\0\0\0\u{0}18y+0089633 019\0\u{0}019",
+                "[PHONE_1]",
+            ),
+            (
+                "\n1\u{0}0000\u{0}\u{0}0000000000 00\u{e}00\u{16}2s",
+                "[PHONE_1]",
+            ),
+            ("\u{6}\u{0}\u{0}\u{0}A@P.AK@ee.e.AA%R@ee.eGIN ", "[EMAIL_2]"),
+        ] {
+            let mut whole = Redactor::default();
+            let expected = crate::redact::redact_text(
+                &s,
+                &mut whole,
+                text,
+                Direction::Response,
+                false,
+                &mut Vec::new(),
+            )
+            .unwrap()
+            .unwrap();
+            assert!(expected.contains(placeholder), "{expected:?}");
+            for cut in 0..=text.len() {
+                let (_, all) = stream(&s, &[&text[..cut], &text[cut..]]);
+                assert_eq!(all, expected, "{text:?} cut at {cut}");
+            }
         }
     }
 
