@@ -121,21 +121,25 @@ fn prompt_facts(api: Api, body: &[u8]) -> PromptFacts {
     // Responses: `input` items are messages (role + content); a string input is one user
     // message.
     if api == Api::Responses {
-        if let Some(Value::Array(items)) = b.input.take() {
-            b.messages = Some(
-                items
-                    .into_iter()
-                    .map(|item| Message {
-                        role: item.get("role").and_then(Value::as_str).map(str::to_string),
-                        content: item.get("content").cloned(),
-                    })
-                    .collect(),
-            );
-        } else if let Some(Value::String(text)) = b.input.take() {
-            b.messages = Some(vec![Message {
-                role: Some("user".into()),
-                content: Some(Value::String(text)),
-            }]);
+        match b.input.take() {
+            Some(Value::Array(items)) => {
+                b.messages = Some(
+                    items
+                        .into_iter()
+                        .map(|item| Message {
+                            role: item.get("role").and_then(Value::as_str).map(str::to_string),
+                            content: item.get("content").cloned(),
+                        })
+                        .collect(),
+                );
+            }
+            Some(Value::String(text)) => {
+                b.messages = Some(vec![Message {
+                    role: Some("user".into()),
+                    content: Some(Value::String(text)),
+                }]);
+            }
+            other => b.input = other,
         }
     }
     let system = b
@@ -461,6 +465,60 @@ mod tests {
             tier(
                 json!({"model": "auto", "messages": [{"role": "user", "content": [
             {"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "x"}}]}]})
+            ),
+            "large"
+        );
+    }
+
+    /// Responses and Anthropic Messages carry their prompt in other fields: `auto` and
+    /// prefix affinity read them the same way.
+    #[test]
+    fn responses_and_messages_prompt_facts() {
+        let f = prompt_facts(
+            Api::Responses,
+            br#"{"model":"auto","instructions":"You are a SQL bot.",
+                 "input":[{"role":"user","content":[{"type":"input_text","text":"run this SQL"},
+                                                    {"type":"input_image","image_url":"x"}]}]}"#,
+        );
+        assert_eq!(f.first, "You are a SQL bot.");
+        assert_eq!(f.last_user, "run this SQL");
+        assert!(f.has_images);
+        let f = prompt_facts(Api::Responses, br#"{"model":"m","input":"just this"}"#);
+        assert_eq!(
+            (f.first.as_str(), f.last_user.as_str()),
+            ("just this", "just this")
+        );
+        let f = prompt_facts(
+            Api::Messages,
+            br#"{"model":"m","max_tokens":5,"system":[{"type":"text","text":"sys"}],
+                 "tools":[{"name":"t"}],
+                 "messages":[{"role":"user","content":[{"type":"text","text":"hello"}]}]}"#,
+        );
+        assert_eq!((f.first.as_str(), f.last_user.as_str()), ("sys", "hello"));
+        assert!(f.has_tools);
+        let s = config();
+        let tier = |api, body: Value| {
+            let facts = RequestFacts { api, ..facts() };
+            route(&s, &facts, &serde_json::to_vec(&body).unwrap())
+                .unwrap()
+                .alias
+        };
+        assert_eq!(
+            tier(
+                Api::Responses,
+                json!({"model": "auto", "input": "run this SQL"})
+            ),
+            "large"
+        );
+        assert_eq!(
+            tier(Api::Responses, json!({"model": "auto", "input": "hello"})),
+            "small"
+        );
+        assert_eq!(
+            tier(
+                Api::Messages,
+                json!({"model": "auto", "max_tokens": 9,
+                                        "messages": [{"role": "user", "content": "sql now"}]})
             ),
             "large"
         );

@@ -394,6 +394,72 @@ mod tests {
         )
     }
 
+    /// Responses and Anthropic Messages streams: usage from their own events (both sides),
+    /// text counted from the deltas only when no usage comes; nothing is rewritten.
+    #[test]
+    fn typed_streams_report_usage_from_their_events() {
+        let ev = |kind: &str, v: Value| format!("event: {kind}\ndata: {v}\n\n");
+        let responses = [
+            ev("response.output_text.delta", json!({"type": "response.output_text.delta", "delta": "Hello"})),
+            ev("response.output_text.done", json!({"type": "response.output_text.done", "text": "Hello"})),
+            ev("response.completed", json!({"type": "response.completed", "response": {"usage": {"input_tokens": 11, "output_tokens": 7}}})),
+        ]
+        .concat();
+        let messages = [
+            ev("message_start", json!({"type": "message_start", "message": {"usage": {"input_tokens": 9, "output_tokens": 1}}})),
+            ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}})),
+            ev("message_delta", json!({"type": "message_delta", "delta": {}, "usage": {"output_tokens": 5}})),
+            ev("message_stop", json!({"type": "message_stop"})),
+        ]
+        .concat();
+        for (api, body, want) in [
+            (Api::Responses, &responses, (11, 7)),
+            (Api::Messages, &messages, (9, 5)),
+        ] {
+            for split in 0..body.len() {
+                let mut t = ResponseTracker::new(
+                    api,
+                    200,
+                    Some("text/event-stream"),
+                    true,
+                    false,
+                    tok(),
+                    1 << 20,
+                );
+                assert_eq!(t.on_chunk(&body.as_bytes()[..split], false), None);
+                assert_eq!(t.on_chunk(&body.as_bytes()[split..], true), None);
+                let u = t.finish();
+                assert_eq!(
+                    (u.backend_prompt_tokens, u.completion_tokens, u.source),
+                    (Some(want.0), want.1, UsageSource::Backend),
+                    "{api:?} split {split}"
+                );
+            }
+            // Without the usage events, the deltas (not the full-text repeats) are counted.
+            let text_only: String = body
+                .split("\n\n")
+                .filter(|e| e.contains("delta\"") && !e.contains("usage"))
+                .map(|e| format!("{e}\n\n"))
+                .collect();
+            let mut t = ResponseTracker::new(
+                api,
+                200,
+                Some("text/event-stream"),
+                true,
+                false,
+                tok(),
+                1 << 20,
+            );
+            t.on_chunk(text_only.as_bytes(), true);
+            let u = t.finish();
+            assert_eq!(
+                (u.completion_tokens, u.source),
+                (1, UsageSource::Counted),
+                "{api:?}"
+            );
+        }
+    }
+
     #[test]
     fn stream_without_usage_is_counted() {
         let mut t = sse(false);
