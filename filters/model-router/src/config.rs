@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use sluice_common::ConfigError;
 use std::collections::{BTreeMap, HashMap};
 
+use sluice_common::openai::default_api_paths;
 pub use sluice_common::openai::Api;
-use sluice_common::openai::{api_for_path, default_api_paths};
 
 /// How a weighted alias picks among its targets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,8 +349,9 @@ impl Settings {
         names
     }
 
-    pub fn api(&self, path: &str) -> Option<Api> {
-        api_for_path(&self.paths, path)
+    /// The API of a governed request (`POST` on a configured path).
+    pub fn api(&self, method: &str, path: &str) -> Option<Api> {
+        sluice_common::api::api_for(&self.paths, method, path)
     }
 
     pub fn is_models_path(&self, path: &str) -> bool {
@@ -386,7 +387,7 @@ mod tests {
         assert_eq!(s.alias("b-7").unwrap().name, "b-*");
         assert!(s.alias("c").is_none());
         assert_eq!(s.public_models(), ["a"]);
-        assert_eq!(s.api("/v1/embeddings?x"), Some(Api::Embeddings));
+        assert_eq!(s.api("POST", "/v1/embeddings?x"), Some(Api::Embeddings));
         assert!(s.is_models_path("/v1/models"));
     }
 

@@ -116,7 +116,7 @@ impl HttpContext for Http {
             }
             return Action::Pause;
         }
-        let Some(api) = settings.api(&path).filter(|_| method == "POST") else {
+        let Some(api) = settings.api(&method, &path) else {
             // The routing headers are ours: whatever a client sent is never used. (Routed
             // requests get both overwritten once the body is read.)
             remove_header(MapType::HttpRequestHeaders, properties::ROUTE_HEADER);
