@@ -5,6 +5,7 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET ...]    # SECONDS per target (default 60); all targets
 #   FUZZ_RUNS=10000000 scripts/fuzz.sh        # a fixed number of executions per target instead
+#   FUZZ_FLAGS="-max_len=1024" scripts/fuzz.sh # more libFuzzer flags
 #
 # Installs what it needs once: a nightly toolchain (libFuzzer's instrumentation needs it)
 # and cargo-fuzz. The corpus grows in fuzz/corpus/<target> (git-ignored); a crash is saved
@@ -40,7 +41,7 @@ for t in "${TARGETS[@]}"; do
   start=$(date +%s)
   if [ -n "${FUZZ_RUNS:-}" ]; then limit=(-runs="$FUZZ_RUNS"); else limit=(-max_total_time="$SECONDS_PER_TARGET"); fi
   if cargo +nightly fuzz run -O "$t" "corpus/$t" -- \
-      "${limit[@]}" -rss_limit_mb=2048 -timeout=10 \
+      "${limit[@]}" -rss_limit_mb=2048 -timeout=10 ${FUZZ_FLAGS:-} \
       -print_final_stats=1 >"$log" 2>&1; then
     findings=0
   else
