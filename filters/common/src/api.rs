@@ -161,6 +161,16 @@ pub fn api_for_path(paths: &BTreeMap<String, Api>, path: &str) -> Option<Api> {
     paths.get(path_only(path)).copied()
 }
 
+/// The API of a governed path by the built-in table, without building a map (for a filter
+/// that needs it once, off its configured paths).
+pub fn governed_api(path: &str) -> Option<Api> {
+    let p = path_only(path);
+    GOVERNED_PATHS
+        .iter()
+        .find(|(g, _)| *g == p)
+        .map(|(_, api)| *api)
+}
+
 /// The API of a governed request: `POST` on a path of the table.
 pub fn api_for(paths: &BTreeMap<String, Api>, method: &str, path: &str) -> Option<Api> {
     if method != GOVERNED_METHOD {
@@ -280,6 +290,18 @@ impl RequestView {
                 _ => Err(invalid(format!("'{key}' must be an array."), key)),
             }
         };
+        // A field of the right JSON type; `optional`: absent or null passes too.
+        let field = |key: &str,
+                     optional: bool,
+                     ok: fn(&Value) -> bool,
+                     message: &str|
+         -> Result<(), OpenAiError> {
+            match self.body.get(key) {
+                None | Some(Value::Null) if optional => Ok(()),
+                Some(v) if ok(v) => Ok(()),
+                _ => Err(invalid(message, key)),
+            }
+        };
         let cap = |key: &str, required: bool| -> Result<(), OpenAiError> {
             match self.body.get(key) {
                 None | Some(Value::Null) if !required => Ok(()),
@@ -298,42 +320,35 @@ impl RequestView {
                 cap("max_completion_tokens", false)
             }
             Api::Completions => cap("max_tokens", false),
-            Api::Embeddings => match self.body.get("input") {
-                Some(Value::String(_) | Value::Array(_)) => Ok(()),
-                _ => Err(invalid(
-                    "'input' must be a string or an array of strings or token ids.",
-                    "input",
-                )),
-            },
+            Api::Embeddings => field(
+                "input",
+                false,
+                |v| matches!(v, Value::String(_) | Value::Array(_)),
+                "'input' must be a string or an array of strings or token ids.",
+            ),
             Api::Responses => {
-                match self.body.get("input") {
-                    None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
-                    Some(_) => {
-                        return Err(invalid(
-                            "'input' must be a string or an array of input items.",
-                            "input",
-                        ))
-                    }
-                }
-                match self.body.get("instructions") {
-                    None | Some(Value::Null | Value::String(_)) => {}
-                    Some(_) => {
-                        return Err(invalid("'instructions' must be a string.", "instructions"))
-                    }
-                }
+                field(
+                    "input",
+                    true,
+                    |v| matches!(v, Value::String(_) | Value::Array(_)),
+                    "'input' must be a string or an array of input items.",
+                )?;
+                field(
+                    "instructions",
+                    true,
+                    Value::is_string,
+                    "'instructions' must be a string.",
+                )?;
                 cap("max_output_tokens", false)
             }
             Api::Messages | Api::CountTokens => {
                 array_of_objects("messages")?;
-                match self.body.get("system") {
-                    None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
-                    Some(_) => {
-                        return Err(invalid(
-                            "'system' must be a string or an array of text blocks.",
-                            "system",
-                        ))
-                    }
-                }
+                field(
+                    "system",
+                    true,
+                    |v| matches!(v, Value::String(_) | Value::Array(_)),
+                    "'system' must be a string or an array of text blocks.",
+                )?;
                 cap("max_tokens", self.api == Api::Messages)
             }
         }
@@ -542,6 +557,8 @@ mod tests {
         );
         assert_eq!(family_for_path("/v1/messagesx"), Family::OpenAi);
         assert_eq!(family_for_path("/metrics"), Family::OpenAi);
+        assert_eq!(governed_api("/v1/responses?x"), Some(Api::Responses));
+        assert_eq!(governed_api("/v1/other"), None);
         for (path, api) in GOVERNED_PATHS {
             let name = serde_json::to_value(api).unwrap();
             assert_eq!(name, api.as_str(), "{path}");

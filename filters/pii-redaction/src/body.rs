@@ -5,7 +5,7 @@ use crate::redact::{redact_text, Blocked, Direction, Finding, Redactor};
 use serde_json::Value;
 use sluice_common::{ErrorKind, OpenAiError};
 
-fn steps(path: &str) -> impl Iterator<Item = PathStep> + '_ {
+pub(crate) fn steps(path: &str) -> impl Iterator<Item = PathStep> + '_ {
     path.split('.').map(|s| match s {
         "*" => PathStep::Each,
         k => PathStep::Key(k.to_string()),
@@ -13,7 +13,7 @@ fn steps(path: &str) -> impl Iterator<Item = PathStep> + '_ {
 }
 
 /// Call `f` on every string at `path` under `v`.
-fn visit<E>(
+pub(crate) fn visit<E>(
     v: &mut Value,
     path: &[PathStep],
     f: &mut impl FnMut(&mut String) -> Result<(), E>,

@@ -96,8 +96,8 @@ fn redact_repeats(s: &Settings, r: &Redactor, v: &mut Value, paths: &[&str]) -> 
     let mut scratch = Vec::new();
     let mut changed = false;
     for path in paths {
-        let steps: Vec<&str> = path.split('.').collect();
-        visit_strings(v, &steps, &mut |text: &mut String| {
+        let steps: Vec<_> = crate::body::steps(path).collect();
+        let _ = crate::body::visit(v, &steps, &mut |text: &mut String| {
             if let Ok(Some(new)) = redact_text(
                 s,
                 &mut shadow,
@@ -109,28 +109,10 @@ fn redact_repeats(s: &Settings, r: &Redactor, v: &mut Value, paths: &[&str]) -> 
                 *text = new;
                 changed = true;
             }
+            Ok::<(), ()>(())
         });
     }
     changed
-}
-
-fn visit_strings(v: &mut Value, steps: &[&str], f: &mut impl FnMut(&mut String)) {
-    let Some((step, rest)) = steps.split_first() else {
-        if let Value::String(s) = v {
-            f(s);
-        }
-        return;
-    };
-    match (*step, v) {
-        ("*", Value::Array(items)) => items.iter_mut().for_each(|c| visit_strings(c, rest, f)),
-        ("*", Value::Object(m)) => m.values_mut().for_each(|c| visit_strings(c, rest, f)),
-        (k, Value::Object(m)) => {
-            if let Some(c) = m.get_mut(k) {
-                visit_strings(c, rest, f);
-            }
-        }
-        _ => {}
-    }
 }
 
 impl NamedStreams {

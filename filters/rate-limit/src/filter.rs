@@ -609,9 +609,8 @@ impl HttpContext for Http {
             .unwrap_or_default();
         // The request model's view: each API's output cap, the same `model` rule.
         let path = sluice_proxy::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
-        let view =
-            sluice_common::api::api_for_path(&sluice_common::api::default_api_paths(), &path)
-                .and_then(|api| sluice_common::RequestView::parse(api, &body).ok());
+        let view = sluice_common::api::governed_api(&path)
+            .and_then(|api| sluice_common::RequestView::parse(api, &body).ok());
         let max_tokens = view.as_ref().and_then(|v| v.output_cap());
         let model = routed_model().or_else(|| {
             view.as_ref()
