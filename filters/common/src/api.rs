@@ -272,11 +272,7 @@ impl RequestView {
 
     /// Every prompt string, in request order of the API's text paths.
     pub fn texts(&self) -> Vec<&str> {
-        let mut out = Vec::new();
-        for path in self.api.request_text_paths() {
-            strings_at(&self.body, path, &mut out);
-        }
-        out
+        strings_at_all(&self.body, self.api.request_text_paths())
     }
 
     /// The user-visible structure rules each API enforces before anything is sent.
@@ -367,6 +363,15 @@ pub fn check_model(model: Option<&Value>) -> Result<&str, OpenAiError> {
         None | Some(Value::Null) => Err(invalid("You must provide a model parameter.", "model")),
         Some(_) => Err(invalid("'model' must be a non-empty string.", "model")),
     }
+}
+
+/// The strings at each of `paths`, in order (an API's request or response text paths).
+pub fn strings_at_all<'a>(v: &'a Value, paths: &[&str]) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    for path in paths {
+        strings_at(v, path, &mut out);
+    }
+    out
 }
 
 /// Collect the strings at a dotted path (`*`: every element or member).

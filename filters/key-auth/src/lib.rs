@@ -95,6 +95,11 @@ pub enum Outcome {
 /// Authenticate a request at its headers and apply every effect through `host`.
 pub fn on_request_headers(store: &KeyStore, host: &mut impl Host) -> Outcome {
     let headers = host.request_headers();
+    let path = headers
+        .iter()
+        .find(|(n, _)| n == ":path")
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
     let result = credential::extract(&headers)
         .and_then(|cred| Ok((store.authenticate(&cred.key, host.now_unix_secs())?, cred)));
     match result {
@@ -112,11 +117,7 @@ pub fn on_request_headers(store: &KeyStore, host: &mut impl Host) -> Outcome {
                 }
             }
             // A key in the query string is never accepted, and never forwarded.
-            let path = headers
-                .iter()
-                .find(|(n, _)| n == ":path")
-                .and_then(|(_, v)| std::str::from_utf8(v).ok());
-            if let Some(clean) = path.and_then(credential::strip_credential_query) {
+            if let Some(clean) = credential::strip_credential_query(&path) {
                 host.set_request_header(":path", &clean);
             }
             if stripped_internal {
@@ -133,11 +134,6 @@ pub fn on_request_headers(store: &KeyStore, host: &mut impl Host) -> Outcome {
         Err(denial) => {
             let error = denial.error();
             // Anthropic clients (under /v1/messages) get Anthropic's error shape.
-            let path = headers
-                .iter()
-                .find(|(n, _)| n == ":path")
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
             let family = sluice_common::api::family_for_path(&path);
             host.send_reply(
                 error.status(),

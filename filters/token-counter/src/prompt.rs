@@ -58,10 +58,7 @@ fn structured(api: Api, body: &Value, t: &Tokenizer) -> u64 {
         Some(Value::String(_)) => 1,
         _ => 0,
     };
-    let mut texts = Vec::new();
-    for path in api.request_text_paths() {
-        sluice_common::api::strings_at(body, path, &mut texts);
-    }
+    let texts = sluice_common::api::strings_at_all(body, api.request_text_paths());
     let mut total = REPLY_PRIMING + TOKENS_PER_MESSAGE * items;
     total += texts.iter().map(|s| count(t, s)).sum::<u64>();
     if let Some(Value::Array(messages)) = body.get("messages") {

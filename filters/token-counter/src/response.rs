@@ -3,7 +3,7 @@
 
 use crate::config::Api;
 use serde::Deserialize;
-use sluice_common::api::{strings_at, usage_of, ReportedUsage};
+use sluice_common::api::{strings_at_all, usage_of, ReportedUsage};
 use sluice_common::json::remove_top_level_null_member;
 use sluice_common::sse::SseParser;
 use sluice_tokenizer::Tokenizer;
@@ -313,11 +313,7 @@ impl ResponseTracker {
             } else {
                 serde_json::from_slice::<serde_json::Value>(&body).map(|v| {
                     self.take_usage(usage_of(self.api, &v));
-                    let mut texts = Vec::new();
-                    for path in self.api.response_text_paths() {
-                        strings_at(&v, path, &mut texts);
-                    }
-                    for t in texts {
+                    for t in strings_at_all(&v, self.api.response_text_paths()) {
                         self.add_text(t);
                     }
                 })
