@@ -21,6 +21,16 @@ pub struct Record {
     pub status: u16,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// The backend's error, when the request failed there (also inside a 200 stream).
+    pub error: Option<String>,
+}
+
+impl Record {
+    /// Whether the request was served: a success status and no error from the backend.
+    /// Only served requests are billed (the rate limits charge nothing for the others).
+    pub fn served(&self) -> bool {
+        (200..300).contains(&self.status) && self.error.is_none()
+    }
 }
 
 /// A field of the access log: filter state is logged as a string, `-` or null when unset.
@@ -52,6 +62,7 @@ pub fn parse_line(line: &str) -> Option<Record> {
         status: u16::try_from(number(&v, "status")).unwrap_or(0),
         prompt_tokens: number(&v, "prompt_tokens"),
         completion_tokens: number(&v, "completion_tokens"),
+        error: text(&v, "error"),
     })
 }
 
@@ -132,7 +143,8 @@ pub struct Row {
     #[serde(flatten)]
     pub group: BTreeMap<String, String>,
     pub requests: u64,
-    /// Requests answered with an error status (4xx / 5xx).
+    /// Requests not served: an error status (4xx / 5xx) or an error event in a stream.
+    /// Their tokens are not in the totals.
     pub errors: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -206,7 +218,10 @@ pub fn aggregate(
                 cost: prices.map(|_| 0.0),
             });
         row.requests += 1;
-        row.errors += u64::from(r.status >= 400);
+        row.errors += u64::from(!r.served());
+        if !r.served() {
+            continue;
+        }
         row.prompt_tokens += r.prompt_tokens;
         row.completion_tokens += r.completion_tokens;
         row.total_tokens += r.prompt_tokens + r.completion_tokens;
@@ -409,6 +424,18 @@ not json"#;
         .unwrap();
         let rows = aggregate(&records(), &[], Window::All, Some(&partial));
         assert_eq!(rows[0].cost, None);
+    }
+
+    #[test]
+    fn a_stream_that_failed_at_the_backend_is_an_error_and_not_billed() {
+        let line = r#"{"timestamp":"2026-11-21T10:15:00.000Z","key_id":"key_a","tenant":"team-a","model":"m","status":200,"prompt_tokens":"40","completion_tokens":"7","error":"the request exceeds the available context size"}"#;
+        let r: Vec<Record> = parse_line(line).into_iter().collect();
+        assert!(!r[0].served());
+        let rows = aggregate(&r, &[], Window::All, None);
+        assert_eq!(
+            (rows[0].requests, rows[0].errors, rows[0].total_tokens),
+            (1, 1, 0)
+        );
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub enum ErrorKind {
     RateLimited,
     /// 503: no healthy backend, rate-limit service down under `deny`.
     Unavailable,
+    /// 500: the backend failed while serving the request (an engine's own error).
+    ServerError,
 }
 
 impl ErrorKind {
@@ -35,6 +37,7 @@ impl ErrorKind {
             Self::PayloadTooLarge => 413,
             Self::RateLimited => 429,
             Self::Unavailable => 503,
+            Self::ServerError => 500,
         }
     }
 
@@ -47,7 +50,7 @@ impl ErrorKind {
             Self::Authentication => "authentication_error",
             Self::Permission => "permission_error",
             Self::RateLimited => "rate_limit_error",
-            Self::Unavailable => "server_error",
+            Self::Unavailable | Self::ServerError => "server_error",
         }
     }
 }
@@ -62,7 +65,7 @@ impl ErrorKind {
             Self::ModelNotFound => "not_found_error",
             Self::PayloadTooLarge => "request_too_large",
             Self::RateLimited => "rate_limit_error",
-            Self::Unavailable => "api_error",
+            Self::Unavailable | Self::ServerError => "api_error",
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod config;
+pub mod engine_error;
 pub mod error;
 pub mod glob;
 pub mod host;

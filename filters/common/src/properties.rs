@@ -32,6 +32,10 @@ pub const MAX_OUTPUT_TOKENS: &str = "sluice_max_output_tokens";
 pub const API: &str = "sluice_api";
 /// The gateway's own prompt count, kept beside the backend's. Written by token-counter.
 pub const PROMPT_TOKENS_ESTIMATED: &str = "sluice_prompt_tokens_estimated";
+/// The backend's error message, when the request failed at the backend: an error status
+/// (normalised, see `engine_error`) or an error event inside a 200 stream. A request with
+/// this set is logged as failed and charged nothing. Written by token-counter.
+pub const ERROR: &str = "sluice_error";
 /// JSON: PII counts per entity type and the action taken. Written by pii-redaction.
 pub const PII: &str = "sluice_pii";
 /// JSON: which limit decided, remaining, reserved, reconciled. Written by rate-limit.
@@ -44,8 +48,9 @@ pub const ROUTE_HEADER: &str = "x-sluice-route";
 pub const INTERNAL_HEADER_PREFIX: &str = "x-sluice-";
 
 /// Every property name, for access-log and documentation checks.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     API,
+    ERROR,
     PROMPT_TOKENS_ESTIMATED,
     KEY_ID,
     TENANT,

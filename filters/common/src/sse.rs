@@ -16,6 +16,9 @@ pub struct SseEvent {
     pub data_lines: usize,
     /// The `event` field (Anthropic and Responses streams name every event).
     pub event: Option<String>,
+    /// An `error` field: not SSE (clients ignore it), but older llama.cpp servers report a
+    /// failed stream with an `error: {json}` line, which must not pass as a success.
+    pub error: Option<String>,
 }
 
 /// One event in wire form: `event: <name>` (when named), `data: <data>`, a blank line.
@@ -51,6 +54,7 @@ pub struct SseParser {
     data: Option<String>,
     data_lines: usize,
     event: Option<String>,
+    legacy_error: Option<String>,
     max_event: usize,
     error: Option<SseError>,
 }
@@ -65,6 +69,7 @@ impl SseParser {
             data: None,
             data_lines: 0,
             event: None,
+            legacy_error: None,
             max_event,
             error: None,
         }
@@ -85,6 +90,7 @@ impl SseParser {
         self.data = None;
         self.data_lines = 0;
         self.event = None;
+        self.legacy_error = None;
         std::mem::take(&mut self.pending)
     }
 
@@ -128,6 +134,7 @@ impl SseParser {
                     data: self.data.take(),
                     data_lines: std::mem::take(&mut self.data_lines),
                     event: self.event.take(),
+                    error: self.legacy_error.take(),
                 });
                 self.line_start = 0;
             } else {
@@ -164,6 +171,8 @@ impl SseParser {
         };
         if name == b"event" {
             self.event = Some(String::from_utf8_lossy(value).into_owned());
+        } else if name == b"error" {
+            self.legacy_error = Some(String::from_utf8_lossy(value).into_owned());
         } else if name == b"data" {
             let value = String::from_utf8_lossy(value);
             match &mut self.data {

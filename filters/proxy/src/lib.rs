@@ -55,6 +55,13 @@ pub fn header(map: MapType, name: &str) -> Option<String> {
     }
 }
 
+pub fn set_header(map: MapType, name: &str, value: &str) {
+    report(
+        "set_map_value",
+        hostcalls::set_map_value(map, name, Some(value)),
+    );
+}
+
 pub fn remove_header(map: MapType, name: &str) {
     report("remove_map_value", hostcalls::remove_map_value(map, name));
 }

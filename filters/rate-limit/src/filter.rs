@@ -677,8 +677,10 @@ impl HttpContext for Http {
         let completion: u64 = property(properties::COMPLETION_TOKENS)
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
-        // A request the backend did not serve costs nothing.
-        let used = if (200..300).contains(&status) {
+        // A request the backend did not serve costs nothing: an error status, or an error
+        // event inside a 200 stream (token-counter publishes it).
+        let failed = property(properties::ERROR).is_some_and(|e| !e.is_empty());
+        let used = if (200..300).contains(&status) && !failed {
             prompt + completion
         } else {
             0

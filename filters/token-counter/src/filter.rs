@@ -8,7 +8,7 @@ use sluice_common::properties;
 use sluice_common::{ErrorKind, OpenAiError};
 use sluice_proxy::{
     define_histogram, header, now_unix_millis, property, read_body, record, remove_header,
-    send_error, set_property, write_body, CounterSet,
+    send_error, set_header, set_property, write_body, CounterSet,
 };
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -110,6 +110,9 @@ enum Phase {
     AwaitingBody(crate::Api),
     /// Counted and sent upstream.
     Sent(Box<RequestPlan>),
+    /// The backend answered with an error status: its body is buffered, then replaced by
+    /// the normalised error (status and the API's error shape).
+    EngineError(Box<RequestPlan>, u16),
     /// The response is passing.
     Responding(Box<RequestPlan>, Box<ResponseTracker>),
     /// Usage published.
@@ -145,13 +148,15 @@ impl Http {
                 let usage = tracker.finish();
                 (plan, usage)
             }
-            // Never got a response (upstream reset, client gone before headers).
-            Phase::Sent(plan) => (
+            // Never got a response (upstream reset, client gone before headers), or the
+            // client left while an error answer was buffered.
+            Phase::Sent(plan) | Phase::EngineError(plan, _) => (
                 plan,
                 crate::CompletionUsage {
                     completion_tokens: 0,
                     source: crate::UsageSource::Counted,
                     backend_prompt_tokens: None,
+                    stream_error: None,
                 },
             ),
             other => {
@@ -170,6 +175,10 @@ impl Http {
             &usage.completion_tokens.to_string(),
         );
         set_text_property(properties::USAGE_SOURCE, usage.source.as_str());
+        if let Some(e) = &usage.stream_error {
+            log::info!("token-counter: the backend reported an error in the stream: {e}");
+            set_text_property(properties::ERROR, e);
+        }
         let tenant = property(properties::TENANT).unwrap_or_default();
         let model = self
             .settings
@@ -188,6 +197,58 @@ impl Http {
             usage.completion_tokens,
         );
     }
+}
+
+impl Http {
+    /// Replace a buffered engine error answer by the normalised one: status, content type
+    /// and the body in the called API's error shape. Returns the new body.
+    fn normalise_error(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+        let phase = std::mem::replace(&mut self.phase, Phase::Done);
+        let Phase::EngineError(plan, status) = phase else {
+            self.phase = phase;
+            return None;
+        };
+        let e = sluice_common::engine_error::normalise(status, body);
+        if e.status != status {
+            log::info!(
+                "token-counter: the backend answered {status} to a request it rejected; the client gets {}",
+                e.status
+            );
+        }
+        set_header(
+            MapType::HttpResponseHeaders,
+            ":status",
+            &e.status.to_string(),
+        );
+        set_header(
+            MapType::HttpResponseHeaders,
+            OpenAiError::CONTENT_TYPE.0,
+            OpenAiError::CONTENT_TYPE.1,
+        );
+        set_text_property(properties::ERROR, &e.error.message);
+        let new_body = e.body(plan.api.family()).into_bytes();
+        let tracker = ResponseTracker::new(
+            plan.api,
+            e.status,
+            Some("application/json"),
+            false,
+            false,
+            plan.tokenizer,
+            0,
+        );
+        self.phase = Phase::Responding(plan, Box::new(tracker));
+        self.finish();
+        Some(new_body)
+    }
+}
+
+/// Whether the response came from the backend (not a local reply of Envoy or a filter,
+/// which are already in the gateway's shape).
+fn from_upstream() -> bool {
+    hostcalls::get_property(vec!["response", "code_details"])
+        .ok()
+        .flatten()
+        .is_some_and(|d| d == b"via_upstream")
 }
 
 impl Context for Http {}
@@ -261,6 +322,16 @@ impl HttpContext for Http {
         let status = header(MapType::HttpResponseHeaders, ":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
+        if status >= 400 && from_upstream() {
+            // Hold the headers: the status and body are replaced once the body is read.
+            remove_header(MapType::HttpResponseHeaders, "content-length");
+            self.phase = Phase::EngineError(plan, status);
+            if end_of_stream {
+                self.normalise_error(&[]);
+                return Action::Continue;
+            }
+            return Action::Pause;
+        }
         let content_type = header(MapType::HttpResponseHeaders, "content-type");
         let max = self
             .settings
@@ -290,6 +361,16 @@ impl HttpContext for Http {
             if let Some(sent) = self.sent_at_ms.take() {
                 record(self.ttfb, now_unix_millis().saturating_sub(sent));
             }
+        }
+        if let Phase::EngineError(..) = self.phase {
+            if !end_of_stream {
+                return Action::Pause; // buffer the (small) error body
+            }
+            let body = read_body(BufferType::HttpResponseBody, size);
+            if let Some(replacement) = self.normalise_error(&body) {
+                write_body(BufferType::HttpResponseBody, size, &replacement);
+            }
+            return Action::Continue;
         }
         if let Phase::Responding(_, tracker) = &mut self.phase {
             let chunk = read_body(BufferType::HttpResponseBody, size);

@@ -4,6 +4,7 @@
 use crate::config::Api;
 use serde::Deserialize;
 use sluice_common::api::{strings_at_all, usage_of, ReportedUsage};
+use sluice_common::engine_error::stream_error_message;
 use sluice_common::json::remove_top_level_null_member;
 use sluice_common::sse::SseParser;
 use sluice_tokenizer::Tokenizer;
@@ -30,12 +31,15 @@ impl UsageSource {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletionUsage {
     pub completion_tokens: u64,
     pub source: UsageSource,
     /// The prompt tokens the backend reported, when it did: the truth for every charge.
     pub backend_prompt_tokens: Option<u64>,
+    /// The backend reported an error inside a successful (200) stream: the request failed,
+    /// is logged as failed and is not charged.
+    pub stream_error: Option<String>,
 }
 
 enum Mode {
@@ -53,6 +57,11 @@ struct View<'a> {
     choices: Option<Vec<ChoiceView<'a>>>,
     #[serde(default)]
     usage: Option<UsageView>,
+    /// An error chunk (`{"error": {...}}`, or vLLM's flat `{"object": "error", ...}`).
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+    #[serde(borrow, default)]
+    object: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +143,8 @@ pub struct ResponseTracker {
     overflow_tokens: u64,
     backend_completion: Option<u64>,
     backend_prompt: Option<u64>,
+    /// The first error the stream reported (see [`CompletionUsage::stream_error`]).
+    stream_error: Option<String>,
 }
 
 /// Whether the fast borrowed views of OpenAI chat / completions chunks apply; the other
@@ -176,6 +187,7 @@ impl ResponseTracker {
             overflow_tokens: 0,
             backend_completion: None,
             backend_prompt: None,
+            stream_error: None,
         }
     }
 
@@ -204,6 +216,10 @@ impl ResponseTracker {
                     let mut keep = true;
                     if let Some(data) = event.data.as_deref() {
                         keep = self.on_event(data) || !strip;
+                    }
+                    if let Some(legacy) = event.error.as_deref() {
+                        // Older llama.cpp servers: an `error:` line, which SSE clients ignore.
+                        self.on_stream_error(legacy);
                     }
                     if let Some(out) = out.as_mut() {
                         if keep {
@@ -238,6 +254,15 @@ impl ResponseTracker {
                 return true;
             };
             let e = sluice_common::api::stream_event(self.api, &v);
+            if e.error {
+                let message = stream_error_message(&v).or_else(|| {
+                    // Responses: `response.failed` carries the error in the response.
+                    v.pointer("/response/error/message")
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_string)
+                });
+                self.record_stream_error(message);
+            }
             self.take_usage(e.usage);
             for t in e.texts {
                 self.add_text(t);
@@ -246,6 +271,9 @@ impl ResponseTracker {
         }
         match serde_json::from_str::<View>(data) {
             Ok(view) => {
+                if view.error.is_some() || view.object.as_deref() == Some("error") {
+                    self.on_stream_error(data);
+                }
                 self.read_view(&view, true);
                 let usage_only =
                     view.choices.as_ref().is_some_and(Vec::is_empty) && view.usage.is_some();
@@ -256,6 +284,29 @@ impl ResponseTracker {
                 self.add_text(data);
                 true
             }
+        }
+    }
+
+    /// An error event's data (JSON, or the text of a legacy `error:` line).
+    fn on_stream_error(&mut self, data: &str) {
+        // The legacy line carries the error object itself: `{"code", "message", "type"}`.
+        let message = serde_json::from_str::<serde_json::Value>(data)
+            .ok()
+            .and_then(|v| {
+                stream_error_message(&v).or_else(|| {
+                    v.get("message")
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_string)
+                })
+            });
+        self.record_stream_error(message.or_else(|| Some(data.trim().to_string())));
+    }
+
+    fn record_stream_error(&mut self, message: Option<String>) {
+        if self.stream_error.is_none() {
+            self.stream_error = Some(message.unwrap_or_else(|| {
+                "The model backend reported an error in the stream.".to_string()
+            }));
         }
     }
 
@@ -338,6 +389,7 @@ impl ResponseTracker {
                 completion_tokens: n,
                 source: UsageSource::Backend,
                 backend_prompt_tokens: self.backend_prompt,
+                stream_error: self.stream_error.clone(),
             };
         }
         let counted = if self.success {
@@ -349,6 +401,7 @@ impl ResponseTracker {
             completion_tokens: counted,
             source: UsageSource::Counted,
             backend_prompt_tokens: self.backend_prompt,
+            stream_error: self.stream_error.clone(),
         }
     }
 }
@@ -388,6 +441,55 @@ mod tests {
             tok(),
             1 << 20,
         )
+    }
+
+    #[test]
+    fn an_error_event_inside_a_200_stream_is_a_failure() {
+        // vLLM / llama.cpp: `data: {"error": ...}` after some content.
+        let mut t = sse(true);
+        t.on_chunk(chunk("Hello", true).as_bytes(), false);
+        t.on_chunk(
+            br#"data: {"error":{"code":500,"message":"out of memory","type":"server_error"}}
+
+"#,
+            true,
+        );
+        assert_eq!(t.finish().stream_error.as_deref(), Some("out of memory"));
+        // vLLM's flat error object.
+        let mut t = sse(false);
+        t.on_chunk(
+            b"data: {\"object\":\"error\",\"message\":\"bad\",\"code\":400}\n\n",
+            true,
+        );
+        assert_eq!(t.finish().stream_error.as_deref(), Some("bad"));
+        // Older llama.cpp: an `error:` line that SSE clients ignore.
+        let mut t = sse(false);
+        t.on_chunk(
+            b"error: {\"code\":400,\"message\":\"the request exceeds the available context size\",\"type\":\"invalid_request_error\"}\n\n",
+            true,
+        );
+        assert_eq!(
+            t.finish().stream_error.as_deref(),
+            Some("the request exceeds the available context size")
+        );
+        // Anthropic's error event; an ordinary stream has none.
+        let mut t = ResponseTracker::new(
+            Api::Messages,
+            200,
+            Some("text/event-stream"),
+            true,
+            false,
+            tok(),
+            1 << 20,
+        );
+        t.on_chunk(
+            b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+            true,
+        );
+        assert_eq!(t.finish().stream_error.as_deref(), Some("Overloaded"));
+        let mut t = sse(false);
+        t.on_chunk(chunk("fine", true).as_bytes(), true);
+        assert_eq!(t.finish().stream_error, None);
     }
 
     /// Responses and Anthropic Messages streams: usage from their own events (both sides),

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Build the real inference engine the end-to-end suite runs against: llama.cpp's C++
+# `llama-server`, from the llama.cpp tree vendored in PyPI's llama-cpp-python source
+# distribution, and a tiny random-weight model around a real vocabulary (tests/engine/
+# make_model.py). Everything is cached outside the clone, so a warm run does not rebuild:
+#   ${SLUICE_CACHE:-$HOME/.cache/sluice}/llama.cpp-<version>/
+# Prints the cache directory on its last line. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+VERSION=0.3.36
+SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}/llama.cpp-$VERSION
+SDIST=llama_cpp_python-$VERSION.tar.gz
+say() { printf 'engine: %s\n' "$*" >&2; }
+
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+flock 9 # two test runs on one machine build once
+
+if [ ! -f "$CACHE/src/.unpacked" ]; then
+  if [ ! -f "$CACHE/$SDIST" ]; then
+    # The PEP 503 index gives the file's URL; `pip download --no-binary` would instead build
+    # the package's build dependencies (cmake among them) from source just to read metadata.
+    url=$(curl -fsSL https://pypi.org/simple/llama-cpp-python/ | grep -o "https://[^\"#]*/$SDIST" | head -1)
+    [ -n "$url" ] || { say "no $SDIST on the PyPI index"; exit 1; }
+    say "downloading $SDIST"
+    curl -fsSL -o "$CACHE/$SDIST.part" "$url"
+    echo "$SHA256  $CACHE/$SDIST.part" | sha256sum -c --quiet -
+    mv "$CACHE/$SDIST.part" "$CACHE/$SDIST"
+  fi
+  rm -rf "$CACHE/src"
+  mkdir -p "$CACHE/src"
+  tar xzf "$CACHE/$SDIST" -C "$CACHE/src" --strip-components=3 "llama_cpp_python-$VERSION/vendor/llama.cpp"
+  touch "$CACHE/src/.unpacked"
+fi
+
+if ! command -v cmake >/dev/null 2>&1; then
+  say "installing cmake (Debian)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq cmake >/dev/null
+fi
+
+if [ ! -x "$CACHE/bin/llama-server" ]; then
+  say "building llama-server (cmake, $(nproc) jobs; cached after the first run)"
+  cmake -S "$CACHE/src" -B "$CACHE/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
+    -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+    -DLLAMA_CURL=OFF >"$CACHE/cmake.log" 2>&1 || { tail -30 "$CACHE/cmake.log"; exit 1; }
+  cmake --build "$CACHE/build" --target llama-server -j "$(nproc)" >"$CACHE/build.log" 2>&1 \
+    || { tail -30 "$CACHE/build.log"; exit 1; }
+  mkdir -p "$CACHE/bin"
+  cp "$CACHE/build/bin/llama-server" "$CACHE/bin/llama-server.part"
+  mv "$CACHE/bin/llama-server.part" "$CACHE/bin/llama-server"
+fi
+
+# Tiny models: gguf-py from the same tree writes them (numpy from the venv).
+if ! "$ROOT/.venv/bin/python" -c "import numpy" 2>/dev/null; then
+  say "installing numpy into .venv (gguf-py writes the test models)"
+  "$ROOT/.venv/bin/pip" install -q "numpy==2.3.5"
+fi
+gen=$(sha256sum "$ROOT/tests/engine/make_model.py" | cut -c1-12)
+for variant in plain cjk; do
+  model="$CACHE/models/tiny-llama-$variant-$gen.gguf"
+  if [ ! -f "$model" ]; then
+    say "writing $model"
+    mkdir -p "$CACHE/models"
+    PYTHONPATH="$CACHE/src/gguf-py" "$ROOT/.venv/bin/python" "$ROOT/tests/engine/make_model.py" \
+      --vocab "$CACHE/src/models/ggml-vocab-llama-bpe.gguf" --variant "$variant" --out "$model.part"
+    mv "$model.part" "$model"
+  fi
+  ln -sf "$model" "$CACHE/models/tiny-llama-$variant.gguf"
+done
+echo "$CACHE"
