@@ -238,3 +238,39 @@ async fn a_max_parallel_slot_is_freed_when_the_client_aborts() {
         assert_eq!(r.status(), 200);
     }
 }
+
+/// A request without an output cap reserves only what the budget has room for (it passes
+/// under a small budget and is settled with its usage); one larger than the whole window is
+/// refused with a 429 that says it can never pass and what to change, and no retry-after.
+#[tokio::test]
+async fn reservations_that_can_succeed_and_refusals_that_say_what_to_change() {
+    sluice_e2e::away_from_window_end(60, 10).await;
+    const KEY: &str = "sk-sluice-e2e-small-budget-0123456789abcdefg";
+    let mut k = key_record("key_small", KEY, "t-small");
+    k.limits.tokens_per_minute = Some(300);
+    let s = stack(vec![k], json!({"limits": []})).await;
+    // No max_tokens: the default (512) would never fit under 300 tokens/minute.
+    let r = s.post_json(CHAT, KEY, "uncapped", &chat_body(false)).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    r.text().await.unwrap();
+    let line = s.log_line("uncapped").await;
+    let record: Value = serde_json::from_str(line["ratelimit"].as_str().unwrap()).unwrap();
+    let reserved = record["tokens"]["reserved"].as_u64().unwrap();
+    assert!(reserved <= 300, "reserved {reserved}");
+    // A cap larger than the whole budget: never fits.
+    let mut body = chat_body(false);
+    body["max_tokens"] = json!(1000);
+    let r = s.post_json(CHAT, KEY, "never-fits", &body).await;
+    assert_eq!(r.status(), 429);
+    assert!(
+        r.headers().get("retry-after").is_none(),
+        "a retry cannot help"
+    );
+    let v: Value = r.json().await.unwrap();
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert_eq!(v["error"]["code"], "request_too_large");
+    assert!(
+        msg.contains("can never pass") && msg.contains("lower max_tokens to at most"),
+        "{msg}"
+    );
+}

@@ -3,8 +3,13 @@
 //!
 //! Each push emits the text before the *hold point* and keeps the rest. The hold point is
 //! the start of the shortest tail that could still be, or still change, a finding:
-//! - the trailing run of non-space characters (every built-in entity but the spaced forms
-//!   and PEM blocks is one such run: an email, a key, a JWT whose end has not come yet);
+//! - the trailing run of ASCII non-space characters (every built-in entity but the spaced
+//!   forms and PEM blocks is one such run: an email, a key, a JWT whose end has not come
+//!   yet). Every built-in entity is ASCII, so any other character (CJK, Thai, Cyrillic...)
+//!   ends the run: text in scripts without spaces streams with no word-sized hold-back. A
+//!   long run (base64, minified code) is held only by its last `ASCII_RUN_HOLD` bytes, the
+//!   longest tail in which an entity other than a JWT can still be undecided, or from the
+//!   start of a JWT still open;
 //! - before it, digit / capital groups joined by separators, up to `GROUP_HOLD` bytes
 //!   (`+44 20 7946 0958`, `4111 1111 1111 1111`, `DE89 3704 0044 0532 0130 00`);
 //! - an opened `-----BEGIN ...` block with no end marker yet;
@@ -19,9 +24,13 @@ use crate::redact::{find_after, Direction, Finding, Redactor};
 
 /// Already emitted text kept as left context for boundary checks.
 const CONTEXT_KEEP: usize = 64;
-/// A run of non-space characters longer than this is emitted (the longest built-in entity
-/// that is one run, a JWT, is far shorter in practice).
+/// An open JWT longer than this is emitted (the detector's own bounds are larger, but a
+/// token that long is not a credential in practice).
 const MAX_RUN: usize = 16 * 1024;
+/// Bytes of a long ASCII run held back: every entity but a JWT is decided within this many
+/// bytes of its first byte (an email: 64 bytes of local part, 253 of domain and the byte
+/// after it; keys and tokens: their prefix, at most 256 body bytes and the byte after).
+const ASCII_RUN_HOLD: usize = 384;
 /// Most bytes of separated groups held before a trailing run.
 const GROUP_HOLD: usize = 48;
 
@@ -55,8 +64,11 @@ pub fn hold_point(s: &Settings, text: &str) -> usize {
     let at = |i: usize| b.get(i).copied().unwrap_or(0);
     let n = b.len();
     let mut h = n;
-    while h > 0 && !at(h - 1).is_ascii_whitespace() && n - h < MAX_RUN {
+    while h > 0 && at(h - 1).is_ascii_graphic() && n - h < MAX_RUN {
         h -= 1;
+    }
+    if n - h > ASCII_RUN_HOLD {
+        h = open_jwt_start(b, h).unwrap_or(n - ASCII_RUN_HOLD);
     }
     let run_start = h;
     // Groups of digits / capitals (and `+`, `(`, `)`) joined by short separator runs, up to
@@ -94,6 +106,28 @@ pub fn hold_point(s: &Settings, text: &str) -> usize {
         h = h.min(floor_char(text, n.saturating_sub(s.custom_hold)));
     }
     floor_char(text, h)
+}
+
+/// Where a JWT that has not ended yet starts in the ASCII run `b[run..]`: the first `eyJ`
+/// at a word start from which every byte to the end is base64url or a dot (at most two).
+fn open_jwt_start(b: &[u8], run: usize) -> Option<usize> {
+    let jwt_byte = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.');
+    let mut k = b.len();
+    let mut dots = 0;
+    while k > run && jwt_byte(b.get(k - 1).copied().unwrap_or(0)) {
+        if b.get(k - 1) == Some(&b'.') {
+            dots += 1;
+            if dots > 2 {
+                break;
+            }
+        }
+        k -= 1;
+    }
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    (k..b.len().saturating_sub(2)).find(|&i| {
+        b.get(i..i + 3) == Some(b"eyJ".as_slice())
+            && (i == 0 || !word(b.get(i - 1).copied().unwrap_or(0)))
+    })
 }
 
 impl StreamText {
@@ -248,6 +282,31 @@ mod tests {
         assert_eq!(all, "Hello there, how are you?");
     }
 
+    /// Scripts without spaces stream as they come: no character of them can be part of a
+    /// built-in entity, so nothing but a partial ASCII run is held.
+    #[test]
+    fn text_without_spaces_is_not_held_as_one_word() {
+        let s = settings("{}");
+        let (seen, _) = stream(&s, &["你好，", "世界。这是", "一个测试"]);
+        assert_eq!(seen, ["你好，", "世界。这是", "一个测试", ""]);
+        let (seen, _) = stream(&s, &["สวัสดี", "ครับ"]);
+        assert_eq!(seen, ["สวัสดี", "ครับ", ""]);
+        // An email inside CJK text is still held until it is whole, and caught.
+        let (seen, all) = stream(&s, &["邮件jane.doe@exa", "mple.org谢谢"]);
+        assert_eq!(seen[0], "邮件");
+        assert_eq!(all, "邮件[EMAIL_1]谢谢");
+        // A long base64 run is held by a fixed tail, not whole.
+        let b64: String = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODkrLw".repeat(40);
+        let (seen, all) = stream(&s, &[&b64[..1000], &b64[1000..]]);
+        // (Capitals and digits just before the tail may join it: a spaced number's region.)
+        let held = 1000 - seen[0].len();
+        assert!(
+            (ASCII_RUN_HOLD..=ASCII_RUN_HOLD + GROUP_HOLD).contains(&held),
+            "{held}"
+        );
+        assert_eq!(all, b64);
+    }
+
     #[test]
     fn custom_entities_hold_their_window() {
         let s = settings(r#"{"custom": [{"name": "emp", "pattern": "EMP-[0-9]{6}"}]}"#);
@@ -259,13 +318,32 @@ mod tests {
         /// Wherever the text is cut, the client sees exactly what redacting the whole text
         /// at once gives.
         #[test]
-        fn any_split_equals_whole(cuts in proptest::collection::vec(0usize..200, 0..8)) {
+        fn any_split_equals_whole(
+            cuts in proptest::collection::vec(0usize..1600, 0..8),
+            which in 0usize..4,
+        ) {
             let s = settings("{}");
-            let text = "Reach me at jane.doe@example.org or +44 20 7946 0958; card 4111-1111-1111-1111, \
-                        ssn 123-45-6789, ip 10.1.2.3, key AKIAIOSFODNN7EXAMPLE, iban DE89 3704 0044 0532 0130 00 — fin.";
+            // Prose with spaces; CJK and Thai without any; a long base64 run with a key, an
+            // e-mail and a JWT inside (the fixed-tail hold-back).
+            let long_run = format!(
+                "{}/AKIAIOSFODNN7EXAMPLE/{}x.y@example.org+{}/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U/{}",
+                "QUJDREVGR0hJSktMTU5PUFFS".repeat(12),
+                "U1RVVldYWVo0NTY3ODkrLw".repeat(20),
+                "MDEyMzQ1Njc4OQ".repeat(30),
+                "ZmluLg".repeat(10),
+            );
+            let texts = [
+                "Reach me at jane.doe@example.org or +44 20 7946 0958; card 4111-1111-1111-1111, \
+                 ssn 123-45-6789, ip 10.1.2.3, key AKIAIOSFODNN7EXAMPLE, iban DE89 3704 0044 0532 0130 00 — fin.",
+                "请联系张伟，邮箱jane.doe@example.org，电话+44 20 7946 0958，卡号4111-1111-1111-1111，密钥AKIAIOSFODNN7EXAMPLE。谢谢！",
+                "ติดต่อที่jane.doe@example.orgหรือ+44 20 7946 0958ครับ",
+                long_run.as_str(),
+            ];
+            let text = texts[which];
             let mut whole = Redactor::default();
             let expected = crate::redact::redact_text(&s, &mut whole, text, Direction::Response, false, &mut Vec::new())
                 .unwrap().unwrap();
+            prop_assert!(expected.matches("_1]").count() >= 2, "{}", expected);
             let mut points: Vec<usize> = cuts.into_iter().map(|c| floor_char(text, c.min(text.len()))).collect();
             points.sort_unstable();
             points.dedup();

@@ -314,6 +314,66 @@ pub fn output_reservation(config: &RateLimitConfig, max_tokens: Option<u64>) -> 
         .min(config.max_output_reservation)
 }
 
+/// How many tokens a request reserves, or why it can never be admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// Reserve this many tokens (prompt + output) on every token check.
+    Tokens(u64),
+    /// Larger than a token limit's whole window: no retry can help, the request must change.
+    NeverFits {
+        check: Check,
+        prompt: u64,
+        /// The output the request asked for (its cap), or 1 when it set none.
+        output: u64,
+    },
+}
+
+/// Size the token reservation of a request with `prompt` tokens and output cap `cap`.
+///
+/// With a cap, the reservation is prompt + cap (bounded by `max_output_reservation`). Without
+/// one, the default output (`default_max_tokens`) is reserved only as far as the tightest
+/// local token budget has room for it: a request that sets no `max_tokens` under a small
+/// budget still passes, and is settled with its real usage at the end. A request whose
+/// prompt (plus its cap) exceeds a limit's whole window can never pass: `NeverFits`.
+pub fn size_reservation<S: SharedStore>(
+    store: &S,
+    config: &RateLimitConfig,
+    checks: &[Check],
+    now: u64,
+    prompt: u64,
+    cap: Option<u64>,
+) -> Reservation {
+    let output = output_reservation(config, cap);
+    let least_output = cap.map_or(1, |c| c.min(config.max_output_reservation).max(1));
+    let tokens = checks.iter().filter(|c| c.kind.is_tokens());
+    for c in tokens.clone() {
+        if prompt.saturating_add(least_output) > c.quota.limit {
+            return Reservation::NeverFits {
+                check: c.clone(),
+                prompt,
+                output: cap.unwrap_or(1),
+            };
+        }
+    }
+    if cap.is_some() {
+        return Reservation::Tokens(prompt + output);
+    }
+    // The room left for output in the tightest budget (a global counter's remaining is the
+    // service's to know: its whole limit bounds it here).
+    let room = tokens
+        .map(|c| {
+            let left = if c.tier == Tier::Local {
+                store::remaining(store, &c.store_key, c.quota, now)
+            } else {
+                c.quota.limit
+            };
+            left.saturating_sub(prompt)
+        })
+        .min()
+        .unwrap_or(output);
+    Reservation::Tokens(prompt + output.min(room).max(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,6 +511,62 @@ mod tests {
         assert_eq!(output_reservation(&c, Some(100)), 100);
         assert_eq!(output_reservation(&c, None), 512);
         assert_eq!(output_reservation(&c, Some(10_000_000)), 32_768);
+    }
+
+    #[test]
+    fn a_request_without_a_cap_reserves_what_the_budget_has_room_for() {
+        let c = config(Stage::Tokens, serde_json::json!([]));
+        let store = MemoryStore::default();
+        let p = policy(None, Some(300), None);
+        let checks_for = |p: &Policy| {
+            checks(
+                &c,
+                &Subject {
+                    policy: p,
+                    model: None,
+                },
+            )
+        };
+        let checks = checks_for(&p);
+        let now = 1_000_000;
+        // 300 tokens/minute, a 40-token prompt, no max_tokens: 260 of the default 512.
+        assert_eq!(
+            size_reservation(&store, &c, &checks, now, 40, None),
+            Reservation::Tokens(300)
+        );
+        // With 100 used, the room is 160.
+        admit(&store, &checks, now, 100).unwrap();
+        assert_eq!(
+            size_reservation(&store, &c, &checks, now, 40, None),
+            Reservation::Tokens(200)
+        );
+        // A cap is the client's word: reserved whole (and refused later if it does not fit now).
+        assert_eq!(
+            size_reservation(&store, &c, &checks, now, 40, Some(250)),
+            Reservation::Tokens(290)
+        );
+        // Larger than the whole window: never fits, whatever the wait.
+        match size_reservation(&store, &c, &checks, now, 40, Some(400)) {
+            Reservation::NeverFits {
+                prompt,
+                output,
+                check,
+            } => {
+                assert_eq!((prompt, output, check.quota.limit), (40, 400, 300));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            size_reservation(&store, &c, &checks, now, 300, None),
+            Reservation::NeverFits { .. }
+        ));
+        // No token limit at all: the default.
+        let p = policy(Some(10), None, None);
+        let checks = checks_for(&p);
+        assert_eq!(
+            size_reservation(&store, &c, &checks, now, 40, None),
+            Reservation::Tokens(552)
+        );
     }
 
     #[test]

@@ -242,6 +242,52 @@ impl Http {
         }
     }
 
+    /// A request larger than a token limit's whole window: waiting will not help, so no
+    /// retry-after; the message says what to change.
+    fn refuse_never_fits(
+        &mut self,
+        check: &Check,
+        prompt: u64,
+        output: u64,
+        capped: bool,
+    ) -> Action {
+        let what = match check.kind {
+            Kind::DailyTokens => "tokens per day",
+            _ => "tokens per minute",
+        };
+        let scope = if check.rule == "key" {
+            "this API key".to_string()
+        } else {
+            format!("limit '{}'", check.rule)
+        };
+        let limit = check.quota.limit;
+        let fix = if prompt >= limit {
+            format!("shorten the prompt to under {limit} tokens")
+        } else if capped {
+            format!(
+                "lower max_tokens to at most {} (or shorten the prompt)",
+                limit - prompt
+            )
+        } else {
+            "shorten the prompt".to_string()
+        };
+        let message = format!(
+            "Request too large for {scope}: it needs {} tokens ({prompt} prompt + {output} output) and the limit is {limit} {what}, so it can never pass. To run it, {fix}.",
+            prompt + output
+        );
+        let error =
+            OpenAiError::new(ErrorKind::RateLimited, message).with_code("request_too_large");
+        send_error(&error, &[]);
+        self.count("tokens.never_fits");
+        self.publish(serde_json::json!({
+            "decided_by": format!("{}:{}", check.rule, check.kind.name()),
+            "allowed": false,
+            "needed": prompt + output,
+            "limit": limit,
+        }));
+        Action::Pause
+    }
+
     fn refuse(&mut self, d: &Denial) -> Action {
         let what = match d.check.kind {
             Kind::RequestsPerMinute => "requests per minute",
@@ -310,7 +356,15 @@ impl Http {
         set_text_property(properties::RATELIMIT, &all.to_string());
     }
 
-    fn admit(&mut self, policy: &Policy, model: Option<&str>, tokens: u64) -> Action {
+    /// Admit a request: `prompt` tokens and its output cap (`None`: it set none). Request
+    /// counts and slots take 1; token budgets take the sized reservation.
+    fn admit(
+        &mut self,
+        policy: &Policy,
+        model: Option<&str>,
+        prompt: u64,
+        cap: Option<u64>,
+    ) -> Action {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
@@ -318,6 +372,22 @@ impl Http {
         if checks.is_empty() {
             return Action::Continue;
         }
+        let sizing = decide::size_reservation(
+            &EnvoyStore,
+            &shared.config,
+            &checks,
+            now_unix_secs(),
+            prompt,
+            cap,
+        );
+        let tokens = match sizing {
+            decide::Reservation::Tokens(t) => t,
+            decide::Reservation::NeverFits {
+                check,
+                prompt,
+                output,
+            } => return self.refuse_never_fits(&check, prompt, output, cap.is_some()),
+        };
         let (local, global): (Vec<Check>, Vec<Check>) =
             checks.into_iter().partition(|c| c.tier == Tier::Local);
         // Local first: cheap, and a local refusal spares the service a call.
@@ -543,7 +613,7 @@ impl HttpContext for Http {
             return Action::Continue;
         };
         match stage {
-            Stage::Admission => self.admit(&policy, None, 0),
+            Stage::Admission => self.admit(&policy, None, 0, Some(0)),
             Stage::Tokens => {
                 let applies = self
                     .shared
@@ -568,11 +638,7 @@ impl HttpContext for Http {
                     // token-counter, earlier in the chain, already read the body and
                     // published its output cap: decide now, without holding the request.
                     let cap = property(properties::MAX_OUTPUT_TOKENS).and_then(|p| p.parse().ok());
-                    let Some(shared) = self.shared.clone() else {
-                        return Action::Continue;
-                    };
-                    let tokens = prompt_tokens + decide::output_reservation(&shared.config, cap);
-                    return self.admit(&policy, routed.as_deref(), tokens);
+                    return self.admit(&policy, routed.as_deref(), prompt_tokens, cap);
                 }
                 self.phase = Phase::AwaitingBody {
                     policy,
@@ -616,11 +682,7 @@ impl HttpContext for Http {
             view.as_ref()
                 .and_then(|v| v.model().ok().map(str::to_string))
         });
-        let Some(shared) = self.shared.clone() else {
-            return Action::Continue;
-        };
-        let tokens = prompt_tokens + decide::output_reservation(&shared.config, max_tokens);
-        self.admit(&policy, model.as_deref(), tokens)
+        self.admit(&policy, model.as_deref(), prompt_tokens, max_tokens)
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
