@@ -14,6 +14,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod engine;
 pub mod process;
 
 use process::Proc;
@@ -227,6 +228,9 @@ pub struct StackOptions {
     pub backends: usize,
     /// Extra fields of a pool in the template's `pools` (`lb`, `failover`), by pool name.
     pub pool_options: Vec<(&'static str, Value)>,
+    /// Pools served by real engines already listening on these ports (no mock is started
+    /// for them); see [`engine::Engine`].
+    pub engines: Vec<(&'static str, Vec<u16>)>,
 }
 
 impl Default for StackOptions {
@@ -239,6 +243,7 @@ impl Default for StackOptions {
             redis: None,
             backends: 1,
             pool_options: Vec::new(),
+            engines: Vec::new(),
         }
     }
 }
@@ -262,7 +267,20 @@ impl Stack {
             .unwrap();
         let mut procs = Vec::new();
         let mut pools = Vec::new();
+        for (pool, ports) in &options.engines {
+            for (i, port) in ports.iter().enumerate() {
+                pools.push(Mock {
+                    name: format!("{pool}-{i}"),
+                    pool: pool.to_string(),
+                    port: *port,
+                    url: format!("http://127.0.0.1:{port}"),
+                });
+            }
+        }
         for pool in &options.pools {
+            if options.engines.iter().any(|(p, _)| p == pool) {
+                continue;
+            }
             for i in 0..options.backends.max(1) {
                 let name = if options.backends > 1 {
                     format!("{pool}-{i}")
@@ -523,6 +541,42 @@ impl Stack {
             .text()
             .await
             .unwrap()
+    }
+
+    /// Each backend's health flags in Envoy (`healthy`, `/failed_active_hc`, ...), by port.
+    pub async fn backend_flags(&self) -> std::collections::HashMap<u16, String> {
+        let text = reqwest::get(format!("{}/clusters", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let mut flags = std::collections::HashMap::new();
+        for m in &self.pools {
+            let prefix = format!("{}::127.0.0.1:{}::health_flags::", m.pool, m.port);
+            if let Some(l) = text.lines().find(|l| l.starts_with(&prefix)) {
+                flags.insert(m.port, l[prefix.len()..].to_string());
+            }
+        }
+        flags
+    }
+
+    /// Wait until Envoy's first health checks have passed for every backend (a host is out
+    /// of rotation until then, so a test of balancing or retries must start after).
+    pub async fn wait_all_healthy(&self) {
+        eventually(
+            "every backend healthy in Envoy",
+            Duration::from_secs(15),
+            || async {
+                let flags = self.backend_flags().await;
+                (flags.len() == self.pools.len() && flags.values().all(|f| f == "healthy"))
+                    .then_some(())
+            },
+        )
+        .await;
+        // The admin page shows the main thread's view; measured here, the workers' load
+        // balancers start sending to a newly healthy host up to ~2 s later.
+        tokio::time::sleep(Duration::from_secs(3)).await;
     }
 
     /// The JSON access-log lines written so far.

@@ -258,23 +258,6 @@ async fn canary_weights_hold_over_1000_requests() {
     );
 }
 
-async fn backend_flags(s: &Stack) -> HashMap<u16, String> {
-    let text = reqwest::get(format!("{}/clusters", s.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let mut flags = HashMap::new();
-    for m in &s.pools {
-        let prefix = format!("{}::127.0.0.1:{}::health_flags::", m.pool, m.port);
-        if let Some(l) = text.lines().find(|l| l.starts_with(&prefix)) {
-            flags.insert(m.port, l[prefix.len()..].to_string());
-        }
-    }
-    flags
-}
-
 #[tokio::test]
 async fn an_unhealthy_backend_stops_getting_traffic() {
     let (s, _serial) = stack().await;
@@ -287,7 +270,7 @@ async fn an_unhealthy_backend_stops_getting_traffic() {
         "pool-small-0 marked unhealthy",
         Duration::from_millis(2000),
         || async {
-            backend_flags(&s)
+            s.backend_flags()
                 .await
                 .get(&sick.port)
                 .filter(|f| f.contains("failed_active_hc"))

@@ -272,6 +272,10 @@ async fn complete(app: Arc<App>, api: Api, body: Bytes) -> Response {
         tokio::time::sleep(Duration::from_millis(config.delay_ms)).await;
     }
     if let Some(status) = app.take_failure() {
+        if let Some(body) = &config.fail_body {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return json_response(code, body);
+        }
         return openai_error(status, "injected failure");
     }
     let call = match Call::parse(api, &body) {
@@ -301,7 +305,15 @@ async fn complete(app: Arc<App>, api: Api, body: Bytes) -> Response {
         }
         return resp;
     }
-    let events = reply::stream_events(&call, &plan, &id, created, config.usage);
+    let mut events = reply::stream_events(&call, &plan, &id, created, config.usage);
+    if let Some(k) = config.stream_error_after {
+        // Content chunks are numbered from 1 (event 0 opens the message).
+        let keep = usize::try_from(k).unwrap_or(usize::MAX).saturating_add(1);
+        events.truncate(keep.min(events.len()));
+        let error = json!({"error": {"object": "error", "message": "injected stream error",
+                                     "type": "InternalServerError", "param": null, "code": 500}});
+        events.push(format!("data: {error}\n\n"));
+    }
     // (delay before, bytes, index of the event it belongs to)
     let mut writes: Vec<(u64, Bytes, usize)> = Vec::with_capacity(events.len() * 2);
     for (i, event) in events.into_iter().enumerate() {

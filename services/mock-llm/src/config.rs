@@ -26,6 +26,13 @@ pub struct MockConfig {
     pub fail_status: Option<u16>,
     /// How many calls fail before the pool recovers; absent: all of them.
     pub fail_count: Option<u64>,
+    /// The body of an injected failure, as an engine sends it (e.g. llama.cpp's
+    /// `{"error":{"code":500,...}}` or TGI's `{"error":"...","error_type":"validation"}`);
+    /// absent: an OpenAI error body.
+    pub fail_body: Option<serde_json::Value>,
+    /// After this many content chunks, a stream reports an error event (vLLM's
+    /// `data: {"error": {...}}`) and ends, inside its 200 response.
+    pub stream_error_after: Option<u64>,
     /// Cut a stream's connection after this many content chunks.
     pub disconnect_after: Option<u64>,
     /// Send every stream event in two writes, 20 ms apart, cut mid-JSON: the gateway
@@ -50,6 +57,8 @@ impl Default for MockConfig {
             healthy: true,
             fail_status: None,
             fail_count: None,
+            fail_body: None,
+            stream_error_after: None,
             disconnect_after: None,
             split_events: false,
             reply_text: None,

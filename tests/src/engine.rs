@@ -1,0 +1,142 @@
+//! A real inference engine for the end-to-end tests: llama.cpp's `llama-server`, built by
+//! `scripts/engine.sh` (which prints the directory `SLUICE_ENGINE_DIR` names), serving a
+//! tiny random-weight model around Llama 3's real vocabulary.
+
+use crate::process::Proc;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Which tiny model: `plain` (any token), `cjk` (favours CJK ideographs: text without spaces).
+#[derive(Debug, Clone, Copy)]
+pub enum Variant {
+    Plain,
+    Cjk,
+}
+
+/// `llama-server` processes, stopped when dropped.
+pub struct Engine {
+    procs: Vec<Proc>,
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+/// The engine's build directory, or `None` (the test is skipped) when it was not built. With
+/// `SLUICE_REQUIRE_ENGINE=1` (set by `scripts/test.sh`) a missing engine fails the test.
+pub fn engine_dir() -> Option<PathBuf> {
+    match std::env::var_os("SLUICE_ENGINE_DIR") {
+        Some(d) => Some(PathBuf::from(d)),
+        None => {
+            assert!(
+                std::env::var("SLUICE_REQUIRE_ENGINE").as_deref() != Ok("1"),
+                "SLUICE_ENGINE_DIR is not set: run scripts/engine.sh"
+            );
+            eprintln!(
+                "skipped: SLUICE_ENGINE_DIR is not set (scripts/engine.sh builds the engine)"
+            );
+            None
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+impl Engine {
+    /// `servers` llama-servers with `slots` parallel slots each and `ctx` tokens of context
+    /// per slot, serving the model under the name `alias`.
+    pub async fn start(
+        variant: Variant,
+        servers: usize,
+        slots: usize,
+        ctx: usize,
+        alias: &str,
+    ) -> Option<Self> {
+        let dir = engine_dir()?;
+        let model = dir.join(match variant {
+            Variant::Plain => "models/tiny-llama-plain.gguf",
+            Variant::Cjk => "models/tiny-llama-cjk.gguf",
+        });
+        let bin = dir.join("bin/llama-server");
+        let tmp = tempfile::Builder::new()
+            .prefix("sluice-engine-")
+            .tempdir()
+            .ok()?;
+        let mut procs = Vec::new();
+        let mut ports = Vec::new();
+        for i in 0..servers {
+            let port = free_port();
+            let args = [
+                "-m".to_string(),
+                model.display().to_string(),
+                "--alias".into(),
+                alias.into(),
+                "--host".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port.to_string(),
+                "--parallel".into(),
+                slots.to_string(),
+                "-c".into(),
+                (ctx * slots).to_string(),
+                "-t".into(),
+                "1".into(),
+                "--no-webui".into(),
+            ];
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            procs.push(Proc::spawn(
+                &format!("llama-server-{i}"),
+                &bin,
+                &args,
+                tmp.path(),
+            ));
+            ports.push(port);
+        }
+        let engine = Self {
+            procs,
+            ports,
+            _dir: tmp,
+        };
+        engine.wait_healthy().await;
+        Some(engine)
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for port in &self.ports {
+            loop {
+                let ok = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                if ok {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    for p in &self.procs {
+                        p.print_log_tail(40);
+                    }
+                    panic!("llama-server on {port} did not become healthy");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.ports.get(i).copied().unwrap_or(0)
+        )
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            p.stop();
+        }
+    }
+}
