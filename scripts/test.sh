@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test: setup, build, format, lints (native and wasm32), unit tests, end-to-end tests
-# against real Envoy, a fuzz smoke run of every fuzz target, and the OpenAI and Anthropic SDK
-# smoke test against the stack scripts/run.sh starts.
+# against real Envoy and a real engine (llama.cpp's llama-server, built once and cached by
+# scripts/engine.sh), a fuzz smoke run of every fuzz target, and the OpenAI and Anthropic
+# SDK smoke test against the stack scripts/run.sh starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -46,7 +47,11 @@ docker-compose -f docker-compose.yml config -q
 .venv/bin/python tests/deploy/check_compose.py "$ROOT" "$ROOT/.venv/bin/envoy"
 rm -rf "$deploy"
 
-step "unit and end-to-end tests (real Envoy: $ROOT/.venv/bin/envoy)"
+step "real inference engine: llama.cpp llama-server and tiny models (scripts/engine.sh, cached)"
+SLUICE_ENGINE_DIR=$(scripts/engine.sh | tail -1)
+export SLUICE_ENGINE_DIR SLUICE_REQUIRE_ENGINE=1
+
+step "unit and end-to-end tests (real Envoy: $ROOT/.venv/bin/envoy; real engine: $SLUICE_ENGINE_DIR)"
 export ENVOY_BIN="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
 cargo test --workspace --no-fail-fast
 
