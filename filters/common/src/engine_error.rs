@@ -150,6 +150,28 @@ pub fn stream_error_message(data: &Value) -> Option<String> {
     }))
 }
 
+/// An error as one stream event in the form of `api`'s streams: OpenAI chat / completions
+/// `data: {"error": {...}}` (the SDKs raise on it), Anthropic's `event: error`, the Responses
+/// API's `event: error`.
+pub fn stream_error_event(api: crate::api::Api, e: &EngineError) -> Vec<u8> {
+    use crate::api::Api;
+    match api {
+        Api::Messages | Api::CountTokens => {
+            crate::sse::encode(Some("error"), &e.body(Family::Anthropic))
+        }
+        Api::Responses => {
+            let data = serde_json::json!({
+                "type": "error",
+                "code": e.error.code,
+                "message": e.error.message,
+                "param": null,
+            });
+            crate::sse::encode(Some("error"), &data.to_string())
+        }
+        _ => crate::sse::encode(None, &e.body(Family::OpenAi)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +248,30 @@ mod tests {
         let e = normalise(500, long.as_bytes());
         assert!(e.error.message.len() <= MAX_MESSAGE + '…'.len_utf8());
         assert!(e.error.message.ends_with('…'));
+    }
+
+    #[test]
+    fn stream_error_events_in_each_apis_form() {
+        let e = normalise(
+            400,
+            br#"{"code":400,"message":"too long","type":"invalid_request_error"}"#,
+        );
+        let chat =
+            String::from_utf8(stream_error_event(crate::api::Api::Chat, &e)).unwrap_or_default();
+        assert!(
+            chat.starts_with("data: {\"error\":{\"message\":\"too long\""),
+            "{chat}"
+        );
+        assert!(chat.ends_with("\n\n"));
+        let msg = String::from_utf8(stream_error_event(crate::api::Api::Messages, &e))
+            .unwrap_or_default();
+        assert!(
+            msg.starts_with("event: error\ndata: {\"type\":\"error\""),
+            "{msg}"
+        );
+        let resp = String::from_utf8(stream_error_event(crate::api::Api::Responses, &e))
+            .unwrap_or_default();
+        assert!(resp.contains("\"message\":\"too long\""), "{resp}");
     }
 
     #[test]

@@ -94,6 +94,11 @@ impl SseParser {
         std::mem::take(&mut self.pending)
     }
 
+    /// No bytes of an unfinished event are held: the input so far ended between events.
+    pub fn pending_is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
     /// Feed a chunk; returns the events it completed, in order.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();

@@ -4,7 +4,7 @@
 use crate::config::Api;
 use serde::Deserialize;
 use sluice_common::api::{strings_at_all, usage_of, ReportedUsage};
-use sluice_common::engine_error::stream_error_message;
+use sluice_common::engine_error::{stream_error_event, stream_error_message};
 use sluice_common::json::remove_top_level_null_member;
 use sluice_common::sse::SseParser;
 use sluice_tokenizer::Tokenizer;
@@ -193,7 +193,9 @@ impl ResponseTracker {
 
     /// Whether this response's bytes may be rewritten (so `content-length` must go).
     pub fn rewrites(&self) -> bool {
-        matches!(self.mode, Mode::Sse { strip: true, .. })
+        // Any stream: besides stripping the injected usage chunk, an engine's legacy error
+        // line gets the API's stream error added after it.
+        matches!(self.mode, Mode::Sse { .. })
     }
 
     /// Observe a chunk. Returns the bytes to send instead, when they differ.
@@ -212,14 +214,30 @@ impl ResponseTracker {
                 let events = parser.push(chunk);
                 let broken = parser.error().is_some();
                 let mut out = strip.then(|| Vec::with_capacity(chunk.len()));
+                // Events to add after a passed-through chunk (see the legacy error below).
+                let mut appended: Vec<u8> = Vec::new();
                 for event in events {
                     let mut keep = true;
                     if let Some(data) = event.data.as_deref() {
                         keep = self.on_event(data) || !strip;
                     }
                     if let Some(legacy) = event.error.as_deref() {
-                        // Older llama.cpp servers: an `error:` line, which SSE clients ignore.
+                        // Older llama.cpp servers: an `error:` line, which SSE clients ignore
+                        // (the OpenAI SDK yields nothing and raises nothing). The client gets
+                        // the error in the API's own stream form as well.
                         self.on_stream_error(legacy);
+                        let status = serde_json::from_str::<serde_json::Value>(legacy)
+                            .ok()
+                            .and_then(|v| v.get("code")?.as_u64())
+                            .and_then(|c| u16::try_from(c).ok())
+                            .filter(|c| (400..600).contains(c))
+                            .unwrap_or(500);
+                        let e = sluice_common::engine_error::normalise(status, legacy.as_bytes());
+                        let converted = stream_error_event(self.api, &e);
+                        match out.as_mut() {
+                            Some(out) => out.extend_from_slice(&converted),
+                            None => appended.extend_from_slice(&converted),
+                        }
                     }
                     if let Some(out) = out.as_mut() {
                         if keep {
@@ -237,6 +255,13 @@ impl ResponseTracker {
                         if end_of_stream || broken {
                             out.extend_from_slice(&parser.take_pending());
                         }
+                    }
+                    // Passing the chunk through: an added event may follow it only where
+                    // the chunk ends between events.
+                    if out.is_none() && !appended.is_empty() && parser.pending_is_empty() {
+                        let mut with = chunk.to_vec();
+                        with.extend_from_slice(&appended);
+                        return Some(with);
                     }
                 }
                 out
@@ -462,7 +487,22 @@ mod tests {
             true,
         );
         assert_eq!(t.finish().stream_error.as_deref(), Some("bad"));
-        // Older llama.cpp: an `error:` line that SSE clients ignore.
+        // Older llama.cpp: an `error:` line that SSE clients ignore. The client also gets it
+        // as OpenAI's stream error, appended (passing through) or in place (rewriting).
+        for strip in [false, true] {
+            let mut t = sse(strip);
+            let legacy = b"error: {\"code\":400,\"message\":\"the request exceeds the available context size\",\"type\":\"invalid_request_error\"}\n\n";
+            let out = t.on_chunk(legacy, true).unwrap_or_default();
+            let out = String::from_utf8(out).unwrap();
+            assert!(
+                out.contains("data: {\"error\":{\"message\":\"the request exceeds the available context size\",\"type\":\"invalid_request_error\""),
+                "{out}"
+            );
+            assert_eq!(
+                t.finish().stream_error.as_deref(),
+                Some("the request exceeds the available context size")
+            );
+        }
         let mut t = sse(false);
         t.on_chunk(
             b"error: {\"code\":400,\"message\":\"the request exceeds the available context size\",\"type\":\"invalid_request_error\"}\n\n",
