@@ -150,7 +150,23 @@ async fn an_error_event_in_a_200_stream_is_logged_as_an_error_and_not_charged() 
     let record: Value = serde_json::from_str(line["ratelimit"].as_str().unwrap()).unwrap();
     assert_eq!(record["tokens"]["reconciled"], 0, "charged: {record}");
     assert!(log_number(&line, "completion_tokens").is_some());
-    // `sluice usage` counts it as an error and bills none of its tokens.
+    // Older llama.cpp: an `error:` line (not SSE); the client gets OpenAI's form added.
+    for m in &s.pools {
+        m.configure(json!({"stream_error_legacy": true})).await;
+    }
+    let r = s.post_json(CHAT, KEY, "legacy-err", &chat_body(true)).await;
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(
+            r#"data: {"error":{"message":"injected stream error","type":"invalid_request_error""#
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        s.log_line("legacy-err").await["error"],
+        "injected stream error"
+    );
+    // `sluice usage` counts them as errors and bills none of their tokens.
     let report = s.cli(&[
         "usage",
         "--log",
@@ -164,7 +180,7 @@ async fn an_error_event_in_a_200_stream_is_logged_as_an_error_and_not_charged() 
     let row = &out["rows"].as_array().unwrap()[0];
     assert_eq!(
         (row["requests"].as_u64(), row["errors"].as_u64()),
-        (Some(1), Some(1))
+        (Some(2), Some(2))
     );
     assert_eq!(row["total_tokens"], 0);
 }

@@ -310,9 +310,14 @@ async fn complete(app: Arc<App>, api: Api, body: Bytes) -> Response {
         // Content chunks are numbered from 1 (event 0 opens the message).
         let keep = usize::try_from(k).unwrap_or(usize::MAX).saturating_add(1);
         events.truncate(keep.min(events.len()));
-        let error = json!({"error": {"object": "error", "message": "injected stream error",
-                                     "type": "InternalServerError", "param": null, "code": 500}});
-        events.push(format!("data: {error}\n\n"));
+        if config.stream_error_legacy {
+            let error = json!({"code": 400, "message": "injected stream error", "type": "invalid_request_error"});
+            events.push(format!("error: {error}\n\n"));
+        } else {
+            let error = json!({"error": {"object": "error", "message": "injected stream error",
+                                         "type": "InternalServerError", "param": null, "code": 500}});
+            events.push(format!("data: {error}\n\n"));
+        }
     }
     // (delay before, bytes, index of the event it belongs to)
     let mut writes: Vec<(u64, Bytes, usize)> = Vec::with_capacity(events.len() * 2);

@@ -33,6 +33,9 @@ pub struct MockConfig {
     /// After this many content chunks, a stream reports an error event (vLLM's
     /// `data: {"error": {...}}`) and ends, inside its 200 response.
     pub stream_error_after: Option<u64>,
+    /// Report that stream error as older llama.cpp servers did: an `error: {...}` line,
+    /// which is not SSE (clients ignore it).
+    pub stream_error_legacy: bool,
     /// Cut a stream's connection after this many content chunks.
     pub disconnect_after: Option<u64>,
     /// Send every stream event in two writes, 20 ms apart, cut mid-JSON: the gateway
@@ -59,6 +62,7 @@ impl Default for MockConfig {
             fail_count: None,
             fail_body: None,
             stream_error_after: None,
+            stream_error_legacy: false,
             disconnect_after: None,
             split_events: false,
             reply_text: None,
