@@ -201,6 +201,9 @@ async fn a_burst_of_50_streams_of_400_tokens_has_no_errors_and_the_log_matches_t
             .await,
         0
     );
+    // The burst waited in Envoy's queue (at most `max_concurrency` per engine), not in the
+    // engines' accept queues.
+    assert!(s.stat("cluster.pool-gpu.upstream_cx_overflow").await > 0);
 }
 
 #[tokio::test]

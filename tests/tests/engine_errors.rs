@@ -129,6 +129,28 @@ async fn tgi_validation_errors_and_server_failures_keep_their_meaning() {
             .await;
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     }
+    // Its retry-after is honoured: the retry waits that long (not Envoy's 25 ms back-off).
+    s.pools[0]
+        .configure(json!({"fail_status": 503, "fail_retry_after": 1}))
+        .await;
+    s.pools[1]
+        .configure(json!({"fail_status": 503, "fail_count": 1, "fail_retry_after": 1}))
+        .await;
+    let started = std::time::Instant::now();
+    let r = s
+        .post_json(CHAT, KEY, "after-wait", &chat_body(false))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "retried after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        s.stat("cluster.pool-a.upstream_rq_retry_backoff_ratelimited")
+            .await
+            >= 1
+    );
 }
 
 #[tokio::test]

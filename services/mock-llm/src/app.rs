@@ -272,11 +272,20 @@ async fn complete(app: Arc<App>, api: Api, body: Bytes) -> Response {
         tokio::time::sleep(Duration::from_millis(config.delay_ms)).await;
     }
     if let Some(status) = app.take_failure() {
-        if let Some(body) = &config.fail_body {
-            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return json_response(code, body);
+        let mut resp = match &config.fail_body {
+            Some(body) => json_response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                body,
+            ),
+            None => openai_error(status, "injected failure"),
+        };
+        if let Some(v) = config
+            .fail_retry_after
+            .and_then(|s| s.to_string().parse().ok())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        return openai_error(status, "injected failure");
+        return resp;
     }
     let call = match Call::parse(api, &body) {
         Ok(c) => c,

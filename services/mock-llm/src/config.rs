@@ -30,6 +30,8 @@ pub struct MockConfig {
     /// `{"error":{"code":500,...}}` or TGI's `{"error":"...","error_type":"validation"}`);
     /// absent: an OpenAI error body.
     pub fail_body: Option<serde_json::Value>,
+    /// A `retry-after` (seconds) on the injected failure, as an overloaded engine sends.
+    pub fail_retry_after: Option<u64>,
     /// After this many content chunks, a stream reports an error event (vLLM's
     /// `data: {"error": {...}}`) and ends, inside its 200 response.
     pub stream_error_after: Option<u64>,
@@ -61,6 +63,7 @@ impl Default for MockConfig {
             fail_status: None,
             fail_count: None,
             fail_body: None,
+            fail_retry_after: None,
             stream_error_after: None,
             stream_error_legacy: false,
             disconnect_after: None,
