@@ -543,14 +543,19 @@ impl Stack {
             .unwrap()
     }
 
-    /// Each backend's health flags in Envoy (`healthy`, `/failed_active_hc`, ...), by port.
-    pub async fn backend_flags(&self) -> std::collections::HashMap<u16, String> {
-        let text = reqwest::get(format!("{}/clusters", self.admin))
+    /// Envoy's `/clusters` admin page: per host, `<cluster>::<host:port>::<stat>::<value>`.
+    pub async fn clusters(&self) -> String {
+        reqwest::get(format!("{}/clusters", self.admin))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Each backend's health flags in Envoy (`healthy`, `/failed_active_hc`, ...), by port.
+    pub async fn backend_flags(&self) -> std::collections::HashMap<u16, String> {
+        let text = self.clusters().await;
         let mut flags = std::collections::HashMap::new();
         for m in &self.pools {
             let prefix = format!("{}::127.0.0.1:{}::health_flags::", m.pool, m.port);

@@ -178,12 +178,7 @@ async fn a_burst_of_50_streams_of_400_tokens_has_no_errors_and_the_log_matches_t
         assert_eq!(line["usage_source"], "backend");
     }
     // Both engines served, no connection failed, nothing was retried or overflowed.
-    let clusters = reqwest::get(format!("{}/clusters", s.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let clusters = s.clusters().await;
     for port in &engine.ports {
         let prefix = format!("pool-gpu::127.0.0.1:{port}::rq_total::");
         let n: u64 = clusters

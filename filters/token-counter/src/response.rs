@@ -456,6 +456,19 @@ mod tests {
         )
     }
 
+    /// A 200 stream of `api` whose usage was not injected.
+    fn typed_sse(api: Api) -> ResponseTracker {
+        ResponseTracker::new(
+            api,
+            200,
+            Some("text/event-stream"),
+            true,
+            false,
+            tok(),
+            1 << 20,
+        )
+    }
+
     fn sse(strip: bool) -> ResponseTracker {
         ResponseTracker::new(
             Api::Chat,
@@ -513,15 +526,7 @@ mod tests {
             Some("the request exceeds the available context size")
         );
         // Anthropic's error event; an ordinary stream has none.
-        let mut t = ResponseTracker::new(
-            Api::Messages,
-            200,
-            Some("text/event-stream"),
-            true,
-            false,
-            tok(),
-            1 << 20,
-        );
+        let mut t = typed_sse(Api::Messages);
         t.on_chunk(
             b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
             true,
@@ -555,15 +560,7 @@ mod tests {
             (Api::Messages, &messages, (9, 5)),
         ] {
             for split in 0..body.len() {
-                let mut t = ResponseTracker::new(
-                    api,
-                    200,
-                    Some("text/event-stream"),
-                    true,
-                    false,
-                    tok(),
-                    1 << 20,
-                );
+                let mut t = typed_sse(api);
                 assert_eq!(t.on_chunk(&body.as_bytes()[..split], false), None);
                 assert_eq!(t.on_chunk(&body.as_bytes()[split..], true), None);
                 let u = t.finish();
