@@ -231,6 +231,8 @@ pub struct StackOptions {
     /// Pools served by real engines already listening on these ports (no mock is started
     /// for them); see [`engine::Engine`].
     pub engines: Vec<(&'static str, Vec<u16>)>,
+    /// Extra start-up flags for every mock backend (e.g. `--max-connections 4`).
+    pub mock_args: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -244,6 +246,7 @@ impl Default for StackOptions {
             backends: 1,
             pool_options: Vec::new(),
             engines: Vec::new(),
+            mock_args: Vec::new(),
         }
     }
 }
@@ -288,19 +291,16 @@ impl Stack {
                     pool.to_string()
                 };
                 let port_file = dir.path().join(format!("{name}.port"));
-                let proc = Proc::spawn(
+                let mut args = vec![
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--name",
                     &name,
-                    &mock_bin(),
-                    &[
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--name",
-                        &name,
-                        "--port-file",
-                        port_file.to_str().unwrap(),
-                    ],
-                    dir.path(),
-                );
+                    "--port-file",
+                    port_file.to_str().unwrap(),
+                ];
+                args.extend(options.mock_args.iter().map(String::as_str));
+                let proc = Proc::spawn(&name, &mock_bin(), &args, dir.path());
                 procs.push(proc);
                 let port: u16 = wait_for_file(&port_file, &mut procs).await.parse().unwrap();
                 pools.push(Mock {

@@ -206,3 +206,72 @@ async fn an_error_event_in_a_200_stream_is_logged_as_an_error_and_not_charged() 
     );
     assert_eq!(row["total_tokens"], 0);
 }
+
+/// Engines with a few HTTP threads and a small accept queue (older llama.cpp servers): past
+/// their connections, SYNs are dropped and retried by the kernel a second later. With the
+/// pool's `max_concurrency`, Envoy never opens more connections than an engine serves, and
+/// a burst waits in Envoy's queue; with the former settings (no per-endpoint limit, 1 s
+/// connect timeout, Envoy's 3 concurrent retries) the same burst got 503s.
+#[tokio::test]
+async fn a_burst_against_engines_with_few_connections_waits_instead_of_failing() {
+    async fn burst_of_streams(max_concurrency: u64, connect_timeout: &str) -> (usize, u64) {
+        let s = Stack::start(StackOptions {
+            pools: vec!["pool-a"],
+            backends: 2,
+            keys: KeyAuthConfig {
+                keys: vec![key_record("key_err", KEY, "team-err")],
+            },
+            mock_args: ["--max-connections", "5", "--backlog", "1"]
+                .map(String::from)
+                .to_vec(),
+            pool_options: vec![("pool-a", json!({"max_concurrency": max_concurrency}))],
+            vars: vec![("connect_timeout".into(), json!(connect_timeout))],
+            ..StackOptions::default()
+        })
+        .await;
+        s.wait_all_healthy().await;
+        for m in &s.pools {
+            m.configure(json!({"reply_tokens": 100, "token_delay_ms": 5}))
+                .await;
+        }
+        let client = reqwest::Client::new();
+        let statuses = futures::future::join_all((0..50).map(|i| {
+            let client = client.clone();
+            let url = format!("{}{CHAT}", s.gateway);
+            async move {
+                let mut body = chat_body(true);
+                body["max_tokens"] = json!(100);
+                let r = client
+                    .post(url)
+                    .header("authorization", format!("Bearer {KEY}"))
+                    .header("x-request-id", format!("b{i}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let text = r.text().await.unwrap_or_default();
+                (status, text.ends_with("data: [DONE]\n\n"))
+            }
+        }))
+        .await;
+        let failed = statuses
+            .iter()
+            .filter(|(st, done)| *st != 200 || !done)
+            .count();
+        (
+            failed,
+            s.stat("cluster.pool-a.upstream_cx_connect_fail").await,
+        )
+    }
+    let (failed, connect_fails) = burst_of_streams(4, "5s").await;
+    println!("max_concurrency 4, connect timeout 5 s: {failed} of 50 failed, {connect_fails} connect failures");
+    assert_eq!(failed, 0);
+    let (failed, connect_fails) = burst_of_streams(64, "1s").await;
+    println!("no per-endpoint limit, connect timeout 1 s: {failed} of 50 failed, {connect_fails} connect failures");
+    // The fault is real: without the limit, connections overflow the accept queue.
+    assert!(
+        connect_fails > 0,
+        "the small accept queue was never overflowed"
+    );
+}

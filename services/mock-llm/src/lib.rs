@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod config;
+pub mod listener;
 pub mod reply;
 
 pub use app::{router, App};

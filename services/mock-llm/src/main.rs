@@ -32,6 +32,13 @@ struct Args {
     ttft_ms: u64,
     #[arg(long, default_value_t = 0)]
     token_delay_ms: u64,
+    /// Serve at most this many connections at once and accept no more until one closes
+    /// (an engine with a fixed number of HTTP threads); default: no limit.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// The kernel's accept queue for this socket (an older engine's small listen backlog).
+    #[arg(long, default_value_t = 1024)]
+    backlog: u32,
 }
 
 #[tokio::main]
@@ -47,7 +54,7 @@ async fn main() -> std::io::Result<()> {
         token_delay_ms: args.token_delay_ms,
         ..MockConfig::default()
     };
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let listener = sluice_mock_llm::listener::bind(args.listen, args.backlog)?;
     let bound = listener.local_addr()?;
     if let Some(path) = &args.port_file {
         // Written whole then renamed, so a poller never reads half a number.
@@ -59,17 +66,30 @@ async fn main() -> std::io::Result<()> {
         "sluice-mock-llm {} listening on http://{bound}",
         config.name
     );
-    axum::serve(listener, router(App::new(config)))
-        .with_graceful_shutdown(async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return std::future::pending().await,
-                };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        })
-        .await
+    let app = router(App::new(config));
+    match args.max_connections {
+        Some(n) => {
+            let gated = sluice_mock_llm::listener::GatedListener::new(listener, n.max(1));
+            axum::serve(gated, app)
+                .with_graceful_shutdown(terminated())
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(terminated())
+                .await
+        }
+    }
+}
+
+/// SIGTERM or Ctrl-C.
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
