@@ -264,6 +264,38 @@ def anthropic_errors_and_token_limit():
     assert passed >= 3, passed
 
 
+def engine_errors():
+    """An engine's errors, as the SDKs see them: a 500 for an invalid request is a
+    BadRequestError; an error inside a 200 stream (vLLM's form, and older llama.cpp's
+    `error:` line, which SSE clients ignore) raises instead of ending quietly."""
+    client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
+    try:
+        mock("PUT", "/_mock/config", {"fail_status": 500, "fail_body": {"error": {
+            "code": 500, "type": "server_error",
+            "message": "image input is not supported - hint: you may need to provide the mmproj"}}})
+        try:
+            client.chat.completions.create(model="mock-model", messages=[{"role": "user", "content": "hi"}])
+        except openai.BadRequestError as e:
+            assert "image input is not supported" in e.message, e.message
+        else:
+            raise AssertionError("an invalid request passed")
+        for legacy in (False, True):
+            mock("PUT", "/_mock/config", {"fail_status": None, "fail_body": None,
+                                          "stream_error_after": 2, "stream_error_legacy": legacy})
+            stream = client.chat.completions.create(
+                model="mock-model", messages=[{"role": "user", "content": "hi"}], stream=True)
+            try:
+                for _ in stream:
+                    pass
+            except openai.APIError as e:
+                assert "injected stream error" in str(e), e
+            else:
+                raise AssertionError(f"a failed stream ended quietly (legacy={legacy})")
+    finally:
+        mock("PUT", "/_mock/config", {"fail_status": None, "fail_body": None,
+                                      "stream_error_after": None, "stream_error_legacy": False})
+
+
 check("openai SDK: chat completion", chat)
 check("openai SDK: streamed chat completion", chat_stream)
 check("openai SDK: model list, alias routing, unknown model -> NotFoundError", models_and_routing)
@@ -274,6 +306,7 @@ check("openai SDK: streamed responses, PII redacted across events, usage logged"
 check("anthropic SDK: messages.create and count_tokens, PII redacted, usage logged", anthropic_messages)
 check("anthropic SDK: streamed messages, PII redacted across events, usage logged", anthropic_stream)
 check("anthropic + openai SDKs: typed errors, a token limit that holds", anthropic_errors_and_token_limit)
+check("openai SDK: engine errors normalised, errors inside streams raise", engine_errors)
 passed = sum(ok for _, ok in results)
 print(f"sdk: {passed} passed, {len(results) - passed} failed")
 sys.exit(0 if passed == len(results) else 1)
