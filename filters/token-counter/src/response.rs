@@ -130,6 +130,15 @@ impl MessageView<'_> {
     }
 }
 
+/// vLLM's older flat error object (`{"object": "error", "message": ...}`) as stream data.
+fn is_flat_error(data: &str) -> bool {
+    data.contains("\"error\"")
+        && serde_json::from_str::<serde_json::Value>(data).is_ok_and(|v| {
+            v.get("object").and_then(serde_json::Value::as_str) == Some("error")
+                && v.get("error").is_none()
+        })
+}
+
 /// Follows one response.
 pub struct ResponseTracker {
     api: Api,
@@ -222,17 +231,26 @@ impl ResponseTracker {
                         keep = self.on_event(data) || !strip;
                     }
                     if let Some(legacy) = event.error.as_deref() {
-                        // Older llama.cpp servers: an `error:` line, which SSE clients ignore
-                        // (the OpenAI SDK yields nothing and raises nothing). The client gets
-                        // the error in the API's own stream form as well.
                         self.on_stream_error(legacy);
-                        let status = serde_json::from_str::<serde_json::Value>(legacy)
+                    }
+                    // An error the client's SDK would not see: older llama.cpp's `error:`
+                    // line (not SSE: ignored), or a flat `{"object": "error", ...}` chunk
+                    // (the OpenAI SDK raises only on an `error` member). The client gets it
+                    // in the API's own stream form as well.
+                    let foreign = event.error.as_deref().or_else(|| {
+                        event
+                            .data
+                            .as_deref()
+                            .filter(|d| openai_choices(self.api) && is_flat_error(d))
+                    });
+                    if let Some(foreign) = foreign {
+                        let status = serde_json::from_str::<serde_json::Value>(foreign)
                             .ok()
                             .and_then(|v| v.get("code")?.as_u64())
                             .and_then(|c| u16::try_from(c).ok())
                             .filter(|c| (400..600).contains(c))
                             .unwrap_or(500);
-                        let e = sluice_common::engine_error::normalise(status, legacy.as_bytes());
+                        let e = sluice_common::engine_error::normalise(status, foreign.as_bytes());
                         let converted = stream_error_event(self.api, &e);
                         match out.as_mut() {
                             Some(out) => out.extend_from_slice(&converted),
@@ -493,12 +511,14 @@ mod tests {
             true,
         );
         assert_eq!(t.finish().stream_error.as_deref(), Some("out of memory"));
-        // vLLM's flat error object.
+        // vLLM's flat error object: recorded, and added in OpenAI's form for the SDKs.
         let mut t = sse(false);
-        t.on_chunk(
+        let out = t.on_chunk(
             b"data: {\"object\":\"error\",\"message\":\"bad\",\"code\":400}\n\n",
             true,
         );
+        let out = String::from_utf8(out.unwrap_or_default()).unwrap();
+        assert!(out.ends_with("data: {\"error\":{\"message\":\"bad\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":null}}\n\n"), "{out}");
         assert_eq!(t.finish().stream_error.as_deref(), Some("bad"));
         // Older llama.cpp: an `error:` line that SSE clients ignore. The client also gets it
         // as OpenAI's stream error, appended (passing through) or in place (rewriting).
