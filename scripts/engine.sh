@@ -56,15 +56,16 @@ if [ ! -x "$CACHE/bin/llama-server" ]; then
   mv "$CACHE/bin/llama-server.part" "$CACHE/bin/llama-server"
 fi
 
-# Tiny models: gguf-py from the same tree writes them (numpy from the venv).
-if ! "$ROOT/.venv/bin/python" -c "import numpy" 2>/dev/null; then
-  say "installing numpy into .venv (gguf-py writes the test models)"
-  "$ROOT/.venv/bin/pip" install -q "numpy==2.3.5"
-fi
+# Tiny models: gguf-py from the same tree writes them (numpy from the venv), keyed by a hash
+# of the script that writes them.
 gen=$(sha256sum "$ROOT/tests/engine/make_model.py" | cut -c1-12)
 for variant in plain cjk; do
   model="$CACHE/models/tiny-llama-$variant-$gen.gguf"
   if [ ! -f "$model" ]; then
+    if ! "$ROOT/.venv/bin/python" -c "import numpy" 2>/dev/null; then
+      say "installing numpy into .venv (gguf-py writes the test models)"
+      "$ROOT/.venv/bin/pip" install -q "numpy==2.3.5"
+    fi
     say "writing $model"
     mkdir -p "$CACHE/models"
     PYTHONPATH="$CACHE/src/gguf-py" "$ROOT/.venv/bin/python" "$ROOT/tests/engine/make_model.py" \
