@@ -118,6 +118,18 @@ async fn tgi_validation_errors_and_server_failures_keep_their_meaning() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "server_error");
     assert_eq!(served(&s).await, 1);
+    // An error body too large to be one is not buffered whole: the client gets the
+    // normalised error from the status alone, as valid JSON.
+    let huge =
+        json!({"error": {"code": 500, "message": "x".repeat(200_000), "type": "server_error"}});
+    for m in &s.pools {
+        m.configure(json!({"fail_status": 500, "fail_body": huge}))
+            .await;
+    }
+    let r = s.post_json(CHAT, KEY, "huge", &chat_body(false)).await;
+    assert_eq!(r.status(), 500);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["message"], "The model backend answered 500.");
     // An overloaded engine (503) is retried on the other host.
     s.pools[0]
         .configure(json!({"fail_status": 503, "fail_body": null}))
@@ -130,12 +142,11 @@ async fn tgi_validation_errors_and_server_failures_keep_their_meaning() {
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     }
     // Its retry-after is honoured: the retry waits that long (not Envoy's 25 ms back-off).
-    s.pools[0]
-        .configure(json!({"fail_status": 503, "fail_retry_after": 1}))
-        .await;
-    s.pools[1]
-        .configure(json!({"fail_status": 503, "fail_count": 1, "fail_retry_after": 1}))
-        .await;
+    // Each engine is overloaded for one answer, so the request is served within its retries.
+    for m in &s.pools {
+        m.configure(json!({"fail_status": 503, "fail_count": 1, "fail_retry_after": 1}))
+            .await;
+    }
     let started = std::time::Instant::now();
     let r = s
         .post_json(CHAT, KEY, "after-wait", &chat_body(false))

@@ -102,6 +102,10 @@ impl RootContext for Root {
     }
 }
 
+/// The most bytes of an engine's error answer buffered to normalise it (engines send a few
+/// hundred); past it the body is not read.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
 /// Where a request is.
 enum Phase {
     /// Not an LLM call (or unconfigured): nothing to do.
@@ -117,6 +121,8 @@ enum Phase {
     Responding(Box<RequestPlan>, Box<ResponseTracker>),
     /// Usage published.
     Done,
+    /// Usage published; the rest of an oversized engine error body is dropped.
+    DiscardingBody,
 }
 
 struct Http {
@@ -363,13 +369,28 @@ impl HttpContext for Http {
             }
         }
         if let Phase::EngineError(..) = self.phase {
-            if !end_of_stream {
+            if !end_of_stream && size <= MAX_ERROR_BODY {
                 return Action::Pause; // buffer the (small) error body
             }
-            let body = read_body(BufferType::HttpResponseBody, size);
+            // An error body too large to be one (or to buffer): replaced by the normalised
+            // error from its status alone.
+            let too_large = size > MAX_ERROR_BODY;
+            let body = if too_large {
+                Vec::new()
+            } else {
+                read_body(BufferType::HttpResponseBody, size)
+            };
             if let Some(replacement) = self.normalise_error(&body) {
                 write_body(BufferType::HttpResponseBody, size, &replacement);
             }
+            if too_large && !end_of_stream {
+                self.phase = Phase::DiscardingBody;
+            }
+            return Action::Continue;
+        }
+        if let Phase::DiscardingBody = self.phase {
+            // The rest of an oversized error body: the client already has the normalised one.
+            write_body(BufferType::HttpResponseBody, size, &[]);
             return Action::Continue;
         }
         if let Phase::Responding(_, tracker) = &mut self.phase {
