@@ -225,17 +225,25 @@ async fn an_error_event_in_a_200_stream_is_logged_as_an_error_and_not_charged() 
 /// connect timeout, Envoy's 3 concurrent retries) the same burst got 503s.
 #[tokio::test]
 async fn a_burst_against_engines_with_few_connections_waits_instead_of_failing() {
-    async fn burst_of_streams(max_concurrency: u64, connect_timeout: &str) -> (usize, u64) {
+    async fn burst_of_streams(
+        max_concurrency: u64,
+        connect_timeout: &str,
+        reuse: Value,
+    ) -> (usize, u64) {
         let s = Stack::start(StackOptions {
             pools: vec!["pool-a"],
             backends: 2,
             keys: KeyAuthConfig {
                 keys: vec![key_record("key_err", KEY, "team-err")],
             },
-            mock_args: ["--max-connections", "5", "--backlog", "1"]
+            // Four slots' worth of connections, one for Envoy's health check, one spare.
+            mock_args: ["--max-connections", "6", "--backlog", "1"]
                 .map(String::from)
                 .to_vec(),
-            pool_options: vec![("pool-a", json!({"max_concurrency": max_concurrency}))],
+            pool_options: vec![(
+                "pool-a",
+                json!({"max_concurrency": max_concurrency, "max_requests_per_connection": reuse}),
+            )],
             vars: vec![("connect_timeout".into(), json!(connect_timeout))],
             ..StackOptions::default()
         })
@@ -245,7 +253,12 @@ async fn a_burst_against_engines_with_few_connections_waits_instead_of_failing()
             m.configure(json!({"reply_tokens": 100, "token_delay_ms": 5}))
                 .await;
         }
-        let client = reqwest::Client::new();
+        // A request stuck behind an engine's idle connections would wait for the 300 s
+        // stream idle timeout: 30 s is failure enough here.
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .unwrap();
         let statuses = futures::future::join_all((0..50).map(|i| {
             let client = client.clone();
             let url = format!("{}{CHAT}", s.gateway);
@@ -258,8 +271,10 @@ async fn a_burst_against_engines_with_few_connections_waits_instead_of_failing()
                     .header("x-request-id", format!("b{i}"))
                     .json(&body)
                     .send()
-                    .await
-                    .unwrap();
+                    .await;
+                let Ok(r) = r else {
+                    return (0, false);
+                };
                 let status = r.status().as_u16();
                 let text = r.text().await.unwrap_or_default();
                 (status, text.ends_with("data: [DONE]\n\n"))
@@ -275,10 +290,12 @@ async fn a_burst_against_engines_with_few_connections_waits_instead_of_failing()
             s.stat("cluster.pool-a.upstream_cx_connect_fail").await,
         )
     }
-    let (failed, connect_fails) = burst_of_streams(4, "5s").await;
+    // Engines with a thread per connection are also held by the gateway's idle kept-alive
+    // connections: one request per connection frees their threads.
+    let (failed, connect_fails) = burst_of_streams(4, "5s", json!(1)).await;
     println!("max_concurrency 4, connect timeout 5 s: {failed} of 50 failed, {connect_fails} connect failures");
     assert_eq!(failed, 0);
-    let (failed, connect_fails) = burst_of_streams(64, "1s").await;
+    let (failed, connect_fails) = burst_of_streams(64, "1s", Value::Null).await;
     println!("no per-endpoint limit, connect timeout 1 s: {failed} of 50 failed, {connect_fails} connect failures");
     // The fault is real: without the limit, connections overflow the accept queue.
     assert!(
