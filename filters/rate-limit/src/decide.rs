@@ -40,6 +40,49 @@ impl Kind {
     pub fn is_tokens(self) -> bool {
         matches!(self, Self::TokensPerMinute | Self::DailyTokens)
     }
+
+    /// The limit's unit, as a client reads it in a refusal.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Self::RequestsPerMinute => "requests per minute",
+            Self::TokensPerMinute => "tokens per minute",
+            Self::DailyTokens => "tokens per day",
+            Self::MaxParallel => "requests in flight",
+        }
+    }
+}
+
+impl Check {
+    /// Whose limit this is, as a client reads it in a refusal.
+    pub fn scope(&self) -> String {
+        if self.rule == "key" {
+            "this API key".to_string()
+        } else {
+            format!("limit '{}'", self.rule)
+        }
+    }
+}
+
+/// The refusal of a request that can never pass (see [`Reservation::NeverFits`]): what it
+/// needs, the limit, and what to change.
+pub fn never_fits_message(check: &Check, prompt: u64, output: u64, capped: bool) -> String {
+    let limit = check.quota.limit;
+    let fix = if prompt >= limit {
+        format!("shorten the prompt to under {limit} tokens")
+    } else if capped {
+        format!(
+            "lower max_tokens to at most {} (or shorten the prompt)",
+            limit - prompt
+        )
+    } else {
+        "shorten the prompt".to_string()
+    };
+    format!(
+        "Request too large for {}: it needs {} tokens ({prompt} prompt + {output} output) and the limit is {limit} {}, so it can never pass. To run it, {fix}.",
+        check.scope(),
+        prompt + output,
+        check.kind.unit()
+    )
 }
 
 /// One counter a request is checked against.
@@ -553,6 +596,14 @@ mod tests {
                 check,
             } => {
                 assert_eq!((prompt, output, check.quota.limit), (40, 400, 300));
+                assert_eq!(
+                    never_fits_message(&check, prompt, output, true),
+                    "Request too large for this API key: it needs 440 tokens (40 prompt + 400 output) \
+                     and the limit is 300 tokens per minute, so it can never pass. To run it, lower \
+                     max_tokens to at most 260 (or shorten the prompt)."
+                );
+                assert!(never_fits_message(&check, 300, 1, false)
+                    .ends_with("shorten the prompt to under 300 tokens."));
             }
             other => panic!("{other:?}"),
         }

@@ -251,30 +251,8 @@ impl Http {
         output: u64,
         capped: bool,
     ) -> Action {
-        let what = match check.kind {
-            Kind::DailyTokens => "tokens per day",
-            _ => "tokens per minute",
-        };
-        let scope = if check.rule == "key" {
-            "this API key".to_string()
-        } else {
-            format!("limit '{}'", check.rule)
-        };
+        let message = decide::never_fits_message(check, prompt, output, capped);
         let limit = check.quota.limit;
-        let fix = if prompt >= limit {
-            format!("shorten the prompt to under {limit} tokens")
-        } else if capped {
-            format!(
-                "lower max_tokens to at most {} (or shorten the prompt)",
-                limit - prompt
-            )
-        } else {
-            "shorten the prompt".to_string()
-        };
-        let message = format!(
-            "Request too large for {scope}: it needs {} tokens ({prompt} prompt + {output} output) and the limit is {limit} {what}, so it can never pass. To run it, {fix}.",
-            prompt + output
-        );
         let error =
             OpenAiError::new(ErrorKind::RateLimited, message).with_code("request_too_large");
         send_error(&error, &[]);
@@ -289,17 +267,8 @@ impl Http {
     }
 
     fn refuse(&mut self, d: &Denial) -> Action {
-        let what = match d.check.kind {
-            Kind::RequestsPerMinute => "requests per minute",
-            Kind::TokensPerMinute => "tokens per minute",
-            Kind::DailyTokens => "tokens per day",
-            Kind::MaxParallel => "requests in flight",
-        };
-        let scope = if d.check.rule == "key" {
-            "this API key".to_string()
-        } else {
-            format!("limit '{}'", d.check.rule)
-        };
+        let what = d.check.kind.unit();
+        let scope = d.check.scope();
         let message = if d.unavailable {
             format!("Rate limit check for {scope} ({what}) could not be completed; retry shortly.")
         } else {
