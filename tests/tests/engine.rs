@@ -410,3 +410,101 @@ async fn an_alias_answers_with_the_served_models_name_in_json_and_streams() {
         );
     }
 }
+
+/// The Anthropic Messages and OpenAI Responses APIs of llama-server through the whole chain:
+/// the usage log equals the engine's usage (for Messages, input counted with the cached part
+/// the engine reports apart: `input_tokens + cache_read_input_tokens`).
+#[tokio::test]
+async fn messages_and_responses_log_the_engines_usage() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = Engine::start(Variant::Plain, 1, 2, 1024, "tiny-llama").await else {
+        return;
+    };
+    let s = stack(&engine).await;
+    let client = reqwest::Client::new();
+    let post = |path: &str, id: &str, body: Value| {
+        client
+            .post(format!("{}{path}", s.gateway))
+            .header("x-api-key", KEY)
+            .header("x-request-id", id)
+            .json(&body)
+            .send()
+    };
+    let input = |u: &Value| {
+        [
+            "input_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+        ]
+        .iter()
+        .filter_map(|k| u[*k].as_u64())
+        .sum::<u64>()
+    };
+    let messages = json!({"model": "tiny-llama", "max_tokens": 12,
+                          "messages": [{"role": "user", "content": "Hello there, engine."}]});
+    // Twice: the second reads the prompt from the engine's cache.
+    for id in ["msg-1", "msg-2"] {
+        let v: Value = post("/v1/messages", id, messages.clone())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let line = s.log_line(id).await;
+        assert_eq!(
+            log_number(&line, "prompt_tokens"),
+            Some(input(&v["usage"])),
+            "{v}"
+        );
+        assert_eq!(
+            log_number(&line, "completion_tokens"),
+            v["usage"]["output_tokens"].as_u64()
+        );
+    }
+    let mut streamed = messages.clone();
+    streamed["stream"] = json!(true);
+    let text = post("/v1/messages", "msg-stream", streamed)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (mut prompt, mut output) = (None, None);
+    for data in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+        match v["type"].as_str() {
+            Some("message_start") => prompt = Some(input(&v["message"]["usage"])),
+            Some("message_delta") => output = v["usage"]["output_tokens"].as_u64(),
+            _ => {}
+        }
+    }
+    let line = s.log_line("msg-stream").await;
+    assert_eq!(
+        (
+            log_number(&line, "prompt_tokens"),
+            log_number(&line, "completion_tokens")
+        ),
+        (prompt, output),
+        "{text}"
+    );
+    let v: Value = post(
+        "/v1/responses",
+        "resp",
+        json!({"model": "tiny-llama", "max_output_tokens": 12, "input": "Hello there, engine."}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let line = s.log_line("resp").await;
+    assert_eq!(
+        log_number(&line, "prompt_tokens"),
+        v["usage"]["input_tokens"].as_u64(),
+        "{v}"
+    );
+    assert_eq!(
+        log_number(&line, "completion_tokens"),
+        v["usage"]["output_tokens"].as_u64()
+    );
+}
