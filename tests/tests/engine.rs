@@ -357,13 +357,14 @@ async fn a_context_overflow_is_an_error_in_the_log_and_not_charged() {
     let record: Value = serde_json::from_str(line["ratelimit"].as_str().unwrap()).unwrap();
     assert_eq!(record["tokens"]["reconciled"], 0);
     // The client's error says what happened, with OpenAI's code for it.
-    let v: Value = client
-        .post(format!("{}{CHAT}", s.gateway))
-        .header("authorization", format!("Bearer {KEY}"))
-        .json(&chat("tiny-llama", &long, 16, false))
-        .send()
+    let v: Value = s
+        .post_json(
+            CHAT,
+            KEY,
+            "overflow-json",
+            &chat("tiny-llama", &long, 16, false),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -596,15 +596,7 @@ mod tests {
                 .filter(|e| e.contains("delta\"") && !e.contains("usage"))
                 .map(|e| format!("{e}\n\n"))
                 .collect();
-            let mut t = ResponseTracker::new(
-                api,
-                200,
-                Some("text/event-stream"),
-                true,
-                false,
-                tok(),
-                1 << 20,
-            );
+            let mut t = typed_sse(api);
             t.on_chunk(text_only.as_bytes(), true);
             let u = t.finish();
             assert_eq!(
