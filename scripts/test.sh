@@ -11,11 +11,6 @@ step() { printf '\n== %s\n' "$*"; }
 
 step setup
 scripts/setup.sh
-# The real engine builds (once; cached) beside the Rust build and lints: on a cold machine
-# the two builds share the cores, where one alone leaves them idle in its serial phases.
-engine_log=$(mktemp)
-nice -n 5 scripts/engine.sh >"$engine_log" 2>&1 &
-engine_pid=$!
 step build
 scripts/build.sh
 
@@ -53,13 +48,7 @@ docker-compose -f docker-compose.yml config -q
 rm -rf "$deploy"
 
 step "real inference engine: llama.cpp llama-server and tiny models (scripts/engine.sh, cached)"
-if ! wait "$engine_pid"; then
-  tail -n 40 "$engine_log"
-  echo "scripts/engine.sh failed"
-  exit 1
-fi
-grep '^engine: ' "$engine_log" || true
-SLUICE_ENGINE_DIR=$(tail -n 1 "$engine_log")
+SLUICE_ENGINE_DIR=$(scripts/engine.sh | tail -1)
 export SLUICE_ENGINE_DIR SLUICE_REQUIRE_ENGINE=1
 
 step "unit and end-to-end tests (real Envoy: $ROOT/.venv/bin/envoy; real engine: $SLUICE_ENGINE_DIR)"
