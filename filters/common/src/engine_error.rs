@@ -96,6 +96,18 @@ pub fn normalise(status: u16, body: &[u8]) -> EngineError {
     EngineError { status, error }
 }
 
+/// Normalise an error object sent inside a stream (older llama.cpp's `error:` line, vLLM's
+/// flat `{"object": "error", ...}`): its status is its own `code` when that is one, else 500.
+pub fn normalise_stream_error(body: &[u8]) -> EngineError {
+    let status = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("code")?.as_u64())
+        .and_then(|c| u16::try_from(c).ok())
+        .filter(|c| (400..600).contains(c))
+        .unwrap_or(500);
+    normalise(status, body)
+}
+
 /// The message and the engine's error type from any of the known shapes.
 fn read_error(v: &Value) -> (String, Option<String>) {
     let text = |x: Option<&Value>| x.and_then(Value::as_str).map(str::to_string);

@@ -4,7 +4,9 @@
 use crate::config::Api;
 use serde::Deserialize;
 use sluice_common::api::{strings_at_all, usage_of, ReportedUsage};
-use sluice_common::engine_error::{stream_error_event, stream_error_message};
+use sluice_common::engine_error::{
+    normalise_stream_error, stream_error_event, stream_error_message,
+};
 use sluice_common::json::remove_top_level_null_member;
 use sluice_common::sse::SseParser;
 use sluice_tokenizer::Tokenizer;
@@ -130,15 +132,6 @@ impl MessageView<'_> {
     }
 }
 
-/// vLLM's older flat error object (`{"object": "error", "message": ...}`) as stream data.
-fn is_flat_error(data: &str) -> bool {
-    data.contains("\"error\"")
-        && serde_json::from_str::<serde_json::Value>(data).is_ok_and(|v| {
-            v.get("object").and_then(serde_json::Value::as_str) == Some("error")
-                && v.get("error").is_none()
-        })
-}
-
 /// Follows one response.
 pub struct ResponseTracker {
     api: Api,
@@ -154,6 +147,9 @@ pub struct ResponseTracker {
     backend_prompt: Option<u64>,
     /// The first error the stream reported (see [`CompletionUsage::stream_error`]).
     stream_error: Option<String>,
+    /// The event just read was vLLM's flat `{"object": "error", ...}` chunk, which the
+    /// client also gets in OpenAI's stream error form.
+    flat_error_seen: bool,
 }
 
 /// Whether the fast borrowed views of OpenAI chat / completions chunks apply; the other
@@ -197,6 +193,7 @@ impl ResponseTracker {
             backend_completion: None,
             backend_prompt: None,
             stream_error: None,
+            flat_error_seen: false,
         }
     }
 
@@ -237,20 +234,13 @@ impl ResponseTracker {
                     // line (not SSE: ignored), or a flat `{"object": "error", ...}` chunk
                     // (the OpenAI SDK raises only on an `error` member). The client gets it
                     // in the API's own stream form as well.
-                    let foreign = event.error.as_deref().or_else(|| {
-                        event
-                            .data
-                            .as_deref()
-                            .filter(|d| openai_choices(self.api) && is_flat_error(d))
-                    });
+                    let flat = std::mem::take(&mut self.flat_error_seen);
+                    let foreign = event
+                        .error
+                        .as_deref()
+                        .or_else(|| event.data.as_deref().filter(|_| flat));
                     if let Some(foreign) = foreign {
-                        let status = serde_json::from_str::<serde_json::Value>(foreign)
-                            .ok()
-                            .and_then(|v| v.get("code")?.as_u64())
-                            .and_then(|c| u16::try_from(c).ok())
-                            .filter(|c| (400..600).contains(c))
-                            .unwrap_or(500);
-                        let e = sluice_common::engine_error::normalise(status, foreign.as_bytes());
+                        let e = normalise_stream_error(foreign.as_bytes());
                         let converted = stream_error_event(self.api, &e);
                         match out.as_mut() {
                             Some(out) => out.extend_from_slice(&converted),
@@ -314,9 +304,11 @@ impl ResponseTracker {
         }
         match serde_json::from_str::<View>(data) {
             Ok(view) => {
-                if view.error.is_some() || view.object.as_deref() == Some("error") {
+                let flat_error = view.object.as_deref() == Some("error") && view.error.is_none();
+                if view.error.is_some() || flat_error {
                     self.on_stream_error(data);
                 }
+                self.flat_error_seen = flat_error;
                 self.read_view(&view, true);
                 let usage_only =
                     view.choices.as_ref().is_some_and(Vec::is_empty) && view.usage.is_some();
