@@ -3,7 +3,8 @@
 //! servers of four slots in one pool, a tiny random-weight model around Llama 3's real
 //! vocabulary. The cases the mock never showed: a burst of long streams, an invalid request
 //! the engine answers with 500, a CJK stream (no spaces), a context overflow, the usage log
-//! against the engine's own usage, and the alias name in responses.
+//! against the engine's own usage, the alias name in responses, and a Messages stream the
+//! engine sends without `message_start`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -508,4 +509,72 @@ async fn messages_and_responses_log_the_engines_usage() {
         log_number(&line, "completion_tokens"),
         v["usage"]["output_tokens"].as_u64()
     );
+}
+
+/// llama-server sends a Messages stream's `message_start` with the first generated token,
+/// and leaves it out when that token is an incomplete UTF-8 sequence (about one stream in
+/// sixty with this model); Anthropic's SDKs refuse such a stream. Through Sluice every
+/// stream opens with `message_start`: the engine's own, or one made by token-counter (its id
+/// is `msg_<request id>`) carrying the prompt count that was charged.
+#[tokio::test]
+async fn every_messages_stream_opens_with_message_start() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = Engine::start(Variant::Plain, 1, 2, 1024, "tiny-llama").await else {
+        return;
+    };
+    let s = stack(&engine).await;
+    let client = reqwest::Client::new();
+    let body = json!({"model": "tiny-llama", "max_tokens": 2, "stream": true,
+                      "messages": [{"role": "user", "content": "Hello there, engine."}]});
+    let (mut engines, mut made) = (0, 0);
+    for n in 0..1500 {
+        if made > 0 && n >= 50 {
+            break;
+        }
+        let id = format!("start-{n}");
+        let text = client
+            .post(format!("{}/v1/messages", s.gateway))
+            .header("x-api-key", KEY)
+            .header("x-request-id", &id)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let events: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let first = &events[0];
+        assert_eq!(first["type"], "message_start", "{text}");
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e["type"] == "message_start")
+                .count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(events.last().unwrap()["type"], "message_stop", "{text}");
+        if first["message"]["id"] == format!("msg_{id}") {
+            made += 1;
+            let line = s.log_line(&id).await;
+            assert_eq!(first["message"]["model"], "tiny-llama");
+            assert_eq!(
+                log_number(&line, "prompt_tokens"),
+                first["message"]["usage"]["input_tokens"].as_u64(),
+                "{text}"
+            );
+        } else {
+            engines += 1;
+        }
+    }
+    assert!(
+        made > 0,
+        "the engine sent message_start in all {engines} streams: has llama-server changed?"
+    );
+    eprintln!("message_start: {engines} from the engine, {made} made by Sluice");
 }

@@ -456,6 +456,28 @@ pub struct StreamEventView<'a> {
     pub usage_only: bool,
 }
 
+/// Anthropic Messages: the `message_start` event that opens every stream, made here for a
+/// stream whose engine left it out. llama-server sends it with the first generated token,
+/// and not at all when that token is an incomplete UTF-8 sequence (a byte of a longer
+/// character, about one stream in sixty with a byte-level BPE vocabulary); Anthropic's SDKs
+/// refuse a stream that does not open with it.
+pub fn messages_start_event(id: &str, model: &str, input_tokens: u64) -> Vec<u8> {
+    let data = serde_json::json!({
+        "type": "message_start",
+        "message": {
+            "id": id,
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": model,
+            "stop_reason": null,
+            "stop_sequence": null,
+            "usage": {"input_tokens": input_tokens, "output_tokens": 0}
+        }
+    });
+    crate::sse::encode(Some("message_start"), &data.to_string())
+}
+
 /// Read one stream event (`data` parsed as JSON) of `api`.
 pub fn stream_event(api: Api, event: &Value) -> StreamEventView<'_> {
     let mut v = StreamEventView::default();

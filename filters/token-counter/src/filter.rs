@@ -4,6 +4,7 @@ use crate::{label, plan_request, RequestPlan, ResponseTracker, Settings, TokenCo
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use sluice_common::api::messages_start_event;
 use sluice_common::properties;
 use sluice_common::{ErrorKind, OpenAiError};
 use sluice_proxy::{
@@ -257,6 +258,14 @@ fn from_upstream() -> bool {
         .is_some_and(|d| d == b"via_upstream")
 }
 
+/// Envoy's id of the request (`x-request-id`).
+fn request_id() -> Option<String> {
+    hostcalls::get_property(vec!["request", "id"])
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+}
+
 impl Context for Http {}
 
 impl HttpContext for Http {
@@ -343,7 +352,7 @@ impl HttpContext for Http {
             .settings
             .as_ref()
             .map_or(1 << 20, |s| s.max_counted_bytes);
-        let tracker = ResponseTracker::new(
+        let mut tracker = ResponseTracker::new(
             plan.api,
             status,
             content_type.as_deref(),
@@ -352,6 +361,13 @@ impl HttpContext for Http {
             plan.tokenizer,
             max,
         );
+        if plan.api == crate::Api::Messages {
+            tracker.ensure_message_start(messages_start_event(
+                &format!("msg_{}", request_id().unwrap_or_default()),
+                &plan.model,
+                plan.prompt_tokens,
+            ));
+        }
         if tracker.rewrites() {
             remove_header(MapType::HttpResponseHeaders, "content-length");
         }

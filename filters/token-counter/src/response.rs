@@ -150,6 +150,11 @@ pub struct ResponseTracker {
     /// The event just read was vLLM's flat `{"object": "error", ...}` chunk, which the
     /// client also gets in OpenAI's stream error form.
     flat_error_seen: bool,
+    /// An Anthropic Messages stream that has not shown its first event yet: the
+    /// `message_start` to send before it when that event is not one.
+    message_start: Option<Vec<u8>>,
+    /// Bytes to send before the event just read.
+    insert_before: Vec<u8>,
 }
 
 /// Whether the fast borrowed views of OpenAI chat / completions chunks apply; the other
@@ -194,6 +199,16 @@ impl ResponseTracker {
             backend_prompt: None,
             stream_error: None,
             flat_error_seen: false,
+            message_start: None,
+            insert_before: Vec::new(),
+        }
+    }
+
+    /// A Messages stream must open with `message_start`: when the engine's first event is
+    /// another, `start` goes before it (see `api::messages_start_event`).
+    pub fn ensure_message_start(&mut self, start: Vec<u8>) {
+        if self.api == Api::Messages && self.success && matches!(self.mode, Mode::Sse { .. }) {
+            self.message_start = Some(start);
         }
     }
 
@@ -219,7 +234,10 @@ impl ResponseTracker {
                 let strip = *strip;
                 let events = parser.push(chunk);
                 let broken = parser.error().is_some();
-                let mut out = strip.then(|| Vec::with_capacity(chunk.len()));
+                // Events are re-sent one by one (not the chunk as it came) while usage is
+                // stripped, or until a Messages stream has shown how it opens.
+                let rewriting = strip || self.message_start.is_some();
+                let mut out = rewriting.then(|| Vec::with_capacity(chunk.len() + 256));
                 // Events to add after a passed-through chunk (see the legacy error below).
                 let mut appended: Vec<u8> = Vec::new();
                 for event in events {
@@ -248,8 +266,9 @@ impl ResponseTracker {
                         }
                     }
                     if let Some(out) = out.as_mut() {
+                        out.append(&mut self.insert_before);
                         if keep {
-                            let edited = (event.data_lines == 1)
+                            let edited = (strip && event.data_lines == 1)
                                 .then(|| remove_top_level_null_member(&event.raw, "usage"))
                                 .flatten();
                             out.extend_from_slice(edited.as_deref().unwrap_or(&event.raw));
@@ -262,6 +281,11 @@ impl ResponseTracker {
                     if let Some(out) = out.as_mut() {
                         if end_of_stream || broken {
                             out.extend_from_slice(&parser.take_pending());
+                        } else if !strip && self.message_start.is_none() {
+                            // Rewriting ends with this chunk: the next ones pass as they
+                            // come, so the start of the event they finish goes now (the
+                            // parser keeps its copy to read that event).
+                            out.extend_from_slice(parser.pending());
                         }
                     }
                     // Passing the chunk through: an added event may follow it only where
@@ -286,6 +310,16 @@ impl ResponseTracker {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
                 return true;
             };
+            if self.message_start.is_some() {
+                match v.get("type").and_then(serde_json::Value::as_str) {
+                    Some("message_start") => self.message_start = None,
+                    // May come first, before the message exists.
+                    Some("ping" | "error") => {}
+                    _ => {
+                        self.insert_before = self.message_start.take().unwrap_or_default();
+                    }
+                }
+            }
             let e = sluice_common::api::stream_event(self.api, &v);
             if e.error {
                 let message = stream_error_message(&v).or_else(|| {
@@ -597,6 +631,93 @@ mod tests {
                 "{api:?}"
             );
         }
+    }
+
+    /// What the client gets for `body` cut into chunks at `cuts`.
+    fn through(t: &mut ResponseTracker, body: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut bounds = vec![0];
+        bounds.extend_from_slice(cuts);
+        bounds.push(body.len());
+        let mut client = Vec::new();
+        for (i, w) in bounds.windows(2).enumerate() {
+            let piece = &body[w[0]..w[1]];
+            let end = i + 2 == bounds.len();
+            match t.on_chunk(piece, end) {
+                Some(replaced) => client.extend_from_slice(&replaced),
+                None => client.extend_from_slice(piece),
+            }
+        }
+        client
+    }
+
+    /// llama-server's Messages stream when the first token is an incomplete UTF-8 sequence
+    /// (captured from the llama-server of llama-cpp-python 0.3.36): no `message_start`.
+    /// The client gets one made here before the first event, whatever the chunking; a
+    /// stream that has one, or opens with `ping`, is otherwise passed byte for byte.
+    #[test]
+    fn a_messages_stream_always_opens_with_message_start() {
+        let headless = concat!(
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"\u{fffd}\u{fffd} \u{4f50}\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":3}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        let start = sluice_common::api::messages_start_event("msg_r1", "tiny", 16);
+        let ping = "event: ping\ndata: {\"type\":\"ping\"}\n\n";
+        let own_start =
+            String::from_utf8(sluice_common::api::messages_start_event("msg_e", "tiny", 9))
+                .unwrap();
+        let with_ping = format!("{ping}{headless}");
+        let whole = format!("{own_start}{headless}");
+        let cases = [
+            (
+                headless.to_string(),
+                [start.clone(), headless.as_bytes().to_vec()].concat(),
+            ),
+            (
+                with_ping.clone(),
+                [ping.as_bytes(), &start, headless.as_bytes()].concat(),
+            ),
+            (whole.clone(), whole.as_bytes().to_vec()),
+        ];
+        for (body, want) in &cases {
+            let body = body.as_bytes();
+            for a in 0..=body.len() {
+                for b in (a..=body.len()).step_by(7) {
+                    let mut t = typed_sse(Api::Messages);
+                    t.ensure_message_start(start.clone());
+                    let got = through(&mut t, body, &[a, b]);
+                    assert_eq!(
+                        String::from_utf8_lossy(&got),
+                        String::from_utf8_lossy(want),
+                        "cuts {a} {b}"
+                    );
+                    assert_eq!(t.finish().completion_tokens, 3);
+                }
+            }
+        }
+        // Not for other APIs, nor for a failed answer.
+        let mut t = typed_sse(Api::Responses);
+        t.ensure_message_start(start.clone());
+        assert_eq!(
+            through(&mut t, headless.as_bytes(), &[]),
+            headless.as_bytes()
+        );
+        let mut t = ResponseTracker::new(
+            Api::Messages,
+            500,
+            Some("text/event-stream"),
+            true,
+            false,
+            tok(),
+            1 << 20,
+        );
+        t.ensure_message_start(start);
+        assert_eq!(
+            through(&mut t, headless.as_bytes(), &[]),
+            headless.as_bytes()
+        );
     }
 
     #[test]
