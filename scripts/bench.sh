@@ -265,6 +265,9 @@ cargo build --quiet --profile wasm-release -p sluice-tokenizer --example through
 echo "tokenizer in V8 (Node WASI, same engine as Envoy): $(node --no-warnings scripts/lib/wasi-run.mjs \
   target/wasm32-wasip1/wasm-release/examples/throughput.wasm | tr '\n' ' ')"
 echo "tokenizer native: $(cargo run --quiet --release -p sluice-tokenizer --example throughput | tr '\n' ' ')"
+cargo build --quiet --profile wasm-release -p sluice-chat-template --example render --target wasm32-wasip1
+echo "chat templates in V8 (Node WASI), per request: $(node --no-warnings scripts/lib/wasi-run.mjs \
+  target/wasm32-wasip1/wasm-release/examples/render.wasm | tr '\n' ' ')"
 
 # ---- sluice-ratelimit with Redis: decisions per second, the service on one core ----
 cargo build --quiet --release -p sluice-ratelimit --examples

@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The vocabularies of the open-model tokenizers (llama3, qwen2) come from llama.cpp's tree,
+# unpacked in the cache where sluice-tokenizer's build.rs finds them (or SLUICE_VOCAB_DIR).
+scripts/llama-src.sh >/dev/null
+
 FILTERS=(sluice-key-auth sluice-model-router sluice-pii-redaction sluice-token-counter sluice-rate-limit)
 
 args=()

@@ -1,40 +1,20 @@
 #!/usr/bin/env bash
 # Build the real inference engine the end-to-end suite runs against: llama.cpp's C++
 # `llama-server`, from the llama.cpp tree vendored in PyPI's llama-cpp-python source
-# distribution, and a tiny random-weight model around a real vocabulary (tests/engine/
-# make_model.py). Everything is cached outside the clone, so a warm run does not rebuild:
+# distribution (scripts/llama-src.sh), and a tiny random-weight model around a real
+# vocabulary (tests/engine/make_model.py). Everything is cached outside the clone, so a warm run does not rebuild:
 #   ${SLUICE_CACHE:-$HOME/.cache/sluice}/llama.cpp-<version>/
 # Prints the cache directory on its last line. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-VERSION=0.3.36
-SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}/llama.cpp-$VERSION
-SDIST=llama_cpp_python-$VERSION.tar.gz
+SRC=$(scripts/llama-src.sh | tail -1)
+CACHE=$(dirname "$SRC")
 say() { printf 'engine: %s\n' "$*" >&2; }
 
-mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock"
 flock 9 # two test runs on one machine build once
-
-if [ ! -f "$CACHE/src/.unpacked" ]; then
-  if [ ! -f "$CACHE/$SDIST" ]; then
-    # The PEP 503 index gives the file's URL; `pip download --no-binary` would instead build
-    # the package's build dependencies (cmake among them) from source just to read metadata.
-    url=$(curl -fsSL https://pypi.org/simple/llama-cpp-python/ | grep -o "https://[^\"#]*/$SDIST" | head -1)
-    [ -n "$url" ] || { say "no $SDIST on the PyPI index"; exit 1; }
-    say "downloading $SDIST"
-    curl -fsSL -o "$CACHE/$SDIST.part" "$url"
-    echo "$SHA256  $CACHE/$SDIST.part" | sha256sum -c --quiet -
-    mv "$CACHE/$SDIST.part" "$CACHE/$SDIST"
-  fi
-  rm -rf "$CACHE/src"
-  mkdir -p "$CACHE/src"
-  tar xzf "$CACHE/$SDIST" -C "$CACHE/src" --strip-components=3 "llama_cpp_python-$VERSION/vendor/llama.cpp"
-  touch "$CACHE/src/.unpacked"
-fi
 
 if ! command -v cmake >/dev/null 2>&1; then
   say "installing cmake (Debian)"
@@ -59,8 +39,8 @@ fi
 # Tiny models: gguf-py from the same tree writes them (numpy from the venv), keyed by a hash
 # of the script that writes them.
 gen=$(sha256sum "$ROOT/tests/engine/make_model.py" | cut -c1-12)
-for variant in plain cjk; do
-  model="$CACHE/models/tiny-llama-$variant-$gen.gguf"
+write_model() { # <name> <vocab file> <variant> <family>
+  local model="$CACHE/models/$1-$gen.gguf"
   if [ ! -f "$model" ]; then
     if ! "$ROOT/.venv/bin/python" -c "import numpy" 2>/dev/null; then
       say "installing numpy into .venv (gguf-py writes the test models)"
@@ -69,9 +49,12 @@ for variant in plain cjk; do
     say "writing $model"
     mkdir -p "$CACHE/models"
     PYTHONPATH="$CACHE/src/gguf-py" "$ROOT/.venv/bin/python" "$ROOT/tests/engine/make_model.py" \
-      --vocab "$CACHE/src/models/ggml-vocab-llama-bpe.gguf" --variant "$variant" --out "$model.part"
+      --vocab "$CACHE/src/models/$2" --variant "$3" --family "$4" --out "$model.part"
     mv "$model.part" "$model"
   fi
-  ln -sf "$model" "$CACHE/models/tiny-llama-$variant.gguf"
-done
+  ln -sf "$model" "$CACHE/models/$1.gguf"
+}
+write_model tiny-llama-plain ggml-vocab-llama-bpe.gguf plain llama3
+write_model tiny-llama-cjk ggml-vocab-llama-bpe.gguf cjk llama3
+write_model tiny-qwen-plain ggml-vocab-qwen2.gguf plain qwen2
 echo "$CACHE"

@@ -19,7 +19,7 @@ cargo fmt --all --check
 
 step "clippy (native)"
 cargo clippy --quiet --workspace --all-targets -- -D warnings
-FILTER_CRATES=(-p sluice-common -p sluice-proxy -p sluice-tokenizer -p sluice-key-auth -p sluice-model-router -p sluice-pii-redaction -p sluice-token-counter -p sluice-rate-limit)
+FILTER_CRATES=(-p sluice-common -p sluice-proxy -p sluice-tokenizer -p sluice-chat-template -p sluice-key-auth -p sluice-model-router -p sluice-pii-redaction -p sluice-token-counter -p sluice-rate-limit)
 step "clippy (wasm32-wasip1, filters)"
 cargo clippy --quiet --target wasm32-wasip1 "${FILTER_CRATES[@]}" --all-targets -- -D warnings
 

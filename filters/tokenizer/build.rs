@@ -28,7 +28,8 @@ mod hash {
 }
 use hash::hash;
 
-fn write_encoding(out: &Path, name: &str, bpe: &tiktoken_rs::CoreBPE, max_rank: u32) {
+/// tiktoken's tokens by rank, from the oracle's own tables.
+fn tiktoken_tokens(name: &str, bpe: &tiktoken_rs::CoreBPE, max_rank: u32) -> Vec<Vec<u8>> {
     let mut tokens: Vec<Vec<u8>> = Vec::new();
     for rank in 0..=max_rank {
         match bpe.decode_bytes(&[rank]) {
@@ -43,6 +44,10 @@ fn write_encoding(out: &Path, name: &str, bpe: &tiktoken_rs::CoreBPE, max_rank: 
             Err(_) => break,
         }
     }
+    tokens
+}
+
+fn write_encoding(out: &Path, name: &str, tokens: &[Vec<u8>]) {
     let n = tokens.len() as u32;
     assert!(
         n < (1 << RANK_BITS) - 1,
@@ -50,7 +55,7 @@ fn write_encoding(out: &Path, name: &str, bpe: &tiktoken_rs::CoreBPE, max_rank: 
     );
     let mut offsets = Vec::with_capacity(tokens.len() + 1);
     let mut blob = Vec::new();
-    for t in &tokens {
+    for t in tokens {
         offsets.push(blob.len() as u32);
         blob.extend_from_slice(t);
     }
@@ -186,21 +191,272 @@ fn write_unicode(out: &Path) {
     std::fs::write(out.join("unicode_classes.rs"), src).unwrap();
 }
 
+/// The vocabulary of a GGUF file (llama.cpp's model format), as far as counting needs it.
+struct GgufVocab {
+    tokens: Vec<String>,
+    types: Vec<i32>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    pre: String,
+    model: String,
+}
+
+/// Read the tokenizer keys of a GGUF file (v2/v3, little-endian: the format of the
+/// vocabulary files in llama.cpp's tree). Only the metadata is read, never the tensors.
+fn read_gguf_vocab(path: &Path) -> GgufVocab {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut at = 0usize;
+    let mut take_owned = |n: usize| -> Vec<u8> {
+        let b = data[at..at + n].to_vec();
+        at += n;
+        b
+    };
+    assert_eq!(
+        take_owned(4),
+        b"GGUF",
+        "{}: not a GGUF file",
+        path.display()
+    );
+    let version = u32::from_le_bytes(take_owned(4).try_into().unwrap());
+    assert!(
+        version >= 2,
+        "{}: GGUF v{version} is too old",
+        path.display()
+    );
+    let _tensors = u64::from_le_bytes(take_owned(8).try_into().unwrap());
+    let kvs = u64::from_le_bytes(take_owned(8).try_into().unwrap());
+    #[derive(Debug)]
+    enum V {
+        Int(i64),
+        Str(String),
+        Ints(Vec<i64>),
+        Strs(Vec<String>),
+        Other,
+    }
+    fn scalar(take: &mut dyn FnMut(usize) -> Vec<u8>, ty: u32) -> V {
+        let le = |b: Vec<u8>| {
+            let mut a = [0u8; 8];
+            a[..b.len()].copy_from_slice(&b);
+            i64::from_le_bytes(a)
+        };
+        match ty {
+            0 | 7 => V::Int(le(take(1))),
+            1 => V::Int(i64::from(take(1)[0] as i8)),
+            2 => V::Int(le(take(2))),
+            3 => V::Int(i64::from(i16::from_le_bytes(take(2).try_into().unwrap()))),
+            4 => V::Int(le(take(4))),
+            5 => V::Int(i64::from(i32::from_le_bytes(take(4).try_into().unwrap()))),
+            6 => {
+                take(4);
+                V::Other
+            }
+            8 => {
+                let n = le(take(8)) as usize;
+                V::Str(String::from_utf8(take(n)).unwrap())
+            }
+            10 | 11 => V::Int(le(take(8))),
+            12 => {
+                take(8);
+                V::Other
+            }
+            9 => {
+                let item = le(take(4)) as u32;
+                let n = le(take(8)) as usize;
+                let items: Vec<V> = (0..n).map(|_| scalar(take, item)).collect();
+                if item == 8 {
+                    V::Strs(
+                        items
+                            .into_iter()
+                            .map(|v| match v {
+                                V::Str(s) => s,
+                                _ => unreachable!(),
+                            })
+                            .collect(),
+                    )
+                } else {
+                    V::Ints(
+                        items
+                            .into_iter()
+                            .map(|v| match v {
+                                V::Int(i) => i,
+                                _ => 0,
+                            })
+                            .collect(),
+                    )
+                }
+            }
+            other => panic!("GGUF value type {other}"),
+        }
+    }
+    let mut vocab = GgufVocab {
+        tokens: Vec::new(),
+        types: Vec::new(),
+        bos: None,
+        eos: None,
+        pre: String::new(),
+        model: String::new(),
+    };
+    for _ in 0..kvs {
+        let key = match scalar(&mut take_owned, 8) {
+            V::Str(k) => k,
+            _ => unreachable!(),
+        };
+        let ty = u32::from_le_bytes(take_owned(4).try_into().unwrap());
+        let value = scalar(&mut take_owned, ty);
+        match (key.as_str(), value) {
+            ("tokenizer.ggml.tokens", V::Strs(t)) => vocab.tokens = t,
+            ("tokenizer.ggml.token_type", V::Ints(t)) => {
+                vocab.types = t.into_iter().map(|i| i as i32).collect();
+            }
+            ("tokenizer.ggml.bos_token_id", V::Int(i)) => vocab.bos = Some(i as u32),
+            ("tokenizer.ggml.eos_token_id", V::Int(i)) => vocab.eos = Some(i as u32),
+            ("tokenizer.ggml.pre", V::Str(s)) => vocab.pre = s,
+            ("tokenizer.ggml.model", V::Str(s)) => vocab.model = s,
+            _ => {}
+        }
+    }
+    vocab
+}
+
+/// GPT-2's byte-level alphabet reversed: a token's characters back to its bytes.
+fn byte_decoder() -> std::collections::HashMap<char, u8> {
+    let mut printable: Vec<u32> = (u32::from(b'!')..=u32::from(b'~'))
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars: Vec<u32> = printable.clone();
+    let mut extra = 0;
+    for b in 0..=255u32 {
+        if !printable.contains(&b) {
+            printable.push(b);
+            chars.push(256 + extra);
+            extra += 1;
+        }
+    }
+    printable
+        .iter()
+        .zip(&chars)
+        .map(|(&b, &c)| (char::from_u32(c).unwrap(), b as u8))
+        .collect()
+}
+
+/// An open-model family whose byte-level BPE vocabulary comes from a GGUF file of
+/// llama.cpp's tree (see scripts/llama-src.sh).
+struct Family {
+    name: &'static str,
+    file: &'static str,
+    pre: &'static str,
+}
+
+const FAMILIES: [Family; 2] = [
+    Family {
+        name: "llama3",
+        file: "ggml-vocab-llama-bpe.gguf",
+        pre: "llama-bpe",
+    },
+    Family {
+        name: "qwen2",
+        file: "ggml-vocab-qwen2.gguf",
+        pre: "qwen2",
+    },
+];
+
+/// Where the GGUF vocabularies are: `SLUICE_VOCAB_DIR`, else the cache scripts/llama-src.sh
+/// fills.
+fn vocab_dir() -> Option<std::path::PathBuf> {
+    if let Ok(d) = std::env::var("SLUICE_VOCAB_DIR") {
+        return Some(d.into());
+    }
+    let cache = std::env::var("SLUICE_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| Path::new(&h).join(".cache/sluice")))
+        .ok()?;
+    Some(cache.join("llama.cpp-0.3.36/src/models"))
+}
+
+/// Writes `<family>.bin` (the BPE tables: normal tokens, rank = id) and `families.rs`
+/// (per family: whether it was built, its special tokens with their ids, BOS and EOS).
+fn write_families(out: &Path) {
+    let dir = vocab_dir();
+    println!("cargo:rerun-if-env-changed=SLUICE_VOCAB_DIR");
+    println!("cargo:rerun-if-env-changed=SLUICE_CACHE");
+    let mut src =
+        String::from("// Generated by build.rs from llama.cpp's GGUF vocabularies. Do not edit.\n");
+    for f in &FAMILIES {
+        let path = dir.as_ref().map(|d| d.join(f.file));
+        if let Some(p) = &path {
+            // A missing file counts as changed: the build picks it up once it is there.
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
+        let upper = f.name.to_ascii_uppercase();
+        let Some(path) = path.filter(|p| p.is_file()) else {
+            println!(
+                "cargo:warning=sluice-tokenizer: no {} (run scripts/llama-src.sh or set SLUICE_VOCAB_DIR): the {} tokenizer is not built in",
+                f.file, f.name
+            );
+            write_encoding(out, f.name, &[]);
+            src.push_str(&format!(
+                "pub(crate) const {upper}_BUILT: bool = false;\npub(crate) static {upper}_SPECIALS: [(&str, u32); 0] = [];\npub(crate) const {upper}_BOS: Option<&str> = None;\npub(crate) const {upper}_EOS: Option<&str> = None;\n"
+            ));
+            continue;
+        };
+        let v = read_gguf_vocab(&path);
+        assert_eq!(
+            v.model, "gpt2",
+            "{}: not a byte-level BPE vocabulary",
+            f.file
+        );
+        assert_eq!(v.pre, f.pre, "{}: pre-tokenizer", f.file);
+        assert_eq!(v.tokens.len(), v.types.len());
+        let dec = byte_decoder();
+        // Normal tokens (type 1) come first and their ids are their merge ranks (both
+        // vocabularies come from tiktoken-style rank files); the rest are special.
+        let normal = v.types.iter().take_while(|&&t| t == 1).count();
+        let tokens: Vec<Vec<u8>> = v.tokens[..normal]
+            .iter()
+            .map(|t| {
+                t.chars()
+                    .map(|c| {
+                        *dec.get(&c)
+                            .unwrap_or_else(|| panic!("{}: {t:?} is not byte-level", f.file))
+                    })
+                    .collect()
+            })
+            .collect();
+        write_encoding(out, f.name, &tokens);
+        let specials: Vec<(String, u32)> = v
+            .tokens
+            .iter()
+            .zip(&v.types)
+            .enumerate()
+            .skip(normal)
+            // 3 control, 4 user-defined: both are matched in a chat prompt's text.
+            .filter(|(_, (_, &t))| t == 3 || t == 4)
+            .map(|(i, (s, _))| (s.clone(), i as u32))
+            .collect();
+        let name_of = |id: Option<u32>| {
+            id.and_then(|i| v.tokens.get(i as usize))
+                .map_or("None".to_string(), |s| format!("Some({s:?})"))
+        };
+        src.push_str(&format!(
+            "pub(crate) const {upper}_BUILT: bool = true;\npub(crate) static {upper}_SPECIALS: [(&str, u32); {}] = {:?};\npub(crate) const {upper}_BOS: Option<&str> = {};\npub(crate) const {upper}_EOS: Option<&str> = {};\n",
+            specials.len(),
+            specials,
+            name_of(v.bos),
+            name_of(v.eos),
+        ));
+    }
+    std::fs::write(out.join("families.rs"), src).unwrap();
+}
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=src/hash.rs");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    write_encoding(
-        &out,
-        "o200k_base",
-        &tiktoken_rs::o200k_base().unwrap(),
-        199_997,
-    );
-    write_encoding(
-        &out,
-        "cl100k_base",
-        &tiktoken_rs::cl100k_base().unwrap(),
-        100_255,
-    );
+    let o200k = tiktoken_tokens("o200k_base", &tiktoken_rs::o200k_base().unwrap(), 199_997);
+    write_encoding(&out, "o200k_base", &o200k);
+    let cl100k = tiktoken_tokens("cl100k_base", &tiktoken_rs::cl100k_base().unwrap(), 100_255);
+    write_encoding(&out, "cl100k_base", &cl100k);
+    write_families(&out);
     write_unicode(&out);
 }

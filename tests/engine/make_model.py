@@ -64,6 +64,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vocab", required=True)
     ap.add_argument("--variant", choices=["plain", "cjk"], required=True)
+    # The vocabulary's family: its end-of-turn token and whether prompts start with BOS
+    # (the chat template is the Llama 3 one either way; tests pass their own).
+    ap.add_argument("--family", choices=["llama3", "qwen2"], default="llama3")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -80,7 +83,7 @@ def main():
     head_dim = N_EMBD // N_HEAD
 
     w = gguf.GGUFWriter(args.out, "llama")
-    w.add_name(f"tiny-llama-{args.variant}")
+    w.add_name(f"tiny-{args.family}-{args.variant}")
     w.add_context_length(N_CTX_TRAIN)
     w.add_embedding_length(N_EMBD)
     w.add_block_count(N_LAYER)
@@ -98,8 +101,12 @@ def main():
     w.add_token_types(token_types)
     w.add_token_merges(merges)
     w.add_bos_token_id(bos)
-    w.add_eos_token_id(EOT_ID)
-    w.add_add_bos_token(True)
+    if args.family == "llama3":
+        w.add_eos_token_id(EOT_ID)
+        w.add_add_bos_token(True)
+    else:
+        w.add_eos_token_id(tokens.index("<|im_end|>"))
+        w.add_add_bos_token(False)
     w.add_chat_template(LLAMA3_TEMPLATE)
 
     def f32(a):

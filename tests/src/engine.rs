@@ -6,11 +6,13 @@ use crate::process::Proc;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Which tiny model: `plain` (any token), `cjk` (favours CJK ideographs: text without spaces).
+/// Which tiny model: `plain` (any token), `cjk` (favours CJK ideographs: text without spaces)
+/// around Llama 3's vocabulary; `qwen` (any token) around Qwen 2's.
 #[derive(Debug, Clone, Copy)]
 pub enum Variant {
     Plain,
     Cjk,
+    Qwen,
 }
 
 /// `llama-server` processes, stopped when dropped.
@@ -55,10 +57,23 @@ impl Engine {
         ctx: usize,
         alias: &str,
     ) -> Option<Self> {
+        Self::start_with(variant, servers, slots, ctx, alias, &[]).await
+    }
+
+    /// As [`Engine::start`], with more `llama-server` arguments (`--chat-template-file`).
+    pub async fn start_with(
+        variant: Variant,
+        servers: usize,
+        slots: usize,
+        ctx: usize,
+        alias: &str,
+        extra: &[String],
+    ) -> Option<Self> {
         let dir = engine_dir()?;
         let model = dir.join(match variant {
             Variant::Plain => "models/tiny-llama-plain.gguf",
             Variant::Cjk => "models/tiny-llama-cjk.gguf",
+            Variant::Qwen => "models/tiny-qwen-plain.gguf",
         });
         let bin = dir.join("bin/llama-server");
         let tmp = tempfile::Builder::new()
@@ -86,7 +101,7 @@ impl Engine {
                 "1".into(),
                 "--no-webui".into(),
             ];
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let args: Vec<&str> = args.iter().chain(extra).map(String::as_str).collect();
             procs.push(Proc::spawn(
                 &format!("llama-server-{i}"),
                 &bin,

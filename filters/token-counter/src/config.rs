@@ -11,6 +11,7 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
+use sluice_chat_template::ChatTemplate;
 use sluice_common::glob::first_match;
 use sluice_common::ConfigError;
 use sluice_tokenizer::Tokenizer;
@@ -24,8 +25,17 @@ pub use sluice_common::openai::Api;
 pub struct EncodingRule {
     /// Model globs (`*`, `?`).
     pub models: Vec<String>,
-    /// `o200k_base` or `cl100k_base`.
+    /// `o200k_base`, `cl100k_base`, or an open family's vocabulary: `llama3`, `qwen2`.
     pub encoding: String,
+    /// A built-in chat template (`llama-3.1`, `qwen-3`, ...: see sluice-chat-template); an
+    /// open family's encoding comes with a default (`llama3`: `llama-3.1`, `qwen2`:
+    /// `qwen-2.5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+    /// The template itself (the `chat_template` of the model's `tokenizer_config.json`),
+    /// for a model whose template is not built in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template_source: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,10 +87,63 @@ impl Default for TokenCounterConfig {
     }
 }
 
+/// How a model's prompts are counted: its tokenizer and, for an open model, the chat
+/// template the engine renders its chat requests with.
+pub struct PromptCounter {
+    pub tokenizer: &'static Tokenizer,
+    pub template: Option<ChatTemplate>,
+}
+
+/// The template an open family's tokenizer comes with when the rule names none.
+fn default_template(encoding: &str) -> Option<&'static str> {
+    match encoding {
+        "llama3" => Some("llama-3.1"),
+        "qwen2" => Some("qwen-2.5"),
+        _ => None,
+    }
+}
+
+impl PromptCounter {
+    fn new(rule: &EncodingRule) -> Result<Self, ConfigError> {
+        let tokenizer = tokenizer(&rule.encoding)?;
+        let source = match (&rule.chat_template_source, &rule.chat_template) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "chat_template and chat_template_source are exclusive".into(),
+                ))
+            }
+            (Some(src), None) => Some(src.as_str()),
+            (None, name) => match name.as_deref().or(default_template(&rule.encoding)) {
+                Some(name) => Some(sluice_chat_template::builtin(name).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "unknown chat template {name:?} (built in: {})",
+                        sluice_chat_template::builtin_names().join(", ")
+                    ))
+                })?),
+                None => None,
+            },
+        };
+        let template = source
+            .map(|src| {
+                ChatTemplate::new(
+                    src,
+                    tokenizer.bos_token().unwrap_or(""),
+                    tokenizer.eos_token().unwrap_or(""),
+                )
+                .map_err(|e| ConfigError::Invalid(format!("{:?}: {e}", rule.models)))
+            })
+            .transpose()?;
+        Ok(Self {
+            tokenizer,
+            template,
+        })
+    }
+}
+
 /// The validated configuration, ready for requests.
 pub struct Settings {
     pub paths: BTreeMap<String, Api>,
-    rules: Vec<(Vec<String>, &'static Tokenizer)>,
+    rules: Vec<(Vec<String>, PromptCounter)>,
     default: &'static Tokenizer,
     pub inject_include_usage: bool,
     metric_models: HashSet<String>,
@@ -112,7 +175,7 @@ impl Settings {
                         "an encoding rule without models".into(),
                     ));
                 }
-                Ok((r.models.clone(), tokenizer(&r.encoding)?))
+                Ok((r.models.clone(), PromptCounter::new(r)?))
             })
             .collect::<Result<_, _>>()?;
         if config.max_counted_bytes == 0 {
@@ -136,10 +199,19 @@ impl Settings {
     }
 
     pub fn tokenizer_for(&self, model: &str) -> &'static Tokenizer {
+        self.rule_for(model).map_or(self.default, |c| c.tokenizer)
+    }
+
+    /// The chat template of a model's rule, if it has one.
+    pub fn template_for(&self, model: &str) -> Option<&ChatTemplate> {
+        self.rule_for(model).and_then(|c| c.template.as_ref())
+    }
+
+    fn rule_for(&self, model: &str) -> Option<&PromptCounter> {
         self.rules
             .iter()
             .find(|(globs, _)| first_match(globs, model).is_some())
-            .map_or(self.default, |(_, t)| *t)
+            .map(|(_, c)| c)
     }
 
     /// The model as a metric label: a configured name, or `other`.

@@ -66,9 +66,15 @@ impl RootContext for Root {
         // Make the tokenizers ready now, not on the first request; report what that costs
         // this VM (each worker thread pays it once).
         let started = hostcalls::get_current_time().ok();
-        let ready = sluice_tokenizer::ENCODINGS
+        // The tiktoken encodings are always built in; an open family only when its
+        // vocabulary was there at build time (a rule naming a missing one fails above).
+        let ready = sluice_tokenizer::TIKTOKEN_ENCODINGS
             .iter()
-            .all(|e| sluice_tokenizer::by_name(e).is_some_and(|t| t.count("ready") > 0));
+            .all(|e| sluice_tokenizer::by_name(e).is_some())
+            && sluice_tokenizer::ENCODINGS
+                .iter()
+                .filter_map(|e| sluice_tokenizer::by_name(e))
+                .all(|t| t.count("ready") > 0);
         if !ready {
             log::error!("token-counter: tokenizer tables are corrupt");
             return false;
@@ -203,6 +209,18 @@ impl Http {
             prompt_tokens,
             usage.completion_tokens,
         );
+        if let Some(backend) = usage.backend_prompt_tokens {
+            if crate::prompt::estimate_is_off(plan.prompt_tokens, backend) {
+                log::info!(
+                    "token-counter: {} prompt tokens estimated, the backend counted {backend} (model {}): check the model's encoding and chat template",
+                    plan.prompt_tokens,
+                    plan.model
+                );
+                self.counters
+                    .borrow_mut()
+                    .add(&format!("sluice.llm.prompt_estimate_off.{labels}"), 1);
+            }
+        }
     }
 }
 
@@ -299,7 +317,7 @@ impl HttpContext for Http {
             return Action::Continue;
         };
         let body = read_body(BufferType::HttpRequestBody, size);
-        match plan_request(&settings, api, &body) {
+        match plan_request(&settings, api, &body, sluice_proxy::now_unix_secs()) {
             Err(e) => self.reject(&e),
             Ok(mut plan) => {
                 if let Some(new_body) = plan.new_body.take() {

@@ -1,7 +1,7 @@
 //! token-counter: exact token accounting, streamed responses included.
 //!
-//! Request: counts the prompt of the body sent upstream (OpenAI's message formula, the
-//! model's encoding) and publishes `sluice_prompt_tokens` before the request leaves; asks
+//! Request: counts the prompt of the body sent upstream (an open model's own tokenizer and
+//! chat template, or OpenAI's message formula and encoding) and publishes `sluice_prompt_tokens` before the request leaves; asks
 //! streams for usage (`stream_options.include_usage`) when the client did not.
 //! Response: reads `usage` from JSON bodies and SSE streams as chunks pass (nothing is held
 //! back but an incomplete event that must be edited), hides the usage chunk from clients

@@ -1,7 +1,7 @@
 //! The request side: parse the body once, count it, and ask streams for usage.
 
 use crate::config::{Api, Settings};
-use crate::prompt::prompt_tokens;
+use crate::prompt::prompt_tokens_for;
 use serde_json::{Map, Value};
 use sluice_common::{ErrorKind, OpenAiError, RequestView};
 use sluice_tokenizer::Tokenizer;
@@ -35,12 +35,14 @@ pub fn plan_request(
     settings: &Settings,
     api: Api,
     body: &[u8],
+    now_unix_secs: u64,
 ) -> Result<RequestPlan, OpenAiError> {
     let mut view = RequestView::parse(api, body)?;
     let model = view.model()?.to_string();
     let tokenizer = settings.tokenizer_for(&model);
-    let prompt_tokens =
-        prompt_tokens(api, &view.body, tokenizer).map_err(|b| invalid(b.message, Some(b.param)))?;
+    let template = settings.template_for(&model);
+    let prompt_tokens = prompt_tokens_for(api, &view.body, tokenizer, template, now_unix_secs)
+        .map_err(|b| invalid(b.message, Some(b.param)))?;
     let stream = view.stream();
     let max_output_tokens = view.output_cap();
     let inject =
@@ -83,7 +85,7 @@ mod tests {
     }
 
     fn plan(body: Value) -> Result<RequestPlan, OpenAiError> {
-        plan_request(&settings(), Api::Chat, body.to_string().as_bytes())
+        plan_request(&settings(), Api::Chat, body.to_string().as_bytes(), 0)
     }
 
     #[test]
@@ -143,7 +145,7 @@ mod tests {
                 Some("messages"),
             ),
         ] {
-            let e = plan_request(&s, Api::Chat, body).err().expect("a 400");
+            let e = plan_request(&s, Api::Chat, body, 0).err().expect("a 400");
             assert_eq!(e.status(), 400);
             assert_eq!(e.param.as_deref(), param);
         }

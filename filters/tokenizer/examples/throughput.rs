@@ -47,8 +47,9 @@ fn main() {
     );
     #[cfg(target_arch = "wasm32")]
     {
-        // The whole linear memory of this wasm instance with the tokenizers ready (both
-        // encodings' tables are data segments): an upper bound of what a filter VM pays.
+        // The whole linear memory of this wasm instance (every encoding's tables are data
+        // segments, the open families' included when built in): an upper bound of what a
+        // filter VM pays.
         let bytes = core::arch::wasm32::memory_size(0) * 65536;
         println!("wasm_memory_mb={:.1}", bytes as f64 / 1e6);
     }
@@ -59,6 +60,26 @@ fn main() {
     println!("corpus_mb={mb:.2}");
     println!("corpus_tokens={tokens}");
     println!("o200k_mb_per_s={:.1}", mb / secs);
+
+    // Every other encoding built in: time to ready, the size of its tables, throughput.
+    for name in sluice_tokenizer::ENCODINGS
+        .iter()
+        .filter(|n| **n != "o200k_base")
+    {
+        let t = Instant::now();
+        let Some(e) = sluice_tokenizer::by_name(name) else {
+            println!("{name}=not_built_in");
+            continue;
+        };
+        e.count("warm up");
+        println!("{name}_ready_us={:.0}", t.elapsed().as_secs_f64() * 1e6);
+        println!(
+            "{name}_tables_mb={:.1}",
+            e.vocab().table_bytes() as f64 / 1e6
+        );
+        let (secs, _) = time(|| e.count(&text), 3);
+        println!("{name}_mb_per_s={:.1}", mb / secs);
+    }
 
     // The first 4 KB of the corpus (cut at a character boundary).
     let cut = (0..=4096)

@@ -58,6 +58,11 @@ impl Vocab {
         self.offsets.len() - 1
     }
 
+    /// Bytes of the tables (index, pair ranks, offsets, token bytes).
+    pub fn table_bytes(&self) -> usize {
+        8 * self.table.len() + 4 * (self.pairs.len() + self.offsets.len()) + self.blob.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

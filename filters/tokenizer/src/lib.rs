@@ -23,6 +23,19 @@ pub struct Tokenizer {
     name: &'static str,
     vocab: Vocab,
     pattern: Pattern,
+    /// Special tokens (text, id), longest first: in a model's prompt text each is one
+    /// token, as the engines read a rendered chat template (llama.cpp's `parse_special`,
+    /// Hugging Face's added tokens).
+    specials: Vec<(&'static str, u32)>,
+    bos: Option<&'static str>,
+    eos: Option<&'static str>,
+    /// The engines put BOS before a prompt that does not start with it (llama.cpp's
+    /// `add_bos` for this vocabulary).
+    adds_bos: bool,
+}
+
+mod families {
+    include!(concat!(env!("OUT_DIR"), "/families.rs"));
 }
 
 impl Tokenizer {
@@ -32,6 +45,85 @@ impl Tokenizer {
 
     pub fn vocab(&self) -> &Vocab {
         &self.vocab
+    }
+
+    /// The beginning-of-sequence token's text (`<|begin_of_text|>`), for an open model.
+    pub fn bos_token(&self) -> Option<&'static str> {
+        self.bos
+    }
+
+    /// The end-of-sequence token's text, for an open model.
+    pub fn eos_token(&self) -> Option<&'static str> {
+        self.eos
+    }
+
+    /// Whether the engines add BOS to a prompt that lacks it.
+    pub fn adds_bos(&self) -> bool {
+        self.adds_bos
+    }
+
+    /// Whether the text of special tokens is read as those tokens (open models' chat
+    /// prompts); tiktoken encodings read all text as text.
+    pub fn has_specials(&self) -> bool {
+        !self.specials.is_empty()
+    }
+
+    /// Cut `text` at its special tokens: `each(Err(id))` for a special token, `each(Ok(s))`
+    /// for the plain text between them.
+    fn split_specials<'t>(&self, text: &'t str, mut each: impl FnMut(Result<&'t str, u32>)) {
+        let bytes = text.as_bytes();
+        let mut plain = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            // Every special token of these vocabularies starts with '<' or '[' (Qwen's
+            // padding tokens); a quick byte test skips the rest.
+            let b = bytes.get(i).copied().unwrap_or(0);
+            let found = if b == b'<' || b == b'[' {
+                self.specials
+                    .iter()
+                    .find(|(s, _)| bytes.get(i..i + s.len()) == Some(s.as_bytes()))
+            } else {
+                None
+            };
+            match found {
+                Some(&(s, id)) => {
+                    if plain < i {
+                        each(Ok(text.get(plain..i).unwrap_or_default()));
+                    }
+                    each(Err(id));
+                    i += s.len();
+                    plain = i;
+                }
+                None => i += 1,
+            }
+        }
+        if plain < bytes.len() {
+            each(Ok(text.get(plain..).unwrap_or_default()));
+        }
+    }
+
+    /// Tokens of a model's prompt text: special-token text is one token each, the rest
+    /// as [`Tokenizer::count`]. For a tiktoken encoding, the same as `count`.
+    pub fn count_prompt(&self, text: &str) -> usize {
+        if self.specials.is_empty() {
+            return self.count(text);
+        }
+        let mut total = 0;
+        self.split_specials(text, |part| match part {
+            Ok(plain) => total += self.count(plain),
+            Err(_) => total += 1,
+        });
+        total
+    }
+
+    /// Token ids of a model's prompt text (special tokens read as such).
+    pub fn encode_prompt(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        self.split_specials(text, |part| match part {
+            Ok(plain) => out.extend(self.encode(plain)),
+            Err(id) => out.push(id),
+        });
+        out
     }
 
     /// Number of tokens of `text` (as `encode_ordinary`: special-token text is plain text).
@@ -83,6 +175,10 @@ fn load(name: &'static str, data: &'static Aligned<[u8]>, pattern: Pattern) -> O
         name,
         vocab: Vocab::from_tables(&data.0)?,
         pattern,
+        specials: Vec::new(),
+        bos: None,
+        eos: None,
+        adds_bos: false,
     })
 }
 
@@ -101,17 +197,96 @@ pub fn cl100k_base() -> Option<&'static Tokenizer> {
         .as_ref()
 }
 
+/// An open-model family as built in (see build.rs).
+struct Family {
+    name: &'static str,
+    /// Its vocabulary was there at build time.
+    built: bool,
+    data: &'static Aligned<[u8]>,
+    pattern: Pattern,
+    specials: &'static [(&'static str, u32)],
+    bos: Option<&'static str>,
+    eos: Option<&'static str>,
+    adds_bos: bool,
+}
+
+/// An open-model family's tokenizer; `None` when its vocabulary was not there at build time.
+fn load_family(f: &Family) -> Option<Tokenizer> {
+    if !f.built {
+        return None;
+    }
+    let mut specials = f.specials.to_vec();
+    specials.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    Some(Tokenizer {
+        specials,
+        bos: f.bos,
+        eos: f.eos,
+        adds_bos: f.adds_bos,
+        ..load(f.name, f.data, f.pattern)?
+    })
+}
+
+static LLAMA3_DATA: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/llama3.bin")));
+static QWEN2_DATA: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/qwen2.bin")));
+
+/// Llama 3, 3.1, 3.2, 3.3 (and their fine-tunes, DeepSeek-R1-Distill-Llama): llama.cpp's
+/// `llama-bpe` vocabulary.
+pub fn llama3() -> Option<&'static Tokenizer> {
+    static T: OnceLock<Option<Tokenizer>> = OnceLock::new();
+    T.get_or_init(|| {
+        load_family(&Family {
+            name: "llama3",
+            built: families::LLAMA3_BUILT,
+            data: LLAMA3_DATA,
+            pattern: Pattern::Llama3,
+            specials: &families::LLAMA3_SPECIALS,
+            bos: families::LLAMA3_BOS,
+            eos: families::LLAMA3_EOS,
+            // llama.cpp's `llama-bpe` pre-tokenizer sets add_bos.
+            adds_bos: true,
+        })
+    })
+    .as_ref()
+}
+
+/// Qwen 2, 2.5 and 3 (and DeepSeek-R1-Distill-Qwen): llama.cpp's `qwen2` vocabulary.
+pub fn qwen2() -> Option<&'static Tokenizer> {
+    static T: OnceLock<Option<Tokenizer>> = OnceLock::new();
+    T.get_or_init(|| {
+        load_family(&Family {
+            name: "qwen2",
+            built: families::QWEN2_BUILT,
+            data: QWEN2_DATA,
+            pattern: Pattern::Qwen2,
+            specials: &families::QWEN2_SPECIALS,
+            bos: families::QWEN2_BOS,
+            eos: families::QWEN2_EOS,
+            // Qwen's GGUFs and tokenizer_config.json: add_bos_token false.
+            adds_bos: false,
+        })
+    })
+    .as_ref()
+}
+
 /// A tokenizer by encoding name.
 pub fn by_name(name: &str) -> Option<&'static Tokenizer> {
     match name {
         "o200k_base" => o200k_base(),
         "cl100k_base" => cl100k_base(),
+        "llama3" => llama3(),
+        "qwen2" => qwen2(),
         _ => None,
     }
 }
 
-/// Encoding names [`by_name`] knows.
-pub const ENCODINGS: [&str; 2] = ["o200k_base", "cl100k_base"];
+/// Encoding names [`by_name`] knows (the open families only when built with their
+/// vocabularies).
+pub const ENCODINGS: [&str; 4] = ["o200k_base", "cl100k_base", "llama3", "qwen2"];
+
+/// The tiktoken encodings (always built in; tiktoken-rs is their oracle).
+pub const TIKTOKEN_ENCODINGS: [&str; 2] = ["o200k_base", "cl100k_base"];
 
 #[cfg(test)]
 mod tests {
@@ -125,6 +300,28 @@ mod tests {
         assert_eq!(t.vocab().rank(b"hello"), Some(24912));
         assert_eq!(t.vocab().token(24912), b"hello");
         assert_eq!(t.vocab().rank(b"no-such-token-xyzzy"), None);
+    }
+
+    /// The open families, where built in (also in V8): ids from llama.cpp's reference
+    /// tokenizations (models/ggml-vocab-*.gguf.out).
+    #[test]
+    fn open_families() {
+        if let Some(t) = llama3() {
+            assert_eq!(t.encode("Hello world"), [9906, 1917]);
+            assert_eq!(
+                t.encode(" this is 🦙.cpp"),
+                [420, 374, 11410, 99, 247, 13, 11055]
+            );
+            assert_eq!(t.encode("3333333"), [8765, 8765, 18]);
+            assert_eq!(t.encode_prompt("<|begin_of_text|>hi"), [128000, 6151]);
+            assert!(t.adds_bos());
+        }
+        if let Some(t) = qwen2() {
+            assert_eq!(t.encode("Hello world"), [9707, 1879]);
+            assert_eq!(t.encode("3333333"), [18; 7]);
+            assert_eq!(t.count_prompt("<|im_start|>user\nhi<|im_end|>"), 5);
+            assert!(!t.adds_bos());
+        }
     }
 
     #[test]

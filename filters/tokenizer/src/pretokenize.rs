@@ -27,6 +27,17 @@ use crate::unicode::{
 pub enum Pattern {
     O200k,
     Cl100k,
+    /// Llama 3 (`llama-bpe` in llama.cpp, the `pre_tokenizer` of Meta's `tokenizer.json`):
+    /// cl100k's alternatives without `\s++$`, greedy instead of possessive (which changes
+    /// nothing here: no alternative can give back into a match that the next one needs),
+    /// and `\s*[\r\n]+`, which ends where cl100k's `\s*[\r\n]` does: at the run's last
+    /// newline.
+    /// ```text
+    /// (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+    /// ```
+    Llama3,
+    /// Qwen 2 / 2.5 / 3: Llama 3's pattern with single digits (`\p{N}` for `\p{N}{1,3}`).
+    Qwen2,
 }
 
 /// The character at byte `i`: (char, its UTF-8 length, its class flags).
@@ -79,7 +90,9 @@ impl<'a> Iterator for Pieces<'a> {
         let (c, n, k) = at(s, self.text, self.pos)?;
         let end = match self.pattern {
             Pattern::O200k => o200k_end(s, self.text, self.pos, c, n, k),
-            Pattern::Cl100k => cl100k_end(s, self.text, self.pos, c, n, k),
+            Pattern::Cl100k => cl100k_end(s, self.text, self.pos, c, n, k, true, 3),
+            Pattern::Llama3 => cl100k_end(s, self.text, self.pos, c, n, k, false, 3),
+            Pattern::Qwen2 => cl100k_end(s, self.text, self.pos, c, n, k, false, 1),
         };
         // Every character belongs to some alternative, so `end > pos`; stay safe anyway.
         let end = end.max(self.pos + n);
@@ -126,7 +139,18 @@ fn o200k_end(s: &[u8], t: &str, i: usize, c: char, n: usize, k: u8) -> usize {
     i + n
 }
 
-fn cl100k_end(s: &[u8], t: &str, i: usize, c: char, n: usize, k: u8) -> usize {
+/// cl100k's pattern and its relatives: `end_rule` is C5 (`\s++$`), `max_digits` C3's bound.
+#[allow(clippy::too_many_arguments)]
+fn cl100k_end(
+    s: &[u8],
+    t: &str,
+    i: usize,
+    c: char,
+    n: usize,
+    k: u8,
+    end_rule: bool,
+    max_digits: usize,
+) -> usize {
     // C1
     if c == '\'' {
         let e = contraction(s, t, i);
@@ -146,7 +170,11 @@ fn cl100k_end(s: &[u8], t: &str, i: usize, c: char, n: usize, k: u8) -> usize {
         return run_while(s, t, i, |k| k & LETTER != 0);
     }
     if k & NUM != 0 {
-        return digits(s, t, i + n);
+        return if max_digits == 1 {
+            i + n
+        } else {
+            digits(s, t, i + n)
+        };
     }
     if let Some(e) = punctuation(s, t, i, c, false) {
         return e;
@@ -154,7 +182,7 @@ fn cl100k_end(s: &[u8], t: &str, i: usize, c: char, n: usize, k: u8) -> usize {
     if k & WS != 0 {
         let run = whitespace_run(s, t, i);
         // C5 `\s++$`
-        if run.end == s.len() {
+        if end_rule && run.end == s.len() {
             return run.end;
         }
         // C6 `\s*[\r\n]`: ends after the run's last newline.

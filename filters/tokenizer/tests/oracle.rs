@@ -51,7 +51,7 @@ fn corpus_counts_are_the_reference_counts() {
     assert!(corpus.len() >= 20);
     for entry in &corpus {
         let text = entry["text"].as_str().unwrap();
-        for name in sluice_tokenizer::ENCODINGS {
+        for name in sluice_tokenizer::TIKTOKEN_ENCODINGS {
             assert_same(name, text);
             let stored = entry[name].as_u64().expect("corpus.json lacks counts");
             assert_eq!(
@@ -72,7 +72,7 @@ fn regenerate_corpus_counts() {
         serde_json::from_str(&std::fs::read_to_string(corpus_path()).unwrap()).unwrap();
     for entry in &mut corpus {
         let text = entry["text"].as_str().unwrap().to_string();
-        for name in sluice_tokenizer::ENCODINGS {
+        for name in sluice_tokenizer::TIKTOKEN_ENCODINGS {
             entry[name] = reference(name).encode_ordinary(&text).len().into();
         }
     }
@@ -95,7 +95,7 @@ fn long_and_pathological_inputs() {
         "Ǆ".repeat(300) + "ǅ" + &"ǆ".repeat(300),
     ];
     for text in &cases {
-        for name in sluice_tokenizer::ENCODINGS {
+        for name in sluice_tokenizer::TIKTOKEN_ENCODINGS {
             assert_same(name, text);
         }
     }
@@ -125,7 +125,7 @@ proptest! {
     #[test]
     fn tricky_text_matches_the_reference(chars in prop::collection::vec(tricky_char(), 0..60)) {
         let text: String = chars.into_iter().collect();
-        for name in sluice_tokenizer::ENCODINGS {
+        for name in sluice_tokenizer::TIKTOKEN_ENCODINGS {
             let want = reference(name).encode_ordinary(&text);
             let got = sluice_tokenizer::by_name(name).unwrap().encode(&text);
             prop_assert_eq!(got, want, "{} on {:?}", name, text);
@@ -134,7 +134,7 @@ proptest! {
 
     #[test]
     fn any_unicode_matches_the_reference(text in "\\PC{0,80}") {
-        for name in sluice_tokenizer::ENCODINGS {
+        for name in sluice_tokenizer::TIKTOKEN_ENCODINGS {
             let want = reference(name).encode_ordinary(&text);
             let got = sluice_tokenizer::by_name(name).unwrap().encode(&text);
             prop_assert_eq!(got, want, "{} on {:?}", name, text);
@@ -147,7 +147,7 @@ proptest! {
         n in 100usize..400,
     ) {
         let text = unit.repeat(n);
-        for name in sluice_tokenizer::ENCODINGS {
+        for name in sluice_tokenizer::TIKTOKEN_ENCODINGS {
             let want = reference(name).encode_ordinary(&text);
             let got = sluice_tokenizer::by_name(name).unwrap().encode(&text);
             prop_assert_eq!(got, want, "{} on {:?} x {}", name, unit, n);

@@ -1,0 +1,88 @@
+//! The open-model tokenizers against llama.cpp's reference tokenizations: the `.inp` / `.out`
+//! files beside each vocabulary in llama.cpp's tree (made with Hugging Face `tokenizers`
+//! from the model's own `tokenizer.json`). Needs the vocabularies (scripts/llama-src.sh);
+//! skipped without them unless `SLUICE_REQUIRE_ENGINE` is set.
+// Reads llama.cpp's files from disk: native only (lib.rs's unit tests run the families in V8).
+#![cfg(not(target_arch = "wasm32"))]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::PathBuf;
+
+fn vocab_dir() -> Option<PathBuf> {
+    if let Ok(d) = std::env::var("SLUICE_VOCAB_DIR") {
+        return Some(d.into());
+    }
+    let cache = std::env::var("SLUICE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".cache/sluice")))
+        .ok()?;
+    Some(cache.join("llama.cpp-0.3.36/src/models"))
+}
+
+fn family(name: &str) -> Option<&'static sluice_tokenizer::Tokenizer> {
+    let t = sluice_tokenizer::by_name(name);
+    if t.is_none() {
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_ENGINE").is_none(),
+            "{name} was not built in"
+        );
+        eprintln!("{name}: vocabulary not built in; skipped");
+    }
+    t
+}
+
+fn reference(file: &str) -> Vec<(String, Vec<u32>)> {
+    let dir = vocab_dir().unwrap();
+    let inp = std::fs::read_to_string(dir.join(format!("{file}.inp"))).unwrap();
+    let out = std::fs::read_to_string(dir.join(format!("{file}.out"))).unwrap();
+    let texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+    let ids: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(
+        texts.len(),
+        ids.len() + 1,
+        "{file}: one text per line of ids"
+    );
+    texts
+        .into_iter()
+        .zip(ids)
+        .map(|(t, i)| (t.to_string(), i))
+        .collect()
+}
+
+#[test]
+fn llama3_and_qwen2_match_the_reference_tokenizations() {
+    for (name, file) in [
+        ("llama3", "ggml-vocab-llama-bpe.gguf"),
+        ("qwen2", "ggml-vocab-qwen2.gguf"),
+    ] {
+        let Some(t) = family(name) else { continue };
+        let cases = reference(file);
+        assert!(cases.len() > 30, "{file}: {} cases", cases.len());
+        for (text, want) in &cases {
+            assert_eq!(&t.encode(text), want, "{name}: {text:?}");
+            assert_eq!(t.count(text), want.len(), "{name}: {text:?}");
+        }
+        eprintln!("{name}: {} reference texts, all equal", cases.len());
+    }
+}
+
+#[test]
+fn special_tokens_in_a_prompt_are_one_token_each() {
+    let Some(t) = family("llama3") else { return };
+    let text = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>";
+    let ids = t.encode_prompt(text);
+    assert_eq!(ids.first(), Some(&128000));
+    assert_eq!(ids.last(), Some(&128009));
+    assert_eq!(t.count_prompt(text), ids.len());
+    assert_eq!(t.bos_token(), Some("<|begin_of_text|>"));
+    // A look-alike is text.
+    assert!(t.count_prompt("<|eot_id |>") > 1);
+}

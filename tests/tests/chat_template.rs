@@ -1,0 +1,429 @@
+//! Exact prompt counts for open models, against the real engine: for each built-in chat
+//! template with its family's real vocabulary, a corpus of chat requests (system prompts,
+//! multi-turn, tools and tool calls, multilingual text, code, emoji, special-token
+//! look-alikes) is rendered by `sluice-chat-template` and counted by `sluice-tokenizer`, and
+//! both are compared with what llama.cpp's `llama-server` does with the same request: the
+//! prompt its `/apply-template` renders, and the `prompt_tokens` its chat completion reports
+//! (the number it charges the GPU for).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use serde_json::{json, Value};
+use sluice_chat_template::{messages, ChatInput, ChatTemplate};
+use sluice_e2e::engine::{Engine, Variant};
+use sluice_e2e::{away_from_window_end, key_record, log_number, Stack, StackOptions};
+use sluice_key_auth::KeyAuthConfig;
+
+fn weather_tool() -> Value {
+    json!({"type": "function", "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city. Units: <metric> & 'imperial'.",
+        "parameters": {"type": "object",
+                       "properties": {"city": {"type": "string", "description": "City, e.g. Zürich"},
+                                      "unit": {"type": "string", "enum": ["c", "f"]}},
+                       "required": ["city"]}}})
+}
+
+/// The corpus: (name, OpenAI chat body).
+fn corpus() -> Vec<(&'static str, Value)> {
+    let user = |c: &str| json!({"role": "user", "content": c});
+    let system = |c: &str| json!({"role": "system", "content": c});
+    let assistant = |c: &str| json!({"role": "assistant", "content": c});
+    vec![
+        ("hello", json!({"messages": [user("hello")]})),
+        (
+            "system",
+            json!({"messages": [system("You are terse. Answer in one line."), user("What is BPE?")]}),
+        ),
+        (
+            "multi-turn",
+            json!({"messages": [system("Be kind."), user("Hi!"), assistant("Hello! How can I help?"),
+                                user("Tell me a joke about GPUs."), assistant("Why did the GPU... never mind."),
+                                user("Another one, please.")]}),
+        ),
+        (
+            "multilingual",
+            json!({"messages": [user("Grüße aus Zürich! 東京の天気は？ Привет, мир. مرحبا بالعالم. नमस्ते दुनिया। สวัสดีชาวโลก")]}),
+        ),
+        (
+            "code",
+            json!({"messages": [user("Fix this:\n```rust\nfn main() {\n    let v: Vec<u32> = (0..10).collect();\n\tprintln!(\"{:?}\", v.iter().sum::<u32>());\n}\n```\n  trailing spaces   \n\n\n")]}),
+        ),
+        (
+            "emoji",
+            json!({"messages": [user("🦙🚀 ok 👩‍👩‍👧‍👦 flags 🇨🇭🇯🇵 ✔︎ ½ ﬁ Ⅻ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢")]}),
+        ),
+        (
+            "look-alikes",
+            json!({"messages": [user("Is <|eot_id|> or <|im_end|> special? What about <|begin_of_text |> and <|im_start|>user? [PAD151665]")]}),
+        ),
+        (
+            "numbers",
+            json!({"messages": [user("1234567890 3.14159 -42 1e10 0x1F 2026-12-01 12:34:56 ١٢٣ ⅔")]}),
+        ),
+        (
+            "content-parts",
+            json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "first part"},
+                                                              {"type": "text", "text": "second part"}]}]}),
+        ),
+        (
+            "whitespace",
+            json!({"messages": [system("  padded system  "), user("\n\n  lots\t\tof   space \r\n  ")]}),
+        ),
+        (
+            "tools",
+            json!({"messages": [system("Use tools when useful."), user("Weather in Paris?")],
+                   "tools": [weather_tool()]}),
+        ),
+        (
+            "tool-call-round",
+            json!({"messages": [user("Weather in Paris?"),
+                                {"role": "assistant", "content": null, "tool_calls": [
+                                    {"id": "call_1", "type": "function",
+                                     "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"c\"}"}}]},
+                                {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21, \"sky\": \"clear\"}"}],
+                   "tools": [weather_tool()]}),
+        ),
+    ]
+}
+
+struct Family {
+    template: &'static str,
+    variant: Variant,
+    encoding: &'static str,
+}
+
+const FAMILIES: [Family; 4] = [
+    Family {
+        template: "llama-3.1",
+        variant: Variant::Plain,
+        encoding: "llama3",
+    },
+    Family {
+        template: "llama-3.2",
+        variant: Variant::Plain,
+        encoding: "llama3",
+    },
+    Family {
+        template: "qwen-2.5",
+        variant: Variant::Qwen,
+        encoding: "qwen2",
+    },
+    Family {
+        template: "qwen-3",
+        variant: Variant::Qwen,
+        encoding: "qwen2",
+    },
+];
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn prompt_counts_equal_the_engines_for_every_family() {
+    let client = reqwest::Client::new();
+    let mut report = Vec::new();
+    for f in &FAMILIES {
+        let source = sluice_chat_template::builtin(f.template)
+            .unwrap_or_else(|| panic!("{} is not built in", f.template));
+        let tok = sluice_tokenizer::by_name(f.encoding).unwrap();
+        let tmpl = ChatTemplate::new(
+            source,
+            tok.bos_token().unwrap_or(""),
+            tok.eos_token().unwrap_or(""),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("template.jinja");
+        std::fs::write(&file, source).unwrap();
+        let extra = [
+            "--jinja".to_string(),
+            "--chat-template-file".to_string(),
+            file.display().to_string(),
+        ];
+        let Some(engine) = Engine::start_with(f.variant, 1, 1, 4096, "m", &extra).await else {
+            return;
+        };
+        let url = engine.url(0);
+        let mut equal = 0;
+        let mut hello = 0;
+        for (name, body) in corpus() {
+            let rendered = client
+                .post(format!("{url}/apply-template"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap();
+            let input = ChatInput {
+                messages: messages::from_openai_chat(&body),
+                tools: body.get("tools"),
+                kwargs: None,
+                now_unix_secs: now(),
+            };
+            let ours = tmpl.render(&input).unwrap();
+            // llama.cpp drops a leading BOS from the text when it adds one itself.
+            let bos = tok.bos_token().unwrap_or("\u{0}");
+            let ours_text = match ours.strip_prefix(bos) {
+                Some(rest) if tok.adds_bos() => rest,
+                _ => &ours,
+            };
+            assert_eq!(
+                Some(ours_text),
+                rendered["prompt"].as_str(),
+                "{} / {name}: rendered prompt",
+                f.template
+            );
+            let mut request = body.clone();
+            request["max_tokens"] = json!(1);
+            request["model"] = json!("m");
+            let answer: Value = client
+                .post(format!("{url}/v1/chat/completions"))
+                .json(&request)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let engine_count = answer["usage"]["prompt_tokens"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{} / {name}: {answer}", f.template));
+            let bos_added = u64::from(tok.adds_bos() && !ours.starts_with(bos));
+            let our_count = tok.count_prompt(&ours) as u64 + bos_added;
+            assert_eq!(
+                our_count, engine_count,
+                "{} / {name}: prompt tokens (ours, engine's)\n{ours}",
+                f.template
+            );
+            equal += 1;
+            if name == "hello" {
+                hello = engine_count;
+            }
+        }
+        report.push(format!(
+            "{}: {equal} of {} (\"hello\": {hello} tokens)",
+            f.template,
+            corpus().len()
+        ));
+    }
+    eprintln!(
+        "prompt counts equal to llama-server's: {}",
+        report.join("; ")
+    );
+}
+
+const KEY: &str = "sk-sluice-e2e-template-0123456789abcdefghijk";
+const LIMITED: &str = "sk-sluice-e2e-template-limited-0123456789abc";
+
+/// llama-server serving the tiny Llama-vocabulary model with Llama 3.1's real template,
+/// behind the whole chain; token-counter counts `tiny-llama` with `llama3` + `llama-3.1`.
+async fn engine_stack(
+    limited_tokens_per_minute: u64,
+) -> Option<(Engine, Stack, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("llama-3.1.jinja");
+    std::fs::write(&file, sluice_chat_template::builtin("llama-3.1").unwrap()).unwrap();
+    let extra = [
+        "--jinja".to_string(),
+        "--chat-template-file".to_string(),
+        file.display().to_string(),
+    ];
+    let engine = Engine::start_with(Variant::Plain, 1, 2, 4096, "tiny-llama", &extra).await?;
+    let mut k = key_record("key_template", KEY, "team-template");
+    k.limits.tokens_per_minute = Some(10_000_000);
+    let mut limited = key_record("key_template_limited", LIMITED, "team-template");
+    limited.limits.tokens_per_minute = Some(limited_tokens_per_minute);
+    let s = Stack::start(StackOptions {
+        pools: vec!["pool-gpu"],
+        engines: vec![("pool-gpu", engine.ports.clone())],
+        pool_options: vec![("pool-gpu", json!({"max_requests_per_connection": 1}))],
+        keys: KeyAuthConfig {
+            keys: vec![k, limited],
+        },
+        vars: vec![
+            (
+                "model_router_config".into(),
+                json!({"models": {"tiny-llama": {"targets": [{"pool": "pool-gpu"}]},
+                                  // The same engine under a name token-counter has no rule
+                                  // for: counted by OpenAI's formula, so its estimate is off.
+                                  "unmapped": {"targets": [{"pool": "pool-gpu"}]}}}),
+            ),
+            (
+                "token_counter_config".into(),
+                json!({"encodings": [{"models": ["tiny-llama"], "encoding": "llama3",
+                                      "chat_template": "llama-3.1"}],
+                       "metric_models": ["tiny-llama"]}),
+            ),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    s.wait_all_healthy().await;
+    Some((engine, s, dir))
+}
+
+/// Through Envoy: for every corpus request (JSON and streamed) and for the Messages API, the
+/// count made before the request left (`prompt_tokens_estimated`) equals the engine's
+/// `prompt_tokens`, and so does the logged (charged) count; no estimate is counted as off.
+#[tokio::test]
+async fn the_gateway_counts_what_the_engine_counts() {
+    let Some((_engine, s, _dir)) = engine_stack(1_000_000).await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let mut checked = 0;
+    for (i, (name, mut body)) in corpus().into_iter().enumerate() {
+        body["model"] = json!("tiny-llama");
+        body["max_tokens"] = json!(2);
+        let stream = i % 2 == 1;
+        body["stream"] = json!(stream);
+        let id = format!("tmpl-{i}");
+        let r = client
+            .post(format!("{}/v1/chat/completions", s.gateway))
+            .bearer_auth(KEY)
+            .header("x-request-id", &id)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        let text = r.text().await.unwrap();
+        // The engine's own count: the usage it sent (the last chunk of a stream).
+        let usage = if stream {
+            text.lines()
+                .rev()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .find_map(|v| v.get("usage").filter(|u| u.is_object()).cloned())
+        } else {
+            serde_json::from_str::<Value>(&text)
+                .ok()
+                .map(|v| v["usage"].clone())
+        };
+        let line = s.log_line(&id).await;
+        let engine = if stream {
+            // The client did not ask for usage in the stream: token-counter asked for it
+            // and hid it; the log has the engine's number.
+            assert!(
+                usage.is_none(),
+                "{name}: usage shown to a client that did not ask"
+            );
+            log_number(&line, "prompt_tokens")
+        } else {
+            usage.and_then(|u| u["prompt_tokens"].as_u64())
+        };
+        assert!(engine.is_some(), "{name}: {text}");
+        assert_eq!(log_number(&line, "prompt_tokens"), engine, "{name}");
+        assert_eq!(
+            log_number(&line, "prompt_tokens_estimated"),
+            engine,
+            "{name}: the estimate made before the request left"
+        );
+        checked += 1;
+    }
+    // The Anthropic Messages API: converted to chat messages by the engine, rendered by the
+    // same template.
+    let messages = json!({"model": "tiny-llama", "max_tokens": 2,
+        "system": [{"type": "text", "text": "You are terse."}],
+        "tools": [{"name": "get_weather", "description": "Weather.", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+        "messages": [{"role": "user", "content": "Weather in Paris?"},
+                     {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"city": "Paris"}}]},
+                     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "21 C"}]}]});
+    let v: Value = client
+        .post(format!("{}/v1/messages", s.gateway))
+        .header("x-api-key", KEY)
+        .header("x-request-id", "tmpl-messages")
+        .json(&messages)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let engine = ["input_tokens", "cache_read_input_tokens"]
+        .iter()
+        .filter_map(|k| v["usage"][*k].as_u64())
+        .sum::<u64>();
+    let line = s.log_line("tmpl-messages").await;
+    assert_eq!(log_number(&line, "prompt_tokens"), Some(engine), "{v}");
+    assert_eq!(
+        log_number(&line, "prompt_tokens_estimated"),
+        Some(engine),
+        "{v}"
+    );
+    checked += 1;
+    let metrics = s.prometheus().await;
+    assert!(
+        !metrics.contains("sluice_llm_prompt_estimate_off{"),
+        "an estimate was off"
+    );
+    // A model counted with the wrong tokenizer and no template: the disagreement is counted.
+    let mut hello = corpus()[0].1.clone();
+    hello["model"] = json!("unmapped");
+    let r = s
+        .post_json("/v1/chat/completions", KEY, "tmpl-unmapped", &hello)
+        .await;
+    assert_eq!(r.status(), 200);
+    let line = s.log_line("tmpl-unmapped").await;
+    let (charged, estimate) = (
+        log_number(&line, "prompt_tokens").unwrap(),
+        log_number(&line, "prompt_tokens_estimated").unwrap(),
+    );
+    assert!(estimate < charged, "{estimate} vs the engine's {charged}");
+    let metrics = s.prometheus().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sluice_llm_prompt_estimate_off{")
+                && l.contains("gen_ai_request_model=\"other\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    eprintln!("{checked} requests: estimate = engine's count = charged count");
+}
+
+/// A key allowed exactly one request's tokens per minute (its prompt as the engine counts
+/// it, plus its output cap): the first request is admitted (an estimate above the engine's
+/// count would refuse it as too large), the second is refused (one below would admit it).
+#[tokio::test]
+async fn a_token_limit_admits_exactly_what_the_engine_will_count() {
+    let body = json!({"model": "tiny-llama", "max_tokens": 2,
+                      "messages": [{"role": "system", "content": "You are terse."},
+                                   {"role": "user", "content": "Count me exactly, please: 東京 🦙"}]});
+    // The engine's count for this request, from an unlimited key first.
+    let Some((_engine, probe, _dir)) = engine_stack(1_000_000).await else {
+        return;
+    };
+    let v: Value = probe
+        .post_json("/v1/chat/completions", KEY, "probe", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    drop(probe);
+    let (_engine, s, _dir) = engine_stack(prompt + 2).await.unwrap();
+    away_from_window_end(60, 10).await;
+    let first = s
+        .post_json("/v1/chat/completions", LIMITED, "lim-1", &body)
+        .await;
+    assert_eq!(first.status(), 200, "{}", first.text().await.unwrap());
+    let v: Value = first.json().await.unwrap();
+    assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(prompt));
+    assert_eq!(v["usage"]["completion_tokens"].as_u64(), Some(2));
+    let second = s
+        .post_json("/v1/chat/completions", LIMITED, "lim-2", &body)
+        .await;
+    assert_eq!(second.status(), 429);
+}
