@@ -80,6 +80,16 @@ fn corpus() -> Vec<(&'static str, Value)> {
                    "tools": [weather_tool()]}),
         ),
         (
+            "tools-reordered",
+            // Keys in another order, an extra field, a developer message and a name: the
+            // engine rebuilds messages and tools from their parsed form.
+            json!({"messages": [{"role": "developer", "content": "Prefer tools."},
+                                {"role": "user", "name": "alice", "content": "Weather in Bern?"}],
+                   "tools": [{"function": {"parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+                                           "strict": true, "name": "get_weather"},
+                              "type": "function"}]}),
+        ),
+        (
             "tool-call-round",
             json!({"messages": [user("Weather in Paris?"),
                                 {"role": "assistant", "content": null, "tool_calls": [
@@ -87,6 +97,29 @@ fn corpus() -> Vec<(&'static str, Value)> {
                                      "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"c\"}"}}]},
                                 {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21, \"sky\": \"clear\"}"}],
                    "tools": [weather_tool()]}),
+        ),
+    ]
+}
+
+/// Responses API requests: (name, body). The engine converts them to chat messages.
+fn responses_corpus() -> Vec<(&'static str, Value)> {
+    vec![
+        ("string", json!({"input": "hello"})),
+        (
+            "instructions",
+            json!({"instructions": "Answer in French.", "input": "Where is the Louvre? 🇫🇷"}),
+        ),
+        (
+            "items",
+            json!({"input": [
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+                {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "21 C, clear"},
+                {"role": "assistant", "type": "message", "content": [{"type": "output_text", "text": "21 C and clear."}]},
+                {"role": "user", "content": "And tomorrow?"}],
+                "tools": [{"type": "function", "name": "get_weather", "description": "Weather.",
+                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]}),
         ),
     ]
 }
@@ -165,9 +198,10 @@ async fn prompt_counts_equal_the_engines_for_every_family() {
                 .json::<Value>()
                 .await
                 .unwrap();
+            let (messages, tools) = messages::from_openai_chat(&body);
             let input = ChatInput {
-                messages: messages::from_openai_chat(&body),
-                tools: body.get("tools"),
+                messages,
+                tools: tools.as_ref(),
                 kwargs: None,
                 now_unix_secs: now(),
             };
@@ -211,10 +245,45 @@ async fn prompt_counts_equal_the_engines_for_every_family() {
                 hello = engine_count;
             }
         }
+        // The Responses API: the engine's reported input tokens.
+        for (name, body) in responses_corpus() {
+            let mut request = body.clone();
+            request["max_output_tokens"] = json!(1);
+            request["model"] = json!("m");
+            let answer: Value = client
+                .post(format!("{url}/v1/responses"))
+                .json(&request)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let engine_count = answer["usage"]["input_tokens"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{} / responses {name}: {answer}", f.template));
+            let (messages, tools) = messages::from_responses(&body).unwrap();
+            let input = ChatInput {
+                messages,
+                tools: tools.as_ref(),
+                kwargs: None,
+                now_unix_secs: now(),
+            };
+            let ours = tmpl.render(&input).unwrap();
+            let bos_added =
+                u64::from(tok.adds_bos() && !ours.starts_with(tok.bos_token().unwrap_or("\u{0}")));
+            assert_eq!(
+                tok.count_prompt(&ours) as u64 + bos_added,
+                engine_count,
+                "{} / responses {name}\n{ours}",
+                f.template
+            );
+            equal += 1;
+        }
         report.push(format!(
             "{}: {equal} of {} (\"hello\": {hello} tokens)",
             f.template,
-            corpus().len()
+            corpus().len() + responses_corpus().len()
         ));
     }
     eprintln!(
@@ -426,4 +495,95 @@ async fn a_token_limit_admits_exactly_what_the_engine_will_count() {
         .post_json("/v1/chat/completions", LIMITED, "lim-2", &body)
         .await;
     assert_eq!(second.status(), 429);
+}
+
+/// Random text from a tricky alphabet (contractions, digit runs, whitespace runs with CR/LF,
+/// CJK, emoji, combining marks, RTL scripts, special-token look-alikes), tokenized by
+/// sluice-tokenizer and by the engine's `/tokenize`: the same token ids, 400 texts per family.
+#[tokio::test]
+async fn random_text_tokenizes_as_the_engine_does() {
+    const PIECES: [&str; 40] = [
+        "a",
+        "Z",
+        "é",
+        "ß",
+        "'s",
+        "'T",
+        "'re",
+        "'LL",
+        "'d",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\r\n",
+        "\n\n",
+        "0",
+        "12",
+        "345",
+        "6789",
+        "١٢",
+        "東",
+        "京都",
+        "の",
+        "한국",
+        "🦙",
+        "👩‍👧",
+        "🇨🇭",
+        "e\u{301}",
+        "Ж",
+        "мир",
+        "مرحبا",
+        "नमस्ते",
+        ".",
+        "!?",
+        "...",
+        "<|",
+        "|>",
+        "eot_id",
+        "_",
+        "ſ",
+    ];
+    let client = reqwest::Client::new();
+    let mut report = Vec::new();
+    for (variant, encoding) in [(Variant::Plain, "llama3"), (Variant::Qwen, "qwen2")] {
+        let Some(engine) = Engine::start(variant, 1, 1, 1024, "m").await else {
+            return;
+        };
+        let tok = sluice_tokenizer::by_name(encoding).unwrap();
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for case in 0..400 {
+            let len = 1 + next() % 24;
+            let text: String = (0..len)
+                .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                .collect();
+            let v: Value = client
+                .post(format!("{}/tokenize", engine.url(0)))
+                .json(&json!({"content": text, "add_special": false, "parse_special": false}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let want: Vec<u32> = v["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(tok.encode(&text), want, "{encoding} case {case}: {text:?}");
+        }
+        report.push(format!("{encoding}: 400 of 400"));
+    }
+    eprintln!(
+        "random texts tokenized as llama-server does: {}",
+        report.join("; ")
+    );
 }

@@ -25,7 +25,7 @@ fn main() {
         println!("{name}_compile_us={:.0}", t.elapsed().as_secs_f64() * 1e6);
         for (case, with_tools) in [("chat", false), ("tools", true)] {
             let input = ChatInput {
-                messages: messages::from_openai_chat(&chat),
+                messages: messages::from_openai_chat(&chat).0,
                 tools: with_tools.then_some(&tools),
                 kwargs: None,
                 now_unix_secs: 1_796_083_200,

@@ -1,7 +1,7 @@
 //! Prompt tokens of a request body.
 //!
-//! An open model with a chat template ([`prompt_tokens_for`]): a chat or Messages request
-//! is rendered with the model's template (as the engine renders it) and the prompt text
+//! An open model with a chat template ([`prompt_tokens_for`]): a chat, Responses or
+//! Messages request is rendered with the model's template (as the engine renders it) and the prompt text
 //! counted with the model's tokenizer, special tokens included; a completions or
 //! embeddings prompt is counted with BOS where the engine adds one.
 //!
@@ -56,9 +56,10 @@ pub fn prompt_tokens_for(
         let rendered = match api {
             Api::Chat => {
                 validate_chat(body)?;
-                Some((messages::from_openai_chat(body), body.get("tools").cloned()))
+                Some(messages::from_openai_chat(body))
             }
             Api::Messages | Api::CountTokens => Some(messages::from_anthropic(body)),
+            Api::Responses => messages::from_responses(body),
             _ => None,
         };
         if let Some((messages, tools)) = rendered {
