@@ -57,4 +57,5 @@ write_model() { # <name> <vocab file> <variant> <family>
 write_model tiny-llama-plain ggml-vocab-llama-bpe.gguf plain llama3
 write_model tiny-llama-cjk ggml-vocab-llama-bpe.gguf cjk llama3
 write_model tiny-qwen-plain ggml-vocab-qwen2.gguf plain qwen2
+write_model tiny-gemma-plain ggml-vocab-gemma-4.gguf plain gemma4
 echo "$CACHE"

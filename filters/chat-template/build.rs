@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 /// Built-in name → file under models/templates/.
-const TEMPLATES: [(&str, &str); 6] = [
+const TEMPLATES: [(&str, &str); 7] = [
     ("llama-3.1", "meta-llama-Llama-3.1-8B-Instruct.jinja"),
     ("llama-3.2", "meta-llama-Llama-3.2-3B-Instruct.jinja"),
     ("llama-3.3", "meta-llama-Llama-3.3-70B-Instruct.jinja"),
@@ -15,6 +15,7 @@ const TEMPLATES: [(&str, &str); 6] = [
         "deepseek-r1-distill-llama",
         "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
     ),
+    ("gemma-4", "google-gemma-4-31B-it.jinja"),
 ];
 
 fn vocab_dir() -> Option<PathBuf> {

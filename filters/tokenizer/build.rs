@@ -16,10 +16,10 @@ use regex_syntax::hir::{Class, HirKind};
 use std::io::Write;
 use std::path::Path;
 
-/// Slot layout of the hash index (u64): fingerprint (16 bits, from the hash's top) |
-/// token length (8) | offset in the blob (22) | rank + 1 (18; 0 = empty slot). One read
+/// Slot layout of the hash index (u64): fingerprint (15 bits, from the hash's top) |
+/// token length (8) | offset in the blob (22) | rank + 1 (19; 0 = empty slot). One read
 /// of a slot decides almost every probe; only a real candidate touches the token bytes.
-const RANK_BITS: u32 = 18;
+const RANK_BITS: u32 = 19;
 const OFFSET_BITS: u32 = 22;
 const LEN_BITS: u32 = 8;
 
@@ -64,9 +64,14 @@ fn write_encoding(out: &Path, name: &str, tokens: &[Vec<u8>]) {
         blob.len() < 1 << OFFSET_BITS,
         "{name}: token bytes exceed the slot layout"
     );
-    // Load factor about 0.38. Measured in V8 on the corpus: 34 MB/s, against 30 MB/s at
-    // 0.76 load (which would save 3 MB of the ~10 MB both encodings take).
-    let cap = ((n as usize) * 5 / 2).next_power_of_two();
+    // Load factor 0.25 to 0.5 (about 0.38 for o200k). Measured in V8 on the corpus: 34 MB/s,
+    // against 30 MB/s at 0.76 load (which would save 3 MB of the ~10 MB both tiktoken
+    // encodings take). Capped at twice the tokens: Gemma 4's 262,144 tokens would
+    // otherwise take a 0.25-load, 8 MB index.
+    let n_us = (n as usize).max(1);
+    let cap = (n_us * 5 / 2)
+        .next_power_of_two()
+        .min((n_us * 2).next_power_of_two());
     let mask = cap as u64 - 1;
     let mut table = vec![0u64; cap];
     for (rank, t) in tokens.iter().enumerate() {
@@ -79,7 +84,8 @@ fn write_encoding(out: &Path, name: &str, tokens: &[Vec<u8>]) {
         while table[i as usize] != 0 {
             i = (i + 1) & mask;
         }
-        table[i as usize] = (h >> 48) << 48
+        let fp_shift = LEN_BITS + OFFSET_BITS + RANK_BITS;
+        table[i as usize] = (h >> fp_shift) << fp_shift
             | (t.len() as u64) << (OFFSET_BITS + RANK_BITS)
             | u64::from(offsets[rank]) << RANK_BITS
             | (rank as u64 + 1);
@@ -199,6 +205,7 @@ struct GgufVocab {
     eos: Option<u32>,
     pre: String,
     model: String,
+    merges: Vec<String>,
 }
 
 /// Read the tokenizer keys of a GGUF file (v2/v3, little-endian: the format of the
@@ -295,6 +302,7 @@ fn read_gguf_vocab(path: &Path) -> GgufVocab {
         eos: None,
         pre: String::new(),
         model: String::new(),
+        merges: Vec::new(),
     };
     for _ in 0..kvs {
         let key = match scalar(&mut take_owned, 8) {
@@ -312,6 +320,7 @@ fn read_gguf_vocab(path: &Path) -> GgufVocab {
             ("tokenizer.ggml.eos_token_id", V::Int(i)) => vocab.eos = Some(i as u32),
             ("tokenizer.ggml.pre", V::Str(s)) => vocab.pre = s,
             ("tokenizer.ggml.model", V::Str(s)) => vocab.model = s,
+            ("tokenizer.ggml.merges", V::Strs(m)) => vocab.merges = m,
             _ => {}
         }
     }
@@ -345,19 +354,30 @@ fn byte_decoder() -> std::collections::HashMap<char, u8> {
 struct Family {
     name: &'static str,
     file: &'static str,
+    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE, ranks by id) or `gemma4` (BPE over
+    /// characters with a merge list and `<0xXX>` byte fallback).
+    model: &'static str,
     pre: &'static str,
 }
 
-const FAMILIES: [Family; 2] = [
+const FAMILIES: [Family; 3] = [
     Family {
         name: "llama3",
         file: "ggml-vocab-llama-bpe.gguf",
+        model: "gpt2",
         pre: "llama-bpe",
     },
     Family {
         name: "qwen2",
         file: "ggml-vocab-qwen2.gguf",
+        model: "gpt2",
         pre: "qwen2",
+    },
+    Family {
+        name: "gemma4",
+        file: "ggml-vocab-gemma-4.gguf",
+        model: "gemma4",
+        pre: "",
     },
 ];
 
@@ -374,8 +394,11 @@ fn vocab_dir() -> Option<std::path::PathBuf> {
     Some(cache.join("llama.cpp-0.3.36/src/models"))
 }
 
-/// Writes `<family>.bin` (the BPE tables: normal tokens, rank = id) and `families.rs`
-/// (per family: whether it was built, its special tokens with their ids, BOS and EOS).
+/// Per family: `<family>.bin` (the token tables, rank = token id), `<family>.merges.bin`
+/// (for merge-list vocabularies: per token id, the rank of the merge that makes it and the
+/// byte length of that merge's left part; empty otherwise), and in `families.rs` whether it
+/// was built, its special tokens with their ids, BOS, EOS and (merge-list vocabularies) the
+/// ids of the `<0xXX>` byte-fallback tokens.
 fn write_families(out: &Path) {
     let dir = vocab_dir();
     println!("cargo:rerun-if-env-changed=SLUICE_VOCAB_DIR");
@@ -395,41 +418,94 @@ fn write_families(out: &Path) {
                 f.file, f.name
             );
             write_encoding(out, f.name, &[]);
+            std::fs::write(out.join(format!("{}.merges.bin", f.name)), []).unwrap();
             src.push_str(&format!(
-                "pub(crate) const {upper}_BUILT: bool = false;\npub(crate) static {upper}_SPECIALS: [(&str, u32); 0] = [];\npub(crate) const {upper}_BOS: Option<&str> = None;\npub(crate) const {upper}_EOS: Option<&str> = None;\n"
+                "pub(crate) const {upper}_BUILT: bool = false;\npub(crate) static {upper}_SPECIALS: [(&str, u32); 0] = [];\npub(crate) const {upper}_BOS: Option<&str> = None;\npub(crate) const {upper}_EOS: Option<&str> = None;\npub(crate) static {upper}_BYTE_FALLBACK: [u32; 0] = [];\n"
             ));
             continue;
         };
         let v = read_gguf_vocab(&path);
-        assert_eq!(
-            v.model, "gpt2",
-            "{}: not a byte-level BPE vocabulary",
-            f.file
-        );
+        assert_eq!(v.model, f.model, "{}: tokenizer model", f.file);
         assert_eq!(v.pre, f.pre, "{}: pre-tokenizer", f.file);
         assert_eq!(v.tokens.len(), v.types.len());
-        let dec = byte_decoder();
-        // Normal tokens (type 1) come first and their ids are their merge ranks (both
-        // vocabularies come from tiktoken-style rank files); the rest are special.
-        let normal = v.types.iter().take_while(|&&t| t == 1).count();
-        let tokens: Vec<Vec<u8>> = v.tokens[..normal]
-            .iter()
-            .map(|t| {
-                t.chars()
-                    .map(|c| {
-                        *dec.get(&c)
-                            .unwrap_or_else(|| panic!("{}: {t:?} is not byte-level", f.file))
-                    })
-                    .collect()
-            })
-            .collect();
+        let (tokens, first_special, merges, byte_fallback) = if f.model == "gpt2" {
+            let dec = byte_decoder();
+            // Normal tokens (type 1) come first and their ids are their merge ranks (both
+            // vocabularies come from tiktoken-style rank files); the rest are special.
+            let normal = v.types.iter().take_while(|&&t| t == 1).count();
+            let tokens: Vec<Vec<u8>> = v.tokens[..normal]
+                .iter()
+                .map(|t| {
+                    t.chars()
+                        .map(|c| {
+                            *dec.get(&c)
+                                .unwrap_or_else(|| panic!("{}: {t:?} is not byte-level", f.file))
+                        })
+                        .collect()
+                })
+                .collect();
+            (tokens, normal, Vec::new(), Vec::new())
+        } else {
+            // Merge-list BPE over characters (Gemma 4): every token by id, its raw text.
+            let tokens: Vec<Vec<u8>> = v.tokens.iter().map(|t| t.as_bytes().to_vec()).collect();
+            let ids: std::collections::HashMap<&str, u32> = v
+                .tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.as_str(), i as u32))
+                .collect();
+            // Per token, every merge that makes it: (rank, byte length of its left part),
+            // packed as `rank << 8 | split` (ranks < 2^24, splits < 256: token lengths fit
+            // a byte, see write_encoding). Laid out as offsets per token id, then entries.
+            let mut by_token: Vec<Vec<u32>> = vec![Vec::new(); tokens.len()];
+            for (i, m) in v.merges.iter().enumerate() {
+                // As llama.cpp splits a merge: at the first space after the first byte.
+                let Some(pos) = m
+                    .as_bytes()
+                    .iter()
+                    .skip(1)
+                    .position(|&b| b == b' ')
+                    .map(|p| p + 1)
+                else {
+                    continue;
+                };
+                let (left, right) = (&m[..pos], &m[pos + 1..]);
+                let Some(&id) = ids.get(format!("{left}{right}").as_str()) else {
+                    continue;
+                };
+                assert!(
+                    i < 1 << 24 && left.len() < 256,
+                    "{}: merge {i} does not pack",
+                    f.file
+                );
+                by_token[id as usize].push((i as u32) << 8 | left.len() as u32);
+            }
+            let mut merges = Vec::new();
+            let mut at = 0u32;
+            for list in &by_token {
+                merges.extend_from_slice(&at.to_le_bytes());
+                at += list.len() as u32;
+            }
+            merges.extend_from_slice(&at.to_le_bytes());
+            for e in by_token.iter().flatten() {
+                merges.extend_from_slice(&e.to_le_bytes());
+            }
+            let byte_fallback: Vec<u32> = (0..=255u8)
+                .map(|b| {
+                    *ids.get(format!("<0x{b:02X}>").as_str())
+                        .unwrap_or_else(|| panic!("{}: no byte token <0x{b:02X}>", f.file))
+                })
+                .collect();
+            (tokens, 0, merges, byte_fallback)
+        };
         write_encoding(out, f.name, &tokens);
+        std::fs::write(out.join(format!("{}.merges.bin", f.name)), &merges).unwrap();
         let specials: Vec<(String, u32)> = v
             .tokens
             .iter()
             .zip(&v.types)
             .enumerate()
-            .skip(normal)
+            .skip(first_special)
             // 3 control, 4 user-defined: both are matched in a chat prompt's text.
             .filter(|(_, (_, &t))| t == 3 || t == 4)
             .map(|(i, (s, _))| (s.clone(), i as u32))
@@ -439,11 +515,13 @@ fn write_families(out: &Path) {
                 .map_or("None".to_string(), |s| format!("Some({s:?})"))
         };
         src.push_str(&format!(
-            "pub(crate) const {upper}_BUILT: bool = true;\npub(crate) static {upper}_SPECIALS: [(&str, u32); {}] = {:?};\npub(crate) const {upper}_BOS: Option<&str> = {};\npub(crate) const {upper}_EOS: Option<&str> = {};\n",
+            "pub(crate) const {upper}_BUILT: bool = true;\npub(crate) static {upper}_SPECIALS: [(&str, u32); {}] = {:?};\npub(crate) const {upper}_BOS: Option<&str> = {};\npub(crate) const {upper}_EOS: Option<&str> = {};\npub(crate) static {upper}_BYTE_FALLBACK: [u32; {}] = {:?};\n",
             specials.len(),
             specials,
             name_of(v.bos),
             name_of(v.eos),
+            byte_fallback.len(),
+            byte_fallback,
         ));
     }
     std::fs::write(out.join("families.rs"), src).unwrap();

@@ -66,7 +66,7 @@ def main():
     ap.add_argument("--variant", choices=["plain", "cjk"], required=True)
     # The vocabulary's family: its end-of-turn token and whether prompts start with BOS
     # (the chat template is the Llama 3 one either way; tests pass their own).
-    ap.add_argument("--family", choices=["llama3", "qwen2"], default="llama3")
+    ap.add_argument("--family", choices=["llama3", "qwen2", "gemma4"], default="llama3")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -75,7 +75,13 @@ def main():
     tokens = [str(bytes(fields["tokenizer.ggml.tokens"].parts[i]), "utf-8") for i in fields["tokenizer.ggml.tokens"].data]
     token_types = [int(fields["tokenizer.ggml.token_type"].parts[i][0]) for i in fields["tokenizer.ggml.token_type"].data]
     merges = [str(bytes(fields["tokenizer.ggml.merges"].parts[i]), "utf-8") for i in fields["tokenizer.ggml.merges"].data]
-    pre = fields["tokenizer.ggml.pre"].contents()
+    pre = fields["tokenizer.ggml.pre"].contents() if "tokenizer.ggml.pre" in fields else None
+    model = fields["tokenizer.ggml.model"].contents()
+    scores = (
+        [float(fields["tokenizer.ggml.scores"].parts[i][0]) for i in fields["tokenizer.ggml.scores"].data]
+        if "tokenizer.ggml.scores" in fields
+        else None
+    )
     bos = int(fields["tokenizer.ggml.bos_token_id"].contents())
     n_vocab = len(tokens)
 
@@ -95,14 +101,20 @@ def main():
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(n_vocab)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
+    w.add_tokenizer_model(model)
+    if pre is not None:
+        w.add_tokenizer_pre(pre)
+    if scores is not None:
+        w.add_token_scores(scores)
     w.add_token_list(tokens)
     w.add_token_types(token_types)
     w.add_token_merges(merges)
     w.add_bos_token_id(bos)
     if args.family == "llama3":
         w.add_eos_token_id(EOT_ID)
+        w.add_add_bos_token(True)
+    elif args.family == "gemma4":
+        w.add_eos_token_id(tokens.index("<turn|>"))
         w.add_add_bos_token(True)
     else:
         w.add_eos_token_id(tokens.index("<|im_end|>"))

@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Which tiny model: `plain` (any token), `cjk` (favours CJK ideographs: text without spaces)
-/// around Llama 3's vocabulary; `qwen` (any token) around Qwen 2's.
+/// around Llama 3's vocabulary; `qwen` and `gemma` (any token) around Qwen 2's and Gemma 4's.
 #[derive(Debug, Clone, Copy)]
 pub enum Variant {
     Plain,
     Cjk,
     Qwen,
+    Gemma,
 }
 
 /// `llama-server` processes, stopped when dropped.
@@ -74,6 +75,7 @@ impl Engine {
             Variant::Plain => "models/tiny-llama-plain.gguf",
             Variant::Cjk => "models/tiny-llama-cjk.gguf",
             Variant::Qwen => "models/tiny-qwen-plain.gguf",
+            Variant::Gemma => "models/tiny-gemma-plain.gguf",
         });
         let bin = dir.join("bin/llama-server");
         let tmp = tempfile::Builder::new()

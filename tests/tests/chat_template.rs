@@ -90,6 +90,17 @@ fn corpus() -> Vec<(&'static str, Value)> {
                               "type": "function"}]}),
         ),
         (
+            "tool-call-compact",
+            // Arguments as compact JSON text: an engine that reads them as an object
+            // re-writes them.
+            json!({"messages": [user("Weather in Oslo?"),
+                                {"role": "assistant", "content": "Checking.", "tool_calls": [
+                                    {"id": "call_2", "type": "function",
+                                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+                                {"role": "tool", "tool_call_id": "call_2", "content": "-3 C"}],
+                   "tools": [weather_tool()]}),
+        ),
+        (
             "tool-call-round",
             json!({"messages": [user("Weather in Paris?"),
                                 {"role": "assistant", "content": null, "tool_calls": [
@@ -130,7 +141,7 @@ struct Family {
     encoding: &'static str,
 }
 
-const FAMILIES: [Family; 4] = [
+const FAMILIES: [Family; 5] = [
     Family {
         template: "llama-3.1",
         variant: Variant::Plain,
@@ -150,6 +161,11 @@ const FAMILIES: [Family; 4] = [
         template: "qwen-3",
         variant: Variant::Qwen,
         encoding: "qwen2",
+    },
+    Family {
+        template: "gemma-4",
+        variant: Variant::Gemma,
+        encoding: "gemma4",
     },
 ];
 
@@ -202,6 +218,7 @@ async fn prompt_counts_equal_the_engines_for_every_family() {
             let input = ChatInput {
                 messages,
                 tools: tools.as_ref(),
+                defaults: None,
                 kwargs: None,
                 now_unix_secs: now(),
             };
@@ -266,6 +283,7 @@ async fn prompt_counts_equal_the_engines_for_every_family() {
             let input = ChatInput {
                 messages,
                 tools: tools.as_ref(),
+                defaults: None,
                 kwargs: None,
                 now_unix_secs: now(),
             };
@@ -546,7 +564,11 @@ async fn random_text_tokenizes_as_the_engine_does() {
     ];
     let client = reqwest::Client::new();
     let mut report = Vec::new();
-    for (variant, encoding) in [(Variant::Plain, "llama3"), (Variant::Qwen, "qwen2")] {
+    for (variant, encoding) in [
+        (Variant::Plain, "llama3"),
+        (Variant::Qwen, "qwen2"),
+        (Variant::Gemma, "gemma4"),
+    ] {
         let Some(engine) = Engine::start(variant, 1, 1, 1024, "m").await else {
             return;
         };

@@ -27,6 +27,7 @@ fn main() {
             let input = ChatInput {
                 messages: messages::from_openai_chat(&chat).0,
                 tools: with_tools.then_some(&tools),
+                defaults: None,
                 kwargs: None,
                 now_unix_secs: 1_796_083_200,
             };

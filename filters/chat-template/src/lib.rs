@@ -38,9 +38,29 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
     eos: String,
-    /// The template reads tool-call arguments as an object (`arguments | tojson`), so a
-    /// JSON-string argument is parsed first, as the engines do for such templates.
+    /// The template reads tool-call arguments as an object, so a JSON-string argument is
+    /// parsed first, as llama.cpp does for such templates (found by a probe).
     object_arguments: bool,
+    /// How the template reads `content` (found by rendering probes, as llama.cpp finds
+    /// its capabilities): a template that reads only strings gets text parts joined with
+    /// newlines; one that reads only parts gets a string as one text part.
+    string_content: bool,
+    typed_content: bool,
+    engine: Engine,
+    /// The template is Gemma 4's (llama.cpp detects it by its tool-call marker).
+    gemma4_calls: bool,
+}
+
+/// Which engine's rendering to reproduce: the engines differ around the template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// llama.cpp's server: `date_string` today, `enable_thinking` true, its fix-ups for
+    /// some families. Checked against llama-server in the tests.
+    #[default]
+    LlamaCpp,
+    /// transformers' `apply_chat_template`, which vLLM, SGLang and TGI call: only the
+    /// request's variables.
+    Transformers,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -57,7 +77,9 @@ impl std::fmt::Debug for ChatTemplate {
 pub struct ChatInput<'a> {
     pub messages: Vec<Value>,
     pub tools: Option<&'a Value>,
-    /// The request's `chat_template_kwargs` (vLLM and llama.cpp accept them).
+    /// The operator's `chat_template_kwargs` for this model (over the defaults below).
+    pub defaults: Option<&'a Value>,
+    /// The request's `chat_template_kwargs` (vLLM and llama.cpp accept them; over all).
     pub kwargs: Option<&'a Value>,
     /// Now, in seconds since the epoch (`date_string`, `strftime_now`).
     pub now_unix_secs: u64,
@@ -76,27 +98,82 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| TemplateError::Compile(e.to_string()))?;
-        let object_arguments =
-            source.contains("arguments | tojson") || source.contains("arguments|tojson");
-        let object_arguments = object_arguments && !source.contains("arguments is string");
-        Ok(Self {
+        let mut t = Self {
             env,
             bos: bos.to_string(),
             eos: eos.to_string(),
-            object_arguments,
-        })
+            object_arguments: false,
+            string_content: true,
+            typed_content: false,
+            engine: Engine::LlamaCpp,
+            gemma4_calls: source.contains("'<|tool_call>call:'"),
+        };
+        // Tool-call arguments: llama.cpp parses them into an object for a template that
+        // reads a field of an object argument. Probe: a call whose argument's value shows.
+        let tools = serde_json::json!([{"type": "function", "function": {"name": "sluice_probe",
+            "description": "", "parameters": {"type": "object", "properties": {"sluice_arg": {"type": "string"}}}}}]);
+        let call = ChatInput {
+            messages: vec![
+                serde_json::json!({"role": "user", "content": "x"}),
+                serde_json::json!({"role": "assistant", "content": "", "tool_calls": [{"type": "function",
+                    "function": {"name": "sluice_probe", "arguments": {"sluice_arg": "sluice-probe-value"}},
+                    "id": "call_1"}]}),
+                serde_json::json!({"role": "tool", "tool_call_id": "call_1", "content": "ok"}),
+            ],
+            tools: Some(&tools),
+            ..ChatInput::default()
+        };
+        t.object_arguments = t
+            .render_as_is(&call)
+            .is_ok_and(|out| out.contains("sluice-probe-value"));
+        const MARK: &str = "sluice-probe-7f3a";
+        let shows = |t: &Self, content: Value| {
+            let input = ChatInput {
+                messages: vec![serde_json::json!({"role": "user", "content": content})],
+                ..ChatInput::default()
+            };
+            // The text must appear as itself, not inside a printed list.
+            t.render_as_is(&input).is_ok_and(|out| {
+                out.contains(MARK) && !out.contains("'text'") && !out.contains("\"text\"")
+            })
+        };
+        let string = shows(&t, Value::String(MARK.into()));
+        let typed = shows(&t, serde_json::json!([{"type": "text", "text": MARK}]));
+        t.string_content = string || !typed;
+        t.typed_content = typed;
+        Ok(t)
     }
 
     /// The prompt text of a request (`add_generation_prompt`: the reply's header included).
     pub fn render(&self, input: &ChatInput<'_>) -> Result<String, TemplateError> {
-        let tmpl = self
-            .env
-            .get_template(NAME)
-            .map_err(|e| TemplateError::Render(e.to_string()))?;
         let mut messages = input.messages.clone();
         if self.object_arguments {
             messages::parse_tool_arguments(&mut messages);
         }
+        for m in &mut messages {
+            let Some(content) = m.get_mut("content") else {
+                continue;
+            };
+            match content {
+                Value::Array(parts) if !self.typed_content => {
+                    *content = Value::String(messages::joined_text(parts));
+                }
+                Value::String(s) if !self.string_content => {
+                    *content = serde_json::json!([{"type": "text", "text": s}]);
+                }
+                _ => {}
+            }
+        }
+        self.render_as_is(&ChatInput { messages, ..*input })
+    }
+
+    /// Render with the messages exactly as given.
+    fn render_as_is(&self, input: &ChatInput<'_>) -> Result<String, TemplateError> {
+        let tmpl = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| TemplateError::Render(e.to_string()))?;
+        let messages = input.messages.clone();
         let mut ctx = serde_json::Map::new();
         ctx.insert("messages".into(), Value::Array(messages));
         if let Some(tools) = input
@@ -108,20 +185,40 @@ impl ChatTemplate {
         ctx.insert("add_generation_prompt".into(), Value::Bool(true));
         ctx.insert("bos_token".into(), Value::String(self.bos.clone()));
         ctx.insert("eos_token".into(), Value::String(self.eos.clone()));
-        // llama.cpp's server sets today's date; transformers leaves it to the template's
-        // default ("26 Jul 2024" in Llama 3.1's). The same length in tokens, in practice.
-        ctx.insert(
-            "date_string".into(),
-            Value::String(strftime(input.now_unix_secs, "%d %b %Y")),
-        );
+        if self.engine == Engine::LlamaCpp {
+            // llama.cpp's server sets today's date (transformers leaves it to the
+            // template's default, "26 Jul 2024" in Llama 3.1's) and reasoning on
+            // (transformers leaves it undefined, which thinking templates read as off).
+            ctx.insert(
+                "date_string".into(),
+                Value::String(strftime(input.now_unix_secs, "%d %b %Y")),
+            );
+            ctx.insert("enable_thinking".into(), Value::Bool(true));
+        }
         ctx.insert("__now".into(), Value::from(input.now_unix_secs));
-        if let Some(Value::Object(kw)) = input.kwargs {
-            for (k, v) in kw {
-                ctx.insert(k.clone(), v.clone());
+        for kw in [input.defaults, input.kwargs].into_iter().flatten() {
+            if let Value::Object(kw) = kw {
+                for (k, v) in kw {
+                    ctx.insert(k.clone(), v.clone());
+                }
             }
         }
-        tmpl.render(J::from_serialize(&ctx))
-            .map_err(|e| TemplateError::Render(e.to_string()))
+        let mut out = tmpl
+            .render(J::from_serialize(&ctx))
+            .map_err(|e| TemplateError::Render(e.to_string()))?;
+        // llama.cpp's Gemma 4 handler (common/parsers/gemma4.cpp): a prompt whose template
+        // ends a turn without opening the model's (content + tool call, then the results)
+        // gets the model's turn opened.
+        if self.engine == Engine::LlamaCpp && self.gemma4_calls && out.ends_with("<turn|>\n") {
+            out.push_str("<|turn>model\n");
+        }
+        Ok(out)
+    }
+
+    /// Render as `engine` does (llama.cpp's server unless told otherwise).
+    pub fn for_engine(mut self, engine: Engine) -> Self {
+        self.engine = engine;
+        self
     }
 
     pub fn bos_token(&self) -> &str {
@@ -368,6 +465,32 @@ mod tests {
             t.render(&input).unwrap(),
             "{\"b\": [1, \"é\"], \"a\": null}|{\n  \"b\": [\n    1,\n    \"é\"\n  ],\n  \"a\": null\n}|\"a<b>&'\""
         );
+    }
+
+    #[test]
+    fn variables_defaults_then_operator_then_request() {
+        let t =
+            ChatTemplate::new("{{ enable_thinking }} {{ x }} {{ date_string }}", "", "").unwrap();
+        let mut input = ChatInput {
+            now_unix_secs: 1_796_083_200,
+            ..ChatInput::default()
+        };
+        assert_eq!(t.render(&input).unwrap(), "True  01 Dec 2026");
+        let operator = json!({"enable_thinking": false, "x": 1});
+        input.defaults = Some(&operator);
+        assert_eq!(t.render(&input).unwrap(), "False 1 01 Dec 2026");
+        let request = json!({"x": 2, "date_string": "today"});
+        input.kwargs = Some(&request);
+        assert_eq!(t.render(&input).unwrap(), "False 2 today");
+        // transformers passes neither.
+        let t = ChatTemplate::new(
+            "{{ enable_thinking is defined }} {{ date_string is defined }}",
+            "",
+            "",
+        )
+        .unwrap()
+        .for_engine(Engine::Transformers);
+        assert_eq!(t.render(&ChatInput::default()).unwrap(), "False False");
     }
 
     #[test]

@@ -9,8 +9,9 @@
 
 use serde_json::{json, Map, Value};
 
-/// Text parts joined with `\n`; other parts (images, audio) left out.
-fn joined_text(parts: &[Value]) -> String {
+/// Text parts joined with `\n`; other parts (images, audio) left out. What a template that
+/// reads `content` only as a string gets for an array of parts.
+pub fn joined_text(parts: &[Value]) -> String {
     let mut text = String::new();
     for part in parts {
         if part.get("type").and_then(Value::as_str) != Some("text") {
@@ -34,12 +35,24 @@ fn normalised(message: &Value) -> Value {
         other => other,
     };
     m.insert("role".into(), json!(role));
+    // Text parts stay parts (a template may read them as such); none is an empty string.
     let content = match field("content") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => joined_text(parts),
-        _ => String::new(),
+        Some(Value::String(s)) => json!(s),
+        Some(Value::Array(parts)) => {
+            let texts: Vec<Value> = parts
+                .iter()
+                .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                .map(|p| json!({"type": "text", "text": p.get("text").and_then(Value::as_str).unwrap_or("")}))
+                .collect();
+            if texts.is_empty() {
+                json!("")
+            } else {
+                Value::Array(texts)
+            }
+        }
+        _ => json!(""),
     };
-    m.insert("content".into(), json!(content));
+    m.insert("content".into(), content);
     for k in ["reasoning_content", "name", "tool_call_id"] {
         if !text(k).is_empty() {
             m.insert(k.into(), json!(text(k)));
@@ -173,7 +186,7 @@ pub fn from_anthropic(body: &Value) -> (Vec<Value>, Option<Value>) {
         if !texts.is_empty() || !tool_calls.is_empty() || !reasoning.is_empty() {
             let mut m = Map::new();
             m.insert("role".into(), Value::String(role.to_string()));
-            m.insert("content".into(), Value::String(joined_text(&texts)));
+            m.insert("content".into(), Value::Array(texts));
             if !tool_calls.is_empty() {
                 m.insert("tool_calls".into(), Value::Array(tool_calls));
             }
@@ -245,13 +258,12 @@ pub fn from_responses(body: &Value) -> Option<(Vec<Value>, Option<Value>)> {
                     && item.get("content").is_some()
                 {
                     let parts = texts("input_image")?;
-                    out.push(json!({"role": role, "content": joined_text(&parts)}));
+                    out.push(json!({"role": role, "content": parts}));
                 } else if role == Some("assistant") && s("type") == Some("message") {
                     let parts = texts("refusal")?;
-                    let text = joined_text(&parts);
                     match out.last_mut().filter(|_| merge_prev) {
-                        Some(prev) => append_text(prev, &text),
-                        None => out.push(json!({"role": "assistant", "content": text})),
+                        Some(prev) => append_parts(prev, parts),
+                        None => out.push(json!({"role": "assistant", "content": parts})),
                     }
                 } else if s("type") == Some("function_call") {
                     let call = json!({"function": {"arguments": s("arguments")?, "name": s("name")?},
@@ -329,16 +341,21 @@ pub fn from_responses(body: &Value) -> Option<(Vec<Value>, Option<Value>)> {
     ))
 }
 
-/// Add a text to a message's content (a merged assistant turn).
-fn append_text(message: &mut Value, text: &str) {
+/// Add parts to a message's content (a merged assistant turn).
+fn append_parts(message: &mut Value, parts: Vec<Value>) {
     if let Some(obj) = message.as_object_mut() {
-        let content = obj.entry("content").or_insert_with(|| json!(""));
-        let mut joined = content.as_str().unwrap_or("").to_string();
-        if !joined.is_empty() && !text.is_empty() {
-            joined.push('\n');
+        let content = obj.entry("content").or_insert_with(|| json!([]));
+        if !content.is_array() {
+            let text = content.as_str().unwrap_or("").to_string();
+            *content = if text.is_empty() {
+                json!([])
+            } else {
+                json!([{"type": "text", "text": text}])
+            };
         }
-        joined.push_str(text);
-        *content = Value::String(joined);
+        if let Some(a) = content.as_array_mut() {
+            a.extend(parts);
+        }
     }
 }
 
@@ -374,7 +391,10 @@ mod tests {
             {"role": "assistant", "content": null, "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]}
         ]});
         let (m, _) = from_openai_chat(&body);
-        assert_eq!(m[0]["content"], "a\nb");
+        assert_eq!(
+            m[0]["content"],
+            json!([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}])
+        );
         assert_eq!(m[1]["content"], "");
         let mut m = m;
         parse_tool_arguments(&mut m);

@@ -25,17 +25,39 @@ pub use sluice_common::openai::Api;
 pub struct EncodingRule {
     /// Model globs (`*`, `?`).
     pub models: Vec<String>,
-    /// `o200k_base`, `cl100k_base`, or an open family's vocabulary: `llama3`, `qwen2`.
+    /// `o200k_base`, `cl100k_base`, or an open family's vocabulary: `llama3`, `qwen2`,
+    /// `gemma4`.
     pub encoding: String,
     /// A built-in chat template (`llama-3.1`, `qwen-3`, ...: see sluice-chat-template); an
     /// open family's encoding comes with a default (`llama3`: `llama-3.1`, `qwen2`:
-    /// `qwen-2.5`).
+    /// `qwen-2.5`, `gemma4`: `gemma-4`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
     /// The template itself (the `chat_template` of the model's `tokenizer_config.json`),
     /// for a model whose template is not built in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template_source: Option<String>,
+    /// Template variables for this model, over Sluice's defaults (llama.cpp's server's:
+    /// `enable_thinking: true`, `date_string` today) and under a request's own
+    /// `chat_template_kwargs`. For an engine that renders with transformers (vLLM, SGLang,
+    /// TGI) and a thinking model: `{"enable_thinking": false}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Which engine serves the model, for what it does around the template: `llama.cpp`
+    /// (the default: today's `date_string`, `enable_thinking` on, its Gemma 4 fix-up) or
+    /// `transformers` (vLLM, SGLang, TGI: the template alone).
+    #[serde(default)]
+    pub chat_template_engine: TemplateEngine,
+}
+
+/// See [`EncodingRule::chat_template_engine`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TemplateEngine {
+    #[default]
+    #[serde(rename = "llama.cpp")]
+    LlamaCpp,
+    #[serde(rename = "transformers")]
+    Transformers,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +114,8 @@ impl Default for TokenCounterConfig {
 pub struct PromptCounter {
     pub tokenizer: &'static Tokenizer,
     pub template: Option<ChatTemplate>,
+    /// The rule's `chat_template_kwargs`.
+    pub template_kwargs: Option<serde_json::Value>,
 }
 
 /// The template an open family's tokenizer comes with when the rule names none.
@@ -99,6 +123,7 @@ fn default_template(encoding: &str) -> Option<&'static str> {
     match encoding {
         "llama3" => Some("llama-3.1"),
         "qwen2" => Some("qwen-2.5"),
+        "gemma4" => Some("gemma-4"),
         _ => None,
     }
 }
@@ -130,12 +155,22 @@ impl PromptCounter {
                     tokenizer.bos_token().unwrap_or(""),
                     tokenizer.eos_token().unwrap_or(""),
                 )
+                .map(|t| {
+                    t.for_engine(match rule.chat_template_engine {
+                        TemplateEngine::LlamaCpp => sluice_chat_template::Engine::LlamaCpp,
+                        TemplateEngine::Transformers => sluice_chat_template::Engine::Transformers,
+                    })
+                })
                 .map_err(|e| ConfigError::Invalid(format!("{:?}: {e}", rule.models)))
             })
             .transpose()?;
         Ok(Self {
             tokenizer,
             template,
+            template_kwargs: rule
+                .chat_template_kwargs
+                .clone()
+                .map(serde_json::Value::Object),
         })
     }
 }
@@ -202,12 +237,8 @@ impl Settings {
         self.rule_for(model).map_or(self.default, |c| c.tokenizer)
     }
 
-    /// The chat template of a model's rule, if it has one.
-    pub fn template_for(&self, model: &str) -> Option<&ChatTemplate> {
-        self.rule_for(model).and_then(|c| c.template.as_ref())
-    }
-
-    fn rule_for(&self, model: &str) -> Option<&PromptCounter> {
+    /// How a model's prompts are counted, if a rule names it.
+    pub fn rule_for(&self, model: &str) -> Option<&PromptCounter> {
         self.rules
             .iter()
             .find(|(globs, _)| first_match(globs, model).is_some())
@@ -246,6 +277,50 @@ mod tests {
         assert_eq!(s.tokenizer_for("gpt-4o").name(), "o200k_base");
         assert_eq!(s.model_label("m1"), "m1");
         assert_eq!(s.model_label("anything-else"), "other");
+    }
+
+    #[test]
+    fn open_model_rules() {
+        if sluice_tokenizer::llama3().is_none() {
+            return; // built without the open vocabularies
+        }
+        let s = settings(
+            r#"{"encodings":[{"models":["meta-llama/*"],"encoding":"llama3"},
+                             {"models":["vllm-llama"],"encoding":"llama3","chat_template":"llama-3.2",
+                              "chat_template_engine":"transformers",
+                              "chat_template_kwargs":{"enable_thinking":false}}]}"#,
+        )
+        .unwrap();
+        let r = s.rule_for("meta-llama/Llama-3.1-8B-Instruct").unwrap();
+        assert_eq!(r.tokenizer.name(), "llama3");
+        assert!(r.template.is_some(), "llama3 comes with llama-3.1");
+        let r = s.rule_for("vllm-llama").unwrap();
+        assert_eq!(
+            r.template_kwargs,
+            Some(serde_json::json!({"enable_thinking": false}))
+        );
+        assert!(s.rule_for("gpt-4o").is_none());
+        for (json, want) in [
+            (
+                r#"{"encodings":[{"models":["m"],"encoding":"llama3","chat_template":"llama-9"}]}"#,
+                "unknown chat template",
+            ),
+            (
+                r#"{"encodings":[{"models":["m"],"encoding":"llama3","chat_template":"llama-3.1","chat_template_source":"x"}]}"#,
+                "exclusive",
+            ),
+            (
+                r#"{"encodings":[{"models":["m"],"encoding":"llama3","chat_template_source":"{% if %}"}]}"#,
+                "does not compile",
+            ),
+            (
+                r#"{"encodings":[{"models":["m"],"encoding":"llama3","chat_template_engine":"vllm"}]}"#,
+                "unknown variant",
+            ),
+        ] {
+            let err = settings(json).err().expect(json).to_string();
+            assert!(err.contains(want), "{json}: {err}");
+        }
     }
 
     #[test]

@@ -43,16 +43,16 @@ fn count_json(t: &Tokenizer, v: &Value) -> u64 {
 }
 
 /// Prompt tokens of a parsed body for a model counted with `t` and, when it has one, the
-/// chat `template` its engine renders chat requests with. `now_unix_secs` dates the
-/// templates that print today's date.
+/// chat `template` its engine renders chat requests with (and the operator's template
+/// variables for it). `now_unix_secs` dates the templates that print today's date.
 pub fn prompt_tokens_for(
     api: Api,
     body: &Value,
     t: &Tokenizer,
-    template: Option<&ChatTemplate>,
+    template: Option<(&ChatTemplate, Option<&Value>)>,
     now_unix_secs: u64,
 ) -> Result<u64, BadField> {
-    if let Some(template) = template {
+    if let Some((template, defaults)) = template {
         let rendered = match api {
             Api::Chat => {
                 validate_chat(body)?;
@@ -66,6 +66,7 @@ pub fn prompt_tokens_for(
             let input = ChatInput {
                 messages,
                 tools: tools.as_ref(),
+                defaults,
                 kwargs: body.get("chat_template_kwargs"),
                 now_unix_secs,
             };
@@ -303,17 +304,18 @@ mod tests {
             };
             let tmpl =
                 ChatTemplate::new(src, t.bos_token().unwrap(), t.eos_token().unwrap()).unwrap();
-            let n = prompt_tokens_for(Api::Chat, &hello, t, Some(&tmpl), dec_1_2026).unwrap();
+            let n =
+                prompt_tokens_for(Api::Chat, &hello, t, Some((&tmpl, None)), dec_1_2026).unwrap();
             assert_eq!(n, want, "{template}");
             // The same through the Messages API.
             let m = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]});
             assert_eq!(
-                prompt_tokens_for(Api::Messages, &m, t, Some(&tmpl), dec_1_2026).unwrap(),
+                prompt_tokens_for(Api::Messages, &m, t, Some((&tmpl, None)), dec_1_2026).unwrap(),
                 want
             );
             // Shapes are still checked; a completions prompt gets BOS where the engine adds it.
             let bad = json!({"model": "m", "messages": [{"role": "user", "content": 42}]});
-            assert!(prompt_tokens_for(Api::Chat, &bad, t, Some(&tmpl), 0).is_err());
+            assert!(prompt_tokens_for(Api::Chat, &bad, t, Some((&tmpl, None)), 0).is_err());
             let c = json!({"model": "m", "prompt": "hello"});
             assert_eq!(
                 prompt_tokens(Api::Completions, &c, t).unwrap(),

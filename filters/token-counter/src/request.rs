@@ -40,9 +40,17 @@ pub fn plan_request(
     let mut view = RequestView::parse(api, body)?;
     let model = view.model()?.to_string();
     let tokenizer = settings.tokenizer_for(&model);
-    let template = settings.template_for(&model);
-    let prompt_tokens = prompt_tokens_for(api, &view.body, tokenizer, template, now_unix_secs)
-        .map_err(|b| invalid(b.message, Some(b.param)))?;
+    let rule = settings.rule_for(&model);
+    let template = rule.and_then(|r| r.template.as_ref());
+    let defaults = rule.and_then(|r| r.template_kwargs.as_ref());
+    let prompt_tokens = prompt_tokens_for(
+        api,
+        &view.body,
+        tokenizer,
+        template.map(|t| (t, defaults)),
+        now_unix_secs,
+    )
+    .map_err(|b| invalid(b.message, Some(b.param)))?;
     let stream = view.stream();
     let max_output_tokens = view.output_cap();
     let inject =

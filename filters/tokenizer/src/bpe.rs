@@ -5,10 +5,12 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 // Slot layout: see build.rs.
-const RANK_BITS: u32 = 18;
+const RANK_BITS: u32 = 19;
 const OFFSET_BITS: u32 = 22;
 const RANK_MASK: u64 = (1 << RANK_BITS) - 1;
 const OFFSET_MASK: u64 = (1 << OFFSET_BITS) - 1;
+/// The fingerprint: the slot's top bits, above the token length (8 bits).
+const FP_BITS: u32 = 64 - 8 - OFFSET_BITS - RANK_BITS;
 /// Pieces longer than this (bytes) are merged with a heap (O(n log n)) instead of tiktoken's
 /// linear scan (O(n²)): a 100 KB run of one letter must not stall a worker.
 const HEAP_THRESHOLD: usize = 32;
@@ -81,7 +83,7 @@ impl Vocab {
     pub fn rank(&self, bytes: &[u8]) -> Option<u32> {
         let h = hash(bytes);
         // Fingerprint and length together, as they sit in the slot's top 24 bits.
-        let want = (h >> 48) << 8 | bytes.len() as u64;
+        let want = (h >> (64 - FP_BITS)) << 8 | bytes.len() as u64;
         let mut i = h & self.mask;
         loop {
             let slot = *self.table.get(i as usize)?;

@@ -10,6 +10,7 @@
 //!   pieces so no input is quadratic.
 
 pub mod bpe;
+mod charbpe;
 mod hash;
 pub mod pretokenize;
 mod unicode;
@@ -32,8 +33,12 @@ pub struct Tokenizer {
     /// The engines put BOS before a prompt that does not start with it (llama.cpp's
     /// `add_bos` for this vocabulary).
     adds_bos: bool,
+    /// A merge-list vocabulary over characters (Gemma 4): its merges and byte-fallback ids.
+    chars: Option<(charbpe::MergeList, &'static [u32])>,
 }
 
+// Generated per family; a family's unused items (no byte fallback for byte-level BPE).
+#[allow(dead_code)]
 mod families {
     include!(concat!(env!("OUT_DIR"), "/families.rs"));
 }
@@ -128,6 +133,14 @@ impl Tokenizer {
 
     /// Number of tokens of `text` (as `encode_ordinary`: special-token text is plain text).
     pub fn count(&self, text: &str) -> usize {
+        if let Some((merges, fallback)) = &self.chars {
+            let mut total = 0;
+            let mut scratch = charbpe::CharScratch::default();
+            charbpe::encode(&self.vocab, merges, fallback, text, &mut scratch, |_| {
+                total += 1
+            });
+            return total;
+        }
         let mut scratch = Scratch::default();
         let mut total = 0;
         for piece in Pieces::new(text, self.pattern) {
@@ -141,10 +154,18 @@ impl Tokenizer {
         total
     }
 
-    /// The token ranks of `text`, as tiktoken's `encode_ordinary`.
+    /// The token ranks of `text`, as tiktoken's `encode_ordinary` (token ids, for an open
+    /// family).
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        let mut scratch = Scratch::default();
         let mut out = Vec::new();
+        if let Some((merges, fallback)) = &self.chars {
+            let mut scratch = charbpe::CharScratch::default();
+            charbpe::encode(&self.vocab, merges, fallback, text, &mut scratch, |id| {
+                out.push(id)
+            });
+            return out;
+        }
+        let mut scratch = Scratch::default();
         for piece in Pieces::new(text, self.pattern) {
             let bytes = piece.as_bytes();
             match self.vocab.rank(bytes) {
@@ -179,6 +200,7 @@ fn load(name: &'static str, data: &'static Aligned<[u8]>, pattern: Pattern) -> O
         bos: None,
         eos: None,
         adds_bos: false,
+        chars: None,
     })
 }
 
@@ -208,6 +230,8 @@ struct Family {
     bos: Option<&'static str>,
     eos: Option<&'static str>,
     adds_bos: bool,
+    /// A merge-list vocabulary over characters: its merge tables and byte-fallback ids.
+    merges: Option<(&'static Aligned<[u8]>, &'static [u32])>,
 }
 
 /// An open-model family's tokenizer; `None` when its vocabulary was not there at build time.
@@ -217,12 +241,21 @@ fn load_family(f: &Family) -> Option<Tokenizer> {
     }
     let mut specials = f.specials.to_vec();
     specials.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    let base = load(f.name, f.data, f.pattern)?;
+    let chars = match f.merges {
+        Some((data, fallback)) => Some((
+            charbpe::MergeList::from_tables(&data.0, base.vocab.len())?,
+            fallback,
+        )),
+        None => None,
+    };
     Some(Tokenizer {
         specials,
         bos: f.bos,
         eos: f.eos,
         adds_bos: f.adds_bos,
-        ..load(f.name, f.data, f.pattern)?
+        chars,
+        ..base
     })
 }
 
@@ -246,6 +279,7 @@ pub fn llama3() -> Option<&'static Tokenizer> {
             eos: families::LLAMA3_EOS,
             // llama.cpp's `llama-bpe` pre-tokenizer sets add_bos.
             adds_bos: true,
+            merges: None,
         })
     })
     .as_ref()
@@ -265,6 +299,35 @@ pub fn qwen2() -> Option<&'static Tokenizer> {
             eos: families::QWEN2_EOS,
             // Qwen's GGUFs and tokenizer_config.json: add_bos_token false.
             adds_bos: false,
+            merges: None,
+        })
+    })
+    .as_ref()
+}
+
+static GEMMA4_DATA: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/gemma4.bin")));
+static GEMMA4_MERGES: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/gemma4.merges.bin"
+)));
+
+/// Gemma 4: llama.cpp's `gemma-4` vocabulary (BPE over characters with a merge list).
+pub fn gemma4() -> Option<&'static Tokenizer> {
+    static T: OnceLock<Option<Tokenizer>> = OnceLock::new();
+    T.get_or_init(|| {
+        load_family(&Family {
+            name: "gemma4",
+            built: families::GEMMA4_BUILT,
+            data: GEMMA4_DATA,
+            // Not used: Gemma 4 cuts text into newline and other runs (see charbpe).
+            pattern: Pattern::Llama3,
+            specials: &families::GEMMA4_SPECIALS,
+            bos: families::GEMMA4_BOS,
+            eos: families::GEMMA4_EOS,
+            // llama.cpp forces add_bos for Gemma 4.
+            adds_bos: true,
+            merges: Some((GEMMA4_MERGES, &families::GEMMA4_BYTE_FALLBACK)),
         })
     })
     .as_ref()
@@ -277,13 +340,14 @@ pub fn by_name(name: &str) -> Option<&'static Tokenizer> {
         "cl100k_base" => cl100k_base(),
         "llama3" => llama3(),
         "qwen2" => qwen2(),
+        "gemma4" => gemma4(),
         _ => None,
     }
 }
 
 /// Encoding names [`by_name`] knows (the open families only when built with their
 /// vocabularies).
-pub const ENCODINGS: [&str; 4] = ["o200k_base", "cl100k_base", "llama3", "qwen2"];
+pub const ENCODINGS: [&str; 5] = ["o200k_base", "cl100k_base", "llama3", "qwen2", "gemma4"];
 
 /// The tiktoken encodings (always built in; tiktoken-rs is their oracle).
 pub const TIKTOKEN_ENCODINGS: [&str; 2] = ["o200k_base", "cl100k_base"];

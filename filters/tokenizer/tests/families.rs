@@ -40,16 +40,16 @@ fn reference(file: &str) -> Vec<(String, Vec<u32>)> {
     let dir = vocab_dir().unwrap();
     let inp = std::fs::read_to_string(dir.join(format!("{file}.inp"))).unwrap();
     let out = std::fs::read_to_string(dir.join(format!("{file}.out"))).unwrap();
-    let texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+    let mut texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+    // Some files end with the separator, some without.
+    if texts.last() == Some(&"") {
+        texts.pop();
+    }
     let ids: Vec<Vec<u32>> = out
         .lines()
         .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
         .collect();
-    assert_eq!(
-        texts.len(),
-        ids.len() + 1,
-        "{file}: one text per line of ids"
-    );
+    assert_eq!(texts.len(), ids.len(), "{file}: one text per line of ids");
     texts
         .into_iter()
         .zip(ids)
@@ -58,10 +58,11 @@ fn reference(file: &str) -> Vec<(String, Vec<u32>)> {
 }
 
 #[test]
-fn llama3_and_qwen2_match_the_reference_tokenizations() {
+fn open_families_match_the_reference_tokenizations() {
     for (name, file) in [
         ("llama3", "ggml-vocab-llama-bpe.gguf"),
         ("qwen2", "ggml-vocab-qwen2.gguf"),
+        ("gemma4", "ggml-vocab-gemma-4.gguf"),
     ] {
         let Some(t) = family(name) else { continue };
         let cases = reference(file);
