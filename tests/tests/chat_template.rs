@@ -332,7 +332,9 @@ async fn engine_stack(
     let mut limited = key_record("key_template_limited", LIMITED, "team-template");
     limited.limits.tokens_per_minute = Some(limited_tokens_per_minute);
     let s = Stack::start(StackOptions {
-        pools: vec!["pool-gpu"],
+        // pool-quiet: a mock that never reports usage (like TGI).
+        pools: vec!["pool-gpu", "pool-quiet"],
+        mock_args: vec!["--no-usage".into()],
         engines: vec![("pool-gpu", engine.ports.clone())],
         pool_options: vec![("pool-gpu", json!({"max_requests_per_connection": 1}))],
         keys: KeyAuthConfig {
@@ -344,7 +346,9 @@ async fn engine_stack(
                 json!({"models": {"tiny-llama": {"targets": [{"pool": "pool-gpu"}]},
                                   // The same engine under a name token-counter has no rule
                                   // for: counted by OpenAI's formula, so its estimate is off.
-                                  "unmapped": {"targets": [{"pool": "pool-gpu"}]}}}),
+                                  "unmapped": {"targets": [{"pool": "pool-gpu"}]},
+                                  // Counted as tiny-llama, served by a pool that reports nothing.
+                                  "quiet": {"targets": [{"pool": "pool-quiet", "model": "tiny-llama"}]}}}),
             ),
             (
                 "token_counter_config".into(),
@@ -370,6 +374,7 @@ async fn the_gateway_counts_what_the_engine_counts() {
     };
     let client = reqwest::Client::new();
     let mut checked = 0;
+    let mut hello_engine = None;
     for (i, (name, mut body)) in corpus().into_iter().enumerate() {
         body["model"] = json!("tiny-llama");
         body["max_tokens"] = json!(2);
@@ -411,6 +416,9 @@ async fn the_gateway_counts_what_the_engine_counts() {
             usage.and_then(|u| u["prompt_tokens"].as_u64())
         };
         assert!(engine.is_some(), "{name}: {text}");
+        if i == 0 {
+            hello_engine = engine;
+        }
         assert_eq!(log_number(&line, "prompt_tokens"), engine, "{name}");
         assert_eq!(
             log_number(&line, "prompt_tokens_estimated"),
@@ -450,6 +458,17 @@ async fn the_gateway_counts_what_the_engine_counts() {
         "{v}"
     );
     checked += 1;
+    // A pool that reports no usage: the gateway's own count is charged, and it is the
+    // engine's count for the same request.
+    let mut hello = corpus()[0].1.clone();
+    hello["model"] = json!("quiet");
+    let r = s
+        .post_json("/v1/chat/completions", KEY, "tmpl-quiet", &hello)
+        .await;
+    assert_eq!(r.status(), 200);
+    let line = s.log_line("tmpl-quiet").await;
+    assert_eq!(line["usage_source"], "counted", "{line}");
+    assert_eq!(log_number(&line, "prompt_tokens"), hello_engine, "{line}");
     let metrics = s.prometheus().await;
     assert!(
         !metrics.contains("sluice_llm_prompt_estimate_off{"),
