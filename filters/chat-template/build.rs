@@ -2,7 +2,7 @@
 //! (models/templates/, unpacked by scripts/llama-src.sh; `SLUICE_VOCAB_DIR` points at its
 //! models/ directory otherwise). A template whose file is missing is not built in.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Built-in name → file under models/templates/.
 const TEMPLATES: [(&str, &str); 7] = [
@@ -18,16 +18,7 @@ const TEMPLATES: [(&str, &str); 7] = [
     ("gemma-4", "google-gemma-4-31B-it.jinja"),
 ];
 
-fn vocab_dir() -> Option<PathBuf> {
-    if let Ok(d) = std::env::var("SLUICE_VOCAB_DIR") {
-        return Some(d.into());
-    }
-    let cache = std::env::var("SLUICE_CACHE")
-        .map(PathBuf::from)
-        .or_else(|_| std::env::var("HOME").map(|h| Path::new(&h).join(".cache/sluice")))
-        .ok()?;
-    Some(cache.join("llama.cpp-0.3.36/src/models"))
-}
+include!("../tokenizer/vocab_dir.rs");
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

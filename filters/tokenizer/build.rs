@@ -381,18 +381,9 @@ const FAMILIES: [Family; 3] = [
     },
 ];
 
-/// Where the GGUF vocabularies are: `SLUICE_VOCAB_DIR`, else the cache scripts/llama-src.sh
-/// fills.
-fn vocab_dir() -> Option<std::path::PathBuf> {
-    if let Ok(d) = std::env::var("SLUICE_VOCAB_DIR") {
-        return Some(d.into());
-    }
-    let cache = std::env::var("SLUICE_CACHE")
-        .map(std::path::PathBuf::from)
-        .or_else(|_| std::env::var("HOME").map(|h| Path::new(&h).join(".cache/sluice")))
-        .ok()?;
-    Some(cache.join("llama.cpp-0.3.36/src/models"))
-}
+// Where the GGUF vocabularies are: `SLUICE_VOCAB_DIR`, else the cache scripts/llama-src.sh
+// fills.
+include!("vocab_dir.rs");
 
 /// Per family: `<family>.bin` (the token tables, rank = token id), `<family>.merges.bin`
 /// (for merge-list vocabularies: per token id, the rank of the merge that makes it and the

@@ -17,6 +17,7 @@ use sluice_chat_template::{messages, ChatInput, ChatTemplate};
 use sluice_e2e::engine::{Engine, Variant};
 use sluice_e2e::{away_from_window_end, key_record, log_number, Stack, StackOptions};
 use sluice_key_auth::KeyAuthConfig;
+use sluice_token_counter::prompt::prompt_text_tokens;
 
 fn weather_tool() -> Value {
     json!({"type": "function", "function": {
@@ -169,6 +170,31 @@ const FAMILIES: [Family; 5] = [
     },
 ];
 
+/// POST a JSON body, the JSON answer.
+async fn post(client: &reqwest::Client, url: String, body: &Value) -> Value {
+    client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Our prompt text for chat messages, rendered as token-counter renders it.
+fn render(tmpl: &ChatTemplate, (messages, tools): (Vec<Value>, Option<Value>)) -> String {
+    let input = ChatInput {
+        messages,
+        tools: tools.as_ref(),
+        defaults: None,
+        kwargs: None,
+        now_unix_secs: now(),
+    };
+    tmpl.render(&input).unwrap()
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -205,24 +231,8 @@ async fn prompt_counts_equal_the_engines_for_every_family() {
         let mut equal = 0;
         let mut hello = 0;
         for (name, body) in corpus() {
-            let rendered = client
-                .post(format!("{url}/apply-template"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap();
-            let (messages, tools) = messages::from_openai_chat(&body);
-            let input = ChatInput {
-                messages,
-                tools: tools.as_ref(),
-                defaults: None,
-                kwargs: None,
-                now_unix_secs: now(),
-            };
-            let ours = tmpl.render(&input).unwrap();
+            let rendered = post(&client, format!("{url}/apply-template"), &body).await;
+            let ours = render(&tmpl, messages::from_openai_chat(&body));
             // llama.cpp drops a leading BOS from the text when it adds one itself.
             let bos = tok.bos_token().unwrap_or("\u{0}");
             let ours_text = match ours.strip_prefix(bos) {
@@ -238,22 +248,13 @@ async fn prompt_counts_equal_the_engines_for_every_family() {
             let mut request = body.clone();
             request["max_tokens"] = json!(1);
             request["model"] = json!("m");
-            let answer: Value = client
-                .post(format!("{url}/v1/chat/completions"))
-                .json(&request)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let answer = post(&client, format!("{url}/v1/chat/completions"), &request).await;
             let engine_count = answer["usage"]["prompt_tokens"]
                 .as_u64()
                 .unwrap_or_else(|| panic!("{} / {name}: {answer}", f.template));
-            let bos_added = u64::from(tok.adds_bos() && !ours.starts_with(bos));
-            let our_count = tok.count_prompt(&ours) as u64 + bos_added;
             assert_eq!(
-                our_count, engine_count,
+                prompt_text_tokens(tok, &ours),
+                engine_count,
                 "{} / {name}: prompt tokens (ours, engine's)\n{ours}",
                 f.template
             );
@@ -267,31 +268,13 @@ async fn prompt_counts_equal_the_engines_for_every_family() {
             let mut request = body.clone();
             request["max_output_tokens"] = json!(1);
             request["model"] = json!("m");
-            let answer: Value = client
-                .post(format!("{url}/v1/responses"))
-                .json(&request)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let answer = post(&client, format!("{url}/v1/responses"), &request).await;
             let engine_count = answer["usage"]["input_tokens"]
                 .as_u64()
                 .unwrap_or_else(|| panic!("{} / responses {name}: {answer}", f.template));
-            let (messages, tools) = messages::from_responses(&body).unwrap();
-            let input = ChatInput {
-                messages,
-                tools: tools.as_ref(),
-                defaults: None,
-                kwargs: None,
-                now_unix_secs: now(),
-            };
-            let ours = tmpl.render(&input).unwrap();
-            let bos_added =
-                u64::from(tok.adds_bos() && !ours.starts_with(tok.bos_token().unwrap_or("\u{0}")));
+            let ours = render(&tmpl, messages::from_responses(&body).unwrap());
             assert_eq!(
-                tok.count_prompt(&ours) as u64 + bos_added,
+                prompt_text_tokens(tok, &ours),
                 engine_count,
                 "{} / responses {name}\n{ours}",
                 f.template

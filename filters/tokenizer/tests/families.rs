@@ -11,18 +11,7 @@
     clippy::indexing_slicing
 )]
 
-use std::path::PathBuf;
-
-fn vocab_dir() -> Option<PathBuf> {
-    if let Ok(d) = std::env::var("SLUICE_VOCAB_DIR") {
-        return Some(d.into());
-    }
-    let cache = std::env::var("SLUICE_CACHE")
-        .map(PathBuf::from)
-        .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".cache/sluice")))
-        .ok()?;
-    Some(cache.join("llama.cpp-0.3.36/src/models"))
-}
+include!("../vocab_dir.rs");
 
 fn family(name: &str) -> Option<&'static sluice_tokenizer::Tokenizer> {
     let t = sluice_tokenizer::by_name(name);
