@@ -1,4 +1,5 @@
-//! The tokenizer on any text: count agrees with encode, and every token decodes back.
+//! The tokenizers on any text: count agrees with encode, and the tokens decode back to the
+//! text (as plain text, and as a prompt in which special-token text is read).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -8,14 +9,19 @@ fuzz_target!(|data: &[u8]| {
     };
     for name in sluice_tokenizer::ENCODINGS {
         let Some(t) = sluice_tokenizer::by_name(name) else {
-            return;
+            continue; // an open family not built in
+        };
+        // Gemma writes spaces as `▁`: a `▁` of the text comes back as a space.
+        let want = if name == "gemma4" {
+            text.replace('\u{2581}', " ")
+        } else {
+            text.to_string()
         };
         let ids = t.encode(text);
         assert_eq!(ids.len(), t.count(text));
-        let bytes: Vec<u8> = ids
-            .iter()
-            .flat_map(|&r| t.vocab().token(r).to_vec())
-            .collect();
-        assert_eq!(bytes, text.as_bytes(), "encoding is lossless");
+        assert_eq!(t.decode(&ids), want.as_bytes(), "{name}: encoding is lossless");
+        let ids = t.encode_prompt(text);
+        assert_eq!(ids.len(), t.count_prompt(text));
+        assert_eq!(t.decode(&ids), want.as_bytes(), "{name}: prompt encoding is lossless");
     }
 });

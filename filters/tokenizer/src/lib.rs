@@ -121,6 +121,29 @@ impl Tokenizer {
         total
     }
 
+    /// The text of token ids from [`Tokenizer::encode`] or [`Tokenizer::encode_prompt`], as
+    /// bytes (a byte-fallback token is its byte; Gemma's `▁` is a space).
+    pub fn decode(&self, ids: &[u32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &id in ids {
+            if let Some((s, _)) = self.specials.iter().find(|(_, i)| *i == id) {
+                out.extend_from_slice(s.as_bytes());
+                continue;
+            }
+            match &self.chars {
+                Some((_, fallback)) => match fallback.iter().position(|&f| f == id) {
+                    Some(byte) => out.push(byte as u8),
+                    None => {
+                        let text = String::from_utf8_lossy(self.vocab.token(id));
+                        out.extend_from_slice(text.replace('\u{2581}', " ").as_bytes());
+                    }
+                },
+                None => out.extend_from_slice(self.vocab.token(id)),
+            }
+        }
+        out
+    }
+
     /// Token ids of a model's prompt text (special tokens read as such).
     pub fn encode_prompt(&self, text: &str) -> Vec<u32> {
         let mut out = Vec::new();
@@ -378,6 +401,20 @@ mod tests {
             );
             assert_eq!(t.encode("3333333"), [8765, 8765, 18]);
             assert_eq!(t.encode_prompt("<|begin_of_text|>hi"), [128000, 6151]);
+            assert!(t.adds_bos());
+        }
+        if let Some(t) = gemma4() {
+            // The fuzzer's first find: a NUL is its byte-fallback token, and decodes back.
+            for text in [".\0", "a  b\n\n\tc", "東京 🦙"] {
+                let ids = t.encode(text);
+                assert_eq!(t.count(text), ids.len());
+                assert_eq!(t.decode(&ids), text.as_bytes(), "{text:?}");
+            }
+            assert_eq!(t.encode("Hello world"), [9259, 1902]);
+            assert_eq!(
+                t.encode(" this is 🦙.cpp"),
+                [672, 563, 236743, 478, 397, 404, 391, 236761, 12362]
+            );
             assert!(t.adds_bos());
         }
         if let Some(t) = qwen2() {
