@@ -124,7 +124,7 @@ impl ChatTemplate {
             ..ChatInput::default()
         };
         t.object_arguments = t
-            .render_as_is(&call)
+            .render_as_is(call)
             .is_ok_and(|out| out.contains("sluice-probe-value"));
         const MARK: &str = "sluice-probe-7f3a";
         let shows = |t: &Self, content: Value| {
@@ -133,7 +133,7 @@ impl ChatTemplate {
                 ..ChatInput::default()
             };
             // The text must appear as itself, not inside a printed list.
-            t.render_as_is(&input).is_ok_and(|out| {
+            t.render_as_is(input).is_ok_and(|out| {
                 out.contains(MARK) && !out.contains("'text'") && !out.contains("\"text\"")
             })
         };
@@ -164,16 +164,16 @@ impl ChatTemplate {
                 _ => {}
             }
         }
-        self.render_as_is(&ChatInput { messages, ..*input })
+        self.render_as_is(ChatInput { messages, ..*input })
     }
 
-    /// Render with the messages exactly as given.
-    fn render_as_is(&self, input: &ChatInput<'_>) -> Result<String, TemplateError> {
+    /// Render with the messages exactly as given (taken, not copied: this runs per request).
+    fn render_as_is(&self, input: ChatInput<'_>) -> Result<String, TemplateError> {
         let tmpl = self
             .env
             .get_template(NAME)
             .map_err(|e| TemplateError::Render(e.to_string()))?;
-        let messages = input.messages.clone();
+        let messages = input.messages;
         let mut ctx = serde_json::Map::new();
         ctx.insert("messages".into(), Value::Array(messages));
         if let Some(tools) = input

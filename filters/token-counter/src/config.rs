@@ -3,7 +3,9 @@
 //! ```json
 //! {"paths": {"/v1/chat/completions": "chat", "/v1/completions": "completions",
 //!            "/v1/embeddings": "embeddings"},
-//!  "encodings": [{"models": ["gpt-4", "gpt-4-*", "gpt-3.5*"], "encoding": "cl100k_base"}],
+//!  "encodings": [{"models": ["gpt-4", "gpt-4-*", "gpt-3.5*"], "encoding": "cl100k_base"},
+//!                {"models": ["meta-llama/Llama-3*"], "encoding": "llama3",
+//!                 "chat_template": "llama-3.1", "chat_template_engine": "transformers"}],
 //!  "default_encoding": "o200k_base",
 //!  "inject_include_usage": true,
 //!  "metric_models": ["llama-3.1-8b", "qwen2.5-72b"],
