@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. scripts/lib/common.sh
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-16}
 THREADS=${BENCH_THREADS:-1}
@@ -21,14 +22,13 @@ SLUICE="$ROOT/target/release/sluice"
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null || true
+  stop_pids "${pids[@]}"
   wait 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-free_port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_file() { for _ in $(seq 300); do [ -s "$1" ] && return 0; sleep 0.1; done; echo "bench: $1 never appeared" >&2; exit 1; }
+wait_file() { wait_until 30 file_written "$1" || { echo "bench: $1 never appeared" >&2; exit 1; }; }
 
 # The backend: zero delays, so the numbers are the gateway's.
 target/release/sluice-mock-llm --listen 127.0.0.1:0 --port-file "$work/mock.port" \
@@ -54,7 +54,7 @@ RL_PORT=$(free_port)
 target/release/sluice-ratelimit --listen "127.0.0.1:$RL_PORT" --redis-timeout-ms 100 \
   --redis "redis://127.0.0.1:$REDIS_PORT" >"$work/ratelimit.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$RL_PORT") 2>/dev/null && break; sleep 0.1; done
+wait_until 10 port_busy "$RL_PORT" || true
 mkdir -p "$work/global/ecds"
 cp "$work/chain/ecds/key-auth.json" "$work/global/ecds/key-auth.json"
 cp "$work/chain/ecds/key-auth.json" "$work/nopii/ecds/key-auth.json"
@@ -75,15 +75,9 @@ start_envoy() { # name filters [extra -s vars...]; sets PORT_<name>
   "$ENVOY" -c "$work/$name/envoy.yaml" --concurrency "$ENVOY_CONCURRENCY" --base-id "$admin" \
     --log-level info >"$work/$name/envoy.log" 2>&1 &
   pids+=($!)
-  for _ in $(seq 300); do
-    if [ "$(curl -s "http://127.0.0.1:$admin/ready" || true)" = LIVE ] &&
-       curl -s "http://127.0.0.1:$admin/clusters" | grep -qE '^pool-a::.*health_flags::healthy$'; then
-      printf -v "PORT_$name" '%s' "$port"
-      return 0
-    fi
-    sleep 0.1
-  done
-  cat "$work/$name/envoy.log" >&2; exit 1
+  pool_a_healthy() { envoy_live "$admin" && curl -s "http://127.0.0.1:$admin/clusters" | grep -qE '^pool-a::.*health_flags::healthy$'; }
+  wait_until 30 pool_a_healthy || { cat "$work/$name/envoy.log" >&2; exit 1; }
+  printf -v "PORT_$name" '%s' "$port"
 }
 start_envoy bare false
 start_envoy chain true

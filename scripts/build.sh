@@ -3,18 +3,16 @@
 # binaries (sluice-mock-llm, sluice) at target/release/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
 
 # The vocabularies of the open-model tokenizers (llama3, qwen2) come from llama.cpp's tree,
 # unpacked in the cache where sluice-tokenizer's build.rs finds them (or SLUICE_VOCAB_DIR).
 scripts/llama-src.sh >/dev/null
 
-FILTERS=(sluice-key-auth sluice-model-router sluice-pii-redaction sluice-token-counter sluice-rate-limit)
-
-args=()
-for f in "${FILTERS[@]}"; do args+=(-p "$f"); done
+mapfile -t args < <(cargo_packages "${SLUICE_FILTERS[@]}")
 cargo build --quiet --target wasm32-wasip1 --profile wasm-release "${args[@]}"
 mkdir -p target/wasm
-for f in "${FILTERS[@]}"; do
+for f in "${SLUICE_FILTERS[@]}"; do
   name=${f//-/_}
   # cp then mv: Envoy never loads a half-written file.
   cp "target/wasm32-wasip1/wasm-release/$name.wasm" "target/wasm/.$name.wasm.tmp"

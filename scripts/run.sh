@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. scripts/lib/common.sh
 
 PORT=${SLUICE_PORT:-8080}
 ADMIN_PORT=${SLUICE_ADMIN_PORT:-9901}
@@ -28,7 +29,6 @@ die() { printf 'run: %s\n' "$*" >&2; exit 1; }
 if [ -f "$STATE/run.pid" ] && kill -0 "$(cat "$STATE/run.pid")" 2>/dev/null; then
   die "Sluice is already running (pid $(cat "$STATE/run.pid"), state in $STATE). Stop it with Ctrl-C in its terminal or: kill $(cat "$STATE/run.pid")"
 fi
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "$PORT" "$ADMIN_PORT" "$POOL_PORT" "$((POOL_PORT + 1))" "$((POOL_PORT + 2))" "$((POOL_PORT + 3))" "${SLUICE_RATELIMIT_PORT:-8081}"; do
   if port_busy "$p"; then
     die "port $p is in use by another program; free it or set SLUICE_PORT / SLUICE_ADMIN_PORT / SLUICE_POOL_PORT"
@@ -47,14 +47,7 @@ stop() {
   trap - INT TERM EXIT
   if [ ${#pids[@]} -gt 0 ]; then
     say "stopping"
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    for _ in $(seq 50); do
-      alive=0
-      for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-      [ $alive = 0 ] && break
-      sleep 0.1
-    done
-    kill -KILL "${pids[@]}" 2>/dev/null || true
+    stop_pids "${pids[@]}"
   fi
   rm -f "$STATE/run.pid"
 }
@@ -106,24 +99,21 @@ pids+=($!)
   --log-level info >"$STATE/logs/envoy.log" 2>&1 &
 pids+=($!)
 
-ready=0
-for _ in $(seq 600); do
-  for p in "${pids[@]}"; do
-    if ! kill -0 "$p" 2>/dev/null; then
-      tail -n 40 "$STATE"/logs/*.log >&2
-      die "a process exited during start-up (logs above, all in $STATE/logs)"
-    fi
-  done
-  # Ready: Envoy is live and the four backends passed their first health check (in
-  # their own pools; pool-small also checks pool-large's hosts, its failover).
-  if [ "$(curl -s "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null)" = LIVE ] &&
-     [ "$(curl -s "http://127.0.0.1:$ADMIN_PORT/clusters" 2>/dev/null |
-          grep -cE "^pool-small::127.0.0.1:($POOL_PORT|$((POOL_PORT + 1)))::health_flags::healthy$|^pool-large::.*health_flags::healthy$")" -eq 4 ]; then
-    ready=1; break
-  fi
-  sleep 0.1
-done
-[ $ready = 1 ] || die "Envoy did not become ready in 60 s; see $STATE/logs/envoy.log"
+# Ready: Envoy is live and the four backends passed their first health check (in their own
+# pools; pool-small also checks pool-large's hosts, its failover). Any process that exits
+# during start-up ends the wait.
+all_alive() { local p; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || return 1; done; }
+stack_ready() {
+  envoy_live "$ADMIN_PORT" &&
+    [ "$(curl -s "http://127.0.0.1:$ADMIN_PORT/clusters" 2>/dev/null |
+         grep -cE "^pool-small::127.0.0.1:($POOL_PORT|$((POOL_PORT + 1)))::health_flags::healthy$|^pool-large::.*health_flags::healthy$")" -eq 4 ]
+}
+ready_or_dead() { stack_ready || ! all_alive; }
+wait_until 60 ready_or_dead || die "Envoy did not become ready in 60 s; see $STATE/logs/envoy.log"
+if ! all_alive; then
+  tail -n 40 "$STATE"/logs/*.log >&2
+  die "a process exited during start-up (logs above, all in $STATE/logs)"
+fi
 
 cat <<MSG
 

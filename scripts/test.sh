@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. scripts/lib/common.sh
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -19,7 +20,7 @@ cargo fmt --all --check
 
 step "clippy (native)"
 cargo clippy --quiet --workspace --all-targets -- -D warnings
-FILTER_CRATES=(-p sluice-common -p sluice-proxy -p sluice-tokenizer -p sluice-chat-template -p sluice-key-auth -p sluice-model-router -p sluice-pii-redaction -p sluice-token-counter -p sluice-rate-limit)
+mapfile -t FILTER_CRATES < <(cargo_packages "${SLUICE_WASM_CRATES[@]}")
 step "clippy (wasm32-wasip1, filters)"
 cargo clippy --quiet --target wasm32-wasip1 "${FILTER_CRATES[@]}" --all-targets -- -D warnings
 
@@ -65,35 +66,16 @@ scripts/fuzz.sh "${SLUICE_FUZZ_SECONDS:-10}"
 step "OpenAI and Anthropic SDK smoke test against scripts/run.sh"
 state=$(mktemp -d)
 # Free ports for the stack, so a developer's running stack is not disturbed.
-read -r port admin pool rlport < <(.venv/bin/python - <<'PY'
-import socket
-def free(n=1):
-    for _ in range(200):
-        socks = []
-        try:
-            s = socket.socket(); s.bind(("127.0.0.1", 0)); base = s.getsockname()[1]; socks.append(s)
-            for i in range(1, n):
-                t = socket.socket(); t.bind(("127.0.0.1", base + i)); socks.append(t)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks: s.close()
-print(free(), free(), free(4), free())
-PY
-)
+port=$(free_port); admin=$(free_port); pool=$(free_port 4); rlport=$(free_port)
 SLUICE_PORT=$port SLUICE_ADMIN_PORT=$admin SLUICE_POOL_PORT=$pool SLUICE_RATELIMIT_PORT=$rlport \
   SLUICE_STATE_DIR=$state \
   SLUICE_SKIP_BUILD=1 scripts/run.sh >"$state/run.out" 2>&1 &
 run_pid=$!
-cleanup() { kill -TERM "$run_pid" 2>/dev/null || true; wait "$run_pid" 2>/dev/null || true; }
+cleanup() { stop_pids "$run_pid"; wait "$run_pid" 2>/dev/null || true; }
 trap cleanup EXIT
-for _ in $(seq 600); do
-  grep -q "Sluice is up" "$state/run.out" 2>/dev/null && break
-  kill -0 "$run_pid" 2>/dev/null || { cat "$state/run.out"; echo "run.sh failed"; exit 1; }
-  sleep 0.1
-done
-grep -q "Sluice is up" "$state/run.out" || { cat "$state/run.out"; echo "run.sh did not come up"; exit 1; }
+up_or_gone() { file_has "$state/run.out" "Sluice is up" || ! kill -0 "$run_pid" 2>/dev/null; }
+wait_until 60 up_or_gone || true
+file_has "$state/run.out" "Sluice is up" || { cat "$state/run.out"; echo "run.sh did not come up"; exit 1; }
 # Use exactly the lines run.sh printed for the user.
 eval "$(grep -E '^\s+export OPENAI_' "$state/run.out" | sed 's/^ *//')"
 if ! SLUICE_STATE_DIR=$state SLUICE_POOL_PORT=$pool .venv/bin/python tests/sdk/sdk_smoke.py; then

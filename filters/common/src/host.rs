@@ -1,100 +1,325 @@
-//! The small surface through which filter logic reaches Envoy.
+//! The one boundary between a filter's logic and Envoy.
 //!
-//! Filter policy is written against [`Host`], so it runs natively in unit tests with
-//! [`MockHost`] and in Envoy with `WasmHost` (the `wasm_host` module, wasm32 only).
+//! Everything a Sluice filter does with Envoy goes through [`Host`]: headers, bodies,
+//! properties, shared data, gRPC and HTTP callouts, timers, local replies and metrics. The
+//! proxy-wasm implementation is `sluice_proxy::WasmHost`; tests use the recording mock of the
+//! `sluice-testkit` crate (a dev-dependency only, never compiled into a filter). A filter's
+//! request lifecycle is written as a [`Lifecycle`] over this trait, so the sequence of host
+//! calls each request causes is unit-tested natively and in V8.
+//!
+//! Reads never fail: a host call that fails is logged by the implementation and reads as
+//! absent. Writes report failure only where the caller must act on it (a body that could
+//! not be replaced must not go upstream unredacted).
 
-/// What a filter's request-path logic may ask of the proxy.
+use crate::api::family_for_path;
+use crate::config::ConfigError;
+use crate::OpenAiError;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// What a hook answers Envoy: go on, or hold the request (or response) here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Pause,
+}
+
+/// Which half of the exchange a header or body call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    Request,
+    Response,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Histogram,
+}
+
+/// Why a shared-data write did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedDataError {
+    /// Another writer got there first: read again.
+    CasMismatch,
+    /// The store failed.
+    Failed,
+}
+
+/// A gRPC callout (`proxy_dispatch_grpc_call`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcCall<'a> {
+    /// The Envoy cluster of the service.
+    pub cluster: &'a str,
+    pub service: &'a str,
+    pub method: &'a str,
+    /// The serialized request message.
+    pub message: &'a [u8],
+    pub timeout: Duration,
+}
+
+/// An HTTP callout (`proxy_dispatch_http_call`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpCall<'a> {
+    pub cluster: &'a str,
+    /// Pseudo-headers (`:method`, `:path`, `:authority`) included.
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: Option<&'a [u8]>,
+    pub timeout: Duration,
+}
+
+/// Everything a filter does with Envoy.
 pub trait Host {
-    /// All request headers, names lower-cased by Envoy; values as raw bytes because a
+    /// The plugin configuration (root context, in `on_configure`).
+    fn plugin_configuration(&self) -> Vec<u8>;
+
+    /// All headers of one side, names lower-cased by Envoy; values as raw bytes because a
     /// client may send anything, and a filter must not panic on non-UTF-8.
-    fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
-    fn remove_request_header(&mut self, name: &str);
-    /// Replace (or add) a request header, pseudo-headers such as `:path` included.
-    fn set_request_header(&mut self, name: &str, value: &str);
-    /// Publish a fact as filter state (`set_property([name], value)`).
+    fn headers(&self, side: Side) -> Vec<(String, Vec<u8>)>;
+    /// One header as UTF-8 (`None`: absent or not UTF-8).
+    fn header(&self, side: Side, name: &str) -> Option<String>;
+    /// Replace (or add) a header, pseudo-headers such as `:path` and `:status` included.
+    fn set_header(&mut self, side: Side, name: &str, value: &str);
+    fn remove_header(&mut self, side: Side, name: &str);
+
+    /// The first `size` bytes of the body buffered so far (or of this chunk).
+    fn body(&self, side: Side, size: usize) -> Vec<u8>;
+    /// Replace the first `size` bytes of the body; false when the host refused.
+    fn set_body(&mut self, side: Side, size: usize, bytes: &[u8]) -> bool;
+
+    /// A property: filter state (`["sluice_policy"]`) or an Envoy attribute
+    /// (`["response", "code"]`).
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// Publish a fact as filter state.
     fn set_property(&mut self, name: &str, value: &[u8]);
-    /// Answer the client directly; nothing goes upstream.
+
+    /// A shared-data value (one map for all VMs of a `vm_id`) and its version.
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Write `value` if the key's version is still `cas` (`None`: unconditionally).
+    fn set_shared_data(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError>;
+
+    /// Start a gRPC call; its token, or `None` when it could not start.
+    fn dispatch_grpc(&mut self, call: &GrpcCall) -> Option<u32>;
+    /// The message of the gRPC answer being delivered (`size` bytes).
+    fn grpc_response(&self, size: usize) -> Option<Vec<u8>>;
+    /// The gRPC status of the answer being delivered, and its message.
+    fn grpc_status(&self) -> (u32, Option<String>);
+    /// Start an HTTP call; its token, or `None` when it could not start.
+    fn dispatch_http(&mut self, call: &HttpCall) -> Option<u32>;
+    /// The headers and body of the HTTP answer being delivered.
+    fn http_response(&self, body_size: usize) -> (Vec<(String, Vec<u8>)>, Vec<u8>);
+
+    /// Call the root context's `on_tick` every `period`.
+    fn set_tick_period(&mut self, period: Duration);
+    /// Answer the client directly; nothing (more) goes upstream.
     fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
+    /// Let a request (or response) held by an earlier `Flow::Pause` go on.
+    fn resume(&mut self, side: Side);
     /// Make Envoy's route table match again after a header that routes was changed.
     fn clear_route_cache(&mut self);
-    /// Wall-clock time, seconds since the Unix epoch.
-    fn now_unix_secs(&self) -> i64;
+
+    /// Define a metric once per VM; `None` when the host refuses (the filter still works,
+    /// uncounted). Envoy shows it as `wasmcustom.<name>`.
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32>;
+    /// Add `n` to a counter.
+    fn increment_metric(&mut self, id: u32, n: u64);
+    /// Record one value in a histogram.
+    fn record_metric(&mut self, id: u32, value: u64);
+
+    /// Wall-clock time, nanoseconds since the Unix epoch (0 if the host cannot tell).
+    fn now_unix_nanos(&self) -> u64;
 }
 
-/// A recorded reply of [`MockHost`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_unix_millis(host: &dyn Host) -> u64 {
+    host.now_unix_nanos() / 1_000_000
 }
 
-/// An in-memory [`Host`] for native tests: it records every effect.
-#[derive(Debug, Default, Clone)]
-pub struct MockHost {
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub properties: Vec<(String, Vec<u8>)>,
-    pub reply: Option<Reply>,
-    pub route_cache_cleared: bool,
-    pub now: i64,
+/// Wall-clock seconds since the Unix epoch.
+pub fn now_unix_secs(host: &dyn Host) -> u64 {
+    host.now_unix_nanos() / 1_000_000_000
 }
 
-impl MockHost {
-    pub fn with_headers(headers: &[(&str, &str)]) -> Self {
+/// A filter-state property as UTF-8.
+pub fn text_property(host: &dyn Host, name: &str) -> Option<String> {
+    host.property(&[name])
+        .and_then(|v| String::from_utf8(v).ok())
+}
+
+/// Publish a text fact as filter state.
+pub fn set_text_property(host: &mut dyn Host, name: &str, value: &str) {
+    host.set_property(name, value.as_bytes());
+}
+
+/// Answer the client with `error` in the shape of the API its path belongs to (OpenAI's, or
+/// Anthropic's under `/v1/messages`), plus `extra` headers.
+pub fn send_error(host: &mut dyn Host, error: &OpenAiError, extra: &[(&str, &str)]) {
+    let path = host.header(Side::Request, ":path").unwrap_or_default();
+    let family = family_for_path(&path);
+    let mut headers = vec![OpenAiError::CONTENT_TYPE];
+    headers.extend_from_slice(extra);
+    host.send_reply(error.status(), &headers, error.body_for(family).as_bytes());
+}
+
+/// Replace a buffered request body and its `content-length`; false (nothing changed) when
+/// the host refused the body.
+pub fn replace_request_body(host: &mut dyn Host, size: usize, body: &[u8]) -> bool {
+    if !host.set_body(Side::Request, size, body) {
+        return false;
+    }
+    host.set_header(Side::Request, "content-length", &body.len().to_string());
+    true
+}
+
+/// Parse the plugin configuration (in [`Plugin::configure`]).
+pub fn plugin_config<T: serde::de::DeserializeOwned>(host: &dyn Host) -> Result<T, ConfigError> {
+    crate::config::parse_config(&host.plugin_configuration())
+}
+
+/// Counters named at run time (labels in the name), defined on first use. Bounded: past
+/// `max` names, new ones are not counted, so label cardinality cannot grow without end.
+#[derive(Debug)]
+pub struct CounterSet {
+    ids: HashMap<String, Option<u32>>,
+    max: usize,
+}
+
+impl CounterSet {
+    pub fn new(max: usize) -> Self {
         Self {
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()))
-                .collect(),
-            ..Self::default()
+            ids: HashMap::new(),
+            max,
         }
     }
 
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_slice())
-    }
-
-    pub fn property(&self, name: &str) -> Option<&str> {
-        self.properties
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    pub fn add(&mut self, host: &mut dyn Host, name: &str, n: u64) {
+        let id = match self.ids.get(name) {
+            Some(id) => *id,
+            None if self.ids.len() >= self.max => return,
+            None => {
+                let id = host.define_metric(MetricKind::Counter, name);
+                self.ids.insert(name.to_string(), id);
+                id
+            }
+        };
+        if let Some(id) = id {
+            host.increment_metric(id, n);
+        }
     }
 }
 
-impl Host for MockHost {
-    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
-        self.headers.clone()
-    }
-    fn remove_request_header(&mut self, name: &str) {
-        self.headers.retain(|(k, _)| k != name);
-    }
-    fn set_request_header(&mut self, name: &str, value: &str) {
-        self.remove_request_header(name);
-        self.headers
-            .push((name.to_string(), value.as_bytes().to_vec()));
-    }
-    fn set_property(&mut self, name: &str, value: &[u8]) {
-        self.properties.push((name.to_string(), value.to_vec()));
-    }
-    fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
-        self.reply = Some(Reply {
-            status,
-            headers: headers
+/// Counters with names fixed at compile time, defined together in `on_configure` and
+/// looked up by a typed outcome `K` (an enum), never by string.
+#[derive(Debug)]
+pub struct Counters<K> {
+    ids: Vec<(K, Option<u32>)>,
+}
+
+impl<K: Copy + PartialEq> Counters<K> {
+    /// Define `prefix.<name>` for each `(outcome, name)`.
+    pub fn define(host: &mut dyn Host, prefix: &str, all: &[(K, &str)]) -> Self {
+        Self {
+            ids: all
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|(k, name)| {
+                    (
+                        *k,
+                        host.define_metric(MetricKind::Counter, &format!("{prefix}.{name}")),
+                    )
+                })
                 .collect(),
-            body: String::from_utf8_lossy(body).into_owned(),
-        });
+        }
     }
-    fn clear_route_cache(&mut self) {
-        self.route_cache_cleared = true;
+
+    pub fn add(&self, host: &mut dyn Host, outcome: K, n: u64) {
+        let id = self
+            .ids
+            .iter()
+            .find(|(k, _)| *k == outcome)
+            .and_then(|(_, id)| *id);
+        if let Some(id) = id {
+            host.increment_metric(id, n);
+        }
     }
-    fn now_unix_secs(&self) -> i64 {
-        self.now
+}
+
+/// A histogram defined once in `on_configure`.
+#[derive(Debug, Clone, Copy)]
+pub struct Histogram(Option<u32>);
+
+impl Histogram {
+    pub fn define(host: &mut dyn Host, name: &str) -> Self {
+        Self(host.define_metric(MetricKind::Histogram, name))
+    }
+
+    pub fn record(self, host: &mut dyn Host, value: u64) {
+        if let Some(id) = self.0 {
+            host.record_metric(id, value);
+        }
+    }
+}
+
+/// A filter's per-request lifecycle: one value per HTTP stream, each hook a step of its
+/// state machine. Defaults: the stream passes untouched.
+pub trait Lifecycle {
+    fn on_request_headers(&mut self, _host: &mut dyn Host, _end_of_stream: bool) -> Flow {
+        Flow::Continue
+    }
+    fn on_request_body(&mut self, _host: &mut dyn Host, _size: usize, _end: bool) -> Flow {
+        Flow::Continue
+    }
+    fn on_response_headers(&mut self, _host: &mut dyn Host, _end_of_stream: bool) -> Flow {
+        Flow::Continue
+    }
+    fn on_response_body(&mut self, _host: &mut dyn Host, _size: usize, _end: bool) -> Flow {
+        Flow::Continue
+    }
+    /// The answer of a callout this request started.
+    fn on_grpc_response(&mut self, _host: &mut dyn Host, _token: u32, _status: u32, _size: usize) {}
+    /// The stream is over, however it ended.
+    fn on_log(&mut self, _host: &mut dyn Host) {}
+}
+
+/// A filter: its validated configuration and what its VM keeps between requests.
+pub trait Plugin: Sized + 'static {
+    /// The filter's name in logs.
+    const NAME: &'static str;
+    type Request: Lifecycle;
+
+    /// Build from the plugin configuration (`on_configure`); an error is logged and the
+    /// configuration refused.
+    fn configure(host: &mut dyn Host) -> Result<Self, ConfigError>;
+    /// The lifecycle of a new HTTP stream.
+    fn new_request(self: &Rc<Self>) -> Self::Request;
+    /// The root context's timer.
+    fn on_tick(&self, _host: &mut dyn Host) {}
+    /// The answer of a callout the root context started.
+    fn on_grpc_response(&self, _host: &mut dyn Host, _token: u32, _status: u32, _size: usize) {}
+}
+
+/// What every filter does with a stream it has no configuration for: Envoy refuses a
+/// configuration `on_configure` rejects, so this only runs if Envoy creates a stream anyway.
+/// Nothing ungoverned passes: the request gets a 503.
+#[derive(Debug, Default)]
+pub struct Unconfigured {
+    pub filter: &'static str,
+}
+
+impl Lifecycle for Unconfigured {
+    fn on_request_headers(&mut self, host: &mut dyn Host, _end_of_stream: bool) -> Flow {
+        log::error!("{}: no valid configuration; request refused", self.filter);
+        let error = OpenAiError::new(
+            crate::ErrorKind::Unavailable,
+            "The gateway is not configured for this request.",
+        )
+        .with_code("gateway_not_configured");
+        send_error(host, &error, &[]);
+        Flow::Pause
     }
 }

@@ -5,22 +5,20 @@
 //! header), and publishes `sluice_key_id`, `sluice_tenant` and `sluice_policy`. A request
 //! without a valid key gets an OpenAI-style 401 and never reaches upstream.
 //!
-//! The policy lives in [`on_request_headers`], written against [`sluice_common::Host`] so
-//! it is tested natively; `filter` (wasm32 only) is the proxy-wasm glue.
+//! The policy lives in [`on_request_headers`], written against [`sluice_common::Host`];
+//! [`lifecycle`] is the filter's per-request state machine, and the wasm entry point is the
+//! one line at the end of this file.
 
 pub mod config;
 pub mod credential;
 pub mod keystore;
-
-// The proxy-wasm glue needs Envoy's host functions: it is left out of unit-test builds,
-// which then run anywhere (natively, and compiled to wasm32 under Node).
-#[cfg(all(target_arch = "wasm32", not(test)))]
-mod filter;
+pub mod lifecycle;
 
 pub use config::{KeyAuthConfig, KeyRecord};
 pub use keystore::{digest, KeyStore, KEY_PREFIX};
 
-use sluice_common::{properties, ErrorKind, Host, OpenAiError};
+use sluice_common::host::{now_unix_secs, Host, Side};
+use sluice_common::{properties, ErrorKind, OpenAiError};
 
 /// Why a request was refused. Each has its own counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,32 +91,39 @@ pub enum Outcome {
 }
 
 /// Authenticate a request at its headers and apply every effect through `host`.
-pub fn on_request_headers(store: &KeyStore, host: &mut impl Host) -> Outcome {
-    let headers = host.request_headers();
+pub fn on_request_headers(store: &KeyStore, host: &mut dyn Host) -> Outcome {
+    let headers = host.headers(Side::Request);
     let path = headers
         .iter()
         .find(|(n, _)| n == ":path")
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_default();
-    let result = credential::extract(&headers)
-        .and_then(|cred| Ok((store.authenticate(&cred.key, host.now_unix_secs())?, cred)));
+    let result = credential::extract(&headers).and_then(|cred| {
+        Ok((
+            store.authenticate(
+                &cred.key,
+                now_unix_secs(host).try_into().unwrap_or(i64::MAX),
+            )?,
+            cred,
+        ))
+    });
     match result {
         Ok((identity, cred)) => {
             for name in &cred.headers {
-                host.remove_request_header(name);
+                host.remove_header(Side::Request, name);
             }
             // Internal headers are ours to set; a client's copy must never steer routing
             // or masquerade as a filter's decision.
             let mut stripped_internal = false;
             for (name, _) in &headers {
                 if name.starts_with(properties::INTERNAL_HEADER_PREFIX) {
-                    host.remove_request_header(name);
+                    host.remove_header(Side::Request, name);
                     stripped_internal = true;
                 }
             }
             // A key in the query string is never accepted, and never forwarded.
             if let Some(clean) = credential::strip_credential_query(&path) {
-                host.set_request_header(":path", &clean);
+                host.set_header(Side::Request, ":path", &clean);
             }
             if stripped_internal {
                 // Envoy may already have matched a route on the client's header.
@@ -148,10 +153,15 @@ pub fn on_request_headers(store: &KeyStore, host: &mut impl Host) -> Outcome {
     }
 }
 
+// The wasm entry point. The glue needs Envoy's host functions: it is left out of unit-test
+// builds, which then run anywhere (natively, and compiled to wasm32 under Node).
+#[cfg(all(target_arch = "wasm32", not(test)))]
+sluice_proxy::filter!(lifecycle::KeyAuth);
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_common::MockHost;
+    use sluice_testkit::{Call, MockHost};
 
     fn store() -> KeyStore {
         let json = format!(
@@ -170,8 +180,8 @@ mod tests {
     }
 
     fn host(headers: &[(&str, &str)]) -> MockHost {
-        let mut h = MockHost::with_headers(headers);
-        h.now = 1_800_000_000;
+        let mut h = MockHost::with_request(headers);
+        h.now_ms = 1_800_000_000_000;
         h
     }
 
@@ -189,17 +199,20 @@ mod tests {
                 key_id: "k1".into()
             }
         );
-        assert_eq!(h.header("authorization"), None);
-        assert_eq!(h.header("api-key"), None);
-        assert_eq!(h.header("content-type"), Some(&b"application/json"[..]));
-        assert_eq!(h.property("sluice_key_id"), Some("k1"));
-        assert_eq!(h.property("sluice_tenant"), Some("team-a"));
+        assert_eq!(h.request_header("authorization"), None);
+        assert_eq!(h.request_header("api-key"), None);
+        assert_eq!(
+            h.request_header("content-type"),
+            Some(&b"application/json"[..])
+        );
+        assert_eq!(h.text_property("sluice_key_id"), Some("k1"));
+        assert_eq!(h.text_property("sluice_tenant"), Some("team-a"));
         let policy: sluice_common::Policy =
-            serde_json::from_str(h.property("sluice_policy").unwrap()).unwrap();
+            serde_json::from_str(h.text_property("sluice_policy").unwrap()).unwrap();
         assert_eq!(policy.models, vec!["llama-*"]);
         assert_eq!(policy.limits.requests_per_minute, Some(5));
-        assert!(h.reply.is_none());
-        assert!(!h.route_cache_cleared);
+        assert!(!h.replied());
+        assert!(!h.calls().contains(&Call::ClearRouteCache));
     }
 
     #[test]
@@ -210,9 +223,9 @@ mod tests {
             ("x-sluice-anything", "1"),
         ]);
         on_request_headers(&store(), &mut h);
-        assert_eq!(h.header("x-sluice-route"), None);
-        assert_eq!(h.header("x-sluice-anything"), None);
-        assert!(h.route_cache_cleared);
+        assert_eq!(h.request_header("x-sluice-route"), None);
+        assert_eq!(h.request_header("x-sluice-anything"), None);
+        assert!(h.calls().contains(&Call::ClearRouteCache));
     }
 
     #[test]
@@ -237,7 +250,7 @@ mod tests {
         for (headers, want) in table {
             let mut h = host(headers);
             assert_eq!(on_request_headers(&store(), &mut h), Outcome::Denied(*want));
-            let reply = h.reply.expect("a reply");
+            let reply = h.reply().expect("a reply");
             assert_eq!(reply.status, 401);
             assert!(reply
                 .headers
@@ -283,7 +296,8 @@ mod tests {
                      proptest::collection::vec(any::<u8>(), 0..40)),
                     0..6)
             ) {
-                let mut h = MockHost { headers, now: 0, ..MockHost::default() };
+                let mut h = MockHost::new();
+                h.request_headers = headers;
                 let outcome = on_request_headers(&store(), &mut h);
                 let allowed = matches!(outcome, Outcome::Allowed { .. });
                 prop_assert!(!allowed, "random headers were allowed");

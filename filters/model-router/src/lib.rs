@@ -8,17 +8,20 @@
 //! `GET /v1/models` itself. Publishes `sluice_model_requested`, `sluice_model`,
 //! `sluice_route`.
 //!
-//! The decision is plain Rust ([`route`]) tested natively and in wasm; `filter` (wasm32
-//! only) is the proxy-wasm glue.
+//! The decision is plain Rust ([`route`]); [`lifecycle`] applies it to a request through
+//! the host boundary. Both are tested natively and in V8.
 
 pub mod config;
+pub mod lifecycle;
 pub mod route;
 
+// The wasm entry point (left out of unit-test builds: it imports Envoy's host functions).
 #[cfg(all(target_arch = "wasm32", not(test)))]
-mod filter;
+sluice_proxy::filter!(lifecycle::ModelRouter);
 
 pub use config::{Api, RouterConfig, Settings};
 pub use route::{models_list, route, Decision, RequestFacts};
 
-/// The header the route table matches: the pool.
+/// The header a consistent-hash pool's balancer hashes (its `hash_policy`); the route table
+/// matches `x-sluice-route` ([`sluice_common::properties::ROUTE_HEADER`]).
 pub const AFFINITY_HEADER: &str = "x-sluice-affinity";

@@ -5,6 +5,7 @@ use crate::config::{AffinitySource, Alias, AliasKind, Api, Rule, Settings, Stick
 use serde::Deserialize;
 use serde_json::Value;
 use sluice_common::glob::glob_match;
+use sluice_common::hash::fnv1a_parts;
 use sluice_common::{ErrorKind, OpenAiError};
 
 /// What the filter knows besides the body.
@@ -190,18 +191,6 @@ fn matches(rule: &Rule, f: &PromptFacts) -> bool {
             .is_none_or(|r| r.is_match(&f.last_user))
 }
 
-/// FNV-1a, 64 bit: stable across VMs and restarts (std's hasher is randomly keyed).
-pub fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325_u64;
-    for p in parts {
-        for &b in *p {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 fn allowed(facts: &RequestFacts, model: &str) -> bool {
     facts
         .allowed
@@ -288,8 +277,8 @@ pub fn route(s: &Settings, facts: &RequestFacts, body: &[u8]) -> Result<Decision
         ));
     };
     let draw = match (sticky, facts.key_id, facts.session) {
-        (Sticky::Key, Some(k), _) => fnv1a(&[chosen.name.as_bytes(), k.as_bytes()]),
-        (Sticky::Session, _, Some(sess)) => fnv1a(&[chosen.name.as_bytes(), sess.as_bytes()]),
+        (Sticky::Key, Some(k), _) => fnv1a_parts(&[chosen.name.as_bytes(), k.as_bytes()]),
+        (Sticky::Session, _, Some(sess)) => fnv1a_parts(&[chosen.name.as_bytes(), sess.as_bytes()]),
         _ => facts.random,
     };
     let target = pick(targets, *total_weight, draw)
@@ -316,7 +305,7 @@ pub fn route(s: &Settings, facts: &RequestFacts, body: &[u8]) -> Result<Decision
                     first.get(..end)?
                 }
             };
-            Some(format!("{:016x}", fnv1a(&[value.as_bytes()])))
+            Some(format!("{:016x}", fnv1a_parts(&[value.as_bytes()])))
         })
     });
     let new_body = if model == requested {
@@ -530,7 +519,7 @@ mod tests {
         let mut canary = 0;
         for i in 0..1000u64 {
             let f = RequestFacts {
-                random: fnv1a(&[&i.to_le_bytes()]),
+                random: fnv1a_parts(&[&i.to_le_bytes()]),
                 ..facts()
             };
             if route(&s, &f, &chat("large", "x")).unwrap().pool == "pool-canary" {
@@ -563,17 +552,20 @@ mod tests {
         let a = route(&s, &with_session, &chat("small", "x"))
             .unwrap()
             .affinity;
-        assert_eq!(a, Some(format!("{:016x}", fnv1a(&[b"s-1"]))));
+        assert_eq!(a, Some(format!("{:016x}", fnv1a_parts(&[b"s-1"]))));
         let body = serde_json::to_vec(&json!({"model": "small", "user": "u-9",
             "messages": [{"role": "user", "content": "x"}]}))
         .unwrap();
         let a = route(&s, &facts(), &body).unwrap().affinity;
-        assert_eq!(a, Some(format!("{:016x}", fnv1a(&[b"u-9"]))));
+        assert_eq!(a, Some(format!("{:016x}", fnv1a_parts(&[b"u-9"]))));
         // The first 16 bytes of the system prompt: same prefix, same hash.
         let a1 = route(&s, &facts(), &chat("small", "one")).unwrap().affinity;
         let a2 = route(&s, &facts(), &chat("small", "two")).unwrap().affinity;
         assert_eq!(a1, a2);
-        assert_eq!(a1, Some(format!("{:016x}", fnv1a(&[b"You are a SQL he"]))));
+        assert_eq!(
+            a1,
+            Some(format!("{:016x}", fnv1a_parts(&[b"You are a SQL he"])))
+        );
     }
 
     #[test]

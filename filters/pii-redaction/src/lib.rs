@@ -6,8 +6,8 @@
 //! event by event, holding back only the tail of text that could still become a finding
 //! ([`stream`]). Publishes `sluice_pii` (counts, never values) and per-entity metrics.
 //!
-//! Detection ([`detect`], [`checks`]) and policy are plain Rust tested natively and in
-//! wasm; `filter` (wasm32 only) is the proxy-wasm glue.
+//! Detection ([`detect`], [`checks`]) and policy are plain Rust; [`lifecycle`] applies them
+//! to a request through the host boundary. All of it is tested natively and in V8.
 
 #[cfg(test)]
 mod accuracy;
@@ -17,12 +17,14 @@ pub mod config;
 pub mod detect;
 pub mod entity;
 pub mod events;
+pub mod lifecycle;
 pub mod redact;
 pub mod stream;
 
-// The proxy-wasm glue needs Envoy's host functions: it is left out of unit-test builds.
+// The wasm entry point: left out of unit-test builds and of the throughput example (it
+// imports Envoy's host functions).
 #[cfg(all(target_arch = "wasm32", feature = "filter", not(test)))]
-mod filter;
+sluice_proxy::filter!(lifecycle::PiiRedaction);
 
 pub use body::{redact_response, scan_request, NotScanned, RequestOutcome};
 pub use config::{Action, Api, PiiConfig, Settings, Unscannable};

@@ -1,19 +1,26 @@
-//! The proxy-wasm host calls every Sluice filter's glue uses.
+//! Envoy's side of the host boundary: [`WasmHost`] implements sluice-common's [`Host`] over
+//! the proxy-wasm host calls, and [`RootGlue`]/[`HttpGlue`] run any filter's
+//! [`Plugin`]/[`Lifecycle`] as proxy-wasm contexts ([`filter!`] declares the entry point).
 //!
-//! The SDK's context helpers `unwrap()` every host-call result; a failed call would panic
-//! and kill the VM (every later request then gets 503). Here each call's error is logged
-//! and the request goes on. [`WasmHost`] implements sluice-common's [`Host`] for filter
-//! logic written against that trait.
+//! The SDK's context helpers `unwrap()` every host-call result; a failed call would panic and
+//! kill the VM (every later request then gets 503). Here each call's error is logged and the
+//! request goes on.
 //!
 //! wasm32 only (the host functions exist only inside Envoy); on other targets the crate is
 //! empty, so the workspace still builds and tests natively.
 #![cfg(target_arch = "wasm32")]
 
+pub use proxy_wasm;
+
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
-use sluice_common::{ConfigError, Host, OpenAiError};
-use std::collections::HashMap;
-use std::time::UNIX_EPOCH;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType, MetricType, Status};
+use sluice_common::host::{
+    Flow, GrpcCall, Host, HttpCall, Lifecycle, MetricKind, Plugin, SharedDataError, Side,
+    Unconfigured,
+};
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
 
 fn report(what: &str, result: Result<(), Status>) -> bool {
     match result {
@@ -25,177 +32,27 @@ fn report(what: &str, result: Result<(), Status>) -> bool {
     }
 }
 
-/// Read and validate the plugin configuration in `on_configure`. `None` (after logging why)
-/// means return `false`, so Envoy rejects the config and keeps the previous one.
-pub fn configure<T>(
-    filter: &str,
-    parse: impl FnOnce(&[u8]) -> Result<T, ConfigError>,
-) -> Option<T> {
-    let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-        Ok(b) => b.unwrap_or_default(),
-        Err(e) => {
-            log::error!("{filter}: cannot read the plugin configuration: {e:?}");
-            return None;
-        }
-    };
-    match parse(&bytes) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            log::error!("{filter}: configuration rejected: {e}");
-            None
-        }
+fn map(side: Side) -> MapType {
+    match side {
+        Side::Request => MapType::HttpRequestHeaders,
+        Side::Response => MapType::HttpResponseHeaders,
     }
 }
 
-/// A header of the request or response, if present and UTF-8.
-pub fn header(map: MapType, name: &str) -> Option<String> {
-    match hostcalls::get_map_value_bytes(map, name) {
-        Ok(Some(v)) => String::from_utf8(v).ok(),
-        _ => None,
+fn body_buffer(side: Side) -> BufferType {
+    match side {
+        Side::Request => BufferType::HttpRequestBody,
+        Side::Response => BufferType::HttpResponseBody,
     }
 }
 
-pub fn set_header(map: MapType, name: &str, value: &str) {
-    report(
-        "set_map_value",
-        hostcalls::set_map_value(map, name, Some(value)),
-    );
-}
-
-pub fn remove_header(map: MapType, name: &str) {
-    report("remove_map_value", hostcalls::remove_map_value(map, name));
-}
-
-/// A property (filter state or an Envoy attribute) as UTF-8.
-pub fn property(name: &str) -> Option<String> {
-    hostcalls::get_property(vec![name])
-        .ok()
-        .flatten()
-        .and_then(|v| String::from_utf8(v).ok())
-}
-
-/// Publish a fact as filter state.
-pub fn set_property(name: &str, value: &[u8]) {
-    report(
-        "set_property",
-        hostcalls::set_property(vec![name], Some(value)),
-    );
-}
-
-/// Answer the client with an error in the shape of the API its path belongs to (OpenAI's,
-/// or Anthropic's under `/v1/messages`), plus `extra` headers; nothing goes upstream.
-pub fn send_error(error: &OpenAiError, extra: &[(&str, &str)]) {
-    let path = header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
-    let family = sluice_common::api::family_for_path(&path);
-    let mut headers = vec![OpenAiError::CONTENT_TYPE];
-    headers.extend_from_slice(extra);
-    report(
-        "send_http_response",
-        hostcalls::send_http_response(
-            u32::from(error.status()),
-            headers,
-            Some(error.body_for(family).as_bytes()),
-        ),
-    );
-}
-
-/// The first `size` bytes of a body buffer (empty, logged, on failure).
-pub fn read_body(buffer: BufferType, size: usize) -> Vec<u8> {
+fn buffer(buffer: BufferType, size: usize) -> Option<Vec<u8>> {
     match hostcalls::get_buffer(buffer, 0, size) {
-        Ok(b) => b.unwrap_or_default(),
+        Ok(b) => b,
         Err(e) => {
             log::warn!("host call get_buffer failed: {e:?}");
-            Vec::new()
-        }
-    }
-}
-
-/// Replace the first `size` bytes of a body buffer; false (logged) on failure.
-pub fn write_body(buffer: BufferType, size: usize, bytes: &[u8]) -> bool {
-    report("set_buffer", hostcalls::set_buffer(buffer, 0, size, bytes))
-}
-
-/// Wall-clock seconds since the Unix epoch (0 if the host cannot tell).
-pub fn now_unix_secs() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Define a counter once per VM; `None` when the host refuses (the filter still works,
-/// uncounted). Envoy shows it as `wasmcustom.<name>`.
-pub fn define_counter(name: &str) -> Option<u32> {
-    match hostcalls::define_metric(MetricType::Counter, name) {
-        Ok(id) => Some(id),
-        Err(status) => {
-            log::warn!("define_metric {name} failed: {status:?}");
             None
         }
-    }
-}
-
-/// Define a histogram once per VM (Prometheus buckets come from Envoy).
-pub fn define_histogram(name: &str) -> Option<u32> {
-    match hostcalls::define_metric(MetricType::Histogram, name) {
-        Ok(id) => Some(id),
-        Err(status) => {
-            log::warn!("define_metric {name} failed: {status:?}");
-            None
-        }
-    }
-}
-
-/// Record one value in a histogram defined with [`define_histogram`].
-pub fn record(histogram: Option<u32>, value: u64) {
-    if let Some(id) = histogram {
-        report("record_metric", hostcalls::record_metric(id, value));
-    }
-}
-
-/// Milliseconds since the Unix epoch (0 if the host cannot tell).
-pub fn now_unix_millis() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Add `n` to a counter defined with [`define_counter`].
-pub fn increment(counter: Option<u32>, n: u64) {
-    if let Some(id) = counter {
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
-        report("increment_metric", hostcalls::increment_metric(id, n));
-    }
-}
-
-/// Counters named at run time (labels in the name), defined on first use. Bounded: past
-/// `max` names, new ones are not counted, so label cardinality cannot grow without end.
-#[derive(Debug)]
-pub struct CounterSet {
-    ids: HashMap<String, Option<u32>>,
-    max: usize,
-}
-
-impl CounterSet {
-    pub fn new(max: usize) -> Self {
-        Self {
-            ids: HashMap::new(),
-            max,
-        }
-    }
-
-    pub fn add(&mut self, name: &str, n: u64) {
-        let id = match self.ids.get(name) {
-            Some(id) => *id,
-            None if self.ids.len() >= self.max => return,
-            None => {
-                let id = define_counter(name);
-                self.ids.insert(name.to_string(), id);
-                id
-            }
-        };
-        increment(id, n);
     }
 }
 
@@ -205,8 +62,12 @@ impl CounterSet {
 pub struct WasmHost;
 
 impl Host for WasmHost {
-    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
-        match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+    fn plugin_configuration(&self) -> Vec<u8> {
+        buffer(BufferType::PluginConfiguration, usize::MAX).unwrap_or_default()
+    }
+
+    fn headers(&self, side: Side) -> Vec<(String, Vec<u8>)> {
+        match hostcalls::get_map_bytes(map(side)) {
             Ok(headers) => headers,
             Err(status) => {
                 log::warn!("host call get_map_bytes failed: {status:?}");
@@ -215,19 +76,125 @@ impl Host for WasmHost {
         }
     }
 
-    fn remove_request_header(&mut self, name: &str) {
-        remove_header(MapType::HttpRequestHeaders, name);
+    fn header(&self, side: Side, name: &str) -> Option<String> {
+        match hostcalls::get_map_value_bytes(map(side), name) {
+            Ok(Some(v)) => String::from_utf8(v).ok(),
+            _ => None,
+        }
     }
 
-    fn set_request_header(&mut self, name: &str, value: &str) {
+    fn set_header(&mut self, side: Side, name: &str, value: &str) {
         report(
             "set_map_value",
-            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)),
+            hostcalls::set_map_value(map(side), name, Some(value)),
         );
     }
 
+    fn remove_header(&mut self, side: Side, name: &str) {
+        report(
+            "remove_map_value",
+            hostcalls::remove_map_value(map(side), name),
+        );
+    }
+
+    fn body(&self, side: Side, size: usize) -> Vec<u8> {
+        buffer(body_buffer(side), size).unwrap_or_default()
+    }
+
+    fn set_body(&mut self, side: Side, size: usize, bytes: &[u8]) -> bool {
+        report(
+            "set_buffer",
+            hostcalls::set_buffer(body_buffer(side), 0, size, bytes),
+        )
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+
     fn set_property(&mut self, name: &str, value: &[u8]) {
-        set_property(name, value);
+        report(
+            "set_property",
+            hostcalls::set_property(vec![name], Some(value)),
+        );
+    }
+
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set_shared_data(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SharedDataError::CasMismatch),
+            Err(e) => {
+                log::warn!("host call set_shared_data failed: {e:?}");
+                Err(SharedDataError::Failed)
+            }
+        }
+    }
+
+    fn dispatch_grpc(&mut self, call: &GrpcCall) -> Option<u32> {
+        match hostcalls::dispatch_grpc_call(
+            call.cluster,
+            call.service,
+            call.method,
+            Vec::new(),
+            Some(call.message),
+            call.timeout,
+        ) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                log::warn!(
+                    "host call dispatch_grpc_call to {} failed: {e:?}",
+                    call.cluster
+                );
+                None
+            }
+        }
+    }
+
+    fn grpc_response(&self, size: usize) -> Option<Vec<u8>> {
+        buffer(BufferType::GrpcReceiveBuffer, size)
+    }
+
+    fn grpc_status(&self) -> (u32, Option<String>) {
+        hostcalls::get_grpc_status().unwrap_or((u32::MAX, None))
+    }
+
+    fn dispatch_http(&mut self, call: &HttpCall) -> Option<u32> {
+        match hostcalls::dispatch_http_call(
+            call.cluster,
+            call.headers.to_vec(),
+            call.body,
+            Vec::new(),
+            call.timeout,
+        ) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                log::warn!(
+                    "host call dispatch_http_call to {} failed: {e:?}",
+                    call.cluster
+                );
+                None
+            }
+        }
+    }
+
+    fn http_response(&self, body_size: usize) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
+        let headers =
+            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let body = buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
+        (headers, body)
+    }
+
+    fn set_tick_period(&mut self, period: Duration) {
+        report("set_tick_period", hostcalls::set_tick_period(period));
     }
 
     fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
@@ -237,13 +204,154 @@ impl Host for WasmHost {
         );
     }
 
+    fn resume(&mut self, side: Side) {
+        let result = match side {
+            Side::Request => hostcalls::resume_http_request(),
+            Side::Response => hostcalls::resume_http_response(),
+        };
+        report("resume_http", result);
+    }
+
     fn clear_route_cache(&mut self) {
         if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", None) {
             log::warn!("host call clear_route_cache failed: {status:?}");
         }
     }
 
-    fn now_unix_secs(&self) -> i64 {
-        i64::try_from(now_unix_secs()).unwrap_or(0)
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        let kind = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        match hostcalls::define_metric(kind, name) {
+            Ok(id) => Some(id),
+            Err(status) => {
+                log::warn!("define_metric {name} failed: {status:?}");
+                None
+            }
+        }
     }
+
+    fn increment_metric(&mut self, id: u32, n: u64) {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        report("increment_metric", hostcalls::increment_metric(id, n));
+    }
+
+    fn record_metric(&mut self, id: u32, value: u64) {
+        report("record_metric", hostcalls::record_metric(id, value));
+    }
+
+    fn now_unix_nanos(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+fn action(flow: Flow) -> Action {
+    match flow {
+        Flow::Continue => Action::Continue,
+        Flow::Pause => Action::Pause,
+    }
+}
+
+/// The root context of any filter: configures its [`Plugin`] and makes one [`HttpGlue`] per
+/// stream.
+pub struct RootGlue<P: Plugin> {
+    plugin: Option<Rc<P>>,
+}
+
+impl<P: Plugin> Default for RootGlue<P> {
+    fn default() -> Self {
+        Self { plugin: None }
+    }
+}
+
+impl<P: Plugin> Context for RootGlue<P> {
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        if let Some(p) = &self.plugin {
+            p.on_grpc_response(&mut WasmHost, token, status, size);
+        }
+    }
+}
+
+impl<P: Plugin> RootContext for RootGlue<P> {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        // On `false` Envoy rejects this config and keeps the previous one (none at start:
+        // the listener does not load).
+        match P::configure(&mut WasmHost) {
+            Ok(p) => {
+                self.plugin = Some(Rc::new(p));
+                true
+            }
+            Err(e) => {
+                log::error!("{}: configuration rejected: {e}", P::NAME);
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(p) = &self.plugin {
+            p.on_tick(&mut WasmHost);
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(match &self.plugin {
+            Some(p) => Box::new(HttpGlue(p.new_request())),
+            None => Box::new(HttpGlue(Unconfigured { filter: P::NAME })),
+        })
+    }
+}
+
+/// The HTTP context of any filter: each hook one step of its [`Lifecycle`].
+pub struct HttpGlue<L: Lifecycle>(pub L);
+
+impl<L: Lifecycle> Context for HttpGlue<L> {
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        self.0.on_grpc_response(&mut WasmHost, token, status, size);
+    }
+}
+
+impl<L: Lifecycle> HttpContext for HttpGlue<L> {
+    fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+        action(self.0.on_request_headers(&mut WasmHost, end_of_stream))
+    }
+
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        action(self.0.on_request_body(&mut WasmHost, size, end_of_stream))
+    }
+
+    fn on_http_response_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+        action(self.0.on_response_headers(&mut WasmHost, end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        action(self.0.on_response_body(&mut WasmHost, size, end_of_stream))
+    }
+
+    fn on_log(&mut self) {
+        self.0.on_log(&mut WasmHost);
+    }
+}
+
+/// The wasm entry point of a filter crate: `sluice_proxy::filter!(MyPlugin);`.
+#[macro_export]
+macro_rules! filter {
+    ($plugin:ty) => {
+        $crate::proxy_wasm::main! {{
+            $crate::proxy_wasm::set_log_level($crate::proxy_wasm::types::LogLevel::Info);
+            $crate::proxy_wasm::set_root_context(
+                |_| -> Box<dyn $crate::proxy_wasm::traits::RootContext> {
+                    Box::new($crate::RootGlue::<$plugin>::default())
+                },
+            );
+        }}
+    };
 }

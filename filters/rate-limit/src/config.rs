@@ -28,6 +28,9 @@ pub enum Stage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
+    /// The key's own limits (from its policy, never written in a rule): one budget per key.
+    #[serde(skip)]
+    Key,
     /// One budget per tenant.
     Tenant,
     /// One budget per model.
@@ -195,8 +198,8 @@ impl RateLimitConfig {
             if self.global.is_none() {
                 return bad("a limit is global but there is no \"global\" service section".into());
             }
-            if crate::rls::unit_of(self.window_seconds).is_none()
-                || crate::rls::unit_of(self.day_seconds).is_none()
+            if sluice_common::rls::unit_of(self.window_seconds).is_none()
+                || sluice_common::rls::unit_of(self.day_seconds).is_none()
             {
                 return bad(
                     "global limits need window_seconds and day_seconds of 1, 60, 3600 or 86400"

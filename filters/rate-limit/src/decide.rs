@@ -4,6 +4,7 @@ use crate::config::{LimitRule, RateLimitConfig, Scope, Stage, Tier};
 use crate::store::{self, Quota, Refused, SharedStore, Taken};
 use serde::Serialize;
 use sluice_common::glob::glob_match;
+use sluice_common::hash::fnv1a;
 use sluice_common::Policy;
 
 /// Kinds of counters.
@@ -52,39 +53,6 @@ impl Kind {
     }
 }
 
-impl Check {
-    /// Whose limit this is, as a client reads it in a refusal.
-    pub fn scope(&self) -> String {
-        if self.rule == "key" {
-            "this API key".to_string()
-        } else {
-            format!("limit '{}'", self.rule)
-        }
-    }
-}
-
-/// The refusal of a request that can never pass (see [`Reservation::NeverFits`]): what it
-/// needs, the limit, and what to change.
-pub fn never_fits_message(check: &Check, prompt: u64, output: u64, capped: bool) -> String {
-    let limit = check.quota.limit;
-    let fix = if prompt >= limit {
-        format!("shorten the prompt to under {limit} tokens")
-    } else if capped {
-        format!(
-            "lower max_tokens to at most {} (or shorten the prompt)",
-            limit - prompt
-        )
-    } else {
-        "shorten the prompt".to_string()
-    };
-    format!(
-        "Request too large for {}: it needs {} tokens ({prompt} prompt + {output} output) and the limit is {limit} {}, so it can never pass. To run it, {fix}.",
-        check.scope(),
-        prompt + output,
-        check.kind.unit()
-    )
-}
-
 /// One counter a request is checked against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
@@ -104,10 +72,8 @@ pub struct Check {
 pub const SLOTS: u64 = 4096;
 
 fn slot(subject: &str) -> u64 {
-    // FNV-1a: stable across VMs and restarts.
-    subject.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    }) % SLOTS
+    // Stable across VMs and restarts.
+    fnv1a(subject.as_bytes()) % SLOTS
 }
 
 /// Who is asking.
@@ -143,95 +109,73 @@ fn push(
     }
 }
 
-/// The counters a stage checks for this request, request counts and slots first (cheap
-/// to refuse on), then tokens.
+/// The key's own limits (its policy) as a rule like the configured ones, named `key`.
+fn key_rule(config: &RateLimitConfig, policy: &Policy) -> LimitRule {
+    let l = &policy.limits;
+    LimitRule {
+        name: "key".into(),
+        scope: Scope::Key,
+        matches: vec!["*".into()],
+        requests_per_minute: l.requests_per_minute,
+        tokens_per_minute: l.tokens_per_minute,
+        max_parallel: l.max_parallel,
+        daily_tokens: l.daily_tokens,
+        tier: config.key_tier,
+    }
+}
+
+/// The counters a stage checks for this request: the key's limits first, then the rules in
+/// their order; within a rule request counts and slots first (cheap to refuse on), then
+/// tokens.
 pub fn checks(config: &RateLimitConfig, who: &Subject) -> Vec<Check> {
     let minute = config.window_seconds;
     let day = config.day_seconds;
-    let mut out = Vec::new();
-    let rule_subject = |r: &LimitRule| -> Option<String> {
-        let (matched_on, subject) = match r.scope {
-            Scope::Tenant => (who.policy.tenant.as_str(), who.policy.tenant.clone()),
-            Scope::Global => (who.model.unwrap_or(""), String::new()),
-            Scope::Model => (who.model?, who.model?.to_string()),
-            Scope::KeyModel => (
-                who.model?,
-                format!("{}\u{0}{}", who.policy.key_id, who.model?),
-            ),
-        };
-        // Global rules match models when the model is known, else every request.
-        let matched = if r.scope == Scope::Global && who.model.is_none() {
-            true
-        } else {
-            r.matches.iter().any(|g| glob_match(g, matched_on))
-        };
-        matched.then_some(subject)
-    };
     let admission = config.stage() == Stage::Admission;
-    // The key's own policy: request count and slots at admission, tokens after.
-    let l = &who.policy.limits;
-    let key = who.policy.key_id.as_str();
-    let t = config.key_tier;
-    if admission {
-        let rpm = l.requests_per_minute;
-        push(
-            &mut out,
-            "key",
-            key,
-            Kind::RequestsPerMinute,
-            rpm,
-            minute,
-            t,
-        );
-        push(
-            &mut out,
-            "key",
-            key,
-            Kind::MaxParallel,
-            l.max_parallel,
-            0,
-            t,
-        );
-    } else {
-        let tpm = l.tokens_per_minute;
-        push(&mut out, "key", key, Kind::TokensPerMinute, tpm, minute, t);
-        push(
-            &mut out,
-            "key",
-            key,
-            Kind::DailyTokens,
-            l.daily_tokens,
-            day,
-            t,
-        );
-    }
-    for r in &config.limits {
-        // A rule whose scope needs the model is all checked in the tokens stage; other
-        // rules split like the key's policy.
-        let in_stage = |kind: Kind| {
-            if r.scope.needs_model() {
-                !admission
-            } else {
-                admission != kind.is_tokens()
-            }
+    let key = key_rule(config, who.policy);
+    let mut out = Vec::new();
+    for r in std::iter::once(&key).chain(&config.limits) {
+        // A rule whose scope needs the model is all checked in the tokens stage (where the
+        // model is known); other rules check request counts and slots at admission and
+        // tokens after.
+        if admission && r.scope.needs_model() {
+            continue;
+        }
+        let Some(subject) = subject_of(r, who) else {
+            continue;
         };
-        if !admission || !r.scope.needs_model() {
-            let Some(subject) = rule_subject(r) else {
-                continue;
-            };
-            for (kind, limit, window) in [
-                (Kind::RequestsPerMinute, r.requests_per_minute, minute),
-                (Kind::MaxParallel, r.max_parallel, 0),
-                (Kind::TokensPerMinute, r.tokens_per_minute, minute),
-                (Kind::DailyTokens, r.daily_tokens, day),
-            ] {
-                if in_stage(kind) {
-                    push(&mut out, &r.name, &subject, kind, limit, window, r.tier);
-                }
+        for (kind, limit, window) in [
+            (Kind::RequestsPerMinute, r.requests_per_minute, minute),
+            (Kind::MaxParallel, r.max_parallel, 0),
+            (Kind::TokensPerMinute, r.tokens_per_minute, minute),
+            (Kind::DailyTokens, r.daily_tokens, day),
+        ] {
+            if r.scope.needs_model() || admission != kind.is_tokens() {
+                push(&mut out, &r.name, &subject, kind, limit, window, r.tier);
             }
         }
     }
     out
+}
+
+/// Whose counter of rule `r` this request uses, or `None` when the rule does not match it.
+fn subject_of(r: &LimitRule, who: &Subject) -> Option<String> {
+    let (matched_on, subject) = match r.scope {
+        Scope::Key => (who.policy.key_id.as_str(), who.policy.key_id.clone()),
+        Scope::Tenant => (who.policy.tenant.as_str(), who.policy.tenant.clone()),
+        Scope::Global => (who.model.unwrap_or(""), String::new()),
+        Scope::Model => (who.model?, who.model?.to_string()),
+        Scope::KeyModel => (
+            who.model?,
+            format!("{}\u{0}{}", who.policy.key_id, who.model?),
+        ),
+    };
+    // Global rules match models when the model is known, else every request.
+    let matched = if r.scope == Scope::Global && who.model.is_none() {
+        true
+    } else {
+        r.matches.iter().any(|g| glob_match(g, matched_on))
+    };
+    matched.then_some(subject)
 }
 
 /// Whether the tokens stage can have anything to check for this key: token budgets, or
@@ -272,7 +216,7 @@ pub struct Denial {
 
 /// Take every check (1 for request counts and slots, `tokens` for token budgets). On the
 /// first refusal, give back what was taken: a refused request costs nothing.
-pub fn admit<S: SharedStore>(
+pub fn admit<S: SharedStore + ?Sized>(
     store: &S,
     checks: &[Check],
     now: u64,
@@ -311,7 +255,7 @@ pub fn admit<S: SharedStore>(
 }
 
 /// Give everything back (rollback, or a request that never produced anything).
-pub fn release<S: SharedStore>(store: &S, held: &[Held]) {
+pub fn release<S: SharedStore + ?Sized>(store: &S, held: &[Held]) {
     for h in held {
         store::give_back(store, &h.check.store_key, h.taken.window_start, h.amount);
     }
@@ -320,7 +264,12 @@ pub fn release<S: SharedStore>(store: &S, held: &[Held]) {
 /// At the end of a request: give back its slots, and settle its token reservations with
 /// the real usage (refund what was not used, charge what went over). Returns the tokens
 /// finally charged.
-pub fn settle<S: SharedStore>(store: &S, held: &[Held], now: u64, used_tokens: u64) -> u64 {
+pub fn settle<S: SharedStore + ?Sized>(
+    store: &S,
+    held: &[Held],
+    now: u64,
+    used_tokens: u64,
+) -> u64 {
     for h in held {
         match h.check.kind {
             Kind::MaxParallel => {
@@ -378,7 +327,7 @@ pub enum Reservation {
 /// local token budget has room for it: a request that sets no `max_tokens` under a small
 /// budget still passes, and is settled with its real usage at the end. A request whose
 /// prompt (plus its cap) exceeds a limit's whole window can never pass: `NeverFits`.
-pub fn size_reservation<S: SharedStore>(
+pub fn size_reservation<S: SharedStore + ?Sized>(
     store: &S,
     config: &RateLimitConfig,
     checks: &[Check],
@@ -597,12 +546,14 @@ mod tests {
             } => {
                 assert_eq!((prompt, output, check.quota.limit), (40, 400, 300));
                 assert_eq!(
-                    never_fits_message(&check, prompt, output, true),
+                    crate::reply::never_fits(&check, prompt, output, true).error.message,
                     "Request too large for this API key: it needs 440 tokens (40 prompt + 400 output) \
                      and the limit is 300 tokens per minute, so it can never pass. To run it, lower \
                      max_tokens to at most 260 (or shorten the prompt)."
                 );
-                assert!(never_fits_message(&check, 300, 1, false)
+                assert!(crate::reply::never_fits(&check, 300, 1, false)
+                    .error
+                    .message
                     .ends_with("shorten the prompt to under 300 tokens."));
             }
             other => panic!("{other:?}"),

@@ -11,19 +11,22 @@
 //!   model-scoped limits; at the end settles with `sluice_completion_tokens`.
 //!
 //! Counters are fixed windows in Envoy shared data, updated by compare-and-swap (store.rs).
+//!
+//! The pieces, each doing one thing: [`config`] (validated settings), [`decide`] (which
+//! counters apply, taking and settling them), [`store`] (CAS counters in shared data),
+//! [`rls`] (the rate-limit service's requests and answers reduced to a verdict), [`reply`]
+//! (what the client is told), and [`lifecycle`] (the per-request state machine over the
+//! host boundary).
 
 pub mod config;
 pub mod decide;
+pub mod lifecycle;
+pub mod reply;
 pub mod rls;
 pub mod store;
 
-// The proxy-wasm glue needs Envoy's host functions: it is left out of unit-test builds.
-#[cfg(all(target_arch = "wasm32", not(test)))]
-mod filter;
-
 pub use config::{RateLimitConfig, Stage};
 
-/// `reset` header value: seconds, as OpenAI writes it (`"23s"`).
-pub fn reset_header(seconds: u64) -> String {
-    format!("{seconds}s")
-}
+// The wasm entry point (left out of unit-test builds: it imports Envoy's host functions).
+#[cfg(all(target_arch = "wasm32", not(test)))]
+sluice_proxy::filter!(lifecycle::RateLimit);

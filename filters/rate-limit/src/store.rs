@@ -5,6 +5,8 @@
 //! concurrent requests on different workers can never both take the last unit of a limit.
 //! When the retries run out the request is refused: a limit is never overshot.
 
+use sluice_common::Host;
+
 /// A store with versioned values (what `proxy_get_shared_data` / `proxy_set_shared_data`
 /// offer).
 pub trait SharedStore {
@@ -14,12 +16,17 @@ pub trait SharedStore {
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreError {
-    /// Another writer got there first: read again.
-    CasMismatch,
-    /// The store failed.
-    Failed,
+pub use sluice_common::host::SharedDataError as StoreError;
+
+/// Envoy's shared data, through the host boundary.
+impl SharedStore for dyn Host + '_ {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.shared_data(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        self.set_shared_data(key, value, cas)
+    }
 }
 
 /// How many times a read-modify-write is retried under contention.
@@ -105,7 +112,7 @@ pub enum Refused {
     Unavailable,
 }
 
-fn update<S: SharedStore>(
+fn update<S: SharedStore + ?Sized>(
     store: &S,
     key: &str,
     mut change: impl FnMut(Window) -> Result<Option<Window>, Refused>,
@@ -126,7 +133,7 @@ fn update<S: SharedStore>(
 }
 
 /// Take `amount` units if they fit in the limit.
-pub fn take<S: SharedStore>(
+pub fn take<S: SharedStore + ?Sized>(
     store: &S,
     key: &str,
     quota: Quota,
@@ -154,7 +161,12 @@ pub fn take<S: SharedStore>(
 
 /// Give back `amount` units taken in `window_start` (a refund, a rollback, a released
 /// slot). Nothing happens once that window has passed: its units no longer count.
-pub fn give_back<S: SharedStore>(store: &S, key: &str, window_start: u64, amount: u64) -> bool {
+pub fn give_back<S: SharedStore + ?Sized>(
+    store: &S,
+    key: &str,
+    window_start: u64,
+    amount: u64,
+) -> bool {
     update(store, key, |w| {
         if w.start != window_start || amount == 0 {
             return Ok(None);
@@ -169,7 +181,13 @@ pub fn give_back<S: SharedStore>(store: &S, key: &str, window_start: u64, amount
 
 /// Charge `amount` units regardless of the limit (usage that exceeded its reservation):
 /// in the window of the reservation if it is still current, else in the current one.
-pub fn charge<S: SharedStore>(store: &S, key: &str, quota: Quota, now: u64, amount: u64) -> bool {
+pub fn charge<S: SharedStore + ?Sized>(
+    store: &S,
+    key: &str,
+    quota: Quota,
+    now: u64,
+    amount: u64,
+) -> bool {
     let start = quota.window_start(now);
     update(store, key, |w| {
         if amount == 0 {
@@ -185,7 +203,7 @@ pub fn charge<S: SharedStore>(store: &S, key: &str, quota: Quota, now: u64, amou
 }
 
 /// What is left in the current window.
-pub fn remaining<S: SharedStore>(store: &S, key: &str, quota: Quota, now: u64) -> u64 {
+pub fn remaining<S: SharedStore + ?Sized>(store: &S, key: &str, quota: Quota, now: u64) -> u64 {
     let w = Window::decode(store.get(key).0.as_deref());
     let used = if w.start == quota.window_start(now) {
         w.used

@@ -8,18 +8,19 @@
 //! that did not ask for it, and counts the generated text when the backend reports none or
 //! the stream is cut. Publishes `sluice_completion_tokens` and `sluice_usage_source`.
 //!
-//! The policy is in plain modules ([`request`], [`response`], [`prompt`]) tested natively;
-//! `filter` (wasm32 only) is the proxy-wasm glue.
+//! The policy is in plain modules ([`request`], [`response`], [`prompt`]); [`lifecycle`]
+//! applies it to a request through the host boundary. All of it is tested natively and in V8.
 
 pub mod config;
+pub mod lifecycle;
 pub mod prompt;
 pub mod request;
 pub mod response;
 
-// The proxy-wasm glue needs Envoy's host functions: it is left out of unit-test builds,
-// which then run anywhere (natively, and compiled to wasm32 under Node).
+// The wasm entry point. It imports Envoy's host functions, so it is left out of unit-test
+// builds, which then run anywhere (natively, and compiled to wasm32 under Node).
 #[cfg(all(target_arch = "wasm32", not(test)))]
-mod filter;
+sluice_proxy::filter!(lifecycle::TokenCounter);
 
 pub use config::{Api, Settings, TokenCounterConfig};
 pub use request::{plan_request, RequestPlan};

@@ -135,15 +135,10 @@ impl Call {
 
 /// The reply's tokens: `n` words picked by a generator seeded with the prompt's FNV-1a hash.
 pub fn reply_tokens(prompt: &str, n: u64) -> Vec<String> {
-    let mut state = prompt.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    }) | 1;
+    let mut state = sluice_common::hash::fnv1a(prompt.as_bytes()) | 1;
     (0..n)
         .map(|i| {
-            // xorshift64
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
+            state = sluice_common::hash::xorshift64(state);
             let word = WORDS
                 .get((state % WORDS.len() as u64) as usize)
                 .copied()

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
-pub const FORCE_ENTRY: &str = "sluice_force";
+pub use sluice_common::rls::FORCE_ENTRY;
 
 /// Decision counters, logged by the binary.
 #[derive(Default)]
@@ -184,6 +184,7 @@ mod tests {
         Entry, RateLimitOverride,
     };
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use sluice_common::rls::{RULE_ENTRY, SUBJECT_ENTRY};
 
     fn limiter(limits: Option<&str>) -> RateLimiter {
         RateLimiter {
@@ -231,7 +232,7 @@ mod tests {
     #[tokio::test]
     async fn override_limits_refunds_and_forced_charges() {
         let l = limiter(None);
-        let key = [("sluice_rule", "key"), ("subject", "k1")];
+        let key = [(RULE_ENTRY, "key"), (SUBJECT_ENTRY, "k1")];
         let ok = Code::Ok as i32;
         let over = Code::OverLimit as i32;
         assert_eq!(
@@ -274,8 +275,8 @@ mod tests {
     #[tokio::test]
     async fn one_call_is_all_or_nothing() {
         let l = limiter(None);
-        let a = [("subject", "a")];
-        let b = [("subject", "b")];
+        let a = [(SUBJECT_ENTRY, "a")];
+        let b = [(SUBJECT_ENTRY, "b")];
         assert_eq!(
             code(&l, vec![descriptor(&b, Some(1), None, false)], 0).await,
             Code::Ok as i32

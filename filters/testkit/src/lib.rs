@@ -1,0 +1,451 @@
+//! Test support for the Sluice filters: [`MockHost`], a recording [`Host`].
+//!
+//! A dev-dependency only: never compiled into a filter. A test sets the state Envoy would
+//! hold (headers, bodies, properties, callout answers), drives a filter's lifecycle, and
+//! asserts the host calls it caused, in order ([`MockHost::calls`]). Reads are answered from
+//! the state and not recorded, so a test states effects, not how they were looked up.
+
+use sluice_common::host::{GrpcCall, Host, HttpCall, MetricKind, SharedDataError, Side};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// One effect a filter had on Envoy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    SetHeader(Side, String, String),
+    RemoveHeader(Side, String),
+    /// The body after the write, as text (lossy).
+    SetBody(Side, String),
+    /// A filter-state property and its value as text (lossy).
+    SetProperty(String, String),
+    /// The key written.
+    SetSharedData(String),
+    DispatchGrpc {
+        cluster: String,
+        method: String,
+        timeout: Duration,
+    },
+    DispatchHttp {
+        cluster: String,
+        path: String,
+    },
+    SetTickPeriod(Duration),
+    SendReply {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    Resume(Side),
+    ClearRouteCache,
+    /// A counter incremented, by name.
+    Increment(String, u64),
+    /// A histogram value recorded, by name.
+    Record(String, u64),
+}
+
+/// A recorded local reply (the last [`Call::SendReply`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// An in-memory [`Host`] that records every effect.
+#[derive(Debug, Default)]
+pub struct MockHost {
+    pub plugin_config: Vec<u8>,
+    pub request_headers: Vec<(String, Vec<u8>)>,
+    pub response_headers: Vec<(String, Vec<u8>)>,
+    pub request_body: Vec<u8>,
+    pub response_body: Vec<u8>,
+    /// Properties by path joined with `.` (`sluice_policy`, `response.code`).
+    pub properties: HashMap<String, Vec<u8>>,
+    /// Shared data: value and version, CAS-checked like Envoy's.
+    pub shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    /// When set, `dispatch_grpc`/`dispatch_http` fail (the cluster is missing).
+    pub callouts_fail: bool,
+    /// The answer being delivered to `on_grpc_response`.
+    pub grpc_answer: Option<Vec<u8>>,
+    pub grpc_status: (u32, Option<String>),
+    pub http_answer: (Vec<(String, Vec<u8>)>, Vec<u8>),
+    pub now_ms: u64,
+    /// Every effect, in order (a cell: shared-data writes are made through `&self`).
+    calls: RefCell<Vec<Call>>,
+    next_token: u32,
+    metrics: Vec<(MetricKind, String)>,
+    /// Totals per metric name (counters summed, histograms: the count of values).
+    pub metric_totals: BTreeMap<String, u64>,
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn lower(headers: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+impl MockHost {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A host holding these request headers (names lower-cased, as Envoy gives them).
+    pub fn with_request(headers: &[(&str, &str)]) -> Self {
+        Self {
+            request_headers: lower(headers),
+            ..Self::default()
+        }
+    }
+
+    /// Start a new stream on the same VM: headers, bodies, properties, callout answers and
+    /// recorded calls are reset; metric definitions, shared data and the clock stay (as they
+    /// do in Envoy across the streams of one VM).
+    pub fn next_request(&mut self, headers: &[(&str, &str)]) {
+        self.request_headers = lower(headers);
+        self.response_headers.clear();
+        self.request_body.clear();
+        self.response_body.clear();
+        self.properties.clear();
+        self.grpc_answer = None;
+        self.grpc_status = (0, None);
+        self.calls.get_mut().clear();
+    }
+
+    pub fn set_response_headers(&mut self, headers: &[(&str, &str)]) {
+        self.response_headers = lower(headers);
+    }
+
+    pub fn set_text_property(&mut self, name: &str, value: &str) {
+        self.properties
+            .insert(name.to_string(), value.as_bytes().to_vec());
+    }
+
+    /// A property as UTF-8 (as a filter set it, or as the test did).
+    pub fn text_property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .get(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    pub fn request_header(&self, name: &str) -> Option<&[u8]> {
+        find(&self.request_headers, name)
+    }
+
+    pub fn response_header(&self, name: &str) -> Option<&str> {
+        find(&self.response_headers, name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    fn record(&self, call: Call) {
+        self.calls.borrow_mut().push(call);
+    }
+
+    /// Every effect so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.borrow().clone()
+    }
+
+    /// The last local reply, if one was sent.
+    pub fn reply(&self) -> Option<Reply> {
+        self.calls.borrow().iter().rev().find_map(|c| match c {
+            Call::SendReply {
+                status,
+                headers,
+                body,
+            } => Some(Reply {
+                status: *status,
+                headers: headers.clone(),
+                body: body.clone(),
+            }),
+            _ => None,
+        })
+    }
+
+    /// The calls recorded so far, and forget them (a test asserts step by step).
+    pub fn take_calls(&mut self) -> Vec<Call> {
+        std::mem::take(self.calls.get_mut())
+    }
+
+    /// The calls other than metric updates (what a test of the request flow asserts).
+    pub fn effects(&self) -> Vec<Call> {
+        self.calls
+            .borrow()
+            .iter()
+            .filter(|c| !matches!(c, Call::Increment(..) | Call::Record(..)))
+            .cloned()
+            .collect()
+    }
+
+    /// Names of the counters incremented, in order.
+    pub fn counted(&self) -> Vec<String> {
+        self.calls
+            .borrow()
+            .iter()
+            .filter_map(|c| match c {
+                Call::Increment(name, _) => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether a local reply was sent.
+    pub fn replied(&self) -> bool {
+        self.reply().is_some()
+    }
+
+    fn headers_mut(&mut self, side: Side) -> &mut Vec<(String, Vec<u8>)> {
+        match side {
+            Side::Request => &mut self.request_headers,
+            Side::Response => &mut self.response_headers,
+        }
+    }
+
+    fn body_mut(&mut self, side: Side) -> &mut Vec<u8> {
+        match side {
+            Side::Request => &mut self.request_body,
+            Side::Response => &mut self.response_body,
+        }
+    }
+
+    fn metric_name(&self, id: u32) -> String {
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.metrics.get(i))
+            .map_or_else(|| format!("#{id}"), |(_, n)| n.clone())
+    }
+}
+
+fn find<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+impl Host for MockHost {
+    fn plugin_configuration(&self) -> Vec<u8> {
+        self.plugin_config.clone()
+    }
+
+    fn headers(&self, side: Side) -> Vec<(String, Vec<u8>)> {
+        match side {
+            Side::Request => self.request_headers.clone(),
+            Side::Response => self.response_headers.clone(),
+        }
+    }
+
+    fn header(&self, side: Side, name: &str) -> Option<String> {
+        let headers = match side {
+            Side::Request => &self.request_headers,
+            Side::Response => &self.response_headers,
+        };
+        find(headers, name).and_then(|v| String::from_utf8(v.to_vec()).ok())
+    }
+
+    fn set_header(&mut self, side: Side, name: &str, value: &str) {
+        self.record(Call::SetHeader(side, name.into(), value.into()));
+        let headers = self.headers_mut(side);
+        headers.retain(|(k, _)| k != name);
+        headers.push((name.to_string(), value.as_bytes().to_vec()));
+    }
+
+    fn remove_header(&mut self, side: Side, name: &str) {
+        self.record(Call::RemoveHeader(side, name.into()));
+        self.headers_mut(side).retain(|(k, _)| k != name);
+    }
+
+    fn body(&self, side: Side, size: usize) -> Vec<u8> {
+        let body = match side {
+            Side::Request => &self.request_body,
+            Side::Response => &self.response_body,
+        };
+        body.iter().take(size).copied().collect()
+    }
+
+    fn set_body(&mut self, side: Side, size: usize, bytes: &[u8]) -> bool {
+        let body = self.body_mut(side);
+        let cut = size.min(body.len());
+        body.splice(..cut, bytes.iter().copied());
+        let after = lossy(body);
+        self.record(Call::SetBody(side, after));
+        true
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.properties.get(&path.join(".")).cloned()
+    }
+
+    fn set_property(&mut self, name: &str, value: &[u8]) {
+        self.record(Call::SetProperty(name.into(), lossy(value)));
+        self.properties.insert(name.to_string(), value.to_vec());
+    }
+
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.shared.borrow().get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    fn set_shared_data(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError> {
+        let mut shared = self.shared.borrow_mut();
+        // Envoy: a missing key is created whatever `cas`; an existing one needs its version.
+        let version = match (shared.get(key), cas) {
+            (Some((_, current)), Some(cas)) if *current != cas => {
+                return Err(SharedDataError::CasMismatch)
+            }
+            (Some((_, current)), _) => current.wrapping_add(1),
+            (None, _) => 1,
+        };
+        shared.insert(key.to_string(), (value.to_vec(), version));
+        self.record(Call::SetSharedData(key.to_string()));
+        Ok(())
+    }
+
+    fn dispatch_grpc(&mut self, call: &GrpcCall) -> Option<u32> {
+        self.record(Call::DispatchGrpc {
+            cluster: call.cluster.into(),
+            method: format!("{}/{}", call.service, call.method),
+            timeout: call.timeout,
+        });
+        if self.callouts_fail {
+            return None;
+        }
+        self.next_token += 1;
+        Some(self.next_token)
+    }
+
+    fn grpc_response(&self, size: usize) -> Option<Vec<u8>> {
+        self.grpc_answer
+            .as_ref()
+            .map(|b| b.iter().take(size).copied().collect())
+    }
+
+    fn grpc_status(&self) -> (u32, Option<String>) {
+        self.grpc_status.clone()
+    }
+
+    fn dispatch_http(&mut self, call: &HttpCall) -> Option<u32> {
+        let path = call
+            .headers
+            .iter()
+            .find(|(k, _)| *k == ":path")
+            .map_or_else(String::new, |(_, v)| (*v).to_string());
+        self.record(Call::DispatchHttp {
+            cluster: call.cluster.into(),
+            path,
+        });
+        if self.callouts_fail {
+            return None;
+        }
+        self.next_token += 1;
+        Some(self.next_token)
+    }
+
+    fn http_response(&self, body_size: usize) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
+        let (headers, body) = &self.http_answer;
+        (
+            headers.clone(),
+            body.iter().take(body_size).copied().collect(),
+        )
+    }
+
+    fn set_tick_period(&mut self, period: Duration) {
+        self.record(Call::SetTickPeriod(period));
+    }
+
+    fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        self.record(Call::SendReply {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+            body: lossy(body),
+        });
+    }
+
+    fn resume(&mut self, side: Side) {
+        self.record(Call::Resume(side));
+    }
+
+    fn clear_route_cache(&mut self) {
+        self.record(Call::ClearRouteCache);
+    }
+
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        let id = u32::try_from(self.metrics.len()).ok()?;
+        self.metrics.push((kind, name.to_string()));
+        Some(id)
+    }
+
+    fn increment_metric(&mut self, id: u32, n: u64) {
+        let name = self.metric_name(id);
+        *self.metric_totals.entry(name.clone()).or_default() += n;
+        self.record(Call::Increment(name, n));
+    }
+
+    fn record_metric(&mut self, id: u32, value: u64) {
+        let name = self.metric_name(id);
+        *self.metric_totals.entry(name.clone()).or_default() += 1;
+        self.record(Call::Record(name, value));
+    }
+
+    fn now_unix_nanos(&self) -> u64 {
+        self.now_ms.saturating_mul(1_000_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_data_is_cas_checked_like_envoy() {
+        let h = MockHost::new();
+        assert_eq!(h.set_shared_data("k", b"a", Some(u32::MAX)), Ok(()));
+        let (v, cas) = h.shared_data("k");
+        assert_eq!(v.as_deref(), Some(&b"a"[..]));
+        assert_eq!(
+            h.set_shared_data("k", b"b", Some(u32::MAX)),
+            Err(SharedDataError::CasMismatch)
+        );
+        assert_eq!(h.set_shared_data("k", b"b", cas), Ok(()));
+        assert_eq!(
+            h.set_shared_data("k", b"c", cas),
+            Err(SharedDataError::CasMismatch)
+        );
+        assert_eq!(h.set_shared_data("k", b"c", None), Ok(()));
+    }
+
+    #[test]
+    fn a_body_write_replaces_the_first_size_bytes() {
+        let mut h = MockHost::new();
+        h.response_body = b"hello world".to_vec();
+        assert!(h.set_body(Side::Response, 5, b"bye"));
+        assert_eq!(h.response_body, b"bye world");
+        assert_eq!(
+            h.calls(),
+            vec![Call::SetBody(Side::Response, "bye world".into())]
+        );
+    }
+
+    #[test]
+    fn metrics_are_recorded_by_name() {
+        let mut h = MockHost::new();
+        let id = h.define_metric(MetricKind::Counter, "a.b");
+        h.increment_metric(id.unwrap_or(99), 3);
+        assert_eq!(h.counted(), vec!["a.b".to_string()]);
+        assert_eq!(h.metric_totals.get("a.b"), Some(&3));
+    }
+}

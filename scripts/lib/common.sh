@@ -1,0 +1,66 @@
+# Shared by scripts/*.sh (sourced, not run): the filter list, free ports, waiting for
+# something to come up, and stopping what a script started.
+
+# The wasm filters, in chain order (scripts/build.sh builds each to target/wasm/<crate>.wasm).
+SLUICE_FILTERS=(sluice-key-auth sluice-rate-limit sluice-model-router sluice-pii-redaction sluice-token-counter)
+# Every crate compiled to wasm32: the filters and what they are made of. Linted and
+# unit-tested for wasm32 (in V8) by scripts/test.sh.
+SLUICE_WASM_CRATES=(sluice-common sluice-proxy sluice-testkit sluice-tokenizer sluice-chat-template "${SLUICE_FILTERS[@]}")
+
+# `-p crate` for each argument.
+cargo_packages() {
+  local c
+  for c in "$@"; do printf -- '-p\n%s\n' "$c"; done
+}
+
+# A free TCP port on 127.0.0.1; with N, the first of N consecutive free ports.
+free_port() {
+  "${SLUICE_PYTHON:-.venv/bin/python}" - "${1:-1}" <<'PY'
+import socket, sys
+n = int(sys.argv[1])
+for _ in range(200):
+    socks = []
+    try:
+        s = socket.socket(); s.bind(("127.0.0.1", 0)); base = s.getsockname()[1]; socks.append(s)
+        for i in range(1, n):
+            t = socket.socket(); t.bind(("127.0.0.1", base + i)); socks.append(t)
+        print(base)
+        break
+    except OSError:
+        continue
+    finally:
+        for s in socks: s.close()
+PY
+}
+
+# Whether something listens on 127.0.0.1:PORT.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_until SECONDS COMMAND...: run COMMAND every 0.1 s until it succeeds; 1 on timeout.
+wait_until() {
+  local tries=$(($1 * 10))
+  shift
+  for _ in $(seq "$tries"); do
+    "$@" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+file_written() { [ -s "$1" ]; }
+file_has() { grep -q "$2" "$1" 2>/dev/null; }
+envoy_live() { [ "$(curl -s "http://127.0.0.1:$1/ready" 2>/dev/null)" = LIVE ]; }
+
+# stop_pids PID...: TERM, up to 5 s to exit, then KILL.
+stop_pids() {
+  [ $# -gt 0 ] || return 0
+  kill -TERM "$@" 2>/dev/null || true
+  local alive p
+  for _ in $(seq 50); do
+    alive=0
+    for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && return 0
+    sleep 0.1
+  done
+  kill -KILL "$@" 2>/dev/null || true
+}
