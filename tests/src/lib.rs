@@ -7,13 +7,6 @@
 //! only when a test fails. Dropping a [`Stack`] stops everything it started.
 //!
 //! This is test support code: a setup step that fails must fail the test, loudly.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 pub mod engine;
 pub mod process;
 
@@ -262,17 +255,47 @@ pub struct Stack {
     hash_pools: bool,
 }
 
-impl Stack {
-    pub async fn start(options: StackOptions) -> Self {
+impl StackOptions {
+    /// Whether the stack needs sluice-ratelimit: a rate-limit config with a `global`
+    /// section, or a Redis to keep its counters in.
+    pub fn needs_ratelimit(&self) -> bool {
+        self.redis.is_some()
+            || self.vars.iter().any(|(name, v)| {
+                name.starts_with("rate_limit") && v.get("global").is_some_and(|g| !g.is_null())
+            })
+    }
+}
+
+/// The steps of starting a [`Stack`], each its own method; [`Stack::start`] runs them in
+/// order and skips what the options do not need (sluice-ratelimit without a global limit).
+pub struct StackBuilder {
+    options: StackOptions,
+    dir: tempfile::TempDir,
+    procs: Vec<Proc>,
+    pools: Vec<Mock>,
+    ratelimit_port: Option<u16>,
+}
+
+impl StackBuilder {
+    pub fn new(options: StackOptions) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sluice-e2e-")
             .tempdir()
             .unwrap();
-        let mut procs = Vec::new();
-        let mut pools = Vec::new();
-        for (pool, ports) in &options.engines {
+        Self {
+            options,
+            dir,
+            procs: Vec::new(),
+            pools: Vec::new(),
+            ratelimit_port: None,
+        }
+    }
+
+    /// The pools served by real engines already listening.
+    pub fn add_engines(&mut self) {
+        for (pool, ports) in &self.options.engines {
             for (i, port) in ports.iter().enumerate() {
-                pools.push(Mock {
+                self.pools.push(Mock {
                     name: format!("{pool}-{i}"),
                     pool: pool.to_string(),
                     port: *port,
@@ -280,17 +303,23 @@ impl Stack {
                 });
             }
         }
-        for pool in &options.pools {
-            if options.engines.iter().any(|(p, _)| p == pool) {
+    }
+
+    /// A mock backend per pool (or `backends` of them) for every pool no engine serves.
+    pub async fn start_mocks(&mut self) {
+        let pools = self.options.pools.clone();
+        for pool in pools {
+            if self.options.engines.iter().any(|(p, _)| *p == pool) {
                 continue;
             }
-            for i in 0..options.backends.max(1) {
-                let name = if options.backends > 1 {
+            let n = self.options.backends.max(1);
+            for i in 0..n {
+                let name = if n > 1 {
                     format!("{pool}-{i}")
                 } else {
                     pool.to_string()
                 };
-                let port_file = dir.path().join(format!("{name}.port"));
+                let port_file = self.dir.path().join(format!("{name}.port"));
                 let mut args = vec![
                     "--listen",
                     "127.0.0.1:0",
@@ -299,11 +328,14 @@ impl Stack {
                     "--port-file",
                     port_file.to_str().unwrap(),
                 ];
-                args.extend(options.mock_args.iter().map(String::as_str));
-                let proc = Proc::spawn(&name, &mock_bin(), &args, dir.path());
-                procs.push(proc);
-                let port: u16 = wait_for_file(&port_file, &mut procs).await.parse().unwrap();
-                pools.push(Mock {
+                args.extend(self.options.mock_args.iter().map(String::as_str));
+                self.procs
+                    .push(Proc::spawn(&name, &mock_bin(), &args, self.dir.path()));
+                let port: u16 = wait_for_file(&port_file, &mut self.procs)
+                    .await
+                    .parse()
+                    .unwrap();
+                self.pools.push(Mock {
                     name,
                     pool: pool.to_string(),
                     port,
@@ -311,47 +343,60 @@ impl Stack {
                 });
             }
         }
-        // sluice-ratelimit, for global limits.
-        let rl_port_file = dir.path().join("ratelimit.port");
-        let mut rl_args = vec![
+    }
+
+    /// sluice-ratelimit, in memory or on the options' Redis.
+    pub async fn start_ratelimit(&mut self) {
+        let port_file = self.dir.path().join("ratelimit.port");
+        let mut args = vec![
             "--listen".to_string(),
             "127.0.0.1:0".to_string(),
             "--port-file".to_string(),
-            rl_port_file.to_str().unwrap().to_string(),
+            port_file.to_str().unwrap().to_string(),
             "--redis-timeout-ms".to_string(),
             "100".to_string(),
         ];
-        if let Some(url) = &options.redis {
-            rl_args.push("--redis".into());
-            rl_args.push(url.clone());
+        if let Some(url) = &self.options.redis {
+            args.push("--redis".into());
+            args.push(url.clone());
         }
-        let rl_args: Vec<&str> = rl_args.iter().map(String::as_str).collect();
-        procs.push(Proc::spawn(
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.procs.push(Proc::spawn(
             "ratelimit",
             &ratelimit_bin(),
-            &rl_args,
-            dir.path(),
+            &args,
+            self.dir.path(),
         ));
-        let ratelimit_port: u16 = wait_for_file(&rl_port_file, &mut procs)
-            .await
-            .parse()
-            .unwrap();
-        let state = dir.path().to_path_buf();
-        std::fs::create_dir_all(state.join("ecds")).unwrap();
-        write_key_file(&state.join("ecds/key-auth.json"), &options.keys);
+        self.ratelimit_port = Some(
+            wait_for_file(&port_file, &mut self.procs)
+                .await
+                .parse()
+                .unwrap(),
+        );
+    }
 
-        let mut vars: BTreeMap<String, minijinja::Value> = BTreeMap::new();
-        let pools_json: Vec<Value> = options
+    /// The key file key-auth watches.
+    pub fn write_keys(&self) {
+        let state = self.dir.path();
+        std::fs::create_dir_all(state.join("ecds")).unwrap();
+        write_key_file(&state.join("ecds/key-auth.json"), &self.options.keys);
+    }
+
+    /// `envoy/envoy.yaml.j2` rendered for these pools and options; the config's path.
+    pub fn render_envoy_config(&self) -> PathBuf {
+        let o = &self.options;
+        let pools_json: Vec<Value> = o
             .pools
             .iter()
             .map(|pool| {
-                let hosts: Vec<Value> = pools
+                let hosts: Vec<Value> = self
+                    .pools
                     .iter()
                     .filter(|m| m.pool == *pool)
                     .map(|m| serde_json::json!({"host": "127.0.0.1", "port": m.port}))
                     .collect();
                 let mut p = serde_json::json!({"name": pool, "hosts": hosts});
-                for (name, extra) in &options.pool_options {
+                for (name, extra) in &o.pool_options {
                     if name == pool {
                         for (k, v) in extra.as_object().unwrap() {
                             p[k] = v.clone();
@@ -361,35 +406,44 @@ impl Stack {
                 p
             })
             .collect();
+        let state = self.dir.path();
+        let mut vars: BTreeMap<String, minijinja::Value> = BTreeMap::new();
         // Without a router config of its own, a test's every model goes to the first pool
         // under the name it sent (a pass-through alias).
         vars.insert(
             "model_router_config".into(),
             minijinja::Value::from_serialize(serde_json::json!({
-                "models": {"*": {"targets": [{"pool": options.pools.first().copied().unwrap_or("pool-a")}]}}
+                "models": {"*": {"targets": [{"pool": o.pools.first().copied().unwrap_or("pool-a")}]}}
             })),
         );
         vars.insert("listen_port".into(), 0.into());
         vars.insert("admin_port".into(), 0.into());
         vars.insert("state_dir".into(), state.to_str().unwrap().into());
-        vars.insert("filters".into(), options.filters.into());
+        vars.insert("filters".into(), o.filters.into());
         vars.insert(
             "pools".into(),
             minijinja::Value::from_serialize(&pools_json),
         );
         vars.insert("health_interval".into(), "1s".into());
         vars.insert("wasm_dir".into(), wasm_dir().to_str().unwrap().into());
-        vars.insert("ratelimit_port".into(), ratelimit_port.into());
-        for (k, v) in &options.vars {
+        if let Some(port) = self.ratelimit_port {
+            vars.insert("ratelimit_port".into(), port.into());
+        }
+        for (k, v) in &o.vars {
             vars.insert(k.clone(), minijinja::Value::from_serialize(v));
         }
         let config = state.join("envoy.yaml");
         sluice_cli::render::render_file(&repo_root().join("envoy/envoy.yaml.j2"), &config, &vars)
             .unwrap();
+        config
+    }
 
+    /// Envoy on `config`; the stack once it is ready (healthy pools, a bound listener).
+    pub async fn start_envoy(mut self, config: &Path) -> Stack {
+        let state = self.dir.path().to_path_buf();
         let admin_file = state.join("admin.address");
         let base_id = next_base_id();
-        procs.push(Proc::spawn(
+        self.procs.push(Proc::spawn(
             "envoy",
             &envoy_bin(),
             &[
@@ -406,22 +460,43 @@ impl Stack {
                 "--file-flush-interval-msec",
                 "100",
             ],
-            dir.path(),
+            &state,
         ));
-        let admin = format!("http://{}", wait_for_file(&admin_file, &mut procs).await);
-        let mut stack = Self {
+        let admin = format!(
+            "http://{}",
+            wait_for_file(&admin_file, &mut self.procs).await
+        );
+        let hash_pools = self
+            .options
+            .pool_options
+            .iter()
+            .any(|(_, o)| o.get("lb").is_some_and(|lb| lb != "least_request"));
+        let mut stack = Stack {
             gateway: String::new(),
             admin,
-            pools,
-            dir,
-            procs,
-            hash_pools: options
-                .pool_options
-                .iter()
-                .any(|(_, o)| o.get("lb").is_some_and(|lb| lb != "least_request")),
+            pools: self.pools,
+            dir: self.dir,
+            procs: self.procs,
+            hash_pools,
         };
         stack.gateway = stack.wait_ready().await;
         stack
+    }
+}
+
+impl Stack {
+    /// Every step of [`StackBuilder`] the options need, in order.
+    pub async fn start(options: StackOptions) -> Self {
+        let needs_ratelimit = options.needs_ratelimit();
+        let mut b = StackBuilder::new(options);
+        b.add_engines();
+        b.start_mocks().await;
+        if needs_ratelimit {
+            b.start_ratelimit().await;
+        }
+        b.write_keys();
+        let config = b.render_envoy_config();
+        b.start_envoy(&config).await
     }
 
     /// Wait for `/ready` to say LIVE, then read the listener's bound port.

@@ -5,13 +5,6 @@
 //! both are compared with what llama.cpp's `llama-server` does with the same request: the
 //! prompt its `/apply-template` renders, and the `prompt_tokens` its chat completion reports
 //! (the number it charges the GPU for).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use serde_json::{json, Value};
 use sluice_chat_template::{messages, ChatInput, ChatTemplate};
 use sluice_e2e::engine::{Engine, Variant};

@@ -5,13 +5,6 @@
 //! the engine answers with 500, a CJK stream (no spaces), a context overflow, the usage log
 //! against the engine's own usage, the alias name in responses, and a Messages stream the
 //! engine sends without `message_start`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sluice_e2e::engine::{Engine, Variant};
@@ -375,7 +368,7 @@ async fn a_context_overflow_is_an_error_in_the_log_and_not_charged() {
 
 /// Decided: a response names the model that served it (the upstream name), as OpenAI's own
 /// aliases do (`gpt-4o` answers as `gpt-4o-2024-08-06`); JSON and streams agree; the name the
-/// client asked for is in the access log (`model_requested`). See docs/filters.md.
+/// client asked for is in the access log (`model_requested`). See docs/filters/model-router.md.
 #[tokio::test]
 async fn an_alias_answers_with_the_served_models_name_in_json_and_streams() {
     let _serial = SERIAL.lock().await;

@@ -3,13 +3,6 @@
 //! 400 in the API's shape, and ejects no host; TGI's 422 shape becomes OpenAI's 400; a 503
 //! is retried on the other host; an error event inside a 200 stream reaches the client, is
 //! logged as an error and is not charged.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use serde_json::{json, Value};
 use sluice_e2e::{chat_body, key_record, log_number, Stack, StackOptions};
 use sluice_key_auth::KeyAuthConfig;

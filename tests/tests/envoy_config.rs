@@ -1,12 +1,5 @@
 //! Every Envoy config in the repository passes `envoy --mode validate`, and Envoy's own
 //! replies come back in the OpenAI error shape.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use serde_json::{json, Value};
 use sluice_e2e::{envoy_bin, key_record, repo_root, write_key_file, Stack, StackOptions};
 use sluice_key_auth::KeyAuthConfig;

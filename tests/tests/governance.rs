@@ -2,13 +2,6 @@
 //! paths never reach a backend), one spelling per path, Envoy's own replies in the error
 //! shape, no credential in a log, operator pass-through paths, OpenAI Responses and
 //! Anthropic Messages through every filter, and concurrent key edits.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use serde_json::{json, Value};
 use sluice_e2e::{eventually, key_record, log_number, Stack, StackOptions};
 use sluice_key_auth::KeyAuthConfig;

@@ -1,11 +1,4 @@
 //! key-auth through real Envoy: header styles, denials, stripping, hot reload, streaming.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use serde_json::{json, Value};
 use sluice_e2e::{chat_body, eventually, key_record, recorded_header, Stack, StackOptions};
 use sluice_key_auth::KeyAuthConfig;

@@ -1,13 +1,6 @@
 //! Observability: the Grafana dashboard is well-formed and every metric its queries name is
 //! exported by a live stack after real traffic; tracing headers pass through and the access
 //! log carries the request id.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use serde_json::{json, Value};
 use sluice_e2e::{key_record, recorded_header, repo_root, Stack, StackOptions};
 use sluice_key_auth::KeyAuthConfig;

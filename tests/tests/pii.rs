@@ -1,13 +1,6 @@
 //! pii-redaction through real Envoy: what the backend receives, blocks, SSE streams with
 //! values split across events, mask and hash forms, custom entities, unscannable bodies,
 //! the access log and metrics.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};

@@ -1,12 +1,5 @@
 //! rate-limit (local tier) through real Envoy: exact admission under concurrency, token
 //! reservations settled with the real usage, slots freed on abort, early refusal.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sluice_e2e::{chat_body, eventually, key_record, log_number, Stack, StackOptions};

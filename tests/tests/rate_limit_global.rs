@@ -1,11 +1,4 @@
 //! rate-limit, global tier: real Envoy, real sluice-ratelimit, real Redis.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use serde_json::{json, Value};
 use sluice_e2e::{chat_body, eventually, key_record, log_number, RedisServer, Stack, StackOptions};
 use sluice_key_auth::{KeyAuthConfig, KeyRecord};

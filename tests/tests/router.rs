@@ -2,13 +2,6 @@
 //! pools and upstream models, canary weights, auto tiers, errors, `/v1/models`, health
 //! checks, failover within and across pools, no retry once a stream has begun, and
 //! prefix / session affinity on a maglev pool.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use serde_json::{json, Value};
 use sluice_e2e::{eventually, key_record, recorded_header, Stack, StackOptions};
 use sluice_key_auth::KeyAuthConfig;

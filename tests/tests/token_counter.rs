@@ -2,13 +2,6 @@
 //! SSE (with and without include_usage, injected and stripped), pools without usage, cut
 //! streams, split events, metrics and the access log. Expected numbers come from the
 //! reference tokenizer (tiktoken-rs), not from the code under test.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sluice_e2e::{key_record, log_number, Stack, StackOptions};

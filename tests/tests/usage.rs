@@ -1,11 +1,4 @@
 //! `sluice usage` on a real access log: the one an end-to-end run through Envoy wrote.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use serde_json::{json, Value};
 use sluice_e2e::{cli_bin, key_record, log_number, Stack, StackOptions};
 use sluice_key_auth::KeyAuthConfig;

@@ -14,6 +14,18 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+impl ConfigError {
+    /// A configuration that parsed but says something impossible.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid(message.into())
+    }
+}
+
+/// `#[serde(default = "sluice_common::config::yes")]`: a switch that is on unless set off.
+pub fn yes() -> bool {
+    true
+}
+
 /// Parse a filter's JSON configuration. An absent or whitespace-only configuration is an
 /// error: every Sluice filter needs one, and a silently empty policy would fail open.
 pub fn parse_config<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {

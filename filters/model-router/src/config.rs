@@ -196,10 +196,6 @@ pub struct Settings {
     pub models_path: String,
 }
 
-fn invalid(msg: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid(msg.into())
-}
-
 fn is_glob(name: &str) -> bool {
     name.contains(['*', '?'])
 }
@@ -216,23 +212,23 @@ fn valid_pool(pool: &str) -> bool {
 impl Settings {
     pub fn new(c: RouterConfig) -> Result<Self, ConfigError> {
         if c.models.is_empty() {
-            return Err(invalid("models: at least one alias is needed"));
+            return Err(ConfigError::invalid("models: at least one alias is needed"));
         }
         let mut exact = HashMap::new();
         let mut globs = Vec::new();
         for (name, a) in &c.models {
             let kind = match (&a.auto, a.targets.is_empty()) {
                 (Some(_), false) => {
-                    return Err(invalid(format!(
+                    return Err(ConfigError::invalid(format!(
                         "models.{name}: either targets or auto, not both"
                     )))
                 }
                 (None, true) => {
-                    return Err(invalid(format!("models.{name}: no targets")));
+                    return Err(ConfigError::invalid(format!("models.{name}: no targets")));
                 }
                 (Some(auto), true) => {
                     if is_glob(name) {
-                        return Err(invalid(format!(
+                        return Err(ConfigError::invalid(format!(
                             "models.{name}: an auto alias needs an exact name"
                         )));
                     }
@@ -244,7 +240,9 @@ impl Settings {
                                     .size_limit(1 << 20)
                                     .build()
                                     .map_err(|e| {
-                                        invalid(format!("models.{name}.auto.rules[{i}]: {e}"))
+                                        ConfigError::invalid(format!(
+                                            "models.{name}.auto.rules[{i}]: {e}"
+                                        ))
                                     })?,
                             ),
                             None => None,
@@ -264,7 +262,7 @@ impl Settings {
                             .get(m)
                             .is_some_and(|t| t.auto.is_none() && !is_glob(m));
                         if !ok {
-                            return Err(invalid(format!(
+                            return Err(ConfigError::invalid(format!(
                                 "models.{name}.auto: {m:?} is not an alias with targets"
                             )));
                         }
@@ -278,13 +276,15 @@ impl Settings {
                     let mut targets = Vec::with_capacity(a.targets.len());
                     for t in &a.targets {
                         if !valid_pool(&t.pool) {
-                            return Err(invalid(format!(
+                            return Err(ConfigError::invalid(format!(
                                 "models.{name}: pool {:?} must be 1-128 of [A-Za-z0-9._-]",
                                 t.pool
                             )));
                         }
                         if t.model.as_deref() == Some("") {
-                            return Err(invalid(format!("models.{name}: empty upstream model")));
+                            return Err(ConfigError::invalid(format!(
+                                "models.{name}: empty upstream model"
+                            )));
                         }
                         targets.push(Target {
                             pool: t.pool.clone(),
@@ -294,7 +294,9 @@ impl Settings {
                     }
                     let total_weight: u64 = targets.iter().map(|t| u64::from(t.weight)).sum();
                     if total_weight == 0 {
-                        return Err(invalid(format!("models.{name}: weights sum to 0")));
+                        return Err(ConfigError::invalid(format!(
+                            "models.{name}: weights sum to 0"
+                        )));
                     }
                     AliasKind::Targets {
                         targets,
@@ -315,13 +317,15 @@ impl Settings {
         }
         if let Some(aff) = &c.affinity {
             if aff.from.is_empty() || aff.prefix_bytes == 0 {
-                return Err(invalid(
+                return Err(ConfigError::invalid(
                     "affinity: `from` needs a source and prefix_bytes must be positive",
                 ));
             }
         }
         if c.session_header.is_empty() || c.session_header.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(invalid("session_header must be a lower-case header name"));
+            return Err(ConfigError::invalid(
+                "session_header must be a lower-case header name",
+            ));
         }
         Ok(Self {
             exact,

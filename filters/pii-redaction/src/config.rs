@@ -98,9 +98,9 @@ pub struct PiiConfig {
     /// (or value of an object): `metadata.notes`, `input.*.content`.
     #[serde(default)]
     pub request_fields: Vec<String>,
-    #[serde(default = "yes")]
+    #[serde(default = "sluice_common::config::yes")]
     pub scan_requests: bool,
-    #[serde(default = "yes")]
+    #[serde(default = "sluice_common::config::yes")]
     pub scan_responses: bool,
     /// Largest body scanned (request, or non-streamed response).
     #[serde(default = "default_max_body")]
@@ -114,10 +114,6 @@ pub use sluice_common::openai::Api;
 
 fn default_action() -> Action {
     Action::Redact
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn default_max_body() -> usize {
@@ -170,16 +166,12 @@ pub struct Settings {
     pub custom_hold: usize,
 }
 
-fn invalid(msg: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid(msg.into())
-}
-
 impl Settings {
     pub fn new(c: PiiConfig) -> Result<Self, ConfigError> {
         let mut actions = [c.default_action; BuiltIn::ALL.len()];
         for (name, action) in &c.entities {
             let e = BuiltIn::from_name(name).ok_or_else(|| {
-                invalid(format!(
+                ConfigError::invalid(format!(
                     "entities: unknown entity {name:?} (built-ins: {})",
                     BuiltIn::ALL.map(BuiltIn::name).join(", ")
                 ))
@@ -198,22 +190,25 @@ impl Settings {
         }
         for (i, a) in custom.iter().enumerate() {
             if custom.iter().skip(i + 1).any(|b| b.name == a.name) {
-                return Err(invalid(format!("custom: duplicate name {:?}", a.name)));
+                return Err(ConfigError::invalid(format!(
+                    "custom: duplicate name {:?}",
+                    a.name
+                )));
             }
         }
         let hashes =
             actions.contains(&Action::Hash) || custom.iter().any(|e| e.action == Action::Hash);
         let hmac = match (&c.hash_secret, hashes) {
             (Some(s), _) if s.len() < MIN_SECRET => {
-                return Err(invalid(format!(
+                return Err(ConfigError::invalid(format!(
                     "hash_secret must be at least {MIN_SECRET} bytes"
                 )))
             }
             (Some(s), _) => Some(
                 Hmac::<Sha256>::new_from_slice(s.as_bytes())
-                    .map_err(|_| invalid("hash_secret is not a usable HMAC key"))?,
+                    .map_err(|_| ConfigError::invalid("hash_secret is not a usable HMAC key"))?,
             ),
-            (None, true) => return Err(invalid("the hash action needs hash_secret")),
+            (None, true) => return Err(ConfigError::invalid("the hash action needs hash_secret")),
             (None, false) => None,
         };
         let mut request_fields = Vec::with_capacity(c.request_fields.len());
@@ -222,14 +217,16 @@ impl Settings {
                 .split('.')
                 .map(|s| match s {
                     "*" => Ok(PathStep::Each),
-                    "" => Err(invalid(format!("request_fields: empty step in {f:?}"))),
+                    "" => Err(ConfigError::invalid(format!(
+                        "request_fields: empty step in {f:?}"
+                    ))),
                     k => Ok(PathStep::Key(k.to_string())),
                 })
                 .collect::<Result<_, _>>()?;
             request_fields.push(steps);
         }
         if c.max_body_bytes == 0 {
-            return Err(invalid("max_body_bytes must be positive"));
+            return Err(ConfigError::invalid("max_body_bytes must be positive"));
         }
         let custom_hold = custom
             .iter()
@@ -269,39 +266,39 @@ impl Settings {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !valid_name {
-            return Err(invalid(format!(
+            return Err(ConfigError::invalid(format!(
                 "custom[{i}].name must be 1-48 of [a-z0-9_], got {:?}",
                 c.name
             )));
         }
         if BuiltIn::from_name(&c.name).is_some() {
-            return Err(invalid(format!(
+            return Err(ConfigError::invalid(format!(
                 "custom[{i}].name {:?} is a built-in entity",
                 c.name
             )));
         }
-        let hir = regex_syntax::Parser::new()
-            .parse(&c.pattern)
-            .map_err(|e| invalid(format!("custom[{i}] ({}): bad pattern: {e}", c.name)))?;
+        let hir = regex_syntax::Parser::new().parse(&c.pattern).map_err(|e| {
+            ConfigError::invalid(format!("custom[{i}] ({}): bad pattern: {e}", c.name))
+        })?;
         let longest = hir.properties().maximum_len();
         let max_len = match (c.max_len, longest) {
             (Some(m), _) => m,
             (None, Some(m)) => m,
             (None, None) => {
-                return Err(invalid(format!(
+                return Err(ConfigError::invalid(format!(
                     "custom[{i}] ({}): the pattern has no longest match; set max_len",
                     c.name
                 )))
             }
         };
         if max_len == 0 || max_len > MAX_CUSTOM_LEN {
-            return Err(invalid(format!(
+            return Err(ConfigError::invalid(format!(
                 "custom[{i}] ({}): max_len must be 1..={MAX_CUSTOM_LEN}",
                 c.name
             )));
         }
         if hir.properties().minimum_len() == Some(0) {
-            return Err(invalid(format!(
+            return Err(ConfigError::invalid(format!(
                 "custom[{i}] ({}): the pattern matches empty text",
                 c.name
             )));
@@ -309,9 +306,11 @@ impl Settings {
         let regex = regex::RegexBuilder::new(&c.pattern)
             .size_limit(1 << 20)
             .build()
-            .map_err(|e| invalid(format!("custom[{i}] ({}): bad pattern: {e}", c.name)))?;
+            .map_err(|e| {
+                ConfigError::invalid(format!("custom[{i}] ({}): bad pattern: {e}", c.name))
+            })?;
         if c.context.iter().any(|w| w.trim().is_empty()) {
-            return Err(invalid(format!(
+            return Err(ConfigError::invalid(format!(
                 "custom[{i}] ({}): empty context word",
                 c.name
             )));

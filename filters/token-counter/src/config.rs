@@ -75,7 +75,7 @@ pub struct TokenCounterConfig {
     pub default_encoding: String,
     /// Ask the backend for usage on streams (`stream_options.include_usage`) and hide the
     /// extra chunk from clients that did not ask for it.
-    #[serde(default = "yes")]
+    #[serde(default = "sluice_common::config::yes")]
     pub inject_include_usage: bool,
     /// Models reported by name in metrics; any other folds into `other`, so label
     /// cardinality stays bounded whatever clients send.
@@ -88,10 +88,6 @@ pub struct TokenCounterConfig {
 
 fn default_encoding() -> String {
     "o200k_base".into()
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn default_max_counted() -> usize {

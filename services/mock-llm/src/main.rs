@@ -71,25 +71,13 @@ async fn main() -> std::io::Result<()> {
         Some(n) => {
             let gated = sluice_mock_llm::listener::GatedListener::new(listener, n.max(1));
             axum::serve(gated, app)
-                .with_graceful_shutdown(terminated())
+                .with_graceful_shutdown(sluice_service::terminated())
                 .await
         }
         None => {
             axum::serve(listener, app)
-                .with_graceful_shutdown(terminated())
+                .with_graceful_shutdown(sluice_service::terminated())
                 .await
         }
-    }
-}
-
-/// SIGTERM or Ctrl-C.
-async fn terminated() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -94,17 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     tonic::transport::Server::builder()
         .add_service(RateLimitServiceServer::from_arc(limiter))
-        .serve_with_incoming_shutdown(incoming, async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return std::future::pending().await,
-                };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        })
+        .serve_with_incoming_shutdown(incoming, sluice_service::terminated())
         .await?;
     Ok(())
 }
