@@ -303,6 +303,16 @@ mod tests {
         host.request_body.len()
     }
 
+    /// A request without PII, scanned and sent upstream.
+    fn sent(host: &mut MockHost) -> PiiRequest {
+        let f = filter(host, r#"{"default_action": "redact"}"#);
+        let size = chat(host, "hi");
+        let mut req = f.new_request();
+        req.on_request_headers(host, false);
+        req.on_request_body(host, size, true);
+        req
+    }
+
     fn pii_report(host: &MockHost) -> serde_json::Value {
         serde_json::from_str(host.text_property("sluice_pii").unwrap()).unwrap()
     }
@@ -359,11 +369,7 @@ mod tests {
     #[test]
     fn a_stream_split_inside_a_finding_never_lets_it_through() {
         let mut host = MockHost::new();
-        let f = filter(&mut host, r#"{"default_action": "redact"}"#);
-        let size = chat(&mut host, "hi");
-        let mut req = f.new_request();
-        req.on_request_headers(&mut host, false);
-        req.on_request_body(&mut host, size, true);
+        let mut req = sent(&mut host);
         host.set_response_headers(&[(":status", "200"), ("content-type", "text/event-stream")]);
         assert_eq!(req.on_response_headers(&mut host, false), Flow::Continue);
         let event = |t: &str| {
@@ -393,11 +399,7 @@ mod tests {
     #[test]
     fn an_error_answer_is_not_touched() {
         let mut host = MockHost::new();
-        let f = filter(&mut host, r#"{"default_action": "redact"}"#);
-        let size = chat(&mut host, "hi");
-        let mut req = f.new_request();
-        req.on_request_headers(&mut host, false);
-        req.on_request_body(&mut host, size, true);
+        let mut req = sent(&mut host);
         host.take_calls();
         host.set_response_headers(&[(":status", "500"), ("content-type", "application/json")]);
         assert_eq!(req.on_response_headers(&mut host, false), Flow::Continue);
