@@ -35,6 +35,8 @@ pub enum Side {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
     Counter,
+    /// A value set, not added (`record_metric` sets it).
+    Gauge,
     Histogram,
 }
 
@@ -129,7 +131,7 @@ pub trait Host {
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32>;
     /// Add `n` to a counter.
     fn increment_metric(&mut self, id: u32, n: u64);
-    /// Record one value in a histogram.
+    /// Record one value in a histogram, or set a gauge.
     fn record_metric(&mut self, id: u32, value: u64);
 
     /// Wall-clock time, nanoseconds since the Unix epoch (0 if the host cannot tell).
@@ -182,34 +184,96 @@ pub fn plugin_config<T: serde::de::DeserializeOwned>(host: &dyn Host) -> Result<
     crate::config::parse_config(&host.plugin_configuration())
 }
 
-/// Counters named at run time (labels in the name), defined on first use. Bounded: past
-/// `max` names, new ones are not counted, so label cardinality cannot grow without end.
+/// Add `delta` to a counter in shared data (all workers see it), by compare-and-swap, never
+/// below 0. The new value, or `None` when the store kept refusing.
+pub fn add_shared(host: &dyn Host, key: &str, delta: i64) -> Option<u64> {
+    for _ in 0..32 {
+        let (value, cas) = host.shared_data(key);
+        let now = value
+            .as_deref()
+            .and_then(|v| v.get(..8))
+            .and_then(|v| <[u8; 8]>::try_from(v).ok())
+            .map_or(0, u64::from_le_bytes);
+        let next = now.saturating_add_signed(delta);
+        // A missing key is created with a version no live key has (see rate-limit's store).
+        match host.set_shared_data(key, &next.to_le_bytes(), Some(cas.unwrap_or(u32::MAX))) {
+            Ok(()) => return Some(next),
+            Err(SharedDataError::CasMismatch) => continue,
+            Err(SharedDataError::Failed) => return None,
+        }
+    }
+    None
+}
+
+/// A counter in shared data written by [`add_shared`].
+pub fn shared_counter(host: &dyn Host, key: &str) -> u64 {
+    host.shared_data(key)
+        .0
+        .as_deref()
+        .and_then(|v| v.get(..8))
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// Metrics named at run time (labels in the name), defined on first use. Bounded: past
+/// `max` names, new ones are not recorded, so label cardinality cannot grow without end.
 #[derive(Debug)]
-pub struct CounterSet {
+struct NamedMetrics {
+    kind: MetricKind,
     ids: HashMap<String, Option<u32>>,
     max: usize,
 }
 
-impl CounterSet {
-    pub fn new(max: usize) -> Self {
-        Self {
-            ids: HashMap::new(),
-            max,
-        }
-    }
-
-    pub fn add(&mut self, host: &mut dyn Host, name: &str, n: u64) {
-        let id = match self.ids.get(name) {
+impl NamedMetrics {
+    fn id(&mut self, host: &mut dyn Host, name: &str) -> Option<u32> {
+        match self.ids.get(name) {
             Some(id) => *id,
-            None if self.ids.len() >= self.max => return,
+            None if self.ids.len() >= self.max => None,
             None => {
-                let id = host.define_metric(MetricKind::Counter, name);
+                let id = host.define_metric(self.kind, name);
                 self.ids.insert(name.to_string(), id);
                 id
             }
-        };
-        if let Some(id) = id {
+        }
+    }
+}
+
+/// Counters named at run time; see [`NamedMetrics`].
+#[derive(Debug)]
+pub struct CounterSet(NamedMetrics);
+
+impl CounterSet {
+    pub fn new(max: usize) -> Self {
+        Self(NamedMetrics {
+            kind: MetricKind::Counter,
+            ids: HashMap::new(),
+            max,
+        })
+    }
+
+    pub fn add(&mut self, host: &mut dyn Host, name: &str, n: u64) {
+        if let Some(id) = self.0.id(host, name) {
             host.increment_metric(id, n);
+        }
+    }
+}
+
+/// Gauges named at run time; see [`NamedMetrics`].
+#[derive(Debug)]
+pub struct GaugeSet(NamedMetrics);
+
+impl GaugeSet {
+    pub fn new(max: usize) -> Self {
+        Self(NamedMetrics {
+            kind: MetricKind::Gauge,
+            ids: HashMap::new(),
+            max,
+        })
+    }
+
+    pub fn set(&mut self, host: &mut dyn Host, name: &str, value: u64) {
+        if let Some(id) = self.0.id(host, name) {
+            host.record_metric(id, value);
         }
     }
 }
@@ -299,8 +363,11 @@ pub trait Plugin: Sized + 'static {
     fn new_request(self: &Rc<Self>) -> Self::Request;
     /// The root context's timer.
     fn on_tick(&self, _host: &mut dyn Host) {}
-    /// The answer of a callout the root context started.
+    /// The answer of a gRPC callout the root context started.
     fn on_grpc_response(&self, _host: &mut dyn Host, _token: u32, _status: u32, _size: usize) {}
+    /// The answer of an HTTP callout the root context started (`body_size` 0 and no
+    /// headers when it failed: reset, timeout, no such cluster).
+    fn on_http_response(&self, _host: &mut dyn Host, _token: u32, _body_size: usize) {}
 }
 
 /// What every filter does with a stream it has no configuration for: Envoy refuses a

@@ -40,15 +40,22 @@ pub const ERROR: &str = "sluice_error";
 pub const PII: &str = "sluice_pii";
 /// JSON: which limit decided, remaining, reserved, reconciled. Written by rate-limit.
 pub const RATELIMIT: &str = "sluice_ratelimit";
+/// JSON: the endpoint chosen and why (`endpoint`, `reason`, `load`, `prefix_blocks`).
+/// Written by endpoint-picker.
+pub const ENDPOINT: &str = "sluice_endpoint";
 
 /// The one internal header: Envoy's route table matches it. model-router always overwrites
 /// or removes it; key-auth strips every client-sent header with [`INTERNAL_HEADER_PREFIX`].
 pub const ROUTE_HEADER: &str = "x-sluice-route";
+/// The endpoints to try, best first (`IP:port,IP:port`): Envoy's `override_host` load
+/// balancing policy reads it. endpoint-picker always overwrites or removes it.
+pub const ENDPOINT_HEADER: &str = "x-sluice-endpoint";
 /// No request header with this prefix is trusted when it comes from a client.
 pub const INTERNAL_HEADER_PREFIX: &str = "x-sluice-";
 
 /// Every property name, for access-log and documentation checks.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 16] = [
+    ENDPOINT,
     API,
     ERROR,
     PROMPT_TOKENS_ESTIMATED,

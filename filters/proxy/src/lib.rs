@@ -221,6 +221,7 @@ impl Host for WasmHost {
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
         let kind = match kind {
             MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
             MetricKind::Histogram => MetricType::Histogram,
         };
         match hostcalls::define_metric(kind, name) {
@@ -272,6 +273,12 @@ impl<P: Plugin> Context for RootGlue<P> {
     fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
         if let Some(p) = &self.plugin {
             p.on_grpc_response(&mut WasmHost, token, status, size);
+        }
+    }
+
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        if let Some(p) = &self.plugin {
+            p.on_http_response(&mut WasmHost, token, body_size);
         }
     }
 }

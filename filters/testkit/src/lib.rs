@@ -75,7 +75,8 @@ pub struct MockHost {
     calls: RefCell<Vec<Call>>,
     next_token: u32,
     metrics: Vec<(MetricKind, String)>,
-    /// Totals per metric name (counters summed, histograms: the count of values).
+    /// Per metric name: counters summed, gauges their last value, histograms the count of
+    /// values recorded.
     pub metric_totals: BTreeMap<String, u64>,
 }
 
@@ -397,7 +398,16 @@ impl Host for MockHost {
 
     fn record_metric(&mut self, id: u32, value: u64) {
         let name = self.metric_name(id);
-        *self.metric_totals.entry(name.clone()).or_default() += 1;
+        let gauge = usize::try_from(id)
+            .ok()
+            .and_then(|i| self.metrics.get(i))
+            .is_some_and(|(kind, _)| *kind == MetricKind::Gauge);
+        let total = self.metric_totals.entry(name.clone()).or_default();
+        if gauge {
+            *total = value;
+        } else {
+            *total += 1;
+        }
         self.record(Call::Record(name, value));
     }
 

@@ -38,6 +38,7 @@ pub struct App {
     served: AtomicU64,
     prompt_tokens: AtomicU64,
     generation_tokens: AtomicU64,
+    sim: Arc<crate::sim::Sim>,
 }
 
 impl App {
@@ -49,6 +50,7 @@ impl App {
             served: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
             generation_tokens: AtomicU64::new(0),
+            sim: Arc::new(crate::sim::Sim::default()),
         })
     }
 
@@ -223,7 +225,16 @@ fn models(app: &App) -> Response {
 }
 
 fn metrics(app: &App) -> Response {
-    let name = app.config().name;
+    let config = app.config();
+    if config.sim_slots.is_some() {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            app.sim.metrics(&config),
+        )
+            .into_response();
+    }
+    let name = config.name;
     let running = app.running.load(Ordering::Relaxed);
     let text = format!(
         "# HELP vllm:num_requests_running Number of requests currently running on GPU.\n\
@@ -306,7 +317,24 @@ async fn complete(app: Arc<App>, api: Api, body: Bytes) -> Response {
     app.generation_tokens
         .fetch_add(plan.usage.completion_tokens, Ordering::Relaxed);
     let pool = config.name.clone();
+    // Engine simulation: wait for a batch slot, then pay prefill and decode.
+    let ticket = app
+        .sim
+        .admit(&config, &call.prompt_text, plan.usage.completion_tokens)
+        .await;
+    let (ttft_us, token_us) = match &ticket {
+        Some(t) => (
+            config.ttft_ms * 1000 + u64::try_from(t.prefill.as_micros()).unwrap_or(u64::MAX),
+            u64::try_from(t.per_token.as_micros()).unwrap_or(u64::MAX),
+        ),
+        None => (config.ttft_ms * 1000, config.token_delay_ms * 1000),
+    };
     if !call.stream {
+        if ticket.is_some() {
+            let total = ttft_us + token_us * plan.usage.completion_tokens;
+            tokio::time::sleep(Duration::from_micros(total)).await;
+        }
+        drop(ticket);
         let value = reply::full_response(&call, &plan, &id, created, config.usage);
         let mut resp = json_response(StatusCode::OK, &value);
         if let Ok(v) = pool.parse() {
@@ -328,30 +356,27 @@ async fn complete(app: Arc<App>, api: Api, body: Bytes) -> Response {
             events.push(format!("data: {error}\n\n"));
         }
     }
-    // (delay before, bytes, index of the event it belongs to)
+    // (delay before in µs, bytes, index of the event it belongs to)
     let mut writes: Vec<(u64, Bytes, usize)> = Vec::with_capacity(events.len() * 2);
     for (i, event) in events.into_iter().enumerate() {
-        let delay = if i == 0 {
-            config.ttft_ms
-        } else {
-            config.token_delay_ms
-        };
+        let delay = if i == 0 { ttft_us } else { token_us };
         if config.split_events && event.len() > 1 {
             let cut = event.len() / 2;
             let (a, b) = event.split_at(cut);
             writes.push((delay, Bytes::copy_from_slice(a.as_bytes()), i));
-            writes.push((20, Bytes::copy_from_slice(b.as_bytes()), i));
+            writes.push((20_000, Bytes::copy_from_slice(b.as_bytes()), i));
         } else {
             writes.push((delay, Bytes::from(event), i));
         }
     }
     let disconnect_after = config.disconnect_after;
+    // The batch slot (`ticket`) is held until the last byte is sent or the client leaves.
     let stream = futures::stream::unfold(
-        (writes.into_iter(), running),
+        (writes.into_iter(), (running, ticket)),
         move |(mut writes, running)| async move {
             let (delay, bytes, event) = writes.next()?;
             if delay > 0 {
-                tokio::time::sleep(Duration::from_millis(delay)).await;
+                tokio::time::sleep(Duration::from_micros(delay)).await;
             }
             // Content chunks are numbered from 1 (event 0 opens the message).
             if disconnect_after.is_some_and(|k| event as u64 > k) {

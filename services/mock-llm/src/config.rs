@@ -47,6 +47,19 @@ pub struct MockConfig {
     /// characters (one stream event each): tests put values split across events in it.
     pub reply_text: Option<String>,
     pub reply_chunk: usize,
+    /// Engine simulation (see `sim.rs`): at most this many sequences run at once, the rest
+    /// wait; absent: off. Set at start (the batch size of the first request holds).
+    pub sim_slots: Option<usize>,
+    /// Prefill cost per prompt token not in the prefix cache.
+    pub sim_prefill_us_per_token: u64,
+    /// Decode cost per output token with a batch of one.
+    pub sim_decode_us_per_token: u64,
+    /// How much slower each token decodes per other running sequence, in percent.
+    pub sim_batch_slowdown_pct: u64,
+    /// Prefix cache size, in 64-byte prompt blocks (LRU).
+    pub sim_cache_blocks: usize,
+    /// How stale `/metrics` may be (a real engine's gauges lag).
+    pub sim_metrics_lag_ms: u64,
 }
 
 impl Default for MockConfig {
@@ -70,6 +83,12 @@ impl Default for MockConfig {
             split_events: false,
             reply_text: None,
             reply_chunk: 4,
+            sim_slots: None,
+            sim_prefill_us_per_token: 200,
+            sim_decode_us_per_token: 5_000,
+            sim_batch_slowdown_pct: 10,
+            sim_cache_blocks: 1024,
+            sim_metrics_lag_ms: 250,
         }
     }
 }

@@ -39,6 +39,24 @@ struct Args {
     /// The kernel's accept queue for this socket (an older engine's small listen backlog).
     #[arg(long, default_value_t = 1024)]
     backlog: u32,
+    /// Engine simulation: at most this many sequences run at once; the rest wait.
+    #[arg(long)]
+    sim_slots: Option<usize>,
+    /// Engine simulation: prefill cost per prompt token not in the prefix cache.
+    #[arg(long, default_value_t = 200)]
+    sim_prefill_us_per_token: u64,
+    /// Engine simulation: decode cost per output token with a batch of one.
+    #[arg(long, default_value_t = 5_000)]
+    sim_decode_us_per_token: u64,
+    /// Engine simulation: decode slowdown per other running sequence, percent.
+    #[arg(long, default_value_t = 10)]
+    sim_batch_slowdown_pct: u64,
+    /// Engine simulation: prefix cache size in 64-byte prompt blocks.
+    #[arg(long, default_value_t = 1024)]
+    sim_cache_blocks: usize,
+    /// Engine simulation: how stale /metrics may be.
+    #[arg(long, default_value_t = 250)]
+    sim_metrics_lag_ms: u64,
 }
 
 #[tokio::main]
@@ -52,6 +70,12 @@ async fn main() -> std::io::Result<()> {
         delay_ms: args.delay_ms,
         ttft_ms: args.ttft_ms,
         token_delay_ms: args.token_delay_ms,
+        sim_slots: args.sim_slots,
+        sim_prefill_us_per_token: args.sim_prefill_us_per_token,
+        sim_decode_us_per_token: args.sim_decode_us_per_token,
+        sim_batch_slowdown_pct: args.sim_batch_slowdown_pct,
+        sim_cache_blocks: args.sim_cache_blocks,
+        sim_metrics_lag_ms: args.sim_metrics_lag_ms,
         ..MockConfig::default()
     };
     let listener = sluice_mock_llm::listener::bind(args.listen, args.backlog)?;

@@ -1,0 +1,153 @@
+//! endpoint-picker configuration: the pools whose endpoints it picks, rendered by the Envoy
+//! template from the same pool descriptions as the clusters.
+//!
+//! ```json
+//! {"pools": [{"name": "pool-a", "engine": "vllm",
+//!             "endpoints": [{"address": "10.0.0.5:8000", "metrics_cluster": "sluice_metrics__pool-a__0"}]}],
+//!  "scrape_interval_ms": 500, "stale_after_ms": 3000,
+//!  "prefix": {"block_bytes": 256, "max_blocks": 256, "slots": 65536},
+//!  "weights": {"waiting": 2, "kv_cache": 4, "prefix": 3, "saturated_waiting": 2}}
+//! ```
+
+use crate::engine::Engine;
+use crate::pick::Weights;
+use serde::{Deserialize, Serialize};
+use sluice_common::ConfigError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `IP:port`, exactly as the endpoint is in the pool's cluster (Envoy's `override_host`
+    /// matches it).
+    pub address: String,
+    /// A cluster whose one host is this endpoint, for scraping its metrics.
+    #[serde(default)]
+    pub metrics_cluster: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// The pool's Envoy cluster (what model-router publishes as `sluice_route`).
+    pub name: String,
+    #[serde(default)]
+    pub engine: Engine,
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrefixConfig {
+    /// Bytes of prompt text per block (about a quarter as many tokens).
+    pub block_bytes: usize,
+    /// Blocks indexed per prompt; the rest of a longer prompt is not.
+    pub max_blocks: usize,
+    /// Entries of the shared index (all pools); older prefixes are overwritten.
+    pub slots: u64,
+}
+
+impl Default for PrefixConfig {
+    fn default() -> Self {
+        Self {
+            block_bytes: 256,
+            max_blocks: 256,
+            slots: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PickerConfig {
+    pub pools: Vec<PoolConfig>,
+    #[serde(default = "scrape_interval")]
+    pub scrape_interval_ms: u64,
+    /// An engine report older than this is ignored (the gateway's own counts decide; with
+    /// no fresh report for any endpoint, Envoy's balancer does).
+    #[serde(default = "stale_after")]
+    pub stale_after_ms: u64,
+    #[serde(default)]
+    pub prefix: PrefixConfig,
+    #[serde(default)]
+    pub weights: Weights,
+}
+
+fn scrape_interval() -> u64 {
+    500
+}
+fn stale_after() -> u64 {
+    3_000
+}
+
+impl PickerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.scrape_interval_ms < 50 || self.stale_after_ms < self.scrape_interval_ms {
+            return Err(ConfigError::invalid(
+                "scrape_interval_ms must be at least 50 and stale_after_ms at least that",
+            ));
+        }
+        if self.prefix.block_bytes == 0 || self.prefix.slots == 0 {
+            return Err(ConfigError::invalid(
+                "prefix.block_bytes and prefix.slots must be at least 1",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for p in &self.pools {
+            if p.name.is_empty() || !names.insert(p.name.as_str()) {
+                return Err(ConfigError::invalid(format!(
+                    "pool names must be unique and non-empty: {:?}",
+                    p.name
+                )));
+            }
+            if p.endpoints.is_empty() || p.endpoints.len() > usize::from(u16::MAX) {
+                return Err(ConfigError::invalid(format!(
+                    "pool {:?} needs 1 to 65535 endpoints",
+                    p.name
+                )));
+            }
+            for e in &p.endpoints {
+                if e.address.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(ConfigError::invalid(format!(
+                        "pool {:?}: endpoint address {:?} is not IP:port (Envoy's override_host needs one)",
+                        p.name, e.address
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<PickerConfig, ConfigError> {
+        let c: PickerConfig = sluice_common::parse_config(json.as_bytes())?;
+        c.validate().map(|()| c)
+    }
+
+    #[test]
+    fn defaults_and_refusals() {
+        let c = parse(r#"{"pools": [{"name": "a", "engine": "vllm", "endpoints": [{"address": "127.0.0.1:9001"}]}]}"#).unwrap();
+        assert_eq!(
+            (c.scrape_interval_ms, c.stale_after_ms, c.prefix.block_bytes),
+            (500, 3000, 256)
+        );
+        assert_eq!(c.pool("a").unwrap().engine, Engine::Vllm);
+        for bad in [
+            r#"{"pools": [{"name": "a", "endpoints": []}]}"#,
+            r#"{"pools": [{"name": "a", "endpoints": [{"address": "gpu-1:8000"}]}]}"#,
+            r#"{"pools": [{"name": "a", "engine": "mystery", "endpoints": [{"address": "127.0.0.1:1"}]}]}"#,
+            r#"{"pools": [], "scrape_interval_ms": 10}"#,
+            r#"{"pools": [], "prefix": {"slots": 0}}"#,
+            r#"{"pools": [], "extra": 1}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

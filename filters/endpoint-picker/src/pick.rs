@@ -1,0 +1,214 @@
+//! Choosing the endpoint: load first, the prefix cache when it does not cost load.
+
+use crate::engine::EngineLoad;
+use serde::{Deserialize, Serialize};
+
+/// How the picker weighs what it knows. Defaults suit a pool of equal GPUs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Weights {
+    /// Cost of one request waiting in an engine's queue (a running one costs 1).
+    pub waiting: f64,
+    /// Cost of a full KV cache (scaled by the utilisation, 0 to 1).
+    pub kv_cache: f64,
+    /// What holding the whole prompt prefix in cache is worth, in requests of load; a
+    /// partial prefix is worth its share.
+    pub prefix: f64,
+    /// An endpoint with this many requests waiting (or a KV cache this full) is saturated:
+    /// its prefix no longer attracts requests.
+    pub saturated_waiting: f64,
+    pub saturated_kv_cache: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self {
+            waiting: 2.0,
+            kv_cache: 4.0,
+            prefix: 3.0,
+            saturated_waiting: 2.0,
+            saturated_kv_cache: 0.95,
+        }
+    }
+}
+
+/// What the picker knows of one endpoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Candidate {
+    /// The engine's last report, when it is fresh.
+    pub engine: Option<EngineLoad>,
+    /// Requests this gateway has in flight to it (all workers), known at once.
+    pub in_flight: u64,
+    /// Share of the prompt's indexed prefix it holds, 0 to 1.
+    pub prefix: f64,
+}
+
+/// Why an endpoint was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The least loaded.
+    Load,
+    /// Its prefix cache outweighed a lighter load elsewhere.
+    Prefix,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Load => "load",
+            Self::Prefix => "prefix",
+        }
+    }
+}
+
+/// The endpoints in the order to try them (best first; the rest are Envoy's retry
+/// order), and why the first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranking {
+    pub order: Vec<usize>,
+    pub reason: Reason,
+    /// The first endpoint's load and score, for the decision record.
+    pub load: f64,
+    pub score: f64,
+}
+
+impl Candidate {
+    /// Requests on the endpoint: the engine's count, or the gateway's own when that is
+    /// higher (the engine's report lags by up to a scrape interval).
+    pub fn load(&self, w: &Weights) -> f64 {
+        let engine = self.engine.as_ref().map_or(0.0, |e| {
+            e.running + w.waiting * e.waiting + w.kv_cache * e.kv_cache.unwrap_or(0.0)
+        });
+        engine.max(self.in_flight as f64)
+    }
+
+    pub fn saturated(&self, w: &Weights) -> bool {
+        self.engine.as_ref().is_some_and(|e| {
+            e.waiting >= w.saturated_waiting
+                || e.kv_cache.is_some_and(|k| k >= w.saturated_kv_cache)
+        })
+    }
+
+    fn score(&self, w: &Weights) -> f64 {
+        let bonus = if self.saturated(w) {
+            0.0
+        } else {
+            w.prefix * self.prefix.clamp(0.0, 1.0)
+        };
+        self.load(w) - bonus
+    }
+}
+
+/// Rank the endpoints. `tie` breaks ties between equal scores (a fresh random number per
+/// request, so equal endpoints share the load). `None` when there is nothing to rank.
+pub fn rank(candidates: &[Candidate], w: &Weights, tie: u64) -> Option<Ranking> {
+    let n = candidates.len();
+    if n == 0 {
+        return None;
+    }
+    let start = usize::try_from(tie % n as u64).unwrap_or(0);
+    let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+    let score = |i: usize| candidates.get(i).map_or(f64::MAX, |c| c.score(w));
+    // Stable: among equal scores the rotated order stands.
+    order.sort_by(|a, b| score(*a).total_cmp(&score(*b)));
+    let first = *order.first()?;
+    let chosen = candidates.get(first)?;
+    let least_load = candidates
+        .iter()
+        .map(|c| c.load(w))
+        .fold(f64::MAX, f64::min);
+    let reason = if chosen.load(w) > least_load {
+        Reason::Prefix
+    } else {
+        Reason::Load
+    };
+    Some(Ranking {
+        order,
+        reason,
+        load: chosen.load(w),
+        score: chosen.score(w),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(waiting: f64, running: f64, kv: f64) -> Option<EngineLoad> {
+        Some(EngineLoad {
+            waiting,
+            running,
+            kv_cache: Some(kv),
+            loras: Vec::new(),
+        })
+    }
+
+    fn c(waiting: f64, running: f64, prefix: f64) -> Candidate {
+        Candidate {
+            engine: engine(waiting, running, 0.1),
+            in_flight: 0,
+            prefix,
+        }
+    }
+
+    #[test]
+    fn the_least_loaded_endpoint_first_and_the_rest_in_order() {
+        let w = Weights::default();
+        let r = rank(
+            &[c(3.0, 4.0, 0.0), c(0.0, 1.0, 0.0), c(0.0, 3.0, 0.0)],
+            &w,
+            0,
+        )
+        .unwrap();
+        assert_eq!(r.order, [1, 2, 0]);
+        assert_eq!(r.reason, Reason::Load);
+    }
+
+    #[test]
+    fn a_prefix_wins_over_a_slightly_lighter_endpoint_but_not_over_saturation() {
+        let w = Weights::default();
+        // Endpoint 0 holds the conversation and runs one more request: the prefix wins.
+        let r = rank(&[c(0.0, 3.0, 1.0), c(0.0, 2.0, 0.0)], &w, 1).unwrap();
+        assert_eq!((r.order[0], r.reason), (0, Reason::Prefix));
+        // Saturated (a queue of 2): the prefix no longer attracts; the request spills.
+        let r = rank(&[c(2.0, 4.0, 1.0), c(0.0, 4.0, 0.0)], &w, 0).unwrap();
+        assert_eq!((r.order[0], r.reason), (1, Reason::Load));
+        // Far more loaded: load wins even without saturation.
+        let r = rank(&[c(1.0, 8.0, 1.0), c(0.0, 1.0, 0.0)], &w, 0).unwrap();
+        assert_eq!(r.order[0], 1);
+    }
+
+    #[test]
+    fn the_gateways_own_count_covers_a_lagging_engine_report() {
+        let w = Weights::default();
+        let stale_idle = Candidate {
+            engine: engine(0.0, 0.0, 0.0),
+            in_flight: 6,
+            prefix: 0.0,
+        };
+        let r = rank(&[stale_idle, c(0.0, 2.0, 0.0)], &w, 0).unwrap();
+        assert_eq!(r.order[0], 1);
+        // No engine report at all: the gateway's counts alone.
+        let blind = |n| Candidate {
+            engine: None,
+            in_flight: n,
+            prefix: 0.0,
+        };
+        assert_eq!(
+            rank(&[blind(3), blind(1), blind(2)], &w, 0).unwrap().order,
+            [1, 2, 0]
+        );
+    }
+
+    #[test]
+    fn equal_endpoints_share_by_the_tie_breaker() {
+        let w = Weights::default();
+        let all = [c(0.0, 1.0, 0.0), c(0.0, 1.0, 0.0), c(0.0, 1.0, 0.0)];
+        let firsts: Vec<usize> = (0..3)
+            .map(|t| rank(&all, &w, t).unwrap().order[0])
+            .collect();
+        assert_eq!(firsts, [0, 1, 2]);
+        assert_eq!(rank(&[], &w, 0), None);
+    }
+}

@@ -1,0 +1,235 @@
+//! endpoint-picker through real Envoy: two simulated engines in one pool (sluice-mock-llm's
+//! engine simulation: batch slots, a queue, vLLM's /metrics with a lag). A busy endpoint is
+//! avoided within a scrape interval and used again once it drains; a conversation stays on
+//! one endpoint; a client cannot choose the endpoint; a killed endpoint is retried.
+use serde_json::{json, Value};
+use sluice_e2e::{eventually, key_record, Stack, StackOptions};
+use sluice_key_auth::KeyAuthConfig;
+use std::time::Duration;
+
+const KEY: &str = "sk-sluice-e2e-picker-0123456789abcdefghij";
+const CHAT: &str = "/v1/chat/completions";
+
+/// One stack at a time: load measurements on two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn stack() -> (Stack, tokio::sync::MutexGuard<'static, ()>) {
+    let guard = SERIAL.lock().await;
+    let stack = Stack::start(StackOptions {
+        pools: vec!["pool-a"],
+        backends: 2,
+        pool_options: vec![("pool-a", json!({"engine": "vllm"}))],
+        mock_args: [
+            "--sim-slots",
+            "2",
+            "--sim-decode-us-per-token",
+            "2000",
+            "--sim-metrics-lag-ms",
+            "100",
+            "--reply-tokens",
+            "500",
+        ]
+        .map(String::from)
+        .to_vec(),
+        keys: KeyAuthConfig {
+            keys: vec![key_record("key_p", KEY, "team-p")],
+        },
+        vars: vec![(
+            "endpoint_picker".into(),
+            json!({"scrape_interval_ms": 200, "stale_after_ms": 2000}),
+        )],
+        ..StackOptions::default()
+    })
+    .await;
+    (stack, guard)
+}
+
+fn chat(system: &str, turns: &[&str], max_tokens: u64) -> Value {
+    let mut messages = vec![json!({"role": "system", "content": system})];
+    for (i, t) in turns.iter().enumerate() {
+        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        messages.push(json!({"role": role, "content": t}));
+    }
+    json!({"model": "mock-model", "max_tokens": max_tokens, "messages": messages})
+}
+
+/// POST through the gateway; the status and the backend that answered (`x-mock-pool`).
+async fn call(s: &Stack, body: &Value, extra: Option<(&str, &str)>) -> (u16, String) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}{CHAT}", s.gateway))
+        .header("authorization", format!("Bearer {KEY}"))
+        .json(body);
+    if let Some((k, v)) = extra {
+        req = req.header(k, v);
+    }
+    let r = req.send().await.unwrap();
+    let backend = r
+        .headers()
+        .get("x-mock-pool")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let status = r.status().as_u16();
+    let _ = r.bytes().await;
+    (status, backend)
+}
+
+/// Keep `backend` busy: `n` long requests straight to it (not through the gateway), so its
+/// queue grows as its engine reports it.
+fn occupy(url: &str, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            let url = format!("{url}{CHAT}");
+            tokio::spawn(async move {
+                let body = chat("busy", &[&format!("long job {i}")], 600);
+                let _ = reqwest::Client::new().post(url).json(&body).send().await;
+            })
+        })
+        .collect()
+}
+
+/// The engine's own report, as the picker reads it.
+async fn waiting(url: &str) -> f64 {
+    let page = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    page.lines()
+        .find(|l| l.starts_with("vllm:num_requests_waiting"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_busy_endpoint_is_avoided_and_used_again_once_it_drains() {
+    let (s, _guard) = stack().await;
+    let busy = s.pool("pool-a-0").url.clone();
+    let jobs = occupy(&busy, 8);
+    eventually(
+        "the engine to report its queue",
+        Duration::from_secs(10),
+        || {
+            let busy = busy.clone();
+            async move { (waiting(&busy).await >= 4.0).then_some(()) }
+        },
+    )
+    .await;
+    // One scrape interval (200 ms) and the engine's lag (100 ms), with room.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut served = Vec::new();
+    for i in 0..10 {
+        // A client naming the busy endpoint is not obeyed.
+        let extra = (i % 2 == 0).then_some(("x-sluice-endpoint", "127.0.0.1:1"));
+        let (status, backend) = call(&s, &chat("short", &[&format!("q{i}")], 1), extra).await;
+        assert_eq!(status, 200);
+        served.push(backend);
+    }
+    assert!(
+        served.iter().all(|b| b == "pool-a-1"),
+        "requests went to the busy endpoint: {served:?}"
+    );
+    for j in jobs {
+        j.await.unwrap();
+    }
+    // Drained: once its report says so, it gets requests again.
+    eventually(
+        "the drained endpoint to get requests",
+        Duration::from_secs(15),
+        || {
+            let s = &s;
+            async move {
+                let mut on_first = 0;
+                for i in 0..10 {
+                    let (_, b) = call(s, &chat("short", &[&format!("again {i}")], 1), None).await;
+                    on_first += usize::from(b == "pool-a-0");
+                }
+                (on_first > 0).then_some(())
+            }
+        },
+    )
+    .await;
+    // The decisions are in the access log, and the internal header never reached a backend.
+    let line = s
+        .access_log()
+        .into_iter()
+        .rev()
+        .find(|l| l["endpoint"].as_str().is_some_and(|e| !e.is_empty()))
+        .expect("a decision in the access log");
+    let decision: Value = serde_json::from_str(line["endpoint"].as_str().unwrap()).unwrap();
+    assert!(
+        ["load", "prefix"].contains(&decision["reason"].as_str().unwrap()),
+        "{decision}"
+    );
+    for m in s.backends("pool-a") {
+        for r in m.requests().await {
+            assert!(
+                sluice_e2e::recorded_header(&r, "x-sluice-endpoint").is_none(),
+                "x-sluice-endpoint reached {}",
+                m.name
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_conversation_stays_on_the_endpoint_that_holds_its_prefix() {
+    let (s, _guard) = stack().await;
+    let system = "You are the SQL assistant of the data team. Answer with one query and one \
+                  sentence of explanation. "
+        .repeat(8);
+    let mut turns: Vec<String> = vec!["How do I join orders and customers?".into()];
+    let mut homes = Vec::new();
+    for t in 0..6 {
+        let refs: Vec<&str> = turns.iter().map(String::as_str).collect();
+        let (status, backend) = call(&s, &chat(&system, &refs, 4), None).await;
+        assert_eq!(status, 200);
+        homes.push(backend);
+        turns.push(format!("Answer {t}: SELECT ... JOIN ..."));
+        turns.push(format!("And follow-up question number {t}?"));
+    }
+    assert!(
+        homes.iter().all(|h| *h == homes[0]),
+        "the conversation moved: {homes:?}"
+    );
+    let decisions = eventually(
+        "six decisions in the access log",
+        Duration::from_secs(5),
+        || {
+            let lines = s.access_log();
+            async move {
+                let d: Vec<Value> = lines
+                    .iter()
+                    .filter_map(|l| {
+                        l["endpoint"]
+                            .as_str()
+                            .and_then(|e| serde_json::from_str(e).ok())
+                    })
+                    .collect();
+                (d.len() >= 6).then_some(d)
+            }
+        },
+    )
+    .await;
+    let prefixed = decisions
+        .iter()
+        .filter(|d| d["prefix_blocks"].as_u64().unwrap_or(0) > 0)
+        .count();
+    assert!(
+        prefixed >= 5,
+        "turns 2..6 found their prefix: {decisions:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_endpoint_is_retried_on_the_next_one_with_no_client_error() {
+    let (mut s, _guard) = stack().await;
+    // Fresh reports of both endpoints, then one dies between scrapes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.kill("pool-a-0");
+    for i in 0..12 {
+        let (status, backend) = call(&s, &chat("short", &[&format!("k{i}")], 1), None).await;
+        assert_eq!((status, backend.as_str()), (200, "pool-a-1"), "request {i}");
+    }
+}
