@@ -233,3 +233,114 @@ async fn a_killed_endpoint_is_retried_on_the_next_one_with_no_client_error() {
         assert_eq!((status, backend.as_str()), (200, "pool-a-1"), "request {i}");
     }
 }
+
+/// Against the real engine: two llama-servers (`--metrics`), one kept busy by long
+/// generations sent straight to it. The picker reads llama.cpp's own gauges
+/// (`llamacpp:requests_processing`, `llamacpp:requests_deferred`) and the gateway's
+/// requests go to the other server.
+#[tokio::test]
+async fn real_engines_the_picker_reads_llama_cpp_and_avoids_the_busy_server() {
+    use sluice_e2e::engine::{Engine, Variant};
+    let _guard = SERIAL.lock().await;
+    let metrics = vec!["--metrics".to_string()];
+    let Some(engine) = Engine::start_with(Variant::Plain, 2, 2, 1024, "tiny-llama", &metrics).await
+    else {
+        return;
+    };
+    let s = Stack::start(StackOptions {
+        pools: vec!["pool-gpu"],
+        engines: vec![("pool-gpu", engine.ports.clone())],
+        pool_options: vec![(
+            "pool-gpu",
+            json!({"engine": "llamacpp", "max_concurrency": 2, "max_requests_per_connection": 1}),
+        )],
+        keys: KeyAuthConfig {
+            keys: vec![key_record("key_p", KEY, "team-p")],
+        },
+        vars: vec![
+            (
+                "model_router_config".into(),
+                json!({"models": {"tiny-llama": {"targets": [{"pool": "pool-gpu"}]}}}),
+            ),
+            (
+                "endpoint_picker".into(),
+                json!({"scrape_interval_ms": 200, "stale_after_ms": 2000}),
+            ),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    s.wait_all_healthy().await;
+    let (busy, free) = (engine.ports[0], engine.ports[1]);
+    let busy_url = format!("http://127.0.0.1:{busy}");
+    let jobs: Vec<_> = (0..6)
+        .map(|i| {
+            let url = format!("{busy_url}{CHAT}");
+            tokio::spawn(async move {
+                let body = json!({"model": "tiny-llama", "max_tokens": 900,
+                    "messages": [{"role": "user", "content": format!("write at length {i}")}]});
+                let _ = reqwest::Client::new().post(url).json(&body).send().await;
+            })
+        })
+        .collect();
+    eventually(
+        "llama-server to defer requests",
+        Duration::from_secs(20),
+        || {
+            let url = busy_url.clone();
+            async move {
+                let page = reqwest::get(format!("{url}/metrics"))
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                let deferred: f64 = page
+                    .lines()
+                    .find(|l| l.starts_with("llamacpp:requests_deferred"))?
+                    .rsplit(' ')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                (deferred >= 1.0).then_some(())
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let ids: Vec<String> = (0..8).map(|i| format!("picker-real-{i}")).collect();
+    for id in &ids {
+        let body = json!({"model": "tiny-llama", "max_tokens": 4,
+                          "messages": [{"role": "user", "content": id}]});
+        let r = reqwest::Client::new()
+            .post(format!("{}{CHAT}", s.gateway))
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("x-request-id", id)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await;
+    }
+    let hosts: Vec<String> = eventually("the access log", Duration::from_secs(5), || {
+        let lines = s.access_log();
+        let ids = ids.clone();
+        async move {
+            let hosts: Vec<String> = lines
+                .iter()
+                .filter(|l| ids.iter().any(|id| l["request_id"] == *id))
+                .map(|l| l["upstream_host"].as_str().unwrap_or_default().to_string())
+                .collect();
+            (hosts.len() == ids.len()).then_some(hosts)
+        }
+    })
+    .await;
+    assert!(
+        hosts.iter().all(|h| *h == format!("127.0.0.1:{free}")),
+        "requests reached the busy server {busy}: {hosts:?}"
+    );
+    for j in jobs {
+        j.abort();
+    }
+}
