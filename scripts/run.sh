@@ -67,20 +67,23 @@ if [ ! -s "$STATE/demo-key" ] || ! "$SLUICE" keys list | grep -q '^key_demo '; t
 fi
 DEMO_KEY=$(cat "$STATE/demo-key")
 
-# Two GPU pools of two mock backends each: pool-small (least_request, fails over to
+# Two GPU pools of two mock backends each: pool-small (a simulated vLLM engine per backend,
+# endpoint-picker placing each request by engine load and cached prefix; fails over to
 # pool-large) and pool-large (maglev on the affinity hash, bounded load). The aliases that
 # route to them are in envoy/filters/model-router.json.
 backend() { # name port
   target/release/sluice-mock-llm --listen "127.0.0.1:$2" --name "$1" \
-    --models mock-model >"$STATE/logs/$1.log" 2>&1 &
+    --models mock-model "${@:3}" >"$STATE/logs/$1.log" 2>&1 &
   pids+=($!)
 }
-backend pool-small-0 "$POOL_PORT"
-backend pool-small-1 $((POOL_PORT + 1))
+# A fast simulated engine: 16 sequences at once, 0.2 ms per output token.
+sim=(--sim-slots 16 --sim-decode-us-per-token 200 --sim-prefill-us-per-token 5)
+backend pool-small-0 "$POOL_PORT" "${sim[@]}"
+backend pool-small-1 $((POOL_PORT + 1)) "${sim[@]}"
 backend pool-large-0 $((POOL_PORT + 2))
 backend pool-large-1 $((POOL_PORT + 3))
 host() { echo "{\"host\":\"127.0.0.1\",\"port\":$1}"; }
-pools_json="[{\"name\":\"pool-small\",\"failover\":[\"pool-large\"],\"hosts\":[$(host "$POOL_PORT"),$(host $((POOL_PORT + 1)))]},\
+pools_json="[{\"name\":\"pool-small\",\"engine\":\"vllm\",\"failover\":[\"pool-large\"],\"hosts\":[$(host "$POOL_PORT"),$(host $((POOL_PORT + 1)))]},\
 {\"name\":\"pool-large\",\"lb\":\"maglev\",\"hosts\":[$(host $((POOL_PORT + 2))),$(host $((POOL_PORT + 3)))]}]"
 
 # sluice-ratelimit: global limits. In memory, or in Redis when SLUICE_REDIS is set
@@ -120,7 +123,8 @@ cat <<MSG
   Sluice is up.
     gateway      http://127.0.0.1:$PORT/v1
     Envoy admin  http://127.0.0.1:$ADMIN_PORT   (metrics: /stats/prometheus)
-    GPU pools    pool-small: 127.0.0.1:$POOL_PORT, :$((POOL_PORT + 1))   pool-large: :$((POOL_PORT + 2)), :$((POOL_PORT + 3))  (mock backends)
+    GPU pools    pool-small: 127.0.0.1:$POOL_PORT, :$((POOL_PORT + 1)) (simulated vLLM, endpoint-picker)
+                 pool-large: :$((POOL_PORT + 2)), :$((POOL_PORT + 3)) (mock backends, maglev)
     models       llama-3.1-8b (pool-small), qwen-2.5-72b (pool-large, 5% canary), auto, mock-model
     ratelimit    127.0.0.1:$RATELIMIT_PORT (gRPC, storage: ${SLUICE_REDIS:-memory})
     state, logs  $STATE   (access log: $STATE/access.log)

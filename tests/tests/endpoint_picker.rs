@@ -150,6 +150,20 @@ async fn a_busy_endpoint_is_avoided_and_used_again_once_it_drains() {
         },
     )
     .await;
+    // Per endpoint in Prometheus: the engine's gauges and the picks.
+    let prom = s.prometheus().await;
+    for series in [
+        "sluice_endpoint_engine_waiting{",
+        "sluice_endpoint_in_flight{",
+        "sluice_endpoint_picks{",
+    ] {
+        assert!(
+            prom.lines().any(|l| l.starts_with(series)
+                && l.contains("pool=\"pool-a\"")
+                && l.contains("endpoint=\"127_0_0_1_")),
+            "no {series}..pool, endpoint..}} in\n{prom}"
+        );
+    }
     // The decisions are in the access log, and the internal header never reached a backend.
     let line = s
         .access_log()
