@@ -1,0 +1,346 @@
+//! The routing benchmark (`scripts/bench-routing.sh`): one pool of four simulated engines
+//! (sluice-mock-llm's engine simulation), the whole Sluice chain in real Envoy, and a
+//! workload of multi-turn chats from eight tenants with long system prompts, arriving
+//! open-loop (Poisson) at 50%, 80% and 100% of the pool's capacity. For each balancing mode —
+//! round robin, least_request, maglev on a prefix hash, endpoint-picker — it reports time to
+//! first token p50/p99, end-to-end latency p50, completed requests per second, the engines'
+//! prefix-cache hit rate, prompt tokens they had to prefill, and their mean queue.
+//!
+//! Environment: BENCH_ROUTING_SECONDS (arrivals per cell, default 15), BENCH_ROUTING_LOADS
+//! (default "0.5,0.8,1.0"), BENCH_ROUTING_MODES (default all four).
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use sluice_e2e::{key_record, Stack, StackOptions};
+use sluice_key_auth::KeyAuthConfig;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "sk-sluice-bench-routing-0123456789abcdef";
+const ENDPOINTS: usize = 4;
+const SLOTS: u64 = 4;
+const PREFILL_US: u64 = 100;
+const DECODE_US: u64 = 4_000;
+const SLOWDOWN_PCT: u64 = 10;
+const TENANTS: usize = 8;
+const SYSTEM_BYTES: usize = 2_400;
+const MAX_TURNS: usize = 6;
+
+/// A small deterministic generator (the workload is the same for every mode).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = sluice_common::hash::xorshift64(self.0);
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+const WORDS: [&str; 16] = [
+    "table", "query", "join", "index", "latency", "replica", "tenant", "budget", "schema",
+    "vector", "cache", "shard", "region", "stream", "window", "token",
+];
+
+fn sentence(rng: &mut Rng, words: usize) -> String {
+    (0..words)
+        .map(|_| WORDS[(rng.next() % WORDS.len() as u64) as usize])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One request of the workload: when it arrives (seconds from the start), its messages and
+/// its output length.
+struct Arrival {
+    at: f64,
+    messages: Vec<Value>,
+    max_tokens: u64,
+}
+
+/// Arrivals at `rate` per second for `seconds`: a tenant at random; 60% continue one of the
+/// tenant's open conversations (its history plus a new question), the rest start one.
+fn workload(rate: f64, seconds: f64, seed: u64) -> Vec<Arrival> {
+    let mut rng = Rng(seed | 1);
+    let systems: Vec<String> = (0..TENANTS)
+        .map(|t| {
+            let mut s = format!("You are the assistant of tenant {t}. Rules: ");
+            while s.len() < SYSTEM_BYTES {
+                s.push_str(&sentence(&mut rng, 12));
+                s.push_str(". ");
+            }
+            s
+        })
+        .collect();
+    let mut open: Vec<Vec<Vec<Value>>> = vec![Vec::new(); TENANTS];
+    let mut out = Vec::new();
+    let mut t = 0.0;
+    loop {
+        t += -rng.unit().max(1e-9).ln() / rate;
+        if t >= seconds {
+            return out;
+        }
+        let tenant = (rng.next() % TENANTS as u64) as usize;
+        let conversations = &mut open[tenant];
+        let continue_one = !conversations.is_empty() && rng.unit() < 0.6;
+        let messages = if continue_one {
+            let i = (rng.next() % conversations.len() as u64) as usize;
+            let c = &mut conversations[i];
+            c.push(json!({"role": "assistant", "content": sentence(&mut rng, 40)}));
+            c.push(json!({"role": "user", "content": sentence(&mut rng, 20)}));
+            let m = c.clone();
+            if c.len() >= 1 + 2 * MAX_TURNS {
+                conversations.remove(i);
+            }
+            m
+        } else {
+            let c = vec![
+                json!({"role": "system", "content": systems[tenant]}),
+                json!({"role": "user", "content": sentence(&mut rng, 20)}),
+            ];
+            conversations.push(c.clone());
+            c
+        };
+        out.push(Arrival {
+            at: t,
+            messages,
+            max_tokens: rng.range(16, 64),
+        });
+    }
+}
+
+/// The pool's capacity in requests per second with no prefix cache: each endpoint runs
+/// SLOTS sequences, each costing a full prefill and its decode at a full batch.
+fn capacity(arrivals: &[Arrival]) -> f64 {
+    let n = arrivals.len().max(1) as f64;
+    let prompt_tokens: f64 = arrivals
+        .iter()
+        .map(|a| a.messages.iter().map(|m| m["content"].as_str().unwrap_or("").len()).sum::<usize>() as f64 / 4.0)
+        .sum::<f64>()
+        / n;
+    let output: f64 = arrivals.iter().map(|a| a.max_tokens as f64).sum::<f64>() / n;
+    let per_token = DECODE_US as f64 * (1.0 + SLOWDOWN_PCT as f64 / 100.0 * (SLOTS - 1) as f64);
+    let service_s = (prompt_tokens * PREFILL_US as f64 + output * per_token) / 1e6;
+    ENDPOINTS as f64 * SLOTS as f64 / service_s
+}
+
+#[derive(Default, Clone, Copy)]
+struct Outcome {
+    ttft: f64,
+    total: f64,
+    ok: bool,
+}
+
+async fn send(client: reqwest::Client, url: String, a: &Arrival) -> Outcome {
+    let body = json!({"model": "mock-model", "stream": true, "max_tokens": a.max_tokens,
+                      "messages": a.messages});
+    let start = Instant::now();
+    let Ok(r) = client
+        .post(url)
+        .header("authorization", format!("Bearer {KEY}"))
+        .json(&body)
+        .send()
+        .await
+    else {
+        return Outcome::default();
+    };
+    if !r.status().is_success() {
+        return Outcome::default();
+    }
+    let mut stream = r.bytes_stream();
+    let mut ttft = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) if !c.is_empty() && ttft.is_none() => ttft = Some(start.elapsed().as_secs_f64()),
+            Ok(_) => {}
+            Err(_) => return Outcome::default(),
+        }
+    }
+    Outcome {
+        ttft: ttft.unwrap_or(0.0),
+        total: start.elapsed().as_secs_f64(),
+        ok: ttft.is_some(),
+    }
+}
+
+/// A counter or gauge from an engine's /metrics page.
+async fn metric(url: &str, name: &str) -> f64 {
+    let Ok(r) = reqwest::get(format!("{url}/metrics")).await else {
+        return 0.0;
+    };
+    let page = r.text().await.unwrap_or_default();
+    page.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let i = ((values.len() - 1) as f64 * p).round() as usize;
+    values[i]
+}
+
+async fn stack(mode: &str) -> Stack {
+    let (pool_options, router) = match mode {
+        "round_robin" => (json!({"lb": "round_robin"}), json!({})),
+        "least_request" => (json!({}), json!({})),
+        "maglev_prefix" => (
+            json!({"lb": "maglev"}),
+            json!({"affinity": {"from": ["prefix"], "prefix_bytes": 1024}}),
+        ),
+        _ => (json!({"engine": "vllm"}), json!({})),
+    };
+    let mut router_config = json!({"models": {"*": {"targets": [{"pool": "pool-gpu"}]}}});
+    if let Some(a) = router.get("affinity") {
+        router_config["affinity"] = a.clone();
+    }
+    let sim = [
+        "--sim-slots".to_string(),
+        SLOTS.to_string(),
+        "--sim-prefill-us-per-token".into(),
+        PREFILL_US.to_string(),
+        "--sim-decode-us-per-token".into(),
+        DECODE_US.to_string(),
+        "--sim-batch-slowdown-pct".into(),
+        SLOWDOWN_PCT.to_string(),
+        "--sim-cache-blocks".into(),
+        "2048".into(),
+        "--sim-metrics-lag-ms".into(),
+        "250".into(),
+        "--reply-tokens".into(),
+        "1000".into(),
+    ];
+    let s = Stack::start(StackOptions {
+        pools: vec!["pool-gpu"],
+        backends: ENDPOINTS,
+        pool_options: vec![("pool-gpu", pool_options)],
+        mock_args: sim.to_vec(),
+        keys: KeyAuthConfig {
+            keys: vec![key_record("key_bench", KEY, "bench")],
+        },
+        vars: vec![
+            ("model_router_config".into(), router_config),
+            ("max_request_bytes".into(), json!(4 * 1024 * 1024)),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    s.wait_all_healthy().await;
+    s
+}
+
+#[tokio::main]
+async fn main() {
+    let seconds: f64 = std::env::var("BENCH_ROUTING_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15.0);
+    let loads: Vec<f64> = std::env::var("BENCH_ROUTING_LOADS")
+        .unwrap_or_else(|_| "0.5,0.8,1.0".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let modes_env = std::env::var("BENCH_ROUTING_MODES")
+        .unwrap_or_else(|_| "round_robin,least_request,maglev_prefix,picker".into());
+    let modes: Vec<&str> = modes_env.split(',').map(str::trim).collect();
+    // The capacity from a workload at a nominal rate (its mix, not its length, matters).
+    let cap = capacity(&workload(10.0, 60.0, 7));
+    println!(
+        "pool: {ENDPOINTS} simulated engines x {SLOTS} slots, prefill {PREFILL_US} us/token, decode {DECODE_US} us/token (+{SLOWDOWN_PCT}%/running); capacity without prefix cache ~{cap:.1} req/s; {seconds} s of arrivals per cell"
+    );
+    println!("| load | mode | sent | ok/s | TTFT p50 | TTFT p99 | e2e p50 | prefix hit | prefilled tokens | mean queue |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for load in &loads {
+        let arrivals = Arc::new(workload(cap * load, seconds, 42));
+        for mode in &modes {
+            let s = stack(mode).await;
+            let url = format!("{}/v1/chat/completions", s.gateway);
+            let engines: Vec<String> = s.backends("pool-gpu").iter().map(|m| m.url.clone()).collect();
+            let mut before = (0.0, 0.0, 0.0);
+            for e in &engines {
+                before.0 += metric(e, "vllm:prompt_tokens_total").await;
+                before.1 += metric(e, "vllm:prefix_cache_hits_total").await;
+                before.2 += metric(e, "vllm:prefix_cache_queries_total").await;
+            }
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()
+                .unwrap();
+            let outcomes = Arc::new(Mutex::new(Vec::new()));
+            let start = Instant::now();
+            // Sample the engines' queues while the load runs.
+            let sampling = {
+                let engines = engines.clone();
+                tokio::spawn(async move {
+                    let mut sum = 0.0;
+                    let mut n: f64 = 0.0;
+                    while start.elapsed().as_secs_f64() < seconds {
+                        for e in &engines {
+                            sum += metric(e, "vllm:num_requests_waiting").await;
+                        }
+                        n += 1.0;
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    sum / n.max(1.0)
+                })
+            };
+            let mut tasks = Vec::with_capacity(arrivals.len());
+            for i in 0..arrivals.len() {
+                let at = Duration::from_secs_f64(arrivals[i].at);
+                let wait = at.saturating_sub(start.elapsed());
+                tokio::time::sleep(wait).await;
+                let (client, url, arrivals, outcomes) =
+                    (client.clone(), url.clone(), arrivals.clone(), outcomes.clone());
+                tasks.push(tokio::spawn(async move {
+                    let o = send(client, url, &arrivals[i]).await;
+                    outcomes.lock().unwrap().push(o);
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+            let elapsed = start.elapsed().as_secs_f64();
+            let queue = sampling.await.unwrap_or(f64::NAN);
+            let mut after = (0.0, 0.0, 0.0);
+            // Let the lagging gauges catch up before reading the counters.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for e in &engines {
+                after.0 += metric(e, "vllm:prompt_tokens_total").await;
+                after.1 += metric(e, "vllm:prefix_cache_hits_total").await;
+                after.2 += metric(e, "vllm:prefix_cache_queries_total").await;
+            }
+            let done = outcomes.lock().unwrap().clone();
+            let ok: Vec<&Outcome> = done.iter().filter(|o| o.ok).collect();
+            let mut ttft: Vec<f64> = ok.iter().map(|o| o.ttft * 1000.0).collect();
+            let mut total: Vec<f64> = ok.iter().map(|o| o.total * 1000.0).collect();
+            let queries = after.2 - before.2;
+            let hit = if queries > 0.0 {
+                (after.1 - before.1) / queries
+            } else {
+                0.0
+            };
+            println!(
+                "| {:.0}% | {mode} | {} | {:.1} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0}% | {:.0} | {:.1} |",
+                load * 100.0,
+                arrivals.len(),
+                ok.len() as f64 / elapsed,
+                percentile(&mut ttft, 0.5),
+                percentile(&mut ttft, 0.99),
+                percentile(&mut total, 0.5),
+                hit * 100.0,
+                after.0 - before.0,
+                queue,
+            );
+            drop(s);
+        }
+    }
+}
