@@ -38,7 +38,7 @@ wait_file "$work/mock.port"
 MOCK_PORT=$(cat "$work/mock.port")
 
 # One key for the chain.
-mkdir -p "$work/chain/ecds" "$work/bare/ecds" "$work/nopii/ecds" "$work/norouter/ecds"
+mkdir -p "$work/chain/ecds" "$work/bare/ecds" "$work/nopii/ecds" "$work/norouter/ecds" "$work/picker/ecds"
 "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$work/chain/ecds/key-auth.json" \
   -s "wasm_dir=$ROOT/target/wasm" -s 'key_auth_config={"keys":[]}'
 KEY=$(SLUICE_KEY_FILE="$work/chain/ecds/key-auth.json" "$SLUICE" keys create --tenant bench 2>/dev/null)
@@ -59,6 +59,7 @@ mkdir -p "$work/global/ecds"
 cp "$work/chain/ecds/key-auth.json" "$work/global/ecds/key-auth.json"
 cp "$work/chain/ecds/key-auth.json" "$work/nopii/ecds/key-auth.json"
 cp "$work/chain/ecds/key-auth.json" "$work/norouter/ecds/key-auth.json"
+cp "$work/chain/ecds/key-auth.json" "$work/picker/ecds/key-auth.json"
 
 # The router maps the benchmark's model to pool-a under another upstream name, so every
 # request is routed and its body rewritten (the router's full per-request work).
@@ -85,12 +86,15 @@ start_envoy chain true
 start_envoy nopii true -s 'pii_config={"scan_requests":false,"scan_responses":false}'
 # The chain without model-router: isolates the router's cost.
 start_envoy norouter true -s model_router=false
+# The chain with endpoint-picker on the pool (engine "vllm": the mock's /metrics is scraped).
+start_envoy picker true -s "pools=[{\"name\":\"pool-a\",\"engine\":\"vllm\",\"host\":\"127.0.0.1\",\"port\":$MOCK_PORT}]"
 start_envoy global true -s "ratelimit_port=$RL_PORT" \
   -s 'rate_limit_config={"key_tier":"global","global":{"cluster":"sluice_ratelimit","timeout_ms":50,"failure_mode":"deny"}}'
 BARE_PORT=$PORT_bare
 NOPII_PORT=$PORT_nopii
 NOROUTER_PORT=$PORT_norouter
 CHAIN_PORT=$PORT_chain
+PICKER_PORT=$PORT_picker
 GLOBAL_PORT=$PORT_global
 
 # A ~2 KB chat body.
@@ -111,7 +115,7 @@ wrk.headers["authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
 LUA
 
 # Sanity: each target answers 200 before it is measured.
-for p in "$MOCK_PORT" "$BARE_PORT" "$NOPII_PORT" "$NOROUTER_PORT" "$CHAIN_PORT" "$GLOBAL_PORT"; do
+for p in "$MOCK_PORT" "$BARE_PORT" "$NOPII_PORT" "$NOROUTER_PORT" "$CHAIN_PORT" "$PICKER_PORT" "$GLOBAL_PORT"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/v1/chat/completions" \
     -H "authorization: Bearer $KEY" -H 'content-type: application/json' --data @"$work/body.json" || true)
   [ "$code" = 200 ] || { echo "bench: port $p answered $code"; tail -n 20 "$work"/*/envoy.log; exit 1; }
@@ -169,7 +173,7 @@ PY
 # the three Envoys are measured in turn, 5 rounds of 4 s, and the medians of the rounds'
 # p50s compared.
 for round in 1 2 3 4 5; do
-  for t in norouter:$NOROUTER_PORT nopii:$NOPII_PORT chain:$CHAIN_PORT; do
+  for t in norouter:$NOROUTER_PORT nopii:$NOPII_PORT chain:$CHAIN_PORT picker:$PICKER_PORT; do
     BENCH_KEY=$KEY wrk -t1 -c1 -d4s --latency -s "$work/post.lua" \
       "http://127.0.0.1:${t#*:}/v1/chat/completions" >"$work/iso-${t%%:*}-$round.wrk"
   done
@@ -180,11 +184,12 @@ work = sys.argv[1]
 def p50(path):
     v, unit = re.match(r"([\d.]+)(us|ms|s)", re.search(r"\s50%\s+(\S+)", open(path).read()).group(1)).groups()
     return float(v) * {"us": 1, "ms": 1000, "s": 1e6}[unit]
-med = {t: statistics.median(p50(f"{work}/iso-{t}-{r}.wrk") for r in range(1, 6)) for t in ("norouter", "nopii", "chain")}
+med = {t: statistics.median(p50(f"{work}/iso-{t}-{r}.wrk") for r in range(1, 6)) for t in ("norouter", "nopii", "chain", "picker")}
 print(f"interleaved, 5 x 4 s, median p50: chain {med['chain']:.0f} us, without model-router {med['norouter']:.0f} us, "
       f"pii-redaction scanning nothing {med['nopii']:.0f} us")
 print(f"model-router (alias + body rewrite, 2 KB): +{med['chain'] - med['norouter']:.0f} us p50; "
       f"pii-redaction (every entity, 2 KB prompt + JSON reply): +{med['chain'] - med['nopii']:.0f} us p50")
+print(f"endpoint-picker (scrape, score, prefix index, 2 KB): +{med['picker'] - med['chain']:.0f} us p50")
 PY
 
 # ---- Tokenizer: inside Envoy, in V8 outside Envoy, and natively against tiktoken-rs ----
@@ -249,6 +254,17 @@ read -r off_ms on_ms < <(paired_ms "$NOPII_PORT" "$CHAIN_PORT" "$work/pii.json")
 echo
 echo "pii-redaction in Envoy: $(stat -c %s "$work/pii.json")-byte prompt (every entity redacted):" \
   "off ${off_ms} ms, on ${on_ms} ms -> +$(awk -v a="$off_ms" -v b="$on_ms" 'BEGIN { printf "%.2f", b - a }') ms"
+# endpoint-picker on a 200 KB prompt (its prompt read and prefix index are linear in size).
+.venv/bin/python - "$work/picker.json" <<'PY'
+import json, sys
+text = ("You are a helpful assistant for a GPU inference platform. " * 4000)[:200_000]
+json.dump({"model": "mock-model", "max_tokens": 1,
+           "messages": [{"role": "user", "content": text}]}, open(sys.argv[1], "w"))
+PY
+paired_ms "$CHAIN_PORT" "$PICKER_PORT" "$work/picker.json" >/dev/null   # warm up
+read -r off_ms on_ms < <(paired_ms "$CHAIN_PORT" "$PICKER_PORT" "$work/picker.json")
+echo "endpoint-picker in Envoy: $(stat -c %s "$work/picker.json")-byte prompt:" \
+  "without ${off_ms} ms, with ${on_ms} ms -> +$(awk -v a="$off_ms" -v b="$on_ms" 'BEGIN { printf "%.2f", b - a }') ms"
 cargo build --quiet --profile wasm-release -p sluice-pii-redaction --no-default-features \
   --example throughput --target wasm32-wasip1
 echo "pii-redaction in V8 (Node WASI): $(node --no-warnings scripts/lib/wasi-run.mjs \
@@ -273,7 +289,7 @@ SOLO_PORT=$(free_port)
 taskset -c 0 target/release/sluice-ratelimit --listen "127.0.0.1:$SOLO_PORT" \
   --redis "redis://127.0.0.1:$REDIS_PORT" >"$work/ratelimit-solo.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$SOLO_PORT") 2>/dev/null && break; sleep 0.1; done
+wait_until 10 port_busy "$SOLO_PORT" || true
 for c in 16 256; do
   echo "sluice-ratelimit + Redis, service pinned to 1 core, $c concurrent calls:" \
     "$(taskset -c 1 target/release/examples/load "http://127.0.0.1:$SOLO_PORT" 5 "$c")"

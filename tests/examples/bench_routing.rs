@@ -119,7 +119,13 @@ fn capacity(arrivals: &[Arrival]) -> f64 {
     let n = arrivals.len().max(1) as f64;
     let prompt_tokens: f64 = arrivals
         .iter()
-        .map(|a| a.messages.iter().map(|m| m["content"].as_str().unwrap_or("").len()).sum::<usize>() as f64 / 4.0)
+        .map(|a| {
+            a.messages
+                .iter()
+                .map(|m| m["content"].as_str().unwrap_or("").len())
+                .sum::<usize>() as f64
+                / 4.0
+        })
         .sum::<f64>()
         / n;
     let output: f64 = arrivals.iter().map(|a| a.max_tokens as f64).sum::<f64>() / n;
@@ -264,7 +270,11 @@ async fn main() {
         for mode in &modes {
             let s = stack(mode).await;
             let url = format!("{}/v1/chat/completions", s.gateway);
-            let engines: Vec<String> = s.backends("pool-gpu").iter().map(|m| m.url.clone()).collect();
+            let engines: Vec<String> = s
+                .backends("pool-gpu")
+                .iter()
+                .map(|m| m.url.clone())
+                .collect();
             let mut before = (0.0, 0.0, 0.0);
             for e in &engines {
                 before.0 += metric(e, "vllm:prompt_tokens_total").await;
@@ -298,8 +308,12 @@ async fn main() {
                 let at = Duration::from_secs_f64(arrivals[i].at);
                 let wait = at.saturating_sub(start.elapsed());
                 tokio::time::sleep(wait).await;
-                let (client, url, arrivals, outcomes) =
-                    (client.clone(), url.clone(), arrivals.clone(), outcomes.clone());
+                let (client, url, arrivals, outcomes) = (
+                    client.clone(),
+                    url.clone(),
+                    arrivals.clone(),
+                    outcomes.clone(),
+                );
                 tasks.push(tokio::spawn(async move {
                     let o = send(client, url, &arrivals[i]).await;
                     outcomes.lock().unwrap().push(o);

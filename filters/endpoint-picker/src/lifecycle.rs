@@ -243,14 +243,18 @@ impl PickedRequest {
         let pc = &picker.config.prefix;
         let keys = prefix::block_keys(texts, pc.block_bytes, pc.max_blocks);
         let held = prefix::longest_prefix(&*host, &pool.name, &keys, pc.slots);
+        // The upstream model name: a LoRA adapter's name when the request is for one.
+        let model = text_property(&*host, properties::MODEL).unwrap_or_default();
         let mut fresh = false;
         let candidates: Vec<Candidate> = pool
             .endpoints
             .iter()
             .enumerate()
             .map(|(i, e)| {
+                let mut lora_loaded = false;
                 let engine = picker.report(&*host, &e.address, now).map(|r| {
                     fresh = true;
+                    lora_loaded = !model.is_empty() && r.loras.iter().any(|l| *l == model);
                     EngineLoad {
                         waiting: r.waiting,
                         running: r.running,
@@ -268,6 +272,7 @@ impl PickedRequest {
                     engine,
                     in_flight: shared_counter(&*host, &in_flight_key(&e.address)),
                     prefix,
+                    lora_loaded,
                 }
             })
             .collect();

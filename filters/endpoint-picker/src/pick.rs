@@ -14,6 +14,9 @@ pub struct Weights {
     /// What holding the whole prompt prefix in cache is worth, in requests of load; a
     /// partial prefix is worth its share.
     pub prefix: f64,
+    /// What having the requested LoRA adapter already loaded is worth, in requests of load
+    /// (an engine that must load it first makes the request wait).
+    pub lora: f64,
     /// An endpoint with this many requests waiting (or a KV cache this full) is saturated:
     /// its prefix no longer attracts requests.
     pub saturated_waiting: f64,
@@ -26,6 +29,7 @@ impl Default for Weights {
             waiting: 2.0,
             kv_cache: 4.0,
             prefix: 3.0,
+            lora: 2.0,
             saturated_waiting: 2.0,
             saturated_kv_cache: 0.95,
         }
@@ -41,6 +45,8 @@ pub struct Candidate {
     pub in_flight: u64,
     /// Share of the prompt's indexed prefix it holds, 0 to 1.
     pub prefix: f64,
+    /// The requested model is a LoRA adapter this endpoint has loaded.
+    pub lora_loaded: bool,
 }
 
 /// Why an endpoint was chosen.
@@ -51,6 +57,8 @@ pub enum Reason {
     Load,
     /// Its prefix cache outweighed a lighter load elsewhere.
     Prefix,
+    /// Its loaded LoRA adapter outweighed a lighter load elsewhere.
+    Lora,
 }
 
 impl Reason {
@@ -58,6 +66,7 @@ impl Reason {
         match self {
             Self::Load => "load",
             Self::Prefix => "prefix",
+            Self::Lora => "lora",
         }
     }
 }
@@ -91,12 +100,13 @@ impl Candidate {
     }
 
     fn score(&self, w: &Weights) -> f64 {
-        let bonus = if self.saturated(w) {
+        let lora = if self.lora_loaded { w.lora } else { 0.0 };
+        let prefix = if self.saturated(w) {
             0.0
         } else {
             w.prefix * self.prefix.clamp(0.0, 1.0)
         };
-        self.load(w) - bonus
+        self.load(w) - prefix - lora
     }
 }
 
@@ -118,10 +128,12 @@ pub fn rank(candidates: &[Candidate], w: &Weights, tie: u64) -> Option<Ranking> 
         .iter()
         .map(|c| c.load(w))
         .fold(f64::MAX, f64::min);
-    let reason = if chosen.load(w) > least_load {
-        Reason::Prefix
-    } else {
+    let reason = if chosen.load(w) <= least_load {
         Reason::Load
+    } else if chosen.lora_loaded && chosen.prefix == 0.0 {
+        Reason::Lora
+    } else {
+        Reason::Prefix
     };
     Some(Ranking {
         order,
@@ -149,6 +161,7 @@ mod tests {
             engine: engine(waiting, running, 0.1),
             in_flight: 0,
             prefix,
+            lora_loaded: false,
         }
     }
 
@@ -185,19 +198,37 @@ mod tests {
         let stale_idle = Candidate {
             engine: engine(0.0, 0.0, 0.0),
             in_flight: 6,
-            prefix: 0.0,
+            ..Candidate::default()
         };
         let r = rank(&[stale_idle, c(0.0, 2.0, 0.0)], &w, 0).unwrap();
         assert_eq!(r.order[0], 1);
         // No engine report at all: the gateway's counts alone.
         let blind = |n| Candidate {
-            engine: None,
             in_flight: n,
-            prefix: 0.0,
+            ..Candidate::default()
         };
         assert_eq!(
             rank(&[blind(3), blind(1), blind(2)], &w, 0).unwrap().order,
             [1, 2, 0]
+        );
+    }
+
+    #[test]
+    fn an_endpoint_with_the_adapter_loaded_is_preferred_within_reason() {
+        let w = Weights::default();
+        let with_lora = Candidate {
+            lora_loaded: true,
+            ..c(0.0, 2.0, 0.0)
+        };
+        let r = rank(&[c(0.0, 1.0, 0.0), with_lora.clone()], &w, 0).unwrap();
+        assert_eq!((r.order[0], r.reason), (1, Reason::Lora));
+        let busy_lora = Candidate {
+            lora_loaded: true,
+            ..c(1.0, 6.0, 0.0)
+        };
+        assert_eq!(
+            rank(&[c(0.0, 1.0, 0.0), busy_lora], &w, 0).unwrap().order[0],
+            0
         );
     }
 

@@ -191,3 +191,32 @@ fn a_request_to_another_pool_passes_untouched() {
     );
     assert!(host.calls().is_empty());
 }
+
+#[test]
+fn a_request_for_a_lora_adapter_goes_where_it_is_loaded() {
+    let mut host = MockHost::new();
+    let p = picker(&mut host, "vllm");
+    report(&host, A, 0.0, 1.0);
+    let with_adapter = Report {
+        waiting: 0.0,
+        running: 2.0,
+        kv: Some(0.1),
+        loras: vec!["sql-lora".into()],
+        at_ms: host.now_ms,
+    };
+    let _ = host.set_shared_data(
+        &report_key(B),
+        &serde_json::to_vec(&with_adapter).unwrap(),
+        None,
+    );
+    let size = chat(&mut host, json!([{"role": "user", "content": "hi"}]));
+    host.set_text_property("sluice_model", "sql-lora");
+    let mut req = p.new_request();
+    req.on_request_headers(&mut host, false);
+    req.on_request_body(&mut host, size, true);
+    assert!(host
+        .header(Side::Request, properties::ENDPOINT_HEADER)
+        .unwrap()
+        .starts_with(B));
+    assert_eq!(decision(&host)["reason"], "lora");
+}
