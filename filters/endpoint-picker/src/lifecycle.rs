@@ -254,7 +254,7 @@ impl PickedRequest {
                 let mut lora_loaded = false;
                 let engine = picker.report(&*host, &e.address, now).map(|r| {
                     fresh = true;
-                    lora_loaded = !model.is_empty() && r.loras.iter().any(|l| *l == model);
+                    lora_loaded = !model.is_empty() && r.loras.contains(&model);
                     EngineLoad {
                         waiting: r.waiting,
                         running: r.running,
