@@ -93,7 +93,7 @@ fn workload(rate: f64, seconds: f64, seed: u64) -> Vec<Arrival> {
             c.push(json!({"role": "assistant", "content": sentence(&mut rng, 40)}));
             c.push(json!({"role": "user", "content": sentence(&mut rng, 20)}));
             let m = c.clone();
-            if c.len() >= 1 + 2 * MAX_TURNS {
+            if c.len() > 2 * MAX_TURNS {
                 conversations.remove(i);
             }
             m
