@@ -2,9 +2,10 @@
 //! exported by a live stack after real traffic; tracing headers pass through and the access
 //! log carries the request id.
 use serde_json::{json, Value};
-use sluice_e2e::{key_record, recorded_header, repo_root, Stack, StackOptions};
+use sluice_e2e::{eventually, key_record, recorded_header, repo_root, Stack, StackOptions};
 use sluice_key_auth::KeyAuthConfig;
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 const KEY: &str = "sk-sluice-e2e-observability-0123456789ab";
 const LIMITED: &str = "sk-sluice-e2e-observability-limited-0123";
@@ -103,7 +104,17 @@ async fn every_dashboard_metric_is_exported_by_a_live_stack() {
         keys: KeyAuthConfig {
             keys: vec![key_record("key_obs", KEY, "team-obs"), limited],
         },
+        // An engine pool: endpoint-picker's gauges (the mock serves vLLM's /metrics).
+        pool_options: vec![("pool-a", json!({"engine": "vllm"}))],
         ..StackOptions::default()
+    })
+    .await;
+    // The picker's first scrape.
+    eventually("an engine report", Duration::from_secs(10), || async {
+        s.prometheus()
+            .await
+            .contains("sluice_endpoint_engine_waiting{")
+            .then_some(())
     })
     .await;
     // Traffic of every kind the dashboard shows: JSON and streamed chats, PII, a 429.
