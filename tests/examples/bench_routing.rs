@@ -173,17 +173,9 @@ async fn send(client: reqwest::Client, url: String, a: &Arrival) -> Outcome {
     }
 }
 
-/// A counter or gauge from an engine's /metrics page.
+/// A counter or gauge from an engine's /metrics page (0 when absent).
 async fn metric(url: &str, name: &str) -> f64 {
-    let Ok(r) = reqwest::get(format!("{url}/metrics")).await else {
-        return 0.0;
-    };
-    let page = r.text().await.unwrap_or_default();
-    page.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    sluice_e2e::engine_metric(url, name).await.unwrap_or(0.0)
 }
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {

@@ -198,6 +198,21 @@ impl Mock {
     }
 }
 
+/// A sample of an engine's Prometheus page (`GET <url>/metrics`): the value of the first
+/// line of metric `name`, whatever its labels.
+pub async fn engine_metric(url: &str, name: &str) -> Option<f64> {
+    let page = reqwest::get(format!("{url}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    page.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// The header value of a recorded request, if present.
 pub fn recorded_header<'a>(request: &'a Value, name: &str) -> Option<&'a str> {
     request["headers"]
@@ -616,6 +631,28 @@ impl Stack {
             .text()
             .await
             .unwrap()
+    }
+
+    /// A chat completion through the gateway with `key` (and `extra` headers), its body read
+    /// to the end as a client does (until then Envoy counts the request as active): the
+    /// status and the mock backend that answered (`x-mock-pool`, empty for another backend).
+    pub async fn chat_via(&self, key: &str, body: &Value, extra: &[(&str, &str)]) -> (u16, String) {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", self.gateway))
+            .header("authorization", format!("Bearer {key}"))
+            .json(body);
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        let backend = r
+            .headers()
+            .get("x-mock-pool")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let status = r.status().as_u16();
+        let _ = r.bytes().await;
+        (status, backend)
     }
 
     /// Envoy's `/clusters` admin page: per host, `<cluster>::<host:port>::<stat>::<value>`.

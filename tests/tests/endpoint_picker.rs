@@ -3,7 +3,7 @@
 //! avoided within a scrape interval and used again once it drains; a conversation stays on
 //! one endpoint; a client cannot choose the endpoint; a killed endpoint is retried.
 use serde_json::{json, Value};
-use sluice_e2e::{eventually, key_record, Stack, StackOptions};
+use sluice_e2e::{engine_metric, eventually, key_record, Stack, StackOptions};
 use sluice_key_auth::KeyAuthConfig;
 use std::time::Duration;
 
@@ -55,22 +55,7 @@ fn chat(system: &str, turns: &[&str], max_tokens: u64) -> Value {
 
 /// POST through the gateway; the status and the backend that answered (`x-mock-pool`).
 async fn call(s: &Stack, body: &Value, extra: Option<(&str, &str)>) -> (u16, String) {
-    let mut req = reqwest::Client::new()
-        .post(format!("{}{CHAT}", s.gateway))
-        .header("authorization", format!("Bearer {KEY}"))
-        .json(body);
-    if let Some((k, v)) = extra {
-        req = req.header(k, v);
-    }
-    let r = req.send().await.unwrap();
-    let backend = r
-        .headers()
-        .get("x-mock-pool")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let status = r.status().as_u16();
-    let _ = r.bytes().await;
-    (status, backend)
+    s.chat_via(KEY, body, extra.as_slice()).await
 }
 
 /// Keep `backend` busy: `n` long requests straight to it (not through the gateway), so its
@@ -89,16 +74,8 @@ fn occupy(url: &str, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
 
 /// The engine's own report, as the picker reads it.
 async fn waiting(url: &str) -> f64 {
-    let page = reqwest::get(format!("{url}/metrics"))
+    engine_metric(url, "vllm:num_requests_waiting")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    page.lines()
-        .find(|l| l.starts_with("vllm:num_requests_waiting"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
 

@@ -59,23 +59,7 @@ fn chat(model: &str, system: &str, user: &str) -> Value {
 
 /// POST; returns the status and the backend that answered (`x-mock-pool`).
 async fn call(s: &Stack, key: &str, body: &Value) -> (u16, String) {
-    let r = reqwest::Client::new()
-        .post(format!("{}{CHAT}", s.gateway))
-        .header("authorization", format!("Bearer {key}"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let backend = r
-        .headers()
-        .get("x-mock-pool")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let status = r.status().as_u16();
-    // Read the whole answer, as a client does: until then the request is still active in
-    // Envoy's load accounting.
-    let _ = r.bytes().await;
-    (status, backend)
+    s.chat_via(key, body, &[]).await
 }
 
 async fn recorded(s: &Stack, pool: &str) -> Vec<Value> {
