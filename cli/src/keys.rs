@@ -25,6 +25,7 @@ pub struct KeySpec {
     pub tenant: String,
     pub models: Vec<String>,
     pub limits: Limits,
+    pub priority: sluice_common::Priority,
     pub expires: Option<String>,
 }
 
@@ -62,6 +63,7 @@ pub fn generate(spec: &KeySpec, now: OffsetDateTime) -> Result<NewKey> {
             spec.models.clone()
         },
         limits: spec.limits.clone(),
+        priority: spec.priority,
         prefix: secret.get(..DISPLAY_PREFIX_LEN).map(str::to_string),
         created_at: now.format(&Rfc3339).ok(),
     };

@@ -88,6 +88,10 @@ enum KeysCommand {
         /// RFC 3339 time or a duration from now (30d, 12h, 90m).
         #[arg(long)]
         expires: Option<String>,
+        /// `interactive` (default) or `batch`: batch requests wait behind interactive ones
+        /// when a pool is saturated.
+        #[arg(long, default_value = "interactive", value_parser = parse_priority)]
+        priority: sluice_common::Priority,
     },
     /// List keys (ids and prefixes, never secrets).
     List {
@@ -153,6 +157,7 @@ fn keys(cmd: KeysCommand) -> Result<()> {
             max_parallel,
             daily_tokens,
             expires,
+            priority,
         } => {
             let spec = KeySpec {
                 id,
@@ -164,6 +169,7 @@ fn keys(cmd: KeysCommand) -> Result<()> {
                     max_parallel,
                     daily_tokens,
                 },
+                priority,
                 expires,
             };
             let new = generate(&spec, OffsetDateTime::now_utc())?;
@@ -242,4 +248,9 @@ fn edit(
     })?;
     eprintln!("{what} key {id}");
     Ok(())
+}
+
+fn parse_priority(s: &str) -> std::result::Result<sluice_common::Priority, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("{s:?} is not interactive or batch"))
 }

@@ -834,6 +834,7 @@ pub fn key_record(id: &str, secret: &str, tenant: &str) -> sluice_key_auth::KeyR
         expires_at: None,
         models: vec!["*".into()],
         limits: Default::default(),
+        priority: Default::default(),
         prefix: None,
         created_at: None,
     }

@@ -335,3 +335,171 @@ async fn real_engines_the_picker_reads_llama_cpp_and_avoids_the_busy_server() {
         j.abort();
     }
 }
+
+/// Flow control: a pool of two engines of one slot each (`max_concurrency: 1`), full. The
+/// queued requests wait in the gateway; interactive ones are served before batch ones that
+/// came earlier; nothing is lost or served twice; a wait past the bound gets 429.
+#[tokio::test]
+async fn a_full_pool_queues_in_the_gateway_interactive_before_batch() {
+    const BATCH: &str = "sk-sluice-e2e-picker-batch-0123456789abcd";
+    let _guard = SERIAL.lock().await;
+    let mut batch = key_record("key_batch", BATCH, "team-batch");
+    batch.priority = sluice_common::Priority::Batch;
+    let s = Stack::start(StackOptions {
+        pools: vec!["pool-a"],
+        backends: 2,
+        pool_options: vec![("pool-a", json!({"engine": "vllm", "max_concurrency": 1}))],
+        mock_args: [
+            "--sim-slots",
+            "1",
+            "--sim-decode-us-per-token",
+            "2000",
+            "--reply-tokens",
+            "500",
+        ]
+        .map(String::from)
+        .to_vec(),
+        keys: KeyAuthConfig {
+            keys: vec![key_record("key_p", KEY, "team-p"), batch],
+        },
+        vars: vec![(
+            "endpoint_picker".into(),
+            json!({"scrape_interval_ms": 200, "flow": {"max_wait_ms": 8000}}),
+        )],
+        ..StackOptions::default()
+    })
+    .await;
+    s.wait_all_healthy().await;
+    for b in s.backends("pool-a") {
+        b.clear().await;
+    }
+    let send = |key: &'static str, tokens: u64, tag: String| {
+        let gateway = s.gateway.clone();
+        tokio::spawn(async move {
+            let body = chat("flow", &[&tag], tokens);
+            let r = reqwest::Client::new()
+                .post(format!("{gateway}{CHAT}"))
+                .header("authorization", format!("Bearer {key}"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let _ = r.bytes().await;
+            (tag, status, std::time::Instant::now())
+        })
+    };
+    // Fill both endpoints (0.3 s of decoding each), then queue 3 batch and 2 interactive.
+    let mut tasks = vec![
+        send(KEY, 150, "fill-0".into()),
+        send(KEY, 150, "fill-1".into()),
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..3 {
+        tasks.push(send(BATCH, 20, format!("batch-{i}")));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..2 {
+        tasks.push(send(KEY, 20, format!("interactive-{i}")));
+    }
+    let mut done = Vec::new();
+    for t in tasks {
+        done.push(t.await.unwrap());
+    }
+    assert!(
+        done.iter().all(|(_, status, _)| *status == 200),
+        "{:?}",
+        done.iter().map(|d| (&d.0, d.1)).collect::<Vec<_>>()
+    );
+    let end = |prefix: &str| -> Vec<std::time::Instant> {
+        done.iter()
+            .filter(|d| d.0.starts_with(prefix))
+            .map(|d| d.2)
+            .collect()
+    };
+    let last_interactive = end("interactive").into_iter().max().unwrap();
+    let first_batch = end("batch").into_iter().min().unwrap();
+    assert!(
+        last_interactive <= first_batch,
+        "a batch request was served before an interactive one"
+    );
+    // Each request reached a backend exactly once.
+    let mut received = 0;
+    for b in s.backends("pool-a") {
+        received += b.requests().await.len();
+    }
+    assert_eq!(received, 7);
+    let log = s.access_log();
+    assert!(
+        log.iter().any(|l| l["endpoint"]
+            .as_str()
+            .is_some_and(|e| e.contains("queued_ms"))),
+        "no queued decision in the access log"
+    );
+}
+
+#[tokio::test]
+async fn a_wait_past_the_bound_gets_429_with_retry_after() {
+    let _guard = SERIAL.lock().await;
+    let s = Stack::start(StackOptions {
+        pools: vec!["pool-a"],
+        backends: 2,
+        pool_options: vec![("pool-a", json!({"engine": "vllm", "max_concurrency": 1}))],
+        mock_args: [
+            "--sim-slots",
+            "1",
+            "--sim-decode-us-per-token",
+            "5000",
+            "--reply-tokens",
+            "500",
+        ]
+        .map(String::from)
+        .to_vec(),
+        keys: KeyAuthConfig {
+            keys: vec![key_record("key_p", KEY, "team-p")],
+        },
+        vars: vec![(
+            "endpoint_picker".into(),
+            json!({"scrape_interval_ms": 200, "flow": {"max_wait_ms": 600}}),
+        )],
+        ..StackOptions::default()
+    })
+    .await;
+    s.wait_all_healthy().await;
+    let fills: Vec<_> = (0..2)
+        .map(|i| {
+            let gateway = s.gateway.clone();
+            tokio::spawn(async move {
+                let body = chat("long", &[&format!("fill {i}")], 400);
+                reqwest::Client::new()
+                    .post(format!("{gateway}{CHAT}"))
+                    .header("authorization", format!("Bearer {KEY}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = std::time::Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("{}{CHAT}", s.gateway))
+        .header("authorization", format!("Bearer {KEY}"))
+        .json(&chat("short", &["waits"], 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "refused after {waited:?}"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "pool_saturated");
+    for f in fills {
+        assert_eq!(f.await.unwrap().unwrap(), 200);
+    }
+}

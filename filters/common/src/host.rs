@@ -123,6 +123,9 @@ pub trait Host {
     fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
     /// Let a request (or response) held by an earlier `Flow::Pause` go on.
     fn resume(&mut self, side: Side);
+    /// Act on another stream from now on (a root context releasing a request it queued):
+    /// the header, property, reply and resume calls that follow are that stream's.
+    fn set_effective_context(&mut self, context_id: u32);
     /// Make Envoy's route table match again after a header that routes was changed.
     fn clear_route_cache(&mut self);
 
@@ -359,8 +362,9 @@ pub trait Plugin: Sized + 'static {
     /// Build from the plugin configuration (`on_configure`); an error is logged and the
     /// configuration refused.
     fn configure(host: &mut dyn Host) -> Result<Self, ConfigError>;
-    /// The lifecycle of a new HTTP stream.
-    fn new_request(self: &Rc<Self>) -> Self::Request;
+    /// The lifecycle of a new HTTP stream (`context_id`: Envoy's id of the stream, for
+    /// [`Host::set_effective_context`]).
+    fn new_request(self: &Rc<Self>, context_id: u32) -> Self::Request;
     /// The root context's timer.
     fn on_tick(&self, _host: &mut dyn Host) {}
     /// The answer of a gRPC callout the root context started.

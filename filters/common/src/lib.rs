@@ -22,4 +22,4 @@ pub use api::{Api, Family, RequestView};
 pub use config::{parse_config, ConfigError};
 pub use error::{ErrorKind, OpenAiError};
 pub use host::{Flow, Host, Lifecycle, Plugin, Side};
-pub use policy::{Limits, Policy};
+pub use policy::{Limits, Policy, Priority};

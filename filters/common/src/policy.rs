@@ -34,6 +34,31 @@ impl Limits {
     }
 }
 
+/// How urgent a key's requests are when a pool is saturated and requests wait in the
+/// gateway: `batch` requests never delay `interactive` ones.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    Interactive,
+    Batch,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Interactive => "interactive",
+            Self::Batch => "batch",
+        }
+    }
+
+    pub fn is_interactive(&self) -> bool {
+        *self == Self::Interactive
+    }
+}
+
 /// What `sluice_policy` holds: the key's record without its digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +70,8 @@ pub struct Policy {
     pub models: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default, skip_serializing_if = "Priority::is_interactive")]
+    pub priority: Priority,
 }
 
 #[cfg(test)]
@@ -74,6 +101,7 @@ mod tests {
                 requests_per_minute: Some(60),
                 ..Limits::default()
             },
+            priority: Priority::default(),
         };
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(

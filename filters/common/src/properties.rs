@@ -38,6 +38,9 @@ pub const PROMPT_TOKENS_ESTIMATED: &str = "sluice_prompt_tokens_estimated";
 pub const ERROR: &str = "sluice_error";
 /// JSON: PII counts per entity type and the action taken. Written by pii-redaction.
 pub const PII: &str = "sluice_pii";
+/// `interactive` or `batch`: how the key's requests wait when a pool is saturated. Written
+/// by key-auth.
+pub const PRIORITY: &str = "sluice_priority";
 /// JSON: which limit decided, remaining, reserved, reconciled. Written by rate-limit.
 pub const RATELIMIT: &str = "sluice_ratelimit";
 /// JSON: the endpoint chosen and why (`endpoint`, `reason`, `load`, `prefix_blocks`).
@@ -54,7 +57,8 @@ pub const ENDPOINT_HEADER: &str = "x-sluice-endpoint";
 pub const INTERNAL_HEADER_PREFIX: &str = "x-sluice-";
 
 /// Every property name, for access-log and documentation checks.
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 17] = [
+    PRIORITY,
     ENDPOINT,
     API,
     ERROR,

@@ -33,6 +33,30 @@ pub struct PoolConfig {
     #[serde(default)]
     pub engine: Engine,
     pub endpoints: Vec<EndpointConfig>,
+    /// Requests one endpoint serves at once (its batch slots). When every endpoint has
+    /// this many in flight from the gateway (or a queue of `weights.saturated_waiting`),
+    /// requests wait in the gateway: flow control. Absent: no flow control.
+    #[serde(default)]
+    pub max_in_flight: Option<u64>,
+}
+
+/// The gateway's queue when a pool is saturated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowConfig {
+    /// Requests waiting per pool (per Envoy worker); past it, 429 at once.
+    pub max_queue: usize,
+    /// The longest wait; past it, 429 with `retry-after`.
+    pub max_wait_ms: u64,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        Self {
+            max_queue: 1024,
+            max_wait_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +94,8 @@ pub struct PickerConfig {
     pub prefix: PrefixConfig,
     #[serde(default)]
     pub weights: Weights,
+    #[serde(default)]
+    pub flow: FlowConfig,
 }
 
 fn scrape_interval() -> u64 {
@@ -96,6 +122,12 @@ impl PickerConfig {
             if p.name.is_empty() || !names.insert(p.name.as_str()) {
                 return Err(ConfigError::invalid(format!(
                     "pool names must be unique and non-empty: {:?}",
+                    p.name
+                )));
+            }
+            if p.max_in_flight == Some(0) {
+                return Err(ConfigError::invalid(format!(
+                    "pool {:?}: max_in_flight must be at least 1",
                     p.name
                 )));
             }

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod flow;
 pub mod lifecycle;
 pub mod pick;
 pub mod prefix;

@@ -4,18 +4,19 @@
 //! (Envoy's `override_host` policy sends it there; retries go down the list; health checks
 //! and outlier detection still apply), and its decision is published as `sluice_endpoint`.
 
-use crate::config::{PickerConfig, PoolConfig};
+use crate::config::PickerConfig;
 use crate::engine::EngineLoad;
+use crate::flow::{PoolQueue, SharedTicket, Ticket, TicketState, Waiter};
 use crate::pick::{rank, Candidate};
 use crate::prefix;
 use serde::{Deserialize, Serialize};
 use sluice_common::hash::xorshift64;
 use sluice_common::host::{
-    add_shared, now_unix_millis, plugin_config, set_text_property, shared_counter, text_property,
-    CounterSet, Flow, GaugeSet, Host, HttpCall, Lifecycle, Plugin, Side,
+    add_shared, now_unix_millis, plugin_config, send_error, set_text_property, shared_counter,
+    text_property, CounterSet, Flow, GaugeSet, Histogram, Host, HttpCall, Lifecycle, Plugin, Side,
 };
 use sluice_common::metrics::label;
-use sluice_common::{properties, ConfigError, RequestView};
+use sluice_common::{properties, ConfigError, ErrorKind, OpenAiError, Priority, RequestView};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -23,6 +24,8 @@ use std::time::Duration;
 
 /// Metric names: pools and endpoints come from the configuration.
 const MAX_METRICS: usize = 4096;
+/// How often queued requests are looked at when a pool has flow control.
+const RELEASE_PERIOD: Duration = Duration::from_millis(20);
 
 /// An engine report as kept in shared data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +47,23 @@ fn in_flight_key(address: &str) -> String {
 fn lease_key(address: &str) -> String {
     format!("sc:{address}")
 }
+/// Interactive requests waiting for pool `pool` on every worker: a worker with only batch
+/// requests queued holds them while another has interactive ones waiting.
+fn interactive_waiting_key(pool: &str) -> String {
+    format!("qi:{pool}")
+}
+
+fn config_pools_histograms(host: &mut dyn Host, pools: &[String]) -> Vec<Histogram> {
+    pools
+        .iter()
+        .map(|p| {
+            Histogram::define(
+                host,
+                &format!("sluice.endpoint.queue_wait_ms.pool.{}", label(p)),
+            )
+        })
+        .collect()
+}
 
 /// The configured filter.
 pub struct EndpointPicker {
@@ -53,6 +73,12 @@ pub struct EndpointPicker {
     rng: Cell<u64>,
     counters: RefCell<CounterSet>,
     gauges: RefCell<GaugeSet>,
+    /// Requests waiting for capacity, per pool (this worker's).
+    queues: RefCell<Vec<PoolQueue>>,
+    /// When this worker last scraped (the tick is faster than the scrape with flow control).
+    last_scrape_ms: Cell<u64>,
+    /// `sluice.endpoint.queue_wait_ms.pool.<pool>`, per pool.
+    queue_wait: Vec<Histogram>,
 }
 
 impl EndpointPicker {
@@ -63,14 +89,220 @@ impl EndpointPicker {
             config.pools.len(),
             config.scrape_interval_ms
         );
-        host.set_tick_period(Duration::from_millis(config.scrape_interval_ms));
+        let pools: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
+        let scrape = Duration::from_millis(config.scrape_interval_ms);
+        let flow = config.pools.iter().any(|p| p.max_in_flight.is_some());
+        host.set_tick_period(if flow {
+            RELEASE_PERIOD.min(scrape)
+        } else {
+            scrape
+        });
         Ok(Self {
+            queues: RefCell::new(config.pools.iter().map(|_| PoolQueue::default()).collect()),
             config,
             scrapes: RefCell::new(HashMap::new()),
             rng: Cell::new(host.now_unix_nanos() | 1),
             counters: RefCell::new(CounterSet::new(MAX_METRICS)),
             gauges: RefCell::new(GaugeSet::new(MAX_METRICS)),
+            last_scrape_ms: Cell::new(0),
+            queue_wait: config_pools_histograms(host, &pools),
         })
+    }
+
+    /// A queued request is no longer waiting: the shared interactive count drops.
+    fn left_queue(&self, host: &dyn Host, pool: &str, ticket: &SharedTicket) {
+        if ticket.borrow().priority == Priority::Interactive {
+            let _ = add_shared(host, &interactive_waiting_key(pool), -1);
+        }
+    }
+
+    fn count(&self, host: &mut dyn Host, name: &str) {
+        self.counters.borrow_mut().add(host, name, 1);
+    }
+
+    /// Whether every endpoint of pool `p` is full: as many requests in flight from this
+    /// gateway as its `max_in_flight`, or (by its fresh report) a queue of
+    /// `weights.saturated_waiting`. Pools without `max_in_flight` have no flow control.
+    fn saturated(&self, host: &dyn Host, p: usize, now: u64) -> bool {
+        let Some(pool) = self.config.pools.get(p) else {
+            return false;
+        };
+        let Some(max) = pool.max_in_flight else {
+            return false;
+        };
+        pool.endpoints.iter().all(|e| {
+            shared_counter(host, &in_flight_key(&e.address)) >= max
+                || self
+                    .report(host, &e.address, now)
+                    .is_some_and(|r| r.waiting >= self.config.weights.saturated_waiting)
+        })
+    }
+
+    /// Rank pool `p`'s endpoints for a prompt with prefix `keys` asking for `model`, hand
+    /// the order to Envoy, count the first in flight, publish the decision. The endpoint
+    /// chosen, or `None` when Envoy's balancer decides (no fresh report).
+    fn place(
+        &self,
+        host: &mut dyn Host,
+        p: usize,
+        keys: &[u64],
+        model: &str,
+        queued_ms: Option<u64>,
+    ) -> Option<usize> {
+        let pool = self.config.pools.get(p)?;
+        let now = now_unix_millis(host);
+        let pc = &self.config.prefix;
+        let held = prefix::longest_prefix(&*host, &pool.name, keys, pc.slots);
+        let mut fresh = false;
+        let candidates: Vec<Candidate> = pool
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let mut lora_loaded = false;
+                let engine = self.report(&*host, &e.address, now).map(|r| {
+                    fresh = true;
+                    lora_loaded = !model.is_empty() && r.loras.iter().any(|l| l == model);
+                    EngineLoad {
+                        waiting: r.waiting,
+                        running: r.running,
+                        kv_cache: r.kv,
+                        loras: r.loras,
+                    }
+                });
+                let prefix = match held {
+                    Some((blocks, at)) if usize::from(at) == i && !keys.is_empty() => {
+                        blocks as f64 / keys.len() as f64
+                    }
+                    _ => 0.0,
+                };
+                Candidate {
+                    engine,
+                    in_flight: shared_counter(&*host, &in_flight_key(&e.address)),
+                    prefix,
+                    lora_loaded,
+                }
+            })
+            .collect();
+        // An engine that should report but none did lately: Envoy's own balancing decides
+        // (its least_request sees what this filter would, without the stale guesses).
+        if !fresh && pool.engine.metrics_path().is_some() {
+            let record = serde_json::json!({"reason": "fallback", "pool": pool.name});
+            set_text_property(host, properties::ENDPOINT, &record.to_string());
+            self.count(
+                host,
+                &format!("sluice.endpoint.fallback.pool.{}", label(&pool.name)),
+            );
+            return None;
+        }
+        let ranking = rank(&candidates, &self.config.weights, self.random())?;
+        let first = ranking.order.first().copied()?;
+        let addresses: Vec<&str> = ranking
+            .order
+            .iter()
+            .filter_map(|i| pool.endpoints.get(*i).map(|e| e.address.as_str()))
+            .collect();
+        host.set_header(
+            Side::Request,
+            properties::ENDPOINT_HEADER,
+            &addresses.join(","),
+        );
+        let chosen = addresses.first().copied().unwrap_or_default();
+        let in_flight = add_shared(&*host, &in_flight_key(chosen), 1).unwrap_or(0);
+        if let Ok(at) = u16::try_from(first) {
+            prefix::record(&*host, &pool.name, keys, at, pc.slots);
+        }
+        let mut record = serde_json::json!({
+            "endpoint": chosen,
+            "reason": ranking.reason.as_str(),
+            "load": ranking.load,
+            "prefix_blocks": held.filter(|(_, at)| usize::from(*at) == first).map_or(0, |(b, _)| b),
+            "in_flight": in_flight,
+        });
+        if let (Some(ms), Some(o)) = (queued_ms, record.as_object_mut()) {
+            o.insert("queued_ms".into(), ms.into());
+        }
+        set_text_property(host, properties::ENDPOINT, &record.to_string());
+        self.count(
+            host,
+            &format!(
+                "sluice.endpoint.picks.pool.{}.endpoint.{}.reason.{}",
+                label(&pool.name),
+                label(chosen),
+                ranking.reason.as_str()
+            ),
+        );
+        self.gauge(host, "in_flight", &pool.name, chosen, in_flight);
+        Some(first)
+    }
+
+    /// Refuse queued requests that waited `max_wait_ms`, then release the oldest (fairly)
+    /// while pool `p` has room.
+    fn release(&self, host: &mut dyn Host, p: usize, now: u64) {
+        let Some(pool) = self.config.pools.get(p) else {
+            return;
+        };
+        let max_wait = self.config.flow.max_wait_ms;
+        let expired = match self.queues.borrow_mut().get_mut(p) {
+            Some(q) if !q.is_empty() => {
+                q.take_expired(|t| now.saturating_sub(t.since_ms) >= max_wait)
+            }
+            _ => return,
+        };
+        for w in expired {
+            w.ticket.borrow_mut().state = TicketState::Refused;
+            host.set_effective_context(w.context_id);
+            let record = serde_json::json!({"reason": "queue_timeout", "pool": pool.name});
+            set_text_property(host, properties::ENDPOINT, &record.to_string());
+            let error = OpenAiError::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "Every GPU of pool '{}' is busy and the request waited {} s; retry shortly.",
+                    pool.name,
+                    max_wait / 1000
+                ),
+            )
+            .with_code("pool_saturated");
+            let retry = max_wait.div_ceil(1000).max(1).to_string();
+            send_error(host, &error, &[("retry-after", &retry)]);
+            self.left_queue(&*host, &pool.name, &w.ticket);
+            self.count(
+                host,
+                &format!("sluice.endpoint.queue_timeouts.pool.{}", label(&pool.name)),
+            );
+        }
+        while !self.saturated(&*host, p, now) {
+            let next = self
+                .queues
+                .borrow()
+                .get(p)
+                .and_then(PoolQueue::next_priority);
+            // Batch never delays interactive, on any worker.
+            if next == Some(Priority::Batch)
+                && shared_counter(&*host, &interactive_waiting_key(&pool.name)) > 0
+            {
+                break;
+            }
+            let Some(w) = self.queues.borrow_mut().get_mut(p).and_then(PoolQueue::pop) else {
+                break;
+            };
+            if w.ticket.borrow().state != TicketState::Waiting {
+                continue;
+            }
+            host.set_effective_context(w.context_id);
+            let (keys, model, since) = {
+                let t = w.ticket.borrow();
+                (t.keys.clone(), t.model.clone(), t.since_ms)
+            };
+            let waited = now.saturating_sub(since);
+            let endpoint = self.place(host, p, &keys, &model, Some(waited));
+            w.ticket.borrow_mut().state = TicketState::Released(endpoint);
+            self.left_queue(&*host, &pool.name, &w.ticket);
+            if let Some(h) = self.queue_wait.get(p) {
+                h.record(host, waited);
+            }
+            host.resume(Side::Request);
+        }
     }
 
     fn random(&self) -> u64 {
@@ -108,16 +340,25 @@ impl Plugin for EndpointPicker {
         Self::new(host, config)
     }
 
-    fn new_request(self: &Rc<Self>) -> PickedRequest {
+    fn new_request(self: &Rc<Self>, context_id: u32) -> PickedRequest {
         PickedRequest {
             picker: self.clone(),
+            context_id,
             phase: Phase::Idle,
         }
     }
 
-    /// Scrape every endpoint whose lease this worker wins.
+    /// Release queued requests; scrape, every interval, the endpoints whose lease this
+    /// worker wins.
     fn on_tick(&self, host: &mut dyn Host) {
         let now = now_unix_millis(host);
+        for p in 0..self.config.pools.len() {
+            self.release(host, p, now);
+        }
+        if now.saturating_sub(self.last_scrape_ms.get()) < self.config.scrape_interval_ms {
+            return;
+        }
+        self.last_scrape_ms.set(now);
         // Another worker scraped within most of an interval: not again.
         let min_gap = self.config.scrape_interval_ms * 8 / 10;
         for (p, pool) in self.config.pools.iter().enumerate() {
@@ -220,118 +461,83 @@ enum Phase {
     AwaitingBody { pool: usize },
     /// Sent to this endpoint first; counted in flight until the stream ends.
     Picked { pool: usize, endpoint: usize },
+    /// Waiting in the gateway for capacity (the root context releases it).
+    Queued { pool: usize, ticket: SharedTicket },
 }
 
 pub struct PickedRequest {
     picker: Rc<EndpointPicker>,
+    context_id: u32,
     phase: Phase,
 }
 
 impl PickedRequest {
-    fn pool(&self, index: usize) -> Option<&PoolConfig> {
-        self.picker.config.pools.get(index)
-    }
-
-    /// Rank the pool's endpoints for a prompt of `texts`, hand the order to Envoy, publish
-    /// the decision.
-    fn pick(&mut self, host: &mut dyn Host, p: usize, texts: &[&str]) {
+    /// Place the request now, or queue it when its pool is full (or others wait already:
+    /// no overtaking).
+    fn pick(&mut self, host: &mut dyn Host, p: usize, texts: &[&str]) -> Flow {
         let picker = self.picker.clone();
-        let Some(pool) = picker.config.pools.get(p) else {
-            return;
-        };
-        let now = now_unix_millis(host);
         let pc = &picker.config.prefix;
         let keys = prefix::block_keys(texts, pc.block_bytes, pc.max_blocks);
-        let held = prefix::longest_prefix(&*host, &pool.name, &keys, pc.slots);
         // The upstream model name: a LoRA adapter's name when the request is for one.
         let model = text_property(&*host, properties::MODEL).unwrap_or_default();
-        let mut fresh = false;
-        let candidates: Vec<Candidate> = pool
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let mut lora_loaded = false;
-                let engine = picker.report(&*host, &e.address, now).map(|r| {
-                    fresh = true;
-                    lora_loaded = !model.is_empty() && r.loras.contains(&model);
-                    EngineLoad {
-                        waiting: r.waiting,
-                        running: r.running,
-                        kv_cache: r.kv,
-                        loras: r.loras,
-                    }
-                });
-                let prefix = match held {
-                    Some((blocks, at)) if usize::from(at) == i && !keys.is_empty() => {
-                        blocks as f64 / keys.len() as f64
-                    }
-                    _ => 0.0,
-                };
-                Candidate {
-                    engine,
-                    in_flight: shared_counter(&*host, &in_flight_key(&e.address)),
-                    prefix,
-                    lora_loaded,
-                }
-            })
-            .collect();
-        // An engine that should report but none did lately: Envoy's own balancing decides
-        // (its least_request sees what this filter would, without the stale guesses).
-        if !fresh && pool.engine.metrics_path().is_some() {
-            let record = serde_json::json!({"reason": "fallback", "pool": pool.name});
-            set_text_property(host, properties::ENDPOINT, &record.to_string());
-            picker.counters.borrow_mut().add(
+        let now = now_unix_millis(host);
+        let waiting = picker.queues.borrow().get(p).map_or(0, PoolQueue::len);
+        if waiting > 0 || picker.saturated(&*host, p, now) {
+            let pool = picker.config.pools.get(p).map_or("", |x| x.name.as_str());
+            if waiting >= picker.config.flow.max_queue {
+                let error = OpenAiError::new(
+                    ErrorKind::RateLimited,
+                    format!(
+                        "Every GPU of pool '{pool}' is busy and its queue is full; retry shortly."
+                    ),
+                )
+                .with_code("pool_saturated");
+                send_error(host, &error, &[("retry-after", "1")]);
+                picker.count(
+                    host,
+                    &format!("sluice.endpoint.queue_full.pool.{}", label(pool)),
+                );
+                return Flow::Pause;
+            }
+            let priority = text_property(&*host, properties::PRIORITY)
+                .and_then(|p| serde_json::from_value::<Priority>(serde_json::Value::String(p)).ok())
+                .unwrap_or_default();
+            let tenant = text_property(&*host, properties::TENANT).unwrap_or_default();
+            let ticket = Rc::new(RefCell::new(Ticket {
+                state: TicketState::Waiting,
+                keys,
+                model,
+                since_ms: now,
+                priority,
+            }));
+            if priority == Priority::Interactive {
+                let _ = add_shared(&*host, &interactive_waiting_key(pool), 1);
+            }
+            if let Some(q) = picker.queues.borrow_mut().get_mut(p) {
+                q.push(
+                    &tenant,
+                    priority,
+                    Waiter {
+                        context_id: self.context_id,
+                        ticket: ticket.clone(),
+                    },
+                );
+            }
+            picker.count(
                 host,
-                &format!("sluice.endpoint.fallback.pool.{}", label(&pool.name)),
-                1,
+                &format!(
+                    "sluice.endpoint.queued.pool.{}.priority.{}",
+                    label(pool),
+                    priority.as_str()
+                ),
             );
-            return;
+            self.phase = Phase::Queued { pool: p, ticket };
+            return Flow::Pause;
         }
-        let Some(ranking) = rank(&candidates, &picker.config.weights, picker.random()) else {
-            return;
-        };
-        let Some(first) = ranking.order.first().copied() else {
-            return;
-        };
-        let addresses: Vec<&str> = ranking
-            .order
-            .iter()
-            .filter_map(|i| pool.endpoints.get(*i).map(|e| e.address.as_str()))
-            .collect();
-        host.set_header(
-            Side::Request,
-            properties::ENDPOINT_HEADER,
-            &addresses.join(","),
-        );
-        let chosen = addresses.first().copied().unwrap_or_default();
-        let in_flight = add_shared(&*host, &in_flight_key(chosen), 1).unwrap_or(0);
-        if let Ok(at) = u16::try_from(first) {
-            prefix::record(&*host, &pool.name, &keys, at, pc.slots);
+        if let Some(endpoint) = picker.place(host, p, &keys, &model, None) {
+            self.phase = Phase::Picked { pool: p, endpoint };
         }
-        let record = serde_json::json!({
-            "endpoint": chosen,
-            "reason": ranking.reason.as_str(),
-            "load": ranking.load,
-            "prefix_blocks": held.filter(|(_, at)| usize::from(*at) == first).map_or(0, |(b, _)| b),
-            "in_flight": in_flight,
-        });
-        set_text_property(host, properties::ENDPOINT, &record.to_string());
-        picker.counters.borrow_mut().add(
-            host,
-            &format!(
-                "sluice.endpoint.picks.pool.{}.endpoint.{}.reason.{}",
-                label(&pool.name),
-                label(chosen),
-                ranking.reason.as_str()
-            ),
-            1,
-        );
-        picker.gauge(host, "in_flight", &pool.name, chosen, in_flight);
-        self.phase = Phase::Picked {
-            pool: p,
-            endpoint: first,
-        };
+        Flow::Continue
     }
 }
 
@@ -350,14 +556,19 @@ impl Lifecycle for PickedRequest {
             return Flow::Continue;
         };
         if end_of_stream {
-            self.pick(host, pool, &[]);
-            return Flow::Continue;
+            return self.pick(host, pool, &[]);
         }
         self.phase = Phase::AwaitingBody { pool };
         Flow::Pause
     }
 
     fn on_request_body(&mut self, host: &mut dyn Host, size: usize, end_of_stream: bool) -> Flow {
+        match self.phase {
+            Phase::AwaitingBody { .. } => {}
+            // Released by the root context, or still waiting with the headers.
+            Phase::Queued { .. } => return Flow::Pause,
+            _ => return Flow::Continue,
+        }
         let Phase::AwaitingBody { pool } = self.phase else {
             return Flow::Continue;
         };
@@ -370,22 +581,41 @@ impl Lifecycle for PickedRequest {
         let view = sluice_common::api::governed_api(&path)
             .and_then(|api| RequestView::parse(api, &body).ok());
         let texts = view.as_ref().map(RequestView::texts).unwrap_or_default();
-        self.pick(host, pool, &texts);
-        Flow::Continue
+        self.pick(host, pool, &texts)
     }
 
     fn on_log(&mut self, host: &mut dyn Host) {
-        let Phase::Picked { pool, endpoint } = std::mem::replace(&mut self.phase, Phase::Idle)
-        else {
+        let (pool, endpoint) = match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Picked { pool, endpoint } => (pool, endpoint),
+            Phase::Queued { pool, ticket } => {
+                let mut t = ticket.borrow_mut();
+                match t.state {
+                    TicketState::Released(Some(endpoint)) => (pool, endpoint),
+                    TicketState::Waiting => {
+                        // The client left while it waited: never released.
+                        t.state = TicketState::Gone;
+                        drop(t);
+                        if let Some(name) =
+                            self.picker.config.pools.get(pool).map(|p| p.name.clone())
+                        {
+                            self.picker.left_queue(&*host, &name, &ticket);
+                        }
+                        return;
+                    }
+                    _ => return,
+                }
+            }
+            _ => return,
+        };
+        let Some(pool) = self.picker.config.pools.get(pool) else {
             return;
         };
-        let Some(e) = self.pool(pool).and_then(|p| p.endpoints.get(endpoint)) else {
+        let Some(e) = pool.endpoints.get(endpoint) else {
             return;
         };
-        let address = e.address.clone();
-        let name = self.pool(pool).map(|p| p.name.clone()).unwrap_or_default();
-        let left = add_shared(&*host, &in_flight_key(&address), -1).unwrap_or(0);
-        self.picker.gauge(host, "in_flight", &name, &address, left);
+        let left = add_shared(&*host, &in_flight_key(&e.address), -1).unwrap_or(0);
+        self.picker
+            .gauge(host, "in_flight", &pool.name, &e.address, left);
     }
 }
 

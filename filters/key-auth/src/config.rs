@@ -10,7 +10,7 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
-use sluice_common::Limits;
+use sluice_common::{Limits, Priority};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +38,10 @@ pub struct KeyRecord {
     pub models: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
+    /// `interactive` (default) or `batch`: a batch key's requests wait behind interactive
+    /// ones when a pool is saturated.
+    #[serde(default, skip_serializing_if = "Priority::is_interactive")]
+    pub priority: Priority,
     /// The first characters of the key, so a person can tell keys apart. Display only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,

@@ -23,6 +23,7 @@ pub struct Identity {
     pub tenant: String,
     /// `sluice_policy`, serialized once at configuration time, not per request.
     pub policy_json: String,
+    pub priority: sluice_common::Priority,
 }
 
 #[derive(Debug)]
@@ -120,6 +121,7 @@ fn validate(record: &KeyRecord) -> Result<Entry, String> {
         tenant: record.tenant.clone(),
         models: record.models.clone(),
         limits: record.limits.clone(),
+        priority: record.priority,
     };
     let policy_json = serde_json::to_string(&policy).map_err(|e| e.to_string())?;
     Ok(Entry {
@@ -127,6 +129,7 @@ fn validate(record: &KeyRecord) -> Result<Entry, String> {
             key_id: record.id.clone(),
             tenant: record.tenant.clone(),
             policy_json,
+            priority: record.priority,
         },
         enabled: record.enabled,
         expires_at,
@@ -161,6 +164,7 @@ mod tests {
             expires_at: None,
             models: vec!["*".into()],
             limits: Limits::default(),
+            priority: sluice_common::Priority::default(),
             prefix: None,
             created_at: None,
         }

@@ -132,6 +132,7 @@ pub fn on_request_headers(store: &KeyStore, host: &mut dyn Host) -> Outcome {
             host.set_property(properties::KEY_ID, identity.key_id.as_bytes());
             host.set_property(properties::TENANT, identity.tenant.as_bytes());
             host.set_property(properties::POLICY, identity.policy_json.as_bytes());
+            host.set_property(properties::PRIORITY, identity.priority.as_str().as_bytes());
             Outcome::Allowed {
                 key_id: identity.key_id.clone(),
             }

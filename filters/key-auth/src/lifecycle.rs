@@ -40,7 +40,7 @@ impl Plugin for KeyAuth {
         })
     }
 
-    fn new_request(self: &Rc<Self>) -> KeyAuthRequest {
+    fn new_request(self: &Rc<Self>, _context_id: u32) -> KeyAuthRequest {
         KeyAuthRequest(self.clone())
     }
 }
@@ -101,7 +101,7 @@ mod tests {
                 ("authorization", "Bearer sk-sluice-good"),
             ],
         );
-        let flow = plugin.new_request().on_request_headers(&mut host, false);
+        let flow = plugin.new_request(1).on_request_headers(&mut host, false);
         assert_eq!(flow, Flow::Continue);
         assert_eq!(
             host.calls(),
@@ -113,6 +113,7 @@ mod tests {
                     "sluice_policy".into(),
                     host.text_property("sluice_policy").unwrap().into()
                 ),
+                Call::SetProperty("sluice_priority".into(), "interactive".into()),
                 Call::Increment("sluice.key_auth.allowed".into(), 1),
             ]
         );
@@ -122,7 +123,7 @@ mod tests {
     fn a_denied_request_gets_one_reply_and_is_held() {
         let mut host = MockHost::new();
         let plugin = plugin(&mut host, &[(":path", "/v1/messages")]);
-        let flow = plugin.new_request().on_request_headers(&mut host, false);
+        let flow = plugin.new_request(1).on_request_headers(&mut host, false);
         assert_eq!(flow, Flow::Pause);
         assert_eq!(host.calls().len(), 2, "{:?}", host.calls());
         let reply = host.reply().unwrap();

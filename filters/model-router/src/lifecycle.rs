@@ -54,7 +54,7 @@ impl Plugin for ModelRouter {
         Ok(Self::new(settings, seed))
     }
 
-    fn new_request(self: &Rc<Self>) -> RouterRequest {
+    fn new_request(self: &Rc<Self>, _context_id: u32) -> RouterRequest {
         RouterRequest {
             router: self.clone(),
             awaiting: None,
@@ -201,7 +201,7 @@ mod tests {
         let r = router(&mut host);
         let body = r#"{"model":"small","messages":[{"role":"user","content":"hi"}]}"#;
         chat(&mut host, body);
-        let mut req = r.new_request();
+        let mut req = r.new_request(1);
         assert_eq!(req.on_request_headers(&mut host, false), Flow::Pause);
         assert!(host.calls().is_empty());
         assert_eq!(req.on_request_body(&mut host, 10, false), Flow::Pause);
@@ -241,7 +241,7 @@ mod tests {
         chat(&mut host, body);
         host.request_headers
             .push(("x-session-id".into(), b"s-1".to_vec()));
-        let mut req = r.new_request();
+        let mut req = r.new_request(1);
         req.on_request_headers(&mut host, false);
         assert_eq!(
             req.on_request_body(&mut host, body.len(), true),
@@ -261,7 +261,7 @@ mod tests {
         let r = router(&mut host);
         let body = r#"{"model":"nope","messages":[]}"#;
         chat(&mut host, body);
-        let mut req = r.new_request();
+        let mut req = r.new_request(1);
         req.on_request_headers(&mut host, false);
         assert_eq!(
             req.on_request_body(&mut host, body.len(), true),
@@ -284,7 +284,7 @@ mod tests {
             (AFFINITY_HEADER, "ff"),
         ]);
         assert_eq!(
-            r.new_request().on_request_headers(&mut host, true),
+            r.new_request(1).on_request_headers(&mut host, true),
             Flow::Continue
         );
         assert_eq!(
@@ -306,7 +306,7 @@ mod tests {
             r#"{"key_id":"k","tenant":"t","models":["st*"],"limits":{}}"#,
         );
         assert_eq!(
-            r.new_request().on_request_headers(&mut host, true),
+            r.new_request(1).on_request_headers(&mut host, true),
             Flow::Pause
         );
         let reply = host.reply().unwrap();
@@ -327,7 +327,7 @@ mod tests {
         let r = router(&mut host);
         chat(&mut host, "");
         assert_eq!(
-            r.new_request().on_request_headers(&mut host, true),
+            r.new_request(1).on_request_headers(&mut host, true),
             Flow::Pause
         );
         assert_eq!(host.reply().unwrap().status, 400);

@@ -51,7 +51,7 @@ impl Plugin for PiiRedaction {
         Ok(Self::new(s))
     }
 
-    fn new_request(self: &Rc<Self>) -> PiiRequest {
+    fn new_request(self: &Rc<Self>, _context_id: u32) -> PiiRequest {
         PiiRequest {
             filter: self.clone(),
             phase: Phase::Passthrough,
@@ -307,7 +307,7 @@ mod tests {
     fn sent(host: &mut MockHost) -> PiiRequest {
         let f = filter(host, r#"{"default_action": "redact"}"#);
         let size = chat(host, "hi");
-        let mut req = f.new_request();
+        let mut req = f.new_request(1);
         req.on_request_headers(host, false);
         req.on_request_body(host, size, true);
         req
@@ -322,7 +322,7 @@ mod tests {
         let mut host = MockHost::new();
         let f = filter(&mut host, r#"{"default_action": "redact"}"#);
         let size = chat(&mut host, "write to jane.doe@example.com please");
-        let mut req = f.new_request();
+        let mut req = f.new_request(1);
         assert_eq!(req.on_request_headers(&mut host, false), Flow::Pause);
         assert_eq!(
             host.take_calls(),
@@ -350,7 +350,7 @@ mod tests {
         let mut host = MockHost::new();
         let f = filter(&mut host, r#"{"entities": {"email": "block"}}"#);
         let size = chat(&mut host, "jane.doe@example.com");
-        let mut req = f.new_request();
+        let mut req = f.new_request(1);
         req.on_request_headers(&mut host, false);
         host.take_calls();
         assert_eq!(req.on_request_body(&mut host, size, true), Flow::Pause);

@@ -212,6 +212,13 @@ impl Host for WasmHost {
         report("resume_http", result);
     }
 
+    fn set_effective_context(&mut self, context_id: u32) {
+        report(
+            "set_effective_context",
+            hostcalls::set_effective_context(context_id),
+        );
+    }
+
     fn clear_route_cache(&mut self) {
         if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", None) {
             log::warn!("host call clear_route_cache failed: {status:?}");
@@ -309,9 +316,9 @@ impl<P: Plugin> RootContext for RootGlue<P> {
         Some(ContextType::HttpContext)
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(match &self.plugin {
-            Some(p) => Box::new(HttpGlue(p.new_request())),
+            Some(p) => Box::new(HttpGlue(p.new_request(context_id))),
             None => Box::new(HttpGlue(Unconfigured { filter: P::NAME })),
         })
     }

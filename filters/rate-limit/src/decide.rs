@@ -383,6 +383,7 @@ mod tests {
                 max_parallel: par,
                 daily_tokens: None,
             },
+            priority: sluice_common::Priority::default(),
         }
     }
 

@@ -116,7 +116,7 @@ impl Plugin for RateLimit {
         Self::new(host, config, &root_id)
     }
 
-    fn new_request(self: &Rc<Self>) -> LimitedRequest {
+    fn new_request(self: &Rc<Self>, _context_id: u32) -> LimitedRequest {
         LimitedRequest {
             filter: self.clone(),
             phase: Phase::Idle,

@@ -37,6 +37,8 @@ pub enum Call {
         body: String,
     },
     Resume(Side),
+    /// The calls that follow act on this stream.
+    SetEffectiveContext(u32),
     ClearRouteCache,
     /// A counter incremented, by name.
     Increment(String, u64),
@@ -378,6 +380,10 @@ impl Host for MockHost {
 
     fn resume(&mut self, side: Side) {
         self.record(Call::Resume(side));
+    }
+
+    fn set_effective_context(&mut self, context_id: u32) {
+        self.record(Call::SetEffectiveContext(context_id));
     }
 
     fn clear_route_cache(&mut self) {

@@ -89,7 +89,7 @@ impl Plugin for TokenCounter {
         Ok(Self::new(host, settings))
     }
 
-    fn new_request(self: &Rc<Self>) -> CountedRequest {
+    fn new_request(self: &Rc<Self>, _context_id: u32) -> CountedRequest {
         CountedRequest {
             filter: self.clone(),
             phase: Phase::Passthrough,

@@ -47,7 +47,7 @@ fn send(
     messages: serde_json::Value,
 ) -> (PickedRequest, Option<String>) {
     let size = chat(host, messages);
-    let mut req = p.new_request();
+    let mut req = p.new_request(1);
     assert_eq!(req.on_request_headers(host, false), Flow::Pause);
     assert_eq!(req.on_request_body(host, size, true), Flow::Continue);
     let header = host.header(Side::Request, properties::ENDPOINT_HEADER);
@@ -160,7 +160,7 @@ fn without_fresh_metrics_envoy_decides_and_a_clients_header_is_removed() {
     let size = chat(&mut host, json!([{"role": "user", "content": "hi"}]));
     host.request_headers
         .push((properties::ENDPOINT_HEADER.into(), A.as_bytes().to_vec()));
-    let mut req = p.new_request();
+    let mut req = p.new_request(1);
     req.on_request_headers(&mut host, false);
     req.on_request_body(&mut host, size, true);
     assert_eq!(
@@ -186,7 +186,7 @@ fn a_request_to_another_pool_passes_untouched() {
     host.next_request(&[(":method", "POST"), (":path", "/v1/chat/completions")]);
     host.set_text_property("sluice_route", "pool-z");
     assert_eq!(
-        p.new_request().on_request_headers(&mut host, false),
+        p.new_request(1).on_request_headers(&mut host, false),
         Flow::Continue
     );
     assert!(host.calls().is_empty());
@@ -211,7 +211,7 @@ fn a_request_for_a_lora_adapter_goes_where_it_is_loaded() {
     );
     let size = chat(&mut host, json!([{"role": "user", "content": "hi"}]));
     host.set_text_property("sluice_model", "sql-lora");
-    let mut req = p.new_request();
+    let mut req = p.new_request(1);
     req.on_request_headers(&mut host, false);
     req.on_request_body(&mut host, size, true);
     assert!(host
@@ -219,4 +219,160 @@ fn a_request_for_a_lora_adapter_goes_where_it_is_loaded() {
         .unwrap()
         .starts_with(B));
     assert_eq!(decision(&host)["reason"], "lora");
+}
+
+/// A picker whose pool has flow control: one request in flight per endpoint.
+fn flow_picker(host: &mut MockHost) -> Rc<EndpointPicker> {
+    host.now_ms = 1_800_000_000_000;
+    host.plugin_config = json!({"pools": [{"name": "pool-a", "engine": "vllm", "max_in_flight": 1,
+        "endpoints": [{"address": A, "metrics_cluster": "m0"}, {"address": B, "metrics_cluster": "m1"}]}],
+        "flow": {"max_wait_ms": 2000, "max_queue": 2}})
+    .to_string()
+    .into_bytes();
+    host.take_calls();
+    let p = Rc::new(EndpointPicker::configure(host).unwrap());
+    assert_eq!(host.take_calls(), vec![Call::SetTickPeriod(RELEASE_PERIOD)]);
+    report(host, A, 0.0, 0.0);
+    report(host, B, 0.0, 0.0);
+    p
+}
+
+/// A request of `tenant` at `priority` on stream `id`: what its body hook answered.
+fn arrive(
+    host: &mut MockHost,
+    p: &Rc<EndpointPicker>,
+    id: u32,
+    tenant: &str,
+    priority: &str,
+) -> (PickedRequest, Flow) {
+    let size = chat(
+        host,
+        json!([{"role": "user", "content": format!("{tenant} {id}")}]),
+    );
+    host.set_text_property("sluice_tenant", tenant);
+    host.set_text_property("sluice_priority", priority);
+    let mut req = p.new_request(id);
+    req.on_request_headers(host, false);
+    let flow = req.on_request_body(host, size, true);
+    (req, flow)
+}
+
+#[test]
+fn a_full_pool_queues_and_releases_as_capacity_frees_interactive_first() {
+    let mut host = MockHost::new();
+    let p = flow_picker(&mut host);
+    let (mut r1, f1) = arrive(&mut host, &p, 1, "t1", "interactive");
+    let first = decision(&host)["endpoint"].as_str().unwrap().to_string();
+    let (_r2, f2) = arrive(&mut host, &p, 2, "t1", "interactive");
+    assert_eq!(
+        (f1, f2),
+        (Flow::Continue, Flow::Continue),
+        "one per endpoint"
+    );
+    // Both endpoints full: a batch request, then an interactive one, wait.
+    let (mut r3, f3) = arrive(&mut host, &p, 3, "t2", "batch");
+    assert!(host
+        .counted()
+        .contains(&"sluice.endpoint.queued.pool.pool-a.priority.batch".into()));
+    let (mut r4, f4) = arrive(&mut host, &p, 4, "t3", "interactive");
+    assert_eq!((f3, f4), (Flow::Pause, Flow::Pause));
+    // The queue is full (2): the next one is refused at once.
+    let (_r5, f5) = arrive(&mut host, &p, 5, "t4", "interactive");
+    assert_eq!(f5, Flow::Pause);
+    assert_eq!(host.reply().unwrap().status, 429);
+    // Still full: a tick releases nothing.
+    host.take_calls();
+    p.on_tick(&mut host);
+    assert!(!host.calls().contains(&Call::Resume(Side::Request)));
+    // Request 1 ends: its endpoint has room, and the interactive request (4) goes first.
+    r1.on_log(&mut host);
+    host.take_calls();
+    host.now_ms += 20;
+    p.on_tick(&mut host);
+    let calls = host.take_calls();
+    assert_eq!(
+        calls.first(),
+        Some(&Call::SetEffectiveContext(4)),
+        "{calls:?}"
+    );
+    assert!(calls.iter().any(|c| matches!(c, Call::SetHeader(Side::Request, h, v) if h == "x-sluice-endpoint" && v.starts_with(&first))));
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| **c == Call::Resume(Side::Request))
+            .count(),
+        1
+    );
+    assert_eq!(decision(&host)["queued_ms"], 20);
+    // The released request counts in flight, and gives it back when it ends.
+    assert_eq!(shared_counter(&host, &in_flight_key(&first)), 1);
+    r4.on_log(&mut host);
+    assert_eq!(shared_counter(&host, &in_flight_key(&first)), 0);
+    p.on_tick(&mut host);
+    assert!(
+        host.calls().contains(&Call::SetEffectiveContext(3)),
+        "then the batch one"
+    );
+    r3.on_log(&mut host);
+}
+
+#[test]
+fn a_request_that_waits_too_long_gets_429_with_retry_after_and_a_gone_one_is_never_released() {
+    let mut host = MockHost::new();
+    let p = flow_picker(&mut host);
+    let (mut r1, _) = arrive(&mut host, &p, 1, "t", "interactive");
+    let (_r2, _) = arrive(&mut host, &p, 2, "t", "interactive");
+    let (_r3, f3) = arrive(&mut host, &p, 3, "t", "interactive");
+    let (mut r4, f4) = arrive(&mut host, &p, 4, "u", "interactive");
+    assert_eq!((f3, f4), (Flow::Pause, Flow::Pause));
+    // The client of 4 goes away while it waits.
+    r4.on_log(&mut host);
+    host.now_ms += 2_000;
+    host.take_calls();
+    p.on_tick(&mut host);
+    let calls = host.take_calls();
+    assert_eq!(calls.first(), Some(&Call::SetEffectiveContext(3)));
+    let reply = host.reply();
+    let Some(Call::SendReply {
+        status, headers, ..
+    }) = calls.iter().find(|c| matches!(c, Call::SendReply { .. }))
+    else {
+        panic!("no reply: {calls:?} {reply:?}");
+    };
+    assert_eq!(*status, 429);
+    assert!(headers.contains(&("retry-after".into(), "2".into())));
+    assert!(!calls.contains(&Call::SetEffectiveContext(4)));
+    // Capacity frees: nobody is left to release.
+    r1.on_log(&mut host);
+    host.take_calls();
+    p.on_tick(&mut host);
+    assert!(!host
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::SetEffectiveContext(_))));
+}
+
+#[test]
+fn a_worker_holds_its_batch_requests_while_another_has_interactive_ones_waiting() {
+    let mut host = MockHost::new();
+    // Two workers: two VMs of the filter over one shared data.
+    let w1 = flow_picker(&mut host);
+    let w2 = flow_picker(&mut host);
+    let (mut r1, _) = arrive(&mut host, &w1, 1, "t", "interactive");
+    let (_r2, _) = arrive(&mut host, &w1, 2, "t", "interactive");
+    let (_b, fb) = arrive(&mut host, &w1, 3, "t", "batch");
+    let (_i, fi) = arrive(&mut host, &w2, 4, "u", "interactive");
+    assert_eq!((fb, fi), (Flow::Pause, Flow::Pause));
+    r1.on_log(&mut host);
+    host.take_calls();
+    w1.on_tick(&mut host);
+    assert!(
+        !host
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::SetEffectiveContext(_))),
+        "batch held"
+    );
+    w2.on_tick(&mut host);
+    assert!(host.calls().contains(&Call::SetEffectiveContext(4)));
 }

@@ -87,7 +87,7 @@ fn global_ok_resumes_then_settles_with_the_real_usage() {
     let mut host = MockHost::new();
     let f = filter(&mut host, tokens_config("deny"));
     tokens_request(&mut host, json!({"tokens_per_minute": 1000}));
-    let mut req = f.new_request();
+    let mut req = f.new_request(1);
     assert_eq!(req.on_request_headers(&mut host, false), Flow::Pause);
     assert_eq!(host.effects(), vec![grpc_call()]);
     assert_eq!(host.counted(), vec!["sluice.rate_limit.local.allowed"]);
@@ -150,7 +150,7 @@ fn global_over_limit_is_a_429_and_the_request_is_not_resumed() {
         let mut host = MockHost::new();
         let f = filter(&mut host, tokens_config(mode));
         tokens_request(&mut host, json!({"tokens_per_minute": 1000}));
-        let mut req = f.new_request();
+        let mut req = f.new_request(1);
         req.on_request_headers(&mut host, false);
         host.take_calls();
         host.grpc_answer = Some(answer(CODE_OVER_LIMIT, 12));
@@ -190,7 +190,7 @@ fn a_failed_service_follows_the_failure_mode() {
             assert_eq!(f.config.global.as_ref().unwrap().failure_mode, mode);
             tokens_request(&mut host, json!({"tokens_per_minute": 1000}));
             host.callouts_fail = failure.is_none();
-            let mut req = f.new_request();
+            let mut req = f.new_request(1);
             let flow = req.on_request_headers(&mut host, false);
             if let Some(status) = failure {
                 assert_eq!(flow, Flow::Pause);
@@ -235,7 +235,7 @@ fn local_mode_counts_here_and_settles_here() {
     let mut host = MockHost::new();
     let f = filter(&mut host, tokens_config("local"));
     tokens_request(&mut host, json!({"tokens_per_minute": 1000}));
-    let mut req = f.new_request();
+    let mut req = f.new_request(1);
     req.on_request_headers(&mut host, false);
     req.on_grpc_response(&mut host, 1, 14, 0);
     assert!(host.calls().contains(&Call::Resume(Side::Request)));
@@ -262,7 +262,7 @@ fn admission_takes_local_counters_and_gives_slots_back_at_the_end() {
     let limits = json!({"requests_per_minute": 2, "max_parallel": 1});
     let mut first = {
         tokens_request(&mut host, limits.clone());
-        let mut r = f.new_request();
+        let mut r = f.new_request(1);
         assert_eq!(r.on_request_headers(&mut host, false), Flow::Continue);
         assert_eq!(
             host.effects(),
@@ -289,7 +289,7 @@ fn admission_takes_local_counters_and_gives_slots_back_at_the_end() {
     };
     // A second request while the first is in flight: over max_parallel.
     tokens_request(&mut host, limits.clone());
-    let mut second = f.new_request();
+    let mut second = f.new_request(1);
     assert_eq!(second.on_request_headers(&mut host, false), Flow::Pause);
     let reply = host.reply().unwrap();
     assert_eq!(reply.status, 429);
@@ -303,13 +303,13 @@ fn admission_takes_local_counters_and_gives_slots_back_at_the_end() {
     first.on_log(&mut host);
     tokens_request(&mut host, limits.clone());
     assert_eq!(
-        f.new_request().on_request_headers(&mut host, false),
+        f.new_request(1).on_request_headers(&mut host, false),
         Flow::Continue
     );
     // Three requests in the minute: the rate refuses the fourth.
     tokens_request(&mut host, limits);
     assert_eq!(
-        f.new_request().on_request_headers(&mut host, false),
+        f.new_request(1).on_request_headers(&mut host, false),
         Flow::Pause
     );
     assert!(host.reply().unwrap().body.contains("requests per minute"));
@@ -321,7 +321,7 @@ fn a_request_larger_than_the_whole_window_is_refused_without_retry_after() {
     let f = filter(&mut host, json!({"stage": "tokens"}));
     tokens_request(&mut host, json!({"tokens_per_minute": 50}));
     assert_eq!(
-        f.new_request().on_request_headers(&mut host, false),
+        f.new_request(1).on_request_headers(&mut host, false),
         Flow::Pause
     );
     let reply = host.reply().unwrap();
@@ -342,7 +342,7 @@ fn a_model_rule_waits_for_the_body_when_no_router_named_the_model() {
     );
     tokens_request(&mut host, json!({}));
     host.request_body = br#"{"model":"big-1","max_tokens":600,"messages":[]}"#.to_vec();
-    let mut req = f.new_request();
+    let mut req = f.new_request(1);
     assert_eq!(req.on_request_headers(&mut host, false), Flow::Pause);
     assert_eq!(req.on_request_body(&mut host, 5, false), Flow::Pause);
     let size = host.request_body.len();
@@ -362,12 +362,12 @@ fn without_a_policy_or_counted_prompt_nothing_is_checked() {
     let f = filter(&mut host, json!({"stage": "tokens"}));
     host.next_request(&[(":path", "/v1/chat/completions")]);
     assert_eq!(
-        f.new_request().on_request_headers(&mut host, false),
+        f.new_request(1).on_request_headers(&mut host, false),
         Flow::Continue
     );
     host.set_text_property("sluice_policy", &policy(json!({"tokens_per_minute": 5})));
     assert_eq!(
-        f.new_request().on_request_headers(&mut host, false),
+        f.new_request(1).on_request_headers(&mut host, false),
         Flow::Continue
     );
     assert!(host.calls().is_empty(), "{:?}", host.calls());

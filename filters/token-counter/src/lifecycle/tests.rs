@@ -14,7 +14,7 @@ fn sent(host: &mut MockHost, f: &Rc<TokenCounter>, path: &str, body: Value) -> C
     host.next_request(&[(":method", "POST"), (":path", path)]);
     host.set_text_property("sluice_tenant", "team-a");
     host.request_body = body.to_string().into_bytes();
-    let mut req = f.new_request();
+    let mut req = f.new_request(1);
     assert_eq!(req.on_request_headers(host, false), Flow::Pause);
     let size = host.request_body.len();
     assert_eq!(req.on_request_body(host, size, true), Flow::Continue);
@@ -64,7 +64,7 @@ fn a_request_is_held_until_its_prompt_is_counted_and_published() {
     let f = filter(&mut host);
     host.next_request(&[(":method", "POST"), (":path", "/v1/chat/completions")]);
     host.request_body = chat(true).to_string().into_bytes();
-    let mut req = f.new_request();
+    let mut req = f.new_request(1);
     assert_eq!(req.on_request_headers(&mut host, false), Flow::Pause);
     assert_eq!(
         host.take_calls(),
@@ -102,14 +102,14 @@ fn a_request_without_a_body_or_model_is_refused() {
     let f = filter(&mut host);
     host.next_request(&[(":method", "POST"), (":path", "/v1/chat/completions")]);
     assert_eq!(
-        f.new_request().on_request_headers(&mut host, true),
+        f.new_request(1).on_request_headers(&mut host, true),
         Flow::Pause
     );
     assert_eq!(host.reply().unwrap().status, 400);
 
     host.next_request(&[(":method", "POST"), (":path", "/v1/messages")]);
     host.request_body = br#"{"messages":[]}"#.to_vec();
-    let mut req = f.new_request();
+    let mut req = f.new_request(1);
     req.on_request_headers(&mut host, false);
     assert_eq!(req.on_request_body(&mut host, 15, true), Flow::Pause);
     let reply = host.reply().unwrap();
