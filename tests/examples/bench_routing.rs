@@ -25,6 +25,9 @@ const SLOWDOWN_PCT: u64 = 10;
 const TENANTS: usize = 8;
 const SYSTEM_BYTES: usize = 2_400;
 const MAX_TURNS: usize = 6;
+/// Prefix cache per engine, in 64-byte blocks: 24 KB, less than the eight tenants' system
+/// prompts and conversations together, more than two tenants' (what affinity gives one).
+const CACHE_BLOCKS: usize = 384;
 
 /// A small deterministic generator (the workload is the same for every mode).
 struct Rng(u64);
@@ -188,7 +191,7 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
 }
 
 async fn stack(mode: &str) -> Stack {
-    let (pool_options, router) = match mode {
+    let (mut pool_options, router) = match mode {
         "round_robin" => (json!({"lb": "round_robin"}), json!({})),
         "least_request" => (json!({}), json!({})),
         "maglev_prefix" => (
@@ -197,6 +200,9 @@ async fn stack(mode: &str) -> Stack {
         ),
         _ => (json!({"engine": "vllm"}), json!({})),
     };
+    // Every mode knows the engines' batch slots: Envoy opens at most that many connections
+    // per endpoint and queues the rest (the picker queues them itself: flow control).
+    pool_options["max_concurrency"] = json!(SLOTS);
     let mut router_config = json!({"models": {"*": {"targets": [{"pool": "pool-gpu"}]}}});
     if let Some(a) = router.get("affinity") {
         router_config["affinity"] = a.clone();
@@ -211,7 +217,7 @@ async fn stack(mode: &str) -> Stack {
         "--sim-batch-slowdown-pct".into(),
         SLOWDOWN_PCT.to_string(),
         "--sim-cache-blocks".into(),
-        "2048".into(),
+        CACHE_BLOCKS.to_string(),
         "--sim-metrics-lag-ms".into(),
         "250".into(),
         "--reply-tokens".into(),
@@ -346,6 +352,34 @@ async fn main() {
                 after.0 - before.0,
                 queue,
             );
+            if std::env::var("BENCH_ROUTING_DEBUG").is_ok() {
+                let log = s.access_log();
+                let mut hosts = std::collections::BTreeMap::<String, usize>::new();
+                let mut statuses = std::collections::BTreeMap::<String, usize>::new();
+                let mut queued: Vec<f64> = Vec::new();
+                for l in &log {
+                    *hosts
+                        .entry(l["upstream_host"].as_str().unwrap_or("-").to_string())
+                        .or_default() += 1;
+                    *statuses.entry(l["status"].to_string()).or_default() += 1;
+                    if let Some(d) = l["endpoint"]
+                        .as_str()
+                        .and_then(|e| serde_json::from_str::<Value>(e).ok())
+                    {
+                        if let Some(q) = d["queued_ms"].as_f64() {
+                            queued.push(q);
+                        }
+                    }
+                }
+                for l in s.prometheus().await.lines().filter(|l| {
+                    l.starts_with("sluice_endpoint_in_flight")
+                        || l.starts_with("sluice_endpoint_queued")
+                }) {
+                    eprintln!("  {l}");
+                }
+                eprintln!("{mode}: hosts {hosts:?} statuses {statuses:?} queued {} p50 {:.0} ms max {:.0} ms",
+                    queued.len(), percentile(&mut queued.clone(), 0.5), queued.iter().cloned().fold(0.0, f64::max));
+            }
             drop(s);
         }
     }

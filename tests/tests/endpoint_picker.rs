@@ -364,7 +364,7 @@ async fn a_full_pool_queues_in_the_gateway_interactive_before_batch() {
         },
         vars: vec![(
             "endpoint_picker".into(),
-            json!({"scrape_interval_ms": 200, "flow": {"max_wait_ms": 8000}}),
+            json!({"scrape_interval_ms": 200, "flow": {"enabled": true, "max_wait_ms": 8000}}),
         )],
         ..StackOptions::default()
     })
@@ -460,7 +460,7 @@ async fn a_wait_past_the_bound_gets_429_with_retry_after() {
         },
         vars: vec![(
             "endpoint_picker".into(),
-            json!({"scrape_interval_ms": 200, "flow": {"max_wait_ms": 600}}),
+            json!({"scrape_interval_ms": 200, "flow": {"enabled": true, "max_wait_ms": 600}}),
         )],
         ..StackOptions::default()
     })

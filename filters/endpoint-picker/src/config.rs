@@ -44,6 +44,9 @@ pub struct PoolConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlowConfig {
+    /// Queue in the gateway when a pool is full (pools with `max_in_flight`). Off: Envoy's
+    /// own pending queue holds what the endpoints' connection limits do not admit.
+    pub enabled: bool,
     /// Requests waiting per pool (per Envoy worker); past it, 429 at once.
     pub max_queue: usize,
     /// The longest wait; past it, 429 with `retry-after`.
@@ -53,6 +56,7 @@ pub struct FlowConfig {
 impl Default for FlowConfig {
     fn default() -> Self {
         Self {
+            enabled: false,
             max_queue: 1024,
             max_wait_ms: 10_000,
         }

@@ -91,7 +91,7 @@ impl EndpointPicker {
         );
         let pools: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
         let scrape = Duration::from_millis(config.scrape_interval_ms);
-        let flow = config.pools.iter().any(|p| p.max_in_flight.is_some());
+        let flow = config.flow.enabled && config.pools.iter().any(|p| p.max_in_flight.is_some());
         host.set_tick_period(if flow {
             RELEASE_PERIOD.min(scrape)
         } else {
@@ -121,21 +121,20 @@ impl EndpointPicker {
     }
 
     /// Whether every endpoint of pool `p` is full: as many requests in flight from this
-    /// gateway as its `max_in_flight`, or (by its fresh report) a queue of
-    /// `weights.saturated_waiting`. Pools without `max_in_flight` have no flow control.
+    /// gateway as its `max_in_flight`. Pools without `max_in_flight` have no flow control.
     fn saturated(&self, host: &dyn Host, p: usize, now: u64) -> bool {
         let Some(pool) = self.config.pools.get(p) else {
             return false;
         };
-        let Some(max) = pool.max_in_flight else {
+        let Some(max) = pool.max_in_flight.filter(|_| self.config.flow.enabled) else {
             return false;
         };
-        pool.endpoints.iter().all(|e| {
-            shared_counter(host, &in_flight_key(&e.address)) >= max
-                || self
-                    .report(host, &e.address, now)
-                    .is_some_and(|r| r.waiting >= self.config.weights.saturated_waiting)
-        })
+        // The gateway's own count, exact and immediate; the engines' reports lag by up to
+        // a scrape interval and would hold requests for slots already free.
+        let _ = now;
+        pool.endpoints
+            .iter()
+            .all(|e| shared_counter(host, &in_flight_key(&e.address)) >= max)
     }
 
     /// Rank pool `p`'s endpoints for a prompt with prefix `keys` asking for `model`, hand
@@ -181,6 +180,7 @@ impl EndpointPicker {
                     in_flight: shared_counter(&*host, &in_flight_key(&e.address)),
                     prefix,
                     lora_loaded,
+                    slots: pool.max_in_flight,
                 }
             })
             .collect();

@@ -47,6 +47,8 @@ pub struct Candidate {
     pub prefix: f64,
     /// The requested model is a LoRA adapter this endpoint has loaded.
     pub lora_loaded: bool,
+    /// Requests it serves at once (its batch slots), when the pool says.
+    pub slots: Option<u64>,
 }
 
 /// Why an endpoint was chosen.
@@ -92,21 +94,30 @@ impl Candidate {
         engine.max(self.in_flight as f64)
     }
 
+    /// Requests on it, waiting or running: the engine's count or the gateway's, the higher.
+    pub fn requests(&self) -> f64 {
+        let engine = self.engine.as_ref().map_or(0.0, |e| e.running + e.waiting);
+        engine.max(self.in_flight as f64)
+    }
+
+    /// No room: its queue or KV cache is full by the engine's report, or (with known
+    /// slots) one more request would have to wait for a slot.
     pub fn saturated(&self, w: &Weights) -> bool {
-        self.engine.as_ref().is_some_and(|e| {
+        let engine_full = self.engine.as_ref().is_some_and(|e| {
             e.waiting >= w.saturated_waiting
                 || e.kv_cache.is_some_and(|k| k >= w.saturated_kv_cache)
-        })
+        });
+        let slots_full = self.slots.is_some_and(|s| self.requests() + 1.0 > s as f64);
+        engine_full || slots_full
     }
 
     fn score(&self, w: &Weights) -> f64 {
+        // Affinity is worth a shorter prefill or no adapter load, never a wait for a slot.
+        if self.saturated(w) {
+            return self.load(w);
+        }
         let lora = if self.lora_loaded { w.lora } else { 0.0 };
-        let prefix = if self.saturated(w) {
-            0.0
-        } else {
-            w.prefix * self.prefix.clamp(0.0, 1.0)
-        };
-        self.load(w) - prefix - lora
+        self.load(w) - w.prefix * self.prefix.clamp(0.0, 1.0) - lora
     }
 }
 
@@ -162,6 +173,7 @@ mod tests {
             in_flight: 0,
             prefix,
             lora_loaded: false,
+            slots: None,
         }
     }
 
@@ -230,6 +242,21 @@ mod tests {
             rank(&[c(0.0, 1.0, 0.0), busy_lora], &w, 0).unwrap().order[0],
             0
         );
+    }
+
+    #[test]
+    fn with_known_slots_affinity_never_costs_a_wait() {
+        let w = Weights::default();
+        let slots = |c: Candidate| Candidate {
+            slots: Some(4),
+            ..c
+        };
+        // Three of four slots busy: the prefix still wins over an idle endpoint.
+        let r = rank(&[slots(c(0.0, 3.0, 1.0)), slots(c(0.0, 1.0, 0.0))], &w, 1).unwrap();
+        assert_eq!((r.order[0], r.reason), (0, Reason::Prefix));
+        // All four busy: the request would wait for a slot there; it goes elsewhere.
+        let r = rank(&[slots(c(0.0, 4.0, 1.0)), slots(c(0.0, 3.0, 0.0))], &w, 0).unwrap();
+        assert_eq!((r.order[0], r.reason), (1, Reason::Load));
     }
 
     #[test]

@@ -226,7 +226,7 @@ fn flow_picker(host: &mut MockHost) -> Rc<EndpointPicker> {
     host.now_ms = 1_800_000_000_000;
     host.plugin_config = json!({"pools": [{"name": "pool-a", "engine": "vllm", "max_in_flight": 1,
         "endpoints": [{"address": A, "metrics_cluster": "m0"}, {"address": B, "metrics_cluster": "m1"}]}],
-        "flow": {"max_wait_ms": 2000, "max_queue": 2}})
+        "flow": {"enabled": true, "max_wait_ms": 2000, "max_queue": 2}})
     .to_string()
     .into_bytes();
     host.take_calls();
