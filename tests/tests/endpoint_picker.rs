@@ -15,33 +15,45 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn stack() -> (Stack, tokio::sync::MutexGuard<'static, ()>) {
     let guard = SERIAL.lock().await;
-    let stack = Stack::start(StackOptions {
-        pools: vec!["pool-a"],
-        backends: 2,
-        pool_options: vec![("pool-a", json!({"engine": "vllm"}))],
-        mock_args: [
-            "--sim-slots",
-            "2",
-            "--sim-decode-us-per-token",
-            "2000",
-            "--sim-metrics-lag-ms",
-            "100",
-            "--reply-tokens",
-            "500",
-        ]
-        .map(String::from)
-        .to_vec(),
-        keys: KeyAuthConfig {
-            keys: vec![key_record("key_p", KEY, "team-p")],
-        },
-        vars: vec![(
-            "endpoint_picker".into(),
-            json!({"scrape_interval_ms": 200, "stale_after_ms": 2000}),
-        )],
-        ..StackOptions::default()
-    })
+    let stack = Stack::start(sim_pool(
+        2,
+        2000,
+        json!({"engine": "vllm"}),
+        json!({"scrape_interval_ms": 200, "stale_after_ms": 2000}),
+        vec![key_record("key_p", KEY, "team-p")],
+    ))
     .await;
     (stack, guard)
+}
+
+/// A pool `pool-a` of two simulated engines (`slots` sequences each, `decode_us` per output
+/// token, metrics lagging 100 ms), with `pool` options and the picker's `picker` settings.
+fn sim_pool(
+    slots: u32,
+    decode_us: u32,
+    pool: Value,
+    picker: Value,
+    keys: Vec<sluice_key_auth::KeyRecord>,
+) -> StackOptions {
+    StackOptions {
+        pools: vec!["pool-a"],
+        backends: 2,
+        pool_options: vec![("pool-a", pool)],
+        mock_args: [
+            "--sim-slots".to_string(),
+            slots.to_string(),
+            "--sim-decode-us-per-token".into(),
+            decode_us.to_string(),
+            "--sim-metrics-lag-ms".into(),
+            "100".into(),
+            "--reply-tokens".into(),
+            "500".into(),
+        ]
+        .to_vec(),
+        keys: KeyAuthConfig { keys },
+        vars: vec![("endpoint_picker".into(), picker)],
+        ..StackOptions::default()
+    }
 }
 
 fn chat(system: &str, turns: &[&str], max_tokens: u64) -> Value {
@@ -280,19 +292,7 @@ async fn real_engines_the_picker_reads_llama_cpp_and_avoids_the_busy_server() {
         || {
             let url = busy_url.clone();
             async move {
-                let page = reqwest::get(format!("{url}/metrics"))
-                    .await
-                    .ok()?
-                    .text()
-                    .await
-                    .ok()?;
-                let deferred: f64 = page
-                    .lines()
-                    .find(|l| l.starts_with("llamacpp:requests_deferred"))?
-                    .rsplit(' ')
-                    .next()?
-                    .parse()
-                    .ok()?;
+                let deferred = engine_metric(&url, "llamacpp:requests_deferred").await?;
                 (deferred >= 1.0).then_some(())
             }
         },
@@ -345,29 +345,13 @@ async fn a_full_pool_queues_in_the_gateway_interactive_before_batch() {
     let _guard = SERIAL.lock().await;
     let mut batch = key_record("key_batch", BATCH, "team-batch");
     batch.priority = sluice_common::Priority::Batch;
-    let s = Stack::start(StackOptions {
-        pools: vec!["pool-a"],
-        backends: 2,
-        pool_options: vec![("pool-a", json!({"engine": "vllm", "max_concurrency": 1}))],
-        mock_args: [
-            "--sim-slots",
-            "1",
-            "--sim-decode-us-per-token",
-            "2000",
-            "--reply-tokens",
-            "500",
-        ]
-        .map(String::from)
-        .to_vec(),
-        keys: KeyAuthConfig {
-            keys: vec![key_record("key_p", KEY, "team-p"), batch],
-        },
-        vars: vec![(
-            "endpoint_picker".into(),
-            json!({"scrape_interval_ms": 200, "flow": {"enabled": true, "max_wait_ms": 8000}}),
-        )],
-        ..StackOptions::default()
-    })
+    let s = Stack::start(sim_pool(
+        1,
+        2000,
+        json!({"engine": "vllm", "max_concurrency": 1}),
+        json!({"scrape_interval_ms": 200, "flow": {"enabled": true, "max_wait_ms": 8000}}),
+        vec![key_record("key_p", KEY, "team-p"), batch],
+    ))
     .await;
     s.wait_all_healthy().await;
     for b in s.backends("pool-a") {
@@ -417,11 +401,21 @@ async fn a_full_pool_queues_in_the_gateway_interactive_before_batch() {
             .map(|d| d.2)
             .collect()
     };
+    let t0 = done.iter().map(|d| d.2).min().unwrap();
+    let order: Vec<(String, u128)> = done
+        .iter()
+        .map(|d| (d.0.clone(), (d.2 - t0).as_millis()))
+        .collect();
+    let decisions: Vec<Value> = s
+        .access_log()
+        .iter()
+        .map(|l| json!([l["endpoint"], l["upstream_host"], l["duration_ms"]]))
+        .collect();
     let last_interactive = end("interactive").into_iter().max().unwrap();
     let first_batch = end("batch").into_iter().min().unwrap();
     assert!(
         last_interactive <= first_batch,
-        "a batch request was served before an interactive one"
+        "a batch request was served before an interactive one: {order:?} {decisions:?}"
     );
     // Each request reached a backend exactly once.
     let mut received = 0;
@@ -441,29 +435,13 @@ async fn a_full_pool_queues_in_the_gateway_interactive_before_batch() {
 #[tokio::test]
 async fn a_wait_past_the_bound_gets_429_with_retry_after() {
     let _guard = SERIAL.lock().await;
-    let s = Stack::start(StackOptions {
-        pools: vec!["pool-a"],
-        backends: 2,
-        pool_options: vec![("pool-a", json!({"engine": "vllm", "max_concurrency": 1}))],
-        mock_args: [
-            "--sim-slots",
-            "1",
-            "--sim-decode-us-per-token",
-            "5000",
-            "--reply-tokens",
-            "500",
-        ]
-        .map(String::from)
-        .to_vec(),
-        keys: KeyAuthConfig {
-            keys: vec![key_record("key_p", KEY, "team-p")],
-        },
-        vars: vec![(
-            "endpoint_picker".into(),
-            json!({"scrape_interval_ms": 200, "flow": {"enabled": true, "max_wait_ms": 600}}),
-        )],
-        ..StackOptions::default()
-    })
+    let s = Stack::start(sim_pool(
+        1,
+        5000,
+        json!({"engine": "vllm", "max_concurrency": 1}),
+        json!({"scrape_interval_ms": 200, "flow": {"enabled": true, "max_wait_ms": 600}}),
+        vec![key_record("key_p", KEY, "team-p")],
+    ))
     .await;
     s.wait_all_healthy().await;
     let fills: Vec<_> = (0..2)

@@ -51,6 +51,9 @@ pub struct Candidate {
     pub slots: Option<u64>,
 }
 
+/// What a request over an endpoint's slots costs in the score: more than any load.
+const FULL_PENALTY: f64 = 1e6;
+
 /// Why an endpoint was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -112,9 +115,16 @@ impl Candidate {
     }
 
     fn score(&self, w: &Weights) -> f64 {
+        // With known slots, the gateway's own count is exact: an endpoint whose slots its
+        // requests fill comes after every endpoint with room, whatever a lagging engine
+        // report says.
+        let full = self
+            .slots
+            .filter(|s| self.in_flight >= *s)
+            .map_or(0.0, |s| FULL_PENALTY * (self.in_flight - s + 1) as f64);
         // Affinity is worth a shorter prefill or no adapter load, never a wait for a slot.
         if self.saturated(w) {
-            return self.load(w);
+            return self.load(w) + full;
         }
         let lora = if self.lora_loaded { w.lora } else { 0.0 };
         self.load(w) - w.prefix * self.prefix.clamp(0.0, 1.0) - lora
@@ -257,6 +267,22 @@ mod tests {
         // All four busy: the request would wait for a slot there; it goes elsewhere.
         let r = rank(&[slots(c(0.0, 4.0, 1.0)), slots(c(0.0, 3.0, 0.0))], &w, 0).unwrap();
         assert_eq!((r.order[0], r.reason), (1, Reason::Load));
+    }
+
+    #[test]
+    fn an_endpoint_whose_slots_the_gateway_fills_comes_last_whatever_its_report() {
+        let w = Weights::default();
+        let full_by_us = Candidate {
+            in_flight: 1,
+            slots: Some(1),
+            ..c(0.0, 0.0, 0.0)
+        };
+        let busy_by_report = Candidate {
+            slots: Some(1),
+            ..c(0.0, 1.0, 0.0)
+        };
+        let r = rank(&[full_by_us, busy_by_report], &w, 0).unwrap();
+        assert_eq!(r.order, [1, 0]);
     }
 
     #[test]
