@@ -24,7 +24,7 @@ pub enum Engine {
 }
 
 /// An engine's load as last read.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineLoad {
     /// Requests queued in the engine, not yet running.
     pub waiting: f64,
@@ -33,6 +33,7 @@ pub struct EngineLoad {
     /// KV-cache utilisation, 0 to 1, when the engine reports it.
     pub kv_cache: Option<f64>,
     /// LoRA adapters loaded and ready.
+    #[serde(default)]
     pub loras: Vec<String>,
 }
 

@@ -30,11 +30,8 @@ const RELEASE_PERIOD: Duration = Duration::from_millis(20);
 /// An engine report as kept in shared data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Report {
-    waiting: f64,
-    running: f64,
-    kv: Option<f64>,
-    #[serde(default)]
-    loras: Vec<String>,
+    #[serde(flatten)]
+    load: EngineLoad,
     at_ms: u64,
 }
 
@@ -63,6 +60,16 @@ fn config_pools_histograms(host: &mut dyn Host, pools: &[String]) -> Vec<Histogr
             )
         })
         .collect()
+}
+
+/// The 429 of a request that found pool `pool` full (`why`: it waited too long, or the
+/// queue was full).
+fn pool_saturated(pool: &str, why: &str) -> OpenAiError {
+    OpenAiError::new(
+        ErrorKind::RateLimited,
+        format!("Every GPU of pool '{pool}' is busy and {why}; retry shortly."),
+    )
+    .with_code("pool_saturated")
 }
 
 /// The configured filter.
@@ -122,7 +129,7 @@ impl EndpointPicker {
 
     /// Whether every endpoint of pool `p` is full: as many requests in flight from this
     /// gateway as its `max_in_flight`. Pools without `max_in_flight` have no flow control.
-    fn saturated(&self, host: &dyn Host, p: usize, now: u64) -> bool {
+    fn saturated(&self, host: &dyn Host, p: usize) -> bool {
         let Some(pool) = self.config.pools.get(p) else {
             return false;
         };
@@ -131,7 +138,6 @@ impl EndpointPicker {
         };
         // The gateway's own count, exact and immediate; the engines' reports lag by up to
         // a scrape interval and would hold requests for slots already free.
-        let _ = now;
         pool.endpoints
             .iter()
             .all(|e| shared_counter(host, &in_flight_key(&e.address)) >= max)
@@ -161,13 +167,8 @@ impl EndpointPicker {
                 let mut lora_loaded = false;
                 let engine = self.report(&*host, &e.address, now).map(|r| {
                     fresh = true;
-                    lora_loaded = !model.is_empty() && r.loras.iter().any(|l| l == model);
-                    EngineLoad {
-                        waiting: r.waiting,
-                        running: r.running,
-                        kv_cache: r.kv,
-                        loras: r.loras,
-                    }
+                    lora_loaded = !model.is_empty() && r.load.loras.iter().any(|l| l == model);
+                    r.load
                 });
                 let prefix = match held {
                     Some((blocks, at)) if usize::from(at) == i && !keys.is_empty() => {
@@ -210,7 +211,17 @@ impl EndpointPicker {
         let chosen = addresses.first().copied().unwrap_or_default();
         let in_flight = add_shared(&*host, &in_flight_key(chosen), 1).unwrap_or(0);
         if let Ok(at) = u16::try_from(first) {
-            prefix::record(&*host, &pool.name, keys, at, pc.slots);
+            // The blocks the index already names this endpoint for need no write.
+            let known = held
+                .filter(|(_, e)| *e == at)
+                .map_or(0, |(blocks, _)| blocks);
+            prefix::record(
+                &*host,
+                &pool.name,
+                keys.get(known..).unwrap_or(&[]),
+                at,
+                pc.slots,
+            );
         }
         let mut record = serde_json::json!({
             "endpoint": chosen,
@@ -254,15 +265,10 @@ impl EndpointPicker {
             host.set_effective_context(w.context_id);
             let record = serde_json::json!({"reason": "queue_timeout", "pool": pool.name});
             set_text_property(host, properties::ENDPOINT, &record.to_string());
-            let error = OpenAiError::new(
-                ErrorKind::RateLimited,
-                format!(
-                    "Every GPU of pool '{}' is busy and the request waited {} s; retry shortly.",
-                    pool.name,
-                    max_wait / 1000
-                ),
-            )
-            .with_code("pool_saturated");
+            let error = pool_saturated(
+                &pool.name,
+                &format!("the request waited {} s", max_wait / 1000),
+            );
             let retry = max_wait.div_ceil(1000).max(1).to_string();
             send_error(host, &error, &[("retry-after", &retry)]);
             self.left_queue(&*host, &pool.name, &w.ticket);
@@ -271,7 +277,7 @@ impl EndpointPicker {
                 &format!("sluice.endpoint.queue_timeouts.pool.{}", label(&pool.name)),
             );
         }
-        while !self.saturated(&*host, p, now) {
+        while !self.saturated(&*host, p) {
             let next = self
                 .queues
                 .borrow()
@@ -429,19 +435,17 @@ impl Plugin for EndpointPicker {
             return; // the last report goes stale
         };
         let report = Report {
-            waiting: load.waiting,
-            running: load.running,
-            kv: load.kv_cache,
-            loras: load.loras,
+            load,
             at_ms: now_unix_millis(host),
         };
         if let Ok(bytes) = serde_json::to_vec(&report) {
             let _ = host.set_shared_data(&report_key(&endpoint.address), &bytes, None);
         }
         let (name, address) = (&pool.name, &endpoint.address);
-        self.gauge(host, "engine_waiting", name, address, report.waiting as u64);
-        self.gauge(host, "engine_running", name, address, report.running as u64);
-        if let Some(kv) = report.kv {
+        let load = &report.load;
+        self.gauge(host, "engine_waiting", name, address, load.waiting as u64);
+        self.gauge(host, "engine_running", name, address, load.running as u64);
+        if let Some(kv) = load.kv_cache {
             self.gauge(
                 host,
                 "kv_cache_permille",
@@ -482,16 +486,10 @@ impl PickedRequest {
         let model = text_property(&*host, properties::MODEL).unwrap_or_default();
         let now = now_unix_millis(host);
         let waiting = picker.queues.borrow().get(p).map_or(0, PoolQueue::len);
-        if waiting > 0 || picker.saturated(&*host, p, now) {
+        if waiting > 0 || picker.saturated(&*host, p) {
             let pool = picker.config.pools.get(p).map_or("", |x| x.name.as_str());
             if waiting >= picker.config.flow.max_queue {
-                let error = OpenAiError::new(
-                    ErrorKind::RateLimited,
-                    format!(
-                        "Every GPU of pool '{pool}' is busy and its queue is full; retry shortly."
-                    ),
-                )
-                .with_code("pool_saturated");
+                let error = pool_saturated(pool, "its queue is full");
                 send_error(host, &error, &[("retry-after", "1")]);
                 picker.count(
                     host,

@@ -22,10 +22,12 @@ fn picker(host: &mut MockHost, engine: &str) -> Rc<EndpointPicker> {
 /// The engine at `index` reports this load (as a scrape would have written it).
 fn report(host: &MockHost, address: &str, waiting: f64, running: f64) {
     let r = Report {
-        waiting,
-        running,
-        kv: Some(0.1),
-        loras: Vec::new(),
+        load: EngineLoad {
+            waiting,
+            running,
+            kv_cache: Some(0.1),
+            loras: Vec::new(),
+        },
         at_ms: host.now_ms,
     };
     let _ = host.set_shared_data(&report_key(address), &serde_json::to_vec(&r).unwrap(), None);
@@ -97,7 +99,10 @@ fn one_worker_scrapes_each_endpoint_per_interval_and_keeps_what_it_read() {
     let size = host.http_answer.1.len();
     p.on_http_response(&mut host, 1, size);
     let r = p.report(&host, A, host.now_ms).unwrap();
-    assert_eq!((r.waiting, r.running, r.kv), (3.0, 12.0, Some(0.4375)));
+    assert_eq!(
+        (r.load.waiting, r.load.running, r.load.kv_cache),
+        (3.0, 12.0, Some(0.4375))
+    );
     assert_eq!(
         host.metric_totals
             .get("sluice.endpoint.engine_waiting.pool.pool-a.endpoint.127_0_0_1_9001"),
@@ -198,10 +203,12 @@ fn a_request_for_a_lora_adapter_goes_where_it_is_loaded() {
     let p = picker(&mut host, "vllm");
     report(&host, A, 0.0, 1.0);
     let with_adapter = Report {
-        waiting: 0.0,
-        running: 2.0,
-        kv: Some(0.1),
-        loras: vec!["sql-lora".into()],
+        load: EngineLoad {
+            waiting: 0.0,
+            running: 2.0,
+            kv_cache: Some(0.1),
+            loras: vec!["sql-lora".into()],
+        },
         at_ms: host.now_ms,
     };
     let _ = host.set_shared_data(
