@@ -6,7 +6,9 @@
 # workload is the same for every mode (seeded). See docs/benchmarks.md.
 #
 # Environment: BENCH_ROUTING_SECONDS (arrivals per cell, 15), BENCH_ROUTING_LOADS
-# ("0.5,0.8,1.0"), BENCH_ROUTING_MODES ("round_robin,least_request,maglev_prefix,picker").
+# ("0.5,0.8,1.0"), BENCH_ROUTING_MODES ("round_robin,least_request,maglev_prefix,picker"),
+# BENCH_ROUTING_PICKER (endpoint-picker settings to try, JSON: {"weights": {"prefix": 2}}),
+# BENCH_ROUTING_POOL (pool options to try, JSON: {"max_concurrency": 64}).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh >/dev/null

@@ -7,7 +7,9 @@
 //! prefix-cache hit rate, prompt tokens they had to prefill, and their mean queue.
 //!
 //! Environment: BENCH_ROUTING_SECONDS (arrivals per cell, default 15), BENCH_ROUTING_LOADS
-//! (default "0.5,0.8,1.0"), BENCH_ROUTING_MODES (default all four).
+//! (default "0.5,0.8,1.0"), BENCH_ROUTING_MODES (default all four), BENCH_ROUTING_PICKER
+//! (endpoint-picker settings to try, JSON), BENCH_ROUTING_POOL (pool options to try, JSON),
+//! BENCH_ROUTING_SYSTEM_BYTES (each tenant's system prompt, default 12,000).
 
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -20,14 +22,34 @@ const KEY: &str = "sk-sluice-bench-routing-0123456789abcdef";
 const ENDPOINTS: usize = 4;
 const SLOTS: u64 = 4;
 const PREFILL_US: u64 = 100;
-const DECODE_US: u64 = 4_000;
+/// A large model's decode step at a full batch (20 ms a token), and short answers: the
+/// service time of a request is GPU-like while the gateway relays few events per second
+/// (with 4 ms tokens and 16-64 of them, two cores spent their time relaying the stream and
+/// the cells measured the machine, not the balancing).
+const DECODE_US: u64 = 20_000;
 const SLOWDOWN_PCT: u64 = 10;
 const TENANTS: usize = 8;
-const SYSTEM_BYTES: usize = 2_400;
+/// Each tenant's system prompt, by default: 12 KB, about 3,000 tokens (agents' and RAG
+/// prompts run to thousands of tokens).
+const SYSTEM_BYTES: usize = 12_000;
 const MAX_TURNS: usize = 6;
-/// Prefix cache per engine, in 64-byte blocks: 24 KB, less than the eight tenants' system
-/// prompts and conversations together, more than two tenants' (what affinity gives one).
-const CACHE_BLOCKS: usize = 384;
+/// Unmeasured traffic before each cell.
+const WARMUP_SECONDS: f64 = 5.0;
+
+/// The system prompts' size: BENCH_ROUTING_SYSTEM_BYTES or [`SYSTEM_BYTES`].
+fn system_bytes() -> usize {
+    std::env::var("BENCH_ROUTING_SYSTEM_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SYSTEM_BYTES)
+}
+
+/// Prefix cache per engine, in 64-byte blocks: four system prompts' worth, what two
+/// tenants' prompts and conversations take (what affinity gives an engine), less than the
+/// eight tenants' together (what every engine would need without affinity).
+fn cache_blocks() -> usize {
+    4 * system_bytes() / 64
+}
 
 /// A small deterministic generator (the workload is the same for every mode).
 struct Rng(u64);
@@ -69,11 +91,14 @@ struct Arrival {
 /// tenant's open conversations (its history plus a new question), the rest start one.
 fn workload(rate: f64, seconds: f64, seed: u64) -> Vec<Arrival> {
     let mut rng = Rng(seed | 1);
+    // The tenants' system prompts are the same whatever the seed (the warm-up's arrivals
+    // share them with the measured ones).
+    let mut prompts = Rng(0x5eed);
     let systems: Vec<String> = (0..TENANTS)
         .map(|t| {
             let mut s = format!("You are the assistant of tenant {t}. Rules: ");
-            while s.len() < SYSTEM_BYTES {
-                s.push_str(&sentence(&mut rng, 12));
+            while s.len() < system_bytes() {
+                s.push_str(&sentence(&mut prompts, 12));
                 s.push_str(". ");
             }
             s
@@ -111,7 +136,7 @@ fn workload(rate: f64, seconds: f64, seed: u64) -> Vec<Arrival> {
         out.push(Arrival {
             at: t,
             messages,
-            max_tokens: rng.range(16, 64),
+            max_tokens: rng.range(4, 16),
         });
     }
 }
@@ -176,6 +201,36 @@ async fn send(client: reqwest::Client, url: String, a: &Arrival) -> Outcome {
     }
 }
 
+/// Send `arrivals` open-loop, each at its time after `start`; their outcomes once all end.
+async fn drive(
+    client: &reqwest::Client,
+    url: &str,
+    arrivals: Arc<Vec<Arrival>>,
+    start: Instant,
+) -> Vec<Outcome> {
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::with_capacity(arrivals.len());
+    for i in 0..arrivals.len() {
+        let at = Duration::from_secs_f64(arrivals[i].at);
+        tokio::time::sleep(at.saturating_sub(start.elapsed())).await;
+        let (client, url, arrivals, outcomes) = (
+            client.clone(),
+            url.to_string(),
+            arrivals.clone(),
+            outcomes.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let o = send(client, url, &arrivals[i]).await;
+            outcomes.lock().unwrap().push(o);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let done = outcomes.lock().unwrap().clone();
+    done
+}
+
 /// A counter or gauge from an engine's /metrics page (0 when absent).
 async fn metric(url: &str, name: &str) -> f64 {
     sluice_e2e::engine_metric(url, name).await.unwrap_or(0.0)
@@ -200,9 +255,21 @@ async fn stack(mode: &str) -> Stack {
         ),
         _ => (json!({"engine": "vllm"}), json!({})),
     };
-    // Every mode knows the engines' batch slots: Envoy opens at most that many connections
-    // per endpoint and queues the rest (the picker queues them itself: flow control).
+    // Every mode knows the engines' batch slots and gets the same connection headroom (an
+    // engine pool's default): Envoy's connection pools are per worker, and with exactly
+    // the slots one worker's idle connections made another queue its requests for
+    // seconds (least_request's TTFT p99 5.3 s against 0.2 s with headroom, one run each).
     pool_options["max_concurrency"] = json!(SLOTS);
+    pool_options["max_connections"] = json!(4 * SLOTS);
+    // BENCH_ROUTING_POOL: pool options to try (JSON, merged), e.g. {"max_concurrency": 64}.
+    if let Some(Value::Object(extra)) = std::env::var("BENCH_ROUTING_POOL")
+        .ok()
+        .and_then(|v| serde_json::from_str::<Value>(&v).ok())
+    {
+        for (k, v) in extra {
+            pool_options[k] = v;
+        }
+    }
     let mut router_config = json!({"models": {"*": {"targets": [{"pool": "pool-gpu"}]}}});
     if let Some(a) = router.get("affinity") {
         router_config["affinity"] = a.clone();
@@ -217,12 +284,28 @@ async fn stack(mode: &str) -> Stack {
         "--sim-batch-slowdown-pct".into(),
         SLOWDOWN_PCT.to_string(),
         "--sim-cache-blocks".into(),
-        CACHE_BLOCKS.to_string(),
+        cache_blocks().to_string(),
+        // A KV cache of 64k tokens (a small GPU's): a full batch of long prompts uses a
+        // share of it, as on a real engine, while the prefix cache above stays small.
+        "--sim-kv-tokens".into(),
+        "65536".into(),
         "--sim-metrics-lag-ms".into(),
         "250".into(),
         "--reply-tokens".into(),
         "1000".into(),
     ];
+    let mut vars = vec![
+        ("model_router_config".into(), router_config),
+        ("max_request_bytes".into(), json!(4 * 1024 * 1024)),
+    ];
+    // BENCH_ROUTING_PICKER: endpoint-picker settings to try (JSON, as the template's
+    // `endpoint_picker` variable), e.g. {"weights": {"prefix": 2}}.
+    if let Some(picker) = std::env::var("BENCH_ROUTING_PICKER")
+        .ok()
+        .and_then(|v| serde_json::from_str::<Value>(&v).ok())
+    {
+        vars.push(("endpoint_picker".into(), picker));
+    }
     let s = Stack::start(StackOptions {
         pools: vec!["pool-gpu"],
         backends: ENDPOINTS,
@@ -231,10 +314,7 @@ async fn stack(mode: &str) -> Stack {
         keys: KeyAuthConfig {
             keys: vec![key_record("key_bench", KEY, "bench")],
         },
-        vars: vec![
-            ("model_router_config".into(), router_config),
-            ("max_request_bytes".into(), json!(4 * 1024 * 1024)),
-        ],
+        vars,
         ..StackOptions::default()
     })
     .await;
@@ -259,7 +339,9 @@ async fn main() {
     // The capacity from a workload at a nominal rate (its mix, not its length, matters).
     let cap = capacity(&workload(10.0, 60.0, 7));
     println!(
-        "pool: {ENDPOINTS} simulated engines x {SLOTS} slots, prefill {PREFILL_US} us/token, decode {DECODE_US} us/token (+{SLOWDOWN_PCT}%/running); capacity without prefix cache ~{cap:.1} req/s; {seconds} s of arrivals per cell"
+        "pool: {ENDPOINTS} simulated engines x {SLOTS} slots, prefill {PREFILL_US} us/token, decode {DECODE_US} us/token (+{SLOWDOWN_PCT}%/running); system prompts {} bytes, prefix cache {} blocks of 64 bytes per engine; capacity without prefix cache ~{cap:.1} req/s; {seconds} s of arrivals per cell",
+        system_bytes(),
+        cache_blocks()
     );
     println!("| load | mode | sent | ok/s | TTFT p50 | TTFT p99 | e2e p50 | prefix hit | prefilled tokens | mean queue |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
@@ -273,17 +355,21 @@ async fn main() {
                 .iter()
                 .map(|m| m.url.clone())
                 .collect();
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()
+                .unwrap();
+            // Warm-up, not measured: the same kind of traffic (another seed) for
+            // WARMUP_SECONDS, so every mode starts with the system prompts cached somewhere
+            // and the cells measure steady state, not eight cold misses.
+            let warmup = Arc::new(workload(cap * load, WARMUP_SECONDS, 4242));
+            drive(&client, &url, warmup, Instant::now()).await;
             let mut before = (0.0, 0.0, 0.0);
             for e in &engines {
                 before.0 += metric(e, "vllm:prompt_tokens_total").await;
                 before.1 += metric(e, "vllm:prefix_cache_hits_total").await;
                 before.2 += metric(e, "vllm:prefix_cache_queries_total").await;
             }
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(256)
-                .build()
-                .unwrap();
-            let outcomes = Arc::new(Mutex::new(Vec::new()));
             let start = Instant::now();
             // Sample the engines' queues while the load runs.
             let sampling = {
@@ -301,25 +387,7 @@ async fn main() {
                     sum / n.max(1.0)
                 })
             };
-            let mut tasks = Vec::with_capacity(arrivals.len());
-            for i in 0..arrivals.len() {
-                let at = Duration::from_secs_f64(arrivals[i].at);
-                let wait = at.saturating_sub(start.elapsed());
-                tokio::time::sleep(wait).await;
-                let (client, url, arrivals, outcomes) = (
-                    client.clone(),
-                    url.clone(),
-                    arrivals.clone(),
-                    outcomes.clone(),
-                );
-                tasks.push(tokio::spawn(async move {
-                    let o = send(client, url, &arrivals[i]).await;
-                    outcomes.lock().unwrap().push(o);
-                }));
-            }
-            for t in tasks {
-                let _ = t.await;
-            }
+            let done = drive(&client, &url, arrivals.clone(), start).await;
             let elapsed = start.elapsed().as_secs_f64();
             let queue = sampling.await.unwrap_or(f64::NAN);
             let mut after = (0.0, 0.0, 0.0);
@@ -330,7 +398,6 @@ async fn main() {
                 after.1 += metric(e, "vllm:prefix_cache_hits_total").await;
                 after.2 += metric(e, "vllm:prefix_cache_queries_total").await;
             }
-            let done = outcomes.lock().unwrap().clone();
             let ok: Vec<&Outcome> = done.iter().filter(|o| o.ok).collect();
             let mut ttft: Vec<f64> = ok.iter().map(|o| o.ttft * 1000.0).collect();
             let mut total: Vec<f64> = ok.iter().map(|o| o.total * 1000.0).collect();

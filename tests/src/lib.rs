@@ -241,6 +241,9 @@ pub struct StackOptions {
     pub engines: Vec<(&'static str, Vec<u16>)>,
     /// Extra start-up flags for every mock backend (e.g. `--max-connections 4`).
     pub mock_args: Vec<String>,
+    /// Extra fields of a host in its pool's `hosts` (`region`, `zone`, `priority`), by the
+    /// mock's name.
+    pub host_options: Vec<(&'static str, Value)>,
 }
 
 impl Default for StackOptions {
@@ -255,6 +258,7 @@ impl Default for StackOptions {
             pool_options: Vec::new(),
             engines: Vec::new(),
             mock_args: Vec::new(),
+            host_options: Vec::new(),
         }
     }
 }
@@ -408,7 +412,17 @@ impl StackBuilder {
                     .pools
                     .iter()
                     .filter(|m| m.pool == *pool)
-                    .map(|m| serde_json::json!({"host": "127.0.0.1", "port": m.port}))
+                    .map(|m| {
+                        let mut h = serde_json::json!({"host": "127.0.0.1", "port": m.port});
+                        for (name, extra) in &o.host_options {
+                            if *name == m.name {
+                                for (k, v) in extra.as_object().unwrap() {
+                                    h[k] = v.clone();
+                                }
+                            }
+                        }
+                        h
+                    })
                     .collect();
                 let mut p = serde_json::json!({"name": pool, "hosts": hosts});
                 for (name, extra) in &o.pool_options {

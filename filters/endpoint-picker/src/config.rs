@@ -23,6 +23,10 @@ pub struct EndpointConfig {
     /// A cluster whose one host is this endpoint, for scraping its metrics.
     #[serde(default)]
     pub metrics_cluster: Option<String>,
+    /// Its priority in the cluster (0 first; another region's endpoints stand by at 1, 2,
+    /// ...): it is picked only while no endpoint of a higher priority reports.
+    #[serde(default)]
+    pub priority: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -33,6 +33,9 @@ struct Report {
     #[serde(flatten)]
     load: EngineLoad,
     at_ms: u64,
+    /// The gateway's requests in flight to the endpoint when the report was read.
+    #[serde(default)]
+    in_flight: u64,
 }
 
 fn report_key(address: &str) -> String {
@@ -70,6 +73,15 @@ fn pool_saturated(pool: &str, why: &str) -> OpenAiError {
         format!("Every GPU of pool '{pool}' is busy and {why}; retry shortly."),
     )
     .with_code("pool_saturated")
+}
+
+/// The 503 of a queued request whose pool went down while it waited: no endpoint reports.
+fn pool_down(pool: &str) -> OpenAiError {
+    OpenAiError::new(
+        ErrorKind::Unavailable,
+        format!("No GPU of pool '{pool}' is reachable; retry later."),
+    )
+    .with_code("pool_unavailable")
 }
 
 /// The configured filter.
@@ -158,28 +170,50 @@ impl EndpointPicker {
         let now = now_unix_millis(host);
         let pc = &self.config.prefix;
         let held = prefix::longest_prefix(&*host, &pool.name, keys, pc.slots);
-        let mut fresh = false;
+        let reports = pool.engine.metrics_path().is_some();
+        let loads: Vec<Option<Report>> = pool
+            .endpoints
+            .iter()
+            .map(|e| self.report(&*host, &e.address, now))
+            .collect();
+        let fresh = loads.iter().any(Option::is_some);
+        // The active priority: the highest (lowest number) with an endpoint that reports;
+        // without metrics, Envoy's health checks alone know, and the pool's first.
+        let active = pool
+            .endpoints
+            .iter()
+            .zip(&loads)
+            .filter(|(_, l)| l.is_some() || !reports)
+            .map(|(e, _)| e.priority)
+            .min()
+            .unwrap_or(0);
         let candidates: Vec<Candidate> = pool
             .endpoints
             .iter()
+            .zip(loads)
             .enumerate()
-            .map(|(i, e)| {
+            .map(|(i, (e, load))| {
                 let mut lora_loaded = false;
-                let engine = self.report(&*host, &e.address, now).map(|r| {
-                    fresh = true;
+                let mut in_flight_at_report = 0;
+                let engine = load.map(|r| {
                     lora_loaded = !model.is_empty() && r.load.loras.iter().any(|l| l == model);
+                    in_flight_at_report = r.in_flight;
                     r.load
                 });
-                let prefix = match held {
-                    Some((blocks, at)) if usize::from(at) == i && !keys.is_empty() => {
-                        blocks as f64 / keys.len() as f64
+                // About four bytes of prompt text a token.
+                let prefix_tokens = match held {
+                    Some((blocks, at)) if usize::from(at) == i => {
+                        (blocks * pc.block_bytes) as f64 / 4.0
                     }
                     _ => 0.0,
                 };
                 Candidate {
+                    silent: reports && engine.is_none(),
+                    standby: e.priority > active,
                     engine,
                     in_flight: shared_counter(&*host, &in_flight_key(&e.address)),
-                    prefix,
+                    in_flight_at_report,
+                    prefix_tokens,
                     lora_loaded,
                     slots: pool.max_in_flight,
                 }
@@ -211,9 +245,18 @@ impl EndpointPicker {
         let chosen = addresses.first().copied().unwrap_or_default();
         let in_flight = add_shared(&*host, &in_flight_key(chosen), 1).unwrap_or(0);
         if let Ok(at) = u16::try_from(first) {
-            // The blocks the index already names this endpoint for need no write.
+            // The blocks the index already names need no write: this endpoint's, or those of
+            // a prefix's home that still reports (a request that spilled leaves the home
+            // where the shared prefix stays cached, so the tenant's next requests go back
+            // there; only its own new blocks name the endpoint it spilled to).
+            let home_alive = |e: u16| {
+                e == at
+                    || candidates
+                        .get(usize::from(e))
+                        .is_some_and(|c| !c.silent && !c.standby)
+            };
             let known = held
-                .filter(|(_, e)| *e == at)
+                .filter(|(_, e)| home_alive(*e))
                 .map_or(0, |(blocks, _)| blocks);
             prefix::record(
                 &*host,
@@ -260,15 +303,27 @@ impl EndpointPicker {
             }
             _ => return,
         };
+        // A pool with metrics none of whose endpoints reports is down, not busy: 503.
+        let down = !expired.is_empty()
+            && pool.engine.metrics_path().is_some()
+            && pool
+                .endpoints
+                .iter()
+                .all(|e| self.report(&*host, &e.address, now).is_none());
         for w in expired {
             w.ticket.borrow_mut().state = TicketState::Refused;
             host.set_effective_context(w.context_id);
-            let record = serde_json::json!({"reason": "queue_timeout", "pool": pool.name});
+            let reason = if down { "pool_down" } else { "queue_timeout" };
+            let record = serde_json::json!({"reason": reason, "pool": pool.name});
             set_text_property(host, properties::ENDPOINT, &record.to_string());
-            let error = pool_saturated(
-                &pool.name,
-                &format!("the request waited {} s", max_wait / 1000),
-            );
+            let error = if down {
+                pool_down(&pool.name)
+            } else {
+                pool_saturated(
+                    &pool.name,
+                    &format!("the request waited {} s", max_wait / 1000),
+                )
+            };
             let retry = max_wait.div_ceil(1000).max(1).to_string();
             send_error(host, &error, &[("retry-after", &retry)]);
             self.left_queue(&*host, &pool.name, &w.ticket);
@@ -437,6 +492,7 @@ impl Plugin for EndpointPicker {
         let report = Report {
             load,
             at_ms: now_unix_millis(host),
+            in_flight: shared_counter(&*host, &in_flight_key(&endpoint.address)),
         };
         if let Ok(bytes) = serde_json::to_vec(&report) {
             let _ = host.set_shared_data(&report_key(&endpoint.address), &bytes, None);

@@ -1,4 +1,5 @@
-//! Choosing the endpoint: load first, the prefix cache when it does not cost load.
+//! Choosing the endpoint: the load a request meets there, less the prefill its cached
+//! prefix saves.
 
 use crate::engine::EngineLoad;
 use serde::{Deserialize, Serialize};
@@ -7,18 +8,23 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Weights {
-    /// Cost of one request waiting in an engine's queue (a running one costs 1).
+    /// Cost of one request waiting for a batch slot (a running one costs 1).
     pub waiting: f64,
-    /// Cost of a full KV cache (scaled by the utilisation, 0 to 1).
+    /// Cost of a full KV cache; it grows from `kv_cache_from` (no cost below) to 1.
     pub kv_cache: f64,
-    /// What holding the whole prompt prefix in cache is worth, in requests of load; a
-    /// partial prefix is worth its share.
+    /// The KV-cache utilisation below which a cache costs nothing: an engine with free KV
+    /// blocks serves the next request as fast as one with more (and the gauge lags, so a
+    /// weight over its whole range only moves requests by old news).
+    pub kv_cache_from: f64,
+    /// What 1,000 prompt tokens already in an endpoint's prefix cache are worth, in
+    /// requests of load: the prefill they save (a 3,000-token system prompt is worth a
+    /// wait for a slot; a 300-token one is not).
     pub prefix: f64,
     /// What having the requested LoRA adapter already loaded is worth, in requests of load
     /// (an engine that must load it first makes the request wait).
     pub lora: f64,
     /// An endpoint with this many requests waiting (or a KV cache this full) is saturated:
-    /// its prefix no longer attracts requests.
+    /// its prefix no longer attracts requests while another is not.
     pub saturated_waiting: f64,
     pub saturated_kv_cache: f64,
 }
@@ -28,7 +34,8 @@ impl Default for Weights {
         Self {
             waiting: 2.0,
             kv_cache: 4.0,
-            prefix: 3.0,
+            kv_cache_from: 0.8,
+            prefix: 1.5,
             lora: 2.0,
             saturated_waiting: 2.0,
             saturated_kv_cache: 0.95,
@@ -43,16 +50,21 @@ pub struct Candidate {
     pub engine: Option<EngineLoad>,
     /// Requests this gateway has in flight to it (all workers), known at once.
     pub in_flight: u64,
-    /// Share of the prompt's indexed prefix it holds, 0 to 1.
-    pub prefix: f64,
+    /// The gateway's requests in flight to it when the engine's report was read: the rest
+    /// of the report's requests came from elsewhere (other gateways, direct clients).
+    pub in_flight_at_report: u64,
+    /// Prompt tokens it holds in its prefix cache (estimated from the indexed blocks).
+    pub prefix_tokens: f64,
     /// The requested model is a LoRA adapter this endpoint has loaded.
     pub lora_loaded: bool,
     /// Requests it serves at once (its batch slots), when the pool says.
     pub slots: Option<u64>,
+    /// Its engine should report load but has not lately: likely down or unreachable.
+    pub silent: bool,
+    /// It stands by at a lower priority (another region) while endpoints of a higher one
+    /// report: it serves only when they cannot (Envoy's priority failover).
+    pub standby: bool,
 }
-
-/// What a request over an endpoint's slots costs in the score: more than any load.
-const FULL_PENALTY: f64 = 1e6;
 
 /// Why an endpoint was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -88,46 +100,83 @@ pub struct Ranking {
 }
 
 impl Candidate {
-    /// Requests on the endpoint: the engine's count, or the gateway's own when that is
-    /// higher (the engine's report lags by up to a scrape interval).
-    pub fn load(&self, w: &Weights) -> f64 {
-        let engine = self.engine.as_ref().map_or(0.0, |e| {
-            e.running + w.waiting * e.waiting + w.kv_cache * e.kv_cache.unwrap_or(0.0)
-        });
-        engine.max(self.in_flight as f64)
-    }
-
-    /// Requests on it, waiting or running: the engine's count or the gateway's, the higher.
-    pub fn requests(&self) -> f64 {
-        let engine = self.engine.as_ref().map_or(0.0, |e| e.running + e.waiting);
-        engine.max(self.in_flight as f64)
-    }
-
-    /// No room: its queue or KV cache is full by the engine's report, or (with known
-    /// slots) one more request would have to wait for a slot.
-    pub fn saturated(&self, w: &Weights) -> bool {
-        let engine_full = self.engine.as_ref().is_some_and(|e| {
-            e.waiting >= w.saturated_waiting
-                || e.kv_cache.is_some_and(|k| k >= w.saturated_kv_cache)
-        });
-        let slots_full = self.slots.is_some_and(|s| self.requests() + 1.0 > s as f64);
-        engine_full || slots_full
-    }
-
-    fn score(&self, w: &Weights) -> f64 {
-        // With known slots, the gateway's own count is exact: an endpoint whose slots its
-        // requests fill comes after every endpoint with room, whatever a lagging engine
-        // report says.
-        let full = self
-            .slots
-            .filter(|s| self.in_flight >= *s)
-            .map_or(0.0, |s| FULL_PENALTY * (self.in_flight - s + 1) as f64);
-        // Affinity is worth a shorter prefill or no adapter load, never a wait for a slot.
-        if self.saturated(w) {
-            return self.load(w) + full;
+    /// Endpoints are tried tier by tier, each tier by score: those that report at the
+    /// active priority, then silent ones (Envoy's health checks, not this score, decide
+    /// whether they still serve), then those standing by at a lower priority.
+    fn tier(&self) -> u8 {
+        match (self.standby, self.silent) {
+            (false, false) => 0,
+            (false, true) => 1,
+            (true, _) => 2,
         }
+    }
+
+    /// Counts for `room`: reports, at the active priority.
+    fn active(&self) -> bool {
+        self.tier() == 0
+    }
+
+    /// Requests on it from elsewhere, by the engine's last report: what it ran and queued
+    /// beyond the gateway's own requests at the time.
+    fn foreign(&self) -> f64 {
+        self.engine.as_ref().map_or(0.0, |e| {
+            (e.running + e.waiting - self.in_flight_at_report as f64).max(0.0)
+        })
+    }
+
+    /// Requests on it, running or waiting: the gateway's own now (exact, immediate) plus
+    /// the others' by the engine's report. The engine's own count of the gateway's requests
+    /// lags by its metrics' age and a scrape interval: every request picked meanwhile would
+    /// see the same old numbers and herd away from an endpoint that has since drained.
+    pub fn requests(&self) -> f64 {
+        self.in_flight as f64 + self.foreign()
+    }
+
+    /// Requests waiting for a batch slot: beyond the slots, when the pool says how many;
+    /// else the engine's report.
+    fn waiting(&self) -> f64 {
+        match self.slots {
+            Some(s) => (self.requests() - s as f64).max(0.0),
+            None => self.engine.as_ref().map_or(0.0, |e| e.waiting),
+        }
+    }
+
+    /// Requests a new one would wait behind: with known slots, counting itself.
+    fn ahead(&self) -> f64 {
+        match self.slots {
+            Some(s) => (self.requests() + 1.0 - s as f64).max(0.0),
+            None => self.waiting(),
+        }
+    }
+
+    fn kv_cache(&self) -> f64 {
+        self.engine.as_ref().and_then(|e| e.kv_cache).unwrap_or(0.0)
+    }
+
+    /// What a new request meets: the requests on it, the wait for a slot weighing
+    /// `weights.waiting` a request, and the cost of a nearly full KV cache.
+    pub fn load(&self, w: &Weights) -> f64 {
+        let knee = w.kv_cache_from.clamp(0.0, 0.999);
+        let kv = ((self.kv_cache() - knee) / (1.0 - knee)).max(0.0);
+        self.requests() + (w.waiting - 1.0).max(0.0) * self.ahead() + w.kv_cache * kv
+    }
+
+    /// Overloaded: a queue of `saturated_waiting` or a KV cache nearly full.
+    pub fn saturated(&self, w: &Weights) -> bool {
+        self.waiting() >= w.saturated_waiting || self.kv_cache() >= w.saturated_kv_cache
+    }
+
+    /// Lower is better. `room`: some reporting endpoint of the pool is not saturated.
+    fn score(&self, w: &Weights, room: bool) -> f64 {
+        // A saturated endpoint's cache draws nothing while another has room: a hot prefix
+        // spills instead of piling up.
+        if room && self.saturated(w) {
+            return self.load(w);
+        }
+        // A cached prefix saves its prefill: worth waiting for a slot when it is long. When
+        // every endpoint is saturated the request waits wherever it goes, so it counts too.
         let lora = if self.lora_loaded { w.lora } else { 0.0 };
-        self.load(w) - w.prefix * self.prefix.clamp(0.0, 1.0) - lora
+        self.load(w) - w.prefix * self.prefix_tokens.max(0.0) / 1000.0 - lora
     }
 }
 
@@ -140,9 +189,25 @@ pub fn rank(candidates: &[Candidate], w: &Weights, tie: u64) -> Option<Ranking> 
     }
     let start = usize::try_from(tie % n as u64).unwrap_or(0);
     let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
-    let score = |i: usize| candidates.get(i).map_or(f64::MAX, |c| c.score(w));
-    // Stable: among equal scores the rotated order stands.
-    order.sort_by(|a, b| score(*a).total_cmp(&score(*b)));
+    let room = candidates.iter().any(|c| c.active() && !c.saturated(w));
+    let key = |i: usize| {
+        candidates.get(i).map_or((u8::MAX, f64::MAX), |c| {
+            let affinity = c.active();
+            let score = if affinity {
+                c.score(w, room)
+            } else {
+                // No affinity outside the active tier: only load orders it.
+                c.load(w)
+            };
+            (c.tier(), score)
+        })
+    };
+    // Stable: among equal keys the rotated order stands.
+    order.sort_by(|a, b| {
+        let (ta, sa) = key(*a);
+        let (tb, sb) = key(*b);
+        ta.cmp(&tb).then(sa.total_cmp(&sb))
+    });
     let first = *order.first()?;
     let chosen = candidates.get(first)?;
     let least_load = candidates
@@ -151,7 +216,7 @@ pub fn rank(candidates: &[Candidate], w: &Weights, tie: u64) -> Option<Ranking> 
         .fold(f64::MAX, f64::min);
     let reason = if chosen.load(w) <= least_load {
         Reason::Load
-    } else if chosen.lora_loaded && chosen.prefix == 0.0 {
+    } else if chosen.lora_loaded && chosen.prefix_tokens == 0.0 {
         Reason::Lora
     } else {
         Reason::Prefix
@@ -160,7 +225,7 @@ pub fn rank(candidates: &[Candidate], w: &Weights, tie: u64) -> Option<Ranking> 
         order,
         reason,
         load: chosen.load(w),
-        score: chosen.score(w),
+        score: chosen.score(w, room),
     })
 }
 
@@ -177,13 +242,25 @@ mod tests {
         })
     }
 
-    fn c(waiting: f64, running: f64, prefix: f64) -> Candidate {
+    /// An endpoint others load (the engine's report, none of it the gateway's).
+    fn c(waiting: f64, running: f64, prefix_tokens: f64) -> Candidate {
         Candidate {
             engine: engine(waiting, running, 0.1),
-            in_flight: 0,
-            prefix,
-            lora_loaded: false,
-            slots: None,
+            prefix_tokens,
+            ..Candidate::default()
+        }
+    }
+
+    /// An endpoint of `slots` slots with the gateway's `n` requests on it (and the engine's
+    /// report saying as much).
+    fn ours(n: u64, slots: u64, prefix_tokens: f64) -> Candidate {
+        Candidate {
+            engine: engine(n.saturating_sub(slots) as f64, n.min(slots) as f64, 0.1),
+            in_flight: n,
+            in_flight_at_report: n,
+            slots: Some(slots),
+            prefix_tokens,
+            ..Candidate::default()
         }
     }
 
@@ -204,13 +281,13 @@ mod tests {
     fn a_prefix_wins_over_a_slightly_lighter_endpoint_but_not_over_saturation() {
         let w = Weights::default();
         // Endpoint 0 holds the conversation and runs one more request: the prefix wins.
-        let r = rank(&[c(0.0, 3.0, 1.0), c(0.0, 2.0, 0.0)], &w, 1).unwrap();
+        let r = rank(&[c(0.0, 3.0, 3000.0), c(0.0, 2.0, 0.0)], &w, 1).unwrap();
         assert_eq!((r.order[0], r.reason), (0, Reason::Prefix));
         // Saturated (a queue of 2): the prefix no longer attracts; the request spills.
-        let r = rank(&[c(2.0, 4.0, 1.0), c(0.0, 4.0, 0.0)], &w, 0).unwrap();
+        let r = rank(&[c(2.0, 4.0, 3000.0), c(0.0, 4.0, 0.0)], &w, 0).unwrap();
         assert_eq!((r.order[0], r.reason), (1, Reason::Load));
         // Far more loaded: load wins even without saturation.
-        let r = rank(&[c(1.0, 8.0, 1.0), c(0.0, 1.0, 0.0)], &w, 0).unwrap();
+        let r = rank(&[c(1.0, 8.0, 3000.0), c(0.0, 1.0, 0.0)], &w, 0).unwrap();
         assert_eq!(r.order[0], 1);
     }
 
@@ -236,6 +313,32 @@ mod tests {
     }
 
     #[test]
+    fn others_requests_count_by_the_report_and_the_gateways_own_by_its_count() {
+        let w = Weights::default();
+        // The engine ran four when read, three of them the gateway's, which have finished
+        // since: one request (someone else's) is left.
+        let drained = Candidate {
+            in_flight_at_report: 3,
+            ..c(0.0, 4.0, 0.0)
+        };
+        assert_eq!(drained.requests(), 1.0);
+        // The gateway sent two more since the report: they count at once.
+        let busier = Candidate {
+            in_flight: 2,
+            ..c(0.0, 0.0, 0.0)
+        };
+        assert_eq!(busier.requests(), 2.0);
+        // A KV cache below the knee costs nothing; a full one, the whole weight.
+        let kv = |k: f64| Candidate {
+            engine: engine(0.0, 0.0, k),
+            ..Candidate::default()
+        };
+        assert_eq!(kv(0.5).load(&w), 0.0);
+        assert!((kv(1.0).load(&w) - w.kv_cache).abs() < 1e-9);
+        assert!((kv(0.9).load(&w) - w.kv_cache / 2.0).abs() < 1e-9);
+    }
+
+    #[test]
     fn an_endpoint_with_the_adapter_loaded_is_preferred_within_reason() {
         let w = Weights::default();
         let with_lora = Candidate {
@@ -255,34 +358,80 @@ mod tests {
     }
 
     #[test]
-    fn with_known_slots_affinity_never_costs_a_wait() {
+    fn with_known_slots_a_long_cached_prefix_is_worth_a_wait_and_a_short_one_is_not() {
         let w = Weights::default();
-        let slots = |c: Candidate| Candidate {
-            slots: Some(4),
-            ..c
-        };
-        // Three of four slots busy: the prefix still wins over an idle endpoint.
-        let r = rank(&[slots(c(0.0, 3.0, 1.0)), slots(c(0.0, 1.0, 0.0))], &w, 1).unwrap();
+        // Three of four slots busy: the prefix wins over an idle endpoint.
+        let r = rank(&[ours(3, 4, 3000.0), ours(1, 4, 0.0)], &w, 1).unwrap();
         assert_eq!((r.order[0], r.reason), (0, Reason::Prefix));
-        // All four busy: the request would wait for a slot there; it goes elsewhere.
-        let r = rank(&[slots(c(0.0, 4.0, 1.0)), slots(c(0.0, 3.0, 0.0))], &w, 0).unwrap();
+        // All four busy: 3,000 cached tokens (300 ms of prefill on a fast GPU) are worth
+        // waiting for a slot there...
+        let r = rank(&[ours(4, 4, 3000.0), ours(3, 4, 0.0)], &w, 1).unwrap();
+        assert_eq!((r.order[0], r.reason), (0, Reason::Prefix));
+        // ...600 are not: the request goes where a slot is free.
+        let r = rank(&[ours(4, 4, 600.0), ours(3, 4, 0.0)], &w, 0).unwrap();
         assert_eq!((r.order[0], r.reason), (1, Reason::Load));
     }
 
     #[test]
-    fn an_endpoint_whose_slots_the_gateway_fills_comes_last_whatever_its_report() {
+    fn an_engine_report_of_the_gateways_own_finished_requests_costs_nothing() {
         let w = Weights::default();
-        let full_by_us = Candidate {
-            in_flight: 1,
-            slots: Some(1),
-            ..c(0.0, 0.0, 0.0)
-        };
-        let busy_by_report = Candidate {
+        let full_by_us = ours(1, 1, 0.0);
+        // Its report still shows a request, the gateway's, which has finished since.
+        let drained = Candidate {
+            in_flight_at_report: 1,
             slots: Some(1),
             ..c(0.0, 1.0, 0.0)
         };
-        let r = rank(&[full_by_us, busy_by_report], &w, 0).unwrap();
+        let r = rank(&[full_by_us, drained], &w, 0).unwrap();
         assert_eq!(r.order, [1, 0]);
+    }
+
+    #[test]
+    fn when_every_endpoint_is_saturated_the_request_waits_where_its_prefix_is() {
+        let w = Weights::default();
+        // Both with a queue of two or more, one more at the prefix's endpoint: worth it.
+        let r = rank(&[ours(6, 4, 0.0), ours(7, 4, 3000.0)], &w, 0).unwrap();
+        assert_eq!((r.order[0], r.reason), (1, Reason::Prefix));
+        // Its queue far longer: load wins.
+        let r = rank(&[ours(6, 4, 0.0), ours(12, 4, 3000.0)], &w, 1).unwrap();
+        assert_eq!((r.order[0], r.reason), (0, Reason::Load));
+    }
+
+    #[test]
+    fn a_hot_prefix_spills_from_a_saturated_endpoint_while_another_has_room() {
+        let w = Weights::default();
+        // A queue of two at the prefix's endpoint, room elsewhere: however long the prefix.
+        let r = rank(&[ours(6, 4, 30_000.0), ours(4, 4, 0.0)], &w, 0).unwrap();
+        assert_eq!((r.order[0], r.reason), (1, Reason::Load));
+    }
+
+    #[test]
+    fn a_silent_endpoint_comes_last_and_draws_nothing_by_its_prefix() {
+        let w = Weights::default();
+        let silent = Candidate {
+            engine: None,
+            prefix_tokens: 3000.0,
+            silent: true,
+            ..Candidate::default()
+        };
+        let r = rank(&[silent, c(2.0, 6.0, 0.0), c(0.0, 3.0, 0.0)], &w, 0).unwrap();
+        assert_eq!(r.order, [2, 1, 0]);
+    }
+
+    #[test]
+    fn a_standby_region_comes_after_every_active_endpoint_even_a_full_one() {
+        let w = Weights::default();
+        let standby = Candidate {
+            standby: true,
+            ..ours(0, 4, 3000.0)
+        };
+        let silent = Candidate {
+            engine: None,
+            silent: true,
+            ..ours(0, 4, 0.0)
+        };
+        let r = rank(&[standby, silent, ours(9, 4, 0.0)], &w, 0).unwrap();
+        assert_eq!(r.order, [2, 1, 0]);
     }
 
     #[test]

@@ -358,8 +358,18 @@ async fn complete(app: Arc<App>, api: Api, body: Bytes) -> Response {
     }
     // (delay before in µs, bytes, index of the event it belongs to)
     let mut writes: Vec<(u64, Bytes, usize)> = Vec::with_capacity(events.len() * 2);
+    // Simulated, the engine spends one decode step per output token: the events after the
+    // first carry those steps, and the closing events (finish, usage, [DONE]) follow at
+    // once, as an engine sends them with or right after its last token.
+    let steps = ticket
+        .as_ref()
+        .map(|_| usize::try_from(plan.usage.completion_tokens).unwrap_or(usize::MAX));
     for (i, event) in events.into_iter().enumerate() {
-        let delay = if i == 0 { ttft_us } else { token_us };
+        let delay = match (i, steps) {
+            (0, _) => ttft_us,
+            (i, Some(n)) if i > n => 0,
+            _ => token_us,
+        };
         if config.split_events && event.len() > 1 {
             let cut = event.len() / 2;
             let (a, b) = event.split_at(cut);

@@ -60,6 +60,11 @@ pub struct MockConfig {
     pub sim_cache_blocks: usize,
     /// How stale `/metrics` may be (a real engine's gauges lag).
     pub sim_metrics_lag_ms: u64,
+    /// The KV cache's size in tokens, for `kv_cache_usage_perc` (the running sequences'
+    /// tokens over it); absent: the prefix cache's size. A real engine's KV cache holds
+    /// many batches' worth: a small prefix cache that forces evictions must not also read
+    /// as a KV cache full at every full batch.
+    pub sim_kv_tokens: Option<u64>,
 }
 
 impl Default for MockConfig {
@@ -89,6 +94,7 @@ impl Default for MockConfig {
             sim_batch_slowdown_pct: 10,
             sim_cache_blocks: 1024,
             sim_metrics_lag_ms: 250,
+            sim_kv_tokens: None,
         }
     }
 }

@@ -57,6 +57,10 @@ struct Args {
     /// Engine simulation: how stale /metrics may be.
     #[arg(long, default_value_t = 250)]
     sim_metrics_lag_ms: u64,
+    /// Engine simulation: the KV cache's size in tokens, for its usage gauge (default: the
+    /// prefix cache's size).
+    #[arg(long)]
+    sim_kv_tokens: Option<u64>,
 }
 
 #[tokio::main]
@@ -76,6 +80,7 @@ async fn main() -> std::io::Result<()> {
         sim_batch_slowdown_pct: args.sim_batch_slowdown_pct,
         sim_cache_blocks: args.sim_cache_blocks,
         sim_metrics_lag_ms: args.sim_metrics_lag_ms,
+        sim_kv_tokens: args.sim_kv_tokens,
         ..MockConfig::default()
     };
     let listener = sluice_mock_llm::listener::bind(args.listen, args.backlog)?;

@@ -149,7 +149,10 @@ impl Sim {
             }
         }
         let name = &config.name;
-        let capacity = (config.sim_cache_blocks.max(1) as u64 * BLOCK_TOKENS) as f64;
+        let capacity = config
+            .sim_kv_tokens
+            .unwrap_or(config.sim_cache_blocks.max(1) as u64 * BLOCK_TOKENS)
+            .max(1) as f64;
         let kv = (self.kv_tokens.load(Ordering::Relaxed).max(0) as f64 / capacity).min(1.0);
         let prefilled = self.prefilled_tokens.load(Ordering::Relaxed);
         let cached = self.cached_tokens.load(Ordering::Relaxed);

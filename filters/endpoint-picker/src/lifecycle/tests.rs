@@ -29,6 +29,7 @@ fn report(host: &MockHost, address: &str, waiting: f64, running: f64) {
             loras: Vec::new(),
         },
         at_ms: host.now_ms,
+        in_flight: 0,
     };
     let _ = host.set_shared_data(&report_key(address), &serde_json::to_vec(&r).unwrap(), None);
 }
@@ -136,14 +137,17 @@ fn a_conversation_stays_where_its_prefix_is_until_that_endpoint_saturates() {
     let p = picker(&mut host, "vllm");
     report(&host, A, 0.0, 1.0);
     report(&host, B, 0.0, 1.0);
-    let turn1 = json!([{"role": "system", "content": "You are the SQL helper of team A. Be brief."},
+    // A long system prompt (its cached prefill is worth more than a request of load).
+    let system = "You are the SQL helper of team A. Be brief. ".repeat(100);
+    let turn1 = json!([{"role": "system", "content": system},
                        {"role": "user", "content": "How do I join two tables?"}]);
     let (_r1, first) = send(&mut host, &p, turn1.clone());
     let first = first.unwrap();
     let home = first.split(',').next().unwrap().to_string();
     let other = if home == A { B } else { A };
-    // The home endpoint now runs one more request than the other: the prefix still wins.
-    report(&host, &home, 0.0, 2.0);
+    // The home endpoint now runs one more request than the other (the engine's one and
+    // the gateway's first turn): the prefix still wins.
+    report(&host, &home, 0.0, 1.0);
     let mut turn2 = turn1.as_array().unwrap().clone();
     turn2.push(json!({"role": "assistant", "content": "Use JOIN ... ON."}));
     turn2.push(json!({"role": "user", "content": "And a left join?"}));
@@ -210,6 +214,7 @@ fn a_request_for_a_lora_adapter_goes_where_it_is_loaded() {
             loras: vec!["sql-lora".into()],
         },
         at_ms: host.now_ms,
+        in_flight: 0,
     };
     let _ = host.set_shared_data(
         &report_key(B),
@@ -357,6 +362,24 @@ fn a_request_that_waits_too_long_gets_429_with_retry_after_and_a_gone_one_is_nev
         .calls()
         .iter()
         .any(|c| matches!(c, Call::SetEffectiveContext(_))));
+}
+
+#[test]
+fn a_request_queued_for_a_pool_that_went_down_gets_503_not_429() {
+    let mut host = MockHost::new();
+    let p = flow_picker(&mut host);
+    let (_r1, _) = arrive(&mut host, &p, 1, "t", "interactive");
+    let (_r2, _) = arrive(&mut host, &p, 2, "t", "interactive");
+    let (_r3, f3) = arrive(&mut host, &p, 3, "t", "interactive");
+    assert_eq!(f3, Flow::Pause);
+    // No endpoint has reported since (stale after 3 s): the pool is down, not busy.
+    host.now_ms += 3_500;
+    host.take_calls();
+    p.on_tick(&mut host);
+    let reply = host.reply().expect("a reply");
+    assert_eq!(reply.status, 503);
+    assert!(reply.body.contains("pool_unavailable"), "{reply:?}");
+    assert_eq!(decision(&host)["reason"], "pool_down");
 }
 
 #[test]
