@@ -33,9 +33,30 @@ struct Report {
     #[serde(flatten)]
     load: EngineLoad,
     at_ms: u64,
-    /// The gateway's requests in flight to the endpoint when the report was read.
+    /// Requests on the endpoint from elsewhere (other gateways, direct clients): what the
+    /// engine ran and queued beyond the gateway's own in flight when the report was read,
+    /// the lower of this reading and the last (`raw_foreign`). A single reading is noisy
+    /// (the engine's gauges and the gateway's count are not taken at the same instant);
+    /// load from elsewhere persists.
     #[serde(default)]
-    in_flight: u64,
+    foreign: f64,
+    #[serde(default)]
+    raw_foreign: f64,
+}
+
+impl Report {
+    /// The report of `load`, read at `at_ms` while the gateway had `in_flight` requests on
+    /// the endpoint, after the `last` one.
+    fn new(load: EngineLoad, at_ms: u64, in_flight: u64, last: Option<&Report>) -> Self {
+        let raw_foreign = (load.running + load.waiting - in_flight as f64).max(0.0);
+        let foreign = last.map_or(raw_foreign, |l| raw_foreign.min(l.raw_foreign));
+        Self {
+            load,
+            at_ms,
+            foreign,
+            raw_foreign,
+        }
+    }
 }
 
 fn report_key(address: &str) -> String {
@@ -46,6 +67,17 @@ fn in_flight_key(address: &str) -> String {
 }
 fn lease_key(address: &str) -> String {
     format!("sc:{address}")
+}
+/// The endpoint's last health probe: 1 byte passed (1) or failed (0), then its time.
+fn health_key(address: &str) -> String {
+    format!("hc:{address}")
+}
+
+/// What a callout to an endpoint asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Metrics,
+    Health,
 }
 /// Interactive requests waiting for pool `pool` on every worker: a worker with only batch
 /// requests queued holds them while another has interactive ones waiting.
@@ -88,7 +120,7 @@ fn pool_down(pool: &str) -> OpenAiError {
 pub struct EndpointPicker {
     config: PickerConfig,
     /// Scrapes in flight: token → (pool, endpoint).
-    scrapes: RefCell<HashMap<u32, (usize, usize)>>,
+    scrapes: RefCell<HashMap<u32, (usize, usize, Probe)>>,
     rng: Cell<u64>,
     counters: RefCell<CounterSet>,
     gauges: RefCell<GaugeSet>,
@@ -171,6 +203,11 @@ impl EndpointPicker {
         let pc = &self.config.prefix;
         let held = prefix::longest_prefix(&*host, &pool.name, keys, pc.slots);
         let reports = pool.engine.metrics_path().is_some();
+        let healthy: Vec<bool> = pool
+            .endpoints
+            .iter()
+            .map(|e| self.healthy(&*host, &e.address, now))
+            .collect();
         let loads: Vec<Option<Report>> = pool
             .endpoints
             .iter()
@@ -182,8 +219,8 @@ impl EndpointPicker {
         let active = pool
             .endpoints
             .iter()
-            .zip(&loads)
-            .filter(|(_, l)| l.is_some() || !reports)
+            .zip(loads.iter().zip(&healthy))
+            .filter(|(_, (l, ok))| l.is_some() || (!reports && **ok))
             .map(|(e, _)| e.priority)
             .min()
             .unwrap_or(0);
@@ -194,10 +231,10 @@ impl EndpointPicker {
             .enumerate()
             .map(|(i, (e, load))| {
                 let mut lora_loaded = false;
-                let mut in_flight_at_report = 0;
+                let mut foreign = 0.0;
                 let engine = load.map(|r| {
                     lora_loaded = !model.is_empty() && r.load.loras.iter().any(|l| l == model);
-                    in_flight_at_report = r.in_flight;
+                    foreign = r.foreign;
                     r.load
                 });
                 // About four bytes of prompt text a token.
@@ -208,11 +245,12 @@ impl EndpointPicker {
                     _ => 0.0,
                 };
                 Candidate {
-                    silent: reports && engine.is_none(),
+                    silent: !healthy.get(i).copied().unwrap_or(true)
+                        || (reports && engine.is_none()),
                     standby: e.priority > active,
                     engine,
                     in_flight: shared_counter(&*host, &in_flight_key(&e.address)),
-                    in_flight_at_report,
+                    foreign,
                     prefix_tokens,
                     lora_loaded,
                     slots: pool.max_in_flight,
@@ -384,8 +422,24 @@ impl EndpointPicker {
         );
     }
 
-    /// A fresh engine report of `address`, if there is one.
+    /// Whether `address` passed its last health probe (or has not been probed lately).
+    fn healthy(&self, host: &dyn Host, address: &str, now: u64) -> bool {
+        let (bytes, _) = host.shared_data(&health_key(address));
+        let Some(bytes) = bytes else {
+            return true;
+        };
+        let at = bytes
+            .get(1..9)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_le_bytes);
+        bytes.first() == Some(&1) || now.saturating_sub(at) > self.config.stale_after_ms
+    }
+
+    /// A fresh engine report of a healthy `address`, if there is one.
     fn report(&self, host: &dyn Host, address: &str, now: u64) -> Option<Report> {
+        if !self.healthy(host, address, now) {
+            return None;
+        }
         let (bytes, _) = host.shared_data(&report_key(address));
         let r: Report = serde_json::from_slice(&bytes?).ok()?;
         (now.saturating_sub(r.at_ms) <= self.config.stale_after_ms).then_some(r)
@@ -423,9 +477,6 @@ impl Plugin for EndpointPicker {
         // Another worker scraped within most of an interval: not again.
         let min_gap = self.config.scrape_interval_ms * 8 / 10;
         for (p, pool) in self.config.pools.iter().enumerate() {
-            let Some(path) = pool.engine.metrics_path() else {
-                continue;
-            };
             for (e, endpoint) in pool.endpoints.iter().enumerate() {
                 let Some(cluster) = &endpoint.metrics_cluster else {
                     continue;
@@ -447,27 +498,36 @@ impl Plugin for EndpointPicker {
                 if lease.is_err() {
                     continue; // another worker took it
                 }
-                let headers = [
-                    (":method", "GET"),
-                    (":path", path),
-                    (":authority", endpoint.address.as_str()),
-                    ("accept", "text/plain"),
+                // Envoy's override_host policy sends to a named host whatever its health:
+                // the picker probes the engine's health path itself (as Envoy's health
+                // check does) and ranks an endpoint that fails it with the silent ones.
+                let probes = [
+                    pool.engine.metrics_path().map(|m| (m, Probe::Metrics)),
+                    Some((pool.engine.health_path(), Probe::Health)),
                 ];
-                let call = HttpCall {
-                    cluster,
-                    headers: &headers,
-                    body: None,
-                    timeout: Duration::from_millis(self.config.scrape_interval_ms.min(1_000)),
-                };
-                if let Some(token) = host.dispatch_http(&call) {
-                    self.scrapes.borrow_mut().insert(token, (p, e));
+                for (path, probe) in probes.into_iter().flatten() {
+                    let headers = [
+                        (":method", "GET"),
+                        (":path", path),
+                        (":authority", endpoint.address.as_str()),
+                        ("accept", "text/plain"),
+                    ];
+                    let call = HttpCall {
+                        cluster,
+                        headers: &headers,
+                        body: None,
+                        timeout: Duration::from_millis(self.config.scrape_interval_ms.min(1_000)),
+                    };
+                    if let Some(token) = host.dispatch_http(&call) {
+                        self.scrapes.borrow_mut().insert(token, (p, e, probe));
+                    }
                 }
             }
         }
     }
 
     fn on_http_response(&self, host: &mut dyn Host, token: u32, body_size: usize) {
-        let Some((p, e)) = self.scrapes.borrow_mut().remove(&token) else {
+        let Some((p, e, probe)) = self.scrapes.borrow_mut().remove(&token) else {
             return;
         };
         let Some((pool, endpoint)) = self
@@ -482,6 +542,18 @@ impl Plugin for EndpointPicker {
         let ok = headers
             .iter()
             .any(|(k, v)| k == ":status" && v.as_slice() == b"200");
+        if probe == Probe::Health {
+            let mut record = vec![u8::from(ok)];
+            record.extend_from_slice(&now_unix_millis(host).to_le_bytes());
+            let _ = host.set_shared_data(&health_key(&endpoint.address), &record, None);
+            if !ok {
+                log::debug!(
+                    "endpoint-picker: {} failed its health probe",
+                    endpoint.address
+                );
+            }
+            return;
+        }
         let load = ok
             .then(|| pool.engine.parse(&String::from_utf8_lossy(&body)))
             .flatten();
@@ -489,13 +561,19 @@ impl Plugin for EndpointPicker {
             log::debug!("endpoint-picker: no load read from {}", endpoint.address);
             return; // the last report goes stale
         };
-        let report = Report {
+        let key = report_key(&endpoint.address);
+        let last = host
+            .shared_data(&key)
+            .0
+            .and_then(|b| serde_json::from_slice::<Report>(&b).ok());
+        let report = Report::new(
             load,
-            at_ms: now_unix_millis(host),
-            in_flight: shared_counter(&*host, &in_flight_key(&endpoint.address)),
-        };
+            now_unix_millis(host),
+            shared_counter(&*host, &in_flight_key(&endpoint.address)),
+            last.as_ref(),
+        );
         if let Ok(bytes) = serde_json::to_vec(&report) {
-            let _ = host.set_shared_data(&report_key(&endpoint.address), &bytes, None);
+            let _ = host.set_shared_data(&key, &bytes, None);
         }
         let (name, address) = (&pool.name, &endpoint.address);
         let load = &report.load;

@@ -50,9 +50,9 @@ pub struct Candidate {
     pub engine: Option<EngineLoad>,
     /// Requests this gateway has in flight to it (all workers), known at once.
     pub in_flight: u64,
-    /// The gateway's requests in flight to it when the engine's report was read: the rest
-    /// of the report's requests came from elsewhere (other gateways, direct clients).
-    pub in_flight_at_report: u64,
+    /// Requests on it from elsewhere (other gateways, direct clients), by the engine's
+    /// reports: beyond the gateway's own at the time.
+    pub foreign: f64,
     /// Prompt tokens it holds in its prefix cache (estimated from the indexed blocks).
     pub prefix_tokens: f64,
     /// The requested model is a LoRA adapter this endpoint has loaded.
@@ -116,20 +116,12 @@ impl Candidate {
         self.tier() == 0
     }
 
-    /// Requests on it from elsewhere, by the engine's last report: what it ran and queued
-    /// beyond the gateway's own requests at the time.
-    fn foreign(&self) -> f64 {
-        self.engine.as_ref().map_or(0.0, |e| {
-            (e.running + e.waiting - self.in_flight_at_report as f64).max(0.0)
-        })
-    }
-
     /// Requests on it, running or waiting: the gateway's own now (exact, immediate) plus
     /// the others' by the engine's report. The engine's own count of the gateway's requests
     /// lags by its metrics' age and a scrape interval: every request picked meanwhile would
     /// see the same old numbers and herd away from an endpoint that has since drained.
     pub fn requests(&self) -> f64 {
-        self.in_flight as f64 + self.foreign()
+        self.in_flight as f64 + self.foreign.max(0.0)
     }
 
     /// Requests waiting for a batch slot: beyond the slots, when the pool says how many;
@@ -246,6 +238,7 @@ mod tests {
     fn c(waiting: f64, running: f64, prefix_tokens: f64) -> Candidate {
         Candidate {
             engine: engine(waiting, running, 0.1),
+            foreign: waiting + running,
             prefix_tokens,
             ..Candidate::default()
         }
@@ -257,7 +250,6 @@ mod tests {
         Candidate {
             engine: engine(n.saturating_sub(slots) as f64, n.min(slots) as f64, 0.1),
             in_flight: n,
-            in_flight_at_report: n,
             slots: Some(slots),
             prefix_tokens,
             ..Candidate::default()
@@ -313,21 +305,14 @@ mod tests {
     }
 
     #[test]
-    fn others_requests_count_by_the_report_and_the_gateways_own_by_its_count() {
+    fn the_gateways_own_requests_and_others_add_up_and_kv_costs_only_near_full() {
         let w = Weights::default();
-        // The engine ran four when read, three of them the gateway's, which have finished
-        // since: one request (someone else's) is left.
-        let drained = Candidate {
-            in_flight_at_report: 3,
-            ..c(0.0, 4.0, 0.0)
-        };
-        assert_eq!(drained.requests(), 1.0);
-        // The gateway sent two more since the report: they count at once.
-        let busier = Candidate {
+        let both = Candidate {
             in_flight: 2,
-            ..c(0.0, 0.0, 0.0)
+            foreign: 1.0,
+            ..Candidate::default()
         };
-        assert_eq!(busier.requests(), 2.0);
+        assert_eq!(both.requests(), 3.0);
         // A KV cache below the knee costs nothing; a full one, the whole weight.
         let kv = |k: f64| Candidate {
             engine: engine(0.0, 0.0, k),
@@ -376,11 +361,12 @@ mod tests {
     fn an_engine_report_of_the_gateways_own_finished_requests_costs_nothing() {
         let w = Weights::default();
         let full_by_us = ours(1, 1, 0.0);
-        // Its report still shows a request, the gateway's, which has finished since.
+        // Its report still shows a request, the gateway's, which has finished since: no
+        // load from elsewhere.
         let drained = Candidate {
-            in_flight_at_report: 1,
+            engine: engine(0.0, 1.0, 0.1),
             slots: Some(1),
-            ..c(0.0, 1.0, 0.0)
+            ..Candidate::default()
         };
         let r = rank(&[full_by_us, drained], &w, 0).unwrap();
         assert_eq!(r.order, [1, 0]);

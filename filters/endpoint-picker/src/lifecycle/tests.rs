@@ -29,7 +29,8 @@ fn report(host: &MockHost, address: &str, waiting: f64, running: f64) {
             loras: Vec::new(),
         },
         at_ms: host.now_ms,
-        in_flight: 0,
+        foreign: running + waiting,
+        raw_foreign: running + waiting,
     };
     let _ = host.set_shared_data(&report_key(address), &serde_json::to_vec(&r).unwrap(), None);
 }
@@ -71,17 +72,19 @@ fn one_worker_scrapes_each_endpoint_per_interval_and_keeps_what_it_read() {
         .into_iter()
         .filter(|c| matches!(c, Call::DispatchHttp { .. }))
         .collect();
+    // Each endpoint's metrics and its health path (Envoy's override_host policy does not
+    // look at health: the picker must).
+    let probe = |cluster: &str, path: &str| Call::DispatchHttp {
+        cluster: cluster.into(),
+        path: path.into(),
+    };
     assert_eq!(
         dispatched,
         vec![
-            Call::DispatchHttp {
-                cluster: "m0".into(),
-                path: "/metrics".into()
-            },
-            Call::DispatchHttp {
-                cluster: "m1".into(),
-                path: "/metrics".into()
-            },
+            probe("m0", "/metrics"),
+            probe("m0", "/health"),
+            probe("m1", "/metrics"),
+            probe("m1", "/health"),
         ]
     );
     // Another worker's tick in the same interval: the lease holds, nothing is sent.
@@ -113,8 +116,39 @@ fn one_worker_scrapes_each_endpoint_per_interval_and_keeps_what_it_read() {
     assert!(p.report(&host, A, host.now_ms + 3_001).is_none());
     // A failed scrape (a 503 page) leaves nothing new.
     host.http_answer = (vec![(":status".into(), b"503".to_vec())], b"busy".to_vec());
-    p.on_http_response(&mut host, 2, 4);
+    p.on_http_response(&mut host, 3, 4);
     assert!(p.report(&host, B, host.now_ms).is_none());
+    // A failed health probe (token 2, endpoint A): its report no longer counts, until a
+    // probe passes or the failure is old news.
+    p.on_http_response(&mut host, 2, 4);
+    assert!(p.report(&host, A, host.now_ms).is_none());
+    assert!(
+        p.report(&host, A, host.now_ms + 3_001).is_none(),
+        "stale anyway"
+    );
+    p.on_tick(&mut host); // not yet another interval: no new probes
+    host.http_answer = (vec![(":status".into(), b"200".to_vec())], b"ok".to_vec());
+    host.now_ms += 500;
+    host.take_calls();
+    p.on_tick(&mut host);
+    let tokens: Vec<u32> = (5..=8).collect();
+    for t in tokens {
+        p.on_http_response(&mut host, t, 2);
+    }
+    assert!(p.healthy(&host, A, host.now_ms));
+}
+
+#[test]
+fn an_endpoint_failing_its_health_probe_is_ranked_after_the_healthy_one() {
+    let mut host = MockHost::new();
+    let p = picker(&mut host, "vllm");
+    report(&host, A, 0.0, 0.0);
+    report(&host, B, 2.0, 8.0);
+    let mut failed = vec![0u8];
+    failed.extend_from_slice(&host.now_ms.to_le_bytes());
+    let _ = host.set_shared_data(&health_key(A), &failed, None);
+    let (_req, header) = send(&mut host, &p, json!([{"role": "user", "content": "hi"}]));
+    assert_eq!(header.as_deref(), Some("127.0.0.1:9002,127.0.0.1:9001"));
 }
 
 #[test]
@@ -214,7 +248,8 @@ fn a_request_for_a_lora_adapter_goes_where_it_is_loaded() {
             loras: vec!["sql-lora".into()],
         },
         at_ms: host.now_ms,
-        in_flight: 0,
+        foreign: 2.0,
+        raw_foreign: 2.0,
     };
     let _ = host.set_shared_data(
         &report_key(B),
@@ -405,4 +440,26 @@ fn a_worker_holds_its_batch_requests_while_another_has_interactive_ones_waiting(
     );
     w2.on_tick(&mut host);
     assert!(host.calls().contains(&Call::SetEffectiveContext(4)));
+}
+
+#[test]
+fn load_from_elsewhere_counts_only_when_two_reports_agree() {
+    let load = |waiting: f64, running: f64| EngineLoad {
+        waiting,
+        running,
+        kv_cache: None,
+        loras: Vec::new(),
+    };
+    // Four running, one of them the gateway's: three from elsewhere.
+    let first = Report::new(load(0.0, 4.0), 0, 1, None);
+    assert_eq!(first.foreign, 3.0);
+    // All four the gateway's now: none.
+    let second = Report::new(load(0.0, 4.0), 1, 4, Some(&first));
+    assert_eq!(second.foreign, 0.0);
+    // A blip (the gauges read before two of the gateway's requests ended): not yet.
+    let blip = Report::new(load(0.0, 6.0), 2, 2, Some(&second));
+    assert_eq!((blip.raw_foreign, blip.foreign), (4.0, 0.0));
+    // It persists: four from elsewhere.
+    let steady = Report::new(load(1.0, 5.0), 3, 2, Some(&blip));
+    assert_eq!(steady.foreign, 4.0);
 }
