@@ -116,6 +116,17 @@ fn pool_down(pool: &str) -> OpenAiError {
     .with_code("pool_unavailable")
 }
 
+/// What the shared data said of an endpoint: its health probe passed (or none lately),
+/// and its last engine report (fresh or not).
+#[derive(Clone)]
+struct EndpointView {
+    healthy: bool,
+    report: Option<Report>,
+}
+
+/// How long a worker keeps its view of the endpoints before reading shared data again.
+const VIEW_TTL_MS: u64 = 20;
+
 /// The configured filter.
 pub struct EndpointPicker {
     config: PickerConfig,
@@ -128,6 +139,10 @@ pub struct EndpointPicker {
     queues: RefCell<Vec<PoolQueue>>,
     /// When this worker last scraped (the tick is faster than the scrape with flow control).
     last_scrape_ms: Cell<u64>,
+    /// Each pool's endpoints' health and engine reports as this worker last read them from
+    /// shared data, and when: they change once a scrape interval, and reading them for
+    /// every request cost two host calls and a JSON parse per endpoint.
+    views: RefCell<Vec<(u64, Vec<EndpointView>)>>,
     /// `sluice.endpoint.queue_wait_ms.pool.<pool>`, per pool.
     queue_wait: Vec<Histogram>,
 }
@@ -156,6 +171,7 @@ impl EndpointPicker {
             counters: RefCell::new(CounterSet::new(MAX_METRICS)),
             gauges: RefCell::new(GaugeSet::new(MAX_METRICS)),
             last_scrape_ms: Cell::new(0),
+            views: RefCell::new(Vec::new()),
             queue_wait: config_pools_histograms(host, &pools),
         })
     }
@@ -203,15 +219,15 @@ impl EndpointPicker {
         let pc = &self.config.prefix;
         let held = prefix::longest_prefix(&*host, &pool.name, keys, pc.slots);
         let reports = pool.engine.metrics_path().is_some();
-        let healthy: Vec<bool> = pool
-            .endpoints
-            .iter()
-            .map(|e| self.healthy(&*host, &e.address, now))
-            .collect();
-        let loads: Vec<Option<Report>> = pool
-            .endpoints
-            .iter()
-            .map(|e| self.report(&*host, &e.address, now))
+        let view = self.view(&*host, p, now);
+        let healthy: Vec<bool> = view.iter().map(|v| v.healthy).collect();
+        let stale = self.config.stale_after_ms;
+        let loads: Vec<Option<Report>> = view
+            .into_iter()
+            .map(|v| {
+                v.report
+                    .filter(|r| v.healthy && now.saturating_sub(r.at_ms) <= stale)
+            })
             .collect();
         let fresh = loads.iter().any(Option::is_some);
         // The active priority: the highest (lowest number) with an endpoint that reports;
@@ -324,7 +340,6 @@ impl EndpointPicker {
                 ranking.reason.as_str()
             ),
         );
-        self.gauge(host, "in_flight", &pool.name, chosen, in_flight);
         Some(first)
     }
 
@@ -422,6 +437,36 @@ impl EndpointPicker {
         );
     }
 
+    /// Pool `p`'s endpoints as shared data says, read at most every [`VIEW_TTL_MS`].
+    fn view(&self, host: &dyn Host, p: usize, now: u64) -> Vec<EndpointView> {
+        let mut views = self.views.borrow_mut();
+        if views.len() <= p {
+            views.resize_with(p + 1, || (0, Vec::new()));
+        }
+        let Some((read_ms, endpoints)) = views.get_mut(p) else {
+            return Vec::new();
+        };
+        if now.saturating_sub(*read_ms) >= VIEW_TTL_MS || endpoints.is_empty() {
+            let pool = self
+                .config
+                .pools
+                .get(p)
+                .map_or(&[][..], |x| &x.endpoints[..]);
+            *endpoints = pool
+                .iter()
+                .map(|e| EndpointView {
+                    healthy: self.healthy(host, &e.address, now),
+                    report: host
+                        .shared_data(&report_key(&e.address))
+                        .0
+                        .and_then(|b| serde_json::from_slice(&b).ok()),
+                })
+                .collect();
+            *read_ms = now;
+        }
+        endpoints.clone()
+    }
+
     /// Whether `address` passed its last health probe (or has not been probed lately).
     fn healthy(&self, host: &dyn Host, address: &str, now: u64) -> bool {
         let (bytes, _) = host.shared_data(&health_key(address));
@@ -474,6 +519,14 @@ impl Plugin for EndpointPicker {
             return;
         }
         self.last_scrape_ms.set(now);
+        // The in-flight gauges once an interval (not at every pick and every end: two host
+        // calls a request for a series scraped every few seconds).
+        for pool in &self.config.pools {
+            for e in &pool.endpoints {
+                let n = shared_counter(&*host, &in_flight_key(&e.address));
+                self.gauge(host, "in_flight", &pool.name, &e.address, n);
+            }
+        }
         // Another worker scraped within most of an interval: not again.
         let min_gap = self.config.scrape_interval_ms * 8 / 10;
         for (p, pool) in self.config.pools.iter().enumerate() {
@@ -745,9 +798,7 @@ impl Lifecycle for PickedRequest {
         let Some(e) = pool.endpoints.get(endpoint) else {
             return;
         };
-        let left = add_shared(&*host, &in_flight_key(&e.address), -1).unwrap_or(0);
-        self.picker
-            .gauge(host, "in_flight", &pool.name, &e.address, left);
+        let _ = add_shared(&*host, &in_flight_key(&e.address), -1);
     }
 }
 

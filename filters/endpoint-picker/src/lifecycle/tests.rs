@@ -182,6 +182,7 @@ fn a_conversation_stays_where_its_prefix_is_until_that_endpoint_saturates() {
     // The home endpoint now runs one more request than the other (the engine's one and
     // the gateway's first turn): the prefix still wins.
     report(&host, &home, 0.0, 1.0);
+    host.now_ms += VIEW_TTL_MS;
     let mut turn2 = turn1.as_array().unwrap().clone();
     turn2.push(json!({"role": "assistant", "content": "Use JOIN ... ON."}));
     turn2.push(json!({"role": "user", "content": "And a left join?"}));
@@ -191,9 +192,11 @@ fn a_conversation_stays_where_its_prefix_is_until_that_endpoint_saturates() {
     assert!(decision(&host)["prefix_blocks"].as_u64().unwrap() > 0);
     // Saturated (a queue of 3): the next turn spills to the other endpoint.
     report(&host, &home, 3.0, 4.0);
+    host.now_ms += VIEW_TTL_MS;
     turn2.push(json!({"role": "user", "content": "And a right join?"}));
     let (_r3, third) = send(&mut host, &p, json!(turn2));
     assert!(third.unwrap().starts_with(other));
+    assert_eq!(decision(&host)["reason"], "load");
 }
 
 #[test]
