@@ -38,7 +38,8 @@ wait_file "$work/mock.port"
 MOCK_PORT=$(cat "$work/mock.port")
 
 # One key for the chain.
-mkdir -p "$work/chain/ecds" "$work/bare/ecds" "$work/nopii/ecds" "$work/norouter/ecds" "$work/picker/ecds"
+mkdir -p "$work/chain/ecds" "$work/bare/ecds" "$work/nopii/ecds" "$work/norouter/ecds" "$work/picker/ecds" \
+  "$work/enginecfg/ecds"
 "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$work/chain/ecds/key-auth.json" \
   -s "wasm_dir=$ROOT/target/wasm" -s 'key_auth_config={"keys":[]}'
 KEY=$(SLUICE_KEY_FILE="$work/chain/ecds/key-auth.json" "$SLUICE" keys create --tenant bench 2>/dev/null)
@@ -60,6 +61,7 @@ cp "$work/chain/ecds/key-auth.json" "$work/global/ecds/key-auth.json"
 cp "$work/chain/ecds/key-auth.json" "$work/nopii/ecds/key-auth.json"
 cp "$work/chain/ecds/key-auth.json" "$work/norouter/ecds/key-auth.json"
 cp "$work/chain/ecds/key-auth.json" "$work/picker/ecds/key-auth.json"
+cp "$work/chain/ecds/key-auth.json" "$work/enginecfg/ecds/key-auth.json"
 
 # The router maps the benchmark's model to pool-a under another upstream name, so every
 # request is routed and its body rewritten (the router's full per-request work).
@@ -73,6 +75,22 @@ start_envoy() { # name filters [extra -s vars...]; sets PORT_<name>
   "$SLUICE" render envoy/envoy.yaml.j2 -o "$work/$name/envoy.yaml" \
     -s "listen_port=$port" -s "admin_port=$admin" -s "state_dir=$work/$name" \
     -s "pools=[{\"name\":\"pool-a\",\"host\":\"127.0.0.1\",\"port\":$MOCK_PORT}]" -s "filters=$filters" -s "wasm_dir=$ROOT/target/wasm" "$@"
+  if [ "${STRIP_PICKER:-}" = 1 ]; then
+    # The engine pool's Envoy config (override_host, metrics clusters) without the
+    # endpoint-picker filter: splits the picker's cost into the filter's and the config's.
+    .venv/bin/python - "$work/$name/envoy.yaml" <<'PY'
+import sys, yaml
+path = sys.argv[1]
+config = yaml.safe_load(open(path))
+for listener in config["static_resources"]["listeners"]:
+    for chain in listener["filter_chains"]:
+        for f in chain["filters"]:
+            hcm = f.get("typed_config", {})
+            if "http_filters" in hcm:
+                hcm["http_filters"] = [h for h in hcm["http_filters"] if h["name"] != "sluice.endpoint_picker"]
+yaml.safe_dump(config, open(path, "w"), sort_keys=False)
+PY
+  fi
   "$ENVOY" -c "$work/$name/envoy.yaml" --concurrency "$ENVOY_CONCURRENCY" --base-id "$admin" \
     --log-level info >"$work/$name/envoy.log" 2>&1 &
   pids+=($!)
@@ -88,6 +106,8 @@ start_envoy nopii true -s 'pii_config={"scan_requests":false,"scan_responses":fa
 start_envoy norouter true -s model_router=false
 # The chain with endpoint-picker on the pool (engine "vllm": the mock's /metrics is scraped).
 start_envoy picker true -s "pools=[{\"name\":\"pool-a\",\"engine\":\"vllm\",\"host\":\"127.0.0.1\",\"port\":$MOCK_PORT}]"
+# The same engine pool without the picker filter (Envoy's least_request decides).
+STRIP_PICKER=1 start_envoy enginecfg true -s "pools=[{\"name\":\"pool-a\",\"engine\":\"vllm\",\"host\":\"127.0.0.1\",\"port\":$MOCK_PORT}]"
 start_envoy global true -s "ratelimit_port=$RL_PORT" \
   -s 'rate_limit_config={"key_tier":"global","global":{"cluster":"sluice_ratelimit","timeout_ms":50,"failure_mode":"deny"}}'
 BARE_PORT=$PORT_bare
@@ -95,6 +115,7 @@ NOPII_PORT=$PORT_nopii
 NOROUTER_PORT=$PORT_norouter
 CHAIN_PORT=$PORT_chain
 PICKER_PORT=$PORT_picker
+ENGINECFG_PORT=$PORT_enginecfg
 GLOBAL_PORT=$PORT_global
 
 # A ~2 KB chat body.
@@ -115,7 +136,7 @@ wrk.headers["authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
 LUA
 
 # Sanity: each target answers 200 before it is measured.
-for p in "$MOCK_PORT" "$BARE_PORT" "$NOPII_PORT" "$NOROUTER_PORT" "$CHAIN_PORT" "$PICKER_PORT" "$GLOBAL_PORT"; do
+for p in "$MOCK_PORT" "$BARE_PORT" "$NOPII_PORT" "$NOROUTER_PORT" "$CHAIN_PORT" "$PICKER_PORT" "$ENGINECFG_PORT" "$GLOBAL_PORT"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/v1/chat/completions" \
     -H "authorization: Bearer $KEY" -H 'content-type: application/json' --data @"$work/body.json" || true)
   [ "$code" = 200 ] || { echo "bench: port $p answered $code"; tail -n 20 "$work"/*/envoy.log; exit 1; }
@@ -168,28 +189,40 @@ if any(r[3] for r in rows.values()):
     sys.exit("bench: some responses were not 2xx")
 PY
 
-# ---- model-router and pii-redaction alone: rounds of short runs, interleaved ----
-# Their costs (tens of microseconds) are below the drift between the long rows above, so
-# the three Envoys are measured in turn, 5 rounds of 4 s, and the medians of the rounds'
-# p50s compared.
-for round in 1 2 3 4 5; do
-  for t in norouter:$NOROUTER_PORT nopii:$NOPII_PORT chain:$CHAIN_PORT picker:$PICKER_PORT; do
-    BENCH_KEY=$KEY wrk -t1 -c1 -d4s --latency -s "$work/post.lua" \
-      "http://127.0.0.1:${t#*:}/v1/chat/completions" >"$work/iso-${t%%:*}-$round.wrk"
-  done
-done
-.venv/bin/python - "$work" <<'PY'
-import re, statistics, sys
-work = sys.argv[1]
-def p50(path):
-    v, unit = re.match(r"([\d.]+)(us|ms|s)", re.search(r"\s50%\s+(\S+)", open(path).read()).group(1)).groups()
-    return float(v) * {"us": 1, "ms": 1000, "s": 1e6}[unit]
-med = {t: statistics.median(p50(f"{work}/iso-{t}-{r}.wrk") for r in range(1, 6)) for t in ("norouter", "nopii", "chain", "picker")}
-print(f"interleaved, 5 x 4 s, median p50: chain {med['chain']:.0f} us, without model-router {med['norouter']:.0f} us, "
-      f"pii-redaction scanning nothing {med['nopii']:.0f} us")
+# ---- model-router, pii-redaction and endpoint-picker alone: alternating requests ----
+# Their costs (tens of microseconds) are below the drift between the long rows above (and
+# between rounds of short runs), so one client sends the same request to each Envoy in
+# turn on kept-alive connections, 2,000 rounds, and the medians are compared: drift hits
+# every target alike.
+.venv/bin/python - "$work/body.json" "$KEY" norouter:$NOROUTER_PORT nopii:$NOPII_PORT \
+  chain:$CHAIN_PORT picker:$PICKER_PORT enginecfg:$ENGINECFG_PORT <<'PY'
+import http.client, statistics, sys, time
+body = open(sys.argv[1], "rb").read()
+key = sys.argv[2]
+targets = [t.split(":") for t in sys.argv[3:]]
+conns = {name: http.client.HTTPConnection("127.0.0.1", int(port)) for name, port in targets}
+headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+times = {name: [] for name, _ in targets}
+for round in range(2200):
+    for name, _ in targets:
+        c = conns[name]
+        t0 = time.perf_counter_ns()
+        c.request("POST", "/v1/chat/completions", body, headers)
+        r = c.getresponse()
+        r.read()
+        dt = (time.perf_counter_ns() - t0) / 1000
+        if r.status != 200:
+            sys.exit(f"bench: {name} answered {r.status}")
+        if round >= 200:  # warm-up
+            times[name].append(dt)
+med = {name: statistics.median(v) for name, v in times.items()}
+print(f"alternating, 2,000 rounds on kept-alive connections, median: chain {med['chain']:.0f} us, "
+      f"without model-router {med['norouter']:.0f} us, pii-redaction scanning nothing {med['nopii']:.0f} us")
 print(f"model-router (alias + body rewrite, 2 KB): +{med['chain'] - med['norouter']:.0f} us p50; "
       f"pii-redaction (every entity, 2 KB prompt + JSON reply): +{med['chain'] - med['nopii']:.0f} us p50")
-print(f"endpoint-picker (scrape, score, prefix index, 2 KB): +{med['picker'] - med['chain']:.0f} us p50")
+print(f"endpoint-picker (score, prefix index, 2 KB): +{med['picker'] - med['chain']:.0f} us p50: "
+      f"the filter +{med['picker'] - med['enginecfg']:.0f} us, the engine pool's Envoy config (override_host, "
+      f"metrics cluster, probes) +{med['enginecfg'] - med['chain']:.0f} us")
 PY
 
 # ---- Tokenizer: inside Envoy, in V8 outside Envoy, and natively against tiktoken-rs ----
