@@ -8,7 +8,7 @@ use crate::config::PickerConfig;
 use crate::engine::EngineLoad;
 use crate::flow::{PoolQueue, SharedTicket, Ticket, TicketState, Waiter};
 use crate::pick::{rank, Candidate};
-use crate::prefix::{self, Holders};
+use crate::prefix;
 use serde::{Deserialize, Serialize};
 use sluice_common::hash::xorshift64;
 use sluice_common::host::{
@@ -255,7 +255,7 @@ impl EndpointPicker {
                 });
                 // About four bytes of prompt text a token.
                 let prefix_tokens = match held {
-                    Some((blocks, h)) if u16::try_from(i).is_ok_and(|i| h.holds(i)) => {
+                    Some((blocks, at)) if usize::from(at) == i => {
                         (blocks * pc.block_bytes) as f64 / 4.0
                     }
                     _ => 0.0,
@@ -299,15 +299,32 @@ impl EndpointPicker {
         let chosen = addresses.first().copied().unwrap_or_default();
         let in_flight = add_shared(&*host, &in_flight_key(chosen), 1).unwrap_or(0);
         if let Ok(at) = u16::try_from(first) {
-            self.remember(host, p, keys, held, at, &candidates);
+            // The blocks the index already names need no write: this endpoint's, or those of
+            // a prefix's home that still reports (a request that spilled leaves the home
+            // where the shared prefix stays cached, so the tenant's next requests go back
+            // there; only its own new blocks name the endpoint it spilled to).
+            let home_alive = |e: u16| {
+                e == at
+                    || candidates
+                        .get(usize::from(e))
+                        .is_some_and(|c| !c.silent && !c.standby)
+            };
+            let known = held
+                .filter(|(_, e)| home_alive(*e))
+                .map_or(0, |(blocks, _)| blocks);
+            prefix::record(
+                &*host,
+                &pool.name,
+                keys.get(known..).unwrap_or(&[]),
+                at,
+                pc.slots,
+            );
         }
         let mut record = serde_json::json!({
             "endpoint": chosen,
             "reason": ranking.reason.as_str(),
             "load": ranking.load,
-            "prefix_blocks": held
-                .filter(|(_, h)| u16::try_from(first).is_ok_and(|f| h.holds(f)))
-                .map_or(0, |(b, _)| b),
+            "prefix_blocks": held.filter(|(_, at)| usize::from(*at) == first).map_or(0, |(b, _)| b),
             "in_flight": in_flight,
         });
         if let (Some(ms), Some(o)) = (queued_ms, record.as_object_mut()) {
@@ -324,59 +341,6 @@ impl EndpointPicker {
             ),
         );
         Some(first)
-    }
-
-    /// Record in pool `p`'s prefix index that endpoint `at` now holds the prompt's blocks
-    /// `keys`, of which `held` were indexed before.
-    fn remember(
-        &self,
-        host: &dyn Host,
-        p: usize,
-        keys: &[u64],
-        held: Option<(usize, Holders)>,
-        at: u16,
-        candidates: &[Candidate],
-    ) {
-        let Some(pool) = self.config.pools.get(p) else {
-            return;
-        };
-        let slots = self.config.prefix.slots;
-        let serving = |e: u16| {
-            candidates
-                .get(usize::from(e))
-                .is_some_and(|c| !c.silent && !c.standby)
-        };
-        // The prompt's own new blocks name the endpoint it went to.
-        let known = match held {
-            Some((blocks, h)) if serving(h.home) || h.home == at => blocks,
-            _ => 0,
-        };
-        prefix::record(
-            host,
-            &pool.name,
-            keys.get(known..).unwrap_or(&[]),
-            Holders::only(at),
-            slots,
-        );
-        // A request that spilled from a serving home leaves the home where the shared
-        // prefix (a tenant's system prompt) stays cached, so the tenant's next requests go
-        // back there, and names the endpoint it spilled to as the second holder: when the
-        // home is saturated again, the next spill goes where the prefix is cached too.
-        if let Some((blocks, h)) = held {
-            if known > 0 && !h.holds(at) {
-                let holders = Holders {
-                    home: h.home,
-                    second: Some(at),
-                };
-                prefix::record(
-                    host,
-                    &pool.name,
-                    keys.get(..blocks).unwrap_or(&[]),
-                    holders,
-                    slots,
-                );
-            }
-        }
     }
 
     /// Refuse queued requests that waited `max_wait_ms`, then release the oldest (fairly)

@@ -4,8 +4,7 @@
 //! blocks `0..=i` (a chain), so one key names a whole prefix. The index is a direct-mapped
 //! table of `slots` entries in Envoy shared data (every worker sees it, its size never
 //! grows): an entry holds the full key, so a slot taken by another prefix reads as a miss,
-//! never as a false hit, and the prefix's holders: its home and the endpoint a request last
-//! spilled to from it. The longest prefix an endpoint holds is found by binary search over
+//! never as a false hit. The longest prefix an endpoint holds is found by binary search over
 //! the chain (a longer prefix was always recorded with its shorter ones), `log2(blocks)`
 //! lookups per request.
 
@@ -41,71 +40,42 @@ fn slot_key(pool: &str, key: u64, slots: u64) -> String {
     format!("px:{pool}:{}", key % slots.max(1))
 }
 
-/// No second endpoint in an entry.
-const NONE: u16 = u16::MAX;
-
-/// Which endpoints hold a prefix: its home (where it was first placed, or placed again once
-/// the home stopped serving) and the endpoint a request last spilled to from there (it
-/// holds the prefix too, until its own cache drops it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Holders {
-    pub home: u16,
-    pub second: Option<u16>,
-}
-
-impl Holders {
-    pub fn only(home: u16) -> Self {
-        Self { home, second: None }
-    }
-
-    pub fn holds(&self, endpoint: u16) -> bool {
-        self.home == endpoint || self.second == Some(endpoint)
-    }
-}
-
-/// An entry: the full key, then the home and second endpoints' indexes in their pool.
-fn encode(key: u64, holders: Holders) -> [u8; 12] {
-    let mut out = [0u8; 12];
-    let (k, rest) = out.split_at_mut(8);
-    let (h, s) = rest.split_at_mut(2);
-    k.copy_from_slice(&key.to_le_bytes());
-    h.copy_from_slice(&holders.home.to_le_bytes());
-    s.copy_from_slice(&holders.second.unwrap_or(NONE).to_le_bytes());
+/// An entry: the full key and the endpoint's index in its pool.
+fn encode(key: u64, endpoint: u16) -> [u8; 10] {
+    let mut out = [0u8; 10];
+    let (a, b) = out.split_at_mut(8);
+    a.copy_from_slice(&key.to_le_bytes());
+    b.copy_from_slice(&endpoint.to_le_bytes());
     out
 }
 
-fn decode(bytes: &[u8]) -> Option<(u64, Holders)> {
+fn decode(bytes: &[u8]) -> Option<(u64, u16)> {
     let key = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-    let home = u16::from_le_bytes(bytes.get(8..10)?.try_into().ok()?);
-    let second = bytes
-        .get(10..12)
-        .and_then(|b| b.try_into().ok())
-        .map(u16::from_le_bytes)
-        .filter(|s| *s != NONE);
-    Some((key, Holders { home, second }))
+    let endpoint = u16::from_le_bytes(bytes.get(8..10)?.try_into().ok()?);
+    Some((key, endpoint))
 }
 
-/// The endpoints recorded for `key`, if its slot still holds it.
-fn lookup(host: &dyn Host, pool: &str, key: u64, slots: u64) -> Option<Holders> {
+/// The endpoint recorded for `key`, if its slot still holds it.
+fn lookup(host: &dyn Host, pool: &str, key: u64, slots: u64) -> Option<u16> {
     let (value, _) = host.shared_data(&slot_key(pool, key, slots));
-    decode(&value?).and_then(|(k, h)| (k == key).then_some(h))
+    decode(&value?).and_then(|(k, e)| (k == key).then_some(e))
 }
 
-/// The longest indexed prefix of `keys`: how many blocks, and the endpoints that hold it.
+/// The longest indexed prefix of `keys`: how many blocks, and the endpoint that served it.
 pub fn longest_prefix(
     host: &dyn Host,
     pool: &str,
     keys: &[u64],
     slots: u64,
-) -> Option<(usize, Holders)> {
+) -> Option<(usize, u16)> {
     // Binary search for the last block with an entry.
     let (mut lo, mut hi) = (0usize, keys.len());
     let mut best = None;
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         match keys.get(mid).and_then(|k| lookup(host, pool, *k, slots)) {
-            Some(h) => {
-                best = Some((mid + 1, h));
+            Some(e) => {
+                best = Some((mid + 1, e));
                 lo = mid + 1;
             }
             None => hi = mid,
@@ -114,12 +84,12 @@ pub fn longest_prefix(
     best
 }
 
-/// Record that `holders` now hold the prefixes of `keys` (overwriting whatever the slots
+/// Record that `endpoint` now holds the prefixes of `keys` (overwriting whatever the slots
 /// held: the newest placement wins, as in the engine's own LRU).
-pub fn record(host: &dyn Host, pool: &str, keys: &[u64], holders: Holders, slots: u64) {
+pub fn record(host: &dyn Host, pool: &str, keys: &[u64], endpoint: u16, slots: u64) {
     for key in keys {
-        // Unconditional: a lost race only means one slot names another endpoint.
-        let _ = host.set_shared_data(&slot_key(pool, *key, slots), &encode(*key, holders), None);
+        // Unconditional: a lost race only means one slot names the other endpoint.
+        let _ = host.set_shared_data(&slot_key(pool, *key, slots), &encode(*key, endpoint), None);
     }
 }
 
@@ -156,21 +126,13 @@ mod tests {
             "user: hello there, how are you doing today?",
         ];
         let keys1 = block_keys(&turn1, 8, 64);
-        record(&host, "pool-a", &keys1, Holders::only(2), 4096);
+        record(&host, "pool-a", &keys1, 2, 4096);
         let turn2 = [turn1[0], turn1[1], "assistant: fine", "user: and now?"];
         let keys2 = block_keys(&turn2, 8, 64);
         assert_eq!(
             longest_prefix(&host, "pool-a", &keys2, 4096),
-            Some((keys1.len(), Holders::only(2)))
+            Some((keys1.len(), 2))
         );
-        // A request spilled to endpoint 3: both hold it.
-        let both = Holders {
-            home: 2,
-            second: Some(3),
-        };
-        record(&host, "pool-a", &keys1, both, 4096);
-        let (_, held) = longest_prefix(&host, "pool-a", &keys2, 4096).unwrap();
-        assert!(held.holds(2) && held.holds(3) && !held.holds(1));
         // Another pool's index is its own.
         assert_eq!(longest_prefix(&host, "pool-b", &keys2, 4096), None);
         // A prompt with nothing in common.
@@ -182,7 +144,7 @@ mod tests {
     fn a_slot_taken_by_another_prefix_is_a_miss_not_a_false_hit() {
         let host = MockHost::new();
         let a = block_keys(&["aaaaaaaaaaaaaaaa"], 8, 8);
-        record(&host, "p", &a, Holders::only(1), 1); // one slot: every key collides
+        record(&host, "p", &a, 1, 1); // one slot: every key collides
         let b = block_keys(&["bbbbbbbbbbbbbbbb"], 8, 8);
         assert_eq!(longest_prefix(&host, "p", &b, 1), None);
         assert_eq!(
@@ -190,9 +152,6 @@ mod tests {
             None,
             "overwritten"
         );
-        assert_eq!(
-            longest_prefix(&host, "p", &a, 1),
-            Some((a.len(), Holders::only(1)))
-        );
+        assert_eq!(longest_prefix(&host, "p", &a, 1), Some((a.len(), 1)));
     }
 }

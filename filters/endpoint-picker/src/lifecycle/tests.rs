@@ -6,7 +6,6 @@ use sluice_testkit::{Call, MockHost};
 
 const A: &str = "127.0.0.1:9001";
 const B: &str = "127.0.0.1:9002";
-const C: &str = "127.0.0.1:9003";
 
 fn picker(host: &mut MockHost, engine: &str) -> Rc<EndpointPicker> {
     host.now_ms = 1_800_000_000_000;
@@ -466,45 +465,4 @@ fn load_from_elsewhere_counts_only_when_two_reports_agree() {
     // It persists: four from elsewhere.
     let steady = Report::new(load(1.0, 5.0), 3, 2, Some(&blip));
     assert_eq!(steady.foreign, 4.0);
-}
-
-#[test]
-fn a_request_that_spills_goes_where_the_prefix_spilled_before() {
-    let mut host = MockHost::new();
-    host.now_ms = 1_800_000_000_000;
-    host.plugin_config = json!({"pools": [{"name": "pool-a", "engine": "vllm", "endpoints": [
-        {"address": A, "metrics_cluster": "m0"}, {"address": B, "metrics_cluster": "m1"},
-        {"address": C, "metrics_cluster": "m2"}]}], "prefix": {"block_bytes": 64}})
-    .to_string()
-    .into_bytes();
-    let p = Rc::new(EndpointPicker::configure(&mut host).unwrap());
-    for e in [A, B, C] {
-        report(&host, e, 0.0, 0.0);
-    }
-    // A 13 KB system prompt: about 3,300 tokens cached are worth a few requests of load.
-    let system = "You are the SQL helper of team A. Be brief. ".repeat(300);
-    let ask =
-        |q: &str| json!([{"role": "system", "content": system}, {"role": "user", "content": q}]);
-    let (_r1, first) = send(&mut host, &p, ask("q1"));
-    let home = first.unwrap().split(',').next().unwrap().to_string();
-    let others: Vec<&str> = [A, B, C].into_iter().filter(|e| *e != home).collect();
-    // The home saturates (a queue of 3): the next request spills, to the lighter other.
-    report(&host, &home, 3.0, 4.0);
-    report(&host, others[0], 0.0, 1.0);
-    host.now_ms += VIEW_TTL_MS;
-    let (_r2, second) = send(&mut host, &p, ask("q2"));
-    assert!(second.unwrap().starts_with(others[1]));
-    // Now the endpoint it spilled to is busier than the third, but it holds the prompt
-    // too: the next spill goes there, not to a cold cache.
-    report(&host, others[1], 0.0, 2.0);
-    report(&host, others[0], 0.0, 0.0);
-    host.now_ms += VIEW_TTL_MS;
-    let (_r3, third) = send(&mut host, &p, ask("q3"));
-    assert!(third.unwrap().starts_with(others[1]));
-    assert_eq!(decision(&host)["reason"], "prefix");
-    // The home is still the home: once it drains, the tenant's requests go back.
-    report(&host, &home, 0.0, 0.0);
-    host.now_ms += VIEW_TTL_MS;
-    let (_r4, fourth) = send(&mut host, &p, ask("q4"));
-    assert!(fourth.unwrap().starts_with(&home));
 }
