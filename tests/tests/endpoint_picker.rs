@@ -432,6 +432,80 @@ async fn a_full_pool_queues_in_the_gateway_interactive_before_batch() {
     );
 }
 
+/// Flow control between tenants: with the pool full, one tenant floods the queue with ten
+/// requests, then another sends one: it is not served after the flood (round robin
+/// between tenants, within each Envoy worker's queue).
+#[tokio::test]
+async fn a_tenant_flooding_the_queue_does_not_starve_another() {
+    const OTHER: &str = "sk-sluice-e2e-picker-other-0123456789abcd";
+    let _guard = SERIAL.lock().await;
+    let s = Stack::start(sim_pool(
+        1,
+        2000,
+        json!({"engine": "vllm", "max_concurrency": 1}),
+        json!({"scrape_interval_ms": 200, "flow": {"enabled": true, "max_wait_ms": 20000}}),
+        vec![
+            key_record("key_p", KEY, "team-p"),
+            key_record("key_o", OTHER, "team-o"),
+        ],
+    ))
+    .await;
+    s.wait_all_healthy().await;
+    let send = |key: &'static str, tokens: u64, tag: String| {
+        let gateway = s.gateway.clone();
+        tokio::spawn(async move {
+            let body = chat("flow", &[&tag], tokens);
+            let r = reqwest::Client::new()
+                .post(format!("{gateway}{CHAT}"))
+                .header("authorization", format!("Bearer {key}"))
+                .header("x-request-id", &tag)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let _ = r.bytes().await;
+            (tag, status, std::time::Instant::now())
+        })
+    };
+    // Fill both endpoints (0.3 s of decoding each), then the flood, then the other tenant.
+    let mut tasks = vec![
+        send(KEY, 150, "fill-0".into()),
+        send(KEY, 150, "fill-1".into()),
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..10 {
+        tasks.push(send(KEY, 20, format!("flood-{i}")));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tasks.push(send(OTHER, 20, "other".into()));
+    let mut done = Vec::new();
+    for t in tasks {
+        done.push(t.await.unwrap());
+    }
+    assert!(done.iter().all(|(_, status, _)| *status == 200));
+    let mut queued: Vec<&(String, u16, std::time::Instant)> =
+        done.iter().filter(|d| !d.0.starts_with("fill")).collect();
+    queued.sort_by_key(|d| d.2);
+    let order: Vec<&str> = queued.iter().map(|d| d.0.as_str()).collect();
+    let position = order.iter().position(|t| *t == "other").unwrap();
+    let decisions: Vec<Value> = s
+        .access_log()
+        .iter()
+        .map(|l| json!([l["request_id"], l["tenant"], l["endpoint"], l["timestamp"]]))
+        .collect();
+    // First in first out in one queue would serve it eleventh, after the whole flood. The
+    // round robin is per Envoy worker (each has its own queue; a freed slot goes to
+    // whichever worker's timer fires first): over 13 runs it was served between first and
+    // ninth, so this asserts only that it is not left for last (the order within a worker's
+    // queue is unit-tested in flow.rs).
+    assert!(
+        position < 10,
+        "the other tenant was served {}th: {order:?} {decisions:#?}",
+        position + 1
+    );
+}
+
 #[tokio::test]
 async fn a_wait_past_the_bound_gets_429_with_retry_after() {
     let _guard = SERIAL.lock().await;
