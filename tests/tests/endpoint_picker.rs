@@ -84,6 +84,31 @@ fn occupy(url: &str, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
         .collect()
 }
 
+/// Send a chat of `tokens` output tokens tagged `tag` (also its request id) through the
+/// gateway with `key`, in the background: its tag, status and when it ended.
+fn spawn_chat(
+    s: &Stack,
+    key: &'static str,
+    tokens: u64,
+    tag: String,
+) -> tokio::task::JoinHandle<(String, u16, std::time::Instant)> {
+    let gateway = s.gateway.clone();
+    tokio::spawn(async move {
+        let body = chat("flow", &[&tag], tokens);
+        let r = reqwest::Client::new()
+            .post(format!("{gateway}{CHAT}"))
+            .header("authorization", format!("Bearer {key}"))
+            .header("x-request-id", &tag)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let _ = r.bytes().await;
+        (tag, status, std::time::Instant::now())
+    })
+}
+
 /// The engine's own report, as the picker reads it.
 async fn waiting(url: &str) -> f64 {
     engine_metric(url, "vllm:num_requests_waiting")
@@ -357,22 +382,7 @@ async fn a_full_pool_queues_in_the_gateway_interactive_before_batch() {
     for b in s.backends("pool-a") {
         b.clear().await;
     }
-    let send = |key: &'static str, tokens: u64, tag: String| {
-        let gateway = s.gateway.clone();
-        tokio::spawn(async move {
-            let body = chat("flow", &[&tag], tokens);
-            let r = reqwest::Client::new()
-                .post(format!("{gateway}{CHAT}"))
-                .header("authorization", format!("Bearer {key}"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let _ = r.bytes().await;
-            (tag, status, std::time::Instant::now())
-        })
-    };
+    let send = |key: &'static str, tokens: u64, tag: String| spawn_chat(&s, key, tokens, tag);
     // Fill both endpoints (0.3 s of decoding each), then queue 3 batch and 2 interactive.
     let mut tasks = vec![
         send(KEY, 150, "fill-0".into()),
@@ -451,23 +461,7 @@ async fn a_tenant_flooding_the_queue_does_not_starve_another() {
     ))
     .await;
     s.wait_all_healthy().await;
-    let send = |key: &'static str, tokens: u64, tag: String| {
-        let gateway = s.gateway.clone();
-        tokio::spawn(async move {
-            let body = chat("flow", &[&tag], tokens);
-            let r = reqwest::Client::new()
-                .post(format!("{gateway}{CHAT}"))
-                .header("authorization", format!("Bearer {key}"))
-                .header("x-request-id", &tag)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let _ = r.bytes().await;
-            (tag, status, std::time::Instant::now())
-        })
-    };
+    let send = |key: &'static str, tokens: u64, tag: String| spawn_chat(&s, key, tokens, tag);
     // Fill both endpoints (0.3 s of decoding each), then the flood, then the other tenant.
     let mut tasks = vec![
         send(KEY, 150, "fill-0".into()),
