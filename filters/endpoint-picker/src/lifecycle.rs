@@ -17,7 +17,7 @@ use sluice_common::host::{
 };
 use sluice_common::metrics::label;
 use sluice_common::{properties, ConfigError, ErrorKind, OpenAiError, Priority, RequestView};
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, Ref, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -118,10 +118,26 @@ fn pool_down(pool: &str) -> OpenAiError {
 
 /// What the shared data said of an endpoint: its health probe passed (or none lately),
 /// and its last engine report (fresh or not).
-#[derive(Clone)]
 struct EndpointView {
     healthy: bool,
     report: Option<Report>,
+}
+
+impl EndpointView {
+    /// Its report, if it is healthy and the report is no older than `stale_ms` at `now`.
+    fn fresh(&self, now: u64, stale_ms: u64) -> Option<&Report> {
+        self.report
+            .as_ref()
+            .filter(|r| self.healthy && now.saturating_sub(r.at_ms) <= stale_ms)
+    }
+}
+
+/// The little-endian `u64` at `at` in `bytes` (a time kept in shared data), or 0.
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    bytes
+        .get(at..at + 8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 /// How long a worker keeps its view of the endpoints before reading shared data again.
@@ -212,70 +228,18 @@ impl EndpointPicker {
         p: usize,
         keys: &[u64],
         model: &str,
+        now: u64,
         queued_ms: Option<u64>,
     ) -> Option<usize> {
         let pool = self.config.pools.get(p)?;
-        let now = now_unix_millis(host);
         let pc = &self.config.prefix;
-        let held = prefix::longest_prefix(&*host, &pool.name, keys, pc.slots);
         let reports = pool.engine.metrics_path().is_some();
         let view = self.view(&*host, p, now);
-        let healthy: Vec<bool> = view.iter().map(|v| v.healthy).collect();
         let stale = self.config.stale_after_ms;
-        let loads: Vec<Option<Report>> = view
-            .into_iter()
-            .map(|v| {
-                v.report
-                    .filter(|r| v.healthy && now.saturating_sub(r.at_ms) <= stale)
-            })
-            .collect();
-        let fresh = loads.iter().any(Option::is_some);
-        // The active priority: the highest (lowest number) with an endpoint that reports;
-        // without metrics, Envoy's health checks alone know, and the pool's first.
-        let active = pool
-            .endpoints
-            .iter()
-            .zip(loads.iter().zip(&healthy))
-            .filter(|(_, (l, ok))| l.is_some() || (!reports && **ok))
-            .map(|(e, _)| e.priority)
-            .min()
-            .unwrap_or(0);
-        let candidates: Vec<Candidate> = pool
-            .endpoints
-            .iter()
-            .zip(loads)
-            .enumerate()
-            .map(|(i, (e, load))| {
-                let mut lora_loaded = false;
-                let mut foreign = 0.0;
-                let engine = load.map(|r| {
-                    lora_loaded = !model.is_empty() && r.load.loras.iter().any(|l| l == model);
-                    foreign = r.foreign;
-                    r.load
-                });
-                // About four bytes of prompt text a token.
-                let prefix_tokens = match held {
-                    Some((blocks, at)) if usize::from(at) == i => {
-                        (blocks * pc.block_bytes) as f64 / 4.0
-                    }
-                    _ => 0.0,
-                };
-                Candidate {
-                    silent: !healthy.get(i).copied().unwrap_or(true)
-                        || (reports && engine.is_none()),
-                    standby: e.priority > active,
-                    engine,
-                    in_flight: shared_counter(&*host, &in_flight_key(&e.address)),
-                    foreign,
-                    prefix_tokens,
-                    lora_loaded,
-                    slots: pool.max_in_flight,
-                }
-            })
-            .collect();
         // An engine that should report but none did lately: Envoy's own balancing decides
         // (its least_request sees what this filter would, without the stale guesses).
-        if !fresh && pool.engine.metrics_path().is_some() {
+        if reports && view.iter().all(|v| v.fresh(now, stale).is_none()) {
+            drop(view);
             let record = serde_json::json!({"reason": "fallback", "pool": pool.name});
             set_text_property(host, properties::ENDPOINT, &record.to_string());
             self.count(
@@ -284,6 +248,54 @@ impl EndpointPicker {
             );
             return None;
         }
+        let held = prefix::longest_prefix(&*host, &pool.name, keys, pc.slots);
+        // The active priority: the highest (lowest number) with an endpoint that reports;
+        // without metrics, Envoy's health checks alone know, and the pool's first.
+        let active = pool
+            .endpoints
+            .iter()
+            .zip(view.iter())
+            .filter(|(_, v)| {
+                if reports {
+                    v.fresh(now, stale).is_some()
+                } else {
+                    v.healthy
+                }
+            })
+            .map(|(e, _)| e.priority)
+            .min()
+            .unwrap_or(0);
+        let candidates: Vec<Candidate> = pool
+            .endpoints
+            .iter()
+            .zip(view.iter())
+            .enumerate()
+            .map(|(i, (e, v))| {
+                let report = v.fresh(now, stale);
+                let engine = report.map(|r| r.load.clone());
+                let lora_loaded = engine
+                    .as_ref()
+                    .is_some_and(|l| !model.is_empty() && l.loras.iter().any(|x| x == model));
+                // About four bytes of prompt text a token.
+                let prefix_tokens = match held {
+                    Some((blocks, at)) if usize::from(at) == i => {
+                        (blocks * pc.block_bytes) as f64 / 4.0
+                    }
+                    _ => 0.0,
+                };
+                Candidate {
+                    silent: !v.healthy || (reports && engine.is_none()),
+                    standby: e.priority > active,
+                    engine,
+                    in_flight: shared_counter(&*host, &in_flight_key(&e.address)),
+                    foreign: report.map_or(0.0, |r| r.foreign),
+                    prefix_tokens,
+                    lora_loaded,
+                    slots: pool.max_in_flight,
+                }
+            })
+            .collect();
+        drop(view);
         let ranking = rank(&candidates, &self.config.weights, self.random())?;
         let first = ranking.order.first().copied()?;
         let addresses: Vec<&str> = ranking
@@ -357,12 +369,13 @@ impl EndpointPicker {
             _ => return,
         };
         // A pool with metrics none of whose endpoints reports is down, not busy: 503.
+        let stale = self.config.stale_after_ms;
         let down = !expired.is_empty()
             && pool.engine.metrics_path().is_some()
-            && pool
-                .endpoints
+            && self
+                .view(&*host, p, now)
                 .iter()
-                .all(|e| self.report(&*host, &e.address, now).is_none());
+                .all(|v| v.fresh(now, stale).is_none());
         for w in expired {
             w.ticket.borrow_mut().state = TicketState::Refused;
             host.set_effective_context(w.context_id);
@@ -409,7 +422,7 @@ impl EndpointPicker {
                 (t.keys.clone(), t.model.clone(), t.since_ms)
             };
             let waited = now.saturating_sub(since);
-            let endpoint = self.place(host, p, &keys, &model, Some(waited));
+            let endpoint = self.place(host, p, &keys, &model, now, Some(waited));
             w.ticket.borrow_mut().state = TicketState::Released(endpoint);
             self.left_queue(&*host, &pool.name, &w.ticket);
             if let Some(h) = self.queue_wait.get(p) {
@@ -438,56 +451,56 @@ impl EndpointPicker {
     }
 
     /// Pool `p`'s endpoints as shared data says, read at most every [`VIEW_TTL_MS`].
-    fn view(&self, host: &dyn Host, p: usize, now: u64) -> Vec<EndpointView> {
-        let mut views = self.views.borrow_mut();
-        if views.len() <= p {
-            views.resize_with(p + 1, || (0, Vec::new()));
+    fn view(&self, host: &dyn Host, p: usize, now: u64) -> Ref<'_, [EndpointView]> {
+        {
+            let mut views = self.views.borrow_mut();
+            if views.len() <= p {
+                views.resize_with(p + 1, || (0, Vec::new()));
+            }
+            if let Some((read_ms, endpoints)) = views.get_mut(p) {
+                if now.saturating_sub(*read_ms) >= VIEW_TTL_MS || endpoints.is_empty() {
+                    let pool = self
+                        .config
+                        .pools
+                        .get(p)
+                        .map_or(&[][..], |x| &x.endpoints[..]);
+                    *endpoints = pool
+                        .iter()
+                        .map(|e| self.read(host, &e.address, now))
+                        .collect();
+                    *read_ms = now;
+                }
+            }
         }
-        let Some((read_ms, endpoints)) = views.get_mut(p) else {
-            return Vec::new();
-        };
-        if now.saturating_sub(*read_ms) >= VIEW_TTL_MS || endpoints.is_empty() {
-            let pool = self
-                .config
-                .pools
-                .get(p)
-                .map_or(&[][..], |x| &x.endpoints[..]);
-            *endpoints = pool
-                .iter()
-                .map(|e| EndpointView {
-                    healthy: self.healthy(host, &e.address, now),
-                    report: host
-                        .shared_data(&report_key(&e.address))
-                        .0
-                        .and_then(|b| serde_json::from_slice(&b).ok()),
-                })
-                .collect();
-            *read_ms = now;
-        }
-        endpoints.clone()
+        Ref::map(self.views.borrow(), |v| {
+            v.get(p).map_or(&[][..], |(_, endpoints)| &endpoints[..])
+        })
+    }
+
+    /// What shared data says of `address` now.
+    fn read(&self, host: &dyn Host, address: &str, now: u64) -> EndpointView {
+        // The last health probe: passed, or failed longer ago than a report stays fresh.
+        let healthy = host.shared_data(&health_key(address)).0.is_none_or(|b| {
+            b.first() == Some(&1) || now.saturating_sub(u64_at(&b, 1)) > self.config.stale_after_ms
+        });
+        let report = host
+            .shared_data(&report_key(address))
+            .0
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        EndpointView { healthy, report }
     }
 
     /// Whether `address` passed its last health probe (or has not been probed lately).
+    #[cfg(test)]
     fn healthy(&self, host: &dyn Host, address: &str, now: u64) -> bool {
-        let (bytes, _) = host.shared_data(&health_key(address));
-        let Some(bytes) = bytes else {
-            return true;
-        };
-        let at = bytes
-            .get(1..9)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map_or(0, u64::from_le_bytes);
-        bytes.first() == Some(&1) || now.saturating_sub(at) > self.config.stale_after_ms
+        self.read(host, address, now).healthy
     }
 
     /// A fresh engine report of a healthy `address`, if there is one.
+    #[cfg(test)]
     fn report(&self, host: &dyn Host, address: &str, now: u64) -> Option<Report> {
-        if !self.healthy(host, address, now) {
-            return None;
-        }
-        let (bytes, _) = host.shared_data(&report_key(address));
-        let r: Report = serde_json::from_slice(&bytes?).ok()?;
-        (now.saturating_sub(r.at_ms) <= self.config.stale_after_ms).then_some(r)
+        let view = self.read(host, address, now);
+        view.fresh(now, self.config.stale_after_ms).cloned()
     }
 }
 
@@ -535,11 +548,7 @@ impl Plugin for EndpointPicker {
                     continue;
                 };
                 let (last, cas) = host.shared_data(&lease_key(&endpoint.address));
-                let last = last
-                    .as_deref()
-                    .and_then(|b| b.get(..8))
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map_or(0, u64::from_le_bytes);
+                let last = last.as_deref().map_or(0, |b| u64_at(b, 0));
                 if now.saturating_sub(last) < min_gap {
                     continue;
                 }
@@ -719,7 +728,7 @@ impl PickedRequest {
             self.phase = Phase::Queued { pool: p, ticket };
             return Flow::Pause;
         }
-        if let Some(endpoint) = picker.place(host, p, &keys, &model, None) {
+        if let Some(endpoint) = picker.place(host, p, &keys, &model, now, None) {
             self.phase = Phase::Picked { pool: p, endpoint };
         }
         Flow::Continue

@@ -94,9 +94,8 @@ impl Reason {
 pub struct Ranking {
     pub order: Vec<usize>,
     pub reason: Reason,
-    /// The first endpoint's load and score, for the decision record.
+    /// The first endpoint's load, for the decision record.
     pub load: f64,
-    pub score: f64,
 }
 
 impl Candidate {
@@ -158,11 +157,12 @@ impl Candidate {
         self.waiting() >= w.saturated_waiting || self.kv_cache() >= w.saturated_kv_cache
     }
 
-    /// Lower is better. `room`: some reporting endpoint of the pool is not saturated.
+    /// Lower is better, within its tier. `room`: some reporting endpoint of the pool is
+    /// not saturated.
     fn score(&self, w: &Weights, room: bool) -> f64 {
-        // A saturated endpoint's cache draws nothing while another has room: a hot prefix
-        // spills instead of piling up.
-        if room && self.saturated(w) {
+        // No affinity outside the active tier, and a saturated endpoint's cache draws
+        // nothing while another has room: a hot prefix spills instead of piling up.
+        if !self.active() || (room && self.saturated(w)) {
             return self.load(w);
         }
         // A cached prefix saves its prefill: worth waiting for a slot when it is long. When
@@ -180,33 +180,27 @@ pub fn rank(candidates: &[Candidate], w: &Weights, tie: u64) -> Option<Ranking> 
         return None;
     }
     let start = usize::try_from(tie % n as u64).unwrap_or(0);
-    let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
     let room = candidates.iter().any(|c| c.active() && !c.saturated(w));
-    let key = |i: usize| {
-        candidates.get(i).map_or((u8::MAX, f64::MAX), |c| {
-            let affinity = c.active();
-            let score = if affinity {
-                c.score(w, room)
-            } else {
-                // No affinity outside the active tier: only load orders it.
-                c.load(w)
-            };
-            (c.tier(), score)
-        })
-    };
+    // Each endpoint's tier and score, once.
+    let keys: Vec<(u8, f64)> = candidates
+        .iter()
+        .map(|c| (c.tier(), c.score(w, room)))
+        .collect();
+    let key = |i: usize| keys.get(i).copied().unwrap_or((u8::MAX, f64::MAX));
+    let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
     // Stable: among equal keys the rotated order stands.
     order.sort_by(|a, b| {
-        let (ta, sa) = key(*a);
-        let (tb, sb) = key(*b);
+        let ((ta, sa), (tb, sb)) = (key(*a), key(*b));
         ta.cmp(&tb).then(sa.total_cmp(&sb))
     });
     let first = *order.first()?;
     let chosen = candidates.get(first)?;
+    let load = chosen.load(w);
     let least_load = candidates
         .iter()
         .map(|c| c.load(w))
         .fold(f64::MAX, f64::min);
-    let reason = if chosen.load(w) <= least_load {
+    let reason = if load <= least_load {
         Reason::Load
     } else if chosen.lora_loaded && chosen.prefix_tokens == 0.0 {
         Reason::Lora
@@ -216,8 +210,7 @@ pub fn rank(candidates: &[Candidate], w: &Weights, tie: u64) -> Option<Ranking> 
     Some(Ranking {
         order,
         reason,
-        load: chosen.load(w),
-        score: chosen.score(w, room),
+        load,
     })
 }
 
