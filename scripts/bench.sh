@@ -192,38 +192,19 @@ PY
 # ---- model-router, pii-redaction and endpoint-picker alone: alternating requests ----
 # Their costs (tens of microseconds) are below the drift between the long rows above (and
 # between rounds of short runs), so one client sends the same request to each Envoy in
-# turn on kept-alive connections, 2,000 rounds, and the medians are compared: drift hits
-# every target alike.
-.venv/bin/python - "$work/body.json" "$KEY" norouter:$NOROUTER_PORT nopii:$NOPII_PORT \
-  chain:$CHAIN_PORT picker:$PICKER_PORT enginecfg:$ENGINECFG_PORT <<'PY'
-import http.client, statistics, sys, time
-body = open(sys.argv[1], "rb").read()
-key = sys.argv[2]
-targets = [t.split(":") for t in sys.argv[3:]]
-conns = {name: http.client.HTTPConnection("127.0.0.1", int(port)) for name, port in targets}
-headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
-times = {name: [] for name, _ in targets}
-for round in range(2200):
-    for name, _ in targets:
-        c = conns[name]
-        t0 = time.perf_counter_ns()
-        c.request("POST", "/v1/chat/completions", body, headers)
-        r = c.getresponse()
-        r.read()
-        dt = (time.perf_counter_ns() - t0) / 1000
-        if r.status != 200:
-            sys.exit(f"bench: {name} answered {r.status}")
-        if round >= 200:  # warm-up
-            times[name].append(dt)
-med = {name: statistics.median(v) for name, v in times.items()}
-print(f"alternating, 2,000 rounds on kept-alive connections, median: chain {med['chain']:.0f} us, "
-      f"without model-router {med['norouter']:.0f} us, pii-redaction scanning nothing {med['nopii']:.0f} us")
-print(f"model-router (alias + body rewrite, 2 KB): +{med['chain'] - med['norouter']:.0f} us p50; "
-      f"pii-redaction (every entity, 2 KB prompt + JSON reply): +{med['chain'] - med['nopii']:.0f} us p50")
-print(f"endpoint-picker (score, prefix index, 2 KB): +{med['picker'] - med['chain']:.0f} us p50: "
-      f"the filter +{med['picker'] - med['enginecfg']:.0f} us, the engine pool's Envoy config (override_host, "
-      f"metrics cluster, probes) +{med['enginecfg'] - med['chain']:.0f} us")
-PY
+# turn on kept-alive connections, 2,000 rounds, and the medians are compared.
+declare -A med
+while read -r name us; do med[$name]=$us; done < <(.venv/bin/python scripts/lib/alternate.py \
+  "$work/body.json" "$KEY" 2000 200 norouter:$NOROUTER_PORT nopii:$NOPII_PORT \
+  chain:$CHAIN_PORT picker:$PICKER_PORT enginecfg:$ENGINECFG_PORT)
+diff_us() { awk -v a="${med[$1]}" -v b="${med[$2]}" 'BEGIN { printf "%+.0f", a - b }'; }
+printf 'alternating, 2,000 rounds on kept-alive connections, median: chain %.0f us, without model-router %.0f us, pii-redaction scanning nothing %.0f us\n' \
+  "${med[chain]}" "${med[norouter]}" "${med[nopii]}"
+echo "model-router (alias + body rewrite, 2 KB): $(diff_us chain norouter) us p50;" \
+  "pii-redaction (every entity, 2 KB prompt + JSON reply): $(diff_us chain nopii) us p50"
+echo "endpoint-picker (score, prefix index, 2 KB): $(diff_us picker chain) us p50: the filter" \
+  "$(diff_us picker enginecfg) us, the engine pool's Envoy config (override_host, metrics" \
+  "cluster, probes) $(diff_us enginecfg chain) us"
 
 # ---- Tokenizer: inside Envoy, in V8 outside Envoy, and natively against tiktoken-rs ----
 # A ~512 KB prompt of the mixed corpus (prose, code, CJK, emoji, whitespace and digit runs,
@@ -266,21 +247,9 @@ json.dump({"model": "mock-model", "max_tokens": 1,
            "messages": [{"role": "user", "content": "".join(parts)}]}, open(sys.argv[1], "w"))
 PY
 # Requests alternate between the two Envoys (41 each), so the machine's drift hits both alike.
-paired_ms() { # port_off port_on body -> "median_off median_on" in ms
-  for _ in $(seq 41); do
-    for p in "$1" "$2"; do
-      printf '%s ' "$p"
-      curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$p/v1/chat/completions" \
-        -H "authorization: Bearer $KEY" -H 'content-type: application/json' --data @"$3"
-    done
-  done | .venv/bin/python -c '
-import statistics, sys
-off = sys.argv[1]
-t = {True: [], False: []}
-for line in sys.stdin:
-    port, secs = line.split()
-    t[port == off].append(float(secs) * 1000)
-print(f"{statistics.median(t[True]):.2f} {statistics.median(t[False]):.2f}")' "$1"
+paired_ms() { # port_off port_on body -> "median_off median_on" in ms (41 alternating pairs)
+  .venv/bin/python scripts/lib/alternate.py "$3" "$KEY" 41 0 off:"$1" on:"$2" |
+    awk '{ ms[$1] = $2 / 1000 } END { printf "%.2f %.2f\n", ms["off"], ms["on"] }'
 }
 paired_ms "$NOPII_PORT" "$CHAIN_PORT" "$work/pii.json" >/dev/null   # warm up
 read -r off_ms on_ms < <(paired_ms "$NOPII_PORT" "$CHAIN_PORT" "$work/pii.json")

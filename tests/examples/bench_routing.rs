@@ -36,6 +36,13 @@ const MAX_TURNS: usize = 6;
 /// Unmeasured traffic before each cell.
 const WARMUP_SECONDS: f64 = 5.0;
 
+/// A JSON value from the environment variable `name`, when it is set and parses.
+fn env_json(name: &str) -> Option<Value> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| serde_json::from_str(&v).ok())
+}
+
 /// The system prompts' size: BENCH_ROUTING_SYSTEM_BYTES or [`SYSTEM_BYTES`].
 fn system_bytes() -> usize {
     std::env::var("BENCH_ROUTING_SYSTEM_BYTES")
@@ -94,10 +101,11 @@ fn workload(rate: f64, seconds: f64, seed: u64) -> Vec<Arrival> {
     // The tenants' system prompts are the same whatever the seed (the warm-up's arrivals
     // share them with the measured ones).
     let mut prompts = Rng(0x5eed);
+    let bytes = system_bytes();
     let systems: Vec<String> = (0..TENANTS)
         .map(|t| {
             let mut s = format!("You are the assistant of tenant {t}. Rules: ");
-            while s.len() < system_bytes() {
+            while s.len() < bytes {
                 s.push_str(&sentence(&mut prompts, 12));
                 s.push_str(". ");
             }
@@ -236,6 +244,17 @@ async fn metric(url: &str, name: &str) -> f64 {
     sluice_e2e::engine_metric(url, name).await.unwrap_or(0.0)
 }
 
+/// The engines' prompt tokens prefilled, prefix-cache hits and queries (tokens), summed.
+async fn cache_counters(engines: &[String]) -> (f64, f64, f64) {
+    let mut sum = (0.0, 0.0, 0.0);
+    for e in engines {
+        sum.0 += metric(e, "vllm:prompt_tokens_total").await;
+        sum.1 += metric(e, "vllm:prefix_cache_hits_total").await;
+        sum.2 += metric(e, "vllm:prefix_cache_queries_total").await;
+    }
+    sum
+}
+
 fn percentile(values: &mut [f64], p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
@@ -262,13 +281,8 @@ async fn stack(mode: &str) -> Stack {
     pool_options["max_concurrency"] = json!(SLOTS);
     pool_options["max_connections"] = json!(4 * SLOTS);
     // BENCH_ROUTING_POOL: pool options to try (JSON, merged), e.g. {"max_concurrency": 64}.
-    if let Some(Value::Object(extra)) = std::env::var("BENCH_ROUTING_POOL")
-        .ok()
-        .and_then(|v| serde_json::from_str::<Value>(&v).ok())
-    {
-        for (k, v) in extra {
-            pool_options[k] = v;
-        }
+    if let Some(extra) = env_json("BENCH_ROUTING_POOL") {
+        sluice_e2e::merge_fields(&mut pool_options, &extra);
     }
     let mut router_config = json!({"models": {"*": {"targets": [{"pool": "pool-gpu"}]}}});
     if let Some(a) = router.get("affinity") {
@@ -300,10 +314,7 @@ async fn stack(mode: &str) -> Stack {
     ];
     // BENCH_ROUTING_PICKER: endpoint-picker settings to try (JSON, as the template's
     // `endpoint_picker` variable), e.g. {"weights": {"prefix": 2}}.
-    if let Some(picker) = std::env::var("BENCH_ROUTING_PICKER")
-        .ok()
-        .and_then(|v| serde_json::from_str::<Value>(&v).ok())
-    {
+    if let Some(picker) = env_json("BENCH_ROUTING_PICKER") {
         vars.push(("endpoint_picker".into(), picker));
     }
     let s = Stack::start(StackOptions {
@@ -364,12 +375,7 @@ async fn main() {
             // and the cells measure steady state, not eight cold misses.
             let warmup = Arc::new(workload(cap * load, WARMUP_SECONDS, 4242));
             drive(&client, &url, warmup, Instant::now()).await;
-            let mut before = (0.0, 0.0, 0.0);
-            for e in &engines {
-                before.0 += metric(e, "vllm:prompt_tokens_total").await;
-                before.1 += metric(e, "vllm:prefix_cache_hits_total").await;
-                before.2 += metric(e, "vllm:prefix_cache_queries_total").await;
-            }
+            let before = cache_counters(&engines).await;
             let start = Instant::now();
             // Sample the engines' queues while the load runs.
             let sampling = {
@@ -390,14 +396,9 @@ async fn main() {
             let done = drive(&client, &url, arrivals.clone(), start).await;
             let elapsed = start.elapsed().as_secs_f64();
             let queue = sampling.await.unwrap_or(f64::NAN);
-            let mut after = (0.0, 0.0, 0.0);
             // Let the lagging gauges catch up before reading the counters.
             tokio::time::sleep(Duration::from_millis(300)).await;
-            for e in &engines {
-                after.0 += metric(e, "vllm:prompt_tokens_total").await;
-                after.1 += metric(e, "vllm:prefix_cache_hits_total").await;
-                after.2 += metric(e, "vllm:prefix_cache_queries_total").await;
-            }
+            let after = cache_counters(&engines).await;
             let ok: Vec<&Outcome> = done.iter().filter(|o| o.ok).collect();
             let mut ttft: Vec<f64> = ok.iter().map(|o| o.ttft * 1000.0).collect();
             let mut total: Vec<f64> = ok.iter().map(|o| o.total * 1000.0).collect();

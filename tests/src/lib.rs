@@ -222,6 +222,14 @@ pub fn recorded_header<'a>(request: &'a Value, name: &str) -> Option<&'a str> {
         .and_then(|h| h[1].as_str())
 }
 
+/// Set every field of the JSON object `extra` on `target` (a pool's or a host's extra
+/// settings over its defaults).
+pub fn merge_fields(target: &mut Value, extra: &Value) {
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        target[k] = v.clone();
+    }
+}
+
 /// What a [`Stack`] starts.
 pub struct StackOptions {
     pub pools: Vec<&'static str>,
@@ -414,23 +422,15 @@ impl StackBuilder {
                     .filter(|m| m.pool == *pool)
                     .map(|m| {
                         let mut h = serde_json::json!({"host": "127.0.0.1", "port": m.port});
-                        for (name, extra) in &o.host_options {
-                            if *name == m.name {
-                                for (k, v) in extra.as_object().unwrap() {
-                                    h[k] = v.clone();
-                                }
-                            }
+                        for (_, extra) in o.host_options.iter().filter(|(n, _)| *n == m.name) {
+                            merge_fields(&mut h, extra);
                         }
                         h
                     })
                     .collect();
                 let mut p = serde_json::json!({"name": pool, "hosts": hosts});
-                for (name, extra) in &o.pool_options {
-                    if name == pool {
-                        for (k, v) in extra.as_object().unwrap() {
-                            p[k] = v.clone();
-                        }
-                    }
+                for (_, extra) in o.pool_options.iter().filter(|(n, _)| n == pool) {
+                    merge_fields(&mut p, extra);
                 }
                 p
             })
