@@ -6,7 +6,7 @@
 //!             "endpoints": [{"address": "10.0.0.5:8000", "metrics_cluster": "sluice_metrics__pool-a__0"}]}],
 //!  "scrape_interval_ms": 500, "stale_after_ms": 3000,
 //!  "prefix": {"block_bytes": 256, "max_blocks": 256, "slots": 65536},
-//!  "weights": {"waiting": 2, "kv_cache": 4, "prefix": 3, "saturated_waiting": 2}}
+//!  "weights": {"waiting": 2, "kv_cache": 4, "prefix": 1.5, "saturated_waiting": 2}}
 //! ```
 
 use crate::engine::Engine;
