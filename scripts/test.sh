@@ -42,6 +42,7 @@ for ctx in GATEWAY SIDECAR_INBOUND; do
 done
 target/release/sluice render envoy/istio/destinationrules.yaml.j2 -o "$deploy/destinationrules.yaml" \
   -s 'pools=[{"name":"pool-small"},{"name":"pool-large","lb":"maglev"},{"name":"pool-ring","lb":"ring_hash"}]'
+.venv/bin/python tests/deploy/check_istio_locality.py target/release/sluice "$deploy"
 .venv/bin/python tests/deploy/validate_istio.py "$crds" "$deploy"/*.yaml
 scripts/compose.sh --render-only >/dev/null
 docker-compose -f docker-compose.yml config -q
