@@ -94,6 +94,7 @@ PY
   "$ENVOY" -c "$work/$name/envoy.yaml" --concurrency "$ENVOY_CONCURRENCY" --base-id "$admin" \
     --log-level info >"$work/$name/envoy.log" 2>&1 &
   pids+=($!)
+  printf -v "PID_$name" '%s' "$!"
   pool_a_healthy() { envoy_live "$admin" && curl -s "http://127.0.0.1:$admin/clusters" | grep -qE '^pool-a::.*health_flags::healthy$'; }
   wait_until 30 pool_a_healthy || { cat "$work/$name/envoy.log" >&2; exit 1; }
   printf -v "PORT_$name" '%s' "$port"
@@ -194,17 +195,21 @@ PY
 # between rounds of short runs), so one client sends the same request to each Envoy in
 # turn on kept-alive connections, 2,000 rounds, and the medians are compared.
 declare -A med
-while read -r name us; do med[$name]=$us; done < <(.venv/bin/python scripts/lib/alternate.py \
-  "$work/body.json" "$KEY" 2000 200 norouter:$NOROUTER_PORT nopii:$NOPII_PORT \
-  chain:$CHAIN_PORT picker:$PICKER_PORT enginecfg:$ENGINECFG_PORT)
-diff_us() { awk -v a="${med[$1]}" -v b="${med[$2]}" 'BEGIN { printf "%+.0f", a - b }'; }
-printf 'alternating, 2,000 rounds on kept-alive connections, median: chain %.0f us, without model-router %.0f us, pii-redaction scanning nothing %.0f us\n' \
-  "${med[chain]}" "${med[norouter]}" "${med[nopii]}"
-echo "model-router (alias + body rewrite, 2 KB): $(diff_us chain norouter) us p50;" \
-  "pii-redaction (every entity, 2 KB prompt + JSON reply): $(diff_us chain nopii) us p50"
-echo "endpoint-picker (score, prefix index, 2 KB): $(diff_us picker chain) us p50: the filter" \
-  "$(diff_us picker enginecfg) us, the engine pool's Envoy config (override_host, metrics" \
-  "cluster, probes) $(diff_us enginecfg chain) us"
+# Each Envoy's CPU time per request is read too (its threads' schedstat): steadier than
+# latency, which moves with how the two cores are scheduled.
+declare -A cpu
+while read -r name us cpu_us; do med[$name]=$us; cpu[$name]=$cpu_us; done < <(.venv/bin/python scripts/lib/alternate.py \
+  "$work/body.json" "$KEY" 2000 200 norouter:$NOROUTER_PORT:$PID_norouter nopii:$NOPII_PORT:$PID_nopii \
+  chain:$CHAIN_PORT:$PID_chain picker:$PICKER_PORT:$PID_picker enginecfg:$ENGINECFG_PORT:$PID_enginecfg)
+diff_us() { awk -v a="${med[$1]}" -v b="${med[$2]}" -v ca="${cpu[$1]}" -v cb="${cpu[$2]}" \
+  'BEGIN { printf "%+.0f us p50 (CPU %+.0f us)", a - b, ca - cb }'; }
+printf 'alternating, 2,000 rounds on kept-alive connections, median (Envoy CPU per request): chain %.0f us (%.0f), without model-router %.0f us (%.0f), pii-redaction scanning nothing %.0f us (%.0f)\n' \
+  "${med[chain]}" "${cpu[chain]}" "${med[norouter]}" "${cpu[norouter]}" "${med[nopii]}" "${cpu[nopii]}"
+echo "model-router (alias + body rewrite, 2 KB): $(diff_us chain norouter);" \
+  "pii-redaction (every entity, 2 KB prompt + JSON reply): $(diff_us chain nopii)"
+echo "endpoint-picker (score, prefix index, 2 KB): $(diff_us picker chain): the filter" \
+  "$(diff_us picker enginecfg), the engine pool's Envoy config (override_host, metrics" \
+  "cluster, probes) $(diff_us enginecfg chain)"
 
 # ---- Tokenizer: inside Envoy, in V8 outside Envoy, and natively against tiktoken-rs ----
 # A ~512 KB prompt of the mixed corpus (prose, code, CJK, emoji, whitespace and digit runs,

@@ -445,6 +445,20 @@ async fn main() {
                 }) {
                     eprintln!("  {l}");
                 }
+                // The tail: the slowest first bytes and how each was placed.
+                let mut slow: Vec<&Value> = log.iter().collect();
+                slow.sort_by(|a, b| {
+                    b["ttfb_ms"]
+                        .as_f64()
+                        .unwrap_or(0.0)
+                        .total_cmp(&a["ttfb_ms"].as_f64().unwrap_or(0.0))
+                });
+                for l in slow.iter().take(8) {
+                    eprintln!(
+                        "  slow: ttfb {} ms prompt {} tokens, {} {}",
+                        l["ttfb_ms"], l["prompt_tokens"], l["timestamp"], l["endpoint"]
+                    );
+                }
                 eprintln!("{mode}: hosts {hosts:?} statuses {statuses:?} queued {} p50 {:.0} ms max {:.0} ms",
                     queued.len(), percentile(&mut queued.clone(), 0.5), queued.iter().cloned().fold(0.0, f64::max));
             }

@@ -91,6 +91,19 @@ impl Api {
         matches!(self, Self::Chat | Self::Completions)
     }
 
+    /// The top-level request fields that make the prompt, in the order an engine reads
+    /// them (Anthropic's `system` before `messages`, wherever the client put it): a prompt
+    /// prefix that two requests share is a prefix of these fields' JSON.
+    pub const fn prompt_fields(self) -> &'static [&'static str] {
+        match self {
+            Self::Chat => &["messages"],
+            Self::Completions => &["prompt"],
+            Self::Embeddings => &["input"],
+            Self::Responses => &["instructions", "input"],
+            Self::Messages | Self::CountTokens => &["system", "messages"],
+        }
+    }
+
     /// Dotted paths (`*`: every element or member) of the strings in a request that carry
     /// prompt text: what is scanned for PII and counted.
     pub const fn request_text_paths(self) -> &'static [&'static str] {
@@ -352,6 +365,23 @@ impl RequestView {
 }
 
 /// `model` of a request body: required, a non-empty string.
+/// The raw JSON of a body's top-level `fields`, in the order given (absent and null ones
+/// left out), found by one scan that builds no tree: for readers that need only where the
+/// prompt is, not what it says (endpoint-picker's prefix keys). `None` when the body is not
+/// a JSON object.
+pub fn raw_fields<'a>(body: &'a [u8], fields: &[&str]) -> Option<Vec<&'a [u8]>> {
+    let members: BTreeMap<std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue> =
+        serde_json::from_slice(body).ok()?;
+    Some(
+        fields
+            .iter()
+            .filter_map(|f| members.get(*f))
+            .map(|v| v.get().as_bytes())
+            .filter(|raw| *raw != b"null")
+            .collect(),
+    )
+}
+
 pub fn model_of(body: &Value) -> Result<&str, OpenAiError> {
     check_model(body.get("model"))
 }
@@ -655,6 +685,46 @@ mod tests {
         );
         let e = view(Api::Chat, m(json!({"max_tokens": -1}))).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("max_tokens"));
+    }
+
+    #[test]
+    fn prompt_fields_in_the_order_an_engine_reads_them() {
+        let raw = |api: Api, body: &str| -> Option<Vec<String>> {
+            raw_fields(body.as_bytes(), api.prompt_fields()).map(|parts| {
+                parts
+                    .into_iter()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect()
+            })
+        };
+        // Anthropic's system prompt first, wherever the client put it; bytes as sent.
+        assert_eq!(
+            raw(
+                Api::Messages,
+                r#"{"messages": [{"role":"user","content":"hi"}], "model":"m", "system":"be \"brief\""}"#
+            ),
+            Some(vec![
+                r#""be \"brief\"""#.to_string(),
+                r#"[{"role":"user","content":"hi"}]"#.to_string()
+            ])
+        );
+        // Other fields (a cap that changes every turn) are not part of it; null is absent.
+        assert_eq!(
+            raw(
+                Api::Chat,
+                r#"{"max_tokens": 7, "messages": [{"role":"user","content":"a"}]}"#
+            ),
+            raw(
+                Api::Chat,
+                r#"{"max_tokens": 9, "messages": [{"role":"user","content":"a"}]}"#
+            )
+        );
+        assert_eq!(
+            raw(Api::Responses, r#"{"instructions": null, "input": "x"}"#),
+            Some(vec![r#""x""#.to_string()])
+        );
+        assert_eq!(raw(Api::Chat, "[1, 2]"), None);
+        assert_eq!(raw(Api::Chat, "{not json"), None);
     }
 
     #[test]

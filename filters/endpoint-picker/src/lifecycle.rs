@@ -10,13 +10,14 @@ use crate::flow::{PoolQueue, SharedTicket, Ticket, TicketState, Waiter};
 use crate::pick::{rank, Candidate};
 use crate::prefix;
 use serde::{Deserialize, Serialize};
+use sluice_common::api::raw_fields;
 use sluice_common::hash::xorshift64;
 use sluice_common::host::{
     add_shared, now_unix_millis, plugin_config, send_error, set_text_property, shared_counter,
     text_property, CounterSet, Flow, GaugeSet, Histogram, Host, HttpCall, Lifecycle, Plugin, Side,
 };
 use sluice_common::metrics::label;
-use sluice_common::{properties, ConfigError, ErrorKind, OpenAiError, Priority, RequestView};
+use sluice_common::{properties, ConfigError, ErrorKind, OpenAiError, Priority};
 use std::cell::{Cell, Ref, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -161,6 +162,22 @@ pub struct EndpointPicker {
     views: RefCell<Vec<(u64, Vec<EndpointView>)>>,
     /// `sluice.endpoint.queue_wait_ms.pool.<pool>`, per pool.
     queue_wait: Vec<Histogram>,
+    /// `sluice.endpoint.picks.pool.<pool>.endpoint.<endpoint>.reason.` per pool and
+    /// endpoint, named once (the reason completes it).
+    pick_counters: Vec<Vec<String>>,
+}
+
+/// What the picker decided for a request, published as `sluice_endpoint` (the access log's
+/// `endpoint`).
+#[derive(Serialize)]
+struct Decision<'a> {
+    endpoint: &'a str,
+    reason: &'a str,
+    load: f64,
+    prefix_blocks: usize,
+    in_flight: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queued_ms: Option<u64>,
 }
 
 impl EndpointPicker {
@@ -181,7 +198,6 @@ impl EndpointPicker {
         });
         Ok(Self {
             queues: RefCell::new(config.pools.iter().map(|_| PoolQueue::default()).collect()),
-            config,
             scrapes: RefCell::new(HashMap::new()),
             rng: Cell::new(host.now_unix_nanos() | 1),
             counters: RefCell::new(CounterSet::new(MAX_METRICS)),
@@ -189,6 +205,23 @@ impl EndpointPicker {
             last_scrape_ms: Cell::new(0),
             views: RefCell::new(Vec::new()),
             queue_wait: config_pools_histograms(host, &pools),
+            pick_counters: config
+                .pools
+                .iter()
+                .map(|p| {
+                    p.endpoints
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "sluice.endpoint.picks.pool.{}.endpoint.{}.reason.",
+                                label(&p.name),
+                                label(&e.address)
+                            )
+                        })
+                        .collect()
+                })
+                .collect(),
+            config,
         })
     }
 
@@ -332,26 +365,27 @@ impl EndpointPicker {
                 pc.slots,
             );
         }
-        let mut record = serde_json::json!({
-            "endpoint": chosen,
-            "reason": ranking.reason.as_str(),
-            "load": ranking.load,
-            "prefix_blocks": held.filter(|(_, at)| usize::from(*at) == first).map_or(0, |(b, _)| b),
-            "in_flight": in_flight,
-        });
-        if let (Some(ms), Some(o)) = (queued_ms, record.as_object_mut()) {
-            o.insert("queued_ms".into(), ms.into());
+        let decision = Decision {
+            endpoint: chosen,
+            reason: ranking.reason.as_str(),
+            load: ranking.load,
+            prefix_blocks: held
+                .filter(|(_, at)| usize::from(*at) == first)
+                .map_or(0, |(b, _)| b),
+            in_flight,
+            queued_ms,
+        };
+        if let Ok(record) = serde_json::to_string(&decision) {
+            set_text_property(host, properties::ENDPOINT, &record);
         }
-        set_text_property(host, properties::ENDPOINT, &record.to_string());
-        self.count(
-            host,
-            &format!(
-                "sluice.endpoint.picks.pool.{}.endpoint.{}.reason.{}",
-                label(&pool.name),
-                label(chosen),
-                ranking.reason.as_str()
-            ),
-        );
+        let counter = self
+            .pick_counters
+            .get(p)
+            .and_then(|names| names.get(first))
+            .map(|prefix| format!("{prefix}{}", ranking.reason.as_str()));
+        if let Some(name) = counter {
+            self.count(host, &name);
+        }
         Some(first)
     }
 
@@ -674,10 +708,10 @@ pub struct PickedRequest {
 impl PickedRequest {
     /// Place the request now, or queue it when its pool is full (or others wait already:
     /// no overtaking).
-    fn pick(&mut self, host: &mut dyn Host, p: usize, texts: &[&str]) -> Flow {
+    fn pick(&mut self, host: &mut dyn Host, p: usize, prompt: &[&[u8]]) -> Flow {
         let picker = self.picker.clone();
         let pc = &picker.config.prefix;
-        let keys = prefix::block_keys(texts, pc.block_bytes, pc.max_blocks);
+        let keys = prefix::block_keys(prompt, pc.block_bytes, pc.max_blocks);
         // The upstream model name: a LoRA adapter's name when the request is for one.
         let model = text_property(&*host, properties::MODEL).unwrap_or_default();
         let now = now_unix_millis(host);
@@ -772,10 +806,12 @@ impl Lifecycle for PickedRequest {
         self.phase = Phase::Idle;
         let body = host.body(Side::Request, size);
         let path = host.header(Side::Request, ":path").unwrap_or_default();
-        let view = sluice_common::api::governed_api(&path)
-            .and_then(|api| RequestView::parse(api, &body).ok());
-        let texts = view.as_ref().map(RequestView::texts).unwrap_or_default();
-        self.pick(host, pool, &texts)
+        // Where the prompt is, not what it says: its fields' JSON as sent (a scan that
+        // builds no tree; the filters before this one checked the body).
+        let prompt = sluice_common::api::governed_api(&path)
+            .and_then(|api| raw_fields(&body, api.prompt_fields()))
+            .unwrap_or_default();
+        self.pick(host, pool, &prompt)
     }
 
     fn on_log(&mut self, host: &mut dyn Host) {

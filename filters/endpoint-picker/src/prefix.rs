@@ -8,27 +8,34 @@
 //! the chain (a longer prefix was always recorded with its shorter ones), `log2(blocks)`
 //! lookups per request.
 
-use sluice_common::hash::fnv1a_parts;
+use sluice_common::hash::StreamHash;
 use sluice_common::host::Host;
 
 /// The chained keys of a prompt's blocks, at most `max_blocks` (the rest of a longer prompt
-/// is not indexed: its first `max_blocks` blocks already place it).
-pub fn block_keys(texts: &[&str], block_bytes: usize, max_blocks: usize) -> Vec<u64> {
+/// is not indexed: its first `max_blocks` blocks already place it). The prompt is given in
+/// parts (its fields' JSON); block `i`'s key is the hash of every byte of blocks `0..=i`
+/// (the parts each followed by a 0xff separator, a byte UTF-8 never has), read off one
+/// running hash: one pass, no copy, and a key names its whole prefix.
+pub fn block_keys(parts: &[&[u8]], block_bytes: usize, max_blocks: usize) -> Vec<u64> {
     let block_bytes = block_bytes.max(1);
-    let mut keys = Vec::new();
-    let mut key = 0u64;
-    let mut block: Vec<u8> = Vec::with_capacity(block_bytes);
-    let bytes = texts
-        .iter()
-        .flat_map(|t| t.bytes().chain(std::iter::once(0xff)));
-    for b in bytes {
-        block.push(b);
-        if block.len() == block_bytes {
-            key = fnv1a_parts(&[&key.to_le_bytes(), &block]);
-            keys.push(key);
-            block.clear();
-            if keys.len() == max_blocks {
-                break;
+    let mut keys = Vec::with_capacity(max_blocks.min(64));
+    let mut hash = StreamHash::new();
+    // Bytes still to go in the current block.
+    let mut room = block_bytes;
+    for part in parts {
+        for mut piece in [*part, &[0xff][..]] {
+            while !piece.is_empty() {
+                let (now, rest) = piece.split_at(room.min(piece.len()));
+                hash.write(now);
+                room -= now.len();
+                piece = rest;
+                if room == 0 {
+                    if keys.len() == max_blocks {
+                        return keys;
+                    }
+                    keys.push(hash.finish());
+                    room = block_bytes;
+                }
             }
         }
     }
@@ -101,8 +108,19 @@ mod tests {
     #[test]
     fn a_shared_system_prompt_shares_its_leading_keys() {
         let system = "You are a helpful assistant. ".repeat(20);
-        let a = block_keys(&[&system, &"What is Rust? ".repeat(10)], 64, 100);
-        let b = block_keys(&[&system, &"Tell me about SQL joins. ".repeat(10)], 64, 100);
+        let a = block_keys(
+            &[system.as_bytes(), "What is Rust? ".repeat(10).as_bytes()],
+            64,
+            100,
+        );
+        let b = block_keys(
+            &[
+                system.as_bytes(),
+                "Tell me about SQL joins. ".repeat(10).as_bytes(),
+            ],
+            64,
+            100,
+        );
         let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
         assert_eq!(
             common,
@@ -112,22 +130,22 @@ mod tests {
         assert!(a.len() > common && b.len() > common);
         // Text boundaries count: ["ab", "c"] is not ["a", "bc"].
         assert_ne!(
-            block_keys(&["ab", "c"], 2, 9),
-            block_keys(&["a", "bc"], 2, 9)
+            block_keys(&[b"ab", b"c"], 2, 9),
+            block_keys(&[b"a", b"bc"], 2, 9)
         );
-        assert_eq!(block_keys(&[&"x".repeat(1000)], 10, 5).len(), 5);
+        assert_eq!(block_keys(&["x".repeat(1000).as_bytes()], 10, 5).len(), 5);
     }
 
     #[test]
     fn the_next_turn_of_a_conversation_finds_where_the_last_one_went() {
         let host = MockHost::new();
-        let turn1 = [
-            "sys: be brief",
-            "user: hello there, how are you doing today?",
+        let turn1: [&[u8]; 2] = [
+            b"sys: be brief",
+            b"user: hello there, how are you doing today?",
         ];
         let keys1 = block_keys(&turn1, 8, 64);
         record(&host, "pool-a", &keys1, 2, 4096);
-        let turn2 = [turn1[0], turn1[1], "assistant: fine", "user: and now?"];
+        let turn2 = [turn1[0], turn1[1], b"assistant: fine", b"user: and now?"];
         let keys2 = block_keys(&turn2, 8, 64);
         assert_eq!(
             longest_prefix(&host, "pool-a", &keys2, 4096),
@@ -136,16 +154,16 @@ mod tests {
         // Another pool's index is its own.
         assert_eq!(longest_prefix(&host, "pool-b", &keys2, 4096), None);
         // A prompt with nothing in common.
-        let other = block_keys(&["something else entirely, at length"], 8, 64);
+        let other = block_keys(&[b"something else entirely, at length"], 8, 64);
         assert_eq!(longest_prefix(&host, "pool-a", &other, 4096), None);
     }
 
     #[test]
     fn a_slot_taken_by_another_prefix_is_a_miss_not_a_false_hit() {
         let host = MockHost::new();
-        let a = block_keys(&["aaaaaaaaaaaaaaaa"], 8, 8);
+        let a = block_keys(&[b"aaaaaaaaaaaaaaaa"], 8, 8);
         record(&host, "p", &a, 1, 1); // one slot: every key collides
-        let b = block_keys(&["bbbbbbbbbbbbbbbb"], 8, 8);
+        let b = block_keys(&[b"bbbbbbbbbbbbbbbb"], 8, 8);
         assert_eq!(longest_prefix(&host, "p", &b, 1), None);
         assert_eq!(
             longest_prefix(&host, "p", &a[..a.len() - 1], 1),
