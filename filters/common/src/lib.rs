@@ -4,6 +4,7 @@
 //! filter (wasm32) and into the native services, the CLI and the tests alike.
 
 pub mod api;
+pub mod batch;
 pub mod config;
 pub mod engine_error;
 pub mod error;

@@ -41,6 +41,9 @@ pub const PII: &str = "sluice_pii";
 /// `interactive` or `batch`: how the key's requests wait when a pool is saturated. Written
 /// by key-auth.
 pub const PRIORITY: &str = "sluice_priority";
+/// key-auth, for a request sluice-batch sent for a batch's owner: JSON `{"batch_id",
+/// "custom_id"}`.
+pub const BATCH: &str = "sluice_batch";
 /// JSON: which limit decided, remaining, reserved, reconciled. Written by rate-limit.
 pub const RATELIMIT: &str = "sluice_ratelimit";
 /// JSON: the endpoint chosen and why (`endpoint`, `reason`, `load`, `prefix_blocks`).
@@ -57,8 +60,9 @@ pub const ENDPOINT_HEADER: &str = "x-sluice-endpoint";
 pub const INTERNAL_HEADER_PREFIX: &str = "x-sluice-";
 
 /// Every property name, for access-log and documentation checks.
-pub const ALL: [&str; 17] = [
+pub const ALL: [&str; 18] = [
     PRIORITY,
+    BATCH,
     ENDPOINT,
     API,
     ERROR,

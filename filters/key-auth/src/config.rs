@@ -17,6 +17,10 @@ use sluice_common::{Limits, Priority};
 pub struct KeyAuthConfig {
     #[serde(default)]
     pub keys: Vec<KeyRecord>,
+    /// The secret sluice-batch signs its owner assertions with (at least 32 bytes; see
+    /// `sluice_common::batch`). Without it no assertion is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_secret: Option<String>,
 }
 
 /// One API key. Only the SHA-256 digest of the secret is stored.

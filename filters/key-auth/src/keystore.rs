@@ -3,6 +3,7 @@
 use crate::config::{KeyAuthConfig, KeyRecord};
 use crate::Denial;
 use sha2::{Digest, Sha256};
+use sluice_common::batch::{self, AssertionError, BatchClaims, ASSERTION_PREFIX, MIN_SECRET_BYTES};
 use sluice_common::{ConfigError, Policy};
 use std::collections::HashMap;
 use time::format_description::well_known::Rfc3339;
@@ -42,11 +43,36 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct KeyStore {
     by_digest: HashMap<[u8; 32], Entry>,
+    /// Key ids to digests: what a batch assertion names.
+    by_id: HashMap<String, [u8; 32]>,
+    batch_secret: Option<Vec<u8>>,
+}
+
+/// An accepted credential: the key's identity, and the batch line when sluice-batch sent
+/// the request for the key's owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated<'a> {
+    pub identity: &'a Identity,
+    pub batch: Option<BatchClaims>,
 }
 
 impl KeyStore {
     /// Validate a configuration and index it. Errors name the key by id, never by secret.
     pub fn from_config(config: &KeyAuthConfig) -> Result<Self, ConfigError> {
+        let batch_secret = config
+            .batch_secret
+            .as_ref()
+            .map(|secret| {
+                if secret.len() < MIN_SECRET_BYTES {
+                    Err(ConfigError::Invalid(format!(
+                        "batch_secret must be at least {MIN_SECRET_BYTES} bytes"
+                    )))
+                } else {
+                    Ok(secret.as_bytes().to_vec())
+                }
+            })
+            .transpose()?;
+        let mut by_id = HashMap::with_capacity(config.keys.len());
         let mut by_digest = HashMap::with_capacity(config.keys.len());
         let mut ids = std::collections::HashSet::new();
         for (i, record) in config.keys.iter().enumerate() {
@@ -62,6 +88,7 @@ impl KeyStore {
             let digest = parse_digest(&record.sha256).map_err(|e| {
                 ConfigError::Invalid(format!("keys[{i}] (id {:?}): {e}", record.id))
             })?;
+            by_id.insert(record.id.clone(), digest);
             if by_digest.insert(digest, entry).is_some() {
                 return Err(ConfigError::Invalid(format!(
                     "keys[{i}] (id {:?}): same sha256 as another key",
@@ -69,7 +96,11 @@ impl KeyStore {
                 )));
             }
         }
-        Ok(Self { by_digest })
+        Ok(Self {
+            by_digest,
+            by_id,
+            batch_secret,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -80,9 +111,32 @@ impl KeyStore {
         self.by_digest.is_empty()
     }
 
-    /// Check a presented key at `now` (Unix seconds).
-    pub fn authenticate(&self, key: &str, now: i64) -> Result<&Identity, Denial> {
-        let entry = self.by_digest.get(&digest(key)).ok_or(Denial::Unknown)?;
+    /// Check a presented credential at `now` (Unix seconds): an API key, or a batch
+    /// assertion signed with the configured secret (the key it names must be usable now,
+    /// as if presented itself).
+    pub fn authenticate(&self, credential: &str, now: i64) -> Result<Authenticated<'_>, Denial> {
+        if credential.starts_with(ASSERTION_PREFIX) {
+            let secret = self.batch_secret.as_deref().ok_or(Denial::Unknown)?;
+            let claims = batch::verify(credential, secret, u64::try_from(now).unwrap_or(0))
+                .map_err(|e| match e {
+                    AssertionError::Expired => Denial::Expired,
+                    _ => Denial::Unknown,
+                })?;
+            let digest = self.by_id.get(&claims.key_id).ok_or(Denial::Unknown)?;
+            let identity = self.check(digest, now)?;
+            return Ok(Authenticated {
+                identity,
+                batch: Some(claims),
+            });
+        }
+        Ok(Authenticated {
+            identity: self.check(&digest(credential), now)?,
+            batch: None,
+        })
+    }
+
+    fn check(&self, digest: &[u8; 32], now: i64) -> Result<&Identity, Denial> {
+        let entry = self.by_digest.get(digest).ok_or(Denial::Unknown)?;
         if !entry.enabled {
             return Err(Denial::Disabled);
         }
@@ -171,7 +225,66 @@ mod tests {
     }
 
     fn store(records: Vec<KeyRecord>) -> Result<KeyStore, ConfigError> {
-        KeyStore::from_config(&KeyAuthConfig { keys: records })
+        KeyStore::from_config(&KeyAuthConfig {
+            keys: records,
+            batch_secret: Some(SECRET.into()),
+        })
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn assertion(key_id: &str, expires_at: u64, secret: &str) -> String {
+        let claims = BatchClaims {
+            key_id: key_id.into(),
+            batch_id: "batch_1".into(),
+            custom_id: "c-1".into(),
+            expires_at,
+        };
+        batch::sign(&claims, secret.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_batch_assertion_acts_for_the_key_it_names_and_nothing_else() {
+        let mut off = record("off", "k-off");
+        off.enabled = false;
+        let s = store(vec![record("k1", "sk-sluice-one"), off]).unwrap();
+        let ok = s.authenticate(&assertion("k1", 100, SECRET), 50).unwrap();
+        assert_eq!(ok.identity.key_id, "k1");
+        assert_eq!(ok.batch.unwrap().custom_id, "c-1");
+        // Expired, signed with another secret, naming a key that is unknown or disabled.
+        assert_eq!(
+            s.authenticate(&assertion("k1", 100, SECRET), 100),
+            Err(Denial::Expired)
+        );
+        let other = "fedcba9876543210fedcba9876543210";
+        assert_eq!(
+            s.authenticate(&assertion("k1", 100, other), 50),
+            Err(Denial::Unknown)
+        );
+        assert_eq!(
+            s.authenticate(&assertion("nobody", 100, SECRET), 50),
+            Err(Denial::Unknown)
+        );
+        assert_eq!(
+            s.authenticate(&assertion("off", 100, SECRET), 50),
+            Err(Denial::Disabled)
+        );
+        // A store without a secret accepts no assertion at all.
+        let plain = KeyStore::from_config(&KeyAuthConfig {
+            keys: vec![record("k1", "sk-sluice-one")],
+            batch_secret: None,
+        })
+        .unwrap();
+        assert_eq!(
+            plain.authenticate(&assertion("k1", 100, SECRET), 50),
+            Err(Denial::Unknown)
+        );
+        // A short secret is a configuration error.
+        assert!(KeyStore::from_config(&KeyAuthConfig {
+            keys: vec![],
+            batch_secret: Some("short".into()),
+        })
+        .is_err());
     }
 
     #[test]
@@ -181,7 +294,10 @@ mod tests {
             record("k2", "sk-sluice-two"),
         ])
         .unwrap();
-        assert_eq!(s.authenticate("sk-sluice-two", 0).unwrap().key_id, "k2");
+        assert_eq!(
+            s.authenticate("sk-sluice-two", 0).unwrap().identity.key_id,
+            "k2"
+        );
         assert_eq!(s.authenticate("sk-sluice-three", 0), Err(Denial::Unknown));
         assert_eq!(s.authenticate("", 0), Err(Denial::Unknown));
     }
@@ -195,7 +311,10 @@ mod tests {
         let s = store(vec![off, old]).unwrap();
         let expiry = parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
         assert_eq!(s.authenticate("k-off", 0), Err(Denial::Disabled));
-        assert_eq!(s.authenticate("k-old", expiry - 1).unwrap().key_id, "old");
+        assert_eq!(
+            s.authenticate("k-old", expiry - 1).unwrap().identity.key_id,
+            "old"
+        );
         assert_eq!(s.authenticate("k-old", expiry), Err(Denial::Expired));
     }
 
@@ -210,7 +329,7 @@ mod tests {
     #[test]
     fn policy_is_published_without_digest() {
         let s = store(vec![record("k1", "secret")]).unwrap();
-        let id = s.authenticate("secret", 0).unwrap();
+        let id = s.authenticate("secret", 0).unwrap().identity;
         assert_eq!(
             id.policy_json,
             r#"{"key_id":"k1","tenant":"team-a","models":["*"],"limits":{}}"#

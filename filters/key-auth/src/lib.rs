@@ -15,7 +15,7 @@ pub mod keystore;
 pub mod lifecycle;
 
 pub use config::{KeyAuthConfig, KeyRecord};
-pub use keystore::{digest, KeyStore, KEY_PREFIX};
+pub use keystore::{digest, Authenticated, KeyStore, KEY_PREFIX};
 
 use sluice_common::host::{now_unix_secs, Host, Side};
 use sluice_common::{properties, ErrorKind, OpenAiError};
@@ -108,7 +108,7 @@ pub fn on_request_headers(store: &KeyStore, host: &mut dyn Host) -> Outcome {
         ))
     });
     match result {
-        Ok((identity, cred)) => {
+        Ok((Authenticated { identity, batch }, cred)) => {
             for name in &cred.headers {
                 host.remove_header(Side::Request, name);
             }
@@ -132,7 +132,18 @@ pub fn on_request_headers(store: &KeyStore, host: &mut dyn Host) -> Outcome {
             host.set_property(properties::KEY_ID, identity.key_id.as_bytes());
             host.set_property(properties::TENANT, identity.tenant.as_bytes());
             host.set_property(properties::POLICY, identity.policy_json.as_bytes());
-            host.set_property(properties::PRIORITY, identity.priority.as_str().as_bytes());
+            // A batch line runs at batch priority whatever the key's own, and says which
+            // line it is (the access log's `batch`).
+            let priority = match batch {
+                Some(_) => sluice_common::Priority::Batch,
+                None => identity.priority,
+            };
+            host.set_property(properties::PRIORITY, priority.as_str().as_bytes());
+            if let Some(claims) = &batch {
+                let line =
+                    serde_json::json!({"batch_id": claims.batch_id, "custom_id": claims.custom_id});
+                host.set_property(properties::BATCH, line.to_string().as_bytes());
+            }
             Outcome::Allowed {
                 key_id: identity.key_id.clone(),
             }

@@ -1,0 +1,516 @@
+//! Runs batches: validates their input, sends each line through the gateway as the batch's
+//! owner at batch priority, and writes the output and error files.
+//!
+//! Idle capacity first: the number of lines in flight grows by one after each success and
+//! halves when the gateway answers 429 or 503 (its flow control, a rate limit, an engine
+//! queue), with a pause that doubles while refusals continue: batch work fills what
+//! interactive traffic leaves and backs off as soon as it is refused. A refused line is not
+//! an error: it is sent again.
+
+use crate::model::{Batch, BatchError, FileObject, InputLine, Status, PURPOSE_OUTPUT};
+use crate::store::{validation_errors, BlobStore, LineResult, LineState, Owner, Store, StoreError};
+use crate::{new_id, now_millis, now_secs};
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde_json::{json, Value};
+use sluice_common::batch::{sign, BatchClaims};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct WorkerConfig {
+    /// The gateway's listener, e.g. `http://127.0.0.1:8080`.
+    pub gateway: String,
+    /// The secret shared with key-auth's `batch_secret`.
+    pub secret: Vec<u8>,
+    /// Most lines in flight at once.
+    pub max_in_flight: usize,
+    /// Most lines in an input file.
+    pub max_lines: usize,
+    pub lease_ms: u64,
+    pub poll_ms: u64,
+}
+
+pub struct Worker {
+    pub store: Store,
+    pub blobs: Arc<dyn BlobStore>,
+    pub config: WorkerConfig,
+    pub client: reqwest::Client,
+    /// This worker's lease name.
+    pub id: String,
+}
+
+/// How a line's attempt ended.
+enum Attempt {
+    Finished(LineResult),
+    /// Refused for now (429, 503, no connection): send again later.
+    Refused,
+}
+
+/// AIMD concurrency: grows by one per success, halves on a refusal.
+struct Pace {
+    window: usize,
+    max: usize,
+    pause_ms: u64,
+}
+
+impl Pace {
+    fn new(max: usize) -> Self {
+        Self {
+            window: 1,
+            max: max.max(1),
+            pause_ms: 0,
+        }
+    }
+
+    fn success(&mut self) {
+        self.window = (self.window + 1).min(self.max);
+        self.pause_ms = 0;
+    }
+
+    fn refused(&mut self) {
+        self.window = (self.window / 2).max(1);
+        self.pause_ms = (self.pause_ms * 2).clamp(100, 5_000);
+    }
+}
+
+fn output_file_id(batch_id: &str, kind: &str) -> String {
+    format!("file-{}-{kind}", batch_id.trim_start_matches("batch_"))
+}
+
+impl Worker {
+    /// Work until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let claimed = self
+                .store
+                .claim(&self.id, now_millis(), self.config.lease_ms)
+                .await;
+            match claimed {
+                Ok(Some(id)) => {
+                    if let Err(e) = self.work(&id).await {
+                        eprintln!("sluice-batch: batch {id}: {e}");
+                    }
+                    let _ = self.store.release(&id, &self.id).await;
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(self.config.poll_ms)).await,
+                Err(e) => {
+                    eprintln!("sluice-batch: claiming work: {e}");
+                    tokio::time::sleep(Duration::from_millis(self.config.poll_ms * 10)).await;
+                }
+            }
+        }
+    }
+
+    async fn renew(&self, id: &str) -> Result<bool, StoreError> {
+        self.store
+            .renew(id, &self.id, now_millis() + self.config.lease_ms)
+            .await
+    }
+
+    /// Move batch `id` on as far as it goes while this worker holds its lease.
+    async fn work(&self, id: &str) -> Result<(), StoreError> {
+        let Some((mut batch, owner)) = self.store.batch_for_work(id).await? else {
+            return Ok(());
+        };
+        if batch.status == Status::Validating {
+            self.validate(&mut batch).await?;
+        }
+        if matches!(batch.status, Status::InProgress | Status::Cancelling) {
+            self.send_lines(&mut batch, &owner).await?;
+        }
+        if matches!(
+            batch.status,
+            Status::Finalizing | Status::Cancelling | Status::InProgress
+        ) && self.store.unfinished(&batch.id, 1).await?.is_empty()
+        {
+            self.finalize(&mut batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn validate(&self, batch: &mut Batch) -> Result<(), StoreError> {
+        let input = self.blobs.get(&batch.input_file_id);
+        let text = input
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        let (lines, errors) = parse_input(&text, &batch.endpoint, self.config.max_lines);
+        let now = now_secs();
+        if !errors.is_empty() {
+            batch.status = Status::Failed;
+            batch.failed_at = Some(now);
+            batch.errors = Some(validation_errors(errors));
+            return self.store.save_batch(batch).await;
+        }
+        batch.status = Status::InProgress;
+        batch.in_progress_at = Some(now);
+        batch.request_counts.total = lines.len() as u64;
+        self.store.start(batch, &lines).await
+    }
+
+    /// Send the batch's unfinished lines until none is left, the batch is cancelled or
+    /// expires, or the lease is lost.
+    async fn send_lines(&self, batch: &mut Batch, owner: &Owner) -> Result<(), StoreError> {
+        let mut pace = Pace::new(self.config.max_in_flight);
+        loop {
+            // The API may have marked it cancelling meanwhile.
+            if let Some((now, _)) = self.store.batch_for_work(&batch.id).await? {
+                batch.status = now.status;
+                batch.cancelling_at = now.cancelling_at;
+            }
+            if batch.status == Status::Cancelling {
+                return Ok(());
+            }
+            if batch.expires_at.is_some_and(|t| now_secs() >= t) {
+                batch.expired_at = Some(now_secs());
+                self.store.save_batch(batch).await?;
+                return Ok(());
+            }
+            if !self.renew(&batch.id).await? {
+                return Ok(());
+            }
+            let lines = self
+                .store
+                .unfinished(&batch.id, i64::try_from(pace.window * 4).unwrap_or(64))
+                .await?;
+            if lines.is_empty() {
+                return Ok(());
+            }
+            let mut in_flight = FuturesUnordered::new();
+            let mut queue = lines.into_iter();
+            let mut refused = false;
+            loop {
+                while in_flight.len() < pace.window && !refused {
+                    let Some(line) = queue.next() else { break };
+                    self.store.mark_sent(&batch.id, line.index).await?;
+                    in_flight.push(self.send(batch, owner, line));
+                }
+                let Some(attempt) = in_flight.next().await else {
+                    break;
+                };
+                match attempt {
+                    Attempt::Finished(result) => {
+                        self.store.finish_line(&batch.id, &result).await?;
+                        pace.success();
+                    }
+                    Attempt::Refused => {
+                        pace.refused();
+                        refused = true;
+                    }
+                }
+            }
+            drop(in_flight);
+            batch.request_counts = self.store.counts(&batch.id).await?;
+            self.store.save_batch(batch).await?;
+            if pace.pause_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(pace.pause_ms)).await;
+            }
+        }
+    }
+
+    async fn send(&self, batch: &Batch, owner: &Owner, line: crate::store::Line) -> Attempt {
+        let claims = BatchClaims {
+            key_id: owner.key_id.clone(),
+            batch_id: batch.id.clone(),
+            custom_id: line.custom_id.clone(),
+            expires_at: now_secs() + 300,
+        };
+        let Some(assertion) = sign(&claims, &self.config.secret) else {
+            return Attempt::Refused;
+        };
+        let request_id = new_id("batch_req_");
+        let url = format!("{}{}", self.config.gateway, batch.endpoint);
+        let sent = self
+            .client
+            .post(url)
+            .header("authorization", format!("Bearer {assertion}"))
+            .header("content-type", "application/json")
+            .header("x-request-id", &request_id)
+            .body(line.body)
+            .send()
+            .await;
+        let Ok(response) = sent else {
+            return Attempt::Refused;
+        };
+        let status = response.status().as_u16();
+        if status == 429 || status == 503 {
+            return Attempt::Refused;
+        }
+        let bytes = response.bytes().await.unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let record = json!({
+            "id": request_id,
+            "custom_id": line.custom_id,
+            "response": {"status_code": status, "request_id": request_id, "body": body},
+            "error": null,
+        });
+        Attempt::Finished(LineResult {
+            index: line.index,
+            state: if (200..300).contains(&status) {
+                LineState::Done
+            } else {
+                LineState::Failed
+            },
+            record: record.to_string(),
+        })
+    }
+
+    /// Write the output and error files and end the batch. Ids are the batch's own, so a
+    /// crash here only means writing the same files again.
+    async fn finalize(&self, batch: &mut Batch) -> Result<(), StoreError> {
+        let (terminal, code, message) = if batch.status == Status::Cancelling {
+            (
+                Status::Cancelled,
+                "batch_cancelled",
+                "The batch was cancelled before this request was sent.",
+            )
+        } else if batch.expired_at.is_some() {
+            (
+                Status::Expired,
+                "batch_expired",
+                "The batch expired before this request was sent.",
+            )
+        } else {
+            (Status::Completed, "", "")
+        };
+        if terminal != Status::Completed {
+            self.store
+                .fail_unfinished(&batch.id, |custom_id| {
+                    json!({"id": new_id("batch_req_"), "custom_id": custom_id, "response": null,
+                           "error": {"code": code, "message": message}})
+                    .to_string()
+                })
+                .await?;
+        } else if batch.status == Status::InProgress {
+            batch.status = Status::Finalizing;
+            batch.finalizing_at = Some(now_secs());
+            self.store.save_batch(batch).await?;
+        }
+        let (done, failed) = self.store.records(&batch.id).await?;
+        let owner_tenant = self
+            .store
+            .batch_for_work(&batch.id)
+            .await?
+            .map(|(_, o)| o.tenant)
+            .unwrap_or_default();
+        for (records, kind, slot) in [(done, "output", 0), (failed, "errors", 1)] {
+            if records.is_empty() {
+                continue;
+            }
+            let mut text = records.join("\n");
+            text.push('\n');
+            let file = FileObject {
+                id: output_file_id(&batch.id, kind),
+                object: "file",
+                bytes: text.len() as u64,
+                created_at: now_secs(),
+                filename: format!("{}_{kind}.jsonl", batch.id),
+                purpose: PURPOSE_OUTPUT.into(),
+                status: "processed",
+                expires_at: None,
+            };
+            self.blobs.put(&file.id, text.as_bytes())?;
+            self.store.insert_file(&owner_tenant, &file).await?;
+            if slot == 0 {
+                batch.output_file_id = Some(file.id);
+            } else {
+                batch.error_file_id = Some(file.id);
+            }
+        }
+        batch.request_counts = self.store.counts(&batch.id).await?;
+        let now = now_secs();
+        match terminal {
+            Status::Cancelled => batch.cancelled_at = Some(now),
+            Status::Expired => batch.expired_at = batch.expired_at.or(Some(now)),
+            _ => batch.completed_at = Some(now),
+        }
+        batch.status = terminal;
+        self.store.save_batch(batch).await
+    }
+}
+
+/// The lines of an input file as `(custom_id, body JSON)`, or every reason it is refused.
+pub fn parse_input(
+    text: &str,
+    endpoint: &str,
+    max_lines: usize,
+) -> (Vec<(String, String)>, Vec<BatchError>) {
+    let mut lines = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = HashSet::new();
+    let error = |code: &str, message: String, line: usize, param: Option<&str>| BatchError {
+        code: code.into(),
+        message,
+        param: param.map(str::to_string),
+        line: Some(line as u64),
+    };
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        if errors.len() >= 100 {
+            break;
+        }
+        let line: InputLine = match serde_json::from_str(raw) {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push(error(
+                    "invalid_json_line",
+                    format!("Line {n} is not a valid request: {e}."),
+                    n,
+                    None,
+                ));
+                continue;
+            }
+        };
+        if line.method != "POST" {
+            errors.push(error(
+                "invalid_method",
+                format!("Line {n}: method must be POST."),
+                n,
+                Some("method"),
+            ));
+        }
+        if line.url != endpoint {
+            errors.push(error(
+                "mismatched_endpoint",
+                format!(
+                    "Line {n}: url '{}' is not the batch's endpoint '{endpoint}'.",
+                    line.url
+                ),
+                n,
+                Some("url"),
+            ));
+        }
+        if line.custom_id.is_empty() || !seen.insert(line.custom_id.clone()) {
+            errors.push(error(
+                "duplicate_custom_id",
+                format!("Line {n}: custom_id must be present and unique in the file."),
+                n,
+                Some("custom_id"),
+            ));
+        }
+        let model_ok = line
+            .body
+            .get("model")
+            .and_then(Value::as_str)
+            .is_some_and(|m| !m.is_empty());
+        if !line.body.is_object() || !model_ok {
+            errors.push(error(
+                "invalid_body",
+                format!("Line {n}: body must be an object with a 'model'."),
+                n,
+                Some("body"),
+            ));
+        }
+        if line.body.get("stream").and_then(Value::as_bool) == Some(true) {
+            errors.push(error(
+                "invalid_body",
+                format!("Line {n}: streaming is not supported in a batch."),
+                n,
+                Some("body.stream"),
+            ));
+        }
+        lines.push((line.custom_id, line.body.to_string()));
+    }
+    if errors.is_empty() && lines.is_empty() {
+        errors.push(BatchError {
+            code: "empty_file".into(),
+            message: "The input file has no requests.".into(),
+            param: None,
+            line: None,
+        });
+    }
+    if lines.len() > max_lines {
+        errors.push(BatchError {
+            code: "too_many_requests".into(),
+            message: format!("The input file has more than {max_lines} requests."),
+            param: None,
+            line: None,
+        });
+    }
+    (lines, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_lines_are_checked_before_anything_runs() {
+        let ok = r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[]}}"#;
+        let (lines, errors) = parse_input(
+            &format!("{ok}\n\n{}\n", ok.replace("\"a\"", "\"b\"")),
+            "/v1/chat/completions",
+            10,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(lines.len(), 2);
+        let bad = [
+            "not json".to_string(),
+            ok.replace("POST", "GET"),
+            ok.replace("/v1/chat/completions", "/v1/embeddings"),
+            ok.to_string(), // duplicate of line 1 below
+            ok.replace(r#""model":"m","#, ""),
+            ok.replace(r#""messages":[]"#, r#""messages":[],"stream":true"#),
+        ];
+        // Each bad line its own custom_id, but the one meant as a duplicate.
+        let bad: Vec<String> = bad
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                if i == 3 {
+                    l.clone()
+                } else {
+                    l.replace("\"a\"", &format!("\"x{i}\""))
+                }
+            })
+            .collect();
+        let text = format!("{ok}\n{}", bad.join("\n"));
+        let (_, errors) = parse_input(&text, "/v1/chat/completions", 10);
+        let codes: Vec<(&str, Option<u64>)> =
+            errors.iter().map(|e| (e.code.as_str(), e.line)).collect();
+        assert_eq!(
+            codes,
+            [
+                ("invalid_json_line", Some(2)),
+                ("invalid_method", Some(3)),
+                ("mismatched_endpoint", Some(4)),
+                ("duplicate_custom_id", Some(5)),
+                ("invalid_body", Some(6)),
+                ("invalid_body", Some(7)),
+            ]
+        );
+        assert_eq!(
+            parse_input("", "/v1/embeddings", 10).1[0].code,
+            "empty_file"
+        );
+        assert_eq!(
+            parse_input(
+                &format!("{ok}\n{}", ok.replace("\"a\"", "\"b\"")),
+                "/v1/chat/completions",
+                1
+            )
+            .1[0]
+                .code,
+            "too_many_requests"
+        );
+    }
+
+    #[test]
+    fn pace_grows_by_one_and_halves_on_refusal() {
+        let mut p = Pace::new(8);
+        for _ in 0..10 {
+            p.success();
+        }
+        assert_eq!(p.window, 8);
+        p.refused();
+        assert_eq!((p.window, p.pause_ms), (4, 100));
+        p.refused();
+        assert_eq!((p.window, p.pause_ms), (2, 200));
+        p.success();
+        assert_eq!((p.window, p.pause_ms), (3, 0));
+    }
+}
