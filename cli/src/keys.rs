@@ -114,10 +114,11 @@ mod tests {
         assert_eq!(a.record.expires_at.as_deref(), Some("2027-01-16T08:00:00Z"));
         let store = KeyStore::from_config(&KeyAuthConfig {
             keys: vec![a.record.clone(), b.record],
+            ..Default::default()
         })
         .unwrap();
         let id = store.authenticate(&a.secret, 1_800_000_000).unwrap();
-        assert_eq!(id.key_id, a.record.id);
+        assert_eq!(id.identity.key_id, a.record.id);
     }
 
     #[test]

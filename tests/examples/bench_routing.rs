@@ -324,6 +324,7 @@ async fn stack(mode: &str) -> Stack {
         mock_args: sim.to_vec(),
         keys: KeyAuthConfig {
             keys: vec![key_record("key_bench", KEY, "bench")],
+            ..Default::default()
         },
         vars,
         ..StackOptions::default()

@@ -69,6 +69,13 @@ pub fn ratelimit_bin() -> PathBuf {
     built("target/release/sluice-ratelimit")
 }
 
+pub fn batch_bin() -> PathBuf {
+    built("target/release/sluice-batch")
+}
+
+/// The secret the stack's key-auth and sluice-batch share (tests only).
+pub const BATCH_SECRET: &str = "e2e-batch-secret-0123456789abcdef0123";
+
 /// A redis-server on a free port, stopped when dropped (or with [`RedisServer::stop`]).
 pub struct RedisServer {
     proc: Option<Proc>,
@@ -252,6 +259,9 @@ pub struct StackOptions {
     /// Extra fields of a host in its pool's `hosts` (`region`, `zone`, `priority`), by the
     /// mock's name.
     pub host_options: Vec<(&'static str, Value)>,
+    /// sluice-batch behind the gateway (`/v1/files`, `/v1/batches`), key-auth accepting
+    /// its owner assertions.
+    pub batch: bool,
 }
 
 impl Default for StackOptions {
@@ -267,6 +277,7 @@ impl Default for StackOptions {
             engines: Vec::new(),
             mock_args: Vec::new(),
             host_options: Vec::new(),
+            batch: false,
         }
     }
 }
@@ -280,6 +291,9 @@ pub struct Stack {
     procs: Vec<Proc>,
     /// Some pool balances by consistent hash (maglev / ring_hash).
     hash_pools: bool,
+    /// How sluice-batch was started (to start it again after a kill) and its URL.
+    batch_args: Vec<String>,
+    pub batch_url: Option<String>,
 }
 
 impl StackOptions {
@@ -301,6 +315,10 @@ pub struct StackBuilder {
     procs: Vec<Proc>,
     pools: Vec<Mock>,
     ratelimit_port: Option<u16>,
+    /// Set when sluice-batch must know the gateway's address before Envoy starts.
+    listen_port: Option<u16>,
+    batch_port: Option<u16>,
+    batch_args: Vec<String>,
 }
 
 impl StackBuilder {
@@ -315,6 +333,9 @@ impl StackBuilder {
             procs: Vec::new(),
             pools: Vec::new(),
             ratelimit_port: None,
+            listen_port: None,
+            batch_port: None,
+            batch_args: Vec::new(),
         }
     }
 
@@ -402,6 +423,39 @@ impl StackBuilder {
         );
     }
 
+    /// sluice-batch, sending its lines to the gateway's listener (its port chosen here),
+    /// with the secret key-auth will accept its assertions under.
+    pub async fn start_batch(&mut self) {
+        let listen = engine::free_port();
+        self.listen_port = Some(listen);
+        self.options.keys.batch_secret = Some(BATCH_SECRET.into());
+        let secret_file = self.dir.path().join("batch.secret");
+        std::fs::write(&secret_file, BATCH_SECRET).unwrap();
+        let port_file = self.dir.path().join("batch.port");
+        // A fixed port (not 0): Envoy's cluster names it, and a restart must get it again.
+        self.batch_args = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{}", engine::free_port()),
+            "--port-file".into(),
+            port_file.to_str().unwrap().into(),
+            "--state-dir".into(),
+            self.dir.path().join("batch").to_str().unwrap().into(),
+            "--gateway".into(),
+            format!("http://127.0.0.1:{listen}"),
+            "--secret-file".into(),
+            secret_file.to_str().unwrap().into(),
+        ];
+        let args: Vec<&str> = self.batch_args.iter().map(String::as_str).collect();
+        self.procs
+            .push(Proc::spawn("batch", &batch_bin(), &args, self.dir.path()));
+        self.batch_port = Some(
+            wait_for_file(&port_file, &mut self.procs)
+                .await
+                .parse()
+                .unwrap(),
+        );
+    }
+
     /// The key file key-auth watches.
     pub fn write_keys(&self) {
         let state = self.dir.path();
@@ -445,7 +499,10 @@ impl StackBuilder {
                 "models": {"*": {"targets": [{"pool": o.pools.first().copied().unwrap_or("pool-a")}]}}
             })),
         );
-        vars.insert("listen_port".into(), 0.into());
+        vars.insert("listen_port".into(), self.listen_port.unwrap_or(0).into());
+        if let Some(port) = self.batch_port {
+            vars.insert("batch_port".into(), port.into());
+        }
         vars.insert("admin_port".into(), 0.into());
         vars.insert("state_dir".into(), state.to_str().unwrap().into());
         vars.insert("filters".into(), o.filters.into());
@@ -507,6 +564,8 @@ impl StackBuilder {
             dir: self.dir,
             procs: self.procs,
             hash_pools,
+            batch_url: self.batch_port.map(|p| format!("http://127.0.0.1:{p}")),
+            batch_args: self.batch_args,
         };
         stack.gateway = stack.wait_ready().await;
         stack
@@ -522,6 +581,9 @@ impl Stack {
         b.start_mocks().await;
         if needs_ratelimit {
             b.start_ratelimit().await;
+        }
+        if b.options.batch {
+            b.start_batch().await;
         }
         b.write_keys();
         let config = b.render_envoy_config();
@@ -605,6 +667,27 @@ impl Stack {
         if let Some(p) = self.procs.iter_mut().find(|p| p.name == name) {
             p.stop();
         }
+    }
+
+    /// SIGKILL sluice-batch, as a crash would, then start it again on the same state; its
+    /// new URL.
+    pub async fn restart_batch(&mut self) -> String {
+        if let Some(p) = self.procs.iter_mut().find(|p| p.name == "batch") {
+            p.kill_hard();
+        }
+        self.procs.retain(|p| p.name != "batch");
+        let port_file = self.dir.path().join("batch.port");
+        let _ = std::fs::remove_file(&port_file);
+        let args: Vec<&str> = self.batch_args.iter().map(String::as_str).collect();
+        self.procs
+            .push(Proc::spawn("batch", &batch_bin(), &args, self.dir.path()));
+        let port: u16 = wait_for_file(&port_file, &mut self.procs)
+            .await
+            .parse()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        self.batch_url = Some(url.clone());
+        url
     }
 
     pub fn pool(&self, name: &str) -> &Mock {

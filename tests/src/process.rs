@@ -49,6 +49,12 @@ impl Proc {
         eprintln!("----- end of {} log -----", self.name);
     }
 
+    /// SIGKILL at once, as a crash or an OOM kill would end it.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, up to 5 s for a clean exit, then SIGKILL.
     pub fn stop(&mut self) {
         if self.exited().is_some() {

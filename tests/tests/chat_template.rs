@@ -314,8 +314,7 @@ async fn engine_stack(
         engines: vec![("pool-gpu", engine.ports.clone())],
         pool_options: vec![("pool-gpu", json!({"max_requests_per_connection": 1}))],
         keys: KeyAuthConfig {
-            keys: vec![k, limited],
-        },
+            keys: vec![k, limited], ..Default::default() },
         vars: vec![
             (
                 "model_router_config".into(),

@@ -50,7 +50,10 @@ fn sim_pool(
             "500".into(),
         ]
         .to_vec(),
-        keys: KeyAuthConfig { keys },
+        keys: KeyAuthConfig {
+            keys,
+            ..Default::default()
+        },
         vars: vec![("endpoint_picker".into(), picker)],
         ..StackOptions::default()
     }
@@ -284,6 +287,7 @@ async fn real_engines_the_picker_reads_llama_cpp_and_avoids_the_busy_server() {
         )],
         keys: KeyAuthConfig {
             keys: vec![key_record("key_p", KEY, "team-p")],
+            ..Default::default()
         },
         vars: vec![
             (

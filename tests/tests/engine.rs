@@ -31,7 +31,10 @@ async fn stack(engine: &Engine) -> Stack {
             "pool-gpu",
             json!({"max_concurrency": SLOTS, "max_requests_per_connection": 1}),
         )],
-        keys: KeyAuthConfig { keys: vec![k] },
+        keys: KeyAuthConfig {
+            keys: vec![k],
+            ..Default::default()
+        },
         vars: vec![(
             "model_router_config".into(),
             json!({"models": {

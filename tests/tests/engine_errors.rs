@@ -16,7 +16,10 @@ async fn stack() -> Stack {
     let s = Stack::start(StackOptions {
         pools: vec!["pool-a"],
         backends: 2,
-        keys: KeyAuthConfig { keys: vec![k] },
+        keys: KeyAuthConfig {
+            keys: vec![k],
+            ..Default::default()
+        },
         ..StackOptions::default()
     })
     .await;
@@ -228,6 +231,7 @@ async fn a_burst_against_engines_with_few_connections_waits_instead_of_failing()
             backends: 2,
             keys: KeyAuthConfig {
                 keys: vec![key_record("key_err", KEY, "team-err")],
+                ..Default::default()
             },
             // Four slots' worth of connections, one for Envoy's health check, one spare.
             mock_args: ["--max-connections", "6", "--backlog", "1"]

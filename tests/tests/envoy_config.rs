@@ -75,6 +75,7 @@ async fn envoy_local_replies_use_the_openai_error_shape() {
     let s = Stack::start(StackOptions {
         keys: KeyAuthConfig {
             keys: vec![key_record("key_lr", secret, "t")],
+            ..Default::default()
         },
         vars: vec![("max_request_bytes".into(), json!(4096))],
         ..StackOptions::default()

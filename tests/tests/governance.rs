@@ -14,6 +14,7 @@ const EMAIL: &str = "jane.doe@example.org";
 fn keys() -> KeyAuthConfig {
     KeyAuthConfig {
         keys: vec![key_record("key_gov", KEY, "team-gov")],
+        ..Default::default()
     }
 }
 
@@ -475,7 +476,10 @@ async fn a_token_limit_holds_for_responses_and_messages() {
     let mut record = key_record("key_tpm", KEY, "team-tpm");
     record.limits.tokens_per_minute = Some(200);
     let s = Stack::start(StackOptions {
-        keys: KeyAuthConfig { keys: vec![record] },
+        keys: KeyAuthConfig {
+            keys: vec![record],
+            ..Default::default()
+        },
         ..StackOptions::default()
     })
     .await;

@@ -18,6 +18,7 @@ fn keys() -> KeyAuthConfig {
     good.limits.requests_per_minute = Some(100);
     KeyAuthConfig {
         keys: vec![good, off, old],
+        ..Default::default()
     }
 }
 

@@ -21,6 +21,7 @@ fn options(pool: Value, hosts: Vec<(&'static str, Value)>, backends: usize) -> S
         host_options: hosts,
         keys: KeyAuthConfig {
             keys: vec![key_record("key_l", KEY, "team-l")],
+            ..Default::default()
         },
         vars: vec![(
             "endpoint_picker".into(),

@@ -103,6 +103,7 @@ async fn every_dashboard_metric_is_exported_by_a_live_stack() {
     let s = Stack::start(StackOptions {
         keys: KeyAuthConfig {
             keys: vec![key_record("key_obs", KEY, "team-obs"), limited],
+            ..Default::default()
         },
         // An engine pool: endpoint-picker's gauges (the mock serves vLLM's /metrics).
         pool_options: vec![("pool-a", json!({"engine": "vllm"}))],
@@ -162,6 +163,7 @@ async fn tracing_headers_pass_through_and_the_request_id_is_logged() {
     let s = Stack::start(StackOptions {
         keys: KeyAuthConfig {
             keys: vec![key_record("key_obs", KEY, "team-obs")],
+            ..Default::default()
         },
         ..StackOptions::default()
     })

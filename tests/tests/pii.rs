@@ -15,6 +15,7 @@ async fn stack(pii_config: Value) -> Stack {
     Stack::start(StackOptions {
         keys: KeyAuthConfig {
             keys: vec![key_record("key_pii", KEY, "team-pii")],
+            ..Default::default()
         },
         vars: vec![("pii_config".into(), pii_config)],
         ..StackOptions::default()

@@ -14,7 +14,10 @@ const CHAT: &str = "/v1/chat/completions";
 
 async fn stack(keys: Vec<KeyRecord>, rate_limit_config: Value) -> Stack {
     Stack::start(StackOptions {
-        keys: KeyAuthConfig { keys },
+        keys: KeyAuthConfig {
+            keys,
+            ..Default::default()
+        },
         vars: vec![("rate_limit_config".into(), rate_limit_config)],
         ..StackOptions::default()
     })

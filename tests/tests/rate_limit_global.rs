@@ -21,7 +21,10 @@ fn key(rpm: Option<u64>, tpm: Option<u64>) -> KeyRecord {
 
 async fn stack(k: KeyRecord, config: Value, redis: Option<String>) -> Stack {
     Stack::start(StackOptions {
-        keys: KeyAuthConfig { keys: vec![k] },
+        keys: KeyAuthConfig {
+            keys: vec![k],
+            ..Default::default()
+        },
         vars: vec![("rate_limit_config".into(), config)],
         redis,
         ..StackOptions::default()

@@ -30,6 +30,7 @@ async fn stack() -> (Stack, tokio::sync::MutexGuard<'static, ()>) {
         ],
         keys: KeyAuthConfig {
             keys: vec![key_record("key_all", KEY, "team-all"), small_only],
+            ..Default::default()
         },
         vars: vec![(
             "model_router_config".into(),

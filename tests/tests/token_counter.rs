@@ -30,6 +30,7 @@ async fn stack() -> Stack {
     Stack::start(StackOptions {
         keys: KeyAuthConfig {
             keys: vec![key_record("key_tc", KEY, "team-tc")],
+            ..Default::default()
         },
         // The corpus holds e-mail addresses and numbers; counting is checked on the text
         // as sent, so pii-redaction (which runs first) lets everything through here.

@@ -28,6 +28,7 @@ async fn usage_totals_match_the_access_log_of_a_real_run() {
                 key_record("key_a", KEY_A, "team-a"),
                 key_record("key_b", KEY_B, "team-b"),
             ],
+            ..Default::default()
         },
         ..StackOptions::default()
     })

@@ -1,0 +1,221 @@
+//! The batch API end to end: real Envoy with the whole chain, sluice-batch, mock pools; the
+//! official OpenAI Python SDK as the client; the owner assertion attacked from outside.
+
+use serde_json::{json, Value};
+use sluice_common::batch::{sign, BatchClaims};
+use sluice_e2e::{eventually, key_record, repo_root, Stack, StackOptions, BATCH_SECRET};
+use sluice_key_auth::KeyAuthConfig;
+use std::time::Duration;
+
+const OWNER: &str = "sk-sluice-batch-owner";
+const OTHER: &str = "sk-sluice-batch-other";
+
+async fn stack() -> Stack {
+    Stack::start(StackOptions {
+        pools: vec!["pool-a"],
+        keys: KeyAuthConfig {
+            keys: vec![
+                key_record("owner", OWNER, "team-a"),
+                key_record("other", OTHER, "team-b"),
+            ],
+            ..Default::default()
+        },
+        // Only mock-model has a route: another model is a 404 line in the error file.
+        vars: vec![(
+            "model_router_config".into(),
+            json!({"models": {"mock-model": {"targets": [{"pool": "pool-a"}]}}}),
+        )],
+        batch: true,
+        ..StackOptions::default()
+    })
+    .await
+}
+
+fn python() -> std::path::PathBuf {
+    repo_root().join(".venv/bin/python")
+}
+
+#[tokio::test]
+async fn the_openai_sdk_runs_a_batch_through_the_governed_chain() {
+    let s = stack().await;
+    let out = std::process::Command::new(python())
+        .arg(repo_root().join("tests/sdk/batch_sdk.py"))
+        .env("OPENAI_BASE_URL", format!("{}/v1", s.gateway))
+        .env("OPENAI_API_KEY", OWNER)
+        .env("SLUICE_OTHER_KEY", OTHER)
+        .env("SLUICE_BATCH_LINES", "1000")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "batch_sdk.py failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.logs()
+    );
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let batch_id = summary["batch_id"].as_str().unwrap();
+    // Every line went through the chain as the owner, at batch priority, once, logged with
+    // its batch and custom id and the usage the backend reported.
+    let log = eventually(
+        "the access log to hold every line",
+        Duration::from_secs(10),
+        || {
+            let log = s.access_log();
+            async move {
+                let lines: Vec<Value> = log
+                    .into_iter()
+                    .filter(|l| {
+                        l["batch"]
+                            .as_str()
+                            .and_then(|b| serde_json::from_str::<Value>(b).ok())
+                            .is_some_and(|b| b["batch_id"] == batch_id)
+                    })
+                    .collect();
+                (lines.len() == 1000).then_some(lines)
+            }
+        },
+    )
+    .await;
+    let mut ids = std::collections::HashSet::new();
+    for l in &log {
+        assert_eq!(l["key_id"], "owner", "{l}");
+        assert_eq!(l["tenant"], "team-a", "{l}");
+        let b: Value = serde_json::from_str(l["batch"].as_str().unwrap()).unwrap();
+        assert!(
+            ids.insert(b["custom_id"].as_str().unwrap().to_string()),
+            "twice: {l}"
+        );
+        if l["status"] == 200 {
+            assert_eq!(l["usage_source"], "backend", "{l}");
+            assert!(l["prompt_tokens"].as_str().unwrap().parse::<u64>().unwrap() > 0);
+        } else {
+            assert_eq!(l["status"], 404, "{l}");
+        }
+    }
+    assert_eq!(
+        log.iter().filter(|l| l["status"] == 200).count() as u64,
+        summary["completed"].as_u64().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn nobody_can_claim_another_keys_identity() {
+    let s = stack().await;
+    let client = reqwest::Client::new();
+    let chat = |auth: String, extra: Vec<(&'static str, String)>| {
+        let mut r = client
+            .post(format!("{}/v1/chat/completions", s.gateway))
+            .header("authorization", auth)
+            .json(&json!({"model": "mock-model", "max_tokens": 4,
+                          "messages": [{"role": "user", "content": "hi"}]}));
+        for (k, v) in extra {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+    let claims = BatchClaims {
+        key_id: "owner".into(),
+        batch_id: "batch_x".into(),
+        custom_id: "c".into(),
+        expires_at: sluice_batch::now_secs() + 60,
+    };
+    // Signed with the right secret: accepted (what sluice-batch does).
+    let good = sign(&claims, BATCH_SECRET.as_bytes()).unwrap();
+    assert_eq!(
+        chat(format!("Bearer {good}"), vec![])
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Another secret, a changed claim, an expired one, no signature: 401.
+    let other_secret = sign(&claims, b"not-the-secret-not-the-secret-not").unwrap();
+    let (signed, signature) = good.rsplit_once('.').unwrap();
+    let forged = {
+        let c = BatchClaims {
+            key_id: "other".into(),
+            ..claims.clone()
+        };
+        let token = sign(&c, b"not-the-secret-not-the-secret-not").unwrap();
+        format!("{}.{signature}", token.rsplit_once('.').unwrap().0)
+    };
+    let expired = sign(
+        &BatchClaims {
+            expires_at: 1,
+            ..claims.clone()
+        },
+        BATCH_SECRET.as_bytes(),
+    )
+    .unwrap();
+    for (what, token) in [
+        ("another secret", other_secret),
+        ("a changed claim", forged),
+        ("expired", expired),
+        ("unsigned", signed.to_string()),
+    ] {
+        let r = chat(format!("Bearer {token}"), vec![]).await.unwrap();
+        assert_eq!(r.status(), 401, "{what}");
+    }
+    // A client's own identity headers never reach sluice-batch: the tenant is key-auth's.
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "batch")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"{}\n".to_vec()).file_name("a.jsonl"),
+        );
+    let uploaded: Value = client
+        .post(format!("{}/v1/files", s.gateway))
+        .header("authorization", format!("Bearer {OWNER}"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        uploaded["id"].as_str().unwrap().starts_with("file-"),
+        "{uploaded}"
+    );
+    let files = client
+        .get(format!("{}/v1/files", s.gateway))
+        .header("authorization", format!("Bearer {OTHER}"))
+        .header("x-sluice-tenant", "team-a")
+        .header("x-sluice-key-id", "owner")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(files.status(), 200);
+    let files: Value = files.json().await.unwrap();
+    assert_eq!(
+        files["data"],
+        json!([]),
+        "team-b sees team-a's files: {files}"
+    );
+    let up = client
+        .post(format!("{}/v1/batches", s.gateway))
+        .header("authorization", format!("Bearer {OWNER}"))
+        .json(
+            &json!({"input_file_id": "file-nope", "endpoint": "/v1/chat/completions",
+                      "completion_window": "24h"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(up.status(), 404);
+    // The service itself refuses a call that did not come through key-auth.
+    let direct = client
+        .get(format!("{}/v1/files", s.batch_url.as_deref().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 401);
+    // Without a key at all, the gateway refuses the batch API.
+    let anonymous = client
+        .get(format!("{}/v1/batches", s.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
