@@ -23,6 +23,8 @@ pub struct Record {
     pub completion_tokens: u64,
     /// The backend's error, when the request failed there (also inside a 200 stream).
     pub error: Option<String>,
+    /// The batch line (batch id, custom id) when sluice-batch sent the request.
+    pub batch: Option<(String, String)>,
 }
 
 impl Record {
@@ -63,7 +65,33 @@ pub fn parse_line(line: &str) -> Option<Record> {
         prompt_tokens: number(&v, "prompt_tokens"),
         completion_tokens: number(&v, "completion_tokens"),
         error: text(&v, "error"),
+        batch: text(&v, "batch")
+            .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+            .and_then(|b| {
+                Some((
+                    b.get("batch_id")?.as_str()?.to_string(),
+                    b.get("custom_id")?.as_str()?.to_string(),
+                ))
+            }),
     })
+}
+
+/// One record per batch line: a line sluice-batch sent again (its answer was lost when the
+/// service stopped) is logged twice, and only its last attempt, the one whose answer is in
+/// the batch's output, counts. Other records are kept as they are, in order.
+pub fn one_per_batch_line(records: Vec<Record>) -> Vec<Record> {
+    let mut last: std::collections::HashMap<(String, String), usize> = Default::default();
+    for (i, r) in records.iter().enumerate() {
+        if let Some(line) = &r.batch {
+            last.insert(line.clone(), i);
+        }
+    }
+    records
+        .into_iter()
+        .enumerate()
+        .filter(|(i, r)| r.batch.as_ref().is_none_or(|line| last.get(line) == Some(i)))
+        .map(|(_, r)| r)
+        .collect()
 }
 
 /// Read every usage record of an access log.
@@ -76,7 +104,7 @@ pub fn read_log(path: &std::path::Path) -> Result<Vec<Record>> {
             out.push(r);
         }
     }
-    Ok(out)
+    Ok(one_per_batch_line(out))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -84,6 +112,8 @@ pub enum GroupBy {
     Key,
     Tenant,
     Model,
+    /// `batch` (lines sluice-batch sent) or `interactive`.
+    Kind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -114,6 +144,11 @@ pub struct ModelPrice {
     pub model: String,
     pub input_per_million: f64,
     pub output_per_million: f64,
+    /// Batch tokens' own prices (default: the same as interactive ones).
+    #[serde(default)]
+    pub batch_input_per_million: Option<f64>,
+    #[serde(default)]
+    pub batch_output_per_million: Option<f64>,
 }
 
 impl PriceTable {
@@ -124,15 +159,20 @@ impl PriceTable {
             .with_context(|| format!("{} is not a price table", path.display()))
     }
 
-    pub fn cost(&self, model: &str, prompt: u64, completion: u64) -> Option<f64> {
+    pub fn cost(&self, model: &str, batch: bool, prompt: u64, completion: u64) -> Option<f64> {
         let p = self
             .models
             .iter()
             .find(|p| sluice_common::glob::glob_match(&p.model, model))?;
-        Some(
-            prompt as f64 * p.input_per_million / 1e6
-                + completion as f64 * p.output_per_million / 1e6,
-        )
+        let (input, output) = if batch {
+            (
+                p.batch_input_per_million.unwrap_or(p.input_per_million),
+                p.batch_output_per_million.unwrap_or(p.output_per_million),
+            )
+        } else {
+            (p.input_per_million, p.output_per_million)
+        };
+        Some(prompt as f64 * input / 1e6 + completion as f64 * output / 1e6)
     }
 }
 
@@ -178,6 +218,7 @@ fn field(g: GroupBy) -> &'static str {
         GroupBy::Key => "key_id",
         GroupBy::Tenant => "tenant",
         GroupBy::Model => "model",
+        GroupBy::Kind => "kind",
     }
 }
 
@@ -198,6 +239,7 @@ pub fn aggregate(
                 GroupBy::Key => r.key_id.clone(),
                 GroupBy::Tenant => r.tenant.clone(),
                 GroupBy::Model => r.model.clone(),
+                GroupBy::Kind => if r.batch.is_some() { "batch" } else { "interactive" }.into(),
             })
             .collect();
         let w = window_of(r.at, window);
@@ -228,7 +270,7 @@ pub fn aggregate(
         if let Some(p) = prices {
             row.cost = match (
                 row.cost,
-                p.cost(&r.model, r.prompt_tokens, r.completion_tokens),
+                p.cost(&r.model, r.batch.is_some(), r.prompt_tokens, r.completion_tokens),
             ) {
                 (Some(sum), Some(c)) => Some(sum + c),
                 _ => None,
@@ -424,6 +466,37 @@ not json"#;
         .unwrap();
         let rows = aggregate(&records(), &[], Window::All, Some(&partial));
         assert_eq!(rows[0].cost, None);
+    }
+
+    #[test]
+    fn batch_lines_count_once_apart_from_interactive_use_at_their_own_price() {
+        let line = |custom_id: &str, prompt: u64| {
+            format!(
+                r#"{{"timestamp":"2026-11-21T10:15:00.000Z","key_id":"key_a","tenant":"team-a","model":"small","status":200,"prompt_tokens":"{prompt}","completion_tokens":"1","batch":"{{\"batch_id\":\"batch_1\",\"custom_id\":\"{custom_id}\"}}"}}"#
+            )
+        };
+        // c-1 was sent again after its first answer was lost: its last attempt counts.
+        let log = [line("c-1", 100), line("c-2", 10), line("c-1", 7)];
+        let mut records: Vec<Record> = log.iter().filter_map(|l| parse_line(l)).collect();
+        records.extend(records_of_interactive());
+        let records = one_per_batch_line(records);
+        let prices: PriceTable = serde_json::from_str(
+            r#"{"models": [{"model": "small", "input_per_million": 2.0, "output_per_million": 2.0,
+                             "batch_input_per_million": 1.0, "batch_output_per_million": 1.0}]}"#,
+        )
+        .unwrap();
+        let rows = aggregate(&records, &[GroupBy::Kind], Window::All, Some(&prices));
+        let by_kind: Vec<(&str, u64, u64)> = rows
+            .iter()
+            .map(|r| (r.group["kind"].as_str(), r.requests, r.prompt_tokens))
+            .collect();
+        assert_eq!(by_kind, [("batch", 2, 17), ("interactive", 1, 10)]);
+        assert!((rows[0].cost.unwrap() - (17.0 + 2.0) * 1.0 / 1e6).abs() < 1e-12);
+        assert!((rows[1].cost.unwrap() - (10.0 + 5.0) * 2.0 / 1e6).abs() < 1e-12);
+    }
+
+    fn records_of_interactive() -> Vec<Record> {
+        records().into_iter().take(1).collect()
     }
 
     #[test]

@@ -444,6 +444,9 @@ impl StackBuilder {
             format!("http://127.0.0.1:{listen}"),
             "--secret-file".into(),
             secret_file.to_str().unwrap().into(),
+            // A killed service's batches resume within a second of its restart.
+            "--lease-ms".into(),
+            "1000".into(),
         ];
         let args: Vec<&str> = self.batch_args.iter().map(String::as_str).collect();
         self.procs

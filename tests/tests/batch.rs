@@ -219,3 +219,122 @@ async fn nobody_can_claim_another_keys_identity() {
         .unwrap();
     assert_eq!(anonymous.status(), 401);
 }
+
+/// Upload `n` chat lines as `key`; the file id.
+async fn upload_lines(s: &Stack, key: &str, n: usize) -> String {
+    let text: String = (0..n)
+        .map(|i| {
+            json!({"custom_id": format!("line-{i}"), "method": "POST",
+                   "url": "/v1/chat/completions",
+                   "body": {"model": "mock-model", "max_tokens": 4,
+                            "messages": [{"role": "user", "content": format!("line {i}")}]}})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "batch")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(text.into_bytes()).file_name("lines.jsonl"),
+        );
+    let file: Value = reqwest::Client::new()
+        .post(format!("{}/v1/files", s.gateway))
+        .header("authorization", format!("Bearer {key}"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    file["id"].as_str().unwrap().to_string()
+}
+
+async fn get_json(s: &Stack, key: &str, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}{path}", s.gateway))
+        .header("authorization", format!("Bearer {key}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_killed_service_resumes_every_batch_with_no_line_lost_or_twice() {
+    let mut s = Stack::start(StackOptions {
+        pools: vec!["pool-a"],
+        keys: KeyAuthConfig {
+            keys: vec![key_record("owner", OWNER, "team-a")],
+            ..Default::default()
+        },
+        // Slow lines: the kill lands mid-batch.
+        mock_args: vec!["--delay-ms".into(), "300".into()],
+        batch: true,
+        ..StackOptions::default()
+    })
+    .await;
+    let n = 200;
+    let file = upload_lines(&s, OWNER, n).await;
+    let batch: Value = reqwest::Client::new()
+        .post(format!("{}/v1/batches", s.gateway))
+        .header("authorization", format!("Bearer {OWNER}"))
+        .json(&json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+                      "completion_window": "24h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = batch["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/batches/{id}");
+    eventually("some lines to complete", Duration::from_secs(60), || {
+        let s = &s;
+        let path = path.clone();
+        async move {
+            let b = get_json(s, OWNER, &path).await;
+            (b["request_counts"]["completed"].as_u64().unwrap_or(0) >= 20).then_some(())
+        }
+    })
+    .await;
+    // SIGKILL mid-batch, twice, then let it finish.
+    s.restart_batch().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.restart_batch().await;
+    let done = eventually("the batch to complete", Duration::from_secs(120), || {
+        let s = &s;
+        let path = path.clone();
+        async move {
+            let b = get_json(s, OWNER, &path).await;
+            (b["status"] == "completed").then_some(b)
+        }
+    })
+    .await;
+    assert_eq!(done["request_counts"]["completed"], n, "{done}");
+    let output = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/files/{}/content",
+            s.gateway,
+            done["output_file_id"].as_str().unwrap()
+        ))
+        .header("authorization", format!("Bearer {OWNER}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = output
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["custom_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = (0..n).map(|i| format!("line-{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want, "each line exactly once in the output");
+    assert!(done["error_file_id"].is_null(), "{done}");
+}

@@ -39,6 +39,10 @@ struct Args {
     /// Most requests in one input file (OpenAI: 50,000).
     #[arg(long, default_value_t = 50_000)]
     max_lines: usize,
+    /// How long a batch stays claimed by a worker that stopped renewing (a killed process):
+    /// after it, another worker (or this one, restarted) resumes the batch.
+    #[arg(long, default_value_t = 15_000)]
+    lease_ms: u64,
     /// Largest upload, bytes (OpenAI: 200 MB).
     #[arg(long, default_value_t = 200 * 1024 * 1024)]
     max_file_bytes: usize,
@@ -75,7 +79,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             secret,
             max_in_flight: args.max_in_flight,
             max_lines: args.max_lines,
-            lease_ms: 30_000,
+            lease_ms: args.lease_ms.max(300),
             poll_ms: 200,
         },
         client: reqwest::Client::builder()

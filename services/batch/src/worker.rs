@@ -87,9 +87,26 @@ impl Worker {
                 .await;
             match claimed {
                 Ok(Some(id)) => {
+                    // The lease is renewed on a timer while the batch is worked on (a line can
+                    // take minutes); it lapses within `lease_ms` of this process dying, and
+                    // another worker (or this one, restarted) resumes the batch.
+                    let renewer = {
+                        let (store, batch, owner) = (self.store.clone(), id.clone(), self.id.clone());
+                        let lease = self.config.lease_ms;
+                        tokio::spawn(async move {
+                            loop {
+                                tokio::time::sleep(Duration::from_millis(lease / 3)).await;
+                                match store.renew(&batch, &owner, now_millis() + lease).await {
+                                    Ok(true) => {}
+                                    _ => break,
+                                }
+                            }
+                        })
+                    };
                     if let Err(e) = self.work(&id).await {
                         eprintln!("sluice-batch: batch {id}: {e}");
                     }
+                    renewer.abort();
                     let _ = self.store.release(&id, &self.id).await;
                 }
                 Ok(None) => tokio::time::sleep(Duration::from_millis(self.config.poll_ms)).await,
