@@ -337,4 +337,36 @@ async fn a_killed_service_resumes_every_batch_with_no_line_lost_or_twice() {
     want.sort();
     assert_eq!(ids, want, "each line exactly once in the output");
     assert!(done["error_file_id"].is_null(), "{done}");
+    // A line sent again after a kill is in the access log twice; the usage report counts
+    // each line once.
+    let log = s.dir.path().join("access.log");
+    let attempts = eventually("every line's access log", Duration::from_secs(10), || {
+        let count = s
+            .access_log()
+            .iter()
+            .filter(|l| l["batch"].as_str().is_some_and(|b| b.contains(&id)))
+            .count();
+        async move { (count >= n).then_some(count) }
+    })
+    .await;
+    let report: Value = serde_json::from_str(&s.cli(&[
+        "usage",
+        "--log",
+        log.to_str().unwrap(),
+        "--by",
+        "kind",
+        "--window",
+        "all",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let batch_row = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "batch")
+        .unwrap_or_else(|| panic!("no batch row in {report}"));
+    assert_eq!(batch_row["requests"], n, "{report} ({attempts} attempts)");
+    eprintln!("{attempts} attempts for {n} lines across two kills; the report counts {n}");
 }

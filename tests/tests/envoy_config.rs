@@ -42,6 +42,8 @@ fn every_envoy_config_validates() {
                 vars.insert("admin_port".into(), 9901.into());
                 vars.insert("state_dir".into(), dir.path().to_str().unwrap().into());
                 vars.insert("filters".into(), filters.into());
+                // The batch API's routes and cluster.
+                vars.insert("batch_port".into(), 8090.into());
                 vars.insert(
                     "wasm_dir".into(),
                     sluice_e2e::wasm_dir().to_str().unwrap().into(),
