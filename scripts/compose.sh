@@ -24,7 +24,7 @@ pools="[{\"name\":\"pool-small\",\"failover\":[\"pool-large\"],\"hosts\":[$(host
 "$SLUICE" render envoy/envoy.yaml.j2 -o "$out/envoy.yaml" \
   -s listen_address=0.0.0.0 -s admin_address=0.0.0.0 -s listen_port=8080 -s admin_port=9901 \
   -s state_dir=/var/lib/sluice -s wasm_dir=/etc/sluice/wasm -s "pools=$pools" -s filters=true \
-  -s ratelimit_host=ratelimit -s ratelimit_port=8081
+  -s ratelimit_host=ratelimit -s ratelimit_port=8081 -s batch_host=batch -s batch_port=8090
 export SLUICE_KEY_FILE=$state/ecds/key-auth.json
 if [ ! -f "$SLUICE_KEY_FILE" ]; then
   "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$SLUICE_KEY_FILE" \
@@ -33,6 +33,11 @@ fi
 if ! "$SLUICE" keys list | grep -q '^key_demo '; then
   ( umask 077; "$SLUICE" keys create --tenant demo --id key_demo 2>/dev/null > "$state/demo-key" )
 fi
+# The secret sluice-batch (the batch container) signs its owner assertions with.
+if [ ! -s "$state/batch-secret" ]; then
+  ( umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$state/batch-secret" )
+fi
+"$SLUICE" keys batch-secret --secret-file "$state/batch-secret" >/dev/null 2>&1
 echo "compose: rendered $out/envoy.yaml and $SLUICE_KEY_FILE"
 echo "compose: docker compose up --build, then"
 echo "  export OPENAI_BASE_URL=http://localhost:8080/v1"

@@ -5,6 +5,7 @@
 #
 # Environment (all optional): SLUICE_PORT (8080), SLUICE_ADMIN_PORT (9901),
 # SLUICE_POOL_PORT (9001; the four backends take this port and the next three), SLUICE_RATELIMIT_PORT (8081),
+# SLUICE_BATCH_PORT (8090; sluice-batch, the Files and Batches API behind the gateway),
 # SLUICE_REDIS (redis://...; default: the rate-limit service keeps counters in memory),
 # SLUICE_STATE_DIR (.sluice),
 # SLUICE_SKIP_BUILD=1 to use what is built.
@@ -29,7 +30,7 @@ die() { printf 'run: %s\n' "$*" >&2; exit 1; }
 if [ -f "$STATE/run.pid" ] && kill -0 "$(cat "$STATE/run.pid")" 2>/dev/null; then
   die "Sluice is already running (pid $(cat "$STATE/run.pid"), state in $STATE). Stop it with Ctrl-C in its terminal or: kill $(cat "$STATE/run.pid")"
 fi
-for p in "$PORT" "$ADMIN_PORT" "$POOL_PORT" "$((POOL_PORT + 1))" "$((POOL_PORT + 2))" "$((POOL_PORT + 3))" "${SLUICE_RATELIMIT_PORT:-8081}"; do
+for p in "$PORT" "$ADMIN_PORT" "$POOL_PORT" "$((POOL_PORT + 1))" "$((POOL_PORT + 2))" "$((POOL_PORT + 3))" "${SLUICE_RATELIMIT_PORT:-8081}" "${SLUICE_BATCH_PORT:-8090}"; do
   if port_busy "$p"; then
     die "port $p is in use by another program; free it or set SLUICE_PORT / SLUICE_ADMIN_PORT / SLUICE_POOL_PORT"
   fi
@@ -66,6 +67,12 @@ if [ ! -s "$STATE/demo-key" ] || ! "$SLUICE" keys list | grep -q '^key_demo '; t
   ( umask 077; "$SLUICE" keys create --tenant demo --id key_demo 2>/dev/null > "$STATE/demo-key" )
 fi
 DEMO_KEY=$(cat "$STATE/demo-key")
+# The secret sluice-batch signs its owner assertions with; key-auth verifies them.
+if [ ! -s "$STATE/batch-secret" ]; then
+  ( umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$STATE/batch-secret" )
+fi
+"$SLUICE" keys batch-secret --secret-file "$STATE/batch-secret" >/dev/null 2>&1 ||
+  die "could not set the batch secret in $SLUICE_KEY_FILE"
 
 # Two GPU pools of two mock backends each: pool-small (a simulated vLLM engine per backend,
 # endpoint-picker placing each request by engine load and cached prefix; fails over to
@@ -94,10 +101,16 @@ rl_args=(--listen "127.0.0.1:$RATELIMIT_PORT")
 target/release/sluice-ratelimit "${rl_args[@]}" >"$STATE/logs/ratelimit.log" 2>&1 &
 pids+=($!)
 
+# sluice-batch: the Files and Batches API; its lines go back through this gateway.
+BATCH_PORT=${SLUICE_BATCH_PORT:-8090}
+target/release/sluice-batch --listen "127.0.0.1:$BATCH_PORT" --state-dir "$STATE/batch" \
+  --gateway "http://127.0.0.1:$PORT" --secret-file "$STATE/batch-secret" >"$STATE/logs/batch.log" 2>&1 &
+pids+=($!)
+
 "$SLUICE" render envoy/envoy.yaml.j2 -o "$STATE/envoy.yaml" \
   -s "listen_port=$PORT" -s "admin_port=$ADMIN_PORT" -s "state_dir=$STATE" \
   -s "pools=$pools_json" -s filters=true -s "wasm_dir=$ROOT/target/wasm" \
-  -s "ratelimit_port=$RATELIMIT_PORT"
+  -s "ratelimit_port=$RATELIMIT_PORT" -s "batch_port=$BATCH_PORT"
 "$ENVOY" -c "$STATE/envoy.yaml" --concurrency 2 --base-id "$ADMIN_PORT" \
   --log-level info >"$STATE/logs/envoy.log" 2>&1 &
 pids+=($!)
@@ -127,6 +140,7 @@ cat <<MSG
                  pool-large: :$((POOL_PORT + 2)), :$((POOL_PORT + 3)) (mock backends, maglev)
     models       llama-3.1-8b (pool-small), qwen-2.5-72b (pool-large, 5% canary), auto, mock-model
     ratelimit    127.0.0.1:$RATELIMIT_PORT (gRPC, storage: ${SLUICE_REDIS:-memory})
+    batch API    \$OPENAI_BASE_URL/files, /batches (sluice-batch on 127.0.0.1:$BATCH_PORT, state in $STATE/batch)
     state, logs  $STATE   (access log: $STATE/access.log)
 
   Use it from any OpenAI client:
@@ -146,7 +160,8 @@ cat <<MSG
     export ANTHROPIC_API_KEY=$DEMO_KEY
 
   Governed: POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses,
-  /v1/messages, /v1/messages/count_tokens; GET /v1/models. Every other path is refused.
+  /v1/messages, /v1/messages/count_tokens; GET /v1/models; the batch API (/v1/files,
+  /v1/batches: docs/batch.md). Every other path is refused.
 
   Keys: target/release/sluice keys create --tenant my-team   (list, revoke ID)
   Ctrl-C stops the stack.

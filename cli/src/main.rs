@@ -1,4 +1,4 @@
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use sluice_cli::keyfile::KeyFile;
 use sluice_cli::keys::{generate, KeySpec};
@@ -119,6 +119,14 @@ enum KeysCommand {
         file: KeyFileArg,
         id: String,
     },
+    /// Set the secret sluice-batch signs its owner assertions with (read from a file, at
+    /// least 32 bytes; the same file is sluice-batch's --secret-file).
+    BatchSecret {
+        #[command(flatten)]
+        file: KeyFileArg,
+        #[arg(long)]
+        secret_file: std::path::PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -232,6 +240,24 @@ fn keys(cmd: KeysCommand) -> Result<()> {
             }
             "enabled"
         }),
+        KeysCommand::BatchSecret { file, secret_file } => {
+            let secret = std::fs::read_to_string(&secret_file)
+                .with_context(|| format!("cannot read {}", secret_file.display()))?
+                .trim()
+                .to_string();
+            if secret.len() < sluice_common::batch::MIN_SECRET_BYTES {
+                bail!(
+                    "the batch secret must be at least {} bytes",
+                    sluice_common::batch::MIN_SECRET_BYTES
+                );
+            }
+            KeyFile::edit(&file.key_file, |config| {
+                config.batch_secret = Some(secret);
+                Ok(())
+            })?;
+            eprintln!("batch secret set");
+            Ok(())
+        }
     }
 }
 

@@ -25,7 +25,7 @@ compose = yaml.safe_load((root / "docker-compose.yml").read_text())
 services = compose["services"]
 errors = []
 
-want = {"envoy", "ratelimit", "redis", "pool-small-0", "pool-small-1", "pool-large-0",
+want = {"envoy", "ratelimit", "batch", "redis", "pool-small-0", "pool-small-1", "pool-large-0",
         "pool-large-1", "prometheus", "grafana"}
 if missing := want - set(services):
     errors.append(f"services missing: {sorted(missing)}")
