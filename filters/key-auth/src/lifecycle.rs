@@ -120,6 +120,52 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_assertion_runs_as_its_key_at_batch_priority_and_names_the_line() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let token = sluice_common::batch::sign(
+            &sluice_common::batch::BatchClaims {
+                key_id: "k1".into(),
+                batch_id: "batch_1".into(),
+                custom_id: "line-9".into(),
+                expires_at: u64::MAX,
+            },
+            secret.as_bytes(),
+        )
+        .unwrap();
+        let mut host = MockHost::new();
+        let config = CONFIG
+            .replace("HASH", &hex::encode(crate::digest("sk-sluice-good")))
+            .replace(r#"{"keys""#, &format!(r#"{{"batch_secret":"{secret}","keys""#));
+        host.plugin_config = config.into_bytes();
+        let plugin = Rc::new(KeyAuth::configure(&mut host).unwrap());
+        let bearer = format!("Bearer {token}");
+        host.next_request(&[
+            (":path", "/v1/chat/completions"),
+            ("authorization", bearer.as_str()),
+        ]);
+        let flow = plugin.new_request(1).on_request_headers(&mut host, false);
+        assert_eq!(flow, Flow::Continue);
+        assert_eq!(
+            host.calls(),
+            vec![
+                Call::RemoveHeader(Side::Request, "authorization".into()),
+                Call::SetProperty("sluice_key_id".into(), "k1".into()),
+                Call::SetProperty("sluice_tenant".into(), "team-a".into()),
+                Call::SetProperty(
+                    "sluice_policy".into(),
+                    host.text_property("sluice_policy").unwrap().into()
+                ),
+                Call::SetProperty("sluice_priority".into(), "batch".into()),
+                Call::SetProperty(
+                    "sluice_batch".into(),
+                    r#"{"batch_id":"batch_1","custom_id":"line-9"}"#.into()
+                ),
+                Call::Increment("sluice.key_auth.allowed".into(), 1),
+            ]
+        );
+    }
+
+    #[test]
     fn a_denied_request_gets_one_reply_and_is_held() {
         let mut host = MockHost::new();
         let plugin = plugin(&mut host, &[(":path", "/v1/messages")]);
