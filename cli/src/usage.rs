@@ -89,7 +89,11 @@ pub fn one_per_batch_line(records: Vec<Record>) -> Vec<Record> {
     records
         .into_iter()
         .enumerate()
-        .filter(|(i, r)| r.batch.as_ref().is_none_or(|line| last.get(line) == Some(i)))
+        .filter(|(i, r)| {
+            r.batch
+                .as_ref()
+                .is_none_or(|line| last.get(line) == Some(i))
+        })
         .map(|(_, r)| r)
         .collect()
 }
@@ -239,7 +243,12 @@ pub fn aggregate(
                 GroupBy::Key => r.key_id.clone(),
                 GroupBy::Tenant => r.tenant.clone(),
                 GroupBy::Model => r.model.clone(),
-                GroupBy::Kind => if r.batch.is_some() { "batch" } else { "interactive" }.into(),
+                GroupBy::Kind => if r.batch.is_some() {
+                    "batch"
+                } else {
+                    "interactive"
+                }
+                .into(),
             })
             .collect();
         let w = window_of(r.at, window);
@@ -270,7 +279,12 @@ pub fn aggregate(
         if let Some(p) = prices {
             row.cost = match (
                 row.cost,
-                p.cost(&r.model, r.batch.is_some(), r.prompt_tokens, r.completion_tokens),
+                p.cost(
+                    &r.model,
+                    r.batch.is_some(),
+                    r.prompt_tokens,
+                    r.completion_tokens,
+                ),
             ) {
                 (Some(sum), Some(c)) => Some(sum + c),
                 _ => None,

@@ -262,6 +262,8 @@ pub struct StackOptions {
     /// sluice-batch behind the gateway (`/v1/files`, `/v1/batches`), key-auth accepting
     /// its owner assertions.
     pub batch: bool,
+    /// sluice-batch's `--webhooks` file, when set.
+    pub batch_webhooks: Option<Value>,
 }
 
 impl Default for StackOptions {
@@ -278,6 +280,7 @@ impl Default for StackOptions {
             mock_args: Vec::new(),
             host_options: Vec::new(),
             batch: false,
+            batch_webhooks: None,
         }
     }
 }
@@ -448,6 +451,12 @@ impl StackBuilder {
             "--lease-ms".into(),
             "1000".into(),
         ];
+        if let Some(hooks) = &self.options.batch_webhooks {
+            let file = self.dir.path().join("webhooks.json");
+            std::fs::write(&file, hooks.to_string()).unwrap();
+            self.batch_args.push("--webhooks".into());
+            self.batch_args.push(file.to_str().unwrap().into());
+        }
         let args: Vec<&str> = self.batch_args.iter().map(String::as_str).collect();
         self.procs
             .push(Proc::spawn("batch", &batch_bin(), &args, self.dir.path()));

@@ -282,8 +282,10 @@ async fn a_killed_service_resumes_every_batch_with_no_line_lost_or_twice() {
     let batch: Value = reqwest::Client::new()
         .post(format!("{}/v1/batches", s.gateway))
         .header("authorization", format!("Bearer {OWNER}"))
-        .json(&json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
-                      "completion_window": "24h"}))
+        .json(
+            &json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+                      "completion_window": "24h"}),
+        )
         .send()
         .await
         .unwrap()
@@ -330,7 +332,12 @@ async fn a_killed_service_resumes_every_batch_with_no_line_lost_or_twice() {
         .unwrap();
     let mut ids: Vec<String> = output
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["custom_id"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["custom_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     ids.sort();
     let mut want: Vec<String> = (0..n).map(|i| format!("line-{i}")).collect();
@@ -369,4 +376,110 @@ async fn a_killed_service_resumes_every_batch_with_no_line_lost_or_twice() {
         .unwrap_or_else(|| panic!("no batch row in {report}"));
     assert_eq!(batch_row["requests"], n, "{report} ({attempts} attempts)");
     eprintln!("{attempts} attempts for {n} lines across two kills; the report counts {n}");
+}
+
+#[tokio::test]
+async fn a_finished_batch_calls_its_owners_webhook_signed_and_retried() {
+    use axum::http::HeaderMap;
+    use std::sync::{Arc, Mutex};
+    // A receiver that fails twice, then accepts; it keeps what it was sent.
+    let got: Arc<Mutex<Vec<(HeaderMap, String)>>> = Arc::default();
+    let app = {
+        let got = got.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: String| {
+                let got = got.clone();
+                async move {
+                    let mut g = got.lock().unwrap();
+                    g.push((headers, body));
+                    if g.len() <= 2 {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        axum::http::StatusCode::OK
+                    }
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let secret = "whsec_c2x1aWNlLXdlYmhvb2stc2VjcmV0LWZvci10ZXN0cw==";
+    let s = Stack::start(StackOptions {
+        pools: vec!["pool-a"],
+        keys: KeyAuthConfig {
+            keys: vec![key_record("owner", OWNER, "team-a")],
+            ..Default::default()
+        },
+        batch: true,
+        batch_webhooks: Some(json!({"tenants": {"team-a": {
+            "url": format!("http://127.0.0.1:{port}/hook"), "secret": secret}}})),
+        ..StackOptions::default()
+    })
+    .await;
+    let file = upload_lines(&s, OWNER, 3).await;
+    let batch: Value = reqwest::Client::new()
+        .post(format!("{}/v1/batches", s.gateway))
+        .header("authorization", format!("Bearer {OWNER}"))
+        .json(
+            &json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+                      "completion_window": "24h"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = batch["id"].as_str().unwrap().to_string();
+    // Two failures (1 s and 2 s of backoff), then delivered; never again after.
+    eventually(
+        "the webhook to be delivered",
+        Duration::from_secs(30),
+        || {
+            let n = got.lock().unwrap().len();
+            async move { (n >= 3).then_some(()) }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = got.lock().unwrap().clone();
+    assert_eq!(calls.len(), 3, "delivered once, after two failures");
+    let (headers, body) = calls.last().unwrap();
+    let event: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(event["type"], "batch.completed");
+    assert_eq!(event["data"]["id"], id.as_str());
+    // The same event each time (one id), and its signature checks out with the official
+    // OpenAI SDK's verifier (the Standard Webhooks scheme).
+    assert!(calls
+        .iter()
+        .all(|(h, _)| h["webhook-id"] == headers["webhook-id"]));
+    let header = |n: &str| headers[n].to_str().unwrap().to_string();
+    let verify = |payload: &str| {
+        std::process::Command::new(python())
+            .args([
+                "-c",
+                "import json, sys, openai\n\
+                 c = openai.OpenAI(api_key='unused')\n\
+                 h = json.loads(sys.argv[1])\n\
+                 c.webhooks.verify_signature(sys.argv[2], h, secret=sys.argv[3])\n",
+                &json!({"webhook-id": header("webhook-id"),
+                        "webhook-timestamp": header("webhook-timestamp"),
+                        "webhook-signature": header("webhook-signature")})
+                .to_string(),
+                payload,
+                secret,
+            ])
+            .output()
+            .unwrap()
+    };
+    let ok = verify(body);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let tampered = verify(&body.replace("batch.completed", "batch.cancelled"));
+    assert!(!tampered.status.success(), "a changed body must not verify");
 }

@@ -135,7 +135,10 @@ mod tests {
         let mut host = MockHost::new();
         let config = CONFIG
             .replace("HASH", &hex::encode(crate::digest("sk-sluice-good")))
-            .replace(r#"{"keys""#, &format!(r#"{{"batch_secret":"{secret}","keys""#));
+            .replace(
+                r#"{"keys""#,
+                &format!(r#"{{"batch_secret":"{secret}","keys""#),
+            );
         host.plugin_config = config.into_bytes();
         let plugin = Rc::new(KeyAuth::configure(&mut host).unwrap());
         let bearer = format!("Bearer {token}");

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod model;
 pub mod store;
+pub mod webhook;
 pub mod worker;
 
 use std::time::{SystemTime, UNIX_EPOCH};

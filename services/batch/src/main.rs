@@ -3,6 +3,7 @@
 use clap::Parser;
 use sluice_batch::api::{router, AppState};
 use sluice_batch::store::{DiskBlobs, Store};
+use sluice_batch::webhook::Webhooks;
 use sluice_batch::worker::{Worker, WorkerConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +44,10 @@ struct Args {
     /// after it, another worker (or this one, restarted) resumes the batch.
     #[arg(long, default_value_t = 15_000)]
     lease_ms: u64,
+    /// Completion webhooks (JSON): `{"tenants": {"<tenant>": {"url", "secret"}}, "keys":
+    /// {"<key id>": {...}}}`; see docs/batch.md.
+    #[arg(long, env = "SLUICE_BATCH_WEBHOOKS")]
+    webhooks: Option<PathBuf>,
     /// Largest upload, bytes (OpenAI: 200 MB).
     #[arg(long, default_value_t = 200 * 1024 * 1024)]
     max_file_bytes: usize,
@@ -75,6 +80,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         store: store.clone(),
         blobs: blobs.clone(),
         config: WorkerConfig {
+            webhooks: match &args.webhooks {
+                Some(path) => Webhooks::load(path)?,
+                None => Webhooks::default(),
+            },
             gateway: args.gateway.trim_end_matches('/').to_string(),
             secret,
             max_in_flight: args.max_in_flight,
@@ -87,6 +96,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .build()?,
         id: sluice_batch::new_id("worker-"),
     });
+    tokio::spawn(worker.clone().deliver());
     tokio::spawn(worker.run());
     let app = router(Arc::new(AppState {
         store,

@@ -143,7 +143,22 @@ CREATE TABLE IF NOT EXISTS lines (
   batch_id TEXT NOT NULL, idx INTEGER NOT NULL, custom_id TEXT NOT NULL, body TEXT NOT NULL,
   state TEXT NOT NULL, record TEXT, PRIMARY KEY (batch_id, idx));
 CREATE INDEX IF NOT EXISTS lines_by_state ON lines (batch_id, state, idx);
+CREATE TABLE IF NOT EXISTS deliveries (
+  event_id TEXT PRIMARY KEY, batch_id TEXT NOT NULL, tenant TEXT NOT NULL, key_id TEXT NOT NULL,
+  body TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL DEFAULT 0,
+  done INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (done, next_at);
 ";
+
+/// A webhook event waiting to be delivered.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub event_id: String,
+    pub tenant: String,
+    pub key_id: String,
+    pub body: String,
+    pub attempts: i64,
+}
 
 fn batch_of(row: &SqliteRow) -> Result<Batch> {
     let body: String = row.try_get("body")?;
@@ -542,6 +557,86 @@ impl Store {
             };
             self.finish_line(batch_id, &result).await?;
         }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Queue an event for delivery (once: the same event id again is ignored, so a batch
+    /// finalized twice after a crash notifies once).
+    pub async fn enqueue_delivery(
+        &self,
+        event_id: &str,
+        batch_id: &str,
+        owner: &Owner,
+        body: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO deliveries (event_id, batch_id, tenant, key_id, body) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(event_id)
+        .bind(batch_id)
+        .bind(&owner.tenant)
+        .bind(&owner.key_id)
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Claim deliveries that are due (each for `hold_secs`, so another worker does not send
+    /// it meanwhile), at most `limit`.
+    pub async fn due_deliveries(
+        &self,
+        now: u64,
+        hold_secs: u64,
+        max_attempts: i64,
+        limit: i64,
+    ) -> Result<Vec<Delivery>> {
+        let rows = sqlx::query(
+            "SELECT event_id, tenant, key_id, body, attempts FROM deliveries
+             WHERE done = 0 AND next_at <= ? AND attempts < ? ORDER BY next_at LIMIT ?",
+        )
+        .bind(i64_of(now))
+        .bind(max_attempts)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let event_id: String = r.try_get("event_id")?;
+            let won = sqlx::query("UPDATE deliveries SET next_at = ? WHERE event_id = ? AND next_at <= ? AND done = 0")
+                .bind(i64_of(now + hold_secs))
+                .bind(&event_id)
+                .bind(i64_of(now))
+                .execute(&self.pool)
+                .await?;
+            if won.rows_affected() == 1 {
+                out.push(Delivery {
+                    event_id,
+                    tenant: r.try_get("tenant")?,
+                    key_id: r.try_get("key_id")?,
+                    body: r.try_get("body")?,
+                    attempts: r.try_get("attempts")?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Record an attempt: delivered, or to be tried again at `next_at`.
+    pub async fn delivery_attempted(
+        &self,
+        event_id: &str,
+        delivered: bool,
+        next_at: u64,
+    ) -> Result<()> {
+        sqlx::query("UPDATE deliveries SET attempts = attempts + 1, done = ?, next_at = ? WHERE event_id = ?")
+            .bind(i64::from(delivered))
+            .bind(i64_of(next_at))
+            .bind(event_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 }

@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct WorkerConfig {
+    /// Completion webhooks, per tenant or key.
+    pub webhooks: crate::webhook::Webhooks,
     /// The gateway's listener, e.g. `http://127.0.0.1:8080`.
     pub gateway: String,
     /// The secret shared with key-auth's `batch_secret`.
@@ -91,7 +93,8 @@ impl Worker {
                     // take minutes); it lapses within `lease_ms` of this process dying, and
                     // another worker (or this one, restarted) resumes the batch.
                     let renewer = {
-                        let (store, batch, owner) = (self.store.clone(), id.clone(), self.id.clone());
+                        let (store, batch, owner) =
+                            (self.store.clone(), id.clone(), self.id.clone());
                         let lease = self.config.lease_ms;
                         tokio::spawn(async move {
                             loop {
@@ -138,11 +141,80 @@ impl Worker {
         if matches!(
             batch.status,
             Status::Finalizing | Status::Cancelling | Status::InProgress
-        ) && self.store.unfinished(&batch.id, 1).await?.is_empty()
+        ) && (self.store.unfinished(&batch.id, 1).await?.is_empty()
+            || batch.status == Status::Cancelling
+            || batch.expired_at.is_some())
         {
             self.finalize(&mut batch).await?;
         }
+        if batch.status.is_terminal() {
+            self.notify(&batch, &owner).await?;
+        }
         Ok(())
+    }
+
+    /// Queue the batch's terminal event for the owner's webhook, if the operator set one.
+    async fn notify(&self, batch: &Batch, owner: &Owner) -> Result<(), StoreError> {
+        let Some(kind) = crate::webhook::event_type(batch.status) else {
+            return Ok(());
+        };
+        if self
+            .config
+            .webhooks
+            .for_owner(&owner.tenant, &owner.key_id)
+            .is_none()
+        {
+            return Ok(());
+        }
+        // One event per batch, named after it: finalizing again after a crash queues none.
+        let event_id = format!("evt_{}", batch.id.trim_start_matches("batch_"));
+        let body = crate::webhook::event(&event_id, kind, &batch.id);
+        self.store
+            .enqueue_delivery(&event_id, &batch.id, owner, &body)
+            .await
+    }
+
+    /// Deliver due webhook events until the process ends.
+    pub async fn deliver(self: Arc<Self>) {
+        use crate::webhook::{backoff_secs, signature, MAX_ATTEMPTS};
+        loop {
+            let due = self
+                .store
+                .due_deliveries(now_secs(), 60, MAX_ATTEMPTS, 16)
+                .await
+                .unwrap_or_default();
+            for d in due {
+                let Some(hook) = self.config.webhooks.for_owner(&d.tenant, &d.key_id) else {
+                    let _ = self.store.delivery_attempted(&d.event_id, true, 0).await;
+                    continue;
+                };
+                let timestamp = now_secs();
+                let delivered = match signature(&hook.secret, &d.event_id, timestamp, &d.body) {
+                    Some(sig) => self
+                        .client
+                        .post(&hook.url)
+                        .header("content-type", "application/json")
+                        .header("webhook-id", &d.event_id)
+                        .header("webhook-timestamp", timestamp.to_string())
+                        .header("webhook-signature", sig)
+                        .timeout(Duration::from_secs(10))
+                        .body(d.body.clone())
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success()),
+                    None => false,
+                };
+                let next = now_secs() + backoff_secs(d.attempts);
+                if let Err(e) = self
+                    .store
+                    .delivery_attempted(&d.event_id, delivered, next)
+                    .await
+                {
+                    eprintln!("sluice-batch: webhook {}: {e}", d.event_id);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(self.config.poll_ms)).await;
+        }
     }
 
     async fn validate(&self, batch: &mut Batch) -> Result<(), StoreError> {
