@@ -198,20 +198,12 @@ impl Store {
         Ok(Self { pool })
     }
 
-    async fn next_seq(&self, table: &str) -> Result<i64> {
-        let row = sqlx::query(&format!(
-            "SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM {table}"
-        ))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get("n")?)
-    }
-
     pub async fn insert_file(&self, tenant: &str, file: &FileObject) -> Result<()> {
-        let seq = self.next_seq("files").await?;
         sqlx::query(
+            // The listing order: the next number, taken inside the insert (SQLite runs one
+            // write at a time, so two uploads never share one).
             "INSERT OR REPLACE INTO files (id, tenant, filename, purpose, bytes, created_at, seq)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES (?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM files))",
         )
         .bind(&file.id)
         .bind(tenant)
@@ -219,7 +211,6 @@ impl Store {
         .bind(&file.purpose)
         .bind(i64_of(file.bytes))
         .bind(i64_of(file.created_at))
-        .bind(seq)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -271,15 +262,14 @@ impl Store {
     }
 
     pub async fn insert_batch(&self, owner: &Owner, batch: &Batch) -> Result<()> {
-        let seq = self.next_seq("batches").await?;
         let body = serde_json::to_string(batch).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO batches (id, tenant, key_id, seq, body, status) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO batches (id, tenant, key_id, seq, body, status)
+             VALUES (?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM batches), ?, ?)",
         )
         .bind(&batch.id)
         .bind(&owner.tenant)
         .bind(&owner.key_id)
-        .bind(seq)
         .bind(body)
         .bind(batch.status.as_str())
         .execute(&self.pool)
@@ -652,4 +642,138 @@ pub fn validation_errors(errors: Vec<crate::model::BatchError>) -> BatchErrors {
 /// The JSON of `v`, for the records.
 pub fn to_json(v: &Value) -> String {
     v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Batch, RequestCounts, Status};
+
+    async fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("b.db").display());
+        (Store::open(&url).await.unwrap(), dir)
+    }
+
+    fn file(id: &str) -> FileObject {
+        FileObject {
+            id: id.into(),
+            object: "file",
+            bytes: 1,
+            created_at: 1,
+            filename: "f".into(),
+            purpose: "batch".into(),
+            status: "processed",
+            expires_at: None,
+        }
+    }
+
+    fn batch(id: &str) -> Batch {
+        Batch {
+            id: id.into(),
+            object: "batch".into(),
+            endpoint: "/v1/chat/completions".into(),
+            errors: None,
+            input_file_id: "file-1".into(),
+            completion_window: "24h".into(),
+            status: Status::Validating,
+            output_file_id: None,
+            error_file_id: None,
+            created_at: 1,
+            in_progress_at: None,
+            expires_at: None,
+            finalizing_at: None,
+            completed_at: None,
+            failed_at: None,
+            expired_at: None,
+            cancelling_at: None,
+            cancelled_at: None,
+            request_counts: RequestCounts::default(),
+            metadata: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn lists_page_newest_first_within_a_tenant() {
+        let (s, _dir) = store().await;
+        for id in ["file-a", "file-b", "file-c"] {
+            s.insert_file("t1", &file(id)).await.unwrap();
+        }
+        s.insert_file("t2", &file("file-x")).await.unwrap();
+        let (page, more) = s.files("t1", None, None, 2).await.unwrap();
+        let ids: Vec<&str> = page.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!((ids, more), (vec!["file-c", "file-b"], true));
+        let (page, more) = s.files("t1", None, Some("file-b"), 2).await.unwrap();
+        let ids: Vec<&str> = page.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!((ids, more), (vec!["file-a"], false));
+        assert!(
+            s.file("t2", "file-a").await.unwrap().is_none(),
+            "another tenant's"
+        );
+        assert!(!s.delete_file("t2", "file-a").await.unwrap());
+        assert!(s.delete_file("t1", "file-a").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn one_worker_holds_a_batch_until_its_lease_lapses() {
+        let (s, _dir) = store().await;
+        let owner = Owner {
+            tenant: "t".into(),
+            key_id: "k".into(),
+        };
+        s.insert_batch(&owner, &batch("batch_1")).await.unwrap();
+        assert_eq!(
+            s.claim("w1", 1_000, 500).await.unwrap().as_deref(),
+            Some("batch_1")
+        );
+        assert_eq!(s.claim("w2", 1_200, 500).await.unwrap(), None, "held by w1");
+        assert!(s.renew("batch_1", "w1", 2_000).await.unwrap());
+        assert_eq!(s.claim("w2", 1_900, 500).await.unwrap(), None, "renewed");
+        assert_eq!(
+            s.claim("w2", 2_001, 500).await.unwrap().as_deref(),
+            Some("batch_1")
+        );
+        assert!(
+            !s.renew("batch_1", "w1", 3_000).await.unwrap(),
+            "w1 lost it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_line_keeps_its_first_outcome() {
+        let (s, _dir) = store().await;
+        let owner = Owner {
+            tenant: "t".into(),
+            key_id: "k".into(),
+        };
+        let mut b = batch("batch_2");
+        s.insert_batch(&owner, &b).await.unwrap();
+        b.status = Status::InProgress;
+        s.start(&b, &[("a".into(), "{}".into()), ("b".into(), "{}".into())])
+            .await
+            .unwrap();
+        s.mark_sent("batch_2", 0).await.unwrap();
+        let done = |state, record: &str| LineResult {
+            index: 0,
+            state,
+            record: record.into(),
+        };
+        s.finish_line("batch_2", &done(LineState::Done, "first"))
+            .await
+            .unwrap();
+        s.finish_line("batch_2", &done(LineState::Failed, "second"))
+            .await
+            .unwrap();
+        let (ok, failed) = s.records("batch_2").await.unwrap();
+        assert_eq!((ok, failed), (vec!["first".to_string()], vec![]));
+        let left = s.unfinished("batch_2", 10).await.unwrap();
+        assert_eq!(
+            left.iter()
+                .map(|l| l.custom_id.as_str())
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
+        let counts = s.counts("batch_2").await.unwrap();
+        assert_eq!((counts.total, counts.completed, counts.failed), (2, 1, 0));
+    }
 }
