@@ -251,6 +251,24 @@ async fn upload_lines(s: &Stack, key: &str, n: usize) -> String {
     file["id"].as_str().unwrap().to_string()
 }
 
+/// A chat-completions batch of `file` as `key`; its id.
+async fn create_batch(s: &Stack, key: &str, file: &str) -> String {
+    let batch: Value = reqwest::Client::new()
+        .post(format!("{}/v1/batches", s.gateway))
+        .header("authorization", format!("Bearer {key}"))
+        .json(
+            &json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+                      "completion_window": "24h"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    batch["id"].as_str().unwrap().to_string()
+}
+
 async fn get_json(s: &Stack, key: &str, path: &str) -> Value {
     reqwest::Client::new()
         .get(format!("{}{path}", s.gateway))
@@ -279,20 +297,7 @@ async fn a_killed_service_resumes_every_batch_with_no_line_lost_or_twice() {
     .await;
     let n = 200;
     let file = upload_lines(&s, OWNER, n).await;
-    let batch: Value = reqwest::Client::new()
-        .post(format!("{}/v1/batches", s.gateway))
-        .header("authorization", format!("Bearer {OWNER}"))
-        .json(
-            &json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
-                      "completion_window": "24h"}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = batch["id"].as_str().unwrap().to_string();
+    let id = create_batch(&s, OWNER, &file).await;
     let path = format!("/v1/batches/{id}");
     eventually("some lines to complete", Duration::from_secs(60), || {
         let s = &s;
@@ -419,20 +424,7 @@ async fn a_finished_batch_calls_its_owners_webhook_signed_and_retried() {
     })
     .await;
     let file = upload_lines(&s, OWNER, 3).await;
-    let batch: Value = reqwest::Client::new()
-        .post(format!("{}/v1/batches", s.gateway))
-        .header("authorization", format!("Bearer {OWNER}"))
-        .json(
-            &json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
-                      "completion_window": "24h"}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = batch["id"].as_str().unwrap().to_string();
+    let id = create_batch(&s, OWNER, &file).await;
     // Two failures (1 s and 2 s of backoff), then delivered; never again after.
     eventually(
         "the webhook to be delivered",
@@ -482,4 +474,53 @@ async fn a_finished_batch_calls_its_owners_webhook_signed_and_retried() {
     );
     let tampered = verify(&body.replace("batch.completed", "batch.cancelled"));
     assert!(!tampered.status.success(), "a changed body must not verify");
+}
+
+#[tokio::test]
+async fn a_batch_never_exceeds_its_owners_token_limit() {
+    let mut owner = key_record("owner", OWNER, "team-a");
+    owner.limits.tokens_per_minute = Some(300);
+    let s = Stack::start(StackOptions {
+        pools: vec!["pool-a"],
+        keys: KeyAuthConfig {
+            keys: vec![owner],
+            ..Default::default()
+        },
+        batch: true,
+        ..StackOptions::default()
+    })
+    .await;
+    let file = upload_lines(&s, OWNER, 60).await;
+    let id = create_batch(&s, OWNER, &file).await;
+    // Well inside the first minute: what the lines were charged stays within the limit,
+    // the gateway refused the rest (429), and the worker took that as "later", not as the
+    // lines' outcome.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let lines: Vec<Value> = s
+        .access_log()
+        .into_iter()
+        .filter(|l| l["batch"].as_str().is_some_and(|b| b.contains(&id)))
+        .collect();
+    let tokens = |l: &Value| -> u64 {
+        ["prompt_tokens", "completion_tokens"]
+            .iter()
+            .filter_map(|f| l[*f].as_str().and_then(|v| v.parse::<u64>().ok()))
+            .sum()
+    };
+    let served: Vec<&Value> = lines.iter().filter(|l| l["status"] == 200).collect();
+    let charged: u64 = served.iter().map(|l| tokens(l)).sum();
+    let refused = lines.iter().filter(|l| l["status"] == 429).count();
+    assert!(!served.is_empty(), "no line ran: {lines:?}");
+    assert!(
+        charged <= 300,
+        "{charged} tokens in the first minute, limit 300"
+    );
+    assert!(refused > 0, "the limit never refused a line");
+    let b = get_json(&s, OWNER, &format!("/v1/batches/{id}")).await;
+    assert_eq!(b["request_counts"]["failed"], 0, "{b}");
+    assert_eq!(b["status"], "in_progress", "{b}");
+    eprintln!(
+        "first 8 s: {} lines served, {charged} tokens of 300, {refused} refusals (429)",
+        served.len()
+    );
 }
