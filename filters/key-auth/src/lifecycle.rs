@@ -70,8 +70,29 @@ mod tests {
     use sluice_common::host::Side;
     use sluice_testkit::{Call, MockHost};
 
-    const CONFIG: &str = r#"{"keys":[{"id":"k1","tenant":"team-a",
-        "sha256":"HASH","models":["*"]}]}"#;
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    const CONFIG: &str = r#"{"batch_secret":"0123456789abcdef0123456789abcdef",
+        "keys":[{"id":"k1","tenant":"team-a","sha256":"HASH","models":["*"]}]}"#;
+
+    /// What an allowed request of key k1 does, in order: strips the credential, publishes
+    /// the identity (and the batch line, for an assertion), counts.
+    fn allowed_calls(host: &MockHost, priority: &str, batch: Option<&str>) -> Vec<Call> {
+        let mut calls = vec![
+            Call::RemoveHeader(Side::Request, "authorization".into()),
+            Call::SetProperty("sluice_key_id".into(), "k1".into()),
+            Call::SetProperty("sluice_tenant".into(), "team-a".into()),
+            Call::SetProperty(
+                "sluice_policy".into(),
+                host.text_property("sluice_policy").unwrap().into(),
+            ),
+            Call::SetProperty("sluice_priority".into(), priority.into()),
+        ];
+        if let Some(line) = batch {
+            calls.push(Call::SetProperty("sluice_batch".into(), line.into()));
+        }
+        calls.push(Call::Increment("sluice.key_auth.allowed".into(), 1));
+        calls
+    }
 
     /// The filter configured on `host`'s VM, and the host ready for a request.
     fn plugin(host: &mut MockHost, headers: &[(&str, &str)]) -> Rc<KeyAuth> {
@@ -103,25 +124,11 @@ mod tests {
         );
         let flow = plugin.new_request(1).on_request_headers(&mut host, false);
         assert_eq!(flow, Flow::Continue);
-        assert_eq!(
-            host.calls(),
-            vec![
-                Call::RemoveHeader(Side::Request, "authorization".into()),
-                Call::SetProperty("sluice_key_id".into(), "k1".into()),
-                Call::SetProperty("sluice_tenant".into(), "team-a".into()),
-                Call::SetProperty(
-                    "sluice_policy".into(),
-                    host.text_property("sluice_policy").unwrap().into()
-                ),
-                Call::SetProperty("sluice_priority".into(), "interactive".into()),
-                Call::Increment("sluice.key_auth.allowed".into(), 1),
-            ]
-        );
+        assert_eq!(host.calls(), allowed_calls(&host, "interactive", None));
     }
 
     #[test]
     fn a_batch_assertion_runs_as_its_key_at_batch_priority_and_names_the_line() {
-        let secret = "0123456789abcdef0123456789abcdef";
         let token = sluice_common::batch::sign(
             &sluice_common::batch::BatchClaims {
                 key_id: "k1".into(),
@@ -129,43 +136,22 @@ mod tests {
                 custom_id: "line-9".into(),
                 expires_at: u64::MAX,
             },
-            secret.as_bytes(),
+            SECRET.as_bytes(),
         )
         .unwrap();
-        let mut host = MockHost::new();
-        let config = CONFIG
-            .replace("HASH", &hex::encode(crate::digest("sk-sluice-good")))
-            .replace(
-                r#"{"keys""#,
-                &format!(r#"{{"batch_secret":"{secret}","keys""#),
-            );
-        host.plugin_config = config.into_bytes();
-        let plugin = Rc::new(KeyAuth::configure(&mut host).unwrap());
         let bearer = format!("Bearer {token}");
-        host.next_request(&[
-            (":path", "/v1/chat/completions"),
-            ("authorization", bearer.as_str()),
-        ]);
+        let mut host = MockHost::new();
+        let plugin = plugin(
+            &mut host,
+            &[
+                (":path", "/v1/chat/completions"),
+                ("authorization", bearer.as_str()),
+            ],
+        );
         let flow = plugin.new_request(1).on_request_headers(&mut host, false);
         assert_eq!(flow, Flow::Continue);
-        assert_eq!(
-            host.calls(),
-            vec![
-                Call::RemoveHeader(Side::Request, "authorization".into()),
-                Call::SetProperty("sluice_key_id".into(), "k1".into()),
-                Call::SetProperty("sluice_tenant".into(), "team-a".into()),
-                Call::SetProperty(
-                    "sluice_policy".into(),
-                    host.text_property("sluice_policy").unwrap().into()
-                ),
-                Call::SetProperty("sluice_priority".into(), "batch".into()),
-                Call::SetProperty(
-                    "sluice_batch".into(),
-                    r#"{"batch_id":"batch_1","custom_id":"line-9"}"#.into()
-                ),
-                Call::Increment("sluice.key_auth.allowed".into(), 1),
-            ]
-        );
+        let line = r#"{"batch_id":"batch_1","custom_id":"line-9"}"#;
+        assert_eq!(host.calls(), allowed_calls(&host, "batch", Some(line)));
     }
 
     #[test]
