@@ -6,8 +6,7 @@
 //! (it listens on 127.0.0.1 by default).
 
 use crate::model::{
-    Batch, CreateBatch, FileObject, List, RequestCounts, Status, BATCH_ENDPOINTS,
-    COMPLETION_WINDOW, PURPOSE_BATCH,
+    Batch, CreateBatch, FileObject, List, BATCH_ENDPOINTS, COMPLETION_WINDOW, PURPOSE_BATCH,
 };
 use crate::store::{BlobStore, Owner, Store, StoreError};
 use crate::{new_id, now_secs};
@@ -287,29 +286,13 @@ async fn create_batch(
             "input_file_id",
         ));
     }
-    let now = now_secs();
-    let batch = Batch {
-        id: new_id("batch_"),
-        object: "batch".into(),
-        endpoint: request.endpoint,
-        errors: None,
-        input_file_id: request.input_file_id,
-        completion_window: request.completion_window,
-        status: Status::Validating,
-        output_file_id: None,
-        error_file_id: None,
-        created_at: now,
-        in_progress_at: None,
-        expires_at: Some(now + 24 * 3600),
-        finalizing_at: None,
-        completed_at: None,
-        failed_at: None,
-        expired_at: None,
-        cancelling_at: None,
-        cancelled_at: None,
-        request_counts: RequestCounts::default(),
-        metadata: request.metadata,
-    };
+    let batch = Batch::validating(
+        new_id("batch_"),
+        request.endpoint,
+        request.input_file_id,
+        request.metadata,
+        now_secs(),
+    );
     app.store.insert_batch(&owner, &batch).await?;
     Ok(Json(batch))
 }

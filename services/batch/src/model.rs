@@ -109,6 +109,40 @@ pub struct Batch {
     pub metadata: Option<Value>,
 }
 
+impl Batch {
+    /// A batch just created: `validating`, nothing counted yet, expiring after the window.
+    pub fn validating(
+        id: String,
+        endpoint: String,
+        input_file_id: String,
+        metadata: Option<Value>,
+        now: u64,
+    ) -> Self {
+        Self {
+            id,
+            object: "batch".into(),
+            endpoint,
+            errors: None,
+            input_file_id,
+            completion_window: COMPLETION_WINDOW.into(),
+            status: Status::Validating,
+            output_file_id: None,
+            error_file_id: None,
+            created_at: now,
+            in_progress_at: None,
+            expires_at: Some(now + 24 * 3600),
+            finalizing_at: None,
+            completed_at: None,
+            failed_at: None,
+            expired_at: None,
+            cancelling_at: None,
+            cancelled_at: None,
+            request_counts: RequestCounts::default(),
+            metadata,
+        }
+    }
+}
+
 /// `POST /v1/batches`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

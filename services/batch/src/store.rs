@@ -647,7 +647,7 @@ pub fn to_json(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Batch, RequestCounts, Status};
+    use crate::model::{Batch, Status};
 
     async fn store() -> (Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -669,28 +669,13 @@ mod tests {
     }
 
     fn batch(id: &str) -> Batch {
-        Batch {
-            id: id.into(),
-            object: "batch".into(),
-            endpoint: "/v1/chat/completions".into(),
-            errors: None,
-            input_file_id: "file-1".into(),
-            completion_window: "24h".into(),
-            status: Status::Validating,
-            output_file_id: None,
-            error_file_id: None,
-            created_at: 1,
-            in_progress_at: None,
-            expires_at: None,
-            finalizing_at: None,
-            completed_at: None,
-            failed_at: None,
-            expired_at: None,
-            cancelling_at: None,
-            cancelled_at: None,
-            request_counts: RequestCounts::default(),
-            metadata: None,
-        }
+        Batch::validating(
+            id.into(),
+            "/v1/chat/completions".into(),
+            "file-1".into(),
+            None,
+            1,
+        )
     }
 
     #[tokio::test]
