@@ -133,7 +133,7 @@ impl Worker {
             return Ok(());
         };
         if batch.status == Status::Validating {
-            self.validate(&mut batch).await?;
+            self.validate(&mut batch, &owner).await?;
         }
         if matches!(batch.status, Status::InProgress | Status::Cancelling) {
             self.send_lines(&mut batch, &owner).await?;
@@ -145,12 +145,17 @@ impl Worker {
             || batch.status == Status::Cancelling
             || batch.expired_at.is_some())
         {
-            self.finalize(&mut batch).await?;
-        }
-        if batch.status.is_terminal() {
-            self.notify(&batch, &owner).await?;
+            self.finalize(&mut batch, &owner).await?;
         }
         Ok(())
+    }
+
+    /// End the batch in its terminal status: the owner's event is queued first, then the
+    /// status saved, so a crash between the two queues it again (once: its id is the
+    /// batch's) rather than losing it.
+    async fn end(&self, batch: &Batch, owner: &Owner) -> Result<(), StoreError> {
+        self.notify(batch, owner).await?;
+        self.store.save_batch(batch).await
     }
 
     /// Queue the batch's terminal event for the owner's webhook, if the operator set one.
@@ -217,7 +222,7 @@ impl Worker {
         }
     }
 
-    async fn validate(&self, batch: &mut Batch) -> Result<(), StoreError> {
+    async fn validate(&self, batch: &mut Batch, owner: &Owner) -> Result<(), StoreError> {
         let input = self.blobs.get(&batch.input_file_id);
         let text = input
             .ok()
@@ -229,7 +234,7 @@ impl Worker {
             batch.status = Status::Failed;
             batch.failed_at = Some(now);
             batch.errors = Some(validation_errors(errors));
-            return self.store.save_batch(batch).await;
+            return self.end(batch, owner).await;
         }
         batch.status = Status::InProgress;
         batch.in_progress_at = Some(now);
@@ -347,7 +352,7 @@ impl Worker {
 
     /// Write the output and error files and end the batch. Ids are the batch's own, so a
     /// crash here only means writing the same files again.
-    async fn finalize(&self, batch: &mut Batch) -> Result<(), StoreError> {
+    async fn finalize(&self, batch: &mut Batch, owner: &Owner) -> Result<(), StoreError> {
         let (terminal, code, message) = if batch.status == Status::Cancelling {
             (
                 Status::Cancelled,
@@ -377,12 +382,6 @@ impl Worker {
             self.store.save_batch(batch).await?;
         }
         let (done, failed) = self.store.records(&batch.id).await?;
-        let owner_tenant = self
-            .store
-            .batch_for_work(&batch.id)
-            .await?
-            .map(|(_, o)| o.tenant)
-            .unwrap_or_default();
         for (records, kind, slot) in [(done, "output", 0), (failed, "errors", 1)] {
             if records.is_empty() {
                 continue;
@@ -400,7 +399,7 @@ impl Worker {
                 expires_at: None,
             };
             self.blobs.put(&file.id, text.as_bytes())?;
-            self.store.insert_file(&owner_tenant, &file).await?;
+            self.store.insert_file(&owner.tenant, &file).await?;
             if slot == 0 {
                 batch.output_file_id = Some(file.id);
             } else {
@@ -415,7 +414,7 @@ impl Worker {
             _ => batch.completed_at = Some(now),
         }
         batch.status = terminal;
-        self.store.save_batch(batch).await
+        self.end(batch, owner).await
     }
 }
 
