@@ -352,13 +352,20 @@ async fn a_killed_service_resumes_every_batch_with_no_line_lost_or_twice() {
     // A line sent again after a kill is in the access log twice; the usage report counts
     // each line once.
     let log = s.dir.path().join("access.log");
+    // Every line logged (Envoy flushes its access log every 100 ms): wait until each
+    // custom id is there, not just as many records (a re-sent line is logged twice).
     let attempts = eventually("every line's access log", Duration::from_secs(10), || {
-        let count = s
+        let lines: Vec<Value> = s
             .access_log()
-            .iter()
+            .into_iter()
             .filter(|l| l["batch"].as_str().is_some_and(|b| b.contains(&id)))
-            .count();
-        async move { (count >= n).then_some(count) }
+            .collect();
+        let distinct: std::collections::HashSet<String> = lines
+            .iter()
+            .filter_map(|l| l["batch"].as_str().map(str::to_string))
+            .collect();
+        let count = lines.len();
+        async move { (distinct.len() == n).then_some(count) }
     })
     .await;
     let report: Value = serde_json::from_str(&s.cli(&[
