@@ -6,7 +6,6 @@
 //! worker renews), so a dead worker's batches are picked up when their lease runs out.
 
 use crate::model::{Batch, BatchErrors, FileObject, RequestCounts, Status};
-use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlitePool};
 use std::path::{Path, PathBuf};
@@ -637,11 +636,6 @@ pub fn validation_errors(errors: Vec<crate::model::BatchError>) -> BatchErrors {
         object: "list".into(),
         data: errors,
     }
-}
-
-/// The JSON of `v`, for the records.
-pub fn to_json(v: &Value) -> String {
-    v.to_string()
 }
 
 #[cfg(test)]
