@@ -19,9 +19,11 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
 fi
 
-# Debian packages: redis-server (global rate limits), wrk (benchmark load), curl.
+# Debian packages: redis-server (global rate limits), wrk (benchmark load), curl,
+# postgresql (sluice-batch's replica store; the tests start a throwaway server of their own).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # docker-compose (Debian's, v1): `docker-compose config` validates docker-compose.yml

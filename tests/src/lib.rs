@@ -8,6 +8,7 @@
 //!
 //! This is test support code: a setup step that fails must fail the test, loudly.
 pub mod engine;
+pub mod postgres;
 pub mod process;
 
 use process::Proc;
@@ -71,6 +72,15 @@ pub fn ratelimit_bin() -> PathBuf {
 
 pub fn batch_bin() -> PathBuf {
     built("target/release/sluice-batch")
+}
+
+/// Replica 0 is `batch` (its log `batch.log`), the others `batch-1`, `batch-2`, ...
+fn batch_replica_name(replica: usize) -> String {
+    if replica == 0 {
+        "batch".into()
+    } else {
+        format!("batch-{replica}")
+    }
 }
 
 /// The secret the stack's key-auth and sluice-batch share (tests only).
@@ -264,6 +274,14 @@ pub struct StackOptions {
     pub batch: bool,
     /// sluice-batch's `--webhooks` file, when set.
     pub batch_webhooks: Option<Value>,
+    /// sluice-batch replicas (each its own port, all in Envoy's `sluice_batch` cluster);
+    /// more than one needs `batch_database`.
+    pub batch_replicas: usize,
+    /// sluice-batch's `--database-url` (e.g. a [`postgres::Postgres`]'s); the replicas
+    /// then share it and one files directory.
+    pub batch_database: Option<String>,
+    /// Extra sluice-batch flags (e.g. `--max-in-flight 4`).
+    pub batch_args: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -281,6 +299,9 @@ impl Default for StackOptions {
             host_options: Vec::new(),
             batch: false,
             batch_webhooks: None,
+            batch_replicas: 1,
+            batch_database: None,
+            batch_args: Vec::new(),
         }
     }
 }
@@ -294,8 +315,9 @@ pub struct Stack {
     procs: Vec<Proc>,
     /// Some pool balances by consistent hash (maglev / ring_hash).
     hash_pools: bool,
-    /// How sluice-batch was started (to start it again after a kill) and its URL.
-    batch_args: Vec<String>,
+    /// How each sluice-batch replica was started (to start it again after a kill) and
+    /// the first one's URL.
+    batch_args: Vec<Vec<String>>,
     pub batch_url: Option<String>,
 }
 
@@ -320,8 +342,8 @@ pub struct StackBuilder {
     ratelimit_port: Option<u16>,
     /// Set when sluice-batch must know the gateway's address before Envoy starts.
     listen_port: Option<u16>,
-    batch_port: Option<u16>,
-    batch_args: Vec<String>,
+    batch_ports: Vec<u16>,
+    batch_args: Vec<Vec<String>>,
 }
 
 impl StackBuilder {
@@ -337,7 +359,7 @@ impl StackBuilder {
             pools: Vec::new(),
             ratelimit_port: None,
             listen_port: None,
-            batch_port: None,
+            batch_ports: Vec::new(),
             batch_args: Vec::new(),
         }
     }
@@ -434,38 +456,52 @@ impl StackBuilder {
         self.options.keys.batch_secret = Some(BATCH_SECRET.into());
         let secret_file = self.dir.path().join("batch.secret");
         std::fs::write(&secret_file, BATCH_SECRET).unwrap();
-        let port_file = self.dir.path().join("batch.port");
-        // A fixed port (not 0): Envoy's cluster names it, and a restart must get it again.
-        self.batch_args = vec![
-            "--listen".into(),
-            format!("127.0.0.1:{}", engine::free_port()),
-            "--port-file".into(),
-            port_file.to_str().unwrap().into(),
-            "--state-dir".into(),
-            self.dir.path().join("batch").to_str().unwrap().into(),
-            "--gateway".into(),
-            format!("http://127.0.0.1:{listen}"),
-            "--secret-file".into(),
-            secret_file.to_str().unwrap().into(),
-            // A killed service's batches resume within a second of its restart.
-            "--lease-ms".into(),
-            "1000".into(),
-        ];
-        if let Some(hooks) = &self.options.batch_webhooks {
-            let file = self.dir.path().join("webhooks.json");
-            std::fs::write(&file, hooks.to_string()).unwrap();
-            self.batch_args.push("--webhooks".into());
-            self.batch_args.push(file.to_str().unwrap().into());
+        let files = self.dir.path().join("batch-files");
+        for replica in 0..self.options.batch_replicas.max(1) {
+            let name = batch_replica_name(replica);
+            let port_file = self.dir.path().join(format!("{name}.port"));
+            // A fixed port (not 0): Envoy's cluster names it, and a restart must get it again.
+            let mut args: Vec<String> = vec![
+                "--listen".into(),
+                format!("127.0.0.1:{}", engine::free_port()),
+                "--port-file".into(),
+                port_file.to_str().unwrap().into(),
+                "--state-dir".into(),
+                self.dir.path().join(&name).to_str().unwrap().into(),
+                "--gateway".into(),
+                format!("http://127.0.0.1:{listen}"),
+                "--secret-file".into(),
+                secret_file.to_str().unwrap().into(),
+                // A killed service's batches resume within a second of its restart.
+                "--lease-ms".into(),
+                "1000".into(),
+            ];
+            if let Some(url) = &self.options.batch_database {
+                args.extend([
+                    "--database-url".into(),
+                    url.clone(),
+                    "--files-dir".into(),
+                    files.to_str().unwrap().into(),
+                ]);
+            }
+            args.extend(self.options.batch_args.iter().cloned());
+            if let Some(hooks) = &self.options.batch_webhooks {
+                let file = self.dir.path().join("webhooks.json");
+                std::fs::write(&file, hooks.to_string()).unwrap();
+                args.push("--webhooks".into());
+                args.push(file.to_str().unwrap().into());
+            }
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.procs
+                .push(Proc::spawn(&name, &batch_bin(), &argv, self.dir.path()));
+            self.batch_ports.push(
+                wait_for_file(&port_file, &mut self.procs)
+                    .await
+                    .parse()
+                    .unwrap(),
+            );
+            self.batch_args.push(args);
         }
-        let args: Vec<&str> = self.batch_args.iter().map(String::as_str).collect();
-        self.procs
-            .push(Proc::spawn("batch", &batch_bin(), &args, self.dir.path()));
-        self.batch_port = Some(
-            wait_for_file(&port_file, &mut self.procs)
-                .await
-                .parse()
-                .unwrap(),
-        );
     }
 
     /// The key file key-auth watches.
@@ -512,8 +548,12 @@ impl StackBuilder {
             })),
         );
         vars.insert("listen_port".into(), self.listen_port.unwrap_or(0).into());
-        if let Some(port) = self.batch_port {
-            vars.insert("batch_port".into(), port.into());
+        if let Some(port) = self.batch_ports.first() {
+            vars.insert("batch_port".into(), (*port).into());
+            vars.insert(
+                "batch_ports".into(),
+                minijinja::Value::from_serialize(&self.batch_ports),
+            );
         }
         vars.insert("admin_port".into(), 0.into());
         vars.insert("state_dir".into(), state.to_str().unwrap().into());
@@ -576,7 +616,10 @@ impl StackBuilder {
             dir: self.dir,
             procs: self.procs,
             hash_pools,
-            batch_url: self.batch_port.map(|p| format!("http://127.0.0.1:{p}")),
+            batch_url: self
+                .batch_ports
+                .first()
+                .map(|p| format!("http://127.0.0.1:{p}")),
             batch_args: self.batch_args,
         };
         stack.gateway = stack.wait_ready().await;
@@ -684,22 +727,49 @@ impl Stack {
     /// SIGKILL sluice-batch, as a crash would, then start it again on the same state; its
     /// new URL.
     pub async fn restart_batch(&mut self) -> String {
-        if let Some(p) = self.procs.iter_mut().find(|p| p.name == "batch") {
+        self.kill_batch(0);
+        self.start_batch_replica(0).await
+    }
+
+    /// SIGKILL one sluice-batch replica, as a crash would.
+    pub fn kill_batch(&mut self, replica: usize) {
+        let name = batch_replica_name(replica);
+        if let Some(p) = self.procs.iter_mut().find(|p| p.name == name) {
             p.kill_hard();
         }
-        self.procs.retain(|p| p.name != "batch");
-        let port_file = self.dir.path().join("batch.port");
+        self.procs.retain(|p| p.name != name);
+    }
+
+    /// Start a replica killed by [`Self::kill_batch`] again, as it was started; its URL.
+    pub async fn start_batch_replica(&mut self, replica: usize) -> String {
+        let name = batch_replica_name(replica);
+        let port_file = self.dir.path().join(format!("{name}.port"));
         let _ = std::fs::remove_file(&port_file);
-        let args: Vec<&str> = self.batch_args.iter().map(String::as_str).collect();
+        let args: Vec<&str> = self.batch_args[replica]
+            .iter()
+            .map(String::as_str)
+            .collect();
         self.procs
-            .push(Proc::spawn("batch", &batch_bin(), &args, self.dir.path()));
+            .push(Proc::spawn(&name, &batch_bin(), &args, self.dir.path()));
         let port: u16 = wait_for_file(&port_file, &mut self.procs)
             .await
             .parse()
             .unwrap();
         let url = format!("http://127.0.0.1:{port}");
-        self.batch_url = Some(url.clone());
+        if replica == 0 {
+            self.batch_url = Some(url.clone());
+        }
         url
+    }
+
+    /// A sluice-batch replica's log.
+    pub fn batch_log(&self, replica: usize) -> String {
+        let name = batch_replica_name(replica);
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(Proc::log)
+            .unwrap_or_default()
     }
 
     pub fn pool(&self, name: &str) -> &Mock {

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 use sluice_common::batch::{sign, BatchClaims};
+use sluice_e2e::postgres::Postgres;
 use sluice_e2e::{eventually, key_record, repo_root, Stack, StackOptions, BATCH_SECRET};
 use sluice_key_auth::KeyAuthConfig;
 use std::time::Duration;
@@ -321,73 +322,9 @@ async fn a_killed_service_resumes_every_batch_with_no_line_lost_or_twice() {
         }
     })
     .await;
-    assert_eq!(done["request_counts"]["completed"], n, "{done}");
-    let output = reqwest::Client::new()
-        .get(format!(
-            "{}/v1/files/{}/content",
-            s.gateway,
-            done["output_file_id"].as_str().unwrap()
-        ))
-        .header("authorization", format!("Bearer {OWNER}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let mut ids: Vec<String> = output
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["custom_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    ids.sort();
-    let mut want: Vec<String> = (0..n).map(|i| format!("line-{i}")).collect();
-    want.sort();
-    assert_eq!(ids, want, "each line exactly once in the output");
-    assert!(done["error_file_id"].is_null(), "{done}");
-    // A line sent again after a kill is in the access log twice; the usage report counts
-    // each line once.
-    let log = s.dir.path().join("access.log");
-    // Every line logged (Envoy flushes its access log every 100 ms): wait until each
-    // custom id is there, not just as many records (a re-sent line is logged twice).
-    let attempts = eventually("every line's access log", Duration::from_secs(10), || {
-        let lines: Vec<Value> = s
-            .access_log()
-            .into_iter()
-            .filter(|l| l["batch"].as_str().is_some_and(|b| b.contains(&id)))
-            .collect();
-        let distinct: std::collections::HashSet<String> = lines
-            .iter()
-            .filter_map(|l| l["batch"].as_str().map(str::to_string))
-            .collect();
-        let count = lines.len();
-        async move { (distinct.len() == n).then_some(count) }
-    })
-    .await;
-    let report: Value = serde_json::from_str(&s.cli(&[
-        "usage",
-        "--log",
-        log.to_str().unwrap(),
-        "--by",
-        "kind",
-        "--window",
-        "all",
-        "--format",
-        "json",
-    ]))
-    .unwrap();
-    let batch_row = report["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["kind"] == "batch")
-        .unwrap_or_else(|| panic!("no batch row in {report}"));
-    assert_eq!(batch_row["requests"], n, "{report} ({attempts} attempts)");
-    eprintln!("{attempts} attempts for {n} lines across two kills; the report counts {n}");
+    assert_each_line_once(&s, &done, n).await;
+    let (attempts, counted) = batch_usage(&s, &[&id], n).await;
+    assert_eq!(counted, n as u64, "{attempts} attempts");
 }
 
 #[tokio::test]
@@ -530,4 +467,167 @@ async fn a_batch_never_exceeds_its_owners_token_limit() {
         "first 8 s: {} lines served, {charged} tokens of 300, {refused} refusals (429)",
         served.len()
     );
+}
+
+/// The batch `done` completed with `n` lines, each custom id exactly once in its output
+/// file and no error file.
+async fn assert_each_line_once(s: &Stack, done: &Value, n: usize) {
+    assert_eq!(done["request_counts"]["completed"], n, "{done}");
+    let output = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/files/{}/content",
+            s.gateway,
+            done["output_file_id"].as_str().unwrap()
+        ))
+        .header("authorization", format!("Bearer {OWNER}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = output
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["custom_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = (0..n).map(|i| format!("line-{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want, "each line exactly once in the output");
+    assert!(done["error_file_id"].is_null(), "{done}");
+}
+
+/// The access log's attempts for the lines of `batches` (`n` lines each; a line sent again
+/// after a kill is logged twice) and the batch requests `sluice usage` counts (each line
+/// once).
+async fn batch_usage(s: &Stack, batches: &[&str], n: usize) -> (usize, u64) {
+    let log = s.dir.path().join("access.log");
+    // Every line logged (Envoy flushes its access log every 100 ms): wait until each
+    // custom id is there, not just as many records.
+    let attempts = eventually("every line's access log", Duration::from_secs(10), || {
+        let lines: Vec<Value> = s
+            .access_log()
+            .into_iter()
+            .filter(|l| {
+                l["batch"]
+                    .as_str()
+                    .is_some_and(|b| batches.iter().any(|id| b.contains(id)))
+            })
+            .collect();
+        let distinct: std::collections::HashSet<String> = lines
+            .iter()
+            .filter_map(|l| l["batch"].as_str().map(str::to_string))
+            .collect();
+        let count = lines.len();
+        async move { (distinct.len() == n * batches.len()).then_some(count) }
+    })
+    .await;
+    let report: Value = serde_json::from_str(&s.cli(&[
+        "usage",
+        "--log",
+        log.to_str().unwrap(),
+        "--by",
+        "kind",
+        "--window",
+        "all",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let batch_row = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "batch")
+        .unwrap_or_else(|| panic!("no batch row in {report}"));
+    let counted = batch_row["requests"].as_u64().unwrap_or(0);
+    eprintln!(
+        "{attempts} attempts for {} lines; the report counts {counted}",
+        n * batches.len()
+    );
+    (attempts, counted)
+}
+
+#[tokio::test]
+async fn two_replicas_on_postgresql_share_the_work_and_survive_kills() {
+    let pg = Postgres::start().await;
+    let mut s = Stack::start(StackOptions {
+        pools: vec!["pool-a"],
+        keys: KeyAuthConfig {
+            keys: vec![key_record("owner", OWNER, "team-a")],
+            ..Default::default()
+        },
+        // Slow lines, few at once: each batch takes seconds, so the kills land mid-batch.
+        mock_args: vec!["--delay-ms".into(), "300".into()],
+        batch: true,
+        batch_replicas: 2,
+        batch_database: Some(pg.url.clone()),
+        batch_args: vec!["--max-in-flight".into(), "4".into()],
+        ..StackOptions::default()
+    })
+    .await;
+    let n = 150;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let file = upload_lines(&s, OWNER, n).await;
+        ids.push(create_batch(&s, OWNER, &file).await);
+    }
+    let completed = |b: &Value| b["request_counts"]["completed"].as_u64().unwrap_or(0);
+    // Both replicas at work, one batch each (a lease per batch).
+    eventually("both batches under way", Duration::from_secs(60), || {
+        let s = &s;
+        let ids = ids.clone();
+        async move {
+            let mut under_way = true;
+            for id in &ids {
+                let b = get_json(s, OWNER, &format!("/v1/batches/{id}")).await;
+                under_way &= completed(&b) >= 10;
+            }
+            under_way.then_some(())
+        }
+    })
+    .await;
+    let owners = pg.query("SELECT COUNT(DISTINCT lease_owner) FROM batches WHERE lease_until > 0");
+    assert_eq!(owners, "2", "each replica holds one batch");
+    // Kill one replica: the API still answers (Envoy retries on the other), and its batch
+    // resumes once its lease lapses.
+    s.kill_batch(0);
+    for id in &ids {
+        let b = get_json(&s, OWNER, &format!("/v1/batches/{id}")).await;
+        assert_eq!(b["id"], *id, "answered by the live replica: {b}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.start_batch_replica(0).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    s.kill_batch(1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.start_batch_replica(1).await;
+    let mut finished = Vec::new();
+    for id in &ids {
+        let path = format!("/v1/batches/{id}");
+        finished.push(
+            eventually("the batch to complete", Duration::from_secs(120), || {
+                let s = &s;
+                let path = path.clone();
+                async move {
+                    let b = get_json(s, OWNER, &path).await;
+                    (b["status"] == "completed").then_some(b)
+                }
+            })
+            .await,
+        );
+    }
+    for done in &finished {
+        assert_each_line_once(&s, done, n).await;
+    }
+    let batch_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let (attempts, counted) = batch_usage(&s, &batch_ids, n).await;
+    assert_eq!(counted, 2 * n as u64, "{attempts} attempts");
+    let left = pg.query("SELECT COUNT(*) FROM lines WHERE state NOT IN ('done', 'failed')");
+    assert_eq!(left, "0");
 }

@@ -20,9 +20,17 @@ struct Args {
     /// Write the port actually bound to this file (for `--listen 127.0.0.1:0`).
     #[arg(long)]
     port_file: Option<PathBuf>,
-    /// State directory: the database (batch.db) and the files (files/).
+    /// State directory: the embedded database (batch.db) and the files (files/).
     #[arg(long, env = "SLUICE_BATCH_DIR", default_value = "./batch-state")]
     state_dir: PathBuf,
+    /// The database instead of <state-dir>/batch.db: `postgres://user@host/db` for several
+    /// replicas sharing the work (each batch worked by one replica at a time, by lease).
+    #[arg(long, env = "SLUICE_BATCH_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Where file contents live instead of <state-dir>/files: replicas share it (a shared
+    /// volume).
+    #[arg(long, env = "SLUICE_BATCH_FILES_DIR")]
+    files_dir: Option<PathBuf>,
     /// The gateway the lines go through.
     #[arg(
         long,
@@ -73,9 +81,16 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     std::fs::create_dir_all(&args.state_dir)?;
-    let db = args.state_dir.join("batch.db");
-    let store = Store::open(&format!("sqlite://{}", db.display())).await?;
-    let blobs = Arc::new(DiskBlobs::new(&args.state_dir.join("files"))?);
+    let url = match &args.database_url {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}", args.state_dir.join("batch.db").display()),
+    };
+    let store = Store::open(&url).await?;
+    let files = args
+        .files_dir
+        .clone()
+        .unwrap_or_else(|| args.state_dir.join("files"));
+    let blobs = Arc::new(DiskBlobs::new(&files)?);
     let worker = Arc::new(Worker {
         store: store.clone(),
         blobs: blobs.clone(),

@@ -1,15 +1,16 @@
 //! Durable state: files' metadata, batches and their lines, in an embedded SQLite file
-//! (one file, no server to run); file contents behind [`BlobStore`].
+//! (one file, no server to run) or in PostgreSQL (several replicas sharing the work); file
+//! contents behind [`BlobStore`]. One set of SQL serves both (sqlx's `Any` driver:
+//! `$N` parameters, `ON CONFLICT`, `CASE` sums, `BIGINT` columns, which both accept).
 //!
 //! Every step of a batch is a row update, so a service killed at any moment resumes from
 //! the rows: a batch is worked on by whoever holds its lease (a time-limited claim a
 //! worker renews), so a dead worker's batches are picked up when their lease runs out.
 
 use crate::model::{Batch, BatchErrors, FileObject, RequestCounts, Status};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -124,28 +125,28 @@ pub struct Owner {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
 }
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS files (
   id TEXT PRIMARY KEY, tenant TEXT NOT NULL, filename TEXT NOT NULL, purpose TEXT NOT NULL,
-  bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, seq INTEGER NOT NULL);
+  bytes BIGINT NOT NULL, created_at BIGINT NOT NULL, seq BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS files_by_tenant ON files (tenant, seq);
 CREATE TABLE IF NOT EXISTS batches (
-  id TEXT PRIMARY KEY, tenant TEXT NOT NULL, key_id TEXT NOT NULL, seq INTEGER NOT NULL,
+  id TEXT PRIMARY KEY, tenant TEXT NOT NULL, key_id TEXT NOT NULL, seq BIGINT NOT NULL,
   body TEXT NOT NULL, status TEXT NOT NULL,
-  lease_owner TEXT, lease_until INTEGER NOT NULL DEFAULT 0);
+  lease_owner TEXT, lease_until BIGINT NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS batches_by_tenant ON batches (tenant, seq);
 CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status, lease_until);
 CREATE TABLE IF NOT EXISTS lines (
-  batch_id TEXT NOT NULL, idx INTEGER NOT NULL, custom_id TEXT NOT NULL, body TEXT NOT NULL,
+  batch_id TEXT NOT NULL, idx BIGINT NOT NULL, custom_id TEXT NOT NULL, body TEXT NOT NULL,
   state TEXT NOT NULL, record TEXT, PRIMARY KEY (batch_id, idx));
 CREATE INDEX IF NOT EXISTS lines_by_state ON lines (batch_id, state, idx);
 CREATE TABLE IF NOT EXISTS deliveries (
   event_id TEXT PRIMARY KEY, batch_id TEXT NOT NULL, tenant TEXT NOT NULL, key_id TEXT NOT NULL,
-  body TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL DEFAULT 0,
-  done INTEGER NOT NULL DEFAULT 0);
+  body TEXT NOT NULL, attempts BIGINT NOT NULL DEFAULT 0, next_at BIGINT NOT NULL DEFAULT 0,
+  done BIGINT NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (done, next_at);
 ";
 
@@ -159,12 +160,12 @@ pub struct Delivery {
     pub attempts: i64,
 }
 
-fn batch_of(row: &SqliteRow) -> Result<Batch> {
+fn batch_of(row: &AnyRow) -> Result<Batch> {
     let body: String = row.try_get("body")?;
     serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn file_of(row: &SqliteRow) -> Result<FileObject> {
+fn file_of(row: &AnyRow) -> Result<FileObject> {
     Ok(FileObject {
         id: row.try_get("id")?,
         object: "file",
@@ -182,27 +183,60 @@ fn i64_of(v: u64) -> i64 {
 }
 
 impl Store {
-    /// Open (creating if needed) the database at `url` (`sqlite:///path/to/batch.db`).
+    /// Open the database at `url`, creating its tables if needed: `sqlite:///path/batch.db`
+    /// (the file created if missing) or `postgres://user@host/db` (shared by replicas).
     pub async fn open(url: &str) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            // Readers never wait on the writer; a commit survives a killed process.
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let url = if sqlite && !url.contains('?') {
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_string()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 8 })
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    if conn.backend_name() == "SQLite" {
+                        // One writer at a time: wait for it rather than fail.
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        if sqlite {
+            // Readers never wait on the writer; a commit survives a killed process. (The
+            // mode is the file's, kept once set.)
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+            sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        } else {
+            // Replicas starting together: one creates the tables, the others wait for it
+            // (`IF NOT EXISTS` alone races in PostgreSQL's catalog).
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(7291)")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+            tx.commit().await?;
+        }
         Ok(Self { pool })
     }
 
     pub async fn insert_file(&self, tenant: &str, file: &FileObject) -> Result<()> {
         sqlx::query(
-            // The listing order: the next number, taken inside the insert (SQLite runs one
-            // write at a time, so two uploads never share one).
-            "INSERT OR REPLACE INTO files (id, tenant, filename, purpose, bytes, created_at, seq)
-             VALUES (?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM files))",
+            // The listing order: the next number, taken inside the insert. Two replicas'
+            // uploads at once may share one; listings order by (seq, id), so a tie is
+            // still a strict order. An output file written again (a finalize interrupted by
+            // a crash) keeps its place.
+            "INSERT INTO files (id, tenant, filename, purpose, bytes, created_at, seq)
+             VALUES ($1, $2, $3, $4, $5, $6, (SELECT COALESCE(MAX(seq), 0) + 1 FROM files))
+             ON CONFLICT (id) DO UPDATE SET bytes = excluded.bytes, created_at = excluded.created_at",
         )
         .bind(&file.id)
         .bind(tenant)
@@ -217,7 +251,7 @@ impl Store {
 
     /// A tenant's file; `None` for another tenant's, as for one that does not exist.
     pub async fn file(&self, tenant: &str, id: &str) -> Result<Option<FileObject>> {
-        let row = sqlx::query("SELECT * FROM files WHERE tenant = ? AND id = ?")
+        let row = sqlx::query("SELECT * FROM files WHERE tenant = $1 AND id = $2")
             .bind(tenant)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -235,9 +269,12 @@ impl Store {
         limit: i64,
     ) -> Result<(Vec<FileObject>, bool)> {
         let rows = sqlx::query(
-            "SELECT * FROM files WHERE tenant = ?1 AND (?2 IS NULL OR purpose = ?2)
-             AND (?3 IS NULL OR seq < (SELECT seq FROM files WHERE id = ?3 AND tenant = ?1))
-             ORDER BY seq DESC LIMIT ?4",
+            "SELECT * FROM files f WHERE tenant = $1
+             AND (CAST($2 AS TEXT) IS NULL OR purpose = $2)
+             AND (CAST($3 AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM files a
+                  WHERE a.id = $3 AND a.tenant = $1
+                  AND (f.seq < a.seq OR (f.seq = a.seq AND f.id < a.id))))
+             ORDER BY seq DESC, id DESC LIMIT $4",
         )
         .bind(tenant)
         .bind(purpose)
@@ -252,7 +289,7 @@ impl Store {
     }
 
     pub async fn delete_file(&self, tenant: &str, id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM files WHERE tenant = ? AND id = ?")
+        let done = sqlx::query("DELETE FROM files WHERE tenant = $1 AND id = $2")
             .bind(tenant)
             .bind(id)
             .execute(&self.pool)
@@ -264,7 +301,7 @@ impl Store {
         let body = serde_json::to_string(batch).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
             "INSERT INTO batches (id, tenant, key_id, seq, body, status)
-             VALUES (?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM batches), ?, ?)",
+             VALUES ($1, $2, $3, (SELECT COALESCE(MAX(seq), 0) + 1 FROM batches), $4, $5)",
         )
         .bind(&batch.id)
         .bind(&owner.tenant)
@@ -278,7 +315,7 @@ impl Store {
 
     /// A tenant's batch; `None` for another tenant's.
     pub async fn batch(&self, tenant: &str, id: &str) -> Result<Option<Batch>> {
-        let row = sqlx::query("SELECT body FROM batches WHERE tenant = ? AND id = ?")
+        let row = sqlx::query("SELECT body FROM batches WHERE tenant = $1 AND id = $2")
             .bind(tenant)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -288,7 +325,7 @@ impl Store {
 
     /// A batch and its owner, for the worker that holds its lease.
     pub async fn batch_for_work(&self, id: &str) -> Result<Option<(Batch, Owner)>> {
-        let row = sqlx::query("SELECT body, tenant, key_id FROM batches WHERE id = ?")
+        let row = sqlx::query("SELECT body, tenant, key_id FROM batches WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -311,9 +348,11 @@ impl Store {
         limit: i64,
     ) -> Result<(Vec<Batch>, bool)> {
         let rows = sqlx::query(
-            "SELECT body FROM batches WHERE tenant = ?1
-             AND (?2 IS NULL OR seq < (SELECT seq FROM batches WHERE id = ?2 AND tenant = ?1))
-             ORDER BY seq DESC LIMIT ?3",
+            "SELECT body FROM batches b WHERE tenant = $1
+             AND (CAST($2 AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM batches a
+                  WHERE a.id = $2 AND a.tenant = $1
+                  AND (b.seq < a.seq OR (b.seq = a.seq AND b.id < a.id))))
+             ORDER BY seq DESC, id DESC LIMIT $3",
         )
         .bind(tenant)
         .bind(after)
@@ -330,7 +369,7 @@ impl Store {
     /// marking it cancelling).
     pub async fn save_batch(&self, batch: &Batch) -> Result<()> {
         let body = serde_json::to_string(batch).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query("UPDATE batches SET body = ?, status = ? WHERE id = ?")
+        sqlx::query("UPDATE batches SET body = $1, status = $2 WHERE id = $3")
             .bind(body)
             .bind(batch.status.as_str())
             .bind(&batch.id)
@@ -339,10 +378,24 @@ impl Store {
         Ok(())
     }
 
+    /// Write a running batch's progress, unless its status changed meanwhile (the API
+    /// marked it cancelling): the worker sees that on its next read instead of
+    /// overwriting it.
+    pub async fn save_progress(&self, batch: &Batch) -> Result<bool> {
+        let body = serde_json::to_string(batch).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let done = sqlx::query("UPDATE batches SET body = $1 WHERE id = $2 AND status = $3")
+            .bind(body)
+            .bind(&batch.id)
+            .bind(batch.status.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Ask a batch to stop: `cancelling` unless it already ended. The batch as it is now.
     pub async fn cancel(&self, tenant: &str, id: &str, now: u64) -> Result<Option<Batch>> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT body FROM batches WHERE tenant = ? AND id = ?")
+        let row = sqlx::query("SELECT body FROM batches WHERE tenant = $1 AND id = $2")
             .bind(tenant)
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -356,7 +409,7 @@ impl Store {
             batch.cancelling_at = Some(now);
             let body =
                 serde_json::to_string(&batch).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sqlx::query("UPDATE batches SET body = ?, status = ? WHERE id = ?")
+            sqlx::query("UPDATE batches SET body = $1, status = $2 WHERE id = $3")
                 .bind(body)
                 .bind(batch.status.as_str())
                 .bind(id)
@@ -371,7 +424,7 @@ impl Store {
     pub async fn claim(&self, owner: &str, now_ms: u64, lease_ms: u64) -> Result<Option<String>> {
         let row = sqlx::query(
             "SELECT id FROM batches WHERE status IN ('validating', 'in_progress', 'cancelling', 'finalizing')
-             AND lease_until < ? ORDER BY seq LIMIT 1",
+             AND lease_until < $1 ORDER BY seq, id LIMIT 1",
         )
         .bind(i64_of(now_ms))
         .fetch_optional(&self.pool)
@@ -380,9 +433,10 @@ impl Store {
             return Ok(None);
         };
         let id: String = row.try_get("id")?;
-        // Only one claimant wins: the update checks the lease is still free.
+        // Only one claimant wins: the update checks the lease is still free (PostgreSQL
+        // re-checks the condition after waiting for a concurrent claimant's row lock).
         let won = sqlx::query(
-            "UPDATE batches SET lease_owner = ?, lease_until = ? WHERE id = ? AND lease_until < ?",
+            "UPDATE batches SET lease_owner = $1, lease_until = $2 WHERE id = $3 AND lease_until < $4",
         )
         .bind(owner)
         .bind(i64_of(now_ms + lease_ms))
@@ -396,7 +450,7 @@ impl Store {
     /// Extend a lease this worker holds; false when it lost it.
     pub async fn renew(&self, id: &str, owner: &str, until_ms: u64) -> Result<bool> {
         let done =
-            sqlx::query("UPDATE batches SET lease_until = ? WHERE id = ? AND lease_owner = ?")
+            sqlx::query("UPDATE batches SET lease_until = $1 WHERE id = $2 AND lease_owner = $3")
                 .bind(i64_of(until_ms))
                 .bind(id)
                 .bind(owner)
@@ -406,7 +460,7 @@ impl Store {
     }
 
     pub async fn release(&self, id: &str, owner: &str) -> Result<()> {
-        sqlx::query("UPDATE batches SET lease_until = 0 WHERE id = ? AND lease_owner = ?")
+        sqlx::query("UPDATE batches SET lease_until = 0 WHERE id = $1 AND lease_owner = $2")
             .bind(id)
             .bind(owner)
             .execute(&self.pool)
@@ -418,23 +472,42 @@ impl Store {
     /// (a crash leaves it validating, with no lines, to be validated again).
     pub async fn start(&self, batch: &Batch, lines: &[(String, String)]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM lines WHERE batch_id = ?")
+        sqlx::query("DELETE FROM lines WHERE batch_id = $1")
             .bind(&batch.id)
             .execute(&mut *tx)
             .await?;
-        for (i, (custom_id, body)) in lines.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO lines (batch_id, idx, custom_id, body, state) VALUES (?, ?, ?, ?, 'pending')",
-            )
-            .bind(&batch.id)
-            .bind(i64::try_from(i).unwrap_or(i64::MAX))
-            .bind(custom_id)
-            .bind(body)
-            .execute(&mut *tx)
-            .await?;
+        // Many rows per statement: one round trip per chunk, not per line (a PostgreSQL
+        // server is a network hop away).
+        const ROWS: usize = 200;
+        let numbered: Vec<(i64, &(String, String))> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i64::try_from(i).unwrap_or(i64::MAX), l))
+            .collect();
+        for chunk in numbered.chunks(ROWS) {
+            let mut sql =
+                String::from("INSERT INTO lines (batch_id, idx, custom_id, body, state) VALUES ");
+            for n in 0..chunk.len() {
+                let p = n * 4;
+                if n > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, 'pending')",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4
+                ));
+            }
+            let mut query = sqlx::query(&sql);
+            for (i, (custom_id, body)) in chunk {
+                query = query.bind(&batch.id).bind(*i).bind(custom_id).bind(body);
+            }
+            query.execute(&mut *tx).await?;
         }
         let body = serde_json::to_string(batch).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query("UPDATE batches SET body = ?, status = ? WHERE id = ?")
+        sqlx::query("UPDATE batches SET body = $1, status = $2 WHERE id = $3")
             .bind(body)
             .bind(batch.status.as_str())
             .bind(&batch.id)
@@ -447,8 +520,8 @@ impl Store {
     /// Lines not finished yet (pending, or sent before a crash), in input order.
     pub async fn unfinished(&self, batch_id: &str, limit: i64) -> Result<Vec<Line>> {
         let rows = sqlx::query(
-            "SELECT idx, custom_id, body FROM lines WHERE batch_id = ? AND state IN ('pending', 'sent')
-             ORDER BY idx LIMIT ?",
+            "SELECT idx, custom_id, body FROM lines WHERE batch_id = $1 AND state IN ('pending', 'sent')
+             ORDER BY idx LIMIT $2",
         )
         .bind(batch_id)
         .bind(limit)
@@ -467,7 +540,7 @@ impl Store {
 
     pub async fn mark_sent(&self, batch_id: &str, index: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE lines SET state = 'sent' WHERE batch_id = ? AND idx = ? AND state = 'pending'",
+            "UPDATE lines SET state = 'sent' WHERE batch_id = $1 AND idx = $2 AND state = 'pending'",
         )
         .bind(batch_id)
         .bind(index)
@@ -479,7 +552,7 @@ impl Store {
     /// Record a line's outcome once (a line already finished keeps its first outcome).
     pub async fn finish_line(&self, batch_id: &str, result: &LineResult) -> Result<()> {
         sqlx::query(
-            "UPDATE lines SET state = ?, record = ? WHERE batch_id = ? AND idx = ? AND state IN ('pending', 'sent')",
+            "UPDATE lines SET state = $1, record = $2 WHERE batch_id = $3 AND idx = $4 AND state IN ('pending', 'sent')",
         )
         .bind(result.state.as_str())
         .bind(&result.record)
@@ -494,9 +567,9 @@ impl Store {
     pub async fn counts(&self, batch_id: &str) -> Result<RequestCounts> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS total,
-                    COALESCE(SUM(state = 'done'), 0) AS done,
-                    COALESCE(SUM(state = 'failed'), 0) AS failed
-             FROM lines WHERE batch_id = ?",
+                    COALESCE(SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END), 0) AS done,
+                    COALESCE(SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), 0) AS failed
+             FROM lines WHERE batch_id = $1",
         )
         .bind(batch_id)
         .fetch_one(&self.pool)
@@ -513,7 +586,7 @@ impl Store {
     /// The finished lines' records, in input order: `(done, failed)` (each custom id once).
     pub async fn records(&self, batch_id: &str) -> Result<(Vec<String>, Vec<String>)> {
         let rows = sqlx::query(
-            "SELECT state, record FROM lines WHERE batch_id = ? AND state IN ('done', 'failed') ORDER BY idx",
+            "SELECT state, record FROM lines WHERE batch_id = $1 AND state IN ('done', 'failed') ORDER BY idx",
         )
         .bind(batch_id)
         .fetch_all(&self.pool)
@@ -561,7 +634,8 @@ impl Store {
         body: &str,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT OR IGNORE INTO deliveries (event_id, batch_id, tenant, key_id, body) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO deliveries (event_id, batch_id, tenant, key_id, body) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (event_id) DO NOTHING",
         )
         .bind(event_id)
         .bind(batch_id)
@@ -584,7 +658,7 @@ impl Store {
     ) -> Result<Vec<Delivery>> {
         let rows = sqlx::query(
             "SELECT event_id, tenant, key_id, body, attempts FROM deliveries
-             WHERE done = 0 AND next_at <= ? AND attempts < ? ORDER BY next_at LIMIT ?",
+             WHERE done = 0 AND next_at <= $1 AND attempts < $2 ORDER BY next_at LIMIT $3",
         )
         .bind(i64_of(now))
         .bind(max_attempts)
@@ -594,7 +668,7 @@ impl Store {
         let mut out = Vec::new();
         for r in rows {
             let event_id: String = r.try_get("event_id")?;
-            let won = sqlx::query("UPDATE deliveries SET next_at = ? WHERE event_id = ? AND next_at <= ? AND done = 0")
+            let won = sqlx::query("UPDATE deliveries SET next_at = $1 WHERE event_id = $2 AND next_at <= $3 AND done = 0")
                 .bind(i64_of(now + hold_secs))
                 .bind(&event_id)
                 .bind(i64_of(now))
@@ -620,7 +694,7 @@ impl Store {
         delivered: bool,
         next_at: u64,
     ) -> Result<()> {
-        sqlx::query("UPDATE deliveries SET attempts = attempts + 1, done = ?, next_at = ? WHERE event_id = ?")
+        sqlx::query("UPDATE deliveries SET attempts = attempts + 1, done = $1, next_at = $2 WHERE event_id = $3")
             .bind(i64::from(delivered))
             .bind(i64_of(next_at))
             .bind(event_id)

@@ -257,7 +257,7 @@ impl Worker {
             }
             if batch.expires_at.is_some_and(|t| now_secs() >= t) {
                 batch.expired_at = Some(now_secs());
-                self.store.save_batch(batch).await?;
+                self.store.save_progress(batch).await?;
                 return Ok(());
             }
             if !self.renew(&batch.id).await? {
@@ -295,7 +295,7 @@ impl Worker {
             }
             drop(in_flight);
             batch.request_counts = self.store.counts(&batch.id).await?;
-            self.store.save_batch(batch).await?;
+            self.store.save_progress(batch).await?;
             if pace.pause_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(pace.pause_ms)).await;
             }
