@@ -55,6 +55,11 @@ pub struct FlowConfig {
     pub max_queue: usize,
     /// The longest wait; past it, 429 with `retry-after`.
     pub max_wait_ms: u64,
+    /// Slots per endpoint that batch requests leave to interactive ones: a batch request
+    /// waits while every endpoint has `max_in_flight - batch_headroom` requests or more
+    /// (at least one slot stays open to batch work), so an interactive request arriving
+    /// while a batch fills the pool finds a slot at once, not an engine queue.
+    pub batch_headroom: u64,
 }
 
 impl Default for FlowConfig {
@@ -63,6 +68,7 @@ impl Default for FlowConfig {
             enabled: false,
             max_queue: 1024,
             max_wait_ms: 10_000,
+            batch_headroom: 1,
         }
     }
 }

@@ -73,6 +73,13 @@ impl PoolQueue {
         }
     }
 
+    /// Requests waiting at `priority`.
+    pub fn waiting(&self, priority: Priority) -> usize {
+        self.classes
+            .get(class(priority))
+            .map_or(0, |m| m.values().map(VecDeque::len).sum())
+    }
+
     /// The priority of the request [`PoolQueue::pop`] would return.
     pub fn next_priority(&self) -> Option<Priority> {
         [Priority::Interactive, Priority::Batch]

@@ -238,13 +238,18 @@ impl EndpointPicker {
 
     /// Whether every endpoint of pool `p` is full: as many requests in flight from this
     /// gateway as its `max_in_flight`. Pools without `max_in_flight` have no flow control.
-    fn saturated(&self, host: &dyn Host, p: usize) -> bool {
+    /// Whether pool `p` has no room for a request at `priority` (batch requests leave
+    /// `batch_headroom` slots per endpoint to interactive ones).
+    fn saturated(&self, host: &dyn Host, p: usize, priority: Priority) -> bool {
         let Some(pool) = self.config.pools.get(p) else {
             return false;
         };
-        let Some(max) = pool.max_in_flight.filter(|_| self.config.flow.enabled) else {
+        let Some(mut max) = pool.max_in_flight.filter(|_| self.config.flow.enabled) else {
             return false;
         };
+        if priority == Priority::Batch {
+            max = max.saturating_sub(self.config.flow.batch_headroom).max(1);
+        }
         // The gateway's own count, exact and immediate; the engines' reports lag by up to
         // a scrape interval and would hold requests for slots already free.
         pool.endpoints
@@ -432,14 +437,20 @@ impl EndpointPicker {
                 &format!("sluice.endpoint.queue_timeouts.pool.{}", label(&pool.name)),
             );
         }
-        while !self.saturated(&*host, p) {
-            let next = self
+        loop {
+            let Some(next) = self
                 .queues
                 .borrow()
                 .get(p)
-                .and_then(PoolQueue::next_priority);
+                .and_then(PoolQueue::next_priority)
+            else {
+                break;
+            };
+            if self.saturated(&*host, p, next) {
+                break;
+            }
             // Batch never delays interactive, on any worker.
-            if next == Some(Priority::Batch)
+            if next == Priority::Batch
                 && shared_counter(&*host, &interactive_waiting_key(&pool.name)) > 0
             {
                 break;
@@ -715,8 +726,18 @@ impl PickedRequest {
         // The upstream model name: a LoRA adapter's name when the request is for one.
         let model = text_property(&*host, properties::MODEL).unwrap_or_default();
         let now = now_unix_millis(host);
-        let waiting = picker.queues.borrow().get(p).map_or(0, PoolQueue::len);
-        if waiting > 0 || picker.saturated(&*host, p) {
+        let priority = text_property(&*host, properties::PRIORITY)
+            .and_then(|p| serde_json::from_value::<Priority>(serde_json::Value::String(p)).ok())
+            .unwrap_or_default();
+        // No overtaking within a priority; an interactive request passes waiting batch ones.
+        let (waiting, ahead) = picker.queues.borrow().get(p).map_or((0, 0), |q| {
+            let ahead = match priority {
+                Priority::Interactive => q.waiting(Priority::Interactive),
+                Priority::Batch => q.len(),
+            };
+            (q.len(), ahead)
+        });
+        if ahead > 0 || picker.saturated(&*host, p, priority) {
             let pool = picker.config.pools.get(p).map_or("", |x| x.name.as_str());
             if waiting >= picker.config.flow.max_queue {
                 let error = pool_saturated(pool, "its queue is full");
@@ -727,9 +748,6 @@ impl PickedRequest {
                 );
                 return Flow::Pause;
             }
-            let priority = text_property(&*host, properties::PRIORITY)
-                .and_then(|p| serde_json::from_value::<Priority>(serde_json::Value::String(p)).ok())
-                .unwrap_or_default();
             let tenant = text_property(&*host, properties::TENANT).unwrap_or_default();
             let ticket = Rc::new(RefCell::new(Ticket {
                 state: TicketState::Waiting,

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod model;
+pub mod pace;
 pub mod store;
 pub mod webhook;
 pub mod worker;

@@ -1,21 +1,24 @@
 //! Runs batches: validates their input, sends each line through the gateway as the batch's
 //! owner at batch priority, and writes the output and error files.
 //!
-//! Idle capacity first: the number of lines in flight grows by one after each success and
-//! halves when the gateway answers 429 or 503 (its flow control, a rate limit, an engine
-//! queue), with a pause that doubles while refusals continue: batch work fills what
-//! interactive traffic leaves and backs off as soon as it is refused. A refused line is not
-//! an error: it is sent again.
+//! Idle capacity first: the number of lines in flight is a background-traffic window
+//! ([`Pace`]): it grows while answers come at the pool's idle pace, shrinks when they slow
+//! down (requests queue: interactive load rose) and halves when the gateway answers 429 or
+//! 503 (its flow control, a rate limit, an engine queue). A refused line is not an error:
+//! it is sent again.
 
 use crate::model::{Batch, BatchError, FileObject, InputLine, Status, PURPOSE_OUTPUT};
-use crate::store::{validation_errors, BlobStore, LineResult, LineState, Owner, Store, StoreError};
+use crate::pace::Pace;
+use crate::store::{
+    validation_errors, BlobStore, Line, LineResult, LineState, Owner, Store, StoreError,
+};
 use crate::{new_id, now_millis, now_secs};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Value};
 use sluice_common::batch::{sign, BatchClaims};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct WorkerConfig {
     /// Completion webhooks, per tenant or key.
@@ -43,36 +46,11 @@ pub struct Worker {
 
 /// How a line's attempt ended.
 enum Attempt {
-    Finished(LineResult),
-    /// Refused for now (429, 503, no connection): send again later.
-    Refused,
-}
-
-/// AIMD concurrency: grows by one per success, halves on a refusal.
-struct Pace {
-    window: usize,
-    max: usize,
-    pause_ms: u64,
-}
-
-impl Pace {
-    fn new(max: usize) -> Self {
-        Self {
-            window: 1,
-            max: max.max(1),
-            pause_ms: 0,
-        }
-    }
-
-    fn success(&mut self) {
-        self.window = (self.window + 1).min(self.max);
-        self.pause_ms = 0;
-    }
-
-    fn refused(&mut self) {
-        self.window = (self.window / 2).max(1);
-        self.pause_ms = (self.pause_ms * 2).clamp(100, 5_000);
-    }
+    /// Answered (any status but a refusal); for a success, how long it took and its output
+    /// tokens (the pace's congestion signal).
+    Finished(LineResult, Option<(Duration, u64)>),
+    /// Refused for now (429, 503, no connection): the line, to send again later.
+    Refused(Line),
 }
 
 fn output_file_id(batch_id: &str, kind: &str) -> String {
@@ -141,7 +119,7 @@ impl Worker {
         if matches!(
             batch.status,
             Status::Finalizing | Status::Cancelling | Status::InProgress
-        ) && (self.store.unfinished(&batch.id, 1).await?.is_empty()
+        ) && (self.store.unfinished(&batch.id, -1, 1).await?.is_empty()
             || batch.status == Status::Cancelling
             || batch.expired_at.is_some())
         {
@@ -243,111 +221,156 @@ impl Worker {
     }
 
     /// Send the batch's unfinished lines until none is left, the batch is cancelled or
-    /// expires, or the lease is lost.
+    /// expires, or the lease is lost. A pipeline: a line goes out as soon as one is
+    /// answered (within the pace's window), so the pool never idles between chunks; the
+    /// batch's status, expiry and lease are checked every second meanwhile.
     async fn send_lines(&self, batch: &mut Batch, owner: &Owner) -> Result<(), StoreError> {
+        const CHECK: Duration = Duration::from_secs(1);
         let mut pace = Pace::new(self.config.max_in_flight);
+        let (batch_id, endpoint) = (batch.id.clone(), batch.endpoint.clone());
+        let mut in_flight = FuturesUnordered::new();
+        // Lines fetched and not sent yet (refused ones go back to its front), and the
+        // highest index fetched: lines in flight are `sent` in the store, not fetched again.
+        let mut queue: VecDeque<Line> = VecDeque::new();
+        let mut cursor: i64 = -1;
+        let mut exhausted = false;
+        let mut next_check = Instant::now();
+        let mut paused_until = Instant::now();
         loop {
-            // The API may have marked it cancelling meanwhile.
-            if let Some((now, _)) = self.store.batch_for_work(&batch.id).await? {
-                batch.status = now.status;
-                batch.cancelling_at = now.cancelling_at;
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + CHECK;
+                // The API may have marked it cancelling meanwhile: no more lines go out,
+                // those in flight finish (their answers are in the output file).
+                if let Some((now, _)) = self.store.batch_for_work(&batch.id).await? {
+                    batch.status = now.status;
+                    batch.cancelling_at = now.cancelling_at;
+                }
+                if batch.status == Status::Cancelling {
+                    return self.drain(&batch_id, in_flight).await;
+                }
+                if batch.expires_at.is_some_and(|t| now_secs() >= t) {
+                    batch.expired_at = Some(now_secs());
+                    self.store.save_progress(batch).await?;
+                    return self.drain(&batch_id, in_flight).await;
+                }
+                if !self.renew(&batch.id).await? {
+                    return Ok(());
+                }
+                batch.request_counts = self.store.counts(&batch.id).await?;
+                self.store.save_progress(batch).await?;
             }
-            if batch.status == Status::Cancelling {
-                return Ok(());
+            while in_flight.len() < pace.window() && Instant::now() >= paused_until {
+                if queue.is_empty() && !exhausted {
+                    let limit = i64::try_from(pace.window() * 4).unwrap_or(256);
+                    let more = self.store.unfinished(&batch.id, cursor, limit).await?;
+                    exhausted = more.is_empty();
+                    cursor = more.last().map_or(cursor, |l| l.index);
+                    queue.extend(more);
+                }
+                let Some(line) = queue.pop_front() else { break };
+                self.store.mark_sent(&batch.id, line.index).await?;
+                in_flight.push(self.send(&batch_id, &endpoint, &owner.key_id, line));
             }
-            if batch.expires_at.is_some_and(|t| now_secs() >= t) {
-                batch.expired_at = Some(now_secs());
+            if in_flight.is_empty() && queue.is_empty() && exhausted {
+                batch.request_counts = self.store.counts(&batch.id).await?;
                 self.store.save_progress(batch).await?;
                 return Ok(());
             }
-            if !self.renew(&batch.id).await? {
-                return Ok(());
-            }
-            let lines = self
-                .store
-                .unfinished(&batch.id, i64::try_from(pace.window * 4).unwrap_or(64))
-                .await?;
-            if lines.is_empty() {
-                return Ok(());
-            }
-            let mut in_flight = FuturesUnordered::new();
-            let mut queue = lines.into_iter();
-            let mut refused = false;
-            loop {
-                while in_flight.len() < pace.window && !refused {
-                    let Some(line) = queue.next() else { break };
-                    self.store.mark_sent(&batch.id, line.index).await?;
-                    in_flight.push(self.send(batch, owner, line));
-                }
-                let Some(attempt) = in_flight.next().await else {
-                    break;
-                };
-                match attempt {
-                    Attempt::Finished(result) => {
-                        self.store.finish_line(&batch.id, &result).await?;
-                        pace.success();
-                    }
-                    Attempt::Refused => {
-                        pace.refused();
-                        refused = true;
+            let wake = next_check.min(paused_until.max(Instant::now() + Duration::from_millis(5)));
+            let attempt = tokio::select! {
+                a = in_flight.next(), if !in_flight.is_empty() => a,
+                () = tokio::time::sleep_until(wake.into()) => None,
+            };
+            match attempt {
+                Some(Attempt::Finished(result, timing)) => {
+                    self.store.finish_line(&batch.id, &result).await?;
+                    match timing {
+                        Some((elapsed, tokens)) => pace.answered(elapsed, tokens),
+                        None => pace.error_answered(),
                     }
                 }
-            }
-            drop(in_flight);
-            batch.request_counts = self.store.counts(&batch.id).await?;
-            self.store.save_progress(batch).await?;
-            if pace.pause_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(pace.pause_ms)).await;
+                Some(Attempt::Refused(line)) => {
+                    pace.refused();
+                    paused_until = Instant::now() + Duration::from_millis(pace.pause_ms);
+                    queue.push_front(line);
+                }
+                None => {}
             }
         }
     }
 
-    async fn send(&self, batch: &Batch, owner: &Owner, line: crate::store::Line) -> Attempt {
+    /// Record the answers of the lines still in flight (a refused one stays unfinished).
+    async fn drain(
+        &self,
+        batch_id: &str,
+        mut in_flight: FuturesUnordered<impl std::future::Future<Output = Attempt>>,
+    ) -> Result<(), StoreError> {
+        while let Some(attempt) = in_flight.next().await {
+            if let Attempt::Finished(result, _) = attempt {
+                self.store.finish_line(batch_id, &result).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Send one line as `key_id` for batch `batch_id`, to the gateway's `endpoint`.
+    async fn send(&self, batch_id: &str, endpoint: &str, key_id: &str, line: Line) -> Attempt {
         let claims = BatchClaims {
-            key_id: owner.key_id.clone(),
-            batch_id: batch.id.clone(),
+            key_id: key_id.to_string(),
+            batch_id: batch_id.to_string(),
             custom_id: line.custom_id.clone(),
             expires_at: now_secs() + 300,
         };
         let Some(assertion) = sign(&claims, &self.config.secret) else {
-            return Attempt::Refused;
+            return Attempt::Refused(line);
         };
         let request_id = new_id("batch_req_");
-        let url = format!("{}{}", self.config.gateway, batch.endpoint);
+        let url = format!("{}{endpoint}", self.config.gateway);
+        let started = Instant::now();
         let sent = self
             .client
             .post(url)
             .header("authorization", format!("Bearer {assertion}"))
             .header("content-type", "application/json")
             .header("x-request-id", &request_id)
-            .body(line.body)
+            .body(line.body.clone())
             .send()
             .await;
         let Ok(response) = sent else {
-            return Attempt::Refused;
+            return Attempt::Refused(line);
         };
         let status = response.status().as_u16();
         if status == 429 || status == 503 {
-            return Attempt::Refused;
+            return Attempt::Refused(line);
         }
         let bytes = response.bytes().await.unwrap_or_default();
+        let elapsed = started.elapsed();
         let body: Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let ok = (200..300).contains(&status);
+        // Output tokens as each API reports them (none for embeddings).
+        let tokens = ["completion_tokens", "output_tokens"]
+            .iter()
+            .find_map(|k| body.get("usage")?.get(k)?.as_u64())
+            .unwrap_or(0);
         let record = json!({
             "id": request_id,
             "custom_id": line.custom_id,
             "response": {"status_code": status, "request_id": request_id, "body": body},
             "error": null,
         });
-        Attempt::Finished(LineResult {
-            index: line.index,
-            state: if (200..300).contains(&status) {
-                LineState::Done
-            } else {
-                LineState::Failed
+        Attempt::Finished(
+            LineResult {
+                index: line.index,
+                state: if ok {
+                    LineState::Done
+                } else {
+                    LineState::Failed
+                },
+                record: record.to_string(),
             },
-            record: record.to_string(),
-        })
+            ok.then_some((elapsed, tokens)),
+        )
     }
 
     /// Write the output and error files and end the batch. Ids are the batch's own, so a
@@ -585,20 +608,5 @@ mod tests {
                 .code,
             "too_many_requests"
         );
-    }
-
-    #[test]
-    fn pace_grows_by_one_and_halves_on_refusal() {
-        let mut p = Pace::new(8);
-        for _ in 0..10 {
-            p.success();
-        }
-        assert_eq!(p.window, 8);
-        p.refused();
-        assert_eq!((p.window, p.pause_ms), (4, 100));
-        p.refused();
-        assert_eq!((p.window, p.pause_ms), (2, 200));
-        p.success();
-        assert_eq!((p.window, p.pause_ms), (3, 0));
     }
 }

@@ -466,3 +466,52 @@ fn load_from_elsewhere_counts_only_when_two_reports_agree() {
     let steady = Report::new(load(1.0, 5.0), 3, 2, Some(&blip));
     assert_eq!(steady.foreign, 4.0);
 }
+
+/// Whether the last tick resumed stream `id` (released it from the queue).
+fn released(host: &mut MockHost, p: &Rc<EndpointPicker>, id: u32) -> bool {
+    host.take_calls();
+    p.on_tick(host);
+    let calls = host.take_calls();
+    calls.contains(&Call::SetEffectiveContext(id)) && calls.contains(&Call::Resume(Side::Request))
+}
+
+#[test]
+fn batch_requests_leave_the_headroom_to_interactive_ones() {
+    let mut host = MockHost::new();
+    host.now_ms = 1_800_000_000_000;
+    // One endpoint of three slots, one of them kept from batch work.
+    host.plugin_config = json!({"pools": [{"name": "pool-a", "engine": "vllm", "max_in_flight": 3,
+        "endpoints": [{"address": A, "metrics_cluster": "m0"}]}],
+        "flow": {"enabled": true, "max_wait_ms": 60000, "batch_headroom": 1}})
+    .to_string()
+    .into_bytes();
+    let p = Rc::new(EndpointPicker::configure(&mut host).unwrap());
+    report(&host, A, 0.0, 0.0);
+    let (mut b1, f1) = arrive(&mut host, &p, 1, "t", "batch");
+    let (mut b2, f2) = arrive(&mut host, &p, 2, "t", "batch");
+    let (mut b3, f3) = arrive(&mut host, &p, 3, "t", "batch");
+    assert_eq!(
+        (f1, f2, f3),
+        (Flow::Continue, Flow::Continue, Flow::Pause),
+        "batch fills two slots of three"
+    );
+    // An interactive request passes the waiting batch one and takes the third slot.
+    let (mut i4, f4) = arrive(&mut host, &p, 4, "u", "interactive");
+    assert_eq!(f4, Flow::Continue);
+    let (mut i5, f5) = arrive(&mut host, &p, 5, "u", "interactive");
+    assert_eq!(f5, Flow::Pause, "the endpoint is full");
+    // A batch request ends: the waiting interactive one goes, not the batch one.
+    b1.on_log(&mut host);
+    assert!(released(&mut host, &p, 5));
+    assert_eq!(shared_counter(&host, &in_flight_key(A)), 3);
+    // An interactive one ends: two in flight, still the batch limit.
+    i4.on_log(&mut host);
+    assert!(!released(&mut host, &p, 3), "batch still held");
+    // Below the batch limit: the batch request goes.
+    b2.on_log(&mut host);
+    assert!(released(&mut host, &p, 3));
+    assert_eq!(shared_counter(&host, &in_flight_key(A)), 2);
+    i5.on_log(&mut host);
+    b3.on_log(&mut host);
+    assert_eq!(shared_counter(&host, &in_flight_key(A)), 0);
+}
