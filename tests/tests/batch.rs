@@ -631,3 +631,119 @@ async fn two_replicas_on_postgresql_share_the_work_and_survive_kills() {
     let left = pg.query("SELECT COUNT(*) FROM lines WHERE state NOT IN ('done', 'failed')");
     assert_eq!(left, "0");
 }
+
+/// Batch lines answered so far (the access log's records of batch lines).
+fn batch_records(s: &Stack) -> usize {
+    s.access_log()
+        .iter()
+        .filter(|l| l["batch"].as_str().is_some_and(|b| b.contains("batch_")))
+        .count()
+}
+
+/// With flow control, the gateway holds batch lines while interactive requests wait for a
+/// slot, and the batch resumes when they stop: one simulated engine of two slots, one of
+/// them left to interactive work (`batch_headroom`), four interactive clients keeping it
+/// full.
+#[tokio::test]
+async fn batch_work_stops_under_interactive_load_and_resumes() {
+    const INTERACTIVE: &str = "sk-sluice-batch-interactive-0123";
+    let s = Stack::start(StackOptions {
+        pools: vec!["pool-a"],
+        pool_options: vec![("pool-a", json!({"engine": "vllm", "max_concurrency": 2}))],
+        mock_args: [
+            "--sim-slots",
+            "2",
+            "--sim-decode-us-per-token",
+            "10000",
+            "--sim-metrics-lag-ms",
+            "100",
+            "--reply-tokens",
+            "500",
+        ]
+        .map(String::from)
+        .to_vec(),
+        keys: KeyAuthConfig {
+            keys: vec![
+                key_record("owner", OWNER, "team-a"),
+                key_record("app", INTERACTIVE, "team-b"),
+            ],
+            ..Default::default()
+        },
+        vars: vec![(
+            "endpoint_picker".into(),
+            json!({"scrape_interval_ms": 200,
+                   "flow": {"enabled": true, "max_wait_ms": 30000, "batch_headroom": 1}}),
+        )],
+        batch: true,
+        ..StackOptions::default()
+    })
+    .await;
+    s.wait_all_healthy().await;
+    let n = 150;
+    let file = upload_lines(&s, OWNER, n).await;
+    let id = create_batch(&s, OWNER, &file).await;
+    eventually("the batch under way", Duration::from_secs(30), || {
+        let done = batch_records(&s);
+        async move { (done >= 10).then_some(()) }
+    })
+    .await;
+    // Four clients, one request after another (0.2 s each): the engine's two slots are
+    // always wanted by interactive requests, some of them waiting in the gateway.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (url, stop) = (format!("{}/v1/chat/completions", s.gateway), stop.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let body = json!({"model": "mock-model", "max_tokens": 20,
+                        "messages": [{"role": "user", "content": format!("client {c}")}]});
+                    let r = reqwest::Client::new()
+                        .post(&url)
+                        .header("authorization", format!("Bearer {INTERACTIVE}"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    statuses.push(r.status().as_u16());
+                    let _ = r.bytes().await;
+                }
+                statuses
+            })
+        })
+        .collect();
+    // Lines already at the engine finish within a second; after that, none is let through.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held_from = batch_records(&s);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held_to = batch_records(&s);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut interactive = Vec::new();
+    for c in clients {
+        interactive.extend(c.await.unwrap());
+    }
+    assert!(
+        interactive.len() >= 20 && interactive.iter().all(|s| *s == 200),
+        "{interactive:?}"
+    );
+    assert_eq!(
+        held_to, held_from,
+        "batch lines answered while interactive requests waited"
+    );
+    // Interactive load gone: the batch resumes and completes.
+    let path = format!("/v1/batches/{id}");
+    let done = eventually("the batch to complete", Duration::from_secs(60), || {
+        let s = &s;
+        let path = path.clone();
+        async move {
+            let b = get_json(s, OWNER, &path).await;
+            (b["status"] == "completed").then_some(b)
+        }
+    })
+    .await;
+    assert_each_line_once(&s, &done, n).await;
+    eprintln!(
+        "batch held at {held_from} lines for 3 s under {} interactive requests, then completed",
+        interactive.len()
+    );
+}
