@@ -68,7 +68,7 @@ impl Default for FlowConfig {
             enabled: false,
             max_queue: 1024,
             max_wait_ms: 10_000,
-            batch_headroom: 1,
+            batch_headroom: 2,
         }
     }
 }
