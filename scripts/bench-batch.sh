@@ -5,7 +5,8 @@
 # gateway. Prints one table per `flow.batch_headroom` value. See docs/benchmarks.md.
 #
 # Environment: BENCH_BATCH_SECONDS (each phase, 30), BENCH_BATCH_LOAD (interactive load as
-# a share of the pool's capacity, 0.4), BENCH_BATCH_HEADROOM ("1,2,4").
+# a share of the pool's capacity, 0.4), BENCH_BATCH_HEADROOM ("1,2,4,off";
+# off: flow control off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh >/dev/null

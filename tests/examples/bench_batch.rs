@@ -13,7 +13,7 @@
 //!
 //! Environment: BENCH_BATCH_SECONDS (each phase, default 30), BENCH_BATCH_LOAD (interactive
 //! load, share of the pool's capacity, default 0.4), BENCH_BATCH_HEADROOM (endpoint-picker
-//! `flow.batch_headroom` values to compare, default "1,2,4").
+//! `flow.batch_headroom` values to compare, `off` for flow control off; default "1,2,4,off").
 
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -206,7 +206,7 @@ async fn sample_running(engines: Vec<String>, until: Instant) -> f64 {
     sum / f64::max(n, 1.0)
 }
 
-async fn stack(headroom: u64) -> Stack {
+async fn stack(headroom: Option<u64>) -> Stack {
     let sim = [
         "--sim-slots",
         &SLOTS.to_string(),
@@ -244,7 +244,8 @@ async fn stack(headroom: u64) -> Stack {
             ),
             (
                 "endpoint_picker".into(),
-                json!({"flow": {"enabled": true, "batch_headroom": headroom}}),
+                json!({"flow": {"enabled": headroom.is_some(),
+                                "batch_headroom": headroom.unwrap_or(0)}}),
             ),
         ],
         batch: true,
@@ -324,10 +325,12 @@ async fn main() {
     };
     let seconds = env_f64("BENCH_BATCH_SECONDS", 30.0);
     let load = env_f64("BENCH_BATCH_LOAD", 0.4);
-    let headrooms: Vec<u64> = std::env::var("BENCH_BATCH_HEADROOM")
-        .unwrap_or_else(|_| "1,2,4".into())
+    // A headroom, or `off`: flow control off (batch lines reach the engines' queues; only
+    // the service's pace holds them back).
+    let headrooms: Vec<Option<u64>> = std::env::var("BENCH_BATCH_HEADROOM")
+        .unwrap_or_else(|_| "1,2,4,off".into())
         .split(',')
-        .filter_map(|v| v.trim().parse().ok())
+        .map(|v| v.trim().parse().ok())
         .collect();
     let cap = capacity(&workload(10.0, 60.0, 7));
     let arrivals = Arc::new(workload(cap * load, seconds, 42));
@@ -344,8 +347,9 @@ async fn main() {
         .pool_max_idle_per_host(256)
         .build()
         .unwrap();
-    for headroom in headrooms {
-        let s = stack(headroom).await;
+    for h in headrooms {
+        let s = stack(h).await;
+        let headroom = h.map_or("off".to_string(), |h| h.to_string());
         let url = format!("{}/v1/chat/completions", s.gateway);
         let engines: Vec<String> = s
             .backends("pool-gpu")

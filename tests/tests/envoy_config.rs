@@ -120,3 +120,48 @@ async fn envoy_local_replies_use_the_openai_error_shape() {
     assert_eq!(body["error"]["type"], "server_error");
     assert_eq!(body["error"]["code"], "upstream_unavailable");
 }
+
+/// The endpoint-picker configuration the template renders for `batch_port` set or not, and
+/// `endpoint_picker` given or not: its `flow` object.
+fn rendered_flow(batch: bool, picker: Option<Value>) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let mut vars: BTreeMap<String, minijinja::Value> = BTreeMap::new();
+    vars.insert("listen_port".into(), 8080.into());
+    vars.insert("admin_port".into(), 9901.into());
+    vars.insert("state_dir".into(), dir.path().to_str().unwrap().into());
+    vars.insert("filters".into(), true.into());
+    vars.insert("wasm_dir".into(), "/wasm".into());
+    vars.insert(
+        "pools".into(),
+        minijinja::Value::from_serialize(json!([{"name": "pool-a", "engine": "vllm",
+            "max_concurrency": 4, "host": "127.0.0.1", "port": 9001}])),
+    );
+    if batch {
+        vars.insert("batch_port".into(), 8090.into());
+    }
+    if let Some(p) = picker {
+        vars.insert(
+            "endpoint_picker".into(),
+            minijinja::Value::from_serialize(p),
+        );
+    }
+    let out = dir.path().join("envoy.yaml");
+    sluice_cli::render::render_file(&repo_root().join("envoy/envoy.yaml.j2"), &out, &vars).unwrap();
+    // The picker's configuration is a JSON string in the YAML (its quotes escaped); `flow`
+    // is a flat object.
+    let text = std::fs::read_to_string(&out).unwrap();
+    let at = text.find("\\\"flow\\\":").expect("endpoint-picker's flow") + 9;
+    let end = at + text[at..].find('}').unwrap() + 1;
+    serde_json::from_str(&text[at..end].replace("\\\"", "\"")).unwrap()
+}
+
+#[test]
+fn flow_control_is_on_by_default_when_the_batch_service_is_configured() {
+    assert_eq!(rendered_flow(true, None), json!({"enabled": true}));
+    assert_eq!(rendered_flow(false, None), json!({"enabled": false}));
+    // An operator's choice stands.
+    assert_eq!(
+        rendered_flow(true, Some(json!({"flow": {"enabled": false}}))),
+        json!({"enabled": false})
+    );
+}
