@@ -15,11 +15,11 @@
 //! load, share of the pool's capacity, default 0.4), BENCH_BATCH_HEADROOM (endpoint-picker
 //! `flow.batch_headroom` values to compare, `off` for flow control off; default "1,2,4,off").
 
-use futures::StreamExt;
 use serde_json::{json, Value};
+use sluice_e2e::load::{percentile, Outcome, Rng};
 use sluice_e2e::{key_record, Stack, StackOptions};
 use sluice_key_auth::KeyAuthConfig;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const KEY: &str = "sk-sluice-bench-interactive-0123456789";
@@ -35,25 +35,25 @@ const SLOWDOWN_PCT: u64 = 2;
 const BATCH_LINES: usize = 10_000;
 const BATCH_MAX_TOKENS: u64 = 16;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = sluice_common::hash::xorshift64(self.0);
-        self.0
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
 struct Arrival {
     at: f64,
     prompt: String,
     max_tokens: u64,
+}
+
+impl sluice_e2e::load::Arrival for Arrival {
+    fn at(&self) -> f64 {
+        self.at
+    }
+    fn body(&self) -> Value {
+        json!({"model": "mock-model", "stream": true, "max_tokens": self.max_tokens,
+               "messages": [{"role": "user", "content": self.prompt}]})
+    }
+}
+
+/// Interactive arrivals, sent open-loop from now.
+async fn drive(client: &reqwest::Client, url: &str, arrivals: Arc<Vec<Arrival>>) -> Vec<Outcome> {
+    sluice_e2e::load::drive(client, url, KEY, arrivals, Instant::now()).await
 }
 
 /// Interactive chats at `rate` per second for `seconds`: short prompts, 8 to 24 tokens out.
@@ -62,7 +62,7 @@ fn workload(rate: f64, seconds: f64, seed: u64) -> Vec<Arrival> {
     let mut out = Vec::new();
     let mut t = 0.0;
     loop {
-        t += -rng.unit().max(1e-9).ln() / rate;
+        t += rng.gap(rate);
         if t >= seconds {
             return out;
         }
@@ -87,79 +87,6 @@ fn capacity(arrivals: &[Arrival]) -> f64 {
     let prompt = arrivals.iter().map(|a| a.prompt.len() as f64).sum::<f64>() / n;
     let output = arrivals.iter().map(|a| a.max_tokens as f64).sum::<f64>() / n;
     ENDPOINTS as f64 * SLOTS as f64 / service_s(prompt, output, SLOTS as f64)
-}
-
-#[derive(Default, Clone, Copy)]
-struct Outcome {
-    ttft: f64,
-    total: f64,
-    ok: bool,
-}
-
-async fn send(client: reqwest::Client, url: String, a: &Arrival) -> Outcome {
-    let body = json!({"model": "mock-model", "stream": true, "max_tokens": a.max_tokens,
-                      "messages": [{"role": "user", "content": a.prompt}]});
-    let start = Instant::now();
-    let Ok(r) = client
-        .post(url)
-        .header("authorization", format!("Bearer {KEY}"))
-        .json(&body)
-        .send()
-        .await
-    else {
-        return Outcome::default();
-    };
-    if !r.status().is_success() {
-        return Outcome::default();
-    }
-    let mut stream = r.bytes_stream();
-    let mut ttft = None;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(c) if !c.is_empty() && ttft.is_none() => ttft = Some(start.elapsed().as_secs_f64()),
-            Ok(_) => {}
-            Err(_) => return Outcome::default(),
-        }
-    }
-    Outcome {
-        ttft: ttft.unwrap_or(0.0),
-        total: start.elapsed().as_secs_f64(),
-        ok: ttft.is_some(),
-    }
-}
-
-/// Send `arrivals` open-loop; their outcomes once all end.
-async fn drive(client: &reqwest::Client, url: &str, arrivals: Arc<Vec<Arrival>>) -> Vec<Outcome> {
-    let start = Instant::now();
-    let outcomes = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::with_capacity(arrivals.len());
-    for i in 0..arrivals.len() {
-        let at = Duration::from_secs_f64(arrivals[i].at);
-        tokio::time::sleep(at.saturating_sub(start.elapsed())).await;
-        let (client, url, arrivals, outcomes) = (
-            client.clone(),
-            url.to_string(),
-            arrivals.clone(),
-            outcomes.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let o = send(client, url, &arrivals[i]).await;
-            outcomes.lock().unwrap().push(o);
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let done = outcomes.lock().unwrap().clone();
-    done
-}
-
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    values[((values.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Latency p50/p99 (ms): first token, then whole request; and the share that failed.
@@ -257,7 +184,7 @@ async fn stack(headroom: Option<u64>) -> Stack {
 }
 
 /// Upload BATCH_LINES lines and start a batch of them as the batch owner; its id.
-async fn start_batch(s: &Stack, client: &reqwest::Client) -> String {
+async fn start_batch(s: &Stack) -> String {
     let text: String = (0..BATCH_LINES)
         .map(|i| {
             json!({"custom_id": format!("line-{i}"), "method": "POST", "url": "/v1/chat/completions",
@@ -267,36 +194,8 @@ async fn start_batch(s: &Stack, client: &reqwest::Client) -> String {
                 + "\n"
         })
         .collect();
-    let form = reqwest::multipart::Form::new()
-        .text("purpose", "batch")
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(text.into_bytes()).file_name("lines.jsonl"),
-        );
-    let file: Value = client
-        .post(format!("{}/v1/files", s.gateway))
-        .header("authorization", format!("Bearer {OWNER}"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let batch: Value = client
-        .post(format!("{}/v1/batches", s.gateway))
-        .header("authorization", format!("Bearer {OWNER}"))
-        .json(
-            &json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
-                      "completion_window": "24h"}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    batch["id"].as_str().unwrap().to_string()
+    let file = s.upload_batch_input(OWNER, text).await;
+    s.create_batch(OWNER, &file).await
 }
 
 async fn cancel(s: &Stack, client: &reqwest::Client, id: &str) {
@@ -372,7 +271,7 @@ async fn main() {
             lat[0], lat[1], lat[2], lat[3], failed * 100.0, busy * 100.0
         );
         // 2. The batch alone on the idle pool.
-        let id = start_batch(&s, &client).await;
+        let id = start_batch(&s).await;
         let window = seconds.min(20.0);
         let sampling = tokio::spawn(sample_running(
             engines.clone(),

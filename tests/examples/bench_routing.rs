@@ -11,11 +11,11 @@
 //! (endpoint-picker settings to try, JSON), BENCH_ROUTING_POOL (pool options to try, JSON),
 //! BENCH_ROUTING_SYSTEM_BYTES (each tenant's system prompt, default 12,000).
 
-use futures::StreamExt;
 use serde_json::{json, Value};
+use sluice_e2e::load::{drive, percentile, Outcome, Rng};
 use sluice_e2e::{key_record, Stack, StackOptions};
 use sluice_key_auth::KeyAuthConfig;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const KEY: &str = "sk-sluice-bench-routing-0123456789abcdef";
@@ -58,22 +58,6 @@ fn cache_blocks() -> usize {
     4 * system_bytes() / 64
 }
 
-/// A small deterministic generator (the workload is the same for every mode).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = sluice_common::hash::xorshift64(self.0);
-        self.0
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
 const WORDS: [&str; 16] = [
     "table", "query", "join", "index", "latency", "replica", "tenant", "budget", "schema",
     "vector", "cache", "shard", "region", "stream", "window", "token",
@@ -81,7 +65,7 @@ const WORDS: [&str; 16] = [
 
 fn sentence(rng: &mut Rng, words: usize) -> String {
     (0..words)
-        .map(|_| WORDS[(rng.next() % WORDS.len() as u64) as usize])
+        .map(|_| WORDS[(rng.next_u64() % WORDS.len() as u64) as usize])
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -92,6 +76,16 @@ struct Arrival {
     at: f64,
     messages: Vec<Value>,
     max_tokens: u64,
+}
+
+impl sluice_e2e::load::Arrival for Arrival {
+    fn at(&self) -> f64 {
+        self.at
+    }
+    fn body(&self) -> Value {
+        json!({"model": "mock-model", "stream": true, "max_tokens": self.max_tokens,
+               "messages": self.messages})
+    }
 }
 
 /// Arrivals at `rate` per second for `seconds`: a tenant at random; 60% continue one of the
@@ -116,15 +110,15 @@ fn workload(rate: f64, seconds: f64, seed: u64) -> Vec<Arrival> {
     let mut out = Vec::new();
     let mut t = 0.0;
     loop {
-        t += -rng.unit().max(1e-9).ln() / rate;
+        t += rng.gap(rate);
         if t >= seconds {
             return out;
         }
-        let tenant = (rng.next() % TENANTS as u64) as usize;
+        let tenant = (rng.next_u64() % TENANTS as u64) as usize;
         let conversations = &mut open[tenant];
         let continue_one = !conversations.is_empty() && rng.unit() < 0.6;
         let messages = if continue_one {
-            let i = (rng.next() % conversations.len() as u64) as usize;
+            let i = (rng.next_u64() % conversations.len() as u64) as usize;
             let c = &mut conversations[i];
             c.push(json!({"role": "assistant", "content": sentence(&mut rng, 40)}));
             c.push(json!({"role": "user", "content": sentence(&mut rng, 20)}));
@@ -170,75 +164,6 @@ fn capacity(arrivals: &[Arrival]) -> f64 {
     ENDPOINTS as f64 * SLOTS as f64 / service_s
 }
 
-#[derive(Default, Clone, Copy)]
-struct Outcome {
-    ttft: f64,
-    total: f64,
-    ok: bool,
-}
-
-async fn send(client: reqwest::Client, url: String, a: &Arrival) -> Outcome {
-    let body = json!({"model": "mock-model", "stream": true, "max_tokens": a.max_tokens,
-                      "messages": a.messages});
-    let start = Instant::now();
-    let Ok(r) = client
-        .post(url)
-        .header("authorization", format!("Bearer {KEY}"))
-        .json(&body)
-        .send()
-        .await
-    else {
-        return Outcome::default();
-    };
-    if !r.status().is_success() {
-        return Outcome::default();
-    }
-    let mut stream = r.bytes_stream();
-    let mut ttft = None;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(c) if !c.is_empty() && ttft.is_none() => ttft = Some(start.elapsed().as_secs_f64()),
-            Ok(_) => {}
-            Err(_) => return Outcome::default(),
-        }
-    }
-    Outcome {
-        ttft: ttft.unwrap_or(0.0),
-        total: start.elapsed().as_secs_f64(),
-        ok: ttft.is_some(),
-    }
-}
-
-/// Send `arrivals` open-loop, each at its time after `start`; their outcomes once all end.
-async fn drive(
-    client: &reqwest::Client,
-    url: &str,
-    arrivals: Arc<Vec<Arrival>>,
-    start: Instant,
-) -> Vec<Outcome> {
-    let outcomes = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::with_capacity(arrivals.len());
-    for i in 0..arrivals.len() {
-        let at = Duration::from_secs_f64(arrivals[i].at);
-        tokio::time::sleep(at.saturating_sub(start.elapsed())).await;
-        let (client, url, arrivals, outcomes) = (
-            client.clone(),
-            url.to_string(),
-            arrivals.clone(),
-            outcomes.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let o = send(client, url, &arrivals[i]).await;
-            outcomes.lock().unwrap().push(o);
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let done = outcomes.lock().unwrap().clone();
-    done
-}
-
 /// A counter or gauge from an engine's /metrics page (0 when absent).
 async fn metric(url: &str, name: &str) -> f64 {
     sluice_e2e::engine_metric(url, name).await.unwrap_or(0.0)
@@ -253,15 +178,6 @@ async fn cache_counters(engines: &[String]) -> (f64, f64, f64) {
         sum.2 += metric(e, "vllm:prefix_cache_queries_total").await;
     }
     sum
-}
-
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let i = ((values.len() - 1) as f64 * p).round() as usize;
-    values[i]
 }
 
 async fn stack(mode: &str) -> Stack {
@@ -375,7 +291,7 @@ async fn main() {
             // WARMUP_SECONDS, so every mode starts with the system prompts cached somewhere
             // and the cells measure steady state, not eight cold misses.
             let warmup = Arc::new(workload(cap * load, WARMUP_SECONDS, 4242));
-            drive(&client, &url, warmup, Instant::now()).await;
+            drive(&client, &url, KEY, warmup, Instant::now()).await;
             let before = cache_counters(&engines).await;
             let start = Instant::now();
             // Sample the engines' queues while the load runs.
@@ -394,7 +310,7 @@ async fn main() {
                     sum / n.max(1.0)
                 })
             };
-            let done = drive(&client, &url, arrivals.clone(), start).await;
+            let done = drive(&client, &url, KEY, arrivals.clone(), start).await;
             let elapsed = start.elapsed().as_secs_f64();
             let queue = sampling.await.unwrap_or(f64::NAN);
             // Let the lagging gauges catch up before reading the counters.

@@ -8,6 +8,7 @@
 //!
 //! This is test support code: a setup step that fails must fail the test, loudly.
 pub mod engine;
+pub mod load;
 pub mod postgres;
 pub mod process;
 
@@ -760,6 +761,78 @@ impl Stack {
             self.batch_url = Some(url.clone());
         }
         url
+    }
+
+    /// GET `path` from the gateway as `key`; the JSON answer.
+    pub async fn get_json(&self, key: &str, path: &str) -> Value {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.gateway))
+            .header("authorization", format!("Bearer {key}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Upload `jsonl` as a batch input file as `key` (OpenAI's multipart `POST /v1/files`);
+    /// the file id.
+    pub async fn upload_batch_input(&self, key: &str, jsonl: String) -> String {
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", "batch")
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(jsonl.into_bytes()).file_name("lines.jsonl"),
+            );
+        let file: Value = reqwest::Client::new()
+            .post(format!("{}/v1/files", self.gateway))
+            .header("authorization", format!("Bearer {key}"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        file["id"].as_str().unwrap().to_string()
+    }
+
+    /// A chat-completions batch of input file `file` as `key`; its id.
+    pub async fn create_batch(&self, key: &str, file: &str) -> String {
+        let batch: Value = reqwest::Client::new()
+            .post(format!("{}/v1/batches", self.gateway))
+            .header("authorization", format!("Bearer {key}"))
+            .json(
+                &serde_json::json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+                                      "completion_window": "24h"}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        batch["id"].as_str().unwrap().to_string()
+    }
+
+    /// Wait until the batch at `path` (`/v1/batches/<id>`) has `status`; the batch.
+    pub async fn wait_batch(
+        &self,
+        key: &str,
+        path: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Value {
+        eventually(
+            &format!("the batch to be {status}"),
+            timeout,
+            || async move {
+                let b = self.get_json(key, path).await;
+                (b["status"] == status).then_some(b)
+            },
+        )
+        .await
     }
 
     /// A sluice-batch replica's log.

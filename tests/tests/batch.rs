@@ -159,26 +159,8 @@ async fn nobody_can_claim_another_keys_identity() {
         assert_eq!(r.status(), 401, "{what}");
     }
     // A client's own identity headers never reach sluice-batch: the tenant is key-auth's.
-    let form = reqwest::multipart::Form::new()
-        .text("purpose", "batch")
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(b"{}\n".to_vec()).file_name("a.jsonl"),
-        );
-    let uploaded: Value = client
-        .post(format!("{}/v1/files", s.gateway))
-        .header("authorization", format!("Bearer {OWNER}"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        uploaded["id"].as_str().unwrap().starts_with("file-"),
-        "{uploaded}"
-    );
+    let uploaded = s.upload_batch_input(OWNER, "{}\n".into()).await;
+    assert!(uploaded.starts_with("file-"), "{uploaded}");
     let files = client
         .get(format!("{}/v1/files", s.gateway))
         .header("authorization", format!("Bearer {OTHER}"))
@@ -233,53 +215,7 @@ async fn upload_lines(s: &Stack, key: &str, n: usize) -> String {
                 + "\n"
         })
         .collect();
-    let form = reqwest::multipart::Form::new()
-        .text("purpose", "batch")
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(text.into_bytes()).file_name("lines.jsonl"),
-        );
-    let file: Value = reqwest::Client::new()
-        .post(format!("{}/v1/files", s.gateway))
-        .header("authorization", format!("Bearer {key}"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    file["id"].as_str().unwrap().to_string()
-}
-
-/// A chat-completions batch of `file` as `key`; its id.
-async fn create_batch(s: &Stack, key: &str, file: &str) -> String {
-    let batch: Value = reqwest::Client::new()
-        .post(format!("{}/v1/batches", s.gateway))
-        .header("authorization", format!("Bearer {key}"))
-        .json(
-            &json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
-                      "completion_window": "24h"}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    batch["id"].as_str().unwrap().to_string()
-}
-
-async fn get_json(s: &Stack, key: &str, path: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}{path}", s.gateway))
-        .header("authorization", format!("Bearer {key}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    s.upload_batch_input(key, text).await
 }
 
 #[tokio::test]
@@ -298,13 +234,13 @@ async fn a_killed_service_resumes_every_batch_with_no_line_lost_or_twice() {
     .await;
     let n = 200;
     let file = upload_lines(&s, OWNER, n).await;
-    let id = create_batch(&s, OWNER, &file).await;
+    let id = s.create_batch(OWNER, &file).await;
     let path = format!("/v1/batches/{id}");
     eventually("some lines to complete", Duration::from_secs(60), || {
         let s = &s;
         let path = path.clone();
         async move {
-            let b = get_json(s, OWNER, &path).await;
+            let b = s.get_json(OWNER, &path).await;
             (b["request_counts"]["completed"].as_u64().unwrap_or(0) >= 20).then_some(())
         }
     })
@@ -313,15 +249,9 @@ async fn a_killed_service_resumes_every_batch_with_no_line_lost_or_twice() {
     s.restart_batch().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     s.restart_batch().await;
-    let done = eventually("the batch to complete", Duration::from_secs(120), || {
-        let s = &s;
-        let path = path.clone();
-        async move {
-            let b = get_json(s, OWNER, &path).await;
-            (b["status"] == "completed").then_some(b)
-        }
-    })
-    .await;
+    let done = s
+        .wait_batch(OWNER, &path, "completed", Duration::from_secs(120))
+        .await;
     assert_each_line_once(&s, &done, n).await;
     let (attempts, counted) = batch_usage(&s, &[&id], n).await;
     assert_eq!(counted, n as u64, "{attempts} attempts");
@@ -368,7 +298,7 @@ async fn a_finished_batch_calls_its_owners_webhook_signed_and_retried() {
     })
     .await;
     let file = upload_lines(&s, OWNER, 3).await;
-    let id = create_batch(&s, OWNER, &file).await;
+    let id = s.create_batch(OWNER, &file).await;
     // Two failures (1 s and 2 s of backoff), then delivered; never again after.
     eventually(
         "the webhook to be delivered",
@@ -435,7 +365,7 @@ async fn a_batch_never_exceeds_its_owners_token_limit() {
     })
     .await;
     let file = upload_lines(&s, OWNER, 60).await;
-    let id = create_batch(&s, OWNER, &file).await;
+    let id = s.create_batch(OWNER, &file).await;
     // Well inside the first minute: what the lines were charged stays within the limit,
     // the gateway refused the rest (429), and the worker took that as "later", not as the
     // lines' outcome.
@@ -460,7 +390,7 @@ async fn a_batch_never_exceeds_its_owners_token_limit() {
         "{charged} tokens in the first minute, limit 300"
     );
     assert!(refused > 0, "the limit never refused a line");
-    let b = get_json(&s, OWNER, &format!("/v1/batches/{id}")).await;
+    let b = s.get_json(OWNER, &format!("/v1/batches/{id}")).await;
     assert_eq!(b["request_counts"]["failed"], 0, "{b}");
     assert_eq!(b["status"], "in_progress", "{b}");
     eprintln!(
@@ -575,7 +505,7 @@ async fn two_replicas_on_postgresql_share_the_work_and_survive_kills() {
     let mut ids = Vec::new();
     for _ in 0..2 {
         let file = upload_lines(&s, OWNER, n).await;
-        ids.push(create_batch(&s, OWNER, &file).await);
+        ids.push(s.create_batch(OWNER, &file).await);
     }
     let completed = |b: &Value| b["request_counts"]["completed"].as_u64().unwrap_or(0);
     // Both replicas at work, one batch each (a lease per batch).
@@ -585,7 +515,7 @@ async fn two_replicas_on_postgresql_share_the_work_and_survive_kills() {
         async move {
             let mut under_way = true;
             for id in &ids {
-                let b = get_json(s, OWNER, &format!("/v1/batches/{id}")).await;
+                let b = s.get_json(OWNER, &format!("/v1/batches/{id}")).await;
                 under_way &= completed(&b) >= 10;
             }
             under_way.then_some(())
@@ -598,7 +528,7 @@ async fn two_replicas_on_postgresql_share_the_work_and_survive_kills() {
     // resumes once its lease lapses.
     s.kill_batch(0);
     for id in &ids {
-        let b = get_json(&s, OWNER, &format!("/v1/batches/{id}")).await;
+        let b = s.get_json(OWNER, &format!("/v1/batches/{id}")).await;
         assert_eq!(b["id"], *id, "answered by the live replica: {b}");
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -611,15 +541,8 @@ async fn two_replicas_on_postgresql_share_the_work_and_survive_kills() {
     for id in &ids {
         let path = format!("/v1/batches/{id}");
         finished.push(
-            eventually("the batch to complete", Duration::from_secs(120), || {
-                let s = &s;
-                let path = path.clone();
-                async move {
-                    let b = get_json(s, OWNER, &path).await;
-                    (b["status"] == "completed").then_some(b)
-                }
-            })
-            .await,
+            s.wait_batch(OWNER, &path, "completed", Duration::from_secs(120))
+                .await,
         );
     }
     for done in &finished {
@@ -681,7 +604,7 @@ async fn batch_work_stops_under_interactive_load_and_resumes() {
     s.wait_all_healthy().await;
     let n = 150;
     let file = upload_lines(&s, OWNER, n).await;
-    let id = create_batch(&s, OWNER, &file).await;
+    let id = s.create_batch(OWNER, &file).await;
     eventually("the batch under way", Duration::from_secs(30), || {
         let done = batch_records(&s);
         async move { (done >= 10).then_some(()) }
@@ -732,15 +655,9 @@ async fn batch_work_stops_under_interactive_load_and_resumes() {
     );
     // Interactive load gone: the batch resumes and completes.
     let path = format!("/v1/batches/{id}");
-    let done = eventually("the batch to complete", Duration::from_secs(60), || {
-        let s = &s;
-        let path = path.clone();
-        async move {
-            let b = get_json(s, OWNER, &path).await;
-            (b["status"] == "completed").then_some(b)
-        }
-    })
-    .await;
+    let done = s
+        .wait_batch(OWNER, &path, "completed", Duration::from_secs(60))
+        .await;
     assert_each_line_once(&s, &done, n).await;
     eprintln!(
         "batch held at {held_from} lines for 3 s under {} interactive requests, then completed",
