@@ -855,13 +855,28 @@ impl Lifecycle for PickedRequest {
             }
             _ => return,
         };
-        let Some(pool) = self.picker.config.pools.get(pool) else {
-            return;
-        };
-        let Some(e) = pool.endpoints.get(endpoint) else {
+        let Some(e) = self
+            .picker
+            .config
+            .pools
+            .get(pool)
+            .and_then(|p| p.endpoints.get(endpoint))
+        else {
             return;
         };
         let _ = add_shared(&*host, &in_flight_key(&e.address), -1);
+        // A slot just freed: whoever waits for it on this worker goes now, not at the next
+        // tick (up to 20 ms later).
+        let waiting = self
+            .picker
+            .queues
+            .borrow()
+            .get(pool)
+            .is_some_and(|q| !q.is_empty());
+        if waiting {
+            let now = now_unix_millis(host);
+            self.picker.release(host, pool, now);
+        }
     }
 }
 

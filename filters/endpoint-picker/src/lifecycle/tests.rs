@@ -334,14 +334,16 @@ fn a_full_pool_queues_and_releases_as_capacity_frees_interactive_first() {
     host.take_calls();
     p.on_tick(&mut host);
     assert!(!host.calls().contains(&Call::Resume(Side::Request)));
-    // Request 1 ends: its endpoint has room, and the interactive request (4) goes first.
-    r1.on_log(&mut host);
+    // Request 1 ends: its endpoint has room, and the interactive request (4) goes first,
+    // at once (not at the next tick).
     host.take_calls();
     host.now_ms += 20;
-    p.on_tick(&mut host);
+    r1.on_log(&mut host);
     let calls = host.take_calls();
     assert_eq!(
-        calls.first(),
+        calls
+            .iter()
+            .find(|c| matches!(c, Call::SetEffectiveContext(_))),
         Some(&Call::SetEffectiveContext(4)),
         "{calls:?}"
     );
@@ -354,16 +356,16 @@ fn a_full_pool_queues_and_releases_as_capacity_frees_interactive_first() {
         1
     );
     assert_eq!(decision(&host)["queued_ms"], 20);
-    // The released request counts in flight, and gives it back when it ends.
+    // The released request counts in flight; when it ends, the batch one takes its slot.
     assert_eq!(shared_counter(&host, &in_flight_key(&first)), 1);
     r4.on_log(&mut host);
-    assert_eq!(shared_counter(&host, &in_flight_key(&first)), 0);
-    p.on_tick(&mut host);
     assert!(
-        host.calls().contains(&Call::SetEffectiveContext(3)),
+        host.take_calls().contains(&Call::SetEffectiveContext(3)),
         "then the batch one"
     );
+    assert_eq!(shared_counter(&host, &in_flight_key(&first)), 1);
     r3.on_log(&mut host);
+    assert_eq!(shared_counter(&host, &in_flight_key(&first)), 0);
 }
 
 #[test]
@@ -467,10 +469,10 @@ fn load_from_elsewhere_counts_only_when_two_reports_agree() {
     assert_eq!(steady.foreign, 4.0);
 }
 
-/// Whether the last tick resumed stream `id` (released it from the queue).
-fn released(host: &mut MockHost, p: &Rc<EndpointPicker>, id: u32) -> bool {
+/// Whether the end of `ending` resumed stream `id` (released it from the queue).
+fn released(host: &mut MockHost, ending: &mut PickedRequest, id: u32) -> bool {
     host.take_calls();
-    p.on_tick(host);
+    ending.on_log(host);
     let calls = host.take_calls();
     calls.contains(&Call::SetEffectiveContext(id)) && calls.contains(&Call::Resume(Side::Request))
 }
@@ -501,15 +503,12 @@ fn batch_requests_leave_the_headroom_to_interactive_ones() {
     let (mut i5, f5) = arrive(&mut host, &p, 5, "u", "interactive");
     assert_eq!(f5, Flow::Pause, "the endpoint is full");
     // A batch request ends: the waiting interactive one goes, not the batch one.
-    b1.on_log(&mut host);
-    assert!(released(&mut host, &p, 5));
+    assert!(released(&mut host, &mut b1, 5));
     assert_eq!(shared_counter(&host, &in_flight_key(A)), 3);
     // An interactive one ends: two in flight, still the batch limit.
-    i4.on_log(&mut host);
-    assert!(!released(&mut host, &p, 3), "batch still held");
+    assert!(!released(&mut host, &mut i4, 3), "batch still held");
     // Below the batch limit: the batch request goes.
-    b2.on_log(&mut host);
-    assert!(released(&mut host, &p, 3));
+    assert!(released(&mut host, &mut b2, 3));
     assert_eq!(shared_counter(&host, &in_flight_key(A)), 2);
     i5.on_log(&mut host);
     b3.on_log(&mut host);
