@@ -276,7 +276,12 @@ impl Worker {
                 self.store.save_progress(batch).await?;
                 return Ok(());
             }
-            let wake = next_check.min(paused_until.max(Instant::now() + Duration::from_millis(5)));
+            // The next answer, or the next check, or the end of a pause after a refusal.
+            let wake = if paused_until > Instant::now() {
+                next_check.min(paused_until)
+            } else {
+                next_check
+            };
             let attempt = tokio::select! {
                 a = in_flight.next(), if !in_flight.is_empty() => a,
                 () = tokio::time::sleep_until(wake.into()) => None,
