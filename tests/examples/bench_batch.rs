@@ -107,13 +107,8 @@ fn latency(done: &[Outcome]) -> ([f64; 4], f64) {
 
 /// Batch lines answered so far (the access log's records of batch lines, status 200).
 fn batch_lines_done(s: &Stack) -> usize {
-    s.access_log()
+    s.batch_records()
         .iter()
-        .filter(|l| {
-            l["batch"]
-                .as_str()
-                .is_some_and(|b| !b.is_empty() && b != "-")
-        })
         .filter(|l| l["status"] == 200)
         .count()
 }

@@ -75,6 +75,11 @@ pub fn batch_bin() -> PathBuf {
     built("target/release/sluice-batch")
 }
 
+/// Send `request`; its JSON answer.
+async fn json_answer(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// Replica 0 is `batch` (its log `batch.log`), the others `batch-1`, `batch-2`, ...
 fn batch_replica_name(replica: usize) -> String {
     if replica == 0 {
@@ -765,15 +770,20 @@ impl Stack {
 
     /// GET `path` from the gateway as `key`; the JSON answer.
     pub async fn get_json(&self, key: &str, path: &str) -> Value {
-        reqwest::Client::new()
-            .get(format!("{}{path}", self.gateway))
-            .header("authorization", format!("Bearer {key}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        json_answer(
+            reqwest::Client::new()
+                .get(format!("{}{path}", self.gateway))
+                .header("authorization", format!("Bearer {key}")),
+        )
+        .await
+    }
+
+    /// The access log's records of batch lines (those with a `batch` field).
+    pub fn batch_records(&self) -> Vec<Value> {
+        self.access_log()
+            .into_iter()
+            .filter(|l| l["batch"].as_str().is_some_and(|b| b.contains("batch_")))
+            .collect()
     }
 
     /// Upload `jsonl` as a batch input file as `key` (OpenAI's multipart `POST /v1/files`);
@@ -785,34 +795,28 @@ impl Stack {
                 "file",
                 reqwest::multipart::Part::bytes(jsonl.into_bytes()).file_name("lines.jsonl"),
             );
-        let file: Value = reqwest::Client::new()
-            .post(format!("{}/v1/files", self.gateway))
-            .header("authorization", format!("Bearer {key}"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let file = json_answer(
+            reqwest::Client::new()
+                .post(format!("{}/v1/files", self.gateway))
+                .header("authorization", format!("Bearer {key}"))
+                .multipart(form),
+        )
+        .await;
         file["id"].as_str().unwrap().to_string()
     }
 
     /// A chat-completions batch of input file `file` as `key`; its id.
     pub async fn create_batch(&self, key: &str, file: &str) -> String {
-        let batch: Value = reqwest::Client::new()
-            .post(format!("{}/v1/batches", self.gateway))
-            .header("authorization", format!("Bearer {key}"))
-            .json(
-                &serde_json::json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
-                                      "completion_window": "24h"}),
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let batch = json_answer(
+            reqwest::Client::new()
+                .post(format!("{}/v1/batches", self.gateway))
+                .header("authorization", format!("Bearer {key}"))
+                .json(
+                    &serde_json::json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+                                          "completion_window": "24h"}),
+                ),
+        )
+        .await;
         batch["id"].as_str().unwrap().to_string()
     }
 

@@ -555,14 +555,6 @@ async fn two_replicas_on_postgresql_share_the_work_and_survive_kills() {
     assert_eq!(left, "0");
 }
 
-/// Batch lines answered so far (the access log's records of batch lines).
-fn batch_records(s: &Stack) -> usize {
-    s.access_log()
-        .iter()
-        .filter(|l| l["batch"].as_str().is_some_and(|b| b.contains("batch_")))
-        .count()
-}
-
 /// With flow control, the gateway holds batch lines while interactive requests wait for a
 /// slot, and the batch resumes when they stop: one simulated engine of two slots, one of
 /// them left to interactive work (`batch_headroom`), four interactive clients keeping it
@@ -606,7 +598,7 @@ async fn batch_work_stops_under_interactive_load_and_resumes() {
     let file = upload_lines(&s, OWNER, n).await;
     let id = s.create_batch(OWNER, &file).await;
     eventually("the batch under way", Duration::from_secs(30), || {
-        let done = batch_records(&s);
+        let done = s.batch_records().len();
         async move { (done >= 10).then_some(()) }
     })
     .await;
@@ -637,9 +629,9 @@ async fn batch_work_stops_under_interactive_load_and_resumes() {
         .collect();
     // Lines already at the engine finish within a second; after that, none is let through.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let held_from = batch_records(&s);
+    let held_from = s.batch_records().len();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let held_to = batch_records(&s);
+    let held_to = s.batch_records().len();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut interactive = Vec::new();
     for c in clients {

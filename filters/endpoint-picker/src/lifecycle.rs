@@ -726,9 +726,21 @@ impl PickedRequest {
         // The upstream model name: a LoRA adapter's name when the request is for one.
         let model = text_property(&*host, properties::MODEL).unwrap_or_default();
         let now = now_unix_millis(host);
-        let priority = text_property(&*host, properties::PRIORITY)
-            .and_then(|p| serde_json::from_value::<Priority>(serde_json::Value::String(p)).ok())
-            .unwrap_or_default();
+        // The priority matters only where flow control queues: no property read (a host
+        // call) on the hot path of a pool without it.
+        let queues = picker.config.flow.enabled
+            && picker
+                .config
+                .pools
+                .get(p)
+                .is_some_and(|x| x.max_in_flight.is_some());
+        let priority = if queues {
+            text_property(&*host, properties::PRIORITY)
+                .and_then(|p| serde_json::from_value::<Priority>(serde_json::Value::String(p)).ok())
+                .unwrap_or_default()
+        } else {
+            Priority::default()
+        };
         // No overtaking within a priority; an interactive request passes waiting batch ones.
         let (waiting, ahead) = picker.queues.borrow().get(p).map_or((0, 0), |q| {
             let ahead = match priority {
