@@ -4,11 +4,18 @@
 use crate::engine::EngineLoad;
 use serde::{Deserialize, Serialize};
 
-/// How the picker weighs what it knows. Defaults suit a pool of equal GPUs.
+/// How the picker weighs what it knows, in one unit: a turn for a batch slot (the time one
+/// of an endpoint's slots takes to free, when all are busy). What decides a request's time
+/// to first token is how many turns it waits and how much of its prompt it must prefill;
+/// a request already running beside it costs little (it slows each decode step a bit).
+/// Defaults suit a pool of equal GPUs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Weights {
-    /// Cost of one request waiting for a batch slot (a running one costs 1).
+    /// Cost of a request running on the endpoint: a new one beside it starts at once.
+    pub running: f64,
+    /// Cost of each turn a new request would wait for a batch slot (behind the queued
+    /// requests, and for a slot to free).
     pub waiting: f64,
     /// Cost of a full KV cache; it grows from `kv_cache_from` (no cost below) to 1.
     pub kv_cache: f64,
@@ -16,15 +23,16 @@ pub struct Weights {
     /// blocks serves the next request as fast as one with more (and the gauge lags, so a
     /// weight over its whole range only moves requests by old news).
     pub kv_cache_from: f64,
-    /// What 1,000 prompt tokens already in an endpoint's prefix cache are worth, in
-    /// requests of load: the prefill they save (a 3,000-token system prompt is worth a
-    /// wait for a slot; a 300-token one is not).
+    /// What 1,000 prompt tokens already in an endpoint's prefix cache are worth, in turns:
+    /// the prefill they save (a 3,000-token system prompt is worth waiting a few turns for a
+    /// slot; a 300-token one is not).
     pub prefix: f64,
-    /// What having the requested LoRA adapter already loaded is worth, in requests of load
-    /// (an engine that must load it first makes the request wait).
+    /// What having the requested LoRA adapter already loaded is worth, in turns (an engine
+    /// that must load it first makes the request wait).
     pub lora: f64,
     /// An endpoint with this many requests waiting (or a KV cache this full) is saturated:
-    /// its prefix no longer attracts requests while another is not.
+    /// its prefix no longer attracts requests while another is not (a hot prefix spills
+    /// instead of piling up, however long it is).
     pub saturated_waiting: f64,
     pub saturated_kv_cache: f64,
 }
@@ -32,12 +40,13 @@ pub struct Weights {
 impl Default for Weights {
     fn default() -> Self {
         Self {
-            waiting: 2.0,
+            running: 0.1,
+            waiting: 1.0,
             kv_cache: 4.0,
             kv_cache_from: 0.8,
             prefix: 1.5,
             lora: 2.0,
-            saturated_waiting: 2.0,
+            saturated_waiting: 5.0,
             saturated_kv_cache: 0.95,
         }
     }
@@ -132,7 +141,8 @@ impl Candidate {
         }
     }
 
-    /// Requests a new one would wait behind: with known slots, counting itself.
+    /// Turns a new request would wait for a slot: with known slots, one per request queued
+    /// ahead of it and one for a slot to free; else the engine's queue.
     fn ahead(&self) -> f64 {
         match self.slots {
             Some(s) => (self.requests() + 1.0 - s as f64).max(0.0),
@@ -144,12 +154,17 @@ impl Candidate {
         self.engine.as_ref().and_then(|e| e.kv_cache).unwrap_or(0.0)
     }
 
-    /// What a new request meets: the requests on it, the wait for a slot weighing
-    /// `weights.waiting` a request, and the cost of a nearly full KV cache.
+    /// Requests running on it: those on it less those waiting.
+    fn running(&self) -> f64 {
+        (self.requests() - self.waiting()).max(0.0)
+    }
+
+    /// What a new request meets, in turns for a slot: the turns it would wait, the requests
+    /// running beside it, and the cost of a nearly full KV cache.
     pub fn load(&self, w: &Weights) -> f64 {
         let knee = w.kv_cache_from.clamp(0.0, 0.999);
         let kv = ((self.kv_cache() - knee) / (1.0 - knee)).max(0.0);
-        self.requests() + (w.waiting - 1.0).max(0.0) * self.ahead() + w.kv_cache * kv
+        w.running * self.running() + w.waiting * self.ahead() + w.kv_cache * kv
     }
 
     /// Overloaded: a queue of `saturated_waiting` or a KV cache nearly full.
@@ -268,11 +283,14 @@ mod tests {
         // Endpoint 0 holds the conversation and runs one more request: the prefix wins.
         let r = rank(&[c(0.0, 3.0, 3000.0), c(0.0, 2.0, 0.0)], &w, 1).unwrap();
         assert_eq!((r.order[0], r.reason), (0, Reason::Prefix));
-        // Saturated (a queue of 2): the prefix no longer attracts; the request spills.
+        // A queue of two there: two turns' wait beats prefilling 3,000 tokens elsewhere.
         let r = rank(&[c(2.0, 4.0, 3000.0), c(0.0, 4.0, 0.0)], &w, 0).unwrap();
+        assert_eq!((r.order[0], r.reason), (0, Reason::Prefix));
+        // Saturated (a queue of 5): the prefix no longer attracts; the request spills.
+        let r = rank(&[c(5.0, 4.0, 3000.0), c(0.0, 4.0, 0.0)], &w, 0).unwrap();
         assert_eq!((r.order[0], r.reason), (1, Reason::Load));
-        // Far more loaded: load wins even without saturation.
-        let r = rank(&[c(1.0, 8.0, 3000.0), c(0.0, 1.0, 0.0)], &w, 0).unwrap();
+        // A longer wait than the prefill it saves: load wins even without saturation.
+        let r = rank(&[c(4.0, 8.0, 2000.0), c(0.0, 1.0, 0.0)], &w, 0).unwrap();
         assert_eq!(r.order[0], 1);
     }
 
@@ -327,7 +345,7 @@ mod tests {
         assert_eq!((r.order[0], r.reason), (1, Reason::Lora));
         let busy_lora = Candidate {
             lora_loaded: true,
-            ..c(1.0, 6.0, 0.0)
+            ..c(3.0, 6.0, 0.0)
         };
         assert_eq!(
             rank(&[c(0.0, 1.0, 0.0), busy_lora], &w, 0).unwrap().order[0],
@@ -368,19 +386,19 @@ mod tests {
     #[test]
     fn when_every_endpoint_is_saturated_the_request_waits_where_its_prefix_is() {
         let w = Weights::default();
-        // Both with a queue of two or more, one more at the prefix's endpoint: worth it.
-        let r = rank(&[ours(6, 4, 0.0), ours(7, 4, 3000.0)], &w, 0).unwrap();
+        // Both with a queue of five or more, one more at the prefix's endpoint: worth it.
+        let r = rank(&[ours(9, 4, 0.0), ours(10, 4, 3000.0)], &w, 0).unwrap();
         assert_eq!((r.order[0], r.reason), (1, Reason::Prefix));
         // Its queue far longer: load wins.
-        let r = rank(&[ours(6, 4, 0.0), ours(12, 4, 3000.0)], &w, 1).unwrap();
+        let r = rank(&[ours(9, 4, 0.0), ours(15, 4, 3000.0)], &w, 1).unwrap();
         assert_eq!((r.order[0], r.reason), (0, Reason::Load));
     }
 
     #[test]
     fn a_hot_prefix_spills_from_a_saturated_endpoint_while_another_has_room() {
         let w = Weights::default();
-        // A queue of two at the prefix's endpoint, room elsewhere: however long the prefix.
-        let r = rank(&[ours(6, 4, 30_000.0), ours(4, 4, 0.0)], &w, 0).unwrap();
+        // A queue of five at the prefix's endpoint, room elsewhere: however long the prefix.
+        let r = rank(&[ours(9, 4, 30_000.0), ours(4, 4, 0.0)], &w, 0).unwrap();
         assert_eq!((r.order[0], r.reason), (1, Reason::Load));
     }
 
