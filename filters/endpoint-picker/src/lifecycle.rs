@@ -7,7 +7,7 @@
 use crate::config::PickerConfig;
 use crate::engine::EngineLoad;
 use crate::flow::{PoolQueue, SharedTicket, Ticket, TicketState, Waiter};
-use crate::pick::{rank, Candidate};
+use crate::pick::{rank, Candidate, Reason};
 use crate::prefix;
 use serde::{Deserialize, Serialize};
 use sluice_common::api::raw_fields;
@@ -162,9 +162,43 @@ pub struct EndpointPicker {
     views: RefCell<Vec<(u64, Vec<EndpointView>)>>,
     /// `sluice.endpoint.queue_wait_ms.pool.<pool>`, per pool.
     queue_wait: Vec<Histogram>,
-    /// `sluice.endpoint.picks.pool.<pool>.endpoint.<endpoint>.reason.` per pool and
-    /// endpoint, named once (the reason completes it).
-    pick_counters: Vec<Vec<String>>,
+    /// Each pool's endpoints' shared-data and metric names, made once (not for every
+    /// request).
+    names: Vec<Vec<EndpointNames>>,
+}
+
+/// The names a request uses for one endpoint.
+struct EndpointNames {
+    /// Its in-flight count in shared data.
+    in_flight: String,
+    /// `sluice.endpoint.picks.pool.<pool>.endpoint.<endpoint>.reason.<reason>`, by reason.
+    picks: [String; 3],
+}
+
+impl EndpointNames {
+    fn new(pool: &str, address: &str) -> Self {
+        let pick = |r: Reason| {
+            format!(
+                "sluice.endpoint.picks.pool.{}.endpoint.{}.reason.{}",
+                label(pool),
+                label(address),
+                r.as_str()
+            )
+        };
+        Self {
+            in_flight: in_flight_key(address),
+            picks: [pick(Reason::Load), pick(Reason::Prefix), pick(Reason::Lora)],
+        }
+    }
+
+    fn picks(&self, reason: Reason) -> &str {
+        let i = match reason {
+            Reason::Load => 0,
+            Reason::Prefix => 1,
+            Reason::Lora => 2,
+        };
+        self.picks.get(i).map_or("", String::as_str)
+    }
 }
 
 /// What the picker decided for a request, published as `sluice_endpoint` (the access log's
@@ -205,19 +239,13 @@ impl EndpointPicker {
             last_scrape_ms: Cell::new(0),
             views: RefCell::new(Vec::new()),
             queue_wait: config_pools_histograms(host, &pools),
-            pick_counters: config
+            names: config
                 .pools
                 .iter()
                 .map(|p| {
                     p.endpoints
                         .iter()
-                        .map(|e| {
-                            format!(
-                                "sluice.endpoint.picks.pool.{}.endpoint.{}.reason.",
-                                label(&p.name),
-                                label(&e.address)
-                            )
-                        })
+                        .map(|e| EndpointNames::new(&p.name, &e.address))
                         .collect()
                 })
                 .collect(),
@@ -230,6 +258,22 @@ impl EndpointPicker {
         if ticket.borrow().priority == Priority::Interactive {
             let _ = add_shared(host, &interactive_waiting_key(pool), -1);
         }
+    }
+
+    fn endpoint_names(&self, p: usize, e: usize) -> Option<&EndpointNames> {
+        self.names.get(p).and_then(|n| n.get(e))
+    }
+
+    /// Requests this gateway has in flight to endpoint `e` of pool `p` (all workers).
+    fn in_flight(&self, host: &dyn Host, p: usize, e: usize) -> u64 {
+        self.endpoint_names(p, e)
+            .map_or(0, |n| shared_counter(host, &n.in_flight))
+    }
+
+    /// Count a request in (`delta` 1) or out (-1) of endpoint `e` of pool `p`.
+    fn add_in_flight(&self, host: &dyn Host, p: usize, e: usize, delta: i64) -> Option<u64> {
+        self.endpoint_names(p, e)
+            .and_then(|n| add_shared(host, &n.in_flight, delta))
     }
 
     fn count(&self, host: &mut dyn Host, name: &str) {
@@ -252,9 +296,7 @@ impl EndpointPicker {
         }
         // The gateway's own count, exact and immediate; the engines' reports lag by up to
         // a scrape interval and would hold requests for slots already free.
-        pool.endpoints
-            .iter()
-            .all(|e| shared_counter(host, &in_flight_key(&e.address)) >= max)
+        (0..pool.endpoints.len()).all(|e| self.in_flight(host, p, e) >= max)
     }
 
     /// Rank pool `p`'s endpoints for a prompt with prefix `keys` asking for `model`, hand
@@ -325,7 +367,7 @@ impl EndpointPicker {
                     silent: !v.healthy || (reports && engine.is_none()),
                     standby: e.priority > active,
                     engine,
-                    in_flight: shared_counter(&*host, &in_flight_key(&e.address)),
+                    in_flight: self.in_flight(&*host, p, i),
                     foreign: report.map_or(0.0, |r| r.foreign),
                     prefix_tokens,
                     lora_loaded,
@@ -347,7 +389,7 @@ impl EndpointPicker {
             &addresses.join(","),
         );
         let chosen = addresses.first().copied().unwrap_or_default();
-        let in_flight = add_shared(&*host, &in_flight_key(chosen), 1).unwrap_or(0);
+        let in_flight = self.add_in_flight(&*host, p, first, 1).unwrap_or(0);
         if let Ok(at) = u16::try_from(first) {
             // The blocks the index already names need no write: this endpoint's, or those of
             // a prefix's home that still reports (a request that spilled leaves the home
@@ -383,13 +425,8 @@ impl EndpointPicker {
         if let Ok(record) = serde_json::to_string(&decision) {
             set_text_property(host, properties::ENDPOINT, &record);
         }
-        let counter = self
-            .pick_counters
-            .get(p)
-            .and_then(|names| names.get(first))
-            .map(|prefix| format!("{prefix}{}", ranking.reason.as_str()));
-        if let Some(name) = counter {
-            self.count(host, &name);
+        if let Some(names) = self.endpoint_names(p, first) {
+            self.count(host, names.picks(ranking.reason));
         }
         Some(first)
     }
@@ -579,9 +616,9 @@ impl Plugin for EndpointPicker {
         self.last_scrape_ms.set(now);
         // The in-flight gauges once an interval (not at every pick and every end: two host
         // calls a request for a series scraped every few seconds).
-        for pool in &self.config.pools {
-            for e in &pool.endpoints {
-                let n = shared_counter(&*host, &in_flight_key(&e.address));
+        for (p, pool) in self.config.pools.iter().enumerate() {
+            for (i, e) in pool.endpoints.iter().enumerate() {
+                let n = self.in_flight(&*host, p, i);
                 self.gauge(host, "in_flight", &pool.name, &e.address, n);
             }
         }
@@ -867,16 +904,7 @@ impl Lifecycle for PickedRequest {
             }
             _ => return,
         };
-        let Some(e) = self
-            .picker
-            .config
-            .pools
-            .get(pool)
-            .and_then(|p| p.endpoints.get(endpoint))
-        else {
-            return;
-        };
-        let _ = add_shared(&*host, &in_flight_key(&e.address), -1);
+        let _ = self.picker.add_in_flight(&*host, pool, endpoint, -1);
         // A slot just freed: whoever waits for it on this worker goes now, not at the next
         // tick (up to 20 ms later).
         let waiting = self
