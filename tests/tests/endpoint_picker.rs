@@ -378,7 +378,7 @@ async fn a_full_pool_queues_in_the_gateway_interactive_before_batch() {
         1,
         2000,
         json!({"engine": "vllm", "max_concurrency": 1}),
-        json!({"scrape_interval_ms": 200, "flow": {"enabled": true, "max_wait_ms": 8000}}),
+        json!({"scrape_interval_ms": 500, "flow": {"enabled": true, "max_wait_ms": 8000}}),
         vec![key_record("key_p", KEY, "team-p"), batch],
     ))
     .await;
@@ -457,7 +457,7 @@ async fn a_tenant_flooding_the_queue_does_not_starve_another() {
         1,
         2000,
         json!({"engine": "vllm", "max_concurrency": 1}),
-        json!({"scrape_interval_ms": 200, "flow": {"enabled": true, "max_wait_ms": 20000}}),
+        json!({"scrape_interval_ms": 500, "flow": {"enabled": true, "max_wait_ms": 20000}}),
         vec![
             key_record("key_p", KEY, "team-p"),
             key_record("key_o", OTHER, "team-o"),
@@ -511,7 +511,7 @@ async fn a_wait_past_the_bound_gets_429_with_retry_after() {
         1,
         5000,
         json!({"engine": "vllm", "max_concurrency": 1}),
-        json!({"scrape_interval_ms": 200, "flow": {"enabled": true, "max_wait_ms": 600}}),
+        json!({"scrape_interval_ms": 500, "flow": {"enabled": true, "max_wait_ms": 600}}),
         vec![key_record("key_p", KEY, "team-p")],
     ))
     .await;

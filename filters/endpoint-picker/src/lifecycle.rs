@@ -320,7 +320,13 @@ impl EndpointPicker {
         // (its least_request sees what this filter would, without the stale guesses).
         if reports && view.iter().all(|v| v.fresh(now, stale).is_none()) {
             drop(view);
-            let record = serde_json::json!({"reason": "fallback", "pool": pool.name});
+            // A released request says how long it waited, whoever places it.
+            let record = match queued_ms {
+                Some(q) => {
+                    serde_json::json!({"reason": "fallback", "pool": pool.name, "queued_ms": q})
+                }
+                None => serde_json::json!({"reason": "fallback", "pool": pool.name}),
+            };
             set_text_property(host, properties::ENDPOINT, &record.to_string());
             self.count(
                 host,

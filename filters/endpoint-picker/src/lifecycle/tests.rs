@@ -369,6 +369,31 @@ fn a_full_pool_queues_and_releases_as_capacity_frees_interactive_first() {
 }
 
 #[test]
+fn a_queued_request_released_when_no_report_is_fresh_goes_to_envoy_and_says_it_waited() {
+    let mut host = MockHost::new();
+    let p = flow_picker(&mut host);
+    let (mut r1, _) = arrive(&mut host, &p, 1, "t1", "interactive");
+    let (_r2, _) = arrive(&mut host, &p, 2, "t1", "interactive");
+    let (_r3, f3) = arrive(&mut host, &p, 3, "t2", "interactive");
+    assert_eq!(f3, Flow::Pause);
+    // Both endpoints fail their health probes while it waits.
+    host.now_ms += 50;
+    for address in [A, B] {
+        let mut failed = vec![0u8];
+        failed.extend_from_slice(&host.now_ms.to_le_bytes());
+        let _ = host.set_shared_data(&health_key(address), &failed, None);
+    }
+    host.now_ms += VIEW_TTL_MS;
+    host.take_calls();
+    r1.on_log(&mut host);
+    let calls = host.take_calls();
+    assert!(calls.contains(&Call::SetEffectiveContext(3)), "{calls:?}");
+    assert!(calls.contains(&Call::Resume(Side::Request)), "{calls:?}");
+    assert_eq!(decision(&host)["reason"], "fallback");
+    assert_eq!(decision(&host)["queued_ms"], 50 + VIEW_TTL_MS);
+}
+
+#[test]
 fn a_request_that_waits_too_long_gets_429_with_retry_after_and_a_gone_one_is_never_released() {
     let mut host = MockHost::new();
     let p = flow_picker(&mut host);
