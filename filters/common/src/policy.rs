@@ -54,6 +54,13 @@ impl Priority {
         }
     }
 
+    /// The priority named `s` (as [`Priority::as_str`] writes it).
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Interactive, Self::Batch]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
+
     pub fn is_interactive(&self) -> bool {
         *self == Self::Interactive
     }
@@ -77,6 +84,14 @@ pub struct Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_priority_parses_as_it_is_written() {
+        for p in [Priority::Interactive, Priority::Batch] {
+            assert_eq!(Priority::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(Priority::parse("urgent"), None);
+    }
 
     #[test]
     fn zero_limits_are_rejected() {

@@ -163,6 +163,12 @@ impl PickerConfig {
         Ok(())
     }
 
+    /// The in-flight bound flow control holds `pool` to, per endpoint: its `max_in_flight`
+    /// when flow control is on (a pool without one is never queued).
+    pub fn flow_limit(&self, pool: &PoolConfig) -> Option<u64> {
+        pool.max_in_flight.filter(|_| self.flow.enabled)
+    }
+
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
         self.pools.iter().find(|p| p.name == name)
     }

@@ -214,6 +214,32 @@ struct Decision<'a> {
     queued_ms: Option<u64>,
 }
 
+/// The decision record of a request no endpoint was chosen for: Envoy placed it
+/// (`fallback`), or its wait was refused (`queue_timeout`, `pool_down`).
+#[derive(Serialize)]
+struct PoolRecord<'a> {
+    reason: &'a str,
+    pool: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queued_ms: Option<u64>,
+}
+
+impl<'a> PoolRecord<'a> {
+    fn new(reason: &'a str, pool: &'a str, queued_ms: Option<u64>) -> Self {
+        Self {
+            reason,
+            pool,
+            queued_ms,
+        }
+    }
+
+    fn publish(&self, host: &mut dyn Host) {
+        if let Ok(record) = serde_json::to_string(self) {
+            set_text_property(host, properties::ENDPOINT, &record);
+        }
+    }
+}
+
 impl EndpointPicker {
     pub fn new(host: &mut dyn Host, config: PickerConfig) -> Result<Self, ConfigError> {
         config.validate()?;
@@ -224,7 +250,7 @@ impl EndpointPicker {
         );
         let pools: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
         let scrape = Duration::from_millis(config.scrape_interval_ms);
-        let flow = config.flow.enabled && config.pools.iter().any(|p| p.max_in_flight.is_some());
+        let flow = config.pools.iter().any(|p| config.flow_limit(p).is_some());
         host.set_tick_period(if flow {
             RELEASE_PERIOD.min(scrape)
         } else {
@@ -280,15 +306,15 @@ impl EndpointPicker {
         self.counters.borrow_mut().add(host, name, 1);
     }
 
-    /// Whether every endpoint of pool `p` is full: as many requests in flight from this
-    /// gateway as its `max_in_flight`. Pools without `max_in_flight` have no flow control.
-    /// Whether pool `p` has no room for a request at `priority` (batch requests leave
-    /// `batch_headroom` slots per endpoint to interactive ones).
+    /// Whether pool `p` has no room for a request at `priority`: every endpoint has as many
+    /// requests in flight from this gateway as the pool's flow limit (batch requests leave
+    /// `batch_headroom` slots per endpoint to interactive ones). Pools without a flow limit
+    /// are never full.
     fn saturated(&self, host: &dyn Host, p: usize, priority: Priority) -> bool {
         let Some(pool) = self.config.pools.get(p) else {
             return false;
         };
-        let Some(mut max) = pool.max_in_flight.filter(|_| self.config.flow.enabled) else {
+        let Some(mut max) = self.config.flow_limit(pool) else {
             return false;
         };
         if priority == Priority::Batch {
@@ -321,13 +347,7 @@ impl EndpointPicker {
         if reports && view.iter().all(|v| v.fresh(now, stale).is_none()) {
             drop(view);
             // A released request says how long it waited, whoever places it.
-            let record = match queued_ms {
-                Some(q) => {
-                    serde_json::json!({"reason": "fallback", "pool": pool.name, "queued_ms": q})
-                }
-                None => serde_json::json!({"reason": "fallback", "pool": pool.name}),
-            };
-            set_text_property(host, properties::ENDPOINT, &record.to_string());
+            PoolRecord::new("fallback", &pool.name, queued_ms).publish(host);
             self.count(
                 host,
                 &format!("sluice.endpoint.fallback.pool.{}", label(&pool.name)),
@@ -462,8 +482,7 @@ impl EndpointPicker {
             w.ticket.borrow_mut().state = TicketState::Refused;
             host.set_effective_context(w.context_id);
             let reason = if down { "pool_down" } else { "queue_timeout" };
-            let record = serde_json::json!({"reason": reason, "pool": pool.name});
-            set_text_property(host, properties::ENDPOINT, &record.to_string());
+            PoolRecord::new(reason, &pool.name, None).publish(host);
             let error = if down {
                 pool_down(&pool.name)
             } else {
@@ -719,7 +738,7 @@ impl Plugin for EndpointPicker {
         let report = Report::new(
             load,
             now_unix_millis(host),
-            shared_counter(&*host, &in_flight_key(&endpoint.address)),
+            self.in_flight(&*host, p, e),
             last.as_ref(),
         );
         if let Ok(bytes) = serde_json::to_vec(&report) {
@@ -771,15 +790,14 @@ impl PickedRequest {
         let now = now_unix_millis(host);
         // The priority matters only where flow control queues: no property read (a host
         // call) on the hot path of a pool without it.
-        let queues = picker.config.flow.enabled
-            && picker
-                .config
-                .pools
-                .get(p)
-                .is_some_and(|x| x.max_in_flight.is_some());
+        let queues = picker
+            .config
+            .pools
+            .get(p)
+            .is_some_and(|x| picker.config.flow_limit(x).is_some());
         let priority = if queues {
             text_property(&*host, properties::PRIORITY)
-                .and_then(|p| serde_json::from_value::<Priority>(serde_json::Value::String(p)).ok())
+                .and_then(|p| Priority::parse(&p))
                 .unwrap_or_default()
         } else {
             Priority::default()

@@ -144,9 +144,7 @@ fn an_endpoint_failing_its_health_probe_is_ranked_after_the_healthy_one() {
     let p = picker(&mut host, "vllm");
     report(&host, A, 0.0, 0.0);
     report(&host, B, 2.0, 8.0);
-    let mut failed = vec![0u8];
-    failed.extend_from_slice(&host.now_ms.to_le_bytes());
-    let _ = host.set_shared_data(&health_key(A), &failed, None);
+    fail_probe(&host, A);
     let (_req, header) = send(&mut host, &p, json!([{"role": "user", "content": "hi"}]));
     assert_eq!(header.as_deref(), Some("127.0.0.1:9002,127.0.0.1:9001"));
 }
@@ -287,6 +285,13 @@ fn flow_picker(host: &mut MockHost) -> Rc<EndpointPicker> {
     p
 }
 
+/// `address`'s health probe failed just now.
+fn fail_probe(host: &MockHost, address: &str) {
+    let mut failed = vec![0u8];
+    failed.extend_from_slice(&host.now_ms.to_le_bytes());
+    let _ = host.set_shared_data(&health_key(address), &failed, None);
+}
+
 /// A request of `tenant` at `priority` on stream `id`: what its body hook answered.
 fn arrive(
     host: &mut MockHost,
@@ -378,11 +383,8 @@ fn a_queued_request_released_when_no_report_is_fresh_goes_to_envoy_and_says_it_w
     assert_eq!(f3, Flow::Pause);
     // Both endpoints fail their health probes while it waits.
     host.now_ms += 50;
-    for address in [A, B] {
-        let mut failed = vec![0u8];
-        failed.extend_from_slice(&host.now_ms.to_le_bytes());
-        let _ = host.set_shared_data(&health_key(address), &failed, None);
-    }
+    fail_probe(&host, A);
+    fail_probe(&host, B);
     host.now_ms += VIEW_TTL_MS;
     host.take_calls();
     r1.on_log(&mut host);
