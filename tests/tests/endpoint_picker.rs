@@ -182,12 +182,20 @@ async fn a_busy_endpoint_is_avoided_and_used_again_once_it_drains() {
         );
     }
     // The decisions are in the access log, and the internal header never reached a backend.
-    let line = s
-        .access_log()
-        .into_iter()
-        .rev()
-        .find(|l| l["endpoint"].as_str().is_some_and(|e| !e.is_empty()))
-        .expect("a decision in the access log");
+    let line = eventually(
+        "a decision in the access log",
+        Duration::from_secs(10),
+        || {
+            let lines = s.access_log();
+            async move {
+                lines
+                    .into_iter()
+                    .rev()
+                    .find(|l| l["endpoint"].as_str().is_some_and(|e| !e.is_empty()))
+            }
+        },
+    )
+    .await;
     let decision: Value = serde_json::from_str(line["endpoint"].as_str().unwrap()).unwrap();
     assert!(
         ["load", "prefix"].contains(&decision["reason"].as_str().unwrap()),
@@ -437,12 +445,19 @@ async fn a_full_pool_queues_in_the_gateway_interactive_before_batch() {
         received += b.requests().await.len();
     }
     assert_eq!(received, 7);
-    let log = s.access_log();
+    // The queued requests end last: wait for their lines (the file is flushed every 100 ms,
+    // later under load) before looking for the queue's mark.
+    let log = eventually("seven access-log lines", Duration::from_secs(10), || {
+        let log = s.access_log();
+        async move { (log.len() >= 7).then_some(log) }
+    })
+    .await;
     assert!(
         log.iter().any(|l| l["endpoint"]
             .as_str()
             .is_some_and(|e| e.contains("queued_ms"))),
-        "no queued decision in the access log"
+        "no queued decision in the access log: {:?}",
+        log.iter().map(|l| &l["endpoint"]).collect::<Vec<_>>()
     );
 }
 
