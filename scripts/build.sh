@@ -18,5 +18,5 @@ for f in "${SLUICE_FILTERS[@]}"; do
   cp "target/wasm32-wasip1/wasm-release/$name.wasm" "target/wasm/.$name.wasm.tmp"
   mv "target/wasm/.$name.wasm.tmp" "target/wasm/$name.wasm"
 done
-cargo build --quiet --release -p sluice-mock-llm -p sluice-cli -p sluice-ratelimit -p sluice-batch
-echo "build: $(ls target/wasm/*.wasm | tr '\n' ' ')target/release/sluice-mock-llm target/release/sluice target/release/sluice-ratelimit target/release/sluice-batch"
+cargo build --quiet --release -p sluice-mock-llm -p sluice-cli -p sluice-ratelimit -p sluice-batch -p sluice-cache
+echo "build: $(ls target/wasm/*.wasm | tr '\n' ' ')target/release/sluice-mock-llm target/release/sluice target/release/sluice-ratelimit target/release/sluice-batch target/release/sluice-cache"

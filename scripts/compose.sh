@@ -24,7 +24,9 @@ pools="[{\"name\":\"pool-small\",\"failover\":[\"pool-large\"],\"hosts\":[$(host
 "$SLUICE" render envoy/envoy.yaml.j2 -o "$out/envoy.yaml" \
   -s listen_address=0.0.0.0 -s admin_address=0.0.0.0 -s listen_port=8080 -s admin_port=9901 \
   -s state_dir=/var/lib/sluice -s wasm_dir=/etc/sluice/wasm -s "pools=$pools" -s filters=true \
-  -s ratelimit_host=ratelimit -s ratelimit_port=8081 -s batch_host=batch -s batch_port=8090
+  -s ratelimit_host=ratelimit -s ratelimit_port=8081 -s batch_host=batch -s batch_port=8090 \
+  -s cache_host=cache -s cache_port=8082 \
+  -s 'response_cache={"shared":{"cluster":"sluice_cache"},"rules":[{"models":["*"],"apis":["embeddings"]},{"models":["*"],"apis":["chat","completions","responses","messages"]}]}'
 export SLUICE_KEY_FILE=$state/ecds/key-auth.json
 if [ ! -f "$SLUICE_KEY_FILE" ]; then
   "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$SLUICE_KEY_FILE" \

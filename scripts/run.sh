@@ -101,6 +101,13 @@ rl_args=(--listen "127.0.0.1:$RATELIMIT_PORT")
 target/release/sluice-ratelimit "${rl_args[@]}" >"$STATE/logs/ratelimit.log" 2>&1 &
 pids+=($!)
 
+# sluice-cache: the response cache's shared tier, in memory or in SLUICE_REDIS.
+CACHE_PORT=${SLUICE_CACHE_PORT:-8082}
+cache_args=(--listen "127.0.0.1:$CACHE_PORT")
+[ -n "${SLUICE_REDIS:-}" ] && cache_args+=(--redis "$SLUICE_REDIS")
+target/release/sluice-cache "${cache_args[@]}" >"$STATE/logs/cache.log" 2>&1 &
+pids+=($!)
+
 # sluice-batch: the Files and Batches API; its lines go back through this gateway.
 BATCH_PORT=${SLUICE_BATCH_PORT:-8090}
 target/release/sluice-batch --listen "127.0.0.1:$BATCH_PORT" --state-dir "$STATE/batch" \
@@ -110,7 +117,9 @@ pids+=($!)
 "$SLUICE" render envoy/envoy.yaml.j2 -o "$STATE/envoy.yaml" \
   -s "listen_port=$PORT" -s "admin_port=$ADMIN_PORT" -s "state_dir=$STATE" \
   -s "pools=$pools_json" -s filters=true -s "wasm_dir=$ROOT/target/wasm" \
-  -s "ratelimit_port=$RATELIMIT_PORT" -s "batch_port=$BATCH_PORT"
+  -s "ratelimit_port=$RATELIMIT_PORT" -s "batch_port=$BATCH_PORT" \
+  -s "cache_port=$CACHE_PORT" \
+  -s 'response_cache={"shared":{"cluster":"sluice_cache"},"rules":[{"models":["*"],"apis":["embeddings"]},{"models":["*"],"apis":["chat","completions","responses","messages"]}]}'
 "$ENVOY" -c "$STATE/envoy.yaml" --concurrency 2 --base-id "$ADMIN_PORT" \
   --log-level info >"$STATE/logs/envoy.log" 2>&1 &
 pids+=($!)
@@ -141,6 +150,9 @@ cat <<MSG
     models       llama-3.1-8b (pool-small), qwen-2.5-72b (pool-large, 5% canary), auto, mock-model
     ratelimit    127.0.0.1:$RATELIMIT_PORT (gRPC, storage: ${SLUICE_REDIS:-memory})
     batch API    \$OPENAI_BASE_URL/files, /batches (sluice-batch on 127.0.0.1:$BATCH_PORT, state in $STATE/batch)
+    cache        embeddings, and requests with temperature 0 or a seed, per tenant
+                 (x-sluice-cache: hit|miss|bypass; shared tier: sluice-cache on 127.0.0.1:$CACHE_PORT,
+                 storage: ${SLUICE_REDIS:-memory}; docs/filters/response-cache.md)
     state, logs  $STATE   (access log: $STATE/access.log)
 
   Use it from any OpenAI client:

@@ -25,6 +25,9 @@ pub struct Record {
     pub error: Option<String>,
     /// The batch line (batch id, custom id) when sluice-batch sent the request.
     pub batch: Option<(String, String)>,
+    /// Answered by the response cache: the backend time the stored answer took (what the
+    /// hit saved), in ms.
+    pub cache_hit_ms: Option<u64>,
 }
 
 impl Record {
@@ -73,6 +76,10 @@ pub fn parse_line(line: &str) -> Option<Record> {
                     b.get("custom_id")?.as_str()?.to_string(),
                 ))
             }),
+        cache_hit_ms: text(&v, "cache")
+            .and_then(|c| serde_json::from_str::<Value>(&c).ok())
+            .filter(|c| c.get("result").and_then(Value::as_str) == Some("hit"))
+            .map(|c| c.get("saved_ms").and_then(Value::as_u64).unwrap_or(0)),
     })
 }
 
@@ -193,6 +200,12 @@ pub struct Row {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Requests answered by the response cache (served: in the totals above too).
+    pub cached: u64,
+    /// Their tokens: what the GPUs did not have to process again.
+    pub cached_tokens: u64,
+    /// The backend time the cached answers took when they were made: GPU time saved.
+    pub gpu_seconds_saved: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<f64>,
 }
@@ -266,6 +279,9 @@ pub fn aggregate(
                 prompt_tokens: 0,
                 completion_tokens: 0,
                 total_tokens: 0,
+                cached: 0,
+                cached_tokens: 0,
+                gpu_seconds_saved: 0.0,
                 cost: prices.map(|_| 0.0),
             });
         row.requests += 1;
@@ -276,6 +292,11 @@ pub fn aggregate(
         row.prompt_tokens += r.prompt_tokens;
         row.completion_tokens += r.completion_tokens;
         row.total_tokens += r.prompt_tokens + r.completion_tokens;
+        if let Some(saved) = r.cache_hit_ms {
+            row.cached += 1;
+            row.cached_tokens += r.prompt_tokens + r.completion_tokens;
+            row.gpu_seconds_saved += saved as f64 / 1000.0;
+        }
         if let Some(p) = prices {
             row.cost = match (
                 row.cost,
@@ -310,6 +331,9 @@ fn columns(by: &[GroupBy], with_cost: bool) -> Vec<&'static str> {
         "prompt_tokens",
         "completion_tokens",
         "total_tokens",
+        "cached",
+        "cached_tokens",
+        "gpu_seconds_saved",
     ]);
     if with_cost {
         c.push("cost");
@@ -326,6 +350,9 @@ fn cells(row: &Row, cols: &[&str]) -> Vec<String> {
             "prompt_tokens" => row.prompt_tokens.to_string(),
             "completion_tokens" => row.completion_tokens.to_string(),
             "total_tokens" => row.total_tokens.to_string(),
+            "cached" => row.cached.to_string(),
+            "cached_tokens" => row.cached_tokens.to_string(),
+            "gpu_seconds_saved" => format!("{:.3}", row.gpu_seconds_saved),
             "cost" => row
                 .cost
                 .map_or_else(|| "unpriced".into(), |c| format!("{c:.6}")),
@@ -526,13 +553,32 @@ not json"#;
     }
 
     #[test]
+    fn cache_hits_are_served_tokens_and_say_what_they_saved() {
+        let hit = r#"{"timestamp":"2026-11-21T10:15:00.000Z","key_id":"key_a","tenant":"team-a","model":"m","status":200,"prompt_tokens":"12","completion_tokens":"8","cache":"{\"result\":\"hit\",\"tier\":\"local\",\"saved_ms\":1500,\"age_s\":3}"}"#;
+        let miss = r#"{"timestamp":"2026-11-21T10:14:00.000Z","key_id":"key_a","tenant":"team-a","model":"m","status":200,"prompt_tokens":"12","completion_tokens":"8","cache":"{\"result\":\"stored\",\"tier\":\"local\"}"}"#;
+        let r: Vec<Record> = [miss, hit].into_iter().filter_map(parse_line).collect();
+        assert_eq!((r[0].cache_hit_ms, r[1].cache_hit_ms), (None, Some(1500)));
+        let rows = aggregate(&r, &[], Window::All, None);
+        assert_eq!(
+            (
+                rows[0].requests,
+                rows[0].total_tokens,
+                rows[0].cached,
+                rows[0].cached_tokens
+            ),
+            (2, 40, 1, 20)
+        );
+        assert!((rows[0].gpu_seconds_saved - 1.5).abs() < 1e-9);
+    }
+
+    #[test]
     fn formats() {
         let rows = aggregate(&records(), &[GroupBy::Key], Window::All, None);
         let csv = render(&rows, &[GroupBy::Key], None, Format::Csv).unwrap();
         assert_eq!(
             csv,
-            "window,key_id,requests,errors,prompt_tokens,completion_tokens,total_tokens\n\
-             all,key_a,2,0,110,55,165\nall,key_b,1,1,0,0,0\n"
+            "window,key_id,requests,errors,prompt_tokens,completion_tokens,total_tokens,cached,cached_tokens,gpu_seconds_saved\n\
+             all,key_a,2,0,110,55,165,0,0,0.000\nall,key_b,1,1,0,0,0,0,0,0.000\n"
         );
         let json: Value =
             serde_json::from_str(&render(&rows, &[GroupBy::Key], None, Format::Json).unwrap())

@@ -2,7 +2,7 @@
 # something to come up, and stopping what a script started.
 
 # The wasm filters, in chain order (scripts/build.sh builds each to target/wasm/<crate>.wasm).
-SLUICE_FILTERS=(sluice-key-auth sluice-rate-limit sluice-model-router sluice-pii-redaction sluice-token-counter sluice-endpoint-picker)
+SLUICE_FILTERS=(sluice-key-auth sluice-rate-limit sluice-model-router sluice-pii-redaction sluice-token-counter sluice-response-cache sluice-endpoint-picker)
 # Every crate compiled to wasm32: the filters and what they are made of. Linted and
 # unit-tested for wasm32 (in V8) by scripts/test.sh.
 SLUICE_WASM_CRATES=(sluice-common sluice-proxy sluice-testkit sluice-tokenizer sluice-chat-template "${SLUICE_FILTERS[@]}")

@@ -75,6 +75,10 @@ pub fn batch_bin() -> PathBuf {
     built("target/release/sluice-batch")
 }
 
+pub fn cache_bin() -> PathBuf {
+    built("target/release/sluice-cache")
+}
+
 /// Send `request`; its JSON answer.
 async fn json_answer(request: reqwest::RequestBuilder) -> Value {
     request.send().await.unwrap().json().await.unwrap()
@@ -288,6 +292,10 @@ pub struct StackOptions {
     pub batch_database: Option<String>,
     /// Extra sluice-batch flags (e.g. `--max-in-flight 4`).
     pub batch_args: Vec<String>,
+    /// sluice-cache (the response cache's shared tier) as the gateway's `sluice_cache`
+    /// cluster, its entries in memory or in `cache_redis`.
+    pub cache_service: bool,
+    pub cache_redis: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -308,6 +316,8 @@ impl Default for StackOptions {
             batch_replicas: 1,
             batch_database: None,
             batch_args: Vec::new(),
+            cache_service: false,
+            cache_redis: None,
         }
     }
 }
@@ -346,6 +356,7 @@ pub struct StackBuilder {
     procs: Vec<Proc>,
     pools: Vec<Mock>,
     ratelimit_port: Option<u16>,
+    cache_port: Option<u16>,
     /// Set when sluice-batch must know the gateway's address before Envoy starts.
     listen_port: Option<u16>,
     batch_ports: Vec<u16>,
@@ -364,6 +375,7 @@ impl StackBuilder {
             procs: Vec::new(),
             pools: Vec::new(),
             ratelimit_port: None,
+            cache_port: None,
             listen_port: None,
             batch_ports: Vec::new(),
             batch_args: Vec::new(),
@@ -447,6 +459,32 @@ impl StackBuilder {
             self.dir.path(),
         ));
         self.ratelimit_port = Some(
+            wait_for_file(&port_file, &mut self.procs)
+                .await
+                .parse()
+                .unwrap(),
+        );
+    }
+
+    /// sluice-cache, in memory or on the options' `cache_redis`.
+    pub async fn start_cache(&mut self) {
+        let port_file = self.dir.path().join("cache.port");
+        let mut args = vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".to_string(),
+            "--port-file".to_string(),
+            port_file.to_str().unwrap().to_string(),
+            "--redis-timeout-ms".to_string(),
+            "100".to_string(),
+        ];
+        if let Some(url) = &self.options.cache_redis {
+            args.push("--redis".into());
+            args.push(url.clone());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.procs
+            .push(Proc::spawn("cache", &cache_bin(), &args, self.dir.path()));
+        self.cache_port = Some(
             wait_for_file(&port_file, &mut self.procs)
                 .await
                 .parse()
@@ -573,6 +611,9 @@ impl StackBuilder {
         if let Some(port) = self.ratelimit_port {
             vars.insert("ratelimit_port".into(), port.into());
         }
+        if let Some(port) = self.cache_port {
+            vars.insert("cache_port".into(), port.into());
+        }
         for (k, v) in &o.vars {
             vars.insert(k.clone(), minijinja::Value::from_serialize(v));
         }
@@ -645,6 +686,9 @@ impl Stack {
         }
         if b.options.batch {
             b.start_batch().await;
+        }
+        if b.options.cache_service {
+            b.start_cache().await;
         }
         b.write_keys();
         let config = b.render_envoy_config();

@@ -349,6 +349,9 @@ pub trait Lifecycle {
     }
     /// The answer of a callout this request started.
     fn on_grpc_response(&mut self, _host: &mut dyn Host, _token: u32, _status: u32, _size: usize) {}
+    /// The answer of an HTTP callout this request started (`body_size` 0 and no headers
+    /// when it failed: reset, timeout, no such cluster).
+    fn on_http_response(&mut self, _host: &mut dyn Host, _token: u32, _body_size: usize) {}
     /// The stream is over, however it ended.
     fn on_log(&mut self, _host: &mut dyn Host) {}
 }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod openai;
 pub mod policy;
 pub mod properties;
+pub mod replay;
 pub mod rls;
 pub mod sse;
 

@@ -49,6 +49,9 @@ pub const RATELIMIT: &str = "sluice_ratelimit";
 /// JSON: the endpoint chosen and why (`endpoint`, `reason`, `load`, `prefix_blocks`).
 /// Written by endpoint-picker.
 pub const ENDPOINT: &str = "sluice_endpoint";
+/// JSON: what the response cache did (`result`: `hit`, `miss`, `bypass`, `stored`; the
+/// `tier` that answered; for a hit the backend time it saved). Written by response-cache.
+pub const CACHE: &str = "sluice_cache";
 
 /// The one internal header: Envoy's route table matches it. model-router always overwrites
 /// or removes it; key-auth strips every client-sent header with [`INTERNAL_HEADER_PREFIX`].
@@ -60,7 +63,8 @@ pub const ENDPOINT_HEADER: &str = "x-sluice-endpoint";
 pub const INTERNAL_HEADER_PREFIX: &str = "x-sluice-";
 
 /// Every property name, for access-log and documentation checks.
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 19] = [
+    CACHE,
     PRIORITY,
     BATCH,
     ENDPOINT,

@@ -331,6 +331,10 @@ impl<L: Lifecycle> Context for HttpGlue<L> {
     fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
         self.0.on_grpc_response(&mut WasmHost, token, status, size);
     }
+
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        self.0.on_http_response(&mut WasmHost, token, body_size);
+    }
 }
 
 impl<L: Lifecycle> HttpContext for HttpGlue<L> {

@@ -1,0 +1,296 @@
+//! Whether a request may be answered from the cache, and its entry's key.
+//!
+//! The key is SHA-256 over the scope (the tenant or the key, or nothing for a rule that
+//! shares its models' answers), the API, the upstream model and the canonical request: the
+//! body as it goes upstream, without the fields that do not change the answer, its object
+//! members in sorted order. So two requests that would make the backend say the same thing
+//! share an entry, and nothing else does.
+
+use crate::config::{Scope, Settings, When};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sluice_common::Api;
+
+/// Request fields that change how the answer is delivered or recorded, not what it says.
+const IGNORED_FIELDS: [&str; 8] = [
+    "stream",
+    "stream_options",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+];
+
+/// An entry's key.
+pub type Key = [u8; 32];
+
+/// What the client's `Cache-Control` asks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientControl {
+    /// `no-cache`: do not answer from the cache (the answer may still be stored).
+    pub no_cache: bool,
+    /// `no-store`: do not store the answer.
+    pub no_store: bool,
+}
+
+impl ClientControl {
+    pub fn parse(header: Option<&str>) -> Self {
+        let mut c = Self::default();
+        for directive in header.unwrap_or("").split(',') {
+            let name = directive.split('=').next().unwrap_or("").trim();
+            if name.eq_ignore_ascii_case("no-cache") {
+                c.no_cache = true;
+            } else if name.eq_ignore_ascii_case("no-store") {
+                c.no_store = true;
+            }
+        }
+        c
+    }
+}
+
+/// Why a request does not use the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bypass {
+    /// No rule covers its API and model.
+    NotCacheable,
+    /// Its rule caches only deterministic requests and this one samples.
+    Sampled,
+    /// The client said `no-cache` and `no-store`.
+    Client,
+    /// No tenant or key to scope it by.
+    NoIdentity,
+}
+
+impl Bypass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotCacheable => "not_cacheable",
+            Self::Sampled => "sampled",
+            Self::Client => "client",
+            Self::NoIdentity => "no_identity",
+        }
+    }
+}
+
+/// The cache's part in one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub key: Key,
+    pub ttl_s: u64,
+    /// Answer from the cache when it holds the entry.
+    pub lookup: bool,
+    /// Store the answer when it is complete and successful.
+    pub store: bool,
+}
+
+/// What is known of a request when its body is read.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub api: Api,
+    /// The body as it goes upstream.
+    pub body: &'a Value,
+    pub requested_model: &'a str,
+    pub upstream_model: &'a str,
+    pub tenant: Option<&'a str>,
+    pub key_id: Option<&'a str>,
+    pub control: ClientControl,
+}
+
+/// The answer does not depend on sampling: an API that does not sample, `temperature: 0`,
+/// or a `seed`.
+pub fn deterministic(api: Api, body: &Value) -> bool {
+    if !api.generates() {
+        return true;
+    }
+    body.get("temperature")
+        .and_then(Value::as_f64)
+        .is_some_and(|t| t == 0.0)
+        || body.get("seed").is_some_and(|s| !s.is_null())
+}
+
+/// Decide; `Err` says why the cache is not used.
+pub fn plan(settings: &Settings, r: &RequestFacts) -> Result<Plan, Bypass> {
+    let rule = settings
+        .rule(r.api, r.requested_model, r.upstream_model)
+        .ok_or(Bypass::NotCacheable)?;
+    if rule.when == When::Deterministic && !deterministic(r.api, r.body) {
+        return Err(Bypass::Sampled);
+    }
+    if r.control.no_cache && r.control.no_store {
+        return Err(Bypass::Client);
+    }
+    let scope = if rule.shared {
+        "shared".to_string()
+    } else {
+        let (kind, id) = match settings.scope {
+            Scope::Tenant => ("tenant", r.tenant),
+            Scope::Key => ("key", r.key_id),
+        };
+        match id.filter(|id| !id.is_empty()) {
+            Some(id) => format!("{kind}:{id}"),
+            None => return Err(Bypass::NoIdentity),
+        }
+    };
+    Ok(Plan {
+        key: entry_key(&scope, r.api, r.upstream_model, r.body),
+        ttl_s: rule.ttl_s.unwrap_or(settings.ttl_s),
+        lookup: !r.control.no_cache,
+        store: !r.control.no_store,
+    })
+}
+
+/// SHA-256 of the parts, each with its length first (no two part lists hash alike).
+pub fn entry_key(scope: &str, api: Api, upstream_model: &str, body: &Value) -> Key {
+    let mut canonical = Vec::with_capacity(256);
+    match body {
+        Value::Object(m) => {
+            let mut members: Vec<(&String, &Value)> = m
+                .iter()
+                .filter(|(k, _)| !IGNORED_FIELDS.contains(&k.as_str()))
+                .collect();
+            members.sort_by(|a, b| a.0.cmp(b.0));
+            write_members(&members, &mut canonical);
+        }
+        other => write_canonical(other, &mut canonical),
+    }
+    let mut h = Sha256::new();
+    for part in [
+        b"sluice-cache-v1".as_slice(),
+        scope.as_bytes(),
+        api.as_str().as_bytes(),
+        upstream_model.as_bytes(),
+        &canonical,
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+fn write_members(members: &[(&String, &Value)], out: &mut Vec<u8>) {
+    out.push(b'{');
+    for (i, (k, v)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_canonical(&Value::String((*k).clone()), out);
+        out.push(b':');
+        write_canonical(v, out);
+    }
+    out.push(b'}');
+}
+
+/// JSON with every object's members sorted by name.
+fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(m) => {
+            let mut members: Vec<(&String, &Value)> = m.iter().collect();
+            members.sort_by(|a, b| a.0.cmp(b.0));
+            write_members(&members, out);
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, x) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(x, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+    }
+}
+
+/// A key as text (shared-tier requests, logs).
+pub fn hex(key: &Key) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use sluice_common::parse_config;
+
+    fn settings(json: &str) -> Settings {
+        Settings::new(parse_config(json.as_bytes()).unwrap()).unwrap()
+    }
+
+    fn facts<'a>(api: Api, body: &'a Value, tenant: &'a str) -> RequestFacts<'a> {
+        RequestFacts {
+            api,
+            body,
+            requested_model: "m",
+            upstream_model: "org/m",
+            tenant: Some(tenant),
+            key_id: Some("key_1"),
+            control: ClientControl::default(),
+        }
+    }
+
+    #[test]
+    fn the_key_ignores_delivery_fields_and_member_order_but_nothing_else() {
+        let s = settings(r#"{"rules": [{"models": ["*"], "apis": ["chat"], "when": "always"}]}"#);
+        let a = json!({"model": "org/m", "messages": [{"role": "user", "content": "hi"}],
+            "temperature": 0.7});
+        let b = json!({"temperature": 0.7, "stream": true, "stream_options": {"include_usage": true},
+            "user": "u1", "messages": [{"content": "hi", "role": "user"}], "model": "org/m"});
+        let c = json!({"model": "org/m", "messages": [{"role": "user", "content": "hi!"}],
+            "temperature": 0.7});
+        let key = |v: &Value, t: &str| plan(&s, &facts(Api::Chat, v, t)).unwrap().key;
+        assert_eq!(key(&a, "team-a"), key(&b, "team-a"));
+        assert_ne!(key(&a, "team-a"), key(&c, "team-a"));
+        assert_ne!(key(&a, "team-a"), key(&a, "team-b"), "never across tenants");
+        assert_ne!(
+            entry_key("tenant:team-a", Api::Completions, "org/m", &a),
+            key(&a, "team-a")
+        );
+        assert_ne!(
+            entry_key("tenant:team-a", Api::Chat, "org/m2", &a),
+            key(&a, "team-a"),
+            "another upstream model"
+        );
+    }
+
+    #[test]
+    fn policy_sampling_client_control_and_scope() {
+        let s = settings(
+            r#"{"rules": [{"models": ["m"], "apis": ["chat"]},
+                          {"models": ["faq"], "apis": ["chat"], "when": "always", "shared": true}]}"#,
+        );
+        let sampled = json!({"messages": [], "temperature": 0.5});
+        let greedy = json!({"messages": [], "temperature": 0});
+        let seeded = json!({"messages": [], "seed": 7});
+        assert_eq!(
+            plan(&s, &facts(Api::Chat, &sampled, "t")),
+            Err(Bypass::Sampled)
+        );
+        assert!(plan(&s, &facts(Api::Chat, &greedy, "t")).is_ok());
+        assert!(plan(&s, &facts(Api::Chat, &seeded, "t")).is_ok());
+        assert_eq!(
+            plan(&s, &facts(Api::Embeddings, &greedy, "t")),
+            Err(Bypass::NotCacheable)
+        );
+        let mut f = facts(Api::Chat, &greedy, "t");
+        f.control = ClientControl::parse(Some("no-cache"));
+        let p = plan(&s, &f).unwrap();
+        assert!(!p.lookup && p.store);
+        f.control = ClientControl::parse(Some("max-age=0, No-Store"));
+        let p = plan(&s, &f).unwrap();
+        assert!(p.lookup && !p.store);
+        f.control = ClientControl::parse(Some("no-store, no-cache"));
+        assert_eq!(plan(&s, &f), Err(Bypass::Client));
+        f.control = ClientControl::default();
+        f.tenant = None;
+        assert_eq!(plan(&s, &f), Err(Bypass::NoIdentity));
+        // A shared rule leaves the tenant out of the key.
+        let mut a = facts(Api::Chat, &sampled, "team-a");
+        a.requested_model = "faq";
+        let mut b = a;
+        b.tenant = Some("team-b");
+        assert_eq!(plan(&s, &a).unwrap().key, plan(&s, &b).unwrap().key);
+    }
+}

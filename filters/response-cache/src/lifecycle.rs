@@ -1,0 +1,569 @@
+//! response-cache's lifecycle: a cacheable request is held until its body is read; a hit
+//! is answered here (the stored response, or its replay as the API's stream); a miss goes
+//! on, and its answer is copied as it passes (nothing held back) and stored once it is
+//! complete and successful.
+
+use crate::key::{hex, plan, Bypass, ClientControl, Plan, RequestFacts};
+use crate::store::{self, Bounds, Entry};
+use crate::{CacheConfig, Settings, CACHE_HEADER};
+use serde_json::{json, Value};
+use sluice_common::api::governed_api;
+use sluice_common::host::{
+    now_unix_millis, plugin_config, text_property, CounterSet, Flow, GaugeSet, Host, HttpCall,
+    Lifecycle, Plugin, Side,
+};
+use sluice_common::metrics::label;
+use sluice_common::replay::{replay_stream, StreamAssembler};
+use sluice_common::sse::SseParser;
+use sluice_common::{properties, Api, ConfigError};
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Counter names: outcome × model, bounded.
+const MAX_COUNTERS: usize = 1024;
+/// The tiers, as metrics and `sluice_cache` name them.
+const LOCAL: &str = "local";
+const SHARED: &str = "shared";
+/// Entries waiting to be sent to the shared tier, per worker; past it the oldest is dropped
+/// (the shared tier is a cache: a lost store costs one later miss).
+const MAX_QUEUED_PUTS: usize = 256;
+/// How often a worker sends what it stored to the shared tier.
+const PUT_PERIOD: Duration = Duration::from_millis(20);
+/// The `:authority` of calls to sluice-cache.
+const AUTHORITY: &str = "sluice-cache";
+
+/// An entry on its way to the shared tier.
+#[derive(Debug)]
+struct SharedPut {
+    path: String,
+    ttl_ms: String,
+    value: Vec<u8>,
+    model: String,
+}
+
+/// The configured filter.
+pub struct ResponseCache {
+    settings: Settings,
+    /// `sluice.cache.<outcome>.tier.<tier>.model.<m>`
+    counters: RefCell<CounterSet>,
+    /// `sluice.cache.bytes.tier.local`
+    gauges: RefCell<GaugeSet>,
+    /// Stored entries not yet sent to the shared tier (sent from the root context, whose
+    /// callouts outlive any stream), and the calls under way (token → model).
+    puts: RefCell<VecDeque<SharedPut>>,
+    puts_in_flight: RefCell<HashMap<u32, String>>,
+}
+
+impl ResponseCache {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            counters: RefCell::new(CounterSet::new(MAX_COUNTERS)),
+            gauges: RefCell::new(GaugeSet::new(4)),
+            puts: RefCell::new(VecDeque::new()),
+            puts_in_flight: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            slots: self.settings.local.slots,
+            max_bytes: self.settings.local.max_bytes as u64,
+        }
+    }
+
+    fn count(&self, host: &mut dyn Host, outcome: &str, tier: &str, model: &str, n: u64) {
+        let name = format!("sluice.cache.{outcome}.tier.{tier}.model.{}", label(model));
+        self.counters.borrow_mut().add(host, &name, n);
+    }
+}
+
+impl Plugin for ResponseCache {
+    const NAME: &'static str = "response-cache";
+    type Request = CachedRequest;
+
+    fn configure(host: &mut dyn Host) -> Result<Self, ConfigError> {
+        let settings = Settings::new(plugin_config::<CacheConfig>(host)?)?;
+        if settings.shared.is_some() {
+            host.set_tick_period(PUT_PERIOD);
+        }
+        Ok(Self::new(settings))
+    }
+
+    fn on_tick(&self, host: &mut dyn Host) {
+        let Some(shared) = &self.settings.shared else {
+            return;
+        };
+        loop {
+            let Some(put) = self.puts.borrow_mut().pop_front() else {
+                break;
+            };
+            let headers = [
+                (":method", "PUT"),
+                (":path", put.path.as_str()),
+                (":authority", AUTHORITY),
+                (crate::TTL_HEADER, put.ttl_ms.as_str()),
+            ];
+            let call = HttpCall {
+                cluster: &shared.cluster,
+                headers: &headers,
+                body: Some(&put.value),
+                timeout: Duration::from_millis(1000),
+            };
+            match host.dispatch_http(&call) {
+                Some(token) => {
+                    self.puts_in_flight.borrow_mut().insert(token, put.model);
+                }
+                None => self.count(host, "error", SHARED, &put.model, 1),
+            }
+        }
+    }
+
+    fn on_http_response(&self, host: &mut dyn Host, token: u32, _body_size: usize) {
+        let Some(model) = self.puts_in_flight.borrow_mut().remove(&token) else {
+            return;
+        };
+        let outcome = if status_of(host) == Some(204) {
+            "stored"
+        } else {
+            "error"
+        };
+        self.count(host, outcome, SHARED, &model, 1);
+    }
+
+    fn new_request(self: &Rc<Self>, _context_id: u32) -> CachedRequest {
+        CachedRequest {
+            filter: self.clone(),
+            phase: Phase::Passthrough,
+        }
+    }
+}
+
+/// The status of the HTTP callout answer being delivered.
+fn status_of(host: &dyn Host) -> Option<u16> {
+    // Headers only: no body bytes copied.
+    let (headers, _) = host.http_response(0);
+    headers
+        .iter()
+        .find(|(k, _)| k == ":status")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+}
+
+/// A request the cache may answer or store.
+#[derive(Debug)]
+struct Pending {
+    plan: Plan,
+    api: Api,
+    /// The upstream model (metric label).
+    model: String,
+    sent_at_ms: u64,
+}
+
+/// A lookup in the shared tier under way.
+#[derive(Debug)]
+struct Lookup {
+    pending: Pending,
+    request: Value,
+    token: u32,
+}
+
+/// An answer being copied as it passes.
+#[derive(Debug)]
+struct Capture {
+    pending: Pending,
+    /// The JSON body so far, or the stream's events assembled.
+    body: Vec<u8>,
+    stream: Option<(SseParser, StreamAssembler)>,
+    /// Bytes seen so far (a stream's too).
+    seen: usize,
+}
+
+/// Where a request is.
+#[derive(Debug)]
+enum Phase {
+    /// Not a cacheable API call.
+    Passthrough,
+    /// Its body is being buffered.
+    AwaitingBody(Api),
+    /// Waiting for the shared tier's answer (the request held).
+    Looking(Box<Lookup>),
+    /// Answered from the cache (the reply passes back through this filter).
+    Hit,
+    /// Not using the cache; the answer says so.
+    Bypassed,
+    /// Sent upstream.
+    Sent(Box<Pending>),
+    /// A successful answer being copied.
+    Capturing(Box<Capture>),
+    Done,
+}
+
+pub struct CachedRequest {
+    filter: Rc<ResponseCache>,
+    phase: Phase,
+}
+
+/// Whether the response came from the backend (not a local reply of Envoy or a filter).
+fn from_upstream(host: &dyn Host) -> bool {
+    host.property(&["response", "code_details"])
+        .is_some_and(|d| d == b"via_upstream")
+}
+
+fn publish(host: &mut dyn Host, fact: &Value) {
+    host.set_property(properties::CACHE, fact.to_string().as_bytes());
+}
+
+/// A complete, successful answer worth storing: a JSON object that is not an error.
+fn storable_json(api: Api, body: &[u8]) -> bool {
+    let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let complete = match api {
+        Api::Chat | Api::Completions => m.get("choices").is_some_and(Value::is_array),
+        Api::Embeddings => m.get("data").is_some_and(Value::is_array),
+        Api::Responses => m.get("status").and_then(Value::as_str) == Some("completed"),
+        Api::Messages => m.get("content").is_some_and(Value::is_array),
+        Api::CountTokens => false,
+    };
+    complete && m.get("error").is_none_or(Value::is_null)
+}
+
+impl CachedRequest {
+    /// Decide with the whole body; answer a hit.
+    fn on_body(&mut self, host: &mut dyn Host, api: Api, body: &[u8]) -> Flow {
+        let Ok(request) = serde_json::from_slice::<Value>(body) else {
+            // Not JSON: token-counter refuses it before it gets here.
+            self.phase = Phase::Done;
+            return Flow::Continue;
+        };
+        let body_model = request.get("model").and_then(Value::as_str).unwrap_or("");
+        let upstream = text_property(host, properties::MODEL).unwrap_or_else(|| body_model.into());
+        let requested =
+            text_property(host, properties::MODEL_REQUESTED).unwrap_or_else(|| upstream.clone());
+        let tenant = text_property(host, properties::TENANT);
+        let key_id = text_property(host, properties::KEY_ID);
+        let control = ClientControl::parse(host.header(Side::Request, "cache-control").as_deref());
+        let facts = RequestFacts {
+            api,
+            body: &request,
+            requested_model: &requested,
+            upstream_model: &upstream,
+            tenant: tenant.as_deref(),
+            key_id: key_id.as_deref(),
+            control,
+        };
+        let filter = self.filter.clone();
+        let plan = match plan(&filter.settings, &facts) {
+            Ok(p) => p,
+            Err(why) => return self.bypass(host, why, &upstream),
+        };
+        let now = now_unix_millis(host);
+        let lookup = plan.lookup;
+        let pending = Pending {
+            plan,
+            api,
+            model: upstream,
+            sent_at_ms: now,
+        };
+        if !lookup {
+            filter.count(host, "bypass", "none", &pending.model, 1);
+            publish(
+                host,
+                &json!({"result": "bypass", "reason": Bypass::Client.as_str()}),
+            );
+            self.phase = Phase::Sent(Box::new(pending));
+            return Flow::Continue;
+        }
+        if let Some(entry) = store::get(host, &pending.plan.key, filter.bounds(), now) {
+            if self.serve(host, api, &request, &entry, now, LOCAL) {
+                filter.count(host, "hit", LOCAL, &pending.model, 1);
+                return Flow::Pause;
+            }
+        }
+        filter.count(host, "miss", LOCAL, &pending.model, 1);
+        if let Some(shared) = &filter.settings.shared {
+            let path = format!("/v1/entries/{}", hex(&pending.plan.key));
+            let headers = [
+                (":method", "GET"),
+                (":path", path.as_str()),
+                (":authority", AUTHORITY),
+            ];
+            let call = HttpCall {
+                cluster: &shared.cluster,
+                headers: &headers,
+                body: None,
+                timeout: Duration::from_millis(shared.timeout_ms),
+            };
+            match host.dispatch_http(&call) {
+                Some(token) => {
+                    self.phase = Phase::Looking(Box::new(Lookup {
+                        pending,
+                        request,
+                        token,
+                    }));
+                    return Flow::Pause;
+                }
+                // A cache outage is a miss, never a failed request.
+                None => filter.count(host, "error", SHARED, &pending.model, 1),
+            }
+        }
+        self.miss(host, pending);
+        Flow::Continue
+    }
+
+    /// Not in the cache: the request goes upstream.
+    fn miss(&mut self, host: &mut dyn Host, pending: Pending) {
+        publish(host, &json!({"result": "miss"}));
+        self.phase = Phase::Sent(Box::new(pending));
+    }
+
+    fn bypass(&mut self, host: &mut dyn Host, why: Bypass, model: &str) -> Flow {
+        self.filter.count(host, "bypass", "none", model, 1);
+        publish(host, &json!({"result": "bypass", "reason": why.as_str()}));
+        self.phase = Phase::Bypassed;
+        Flow::Continue
+    }
+
+    /// Answer from `entry`: as stored, or replayed as a stream when the request streams.
+    /// False when the entry cannot be replayed (then the request goes upstream).
+    fn serve(
+        &mut self,
+        host: &mut dyn Host,
+        api: Api,
+        request: &Value,
+        e: &Entry,
+        now: u64,
+        tier: &str,
+    ) -> bool {
+        let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
+        let (body, content_type) = if stream {
+            let include_usage = request
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                == Some(true)
+                || !api.usage_on_request();
+            let Some(stored) = serde_json::from_slice::<Value>(&e.body).ok() else {
+                return false;
+            };
+            match replay_stream(api, &stored, include_usage) {
+                Some(events) => (events, "text/event-stream"),
+                None => return false,
+            }
+        } else {
+            (e.body.clone(), "application/json")
+        };
+        let age = (now.saturating_sub(e.stored_at_ms) / 1000).to_string();
+        publish(
+            host,
+            &json!({"result": "hit", "tier": tier, "saved_ms": e.backend_ms,
+                "age_s": now.saturating_sub(e.stored_at_ms) / 1000}),
+        );
+        host.send_reply(
+            200,
+            &[
+                ("content-type", content_type),
+                (CACHE_HEADER, "hit"),
+                ("age", &age),
+            ],
+            &body,
+        );
+        self.phase = Phase::Hit;
+        true
+    }
+
+    /// Store a complete answer.
+    fn store(&mut self, host: &mut dyn Host, capture: Capture) {
+        let Capture {
+            pending,
+            body,
+            stream,
+            ..
+        } = capture;
+        let body = match stream {
+            Some((_, assembler)) => match assembler.finish() {
+                Some(v) => v.to_string().into_bytes(),
+                None => return self.not_stored(host, "incomplete", &pending.model),
+            },
+            None if storable_json(pending.api, &body) => body,
+            None => return self.not_stored(host, "incomplete", &pending.model),
+        };
+        if body.len() > self.filter.settings.max_entry_bytes {
+            return self.not_stored(host, "too_large", &pending.model);
+        }
+        let now = now_unix_millis(host);
+        let entry = Entry {
+            expires_ms: now.saturating_add(pending.plan.ttl_s.saturating_mul(1000)),
+            stored_at_ms: now,
+            backend_ms: now.saturating_sub(pending.sent_at_ms),
+            body,
+        };
+        let filter = self.filter.clone();
+        let stored = store::put(host, &pending.plan.key, &entry, filter.bounds());
+        if !stored.stored {
+            return self.not_stored(host, "store_failed", &pending.model);
+        }
+        log::debug!("response-cache: stored {}", hex(&pending.plan.key));
+        filter.count(host, "stored", LOCAL, &pending.model, 1);
+        if stored.evicted > 0 {
+            filter.count(host, "evicted", LOCAL, &pending.model, stored.evicted);
+        }
+        filter
+            .gauges
+            .borrow_mut()
+            .set(host, "sluice.cache.bytes.tier.local", stored.bytes);
+        publish(host, &json!({"result": "stored", "tier": LOCAL}));
+        if filter.settings.shared.is_some() {
+            let mut puts = filter.puts.borrow_mut();
+            if puts.len() >= MAX_QUEUED_PUTS {
+                puts.pop_front();
+            }
+            puts.push_back(SharedPut {
+                path: format!("/v1/entries/{}", hex(&pending.plan.key)),
+                ttl_ms: pending.plan.ttl_s.saturating_mul(1000).to_string(),
+                value: store::encode(&pending.plan.key, 0, &entry),
+                model: pending.model,
+            });
+        }
+    }
+
+    /// The shared tier answered a lookup: serve its entry (and keep it locally), or go on
+    /// upstream.
+    fn on_shared_answer(&mut self, host: &mut dyn Host, lookup: Lookup, body_size: usize) {
+        let Lookup {
+            pending, request, ..
+        } = lookup;
+        let filter = self.filter.clone();
+        let now = now_unix_millis(host);
+        let status = status_of(host);
+        match status {
+            Some(200) => {
+                let (_, value) = host.http_response(body_size);
+                if let Some(entry) = store::decode(&value, &pending.plan.key, None, now) {
+                    store::put(host, &pending.plan.key, &entry, filter.bounds());
+                    if self.serve(host, pending.api, &request, &entry, now, SHARED) {
+                        filter.count(host, "hit", SHARED, &pending.model, 1);
+                        return;
+                    }
+                }
+                filter.count(host, "miss", SHARED, &pending.model, 1);
+            }
+            Some(404) => filter.count(host, "miss", SHARED, &pending.model, 1),
+            // Down, slow or failing: a miss, counted as an error.
+            _ => filter.count(host, "error", SHARED, &pending.model, 1),
+        }
+        self.miss(host, pending);
+        host.resume(Side::Request);
+    }
+
+    fn not_stored(&mut self, host: &mut dyn Host, why: &str, model: &str) {
+        self.filter
+            .count(host, &format!("not_stored.reason.{why}"), LOCAL, model, 1);
+    }
+}
+
+impl Lifecycle for CachedRequest {
+    fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
+        let method = host.header(Side::Request, ":method").unwrap_or_default();
+        let path = host.header(Side::Request, ":path").unwrap_or_default();
+        match governed_api(&path) {
+            Some(api) if method == "POST" && api != Api::CountTokens && !end_of_stream => {
+                self.phase = Phase::AwaitingBody(api);
+                // Hold the headers until the body says whether the cache answers.
+                Flow::Pause
+            }
+            _ => Flow::Continue,
+        }
+    }
+
+    fn on_request_body(&mut self, host: &mut dyn Host, size: usize, end_of_stream: bool) -> Flow {
+        let Phase::AwaitingBody(api) = self.phase else {
+            return Flow::Continue;
+        };
+        if !end_of_stream {
+            return Flow::Pause;
+        }
+        let body = host.body(Side::Request, size);
+        self.on_body(host, api, &body)
+    }
+
+    fn on_http_response(&mut self, host: &mut dyn Host, token: u32, body_size: usize) {
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Looking(lookup) if lookup.token == token => {
+                self.on_shared_answer(host, *lookup, body_size);
+            }
+            other => self.phase = other,
+        }
+    }
+
+    fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Hit => self.phase = Phase::Hit,
+            Phase::Bypassed => host.set_header(Side::Response, CACHE_HEADER, "bypass"),
+            Phase::Sent(pending) => {
+                let said = if pending.plan.lookup {
+                    "miss"
+                } else {
+                    "bypass"
+                };
+                host.set_header(Side::Response, CACHE_HEADER, said);
+                let status = host.header(Side::Response, ":status");
+                if pending.plan.store
+                    && !end_of_stream
+                    && status.as_deref() == Some("200")
+                    && from_upstream(host)
+                {
+                    let sse = host
+                        .header(Side::Response, "content-type")
+                        .is_some_and(|t| t.starts_with("text/event-stream"));
+                    let max = self.filter.settings.max_entry_bytes;
+                    self.phase = Phase::Capturing(Box::new(Capture {
+                        stream: sse
+                            .then(|| (SseParser::new(max), StreamAssembler::new(pending.api))),
+                        pending: *pending,
+                        body: Vec::new(),
+                        seen: 0,
+                    }));
+                }
+            }
+            other => self.phase = other,
+        }
+        Flow::Continue
+    }
+
+    fn on_response_body(&mut self, host: &mut dyn Host, size: usize, end_of_stream: bool) -> Flow {
+        let Phase::Capturing(capture) = &mut self.phase else {
+            return Flow::Continue;
+        };
+        let chunk = host.body(Side::Response, size);
+        capture.seen += chunk.len();
+        // A stream's events are larger than the response they assemble into; bound both.
+        let limit = self.filter.settings.max_entry_bytes.saturating_mul(4);
+        if capture.seen > limit
+            || (capture.stream.is_none() && capture.seen > self.filter.settings.max_entry_bytes)
+        {
+            let model = capture.pending.model.clone();
+            self.phase = Phase::Done;
+            self.not_stored(host, "too_large", &model);
+            return Flow::Continue;
+        }
+        match &mut capture.stream {
+            Some((parser, assembler)) => {
+                for event in parser.push(&chunk) {
+                    assembler.push(&event);
+                }
+            }
+            None => capture.body.extend_from_slice(&chunk),
+        }
+        if end_of_stream {
+            if let Phase::Capturing(capture) = std::mem::replace(&mut self.phase, Phase::Done) {
+                self.store(host, *capture);
+            }
+        }
+        Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests;
