@@ -70,8 +70,9 @@ step "OpenAI and Anthropic SDK smoke test against scripts/run.sh"
 state=$(mktemp -d)
 # Free ports for the stack, so a developer's running stack is not disturbed.
 port=$(free_port); admin=$(free_port); pool=$(free_port 4); rlport=$(free_port); batchport=$(free_port)
+cacheport=$(free_port)
 SLUICE_PORT=$port SLUICE_ADMIN_PORT=$admin SLUICE_POOL_PORT=$pool SLUICE_RATELIMIT_PORT=$rlport \
-  SLUICE_BATCH_PORT=$batchport \
+  SLUICE_BATCH_PORT=$batchport SLUICE_CACHE_PORT=$cacheport \
   SLUICE_STATE_DIR=$state \
   SLUICE_SKIP_BUILD=1 scripts/run.sh >"$state/run.out" 2>&1 &
 run_pid=$!

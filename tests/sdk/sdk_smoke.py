@@ -296,6 +296,58 @@ def engine_errors():
                                       "stream_error_after": None, "stream_error_legacy": False})
 
 
+def cached_answers_replay_in_each_sdk():
+    """The local stack caches requests with temperature 0: the second of each pair is a hit
+    replayed in the API's own stream events, which each SDK's stream helpers must accept."""
+    client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
+    ant = anthropic.Anthropic(base_url=gateway, api_key=key, max_retries=0)
+    mock("DELETE", "/_mock/requests")
+
+    def chat_once(rid):
+        stream = client.chat.completions.create(
+            model="mock-model", temperature=0, stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "cache me"}],
+            extra_headers={"x-request-id": rid})
+        text, usage = "", None
+        for c in stream:
+            if c.choices:
+                text += c.choices[0].delta.content or ""
+            if c.usage:
+                usage = c.usage.completion_tokens
+        return text, usage
+
+    def responses_once(rid):
+        with client.responses.stream(model="mock-model", input="cache me too", temperature=0,
+                                     extra_headers={"x-request-id": rid}) as s:
+            text = "".join(e.delta for e in s if e.type == "response.output_text.delta")
+            final = s.get_final_response()
+        return text, final.output_text, final.usage.output_tokens
+
+    def messages_once(rid):
+        with ant.messages.stream(model="mock-model", max_tokens=32, extra_body={"temperature": 0},
+                                 messages=[{"role": "user", "content": "cache me as well"}],
+                                 extra_headers={"x-request-id": rid}) as s:
+            text = "".join(s.text_stream)
+            final = s.get_final_message()
+        return text, final.content[0].text, final.usage.output_tokens
+
+    def embeddings_once(rid):
+        r = client.embeddings.create(model="mock-model", input="the same words",
+                                     extra_headers={"x-request-id": rid})
+        return r.data[0].embedding
+
+    for name, once in [("chat", chat_once), ("responses", responses_once),
+                       ("messages", messages_once), ("embeddings", embeddings_once)]:
+        first, second = once(f"sdk-cache-{name}-1"), once(f"sdk-cache-{name}-2")
+        assert first == second and first, (name, first, second)
+        stored = json.loads(log_line(f"sdk-cache-{name}-1")["cache"])
+        hit = json.loads(log_line(f"sdk-cache-{name}-2")["cache"])
+        assert stored["result"] == "stored" and hit["result"] == "hit", (name, stored, hit)
+    sent = upstream_requests()
+    assert len(sent) == 4, [r["path"] for r in sent]
+
+
 check("openai SDK: chat completion", chat)
 check("openai SDK: streamed chat completion", chat_stream)
 check("openai SDK: model list, alias routing, unknown model -> NotFoundError", models_and_routing)
@@ -307,6 +359,8 @@ check("anthropic SDK: messages.create and count_tokens, PII redacted, usage logg
 check("anthropic SDK: streamed messages, PII redacted across events, usage logged", anthropic_stream)
 check("anthropic + openai SDKs: typed errors, a token limit that holds", anthropic_errors_and_token_limit)
 check("openai SDK: engine errors normalised, errors inside streams raise", engine_errors)
+check("openai + anthropic SDKs: cached answers replayed as each API's stream, once upstream",
+      cached_answers_replay_in_each_sdk)
 passed = sum(ok for _, ok in results)
 print(f"sdk: {passed} passed, {len(results) - passed} failed")
 sys.exit(0 if passed == len(results) else 1)
