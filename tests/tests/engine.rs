@@ -574,3 +574,110 @@ async fn every_messages_stream_opens_with_message_start() {
     );
     eprintln!("message_start: {engines} from the engine, {made} made by Sluice");
 }
+
+/// The response cache in front of the real engine: llama-server's own stream is stored as
+/// it passes and replayed, streamed and not, with the same text and the engine's usage.
+#[tokio::test]
+async fn the_engines_answers_are_cached_and_replayed_streamed_and_not() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = Engine::start(Variant::Plain, 1, 2, 1024, "tiny-llama").await else {
+        return;
+    };
+    let s = Stack::start(StackOptions {
+        pools: vec!["pool-gpu"],
+        engines: vec![("pool-gpu", engine.ports.clone())],
+        pool_options: vec![("pool-gpu", json!({"max_requests_per_connection": 1}))],
+        keys: KeyAuthConfig {
+            keys: vec![key_record("key_engine", KEY, "team-engine")],
+            ..Default::default()
+        },
+        vars: vec![
+            (
+                "model_router_config".into(),
+                json!({"models": {"tiny-llama": {"targets": [{"pool": "pool-gpu"}]}}}),
+            ),
+            (
+                "response_cache".into(),
+                json!({"rules": [{"models": ["*"], "apis": ["chat", "responses", "messages"]}]}),
+            ),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    s.wait_all_healthy().await;
+    let client = reqwest::Client::new();
+    let url = format!("{}{CHAT}", s.gateway);
+    let mut body = chat("tiny-llama", "Tell me about rivers and the sea.", 24, true);
+    body["temperature"] = json!(0);
+    let first = stream(&client, &url, Some(KEY), "cache-1", &body).await;
+    assert!(first.done && !first.text.is_empty() && first.usage.is_some());
+    let again = stream(&client, &url, Some(KEY), "cache-2", &body).await;
+    assert_eq!(
+        (again.text.as_str(), again.done),
+        (first.text.as_str(), true)
+    );
+    assert_eq!(again.usage, first.usage, "the engine's usage, replayed");
+    body["stream"] = json!(false);
+    let json_hit: Value = client
+        .post(&url)
+        .header("x-api-key", KEY)
+        .header("x-request-id", "cache-3")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        json_hit["choices"][0]["message"]["content"],
+        first.text.as_str()
+    );
+    let results: Vec<String> = {
+        let mut out = Vec::new();
+        for id in ["cache-1", "cache-2", "cache-3"] {
+            let line = s.log_line(id).await;
+            let fact: Value = serde_json::from_str(line["cache"].as_str().unwrap()).unwrap();
+            out.push(fact["result"].as_str().unwrap().to_string());
+            assert_eq!(
+                log_number(&line, "completion_tokens"),
+                first
+                    .usage
+                    .as_ref()
+                    .and_then(|u| u["completion_tokens"].as_u64()),
+                "{line}"
+            );
+        }
+        out
+    };
+    assert_eq!(results, ["stored", "hit", "hit"]);
+    // Responses: llama-server's event stream assembles into its response.completed.
+    let responses = json!({"model": "tiny-llama", "input": "Name a colour.", "temperature": 0,
+                           "max_output_tokens": 12, "stream": true});
+    let mut texts = Vec::new();
+    for id in ["resp-cache-1", "resp-cache-2"] {
+        let r = client
+            .post(format!("{}/v1/responses", s.gateway))
+            .header("x-api-key", KEY)
+            .header("x-request-id", id)
+            .json(&responses)
+            .send()
+            .await
+            .unwrap();
+        let said = r
+            .headers()
+            .get("x-sluice-cache")
+            .map(|v| v.to_str().unwrap().to_string());
+        let text = r.text().await.unwrap();
+        let completed = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .find(|v| v["type"] == "response.completed")
+            .unwrap_or_else(|| panic!("no response.completed: {text}"));
+        texts.push((said, completed["response"]["output"].clone()));
+    }
+    assert_eq!(texts[0].0.as_deref(), Some("miss"));
+    assert_eq!(texts[1].0.as_deref(), Some("hit"), "{texts:?}");
+    assert_eq!(texts[0].1, texts[1].1);
+}
