@@ -107,6 +107,17 @@ async fn every_dashboard_metric_is_exported_by_a_live_stack() {
         },
         // An engine pool: endpoint-picker's gauges (the mock serves vLLM's /metrics).
         pool_options: vec![("pool-a", json!({"engine": "vllm"}))],
+        // The response cache: two slots (a third entry evicts one), small entries only,
+        // and a shared tier that is down (its lookups are errors).
+        vars: vec![
+            (
+                "response_cache".into(),
+                json!({"max_entry_bytes": 2048, "local": {"slots": 2},
+                       "shared": {"cluster": "sluice_cache", "timeout_ms": 100},
+                       "rules": [{"models": ["*"], "apis": ["chat", "embeddings"], "when": "always"}]}),
+            ),
+            ("cache_port".into(), json!(sluice_e2e::engine::free_port())),
+        ],
         ..StackOptions::default()
     })
     .await;
@@ -128,6 +139,27 @@ async fn every_dashboard_metric_is_exported_by_a_live_stack() {
         assert_eq!(r.status(), 200);
         let _ = r.bytes().await;
     }
+    // The cache: a hit, a bypass, an answer too large to store.
+    let body = json!({"model": "mock-model", "messages": [
+        {"role": "user", "content": "mail me at jane0@example.org"}]});
+    let hit = s
+        .post_json("/v1/chat/completions", KEY, "obs-hit", &body)
+        .await;
+    assert_eq!(hit.headers()["x-sluice-cache"], "hit");
+    let bypass = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.gateway))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("cache-control", "no-cache")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bypass.headers()["x-sluice-cache"], "bypass");
+    let many: Vec<String> = (0..200).map(|i| format!("text {i}")).collect();
+    let big = json!({"model": "mock-model", "input": many});
+    let r = s.post_json("/v1/embeddings", KEY, "obs-big", &big).await;
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await;
     let body = json!({"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]});
     let first = s
         .post_json("/v1/chat/completions", LIMITED, "obs-l1", &body)
