@@ -146,6 +146,11 @@ pub struct RateLimitConfig {
     /// The rate-limit service, needed when any limit is `global`.
     #[serde(default)]
     pub global: Option<GlobalConfig>,
+    /// Whether an answer from the response cache counts against token budgets (its
+    /// prompt and completion tokens, charged when it ends). Off: a hit costs no tokens, only
+    /// a request (the admission stage still counts it).
+    #[serde(default)]
+    pub charge_cache_hits: bool,
 }
 
 fn minute() -> u64 {

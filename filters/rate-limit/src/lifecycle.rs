@@ -394,6 +394,51 @@ impl LimitedRequest {
         }
     }
 
+    /// The tokens stage, for an answer from the response cache (which answered before this
+    /// stage saw the request): charge its tokens to the key's token budgets when
+    /// `charge_cache_hits` says so. Nothing was reserved, so each budget is charged the whole
+    /// amount (locally, or through the service's report queue).
+    fn charge_cache_hit(&mut self, host: &mut dyn Host) {
+        let config = &self.filter.config;
+        if self.stage() != Stage::Tokens || !config.charge_cache_hits {
+            return;
+        }
+        let hit = text_property(host, properties::CACHE)
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
+            .is_some_and(|c| c["result"] == "hit");
+        let Some(policy) = text_property(host, properties::POLICY)
+            .and_then(|p| serde_json::from_str::<Policy>(&p).ok())
+            .filter(|p| hit && decide::tokens_stage_applies(config, p))
+        else {
+            return;
+        };
+        let used = number(host, properties::PROMPT_TOKENS).unwrap_or(0)
+            + number(host, properties::COMPLETION_TOKENS).unwrap_or(0);
+        let model = routed_model(host);
+        let now = now_unix_secs(host);
+        let (local, global): (Vec<Held>, Vec<Held>) = decide::checks(
+            config,
+            &Subject {
+                policy: &policy,
+                model: model.as_deref(),
+            },
+        )
+        .into_iter()
+        .filter(|c| c.kind.is_tokens())
+        .map(|check| Held {
+            check,
+            taken: Taken {
+                window_start: now,
+                remaining: 0,
+            },
+            amount: 0,
+        })
+        .partition(|h| h.check.tier == Tier::Local);
+        decide::settle(&*host, &local, now, used);
+        self.filter.queue_reports(host, &global, used);
+        self.publish(host, serde_json::json!({"cache_hit_charged": used}));
+    }
+
     fn admitted(&mut self, held: Vec<Held>, reserved: u64) -> Flow {
         self.phase = Phase::Admitted { held, reserved };
         Flow::Continue
@@ -531,7 +576,7 @@ impl Lifecycle for LimitedRequest {
         // on_log ran before (it is earlier in the chain), so the final usage is known.
         let Phase::Admitted { held, reserved } = std::mem::replace(&mut self.phase, Phase::Idle)
         else {
-            return;
+            return self.charge_cache_hit(host);
         };
         let status: u64 = host
             .property(&["response", "code"])

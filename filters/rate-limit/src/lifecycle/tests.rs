@@ -372,3 +372,38 @@ fn without_a_policy_or_counted_prompt_nothing_is_checked() {
     );
     assert!(host.calls().is_empty(), "{:?}", host.calls());
 }
+
+#[test]
+fn a_cache_hit_is_charged_to_token_budgets_only_when_configured() {
+    for charge in [false, true] {
+        let mut host = MockHost::new();
+        let f = filter(
+            &mut host,
+            json!({"stage": "tokens", "charge_cache_hits": charge}),
+        );
+        tokens_request(&mut host, json!({"tokens_per_minute": 1000}));
+        // The response cache answered: this stage never saw the request, only its end.
+        host.set_text_property("sluice_cache", r#"{"result":"hit","tier":"local"}"#);
+        served(&mut host, 40, 10);
+        let mut req = f.new_request(1);
+        req.on_log(&mut host);
+        let written: Vec<Call> = host
+            .effects()
+            .into_iter()
+            .filter(|c| matches!(c, Call::SetSharedData(_)))
+            .collect();
+        if charge {
+            assert_eq!(written.len(), 1, "the key's minute counter charged");
+            assert_eq!(record(&host), json!({"tokens": {"cache_hit_charged": 50}}));
+            // The budget now holds the 50 tokens: a request of 960 more is over it.
+            tokens_request(&mut host, json!({"tokens_per_minute": 1000}));
+            host.set_text_property("sluice_prompt_tokens", "951");
+            host.set_text_property("sluice_max_output_tokens", "0");
+            let mut next = f.new_request(2);
+            assert_eq!(next.on_request_headers(&mut host, false), Flow::Pause);
+            assert_eq!(host.reply().map(|r| r.status), Some(429));
+        } else {
+            assert!(written.is_empty(), "{:?}", host.effects());
+        }
+    }
+}
