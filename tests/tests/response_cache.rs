@@ -379,3 +379,96 @@ async fn two_envoys_share_the_redis_tier_and_an_outage_is_a_miss() {
         "{prom}"
     );
 }
+
+#[tokio::test]
+async fn a_paraphrase_hits_the_semantic_tier_an_unrelated_prompt_or_a_second_turn_does_not() {
+    // The embedding model is the mock's (a deterministic bag of words: texts sharing most
+    // of their words are close) in the same pool, called by the filter directly.
+    let s = Stack::start(StackOptions {
+        pools: vec!["pool-a"],
+        keys: KeyAuthConfig {
+            keys: vec![
+                key_record("key_a", KEY_A, "team-a"),
+                key_record("key_b", KEY_B, "team-b"),
+            ],
+            ..Default::default()
+        },
+        cache_service: true,
+        vars: vec![(
+            "response_cache".into(),
+            json!({"shared": {"cluster": "sluice_cache", "timeout_ms": 200},
+                   "semantic": {"cluster": "pool-a", "model": "mock-embed", "threshold": 0.8},
+                   "rules": [{"models": ["*"], "apis": ["chat"]}]}),
+        )],
+        ..StackOptions::default()
+    })
+    .await;
+    let ask = |text: &str| chat(text, false);
+    let first = post(
+        &s,
+        CHAT,
+        KEY_A,
+        "sem-1",
+        &ask("What is the capital of France?"),
+        None,
+    )
+    .await;
+    assert_eq!(first.1.as_deref(), Some("miss"));
+    // The answer and its prompt's vector reach sluice-cache within a tick.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let paraphrase = post(
+        &s,
+        CHAT,
+        KEY_A,
+        "sem-2",
+        &ask("what is the capital city of France"),
+        None,
+    )
+    .await;
+    assert_eq!(paraphrase.1.as_deref(), Some("hit"), "{}", paraphrase.2);
+    assert_eq!(content(&paraphrase.2), content(&first.2));
+    let fact = cache_fact(&s.log_line("sem-2").await);
+    assert_eq!(fact["tier"], "semantic");
+    assert!(fact["similarity"].as_f64().unwrap() >= 0.8, "{fact}");
+    // Unrelated: a miss.
+    let unrelated = post(
+        &s,
+        CHAT,
+        KEY_A,
+        "sem-3",
+        &ask("How do I bake sourdough bread?"),
+        None,
+    )
+    .await;
+    assert_eq!(unrelated.1.as_deref(), Some("miss"));
+    // The same question as a conversation's second turn: not answered from the first one.
+    let second_turn = json!({"model": "mock-model", "temperature": 0, "messages": [
+        {"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi!"},
+        {"role": "user", "content": "What is the capital of France?"}]});
+    let r = post(&s, CHAT, KEY_A, "sem-4", &second_turn, None).await;
+    assert_eq!(r.1.as_deref(), Some("miss"));
+    // Another tenant's paraphrase: its own index, a miss.
+    let other = post(
+        &s,
+        CHAT,
+        KEY_B,
+        "sem-5",
+        &ask("what is the capital city of France"),
+        None,
+    )
+    .await;
+    assert_eq!(other.1.as_deref(), Some("miss"));
+    let mut chats = 0;
+    for b in s.backends("pool-a") {
+        chats += b
+            .requests()
+            .await
+            .iter()
+            .filter(|r| r["path"] == CHAT)
+            .count();
+    }
+    assert_eq!(
+        chats, 4,
+        "every request but the paraphrase reached the backend"
+    );
+}

@@ -94,7 +94,39 @@ fn default_shared_timeout() -> u64 {
     50
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The semantic tier: a request whose exact key misses is answered with the stored answer
+/// of the nearest earlier prompt (same tenant, API, model and other fields), when its
+/// embedding is at least `threshold` similar. The embedding comes from the operator's own
+/// embedding model (an Envoy cluster serving `/v1/embeddings`); the index lives in
+/// sluice-cache (the `shared` tier's cluster).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticTier {
+    /// The Envoy cluster of the embedding model's pool.
+    pub cluster: String,
+    /// The embedding model, as that pool names it.
+    pub model: String,
+    /// Cosine similarity at or above which a prompt counts as the same question.
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+    /// Conversations past their first turn too (off: a second turn never matches an
+    /// earlier conversation's answer).
+    #[serde(default)]
+    pub multi_turn: bool,
+    /// The longest the embedding call may take; past it the request is a miss.
+    #[serde(default = "default_semantic_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_threshold() -> f64 {
+    0.95
+}
+
+fn default_semantic_timeout() -> u64 {
+    500
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     #[serde(default)]
@@ -110,6 +142,8 @@ pub struct CacheConfig {
     pub rules: Vec<Rule>,
     #[serde(default)]
     pub shared: Option<SharedTier>,
+    #[serde(default)]
+    pub semantic: Option<SemanticTier>,
 }
 
 fn default_ttl() -> u64 {
@@ -139,6 +173,7 @@ pub struct Settings {
     pub local: LocalTier,
     pub rules: Vec<Rule>,
     pub shared: Option<SharedTier>,
+    pub semantic: Option<SemanticTier>,
 }
 
 impl Settings {
@@ -173,9 +208,26 @@ impl Settings {
                 ));
             }
         }
+        if let Some(sem) = &c.semantic {
+            if c.shared.is_none() {
+                return Err(ConfigError::invalid(
+                    "semantic needs the shared tier (its index lives in sluice-cache)",
+                ));
+            }
+            if sem.cluster.is_empty()
+                || sem.model.is_empty()
+                || !(sem.threshold > 0.0 && sem.threshold <= 1.0)
+                || !(1..=10_000).contains(&sem.timeout_ms)
+            {
+                return Err(ConfigError::invalid(
+                    "semantic needs a cluster, a model, a threshold in (0, 1] and a timeout_ms of 1 to 10000",
+                ));
+            }
+        }
         Ok(Self {
             scope: c.scope,
             shared: c.shared,
+            semantic: c.semantic,
             ttl_s: c.ttl_s,
             max_entry_bytes: c.max_entry_bytes,
             local: c.local,
@@ -234,6 +286,14 @@ mod tests {
                 "count_tokens",
             ),
             (r#"{"shared": {"cluster": "", "timeout_ms": 5}}"#, "shared"),
+            (
+                r#"{"semantic": {"cluster": "e", "model": "m"}}"#,
+                "semantic needs the shared tier",
+            ),
+            (
+                r#"{"shared": {"cluster": "c"}, "semantic": {"cluster": "e", "model": "m", "threshold": 1.5}}"#,
+                "threshold",
+            ),
         ] {
             let e = settings(json).unwrap_err().to_string();
             assert!(e.contains(field), "{json}: {e}");

@@ -78,6 +78,8 @@ impl Bypass {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub key: Key,
+    /// Whose entries these are (`tenant:<t>`, `key:<id>`, or `shared`).
+    pub scope: String,
     pub ttl_s: u64,
     /// Answer from the cache when it holds the entry.
     pub lookup: bool,
@@ -135,6 +137,7 @@ pub fn plan(settings: &Settings, r: &RequestFacts) -> Result<Plan, Bypass> {
     };
     Ok(Plan {
         key: entry_key(&scope, r.api, r.upstream_model, r.body),
+        scope,
         ttl_s: rule.ttl_s.unwrap_or(settings.ttl_s),
         lookup: !r.control.no_cache,
         store: !r.control.no_store,
@@ -143,12 +146,82 @@ pub fn plan(settings: &Settings, r: &RequestFacts) -> Result<Plan, Bypass> {
 
 /// SHA-256 of the parts, each with its length first (no two part lists hash alike).
 pub fn entry_key(scope: &str, api: Api, upstream_model: &str, body: &Value) -> Key {
+    hash_request(b"sluice-cache-v1", scope, api, upstream_model, body, &[])
+}
+
+/// The semantic index a request's prompt is looked up in: like its key, but without the
+/// prompt, so requests that differ only in how the question is put share an index (and
+/// requests with other parameters, tools or models never do).
+pub fn semantic_index(scope: &str, api: Api, upstream_model: &str, body: &Value) -> Key {
+    hash_request(
+        b"sluice-semantic-v1",
+        scope,
+        api,
+        upstream_model,
+        body,
+        api.prompt_fields(),
+    )
+}
+
+/// The text a request's prompt is embedded as, when the semantic tier may answer it: one
+/// turn (a user message after any system prompt), unless `multi_turn`; never embeddings.
+pub fn semantic_text(api: Api, body: &Value, multi_turn: bool) -> Option<String> {
+    let roles = |field: &str| -> Vec<String> {
+        body.get(field)
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|m| {
+                        m.get("role")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let one_turn = match api {
+        Api::Chat => {
+            let r = roles("messages");
+            r.iter().filter(|r| *r == "user").count() == 1
+                && r.iter()
+                    .all(|r| matches!(r.as_str(), "user" | "system" | "developer"))
+        }
+        Api::Messages => roles("messages") == ["user"],
+        Api::Responses => match body.get("input") {
+            Some(Value::String(_)) => true,
+            Some(Value::Array(_)) => roles("input") == ["user"],
+            _ => false,
+        },
+        Api::Completions => body.get("prompt").is_some_and(Value::is_string),
+        Api::Embeddings | Api::CountTokens => return None,
+    };
+    if !(one_turn || multi_turn) {
+        return None;
+    }
+    let view = sluice_common::RequestView::from_value(api, body.clone()).ok()?;
+    let text = view.texts().join("\n");
+    (!text.trim().is_empty()).then_some(text)
+}
+
+fn hash_request(
+    domain: &[u8],
+    scope: &str,
+    api: Api,
+    upstream_model: &str,
+    body: &Value,
+    also_ignored: &[&str],
+) -> Key {
     let mut canonical = Vec::with_capacity(256);
     match body {
         Value::Object(m) => {
             let mut members: Vec<(&String, &Value)> = m
                 .iter()
-                .filter(|(k, _)| !IGNORED_FIELDS.contains(&k.as_str()))
+                .filter(|(k, _)| {
+                    !IGNORED_FIELDS.contains(&k.as_str()) && !also_ignored.contains(&k.as_str())
+                })
                 .collect();
             members.sort_by(|a, b| a.0.cmp(b.0));
             write_members(&members, &mut canonical);
@@ -157,7 +230,7 @@ pub fn entry_key(scope: &str, api: Api, upstream_model: &str, body: &Value) -> K
     }
     let mut h = Sha256::new();
     for part in [
-        b"sluice-cache-v1".as_slice(),
+        domain,
         scope.as_bytes(),
         api.as_str().as_bytes(),
         upstream_model.as_bytes(),
@@ -252,6 +325,46 @@ mod tests {
             entry_key("tenant:team-a", Api::Chat, "org/m2", &a),
             key(&a, "team-a"),
             "another upstream model"
+        );
+    }
+
+    #[test]
+    fn only_one_turn_is_embedded_and_its_index_ignores_the_prompt_alone() {
+        let one = json!({"model": "m", "temperature": 0, "messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]});
+        assert_eq!(
+            semantic_text(Api::Chat, &one, false).as_deref(),
+            Some("Be brief.\nCapital of France?")
+        );
+        let two = json!({"model": "m", "messages": [
+            {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Capital of France?"}]});
+        assert_eq!(semantic_text(Api::Chat, &two, false), None, "a second turn");
+        assert!(semantic_text(Api::Chat, &two, true).is_some());
+        assert!(
+            semantic_text(Api::Responses, &json!({"model": "m", "input": "x"}), false).is_some()
+        );
+        assert!(semantic_text(
+            Api::Messages,
+            &json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+            false
+        )
+        .is_some());
+        assert_eq!(
+            semantic_text(Api::Embeddings, &json!({"input": "x"}), true),
+            None
+        );
+        // Same index: only the question differs; another index: another parameter.
+        let mut reworded = one.clone();
+        reworded["messages"][1]["content"] = json!("What is France's capital?");
+        let mut hotter = one.clone();
+        hotter["max_tokens"] = json!(5);
+        let index = |b: &Value| semantic_index("tenant:t", Api::Chat, "m", b);
+        assert_eq!(index(&one), index(&reworded));
+        assert_ne!(index(&one), index(&hotter));
+        assert_ne!(
+            index(&one),
+            semantic_index("tenant:u", Api::Chat, "m", &one)
         );
     }
 

@@ -3,7 +3,9 @@
 //! on, and its answer is copied as it passes (nothing held back) and stored once it is
 //! complete and successful.
 
-use crate::key::{hex, plan, Bypass, ClientControl, Plan, RequestFacts};
+use crate::key::{
+    hex, plan, semantic_index, semantic_text, Bypass, ClientControl, Key, Plan, RequestFacts,
+};
 use crate::store::{self, Bounds, Entry};
 use crate::{CacheConfig, Settings, CACHE_HEADER};
 use serde_json::{json, Value};
@@ -26,6 +28,7 @@ const MAX_COUNTERS: usize = 1024;
 /// The tiers, as metrics and `sluice_cache` name them.
 const LOCAL: &str = "local";
 const SHARED: &str = "shared";
+const SEMANTIC: &str = "semantic";
 /// Entries waiting to be sent to the shared tier, per worker; past it the oldest is dropped
 /// (the shared tier is a cache: a lost store costs one later miss).
 const MAX_QUEUED_PUTS: usize = 256;
@@ -34,12 +37,15 @@ const PUT_PERIOD: Duration = Duration::from_millis(20);
 /// The `:authority` of calls to sluice-cache.
 const AUTHORITY: &str = "sluice-cache";
 
-/// An entry on its way to the shared tier.
+/// A write on its way to sluice-cache: an entry (`PUT`, with its TTL) or a prompt's
+/// vector for the semantic index (`POST`).
 #[derive(Debug)]
 struct SharedPut {
+    method: &'static str,
     path: String,
-    ttl_ms: String,
+    ttl_ms: Option<String>,
     value: Vec<u8>,
+    tier: &'static str,
     model: String,
 }
 
@@ -53,7 +59,7 @@ pub struct ResponseCache {
     /// Stored entries not yet sent to the shared tier (sent from the root context, whose
     /// callouts outlive any stream), and the calls under way (token → model).
     puts: RefCell<VecDeque<SharedPut>>,
-    puts_in_flight: RefCell<HashMap<u32, String>>,
+    puts_in_flight: RefCell<HashMap<u32, (&'static str, String)>>,
 }
 
 impl ResponseCache {
@@ -78,6 +84,14 @@ impl ResponseCache {
         let name = format!("sluice.cache.{outcome}.tier.{tier}.model.{}", label(model));
         self.counters.borrow_mut().add(host, &name, n);
     }
+
+    fn queue_put(&self, put: SharedPut) {
+        let mut puts = self.puts.borrow_mut();
+        if puts.len() >= MAX_QUEUED_PUTS {
+            puts.pop_front();
+        }
+        puts.push_back(put);
+    }
 }
 
 impl Plugin for ResponseCache {
@@ -100,12 +114,14 @@ impl Plugin for ResponseCache {
             let Some(put) = self.puts.borrow_mut().pop_front() else {
                 break;
             };
-            let headers = [
-                (":method", "PUT"),
+            let mut headers = vec![
+                (":method", put.method),
                 (":path", put.path.as_str()),
                 (":authority", AUTHORITY),
-                (crate::TTL_HEADER, put.ttl_ms.as_str()),
             ];
+            if let Some(ttl) = &put.ttl_ms {
+                headers.push((crate::TTL_HEADER, ttl.as_str()));
+            }
             let call = HttpCall {
                 cluster: &shared.cluster,
                 headers: &headers,
@@ -114,15 +130,17 @@ impl Plugin for ResponseCache {
             };
             match host.dispatch_http(&call) {
                 Some(token) => {
-                    self.puts_in_flight.borrow_mut().insert(token, put.model);
+                    self.puts_in_flight
+                        .borrow_mut()
+                        .insert(token, (put.tier, put.model));
                 }
-                None => self.count(host, "error", SHARED, &put.model, 1),
+                None => self.count(host, "error", put.tier, &put.model, 1),
             }
         }
     }
 
     fn on_http_response(&self, host: &mut dyn Host, token: u32, _body_size: usize) {
-        let Some(model) = self.puts_in_flight.borrow_mut().remove(&token) else {
+        let Some((tier, model)) = self.puts_in_flight.borrow_mut().remove(&token) else {
             return;
         };
         let outcome = if status_of(host) == Some(204) {
@@ -130,7 +148,7 @@ impl Plugin for ResponseCache {
         } else {
             "error"
         };
-        self.count(host, outcome, SHARED, &model, 1);
+        self.count(host, outcome, tier, &model, 1);
     }
 
     fn new_request(self: &Rc<Self>, _context_id: u32) -> CachedRequest {
@@ -159,14 +177,28 @@ struct Pending {
     /// The upstream model (metric label).
     model: String,
     sent_at_ms: u64,
+    /// The semantic index and the prompt's vector, to index the answer under once stored.
+    semantic: Option<(Key, Vec<f32>)>,
 }
 
-/// A lookup in the shared tier under way.
+/// Which answer a held request waits for.
+#[derive(Debug)]
+enum Step {
+    /// The shared tier's entry for the exact key.
+    Exact,
+    /// The prompt's embedding.
+    Embedding,
+    /// The nearest stored prompt in the semantic index.
+    Nearest,
+}
+
+/// A lookup beyond the local tier under way (the request held).
 #[derive(Debug)]
 struct Lookup {
     pending: Pending,
     request: Value,
     token: u32,
+    step: Step,
 }
 
 /// An answer being copied as it passes.
@@ -266,6 +298,7 @@ impl CachedRequest {
             api,
             model: upstream,
             sent_at_ms: now,
+            semantic: None,
         };
         if !lookup {
             filter.count(host, "bypass", "none", &pending.model, 1);
@@ -302,6 +335,7 @@ impl CachedRequest {
                         pending,
                         request,
                         token,
+                        step: Step::Exact,
                     }));
                     return Flow::Pause;
                 }
@@ -309,8 +343,149 @@ impl CachedRequest {
                 None => filter.count(host, "error", SHARED, &pending.model, 1),
             }
         }
+        match self.embed(host, pending, request) {
+            Ok(()) => Flow::Pause,
+            Err(pending) => {
+                self.miss(host, pending);
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Ask the embedding model for the prompt's vector, when the semantic tier may answer
+    /// this request; `Err` gives the request back (a miss).
+    fn embed(
+        &mut self,
+        host: &mut dyn Host,
+        pending: Pending,
+        request: Value,
+    ) -> Result<(), Pending> {
+        let filter = self.filter.clone();
+        let Some(sem) = &filter.settings.semantic else {
+            return Err(pending);
+        };
+        let Some(text) = semantic_text(pending.api, &request, sem.multi_turn) else {
+            return Err(pending);
+        };
+        let body = json!({"model": sem.model, "input": text}).to_string();
+        let headers = [
+            (":method", "POST"),
+            (":path", "/v1/embeddings"),
+            (":authority", "embeddings"),
+            ("content-type", "application/json"),
+        ];
+        let call = HttpCall {
+            cluster: &sem.cluster,
+            headers: &headers,
+            body: Some(body.as_bytes()),
+            timeout: Duration::from_millis(sem.timeout_ms),
+        };
+        match host.dispatch_http(&call) {
+            Some(token) => {
+                self.phase = Phase::Looking(Box::new(Lookup {
+                    pending,
+                    request,
+                    token,
+                    step: Step::Embedding,
+                }));
+                Ok(())
+            }
+            None => {
+                filter.count(host, "error", SEMANTIC, &pending.model, 1);
+                Err(pending)
+            }
+        }
+    }
+
+    /// The prompt's vector came back: look for the nearest stored prompt.
+    fn on_embedding(&mut self, host: &mut dyn Host, mut lookup: Lookup, body_size: usize) -> bool {
+        let filter = self.filter.clone();
+        let (Some(sem), Some(shared)) = (&filter.settings.semantic, &filter.settings.shared) else {
+            return false;
+        };
+        let vector: Option<Vec<f32>> = (status_of(host) == Some(200))
+            .then(|| host.http_response(body_size).1)
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| {
+                v.pointer("/data/0/embedding")?
+                    .as_array()?
+                    .iter()
+                    .map(|x| x.as_f64().map(|f| f as f32))
+                    .collect()
+            })
+            .filter(|v: &Vec<f32>| !v.is_empty());
+        let Some(vector) = vector else {
+            filter.count(host, "error", SEMANTIC, &lookup.pending.model, 1);
+            self.miss(host, lookup.pending);
+            return false;
+        };
+        let p = &lookup.pending;
+        let index = semantic_index(&p.plan.scope, p.api, &p.model, &lookup.request);
+        let path = format!("/v1/semantic/{}/lookup", hex(&index));
+        let body = json!({"vector": vector, "threshold": sem.threshold}).to_string();
+        let headers = [
+            (":method", "POST"),
+            (":path", path.as_str()),
+            (":authority", AUTHORITY),
+            ("content-type", "application/json"),
+        ];
+        let call = HttpCall {
+            cluster: &shared.cluster,
+            headers: &headers,
+            body: Some(body.as_bytes()),
+            timeout: Duration::from_millis(shared.timeout_ms),
+        };
+        lookup.pending.semantic = Some((index, vector));
+        match host.dispatch_http(&call) {
+            Some(token) => {
+                lookup.token = token;
+                lookup.step = Step::Nearest;
+                self.phase = Phase::Looking(Box::new(lookup));
+                true
+            }
+            None => {
+                filter.count(host, "error", SEMANTIC, &lookup.pending.model, 1);
+                self.miss(host, lookup.pending);
+                false
+            }
+        }
+    }
+
+    /// The semantic index answered: serve the nearest prompt's answer, or go upstream.
+    fn on_nearest(&mut self, host: &mut dyn Host, lookup: Lookup, body_size: usize) {
+        let Lookup {
+            pending, request, ..
+        } = lookup;
+        let filter = self.filter.clone();
+        let now = now_unix_millis(host);
+        match status_of(host) {
+            Some(200) => {
+                let (headers, value) = host.http_response(body_size);
+                let similarity = headers
+                    .iter()
+                    .find(|(k, _)| k == "x-sluice-similarity")
+                    .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<f64>().ok());
+                if let Some(entry) = store::decode(&value, None, None, now) {
+                    // Kept under this request's own key: its repeats are exact hits.
+                    store::put(host, &pending.plan.key, &entry, filter.bounds());
+                    if self.serve(host, pending.api, &request, &entry, now, SEMANTIC) {
+                        if let Some(s) = similarity {
+                            let fact = json!({"result": "hit", "tier": SEMANTIC,
+                                "saved_ms": entry.backend_ms, "similarity": s,
+                                "age_s": now.saturating_sub(entry.stored_at_ms) / 1000});
+                            publish(host, &fact);
+                        }
+                        filter.count(host, "hit", SEMANTIC, &pending.model, 1);
+                        return;
+                    }
+                }
+                filter.count(host, "miss", SEMANTIC, &pending.model, 1);
+            }
+            Some(404) => filter.count(host, "miss", SEMANTIC, &pending.model, 1),
+            _ => filter.count(host, "error", SEMANTIC, &pending.model, 1),
+        }
         self.miss(host, pending);
-        Flow::Continue
+        host.resume(Side::Request);
     }
 
     /// Not in the cache: the request goes upstream.
@@ -415,16 +590,29 @@ impl CachedRequest {
             .set(host, "sluice.cache.bytes.tier.local", stored.bytes);
         publish(host, &json!({"result": "stored", "tier": LOCAL}));
         if filter.settings.shared.is_some() {
-            let mut puts = filter.puts.borrow_mut();
-            if puts.len() >= MAX_QUEUED_PUTS {
-                puts.pop_front();
-            }
-            puts.push_back(SharedPut {
+            let ttl_ms = pending.plan.ttl_s.saturating_mul(1000);
+            filter.queue_put(SharedPut {
+                method: "PUT",
                 path: format!("/v1/entries/{}", hex(&pending.plan.key)),
-                ttl_ms: pending.plan.ttl_s.saturating_mul(1000).to_string(),
+                ttl_ms: Some(ttl_ms.to_string()),
                 value: store::encode(&pending.plan.key, 0, &entry),
-                model: pending.model,
+                tier: SHARED,
+                model: pending.model.clone(),
             });
+            // After the entry (one worker sends in order): the index never names an
+            // entry the storage has not been asked to keep.
+            if let Some((index, vector)) = pending.semantic {
+                let body = json!({"key": hex(&pending.plan.key), "vector": vector,
+                    "ttl_ms": ttl_ms});
+                filter.queue_put(SharedPut {
+                    method: "POST",
+                    path: format!("/v1/semantic/{}/insert", hex(&index)),
+                    ttl_ms: None,
+                    value: body.to_string().into_bytes(),
+                    tier: SEMANTIC,
+                    model: pending.model,
+                });
+            }
         }
     }
 
@@ -434,13 +622,14 @@ impl CachedRequest {
         let Lookup {
             pending, request, ..
         } = lookup;
+        let mut exact_miss = false;
         let filter = self.filter.clone();
         let now = now_unix_millis(host);
         let status = status_of(host);
         match status {
             Some(200) => {
                 let (_, value) = host.http_response(body_size);
-                if let Some(entry) = store::decode(&value, &pending.plan.key, None, now) {
+                if let Some(entry) = store::decode(&value, Some(&pending.plan.key), None, now) {
                     store::put(host, &pending.plan.key, &entry, filter.bounds());
                     if self.serve(host, pending.api, &request, &entry, now, SHARED) {
                         filter.count(host, "hit", SHARED, &pending.model, 1);
@@ -449,10 +638,22 @@ impl CachedRequest {
                 }
                 filter.count(host, "miss", SHARED, &pending.model, 1);
             }
-            Some(404) => filter.count(host, "miss", SHARED, &pending.model, 1),
+            Some(404) => {
+                filter.count(host, "miss", SHARED, &pending.model, 1);
+                exact_miss = true;
+            }
             // Down, slow or failing: a miss, counted as an error.
             _ => filter.count(host, "error", SHARED, &pending.model, 1),
         }
+        // Not stored under this exact request: perhaps under a paraphrase of it.
+        let pending = if exact_miss {
+            match self.embed(host, pending, request) {
+                Ok(()) => return,
+                Err(p) => p,
+            }
+        } else {
+            pending
+        };
         self.miss(host, pending);
         host.resume(Side::Request);
     }
@@ -490,9 +691,15 @@ impl Lifecycle for CachedRequest {
 
     fn on_http_response(&mut self, host: &mut dyn Host, token: u32, body_size: usize) {
         match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Looking(lookup) if lookup.token == token => {
-                self.on_shared_answer(host, *lookup, body_size);
-            }
+            Phase::Looking(lookup) if lookup.token == token => match lookup.step {
+                Step::Exact => self.on_shared_answer(host, *lookup, body_size),
+                Step::Embedding => {
+                    if !self.on_embedding(host, *lookup, body_size) {
+                        host.resume(Side::Request);
+                    }
+                }
+                Step::Nearest => self.on_nearest(host, *lookup, body_size),
+            },
             other => self.phase = other,
         }
     }

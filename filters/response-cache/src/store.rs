@@ -94,11 +94,12 @@ pub fn encode(key: &Key, seq: u64, entry: &Entry) -> Vec<u8> {
     value
 }
 
-/// The entry in `value` if it is `key`'s (and `seq`'s, when given) and has not expired at
-/// `now_ms`: a value that names another key is never served for this one.
-pub fn decode(value: &[u8], key: &Key, seq: Option<u64>, now_ms: u64) -> Option<Entry> {
+/// The entry in `value` if it is `key`'s (any key's: `None`, for a semantic match, which
+/// is by definition another request's answer) and `seq`'s, when given, and has not expired
+/// at `now_ms`: a value that names another key is never served for this one.
+pub fn decode(value: &[u8], key: Option<&Key>, seq: Option<u64>, now_ms: u64) -> Option<Entry> {
     if value.get(..2)? != MAGIC.as_slice()
-        || value.get(2..34)? != key.as_slice()
+        || key.is_some_and(|k| value.get(2..34) != Some(k.as_slice()))
         || seq.is_some_and(|s| u64_at(value, 34) != Some(s))
     {
         return None;
@@ -120,7 +121,7 @@ pub fn get(host: &dyn Host, key: &Key, bounds: Bounds, now_ms: u64) -> Option<En
     }
     let seq = u64_at(&index, 32)?;
     let value = host.shared_data(&slot_name(seq, bounds.slots)).0?;
-    decode(&value, key, Some(seq), now_ms)
+    decode(&value, Some(key), Some(seq), now_ms)
 }
 
 /// What storing did.

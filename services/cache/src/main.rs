@@ -1,5 +1,5 @@
 use clap::Parser;
-use sluice_cache::{app, Cache, Memory, Outcomes, Redis, Storage};
+use sluice_cache::{app, Cache, Memory, Outcomes, Redis, SemanticIndexes, Storage};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -29,6 +29,9 @@ struct Args {
     /// In memory: the most bytes of entries kept (the oldest go first).
     #[arg(long, default_value_t = 256 << 20)]
     memory_bytes: usize,
+    /// The semantic tier: the most prompt vectors kept per index (tenant, API, model).
+    #[arg(long, default_value_t = 10_000)]
+    semantic_vectors: usize,
 }
 
 #[tokio::main]
@@ -60,6 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         storage,
         max_entry_bytes: args.max_entry_bytes,
         outcomes: Outcomes::default(),
+        semantic: SemanticIndexes::new(args.semantic_vectors),
     });
     let report = cache.clone();
     tokio::spawn(async move {

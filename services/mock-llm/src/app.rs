@@ -175,16 +175,45 @@ fn embeddings(body: &[u8]) -> Response {
     let data: Vec<_> = inputs
         .iter()
         .enumerate()
-        .map(|(i, t)| {
-            let h = t.len() as f64;
-            json!({"object": "embedding", "index": i, "embedding": [h / 100.0, 0.5, -0.25]})
-        })
+        .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": bag_of_words(t)}))
         .collect();
     json_response(
         StatusCode::OK,
         &json!({"object": "list", "data": data, "model": view.model().unwrap_or_default(),
                 "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}),
     )
+}
+
+/// Words that say little about what a text asks.
+const STOP_WORDS: [&str; 16] = [
+    "a", "an", "and", "are", "do", "does", "for", "i", "in", "is", "it", "of", "on", "the", "to",
+    "what",
+];
+
+/// The mock's embedding: a deterministic bag of words (each word but the stop words hashed
+/// into one of 64 dimensions, the vector normalised), so texts that share most of their
+/// words are close (a paraphrase) and texts that share none are orthogonal. Enough to test
+/// a semantic cache; not a language model.
+pub fn bag_of_words(text: &str) -> Vec<f64> {
+    let mut v = vec![0.0f64; 64];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .map(str::to_lowercase)
+        .filter(|w| !w.is_empty() && !STOP_WORDS.contains(&w.as_str()))
+    {
+        let dim = sluice_common::hash::fnv1a(word.as_bytes()) % 64;
+        if let Some(x) = v.get_mut(dim as usize) {
+            *x += 1.0;
+        }
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if norm == 0.0 {
+        if let Some(x) = v.first_mut() {
+            *x = 1.0;
+        }
+        return v;
+    }
+    v.iter().map(|x| x / norm).collect()
 }
 
 fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
