@@ -405,7 +405,7 @@ impl LimitedRequest {
         }
         let hit = text_property(host, properties::CACHE)
             .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
-            .is_some_and(|c| c["result"] == "hit");
+            .is_some_and(|c| c.get("result").and_then(serde_json::Value::as_str) == Some("hit"));
         let Some(policy) = text_property(host, properties::POLICY)
             .and_then(|p| serde_json::from_str::<Policy>(&p).ok())
             .filter(|p| hit && decide::tokens_stage_applies(config, p))

@@ -346,7 +346,7 @@ impl CachedRequest {
         match self.embed(host, pending, request) {
             Ok(()) => Flow::Pause,
             Err(pending) => {
-                self.miss(host, pending);
+                self.miss(host, *pending);
                 Flow::Continue
             }
         }
@@ -359,13 +359,13 @@ impl CachedRequest {
         host: &mut dyn Host,
         pending: Pending,
         request: Value,
-    ) -> Result<(), Pending> {
+    ) -> Result<(), Box<Pending>> {
         let filter = self.filter.clone();
         let Some(sem) = &filter.settings.semantic else {
-            return Err(pending);
+            return Err(Box::new(pending));
         };
         let Some(text) = semantic_text(pending.api, &request, sem.multi_turn) else {
-            return Err(pending);
+            return Err(Box::new(pending));
         };
         let body = json!({"model": sem.model, "input": text}).to_string();
         let headers = [
@@ -392,7 +392,7 @@ impl CachedRequest {
             }
             None => {
                 filter.count(host, "error", SEMANTIC, &pending.model, 1);
-                Err(pending)
+                Err(Box::new(pending))
             }
         }
     }
@@ -649,7 +649,7 @@ impl CachedRequest {
         let pending = if exact_miss {
             match self.embed(host, pending, request) {
                 Ok(()) => return,
-                Err(p) => p,
+                Err(p) => *p,
             }
         } else {
             pending
