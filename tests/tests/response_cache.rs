@@ -26,6 +26,7 @@ async fn stack() -> Stack {
             json!({"max_entry_bytes": 16384, "rules": [
                 {"models": ["*"], "apis": ["embeddings"]},
                 {"models": ["short-ttl"], "apis": ["chat"], "ttl_s": 1},
+                {"models": ["public-faq"], "apis": ["chat"], "shared": true},
                 {"models": ["*"], "apis": ["chat", "completions", "responses", "messages"]}]}),
         )],
         ..StackOptions::default()
@@ -165,6 +166,16 @@ async fn tenants_never_share_an_entry() {
         "another tenant's entry is not served"
     );
     assert_eq!(backend_calls(&s).await, 2);
+    // Unless the operator shares a model's answers across tenants.
+    let faq = json!({"model": "public-faq", "temperature": 0,
+        "messages": [{"role": "user", "content": "Opening hours?"}]});
+    let a = post(&s, CHAT, KEY_A, "faq-a", &faq, None).await;
+    let b = post(&s, CHAT, KEY_B, "faq-b", &faq, None).await;
+    assert_eq!(
+        (a.1.as_deref(), b.1.as_deref()),
+        (Some("miss"), Some("hit"))
+    );
+    assert_eq!(backend_calls(&s).await, 3);
 }
 
 #[tokio::test]
