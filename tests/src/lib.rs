@@ -436,60 +436,49 @@ impl StackBuilder {
         }
     }
 
-    /// sluice-ratelimit, in memory or on the options' Redis.
-    pub async fn start_ratelimit(&mut self) {
-        let port_file = self.dir.path().join("ratelimit.port");
-        let mut args = vec![
+    /// Start a service on a free port (`--listen 127.0.0.1:0 --port-file`, then `args`);
+    /// its port, once it has bound it.
+    async fn start_service(&mut self, name: &str, bin: &Path, args: &[String]) -> u16 {
+        let port_file = self.dir.path().join(format!("{name}.port"));
+        let mut argv = vec![
             "--listen".to_string(),
             "127.0.0.1:0".to_string(),
             "--port-file".to_string(),
             port_file.to_str().unwrap().to_string(),
-            "--redis-timeout-ms".to_string(),
-            "100".to_string(),
         ];
-        if let Some(url) = &self.options.redis {
+        argv.extend_from_slice(args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.procs
+            .push(Proc::spawn(name, bin, &argv, self.dir.path()));
+        wait_for_file(&port_file, &mut self.procs)
+            .await
+            .parse()
+            .unwrap()
+    }
+
+    /// `--redis-timeout-ms 100`, and `--redis URL` when given.
+    fn redis_args(url: Option<&String>) -> Vec<String> {
+        let mut args = vec!["--redis-timeout-ms".to_string(), "100".to_string()];
+        if let Some(url) = url {
             args.push("--redis".into());
             args.push(url.clone());
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.procs.push(Proc::spawn(
-            "ratelimit",
-            &ratelimit_bin(),
-            &args,
-            self.dir.path(),
-        ));
+        args
+    }
+
+    /// sluice-ratelimit, in memory or on the options' Redis.
+    pub async fn start_ratelimit(&mut self) {
+        let args = Self::redis_args(self.options.redis.as_ref());
         self.ratelimit_port = Some(
-            wait_for_file(&port_file, &mut self.procs)
-                .await
-                .parse()
-                .unwrap(),
+            self.start_service("ratelimit", &ratelimit_bin(), &args)
+                .await,
         );
     }
 
     /// sluice-cache, in memory or on the options' `cache_redis`.
     pub async fn start_cache(&mut self) {
-        let port_file = self.dir.path().join("cache.port");
-        let mut args = vec![
-            "--listen".to_string(),
-            "127.0.0.1:0".to_string(),
-            "--port-file".to_string(),
-            port_file.to_str().unwrap().to_string(),
-            "--redis-timeout-ms".to_string(),
-            "100".to_string(),
-        ];
-        if let Some(url) = &self.options.cache_redis {
-            args.push("--redis".into());
-            args.push(url.clone());
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.procs
-            .push(Proc::spawn("cache", &cache_bin(), &args, self.dir.path()));
-        self.cache_port = Some(
-            wait_for_file(&port_file, &mut self.procs)
-                .await
-                .parse()
-                .unwrap(),
-        );
+        let args = Self::redis_args(self.options.cache_redis.as_ref());
+        self.cache_port = Some(self.start_service("cache", &cache_bin(), &args).await);
     }
 
     /// sluice-batch, sending its lines to the gateway's listener (its port chosen here),

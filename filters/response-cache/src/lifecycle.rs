@@ -37,6 +37,36 @@ const PUT_PERIOD: Duration = Duration::from_millis(20);
 /// The `:authority` of calls to sluice-cache.
 const AUTHORITY: &str = "sluice-cache";
 
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+/// An HTTP callout to sluice-cache or the embedding pool.
+struct Callout<'a> {
+    method: &'a str,
+    path: &'a str,
+    authority: &'a str,
+    extra: &'a [(&'a str, &'a str)],
+    body: Option<&'a [u8]>,
+    timeout_ms: u64,
+}
+
+impl Callout<'_> {
+    /// Start it; its token, or `None` when it could not start (no such cluster).
+    fn send(&self, host: &mut dyn Host, cluster: &str) -> Option<u32> {
+        let mut headers = vec![
+            (":method", self.method),
+            (":path", self.path),
+            (":authority", self.authority),
+        ];
+        headers.extend_from_slice(self.extra);
+        host.dispatch_http(&HttpCall {
+            cluster,
+            headers: &headers,
+            body: self.body,
+            timeout: Duration::from_millis(self.timeout_ms),
+        })
+    }
+}
+
 /// A write on its way to sluice-cache: an entry (`PUT`, with its TTL) or a prompt's
 /// vector for the semantic index (`POST`).
 #[derive(Debug)]
@@ -114,21 +144,16 @@ impl Plugin for ResponseCache {
             let Some(put) = self.puts.borrow_mut().pop_front() else {
                 break;
             };
-            let mut headers = vec![
-                (":method", put.method),
-                (":path", put.path.as_str()),
-                (":authority", AUTHORITY),
-            ];
-            if let Some(ttl) = &put.ttl_ms {
-                headers.push((crate::TTL_HEADER, ttl.as_str()));
-            }
-            let call = HttpCall {
-                cluster: &shared.cluster,
-                headers: &headers,
+            let ttl = put.ttl_ms.as_deref().map(|t| (crate::TTL_HEADER, t));
+            let callout = Callout {
+                method: put.method,
+                path: &put.path,
+                authority: AUTHORITY,
+                extra: ttl.as_slice(),
                 body: Some(&put.value),
-                timeout: Duration::from_millis(1000),
+                timeout_ms: 1000,
             };
-            match host.dispatch_http(&call) {
+            match callout.send(host, &shared.cluster) {
                 Some(token) => {
                     self.puts_in_flight
                         .borrow_mut()
@@ -318,18 +343,15 @@ impl CachedRequest {
         filter.count(host, "miss", LOCAL, &pending.model, 1);
         if let Some(shared) = &filter.settings.shared {
             let path = format!("/v1/entries/{}", hex(&pending.plan.key));
-            let headers = [
-                (":method", "GET"),
-                (":path", path.as_str()),
-                (":authority", AUTHORITY),
-            ];
-            let call = HttpCall {
-                cluster: &shared.cluster,
-                headers: &headers,
+            let callout = Callout {
+                method: "GET",
+                path: &path,
+                authority: AUTHORITY,
+                extra: &[],
                 body: None,
-                timeout: Duration::from_millis(shared.timeout_ms),
+                timeout_ms: shared.timeout_ms,
             };
-            match host.dispatch_http(&call) {
+            match callout.send(host, &shared.cluster) {
                 Some(token) => {
                     self.phase = Phase::Looking(Box::new(Lookup {
                         pending,
@@ -368,19 +390,15 @@ impl CachedRequest {
             return Err(Box::new(pending));
         };
         let body = json!({"model": sem.model, "input": text}).to_string();
-        let headers = [
-            (":method", "POST"),
-            (":path", "/v1/embeddings"),
-            (":authority", "embeddings"),
-            ("content-type", "application/json"),
-        ];
-        let call = HttpCall {
-            cluster: &sem.cluster,
-            headers: &headers,
+        let callout = Callout {
+            method: "POST",
+            path: "/v1/embeddings",
+            authority: "embeddings",
+            extra: &[JSON],
             body: Some(body.as_bytes()),
-            timeout: Duration::from_millis(sem.timeout_ms),
+            timeout_ms: sem.timeout_ms,
         };
-        match host.dispatch_http(&call) {
+        match callout.send(host, &sem.cluster) {
             Some(token) => {
                 self.phase = Phase::Looking(Box::new(Lookup {
                     pending,
@@ -423,20 +441,17 @@ impl CachedRequest {
         let index = semantic_index(&p.plan.scope, p.api, &p.model, &lookup.request);
         let path = format!("/v1/semantic/{}/lookup", hex(&index));
         let body = json!({"vector": vector, "threshold": sem.threshold}).to_string();
-        let headers = [
-            (":method", "POST"),
-            (":path", path.as_str()),
-            (":authority", AUTHORITY),
-            ("content-type", "application/json"),
-        ];
-        let call = HttpCall {
-            cluster: &shared.cluster,
-            headers: &headers,
+        let callout = Callout {
+            method: "POST",
+            path: &path,
+            authority: AUTHORITY,
+            extra: &[JSON],
             body: Some(body.as_bytes()),
-            timeout: Duration::from_millis(shared.timeout_ms),
+            timeout_ms: shared.timeout_ms,
         };
+        let token = callout.send(host, &shared.cluster);
         lookup.pending.semantic = Some((index, vector));
-        match host.dispatch_http(&call) {
+        match token {
             Some(token) => {
                 lookup.token = token;
                 lookup.step = Step::Nearest;

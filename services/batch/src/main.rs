@@ -120,9 +120,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }));
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let port = listener.local_addr()?.port();
-    if let Some(f) = &args.port_file {
-        std::fs::write(f, port.to_string())?;
-    }
+    sluice_service::write_port_file(args.port_file.as_deref(), port)?;
     eprintln!(
         "sluice-batch: listening on {}, lines through {}",
         listener.local_addr()?,

@@ -85,12 +85,7 @@ async fn main() -> std::io::Result<()> {
     };
     let listener = sluice_mock_llm::listener::bind(args.listen, args.backlog)?;
     let bound = listener.local_addr()?;
-    if let Some(path) = &args.port_file {
-        // Written whole then renamed, so a poller never reads half a number.
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bound.port().to_string())?;
-        std::fs::rename(&tmp, path)?;
-    }
+    sluice_service::write_port_file(args.port_file.as_deref(), bound.port())?;
     eprintln!(
         "sluice-mock-llm {} listening on http://{bound}",
         config.name

@@ -53,11 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let bound = listener.local_addr()?;
-    if let Some(path) = &args.port_file {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bound.port().to_string())?;
-        std::fs::rename(&tmp, path)?;
-    }
+    sluice_service::write_port_file(args.port_file.as_deref(), bound.port())?;
     eprintln!("sluice-ratelimit listening on {bound} (storage: {backend})");
     let limiter = Arc::new(RateLimiter {
         limits,
