@@ -81,16 +81,9 @@ pub struct Redis {
 
 impl Redis {
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, Unavailable> {
-        let client = redis::Client::open(url).map_err(|e| Unavailable(e.to_string()))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout)
-            .set_number_of_retries(1)
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let conn = client
-            .get_connection_manager_with_config(config)
+        let conn = sluice_service::redis_connection(url, timeout)
             .await
-            .map_err(|e| Unavailable(e.to_string()))?;
+            .map_err(Unavailable)?;
         Ok(Self { conn, timeout })
     }
 

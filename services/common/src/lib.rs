@@ -29,3 +29,23 @@ pub fn write_port_file(path: Option<&std::path::Path>, port: u16) -> std::io::Re
     std::fs::write(&tmp, port.to_string())?;
     std::fs::rename(&tmp, path)
 }
+
+/// A Redis connection shared by a service's tasks, reconnecting on its own: connect and
+/// answer within `timeout` (one retry), Nagle off (small calls, many in flight on one
+/// connection: Nagle with delayed ACKs would hold some ~40 ms). The error as text.
+#[cfg(feature = "redis")]
+pub async fn redis_connection(
+    url: &str,
+    timeout: std::time::Duration,
+) -> Result<redis::aio::ConnectionManager, String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(timeout)
+        .set_number_of_retries(1)
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    client
+        .get_connection_manager_with_config(config)
+        .await
+        .map_err(|e| e.to_string())
+}

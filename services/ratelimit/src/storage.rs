@@ -156,19 +156,9 @@ return out
 
 impl Redis {
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StorageError> {
-        let client =
-            redis::Client::open(url).map_err(|e| StorageError::Unavailable(e.to_string()))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout)
-            .set_number_of_retries(1)
-            // Small calls, many in flight on one connection: Nagle's algorithm with delayed
-            // ACKs would hold some of them ~40 ms.
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let conn = client
-            .get_connection_manager_with_config(config)
+        let conn = sluice_service::redis_connection(url, timeout)
             .await
-            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+            .map_err(StorageError::Unavailable)?;
         Ok(Self {
             conn,
             script: redis::Script::new(SCRIPT),
