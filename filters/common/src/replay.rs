@@ -688,6 +688,30 @@ mod tests {
         assert_eq!(assemble(Api::Chat, error.as_bytes(), 0), None);
     }
 
+    proptest::proptest! {
+        /// Whatever text and tool arguments an answer holds (any Unicode, quotes, newlines,
+        /// `data:` lookalikes), its replay assembles back into it, cut anywhere.
+        #[test]
+        fn any_answer_survives_its_replay(
+            text in "\\PC{0,40}(\n\ndata: [DONE]\n)?\\PC{0,10}",
+            args in "\\PC{0,20}",
+            cut in 0usize..4000,
+        ) {
+            let mut c = chat();
+            c["choices"][0]["message"]["content"] = json!(text);
+            c["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = json!(args);
+            let mut m = messages();
+            m["content"][1]["text"] = json!(text);
+            m["content"][2]["input"] = json!({"q": args});
+            let mut r = responses();
+            r["output"][0]["content"][0]["text"] = json!(text);
+            for (api, answer) in [(Api::Chat, c), (Api::Messages, m), (Api::Responses, r)] {
+                let stream = replay_stream(api, &answer, true).unwrap();
+                proptest::prop_assert_eq!(assemble(api, &stream, cut), Some(answer));
+            }
+        }
+    }
+
     #[test]
     fn an_engines_chat_stream_assembles_into_its_response() {
         // vLLM-style chunks: role first, content in pieces, usage in its own chunk.
