@@ -368,6 +368,36 @@ async fn two_envoys_share_the_redis_tier_and_an_outage_is_a_miss() {
     let third = post(&b, CHAT, KEY_A, "shared-3", &body, None).await;
     assert_eq!(third.1.as_deref(), Some("hit"));
     assert_eq!(cache_fact(&b.log_line("shared-3").await)["tier"], "local");
+    // What Redis holds was made from the redacted request: no address a client sent.
+    let pii = chat("Forward this to ada@example.com please", false);
+    assert_eq!(
+        post(&a, CHAT, KEY_A, "shared-pii", &pii, None)
+            .await
+            .1
+            .as_deref(),
+        Some("miss")
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "--no-raw"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let keys: Vec<String> = cli(&["--scan", "--pattern", "sluice:cache:*"])
+        .lines()
+        .map(|k| k.trim_matches('"').to_string())
+        .collect();
+    assert_eq!(keys.len(), 2, "the chat and the PII request: {keys:?}");
+    for k in &keys {
+        let value = cli(&["GET", k]);
+        assert!(
+            value.contains("choices") && !value.contains("ada@example.com"),
+            "{value}"
+        );
+    }
     // Redis down: every request is still served (a miss), and the errors are counted.
     redis.stop();
     for i in 0..3 {
