@@ -24,3 +24,5 @@ pub use config::{CacheConfig, Settings};
 pub const CACHE_HEADER: &str = "x-sluice-cache";
 /// How long sluice-cache keeps an entry (ms), on a store.
 pub const TTL_HEADER: &str = "x-sluice-ttl-ms";
+/// How similar a semantic match's prompt was, on sluice-cache's answer.
+pub const SIMILARITY_HEADER: &str = "x-sluice-similarity";

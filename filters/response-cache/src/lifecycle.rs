@@ -217,6 +217,22 @@ enum Step {
     Nearest,
 }
 
+/// Which tier answered a hit (and, for the semantic tier, how near the prompt was).
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    tier: &'static str,
+    similarity: Option<f64>,
+}
+
+impl Source {
+    fn tier(tier: &'static str) -> Self {
+        Self {
+            tier,
+            similarity: None,
+        }
+    }
+}
+
 /// A lookup beyond the local tier under way (the request held).
 #[derive(Debug)]
 struct Lookup {
@@ -335,7 +351,7 @@ impl CachedRequest {
             return Flow::Continue;
         }
         if let Some(entry) = store::get(host, &pending.plan.key, filter.bounds(), now) {
-            if self.serve(host, api, &request, &entry, now, LOCAL) {
+            if self.serve(host, api, &request, &entry, now, Source::tier(LOCAL)) {
                 filter.count(host, "hit", LOCAL, &pending.model, 1);
                 return Flow::Pause;
             }
@@ -478,18 +494,16 @@ impl CachedRequest {
                 let (headers, value) = host.http_response(body_size);
                 let similarity = headers
                     .iter()
-                    .find(|(k, _)| k == "x-sluice-similarity")
+                    .find(|(k, _)| k == crate::SIMILARITY_HEADER)
                     .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<f64>().ok());
                 if let Some(entry) = store::decode(&value, None, None, now) {
                     // Kept under this request's own key: its repeats are exact hits.
                     store::put(host, &pending.plan.key, &entry, filter.bounds());
-                    if self.serve(host, pending.api, &request, &entry, now, SEMANTIC) {
-                        if let Some(s) = similarity {
-                            let fact = json!({"result": "hit", "tier": SEMANTIC,
-                                "saved_ms": entry.backend_ms, "similarity": s,
-                                "age_s": now.saturating_sub(entry.stored_at_ms) / 1000});
-                            publish(host, &fact);
-                        }
+                    let from = Source {
+                        tier: SEMANTIC,
+                        similarity,
+                    };
+                    if self.serve(host, pending.api, &request, &entry, now, from) {
                         filter.count(host, "hit", SEMANTIC, &pending.model, 1);
                         return;
                     }
@@ -525,10 +539,11 @@ impl CachedRequest {
         request: &Value,
         e: &Entry,
         now: u64,
-        tier: &str,
+        from: Source,
     ) -> bool {
         let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
-        let (body, content_type) = if stream {
+        let replayed;
+        let (body, content_type): (&[u8], _) = if stream {
             let include_usage = request
                 .pointer("/stream_options/include_usage")
                 .and_then(Value::as_bool)
@@ -538,18 +553,21 @@ impl CachedRequest {
                 return false;
             };
             match replay_stream(api, &stored, include_usage) {
-                Some(events) => (events, "text/event-stream"),
+                Some(events) => replayed = events,
                 None => return false,
             }
+            (&replayed, "text/event-stream")
         } else {
-            (e.body.clone(), "application/json")
+            (&e.body, "application/json")
         };
-        let age = (now.saturating_sub(e.stored_at_ms) / 1000).to_string();
-        publish(
-            host,
-            &json!({"result": "hit", "tier": tier, "saved_ms": e.backend_ms,
-                "age_s": now.saturating_sub(e.stored_at_ms) / 1000}),
-        );
+        let age_s = now.saturating_sub(e.stored_at_ms) / 1000;
+        let mut fact = json!({"result": "hit", "tier": from.tier, "saved_ms": e.backend_ms,
+            "age_s": age_s});
+        if let (Some(s), Some(m)) = (from.similarity, fact.as_object_mut()) {
+            m.insert("similarity".into(), json!(s));
+        }
+        publish(host, &fact);
+        let age = age_s.to_string();
         host.send_reply(
             200,
             &[
@@ -557,7 +575,7 @@ impl CachedRequest {
                 (CACHE_HEADER, "hit"),
                 ("age", &age),
             ],
-            &body,
+            body,
         );
         self.phase = Phase::Hit;
         true
@@ -646,7 +664,14 @@ impl CachedRequest {
                 let (_, value) = host.http_response(body_size);
                 if let Some(entry) = store::decode(&value, Some(&pending.plan.key), None, now) {
                     store::put(host, &pending.plan.key, &entry, filter.bounds());
-                    if self.serve(host, pending.api, &request, &entry, now, SHARED) {
+                    if self.serve(
+                        host,
+                        pending.api,
+                        &request,
+                        &entry,
+                        now,
+                        Source::tier(SHARED),
+                    ) {
                         filter.count(host, "hit", SHARED, &pending.model, 1);
                         return;
                     }
