@@ -422,9 +422,195 @@ impl Host for MockHost {
     }
 }
 
+/// What a filter asked of its host: how many calls of each kind, and the bytes copied into
+/// the VM (headers, bodies, properties and shared data read) and out of it (written). In
+/// Envoy each call crosses the wasm boundary and each byte is copied between Envoy and the
+/// VM; `sluice-chain-profile` counts them per filter and request.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HostCalls {
+    pub by_kind: BTreeMap<&'static str, u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl HostCalls {
+    pub fn total(&self) -> u64 {
+        self.by_kind.values().sum()
+    }
+
+    fn add(&mut self, kind: &'static str, bytes_in: usize, bytes_out: usize) {
+        *self.by_kind.entry(kind).or_default() += 1;
+        self.bytes_in += bytes_in as u64;
+        self.bytes_out += bytes_out as u64;
+    }
+}
+
+/// A [`Host`] that passes every call to another and counts it in [`HostCalls`].
+pub struct CountingHost<'a> {
+    pub inner: &'a mut dyn Host,
+    pub calls: RefCell<HostCalls>,
+}
+
+impl<'a> CountingHost<'a> {
+    pub fn new(inner: &'a mut dyn Host) -> Self {
+        Self {
+            inner,
+            calls: RefCell::new(HostCalls::default()),
+        }
+    }
+
+    fn count(&self, kind: &'static str, bytes_in: usize, bytes_out: usize) {
+        self.calls.borrow_mut().add(kind, bytes_in, bytes_out);
+    }
+}
+
+fn header_bytes(headers: &[(String, Vec<u8>)]) -> usize {
+    headers.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+impl Host for CountingHost<'_> {
+    fn plugin_configuration(&self) -> Vec<u8> {
+        let v = self.inner.plugin_configuration();
+        self.count("plugin_configuration", v.len(), 0);
+        v
+    }
+    fn headers(&self, side: Side) -> Vec<(String, Vec<u8>)> {
+        let v = self.inner.headers(side);
+        self.count("headers", header_bytes(&v), 0);
+        v
+    }
+    fn header(&self, side: Side, name: &str) -> Option<String> {
+        let v = self.inner.header(side, name);
+        self.count("header", v.as_ref().map_or(0, String::len), name.len());
+        v
+    }
+    fn set_header(&mut self, side: Side, name: &str, value: &str) {
+        self.count("set_header", 0, name.len() + value.len());
+        self.inner.set_header(side, name, value);
+    }
+    fn remove_header(&mut self, side: Side, name: &str) {
+        self.count("remove_header", 0, name.len());
+        self.inner.remove_header(side, name);
+    }
+    fn body(&self, side: Side, size: usize) -> Vec<u8> {
+        let v = self.inner.body(side, size);
+        self.count("body", v.len(), 0);
+        v
+    }
+    fn set_body(&mut self, side: Side, size: usize, bytes: &[u8]) -> bool {
+        self.count("set_body", 0, bytes.len());
+        self.inner.set_body(side, size, bytes)
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let v = self.inner.property(path);
+        let name: usize = path.iter().map(|p| p.len()).sum();
+        self.count("property", v.as_ref().map_or(0, Vec::len), name);
+        v
+    }
+    fn set_property(&mut self, name: &str, value: &[u8]) {
+        self.count("set_property", 0, name.len() + value.len());
+        self.inner.set_property(name, value);
+    }
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        let v = self.inner.shared_data(key);
+        self.count("shared_data", v.0.as_ref().map_or(0, Vec::len), key.len());
+        v
+    }
+    fn set_shared_data(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError> {
+        self.count("set_shared_data", 0, key.len() + value.len());
+        self.inner.set_shared_data(key, value, cas)
+    }
+    fn dispatch_grpc(&mut self, call: &GrpcCall) -> Option<u32> {
+        self.count("dispatch_grpc", 0, call.message.len());
+        self.inner.dispatch_grpc(call)
+    }
+    fn grpc_response(&self, size: usize) -> Option<Vec<u8>> {
+        let v = self.inner.grpc_response(size);
+        self.count("grpc_response", v.as_ref().map_or(0, Vec::len), 0);
+        v
+    }
+    fn grpc_status(&self) -> (u32, Option<String>) {
+        self.count("grpc_status", 0, 0);
+        self.inner.grpc_status()
+    }
+    fn dispatch_http(&mut self, call: &HttpCall) -> Option<u32> {
+        self.count("dispatch_http", 0, call.body.map_or(0, <[u8]>::len));
+        self.inner.dispatch_http(call)
+    }
+    fn http_response(&self, body_size: usize) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
+        let v = self.inner.http_response(body_size);
+        self.count("http_response", header_bytes(&v.0) + v.1.len(), 0);
+        v
+    }
+    fn set_tick_period(&mut self, period: Duration) {
+        self.count("set_tick_period", 0, 0);
+        self.inner.set_tick_period(period);
+    }
+    fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        self.count("send_reply", 0, body.len());
+        self.inner.send_reply(status, headers, body);
+    }
+    fn resume(&mut self, side: Side) {
+        self.count("resume", 0, 0);
+        self.inner.resume(side);
+    }
+    fn set_effective_context(&mut self, context_id: u32) {
+        self.count("set_effective_context", 0, 0);
+        self.inner.set_effective_context(context_id);
+    }
+    fn clear_route_cache(&mut self) {
+        self.count("clear_route_cache", 0, 0);
+        self.inner.clear_route_cache();
+    }
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        self.count("define_metric", 0, name.len());
+        self.inner.define_metric(kind, name)
+    }
+    fn increment_metric(&mut self, id: u32, n: u64) {
+        self.count("increment_metric", 0, 0);
+        self.inner.increment_metric(id, n);
+    }
+    fn record_metric(&mut self, id: u32, value: u64) {
+        self.count("record_metric", 0, 0);
+        self.inner.record_metric(id, value);
+    }
+    fn now_unix_nanos(&self) -> u64 {
+        self.count("now", 0, 0);
+        self.inner.now_unix_nanos()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_counting_host_counts_each_call_and_the_bytes_each_way() {
+        let mut mock = MockHost::with_request(&[("authorization", "Bearer abc")]);
+        mock.request_body = b"0123456789".to_vec();
+        let mut host = CountingHost::new(&mut mock);
+        assert_eq!(
+            host.header(Side::Request, "authorization").as_deref(),
+            Some("Bearer abc")
+        );
+        assert_eq!(host.body(Side::Request, 4), b"0123");
+        host.set_property("sluice_tenant", b"team-a");
+        let calls = host.calls.into_inner();
+        assert_eq!(calls.total(), 3);
+        assert_eq!(calls.by_kind.get("header"), Some(&1));
+        assert_eq!(calls.bytes_in, 10 + 4);
+        assert_eq!(calls.bytes_out, "authorization".len() as u64 + 13 + 6);
+        // The calls reached the host behind it.
+        assert_eq!(
+            mock.calls(),
+            vec![Call::SetProperty("sluice_tenant".into(), "team-a".into())]
+        );
+    }
 
     #[test]
     fn shared_data_is_cas_checked_like_envoy() {

@@ -1,0 +1,387 @@
+//! sluice-chain-profile: the whole filter chain, natively, on the benchmark's request.
+//!
+//! Each filter is configured as `scripts/bench-chain.sh` configures it in Envoy, and one
+//! chat request after another goes through every filter's lifecycle in Envoy's order
+//! (request headers and body in chain order, the response in reverse, then the logs), on
+//! one [`MockHost`] standing in for Envoy, each filter seeing it through a [`CountingHost`].
+//! For each filter it prints the native time per request, the host calls per request (each a
+//! crossing of the wasm boundary in Envoy) and the bytes copied into and out of the VM.
+//! Native time is not V8's, and the mock host is not Envoy: the table says where the work
+//! is, and `perf record` (or `valgrind --tool=callgrind`) on this binary says which code
+//! does it, with symbols, which the wasm in Envoy does not give.
+//!
+//!     sluice-chain-profile [--requests N] [--prompt-bytes N] [--calls]
+//!
+//! `--calls` adds each filter's calls by kind, and what the first request published. A
+//! filter that answers the request itself (any local reply) is an error: the profile is of
+//! the request that passes every filter.
+
+use sluice_common::host::{Flow, Host, Lifecycle, Plugin};
+use sluice_endpoint_picker::lifecycle::EndpointPicker;
+use sluice_testkit::{Call, CountingHost, HostCalls, MockHost};
+use std::error::Error;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "sk-sluice-profile-0123456789abcdef";
+const ENDPOINT: &str = "127.0.0.1:9001";
+/// vLLM's gauges as the picker scrapes them.
+const METRICS: &str = "vllm:num_requests_running{model_name=\"m\"} 1\n\
+                       vllm:num_requests_waiting{model_name=\"m\"} 0\n\
+                       vllm:kv_cache_usage_perc{model_name=\"m\"} 0.1\n";
+
+type NewRequest = Box<dyn Fn(u32) -> Box<dyn Lifecycle>>;
+
+/// One filter of the chain: its name and how it starts a request.
+struct Stage {
+    name: &'static str,
+    new_request: NewRequest,
+    time: Duration,
+    calls: HostCalls,
+}
+
+/// Configure filter `P` on `host` with `config` (and the root id Envoy would give it).
+fn stage<P: Plugin>(
+    host: &mut MockHost,
+    name: &'static str,
+    root_id: &str,
+    config: &str,
+) -> Result<(Stage, Rc<P>), Box<dyn Error>> {
+    host.plugin_config = config.as_bytes().to_vec();
+    host.set_text_property("plugin_root_id", root_id);
+    let plugin = Rc::new(P::configure(host).map_err(|e| format!("{name}: {e}"))?);
+    let p = plugin.clone();
+    let new_request: NewRequest = Box::new(move |id| Box::new(p.new_request(id)));
+    Ok((
+        Stage {
+            name,
+            new_request,
+            time: Duration::ZERO,
+            calls: HostCalls::default(),
+        },
+        plugin,
+    ))
+}
+
+fn file(path: &str) -> Result<String, Box<dyn Error>> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../");
+    Ok(std::fs::read_to_string(format!("{root}{path}"))?)
+}
+
+/// The chain as the benchmark's Envoy runs it (endpoint-picker on an engine pool).
+fn chain(host: &mut MockHost) -> Result<(Vec<Stage>, Rc<EndpointPicker>), Box<dyn Error>> {
+    let keys = serde_json::json!({"keys": [{"id": "profile", "tenant": "profile",
+        "sha256": hex::encode(sluice_key_auth::digest(KEY))}]});
+    let router =
+        r#"{"models":{"mock-model":{"targets":[{"pool":"pool-a","model":"org/mock-model-8b"}]}}}"#;
+    let cache = r#"{"rules":[{"models":["*"],"apis":["embeddings"]},{"models":["*"],"apis":["chat","completions","responses","messages"]}]}"#;
+    let picker = serde_json::json!({"pools": [{"name": "pool-a", "engine": "vllm",
+        "endpoints": [{"address": ENDPOINT, "metrics_cluster": "pool-a-metrics"}]}]});
+    let rate_limit = file("envoy/filters/rate-limit.json")?;
+    let mut stages = vec![
+        stage::<sluice_key_auth::lifecycle::KeyAuth>(
+            host,
+            "key-auth",
+            "sluice.key_auth",
+            &keys.to_string(),
+        )?
+        .0,
+        stage::<sluice_rate_limit::lifecycle::RateLimit>(
+            host,
+            "rate-limit admission",
+            "sluice.rate_limit.admission",
+            &rate_limit,
+        )?
+        .0,
+        stage::<sluice_model_router::lifecycle::ModelRouter>(
+            host,
+            "model-router",
+            "sluice.model_router",
+            router,
+        )?
+        .0,
+        stage::<sluice_pii_redaction::lifecycle::PiiRedaction>(
+            host,
+            "pii-redaction",
+            "sluice.pii_redaction",
+            &file("envoy/filters/pii-redaction.json")?,
+        )?
+        .0,
+        stage::<sluice_token_counter::lifecycle::TokenCounter>(
+            host,
+            "token-counter",
+            "sluice.token_counter",
+            &file("envoy/filters/token-counter.json")?,
+        )?
+        .0,
+        stage::<sluice_response_cache::lifecycle::ResponseCache>(
+            host,
+            "response-cache",
+            "sluice.response_cache",
+            cache,
+        )?
+        .0,
+        stage::<sluice_rate_limit::lifecycle::RateLimit>(
+            host,
+            "rate-limit tokens",
+            "sluice.rate_limit.tokens",
+            &rate_limit,
+        )?
+        .0,
+    ];
+    let (picker_stage, picker) = stage::<EndpointPicker>(
+        host,
+        "endpoint-picker",
+        "sluice.endpoint_picker",
+        &picker.to_string(),
+    )?;
+    stages.push(picker_stage);
+    host.now_ms = 1_700_000_000_000;
+    Ok((stages, picker))
+}
+
+/// One scrape of the endpoint's engine, answered as vLLM answers: the picker ranks on a
+/// fresh report.
+fn scrape(host: &mut MockHost, picker: &EndpointPicker, tokens_issued: &mut u32) {
+    host.take_calls();
+    picker.on_tick(host);
+    let paths = host.take_calls().into_iter().filter_map(|c| match c {
+        Call::DispatchHttp { path, .. } => Some(path),
+        _ => None,
+    });
+    // The mock host numbers callouts 1, 2, ... over its life.
+    for path in paths {
+        *tokens_issued += 1;
+        let token = *tokens_issued;
+        let body = if path.contains("metrics") {
+            METRICS
+        } else {
+            ""
+        };
+        host.http_answer = (
+            vec![(":status".into(), b"200".to_vec())],
+            body.as_bytes().to_vec(),
+        );
+        picker.on_http_response(host, token, body.len());
+    }
+}
+
+fn request_body(prompt_bytes: usize) -> String {
+    let text: String = "You are a helpful assistant for a GPU inference platform. "
+        .chars()
+        .cycle()
+        .take(prompt_bytes.saturating_sub(100))
+        .collect();
+    serde_json::json!({"model": "mock-model", "max_tokens": 16, "messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]})
+    .to_string()
+}
+
+const REPLY: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"org/mock-model-8b","choices":[{"index":0,"message":{"role":"assistant","content":"GPUs serve many requests at once when their batches are full."},"finish_reason":"stop"}],"usage":{"prompt_tokens":420,"completion_tokens":16,"total_tokens":436}}"#;
+
+/// Run `step` for every stage (in `order`), each through its own counting view of `host`.
+fn each(
+    stages: &mut [Stage],
+    requests: &mut [Box<dyn Lifecycle>],
+    host: &mut MockHost,
+    reverse: bool,
+    mut step: impl FnMut(&mut dyn Lifecycle, &mut dyn Host, usize) -> Flow,
+) -> Result<(), String> {
+    let mut order: Vec<usize> = (0..stages.len()).collect();
+    if reverse {
+        order.reverse();
+    }
+    for i in order {
+        let (Some(stage), Some(request)) = (stages.get_mut(i), requests.get_mut(i)) else {
+            continue;
+        };
+        // The body's size as Envoy passes it (not a call of the filter's).
+        let size = if reverse {
+            host.response_body.len()
+        } else {
+            host.request_body.len()
+        };
+        let mut counting = CountingHost::new(host);
+        let start = Instant::now();
+        step(request.as_mut(), &mut counting, size);
+        stage.time += start.elapsed();
+        let calls = counting.calls.into_inner();
+        for (kind, n) in calls.by_kind {
+            *stage.calls.by_kind.entry(kind).or_default() += n;
+        }
+        stage.calls.bytes_in += calls.bytes_in;
+        stage.calls.bytes_out += calls.bytes_out;
+        if let Some(reply) = host.reply() {
+            return Err(format!(
+                "{} answered {}: {}",
+                stage.name, reply.status, reply.body
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What `requests` requests cost each filter, and the filter state the last one left.
+struct Profile {
+    stages: Vec<Stage>,
+    body_bytes: usize,
+    published: Vec<(String, String)>,
+}
+
+fn profile(requests: u32, prompt_bytes: usize) -> Result<Profile, Box<dyn Error>> {
+    let mut host = MockHost::new();
+    let (mut stages, picker) = chain(&mut host)?;
+    let mut tokens_issued = 0;
+    scrape(&mut host, &picker, &mut tokens_issued);
+    let body = request_body(prompt_bytes);
+    let authorization = format!("Bearer {KEY}");
+    for id in 0..requests {
+        if id % 450 == 449 {
+            // A millisecond a request: the picker scrapes every 500 ms.
+            scrape(&mut host, &picker, &mut tokens_issued);
+        }
+        host.next_request(&[
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            (":authority", "localhost"),
+            ("content-type", "application/json"),
+            ("authorization", &authorization),
+            ("x-request-id", "4f1c2a90-profile"),
+        ]);
+        host.request_body = body.clone().into_bytes();
+        host.now_ms += 1;
+        let mut live: Vec<Box<dyn Lifecycle>> = Vec::with_capacity(stages.len());
+        for s in &mut stages {
+            let start = Instant::now();
+            live.push((s.new_request)(id + 2));
+            s.time += start.elapsed();
+        }
+        // Envoy passes the headers on only when a filter lets them go, and the whole body
+        // follows (the buffer filter holds it before model-router): each filter sees its
+        // headers and then the body before the next one sees anything.
+        each(&mut stages, &mut live, &mut host, false, |r, h, size| {
+            r.on_request_headers(h, false);
+            r.on_request_body(h, size, true)
+        })?;
+        host.set_response_headers(&[(":status", "200"), ("content-type", "application/json")]);
+        host.response_body = REPLY.as_bytes().to_vec();
+        each(&mut stages, &mut live, &mut host, true, |r, h, size| {
+            r.on_response_headers(h, false);
+            r.on_response_body(h, size, true)
+        })?;
+        each(&mut stages, &mut live, &mut host, false, |r, h, _| {
+            r.on_log(h);
+            Flow::Continue
+        })?;
+    }
+    let mut published: Vec<(String, String)> = host
+        .properties
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    published.sort();
+    Ok(Profile {
+        stages,
+        body_bytes: body.len(),
+        published,
+    })
+}
+
+fn run(requests: u32, prompt_bytes: usize, show_calls: bool) -> Result<(), Box<dyn Error>> {
+    let Profile {
+        stages,
+        body_bytes,
+        published,
+    } = profile(requests, prompt_bytes)?;
+    let n = f64::from(requests.max(1));
+    println!(
+        "sluice-chain-profile: {requests} requests, {body_bytes}-byte chat, natively on a mock host"
+    );
+    println!(
+        "| {:<22} | {:>10} | {:>10} | {:>12} | {:>13} |",
+        "filter", "us/request", "host calls", "bytes into VM", "bytes out of VM"
+    );
+    println!(
+        "|{:-<24}|{:-<12}|{:-<12}|{:-<14}|{:-<15}|",
+        "", "", "", "", ""
+    );
+    for s in &stages {
+        println!(
+            "| {:<22} | {:>10.1} | {:>10.1} | {:>12.0} | {:>13.0} |",
+            s.name,
+            s.time.as_secs_f64() * 1e6 / n,
+            s.calls.total() as f64 / n,
+            s.calls.bytes_in as f64 / n,
+            s.calls.bytes_out as f64 / n,
+        );
+        if show_calls {
+            let kinds: Vec<String> = s
+                .calls
+                .by_kind
+                .iter()
+                .map(|(k, c)| format!("{k} {:.1}", *c as f64 / n))
+                .collect();
+            println!("|   {}", kinds.join(", "));
+        }
+    }
+    if show_calls {
+        // Every filter did its whole work (the picker ranked on the engine's report).
+        for (name, value) in &published {
+            println!("{name} = {value}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let mut requests = 2000;
+    let mut prompt_bytes = 2000;
+    let mut show_calls = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--requests" => requests = args.next().ok_or("--requests N")?.parse()?,
+            "--prompt-bytes" => prompt_bytes = args.next().ok_or("--prompt-bytes N")?.parse()?,
+            "--calls" => show_calls = true,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    run(requests, prompt_bytes, show_calls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The profile is of the request that passes every filter doing its whole work: each
+    /// filter made host calls, and the facts of each are there (the picker ranked the
+    /// endpoint on its engine report instead of leaving it to Envoy).
+    #[test]
+    fn every_filter_does_its_whole_work_on_the_profiled_request() {
+        let p = profile(3, 2000).unwrap();
+        assert_eq!(p.stages.len(), 8);
+        for s in &p.stages {
+            assert!(s.calls.total() >= 3, "{}: {:?}", s.name, s.calls);
+        }
+        let fact = |name: &str| {
+            p.published
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(fact("sluice_tenant"), "profile");
+        assert_eq!(fact("sluice_route"), "pool-a");
+        assert_eq!(fact("sluice_model"), "org/mock-model-8b");
+        assert!(fact("sluice_prompt_tokens").parse::<u64>().unwrap() > 300);
+        assert_eq!(fact("sluice_completion_tokens"), "16");
+        assert!(fact("sluice_endpoint").contains("\"endpoint\":\"127.0.0.1:9001\""));
+        assert!(
+            fact("sluice_cache").contains("bypass"),
+            "{}",
+            fact("sluice_cache")
+        );
+        let picker = p.stages.last().unwrap();
+        assert!(picker.calls.by_kind.get("set_header") == Some(&3));
+    }
+}

@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# Where the filter chain's cost per request goes: one Envoy per prefix of the chain (bare,
+# then key-auth, then + rate-limit admission, + model-router, ...), the same ~2 KB chat sent
+# to each in turn on kept-alive connections, and each Envoy's CPU time per request (its
+# threads' schedstat) and median latency; the difference between consecutive prefixes is
+# what that filter adds. Then throughput (wrk, BENCH_CONNECTIONS) and latency at one
+# connection for bare Envoy and the whole chain, side by side; and with BENCH_PERF=1 a perf
+# profile of the whole chain under load split by where the CPU went (the filters' wasm code
+# in V8, V8 itself, Envoy's wasm host calls, the rest of Envoy, the kernel).
+#
+# Environment: BENCH_ROUNDS (2000), BENCH_SECONDS (10), BENCH_CONNECTIONS (32),
+# BENCH_ENVOY_CONCURRENCY (2), BENCH_PROMPT_BYTES (2000), BENCH_PERF (0), BENCH_PERF_OUT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+. scripts/lib/common.sh
+ROUNDS=${BENCH_ROUNDS:-2000}
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+CONNS=${BENCH_CONNECTIONS:-32}
+ENVOY_CONCURRENCY=${BENCH_ENVOY_CONCURRENCY:-2}
+PROMPT_BYTES=${BENCH_PROMPT_BYTES:-2000}
+
+scripts/setup.sh >/dev/null
+scripts/build.sh >/dev/null
+cargo build --quiet --profile wasm-release --target wasm32-wasip1 -p sluice-proxy --example noop --example probe
+NOOP_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/noop.wasm
+PROBE_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/probe.wasm
+ENVOY="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
+SLUICE="$ROOT/target/release/sluice"
+PY="$ROOT/.venv/bin/python"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  stop_pids "${pids[@]}"
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+target/release/sluice-mock-llm --listen 127.0.0.1:0 --port-file "$work/mock.port" \
+  --name pool-a --reply-tokens 16 >"$work/mock.log" 2>&1 &
+pids+=($!)
+wait_until 30 file_written "$work/mock.port" || { echo "bench-chain: no mock" >&2; exit 1; }
+MOCK_PORT=$(cat "$work/mock.port")
+
+mkdir -p "$work/keys/ecds"
+"$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$work/keys/ecds/key-auth.json" \
+  -s "wasm_dir=$ROOT/target/wasm" -s 'key_auth_config={"keys":[]}'
+KEY=$(SLUICE_KEY_FILE="$work/keys/ecds/key-auth.json" "$SLUICE" keys create --tenant bench 2>/dev/null)
+
+ROUTER_CONFIG='{"models":{"mock-model":{"targets":[{"pool":"pool-a","model":"org/mock-model-8b"}]}}}'
+# As scripts/run.sh configures it: chat without temperature 0 or a seed is not cached
+# (the filter's bypass path), embeddings are.
+CACHE_CONFIG='{"rules":[{"models":["*"],"apis":["embeddings"]},{"models":["*"],"apis":["chat","completions","responses","messages"]}]}'
+PLAIN_POOL="[{\"name\":\"pool-a\",\"host\":\"127.0.0.1\",\"port\":$MOCK_PORT}]"
+ENGINE_POOL="[{\"name\":\"pool-a\",\"engine\":\"vllm\",\"host\":\"127.0.0.1\",\"port\":$MOCK_PORT}]"
+
+# start_envoy NAME LAST_FILTER POOLS [extra -s vars...]: the chain up to and including
+# LAST_FILTER (an http_filters name; "none" for bare Envoy; "noop:N" for bare Envoy with N
+# wasm filters that do nothing; "probe:CALL:COUNT" for bare Envoy with one filter making
+# COUNT host calls CALL a request). Sets PORT_<NAME>, PID_<NAME>.
+start_envoy() {
+  local name=$1 last=$2 pools=$3 port admin filters=true router=true
+  shift 3
+  case "$last" in none | noop:* | probe:*) filters=false ;; esac
+  case "$last" in none | noop:* | probe:* | sluice.key_auth | sluice.rate_limit.admission) router=false ;; esac
+  port=$(free_port); admin=$(free_port)
+  while [ "$admin" = "$port" ]; do admin=$(free_port); done
+  mkdir -p "$work/$name/ecds"
+  cp "$work/keys/ecds/key-auth.json" "$work/$name/ecds/"
+  "$SLUICE" render envoy/envoy.yaml.j2 -o "$work/$name/envoy.yaml" \
+    -s "listen_port=$port" -s "admin_port=$admin" -s "state_dir=$work/$name" \
+    -s "pools=$pools" -s "filters=$filters" -s "model_router=$router" -s "wasm_dir=$ROOT/target/wasm" \
+    -s "model_router_config=$ROUTER_CONFIG" -s "response_cache=$CACHE_CONFIG" "$@"
+  "$PY" - "$work/$name/envoy.yaml" "$last" "$NOOP_WASM" "$PROBE_WASM" <<'PY'
+import sys, yaml
+path, last, noop, probe = sys.argv[1:]
+config = yaml.safe_load(open(path))
+for listener in config["static_resources"]["listeners"]:
+    for chain in listener["filter_chains"]:
+        for f in chain["filters"]:
+            hcm = f.get("typed_config", {})
+            if "http_filters" not in hcm or last == "none":
+                continue
+            if last.startswith("noop:"):
+                noops = [{
+                    "name": f"noop.{i}",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                        "config": {"name": f"noop.{i}", "root_id": f"noop.{i}",
+                                   "vm_config": {"vm_id": f"noop.{i}", "runtime": "envoy.wasm.runtime.v8",
+                                                 "code": {"local": {"filename": noop}}}}}}
+                    for i in range(int(last.split(":")[1]))]
+                hcm["http_filters"] = noops + hcm["http_filters"]
+                continue
+            if last.startswith("probe:"):
+                _, call, count = last.split(":")
+                hcm["http_filters"] = [{
+                    "name": "probe",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                        "config": {"name": "probe", "root_id": "probe",
+                                   "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                                     "value": f"{call} {count}"},
+                                   "vm_config": {"vm_id": "probe", "runtime": "envoy.wasm.runtime.v8",
+                                                 "code": {"local": {"filename": probe}}}}}}] + hcm["http_filters"]
+                continue
+            kept, dropping = [], False
+            for h in hcm["http_filters"]:
+                if h["name"].startswith("sluice.") and dropping:
+                    continue
+                kept.append(h)
+                if h["name"] == last:
+                    dropping = True
+            hcm["http_filters"] = kept
+yaml.safe_dump(config, open(path, "w"), sort_keys=False)
+PY
+  "$ENVOY" -c "$work/$name/envoy.yaml" --concurrency "$ENVOY_CONCURRENCY" --base-id "$admin" \
+    --log-level warn >"$work/$name/envoy.log" 2>&1 &
+  pids+=($!)
+  printf -v "PID_$name" '%s' "$!"
+  pool_healthy() { envoy_live "$admin" && curl -s "http://127.0.0.1:$admin/clusters" | grep -qE '^pool-a::.*health_flags::healthy$'; }
+  wait_until 30 pool_healthy || { cat "$work/$name/envoy.log" >&2; exit 1; }
+  printf -v "PORT_$name" '%s' "$port"
+}
+
+# The prefixes, in chain order: name, the last filter kept, what that filter adds.
+STEPS=(
+  "bare none bare-Envoy"
+  "key_auth sluice.key_auth key-auth"
+  "admission sluice.rate_limit.admission rate-limit-admission"
+  "router sluice.model_router model-router"
+  "pii sluice.pii_redaction pii-redaction"
+  "tokens sluice.token_counter token-counter"
+  "cache sluice.response_cache response-cache"
+  "chain sluice.rate_limit.tokens rate-limit-tokens"
+)
+targets=()
+for step in "${STEPS[@]}"; do
+  read -r name last _ <<<"$step"
+  start_envoy "$name" "$last" "$PLAIN_POOL"
+  pid_var=PID_$name port_var=PORT_$name
+  targets+=("$name:${!port_var}:${!pid_var}")
+done
+# The floor: bare Envoy with one, and with eight, wasm filters that do nothing (the chain
+# has eight filter instances).
+start_envoy noop1 noop:1 "$PLAIN_POOL"
+start_envoy noop8 noop:8 "$PLAIN_POOL"
+targets+=("noop1:$PORT_noop1:$PID_noop1" "noop8:$PORT_noop8:$PID_noop8")
+# The whole chain on an engine pool: endpoint-picker last.
+start_envoy picker sluice.endpoint_picker "$ENGINE_POOL"
+targets+=("picker:$PORT_picker:$PID_picker")
+
+"$PY" - "$work/body.json" "$PROMPT_BYTES" <<'PY'
+import json, sys
+n = int(sys.argv[2])
+text = ("You are a helpful assistant for a GPU inference platform. " * (n // 58 + 1))[:n - 100]
+json.dump({"model": "mock-model", "max_tokens": 16,
+           "messages": [{"role": "system", "content": "Be brief."},
+                        {"role": "user", "content": text}]}, open(sys.argv[1], "w"))
+PY
+
+declare -A med cpu
+while read -r name us cpu_us; do med[$name]=$us; cpu[$name]=$cpu_us; done < <(
+  "$PY" scripts/lib/alternate.py "$work/body.json" "$KEY" "$ROUNDS" 200 "${targets[@]}")
+
+echo "bench-chain: $(stat -c %s "$work/body.json")-byte chat, one client sending it to each Envoy" \
+  "(--concurrency $ENVOY_CONCURRENCY) in turn, $ROUNDS rounds on kept-alive connections;" \
+  "each Envoy's CPU per request (schedstat over the rounds) and median latency"
+printf '| %-22s | %12s | %12s | %12s | %12s |\n' "chain up to" "CPU us/req" "filter adds" "p50 us" "filter adds"
+printf '|%s|%s|%s|%s|%s|\n' "------------------------" "--------------" "--------------" "--------------" "--------------"
+prev=""
+for step in "${STEPS[@]}" "picker sluice.endpoint_picker endpoint-picker"; do
+  read -r name _ what <<<"$step"
+  if [ -z "$prev" ]; then
+    printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "$what" "${cpu[$name]}" "" "${med[$name]}" ""
+  else
+    printf '| %-22s | %12.0f | %+12.0f | %12.0f | %+12.0f |\n' "$what" "${cpu[$name]}" \
+      "$(awk -v a="${cpu[$name]}" -v b="${cpu[$prev]}" 'BEGIN{print a-b}')" "${med[$name]}" \
+      "$(awk -v a="${med[$name]}" -v b="${med[$prev]}" 'BEGIN{print a-b}')"
+  fi
+  prev=$name
+done
+for n in 1 8; do
+  echo "bare Envoy + $n no-op wasm filter(s): CPU $(awk -v a="${cpu[noop$n]}" -v b="${cpu[bare]}" 'BEGIN{printf "%+.0f", a-b}') us/req," \
+    "p50 $(awk -v a="${med[noop$n]}" -v b="${med[bare]}" 'BEGIN{printf "%+.0f", a-b}') us"
+done
+echo "whole chain over bare Envoy: CPU $(awk -v a="${cpu[chain]}" -v b="${cpu[bare]}" 'BEGIN{printf "%+.0f", a-b}') us/req," \
+  "p50 $(awk -v a="${med[chain]}" -v b="${med[bare]}" 'BEGIN{printf "%+.0f", a-b}') us"
+
+# ---- What one host call costs: a filter making 50 of one kind a request, against the no-op ----
+HOST_CALLS=(header headers set_header property set_property shared_get shared_set metric clock body)
+probes=("noop1:$PORT_noop1:$PID_noop1")
+for call in "${HOST_CALLS[@]}"; do
+  start_envoy "probe_$call" "probe:$call:50" "$PLAIN_POOL"
+  port_var=PORT_probe_$call pid_var=PID_probe_$call
+  probes+=("probe_$call:${!port_var}:${!pid_var}")
+done
+while read -r name us cpu_us; do med[$name]=$us; cpu[$name]=$cpu_us; done < <(
+  "$PY" scripts/lib/alternate.py "$work/body.json" "$KEY" "$ROUNDS" 200 "${probes[@]}")
+echo
+echo "one host call through the filters' WasmHost, in Envoy (50 a request, CPU against the no-op filter):"
+for call in "${HOST_CALLS[@]}"; do
+  printf '  %-13s %6.2f us\n' "$call" "$(awk -v a="${cpu[probe_$call]}" -v b="${cpu[noop1]}" 'BEGIN{print (a-b)/50}')"
+  pid_var=PID_probe_$call; kill -TERM "${!pid_var}" 2>/dev/null || true
+done
+
+# ---- Side by side: throughput at BENCH_CONNECTIONS, latency at 1 ----
+cat >"$work/post.lua" <<LUA
+local f = io.open("$work/body.json", "r")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["content-type"] = "application/json"
+wrk.headers["authorization"] = "Bearer $KEY"
+LUA
+wrk_run() { # name port connections -> "rps p50_us p99_us non2xx"
+  wrk -t1 -c"$3" -d2s -s "$work/post.lua" "http://127.0.0.1:$2/v1/chat/completions" >/dev/null
+  wrk -t1 -c"$3" -d"${SECONDS_PER_RUN}s" --latency -s "$work/post.lua" \
+    "http://127.0.0.1:$2/v1/chat/completions" | "$PY" -c '
+import re, sys
+t = sys.stdin.read()
+us = lambda v: float(re.match(r"([\d.]+)", v).group(1)) * {"us": 1, "ms": 1000, "s": 1e6}[re.match(r"[\d.]+(us|ms|s)", v).group(1)]
+e = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+print(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1), us(re.search(r"\s50%\s+(\S+)", t).group(1)),
+      us(re.search(r"\s99%\s+(\S+)", t).group(1)), e.group(1) if e else 0)'
+}
+# Only the Envoys measured here keep running (the others' timers would share the cores).
+for step in "${STEPS[@]}"; do
+  read -r name _ <<<"$step"
+  case $name in bare | chain | "${BENCH_PERF:-}") ;; *) pid_var=PID_$name; kill -TERM "${!pid_var}" 2>/dev/null || true ;; esac
+done
+for n in noop1 noop8; do [ "$n" = "${BENCH_PERF:-}" ] || { pid_var=PID_$n; kill -TERM "${!pid_var}" 2>/dev/null || true; }; done
+sleep 1
+echo
+echo "side by side: wrk, $SECONDS_PER_RUN s per row; throughput at $CONNS connections, latency at 1"
+printf '| %-16s | %10s | %10s | %10s |\n' target "req/s at $CONNS" "p50 at 1" "p99 at 1"
+printf '|%s|%s|%s|%s|\n' "------------------" "------------" "------------" "------------"
+declare -A rps p50 p99
+for t in direct:$MOCK_PORT bare:$PORT_bare chain:$PORT_chain picker:$PORT_picker; do
+  name=${t%%:*} port=${t#*:}
+  read -r r _ _ e < <(wrk_run "$name" "$port" "$CONNS")
+  read -r _ a b e1 < <(wrk_run "$name" "$port" 1)
+  [ "$e" = 0 ] && [ "$e1" = 0 ] || { echo "bench-chain: $name answered non-2xx" >&2; exit 1; }
+  rps[$name]=$r p50[$name]=$a p99[$name]=$b
+  printf '| %-16s | %10.0f | %7.0f us | %7.0f us |\n' "$name" "$r" "$a" "$b"
+done
+awk -v c="${rps[chain]}" -v b="${rps[bare]}" -v cp="${p50[chain]}" -v bp="${p50[bare]}" \
+  -v c9="${p99[chain]}" -v b9="${p99[bare]}" 'BEGIN {
+  printf "whole chain: %.0f%% of bare Envoy'"'"'s throughput; p50 %+.0f us, p99 %+.0f us over bare Envoy\n", 100 * c / b, cp - bp, c9 - b9 }'
+
+# ---- Where the whole chain's CPU goes (perf, BENCH_PERF=1; or BENCH_PERF=<row> for another) ----
+if [ "${BENCH_PERF:-0}" != 0 ]; then
+  target=chain
+  [ "$BENCH_PERF" = 1 ] || target=$BENCH_PERF
+  port_var=PORT_$target pid_var=PID_$target
+  command -v perf >/dev/null || { echo "bench-chain: BENCH_PERF=1 needs perf (apt-get install linux-perf)" >&2; exit 1; }
+  wrk -t1 -c"$CONNS" -d"$((SECONDS_PER_RUN + 2))s" -s "$work/post.lua" "http://127.0.0.1:${!port_var}/v1/chat/completions" >/dev/null &
+  wrk_pid=$!
+  sleep 1
+  perf record -q -F 999 -g -p "${!pid_var}" -o "$work/perf.data" -- sleep "$SECONDS_PER_RUN" 2>/dev/null
+  wait "$wrk_pid" || true
+  perf report -i "$work/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null >"$work/perf.txt" || true
+  echo
+  echo "where the CPU of '$target' went (perf, self time, $CONNS connections):"
+  "$PY" scripts/lib/perf-split.py "$work/perf.txt"
+  # BENCH_PERF_OUT=FILE keeps the whole report.
+  [ -z "${BENCH_PERF_OUT:-}" ] || cp "$work/perf.txt" "$BENCH_PERF_OUT"
+fi
