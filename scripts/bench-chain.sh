@@ -8,14 +8,19 @@
 # profile of the whole chain under load split by where the CPU went (the filters' wasm code
 # in V8, V8 itself, Envoy's wasm host calls, the rest of Envoy, the kernel).
 #
-# Environment: BENCH_ROUNDS (2000), BENCH_SECONDS (10), BENCH_CONNECTIONS (32),
-# BENCH_ENVOY_CONCURRENCY (2), BENCH_PROMPT_BYTES (2000), BENCH_PERF (0), BENCH_PERF_OUT.
+# With BENCH_BASELINE=<git revision>, the whole chain built from that revision (its wasm,
+# built once in a worktree under target/baseline/) runs beside this build's in the same
+# alternating rounds and wrk rows: a before and after from one run, as the machine drifts.
+#
+# Environment: BENCH_ROUNDS (2000), BENCH_SECONDS (5), BENCH_WRK_ROUNDS (3), BENCH_CONNECTIONS (32),
+# BENCH_ENVOY_CONCURRENCY (2), BENCH_PROMPT_BYTES (2000), BENCH_PERF (0), BENCH_PERF_OUT,
+# BENCH_BASELINE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 . scripts/lib/common.sh
 ROUNDS=${BENCH_ROUNDS:-2000}
-SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+SECONDS_PER_RUN=${BENCH_SECONDS:-5}
 CONNS=${BENCH_CONNECTIONS:-32}
 ENVOY_CONCURRENCY=${BENCH_ENVOY_CONCURRENCY:-2}
 PROMPT_BYTES=${BENCH_PROMPT_BYTES:-2000}
@@ -26,6 +31,28 @@ cargo build --quiet --profile wasm-release --target wasm32-wasip1 -p sluice-prox
 NOOP_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/noop.wasm
 PROBE_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/probe.wasm
 ENVOY="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
+BASELINE_WASM=""
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  rev=$(git rev-parse --short "$BENCH_BASELINE")
+  BASELINE_WASM=$ROOT/target/baseline/wasm-$rev
+  if [ ! -f "$BASELINE_WASM/sluice_endpoint_picker.wasm" ]; then
+    tree=$ROOT/target/baseline/tree-$rev
+    [ -d "$tree" ] || git worktree add --detach "$tree" "$rev" >/dev/null
+    mapfile -t args < <(cargo_packages "${SLUICE_FILTERS[@]}")
+    (cd "$tree" && CARGO_TARGET_DIR=$ROOT/target/baseline/build cargo build --quiet \
+      --target wasm32-wasip1 --profile wasm-release "${args[@]}")
+    mkdir -p "$BASELINE_WASM"
+    for f in "${SLUICE_FILTERS[@]}"; do
+      cp "$ROOT/target/baseline/build/wasm32-wasip1/wasm-release/${f//-/_}.wasm" "$BASELINE_WASM/"
+    done
+    if [ -d "$tree/filters/all" ]; then
+      (cd "$tree" && CARGO_TARGET_DIR=$ROOT/target/baseline/build cargo build --quiet \
+        --target wasm32-wasip1 --profile wasm-release -p sluice-filters)
+      cp "$ROOT/target/baseline/build/wasm32-wasip1/wasm-release/sluice_filters.wasm" "$BASELINE_WASM/"
+    fi
+    git worktree remove --force "$tree"
+  fi
+fi
 SLUICE="$ROOT/target/release/sluice"
 PY="$ROOT/.venv/bin/python"
 work=$(mktemp -d)
@@ -58,7 +85,9 @@ ENGINE_POOL="[{\"name\":\"pool-a\",\"engine\":\"vllm\",\"host\":\"127.0.0.1\",\"
 # start_envoy NAME LAST_FILTER POOLS [extra -s vars...]: the chain up to and including
 # LAST_FILTER (an http_filters name; "none" for bare Envoy; "noop:N" for bare Envoy with N
 # wasm filters that do nothing; "probe:CALL:COUNT" for bare Envoy with one filter making
-# COUNT host calls CALL a request). Sets PORT_<NAME>, PID_<NAME>.
+# COUNT host calls CALL a request). The filters' wasm from WASM_DIR (default this build's);
+# ONE_VM=false: a module and a VM per filter instead of sluice_filters.wasm in one VM.
+# Sets PORT_<NAME>, PID_<NAME>.
 start_envoy() {
   local name=$1 last=$2 pools=$3 port admin filters=true router=true
   shift 3
@@ -67,10 +96,16 @@ start_envoy() {
   port=$(free_port); admin=$(free_port)
   while [ "$admin" = "$port" ]; do admin=$(free_port); done
   mkdir -p "$work/$name/ecds"
-  cp "$work/keys/ecds/key-auth.json" "$work/$name/ecds/"
+  local wasm=${WASM_DIR:-$ROOT/target/wasm} one_vm=${ONE_VM:-true}
+  sed "s#$ROOT/target/wasm/#$wasm/#" "$work/keys/ecds/key-auth.json" >"$work/$name/ecds/key-auth.json"
+  if [ "$one_vm" = false ]; then
+    # key-auth's ECDS resource in its own module and VM, like the rest.
+    sed -i 's#"vm_id": "sluice"#"vm_id": "sluice.key_auth"#; s#/sluice_filters\.wasm#/sluice_key_auth.wasm#' \
+      "$work/$name/ecds/key-auth.json"
+  fi
   "$SLUICE" render envoy/envoy.yaml.j2 -o "$work/$name/envoy.yaml" \
     -s "listen_port=$port" -s "admin_port=$admin" -s "state_dir=$work/$name" \
-    -s "pools=$pools" -s "filters=$filters" -s "model_router=$router" -s "wasm_dir=$ROOT/target/wasm" \
+    -s "pools=$pools" -s "filters=$filters" -s "model_router=$router" -s "wasm_dir=$wasm" -s "one_vm=$one_vm" \
     -s "model_router_config=$ROUTER_CONFIG" -s "response_cache=$CACHE_CONFIG" "$@"
   "$PY" - "$work/$name/envoy.yaml" "$last" "$NOOP_WASM" "$PROBE_WASM" <<'PY'
 import sys, yaml
@@ -95,15 +130,17 @@ for listener in config["static_resources"]["listeners"]:
                 continue
             if last.startswith("probe:"):
                 _, call, count = last.split(":")
-                hcm["http_filters"] = [{
+                probe_filter = [{
                     "name": "probe",
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                        "config": {"name": "probe", "root_id": "probe",
+                        "config": {"name": "probe", "root_id": "probe", "allow_on_headers_stop_iteration": True,
                                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
                                                      "value": f"{call} {count}"},
                                    "vm_config": {"vm_id": "probe", "runtime": "envoy.wasm.runtime.v8",
-                                                 "code": {"local": {"filename": probe}}}}}}] + hcm["http_filters"]
+                                                 "code": {"local": {"filename": probe}}}}}}]
+                # After the buffer filter, where the body filters are: the body comes whole.
+                hcm["http_filters"] = hcm["http_filters"][:-1] + probe_filter + hcm["http_filters"][-1:]
                 continue
             kept, dropping = [], False
             for h in hcm["http_filters"]:
@@ -150,6 +187,15 @@ targets+=("noop1:$PORT_noop1:$PID_noop1" "noop8:$PORT_noop8:$PID_noop8")
 # The whole chain on an engine pool: endpoint-picker last.
 start_envoy picker sluice.endpoint_picker "$ENGINE_POOL"
 targets+=("picker:$PORT_picker:$PID_picker")
+# The same chain with a module and a VM per filter (the layout before sluice-filters).
+ONE_VM=false start_envoy sepvm sluice.endpoint_picker "$ENGINE_POOL"
+targets+=("sepvm:$PORT_sepvm:$PID_sepvm")
+if [ -n "$BASELINE_WASM" ]; then
+  base_one_vm=false
+  [ -f "$BASELINE_WASM/sluice_filters.wasm" ] && base_one_vm=true
+  ONE_VM=$base_one_vm WASM_DIR=$BASELINE_WASM start_envoy baseline sluice.endpoint_picker "$ENGINE_POOL"
+  targets+=("baseline:$PORT_baseline:$PID_baseline")
+fi
 
 "$PY" - "$work/body.json" "$PROMPT_BYTES" <<'PY'
 import json, sys
@@ -185,6 +231,14 @@ for n in 1 8; do
   echo "bare Envoy + $n no-op wasm filter(s): CPU $(awk -v a="${cpu[noop$n]}" -v b="${cpu[bare]}" 'BEGIN{printf "%+.0f", a-b}') us/req," \
     "p50 $(awk -v a="${med[noop$n]}" -v b="${med[bare]}" 'BEGIN{printf "%+.0f", a-b}') us"
 done
+echo "one VM for the chain (sluice-filters) against a VM per filter: CPU" \
+  "$(awk -v a="${cpu[picker]}" -v b="${cpu[sepvm]}" 'BEGIN{printf "%+.0f", a-b}') us/req," \
+  "p50 $(awk -v a="${med[picker]}" -v b="${med[sepvm]}" 'BEGIN{printf "%+.0f", a-b}') us"
+if [ -n "$BASELINE_WASM" ]; then
+  echo "this build against $BENCH_BASELINE (whole chain with endpoint-picker): CPU" \
+    "$(awk -v a="${cpu[picker]}" -v b="${cpu[baseline]}" 'BEGIN{printf "%+.0f", a-b}') us/req," \
+    "p50 $(awk -v a="${med[picker]}" -v b="${med[baseline]}" 'BEGIN{printf "%+.0f", a-b}') us"
+fi
 echo "whole chain over bare Envoy: CPU $(awk -v a="${cpu[chain]}" -v b="${cpu[bare]}" 'BEGIN{printf "%+.0f", a-b}') us/req," \
   "p50 $(awk -v a="${med[chain]}" -v b="${med[bare]}" 'BEGIN{printf "%+.0f", a-b}') us"
 
@@ -215,7 +269,7 @@ wrk.headers["content-type"] = "application/json"
 wrk.headers["authorization"] = "Bearer $KEY"
 LUA
 wrk_run() { # name port connections -> "rps p50_us p99_us non2xx"
-  wrk -t1 -c"$3" -d2s -s "$work/post.lua" "http://127.0.0.1:$2/v1/chat/completions" >/dev/null
+  wrk -t1 -c"$3" -d1s -s "$work/post.lua" "http://127.0.0.1:$2/v1/chat/completions" >/dev/null
   wrk -t1 -c"$3" -d"${SECONDS_PER_RUN}s" --latency -s "$work/post.lua" \
     "http://127.0.0.1:$2/v1/chat/completions" | "$PY" -c '
 import re, sys
@@ -233,21 +287,38 @@ done
 for n in noop1 noop8; do [ "$n" = "${BENCH_PERF:-}" ] || { pid_var=PID_$n; kill -TERM "${!pid_var}" 2>/dev/null || true; }; done
 sleep 1
 echo
-echo "side by side: wrk, $SECONDS_PER_RUN s per row; throughput at $CONNS connections, latency at 1"
+WRK_ROUNDS=${BENCH_WRK_ROUNDS:-3}
+echo "side by side: wrk, $WRK_ROUNDS interleaved rounds of $SECONDS_PER_RUN s per target (medians);" \
+  "throughput at $CONNS connections, latency at 1"
+rows=(direct:$MOCK_PORT bare:$PORT_bare chain:$PORT_chain picker:$PORT_picker sepvm:$PORT_sepvm)
+[ -z "$BASELINE_WASM" ] || rows+=(baseline:$PORT_baseline)
+declare -A rps p50 p99
+for round in $(seq "$WRK_ROUNDS"); do
+  for t in "${rows[@]}"; do
+    name=${t%%:*} port=${t#*:}
+    read -r r _ _ e < <(wrk_run "$name" "$port" "$CONNS")
+    read -r _ a b e1 < <(wrk_run "$name" "$port" 1)
+    [ "$e" = 0 ] && [ "$e1" = 0 ] || { echo "bench-chain: $name answered non-2xx" >&2; exit 1; }
+    rps[$name]+="$r " p50[$name]+="$a " p99[$name]+="$b "
+  done
+done
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 printf '| %-16s | %10s | %10s | %10s |\n' target "req/s at $CONNS" "p50 at 1" "p99 at 1"
 printf '|%s|%s|%s|%s|\n' "------------------" "------------" "------------" "------------"
-declare -A rps p50 p99
-for t in direct:$MOCK_PORT bare:$PORT_bare chain:$PORT_chain picker:$PORT_picker; do
-  name=${t%%:*} port=${t#*:}
-  read -r r _ _ e < <(wrk_run "$name" "$port" "$CONNS")
-  read -r _ a b e1 < <(wrk_run "$name" "$port" 1)
-  [ "$e" = 0 ] && [ "$e1" = 0 ] || { echo "bench-chain: $name answered non-2xx" >&2; exit 1; }
-  rps[$name]=$r p50[$name]=$a p99[$name]=$b
-  printf '| %-16s | %10.0f | %7.0f us | %7.0f us |\n' "$name" "$r" "$a" "$b"
+for t in "${rows[@]}"; do
+  name=${t%%:*}
+  rps[$name]=$(median <<<"${rps[$name]}") p50[$name]=$(median <<<"${p50[$name]}") p99[$name]=$(median <<<"${p99[$name]}")
+  printf '| %-16s | %10.0f | %7.0f us | %7.0f us |\n' "$name" "${rps[$name]}" "${p50[$name]}" "${p99[$name]}"
 done
 awk -v c="${rps[chain]}" -v b="${rps[bare]}" -v cp="${p50[chain]}" -v bp="${p50[bare]}" \
   -v c9="${p99[chain]}" -v b9="${p99[bare]}" 'BEGIN {
   printf "whole chain: %.0f%% of bare Envoy'"'"'s throughput; p50 %+.0f us, p99 %+.0f us over bare Envoy\n", 100 * c / b, cp - bp, c9 - b9 }'
+awk -v c="${rps[picker]}" -v s="${rps[sepvm]}" -v cp="${p50[picker]}" -v sp="${p50[sepvm]}" 'BEGIN {
+  printf "whole chain with endpoint-picker, one VM against a VM per filter: throughput x%.2f, p50 %+.0f us\n", c / s, cp - sp }'
+if [ -n "$BASELINE_WASM" ]; then
+  awk -v c="${rps[picker]}" -v s="${rps[baseline]}" -v cp="${p50[picker]}" -v sp="${p50[baseline]}" -v r="$BENCH_BASELINE" 'BEGIN {
+    printf "whole chain with endpoint-picker against %s: throughput x%.2f, p50 %+.0f us\n", r, c / s, cp - sp }'
+fi
 
 # ---- Where the whole chain's CPU goes (perf, BENCH_PERF=1; or BENCH_PERF=<row> for another) ----
 if [ "${BENCH_PERF:-0}" != 0 ]; then

@@ -25,6 +25,8 @@ cargo clippy --quiet --workspace --all-targets -- -D warnings
 mapfile -t FILTER_CRATES < <(cargo_packages "${SLUICE_WASM_CRATES[@]}")
 step "clippy (wasm32-wasip1, filters)"
 cargo clippy --quiet --target wasm32-wasip1 "${FILTER_CRATES[@]}" --all-targets -- -D warnings
+# The one-module build (linked alone: see scripts/build.sh).
+cargo clippy --quiet --target wasm32-wasip1 -p sluice-filters -- -D warnings
 
 step "deployment configs: Istio resources against the CRD schemas, docker-compose"
 deploy=$(mktemp -d)

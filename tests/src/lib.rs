@@ -56,6 +56,8 @@ pub fn wasm_dir() -> PathBuf {
     built("target/wasm/sluice_key_auth.wasm");
     built("target/wasm/sluice_token_counter.wasm");
     built("target/wasm/sluice_rate_limit.wasm");
+    // What the Envoy template loads by default: all the filters in one module.
+    built("target/wasm/sluice_filters.wasm");
     repo_root().join("target/wasm")
 }
 

@@ -1,35 +1,39 @@
 //! Model-name globs: `*` matches any run of characters, `?` exactly one; nothing else is
 //! special. Used for per-key model allow-lists and per-model settings.
 
-/// Whether `name` matches `pattern`. Linear time (no backtracking blow-up).
+/// Whether `name` matches `pattern`. Linear time (no backtracking blow-up), and no
+/// allocation: both are walked in place by byte offset, a character at a time (this runs
+/// for every configured glob on every request).
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
+    let next = |s: &str, at: usize| s.get(at..).and_then(|rest| rest.chars().next());
     let (mut pi, mut ni) = (0, 0);
-    // Position after the last `*` and the name position it was tried at.
+    // Offset after the last `*`, and the name offset it was tried at.
     let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        match p.get(pi) {
+    while let Some(nc) = next(name, ni) {
+        match next(pattern, pi) {
             Some('*') => {
                 star = Some((pi + 1, ni));
                 pi += 1;
             }
-            Some(c) if *c == '?' || Some(c) == n.get(ni) => {
-                pi += 1;
-                ni += 1;
+            Some(pc) if pc == '?' || pc == nc => {
+                pi += pc.len_utf8();
+                ni += nc.len_utf8();
             }
             _ => match star {
                 Some((sp, sn)) => {
+                    // The `*` takes one more character of the name.
+                    let skipped = next(name, sn).map_or(1, char::len_utf8);
                     pi = sp;
-                    ni = sn + 1;
-                    star = Some((sp, sn + 1));
+                    ni = sn + skipped;
+                    star = Some((sp, ni));
                 }
                 None => return false,
             },
         }
     }
-    p.get(pi..)
-        .is_some_and(|rest| rest.iter().all(|c| *c == '*'))
+    pattern
+        .get(pi..)
+        .is_some_and(|rest| rest.chars().all(|c| c == '*'))
 }
 
 /// The first of `patterns` that `name` matches, with its index.
@@ -72,5 +76,46 @@ mod tests {
         let name = "a".repeat(5000);
         assert!(glob_match("*a*a*a*a*a*a*a*a*", &name));
         assert!(!glob_match("*a*a*a*a*a*a*a*a*b", &name));
+    }
+
+    /// The matcher as first written (characters collected, then walked by index): the
+    /// oracle for the in-place one.
+    fn by_chars(pattern: &str, name: &str) -> bool {
+        let p: Vec<char> = pattern.chars().collect();
+        let n: Vec<char> = name.chars().collect();
+        let (mut pi, mut ni) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while ni < n.len() {
+            match p.get(pi) {
+                Some('*') => {
+                    star = Some((pi + 1, ni));
+                    pi += 1;
+                }
+                Some(c) if *c == '?' || Some(c) == n.get(ni) => {
+                    pi += 1;
+                    ni += 1;
+                }
+                _ => match star {
+                    Some((sp, sn)) => {
+                        pi = sp;
+                        ni = sn + 1;
+                        star = Some((sp, sn + 1));
+                    }
+                    None => return false,
+                },
+            }
+        }
+        p[pi..].iter().all(|c| *c == '*')
+    }
+
+    proptest::proptest! {
+        /// Multi-byte characters included: `?` and `*` take whole characters.
+        #[test]
+        fn matches_as_the_character_walk_does(
+            pattern in "[ab\u{e9}\u{4e2d}*?]{0,8}",
+            name in "[ab\u{e9}\u{4e2d}]{0,10}",
+        ) {
+            proptest::prop_assert_eq!(glob_match(&pattern, &name), by_chars(&pattern, &name));
+        }
     }
 }

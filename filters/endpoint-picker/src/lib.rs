@@ -22,5 +22,5 @@ pub use config::PickerConfig;
 pub use engine::{Engine, EngineLoad};
 
 // The wasm entry point (left out of unit-test builds: it imports Envoy's host functions).
-#[cfg(all(target_arch = "wasm32", not(test)))]
+#[cfg(all(target_arch = "wasm32", feature = "filter", not(test)))]
 sluice_proxy::filter!(lifecycle::EndpointPicker);

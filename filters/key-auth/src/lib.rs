@@ -167,7 +167,7 @@ pub fn on_request_headers(store: &KeyStore, host: &mut dyn Host) -> Outcome {
 
 // The wasm entry point. The glue needs Envoy's host functions: it is left out of unit-test
 // builds, which then run anywhere (natively, and compiled to wasm32 under Node).
-#[cfg(all(target_arch = "wasm32", not(test)))]
+#[cfg(all(target_arch = "wasm32", feature = "filter", not(test)))]
 sluice_proxy::filter!(lifecycle::KeyAuth);
 
 #[cfg(test)]

@@ -1,10 +1,14 @@
 //! A filter that makes one kind of host call many times per request, through the same
 //! [`WasmHost`](sluice_proxy::WasmHost) as every Sluice filter: against the no-op filter it
 //! gives what one host call of that kind costs inside Envoy (`scripts/bench-chain.sh`'s
-//! host-call table). Its configuration is `<call> <count>`: `header`, `headers`,
-//! `set_header`, `property`, `set_property` (one name), `new_property` (a name per call), `shared_get`, `shared_set`, `metric`, `clock`
-//! (on the request's headers), `pause` (hold the headers until the body's last chunk, as
-//! the filters that read the body do), or `body` (the whole request body, on its last chunk).
+//! host-call table). Its configuration is `<call> <count>`: on the request's headers
+//! `header`, `headers`, `set_header`, `property`, `set_property` (one name),
+//! `new_property` (a name per call), `shared_get`, `shared_set`, `metric`, `clock`,
+//! `clear_route_cache`; `pause` (hold the headers until the body's last chunk, as the
+//! filters that read the body do); on the body's last chunk `body` or `set_body` (read, or
+//! read and write back, the whole request body), `json` (read it and parse it into a
+//! `serde_json::Value`, `<count>` times: what V8 makes of typical Rust code); `response` (hold the response until its
+//! body is in, then read it); `memory` (keep `<count>` MB of linear memory in use, no calls).
 
 #[cfg(target_arch = "wasm32")]
 mod probe {
@@ -16,6 +20,9 @@ mod probe {
         call: String,
         count: usize,
         metric: Option<u32>,
+        /// `memory` keeps this many MB of linear memory in use (the token-counter VM holds
+        /// about 32 MB of tables).
+        _ballast: Vec<u8>,
     }
 
     pub struct ProbeRequest(Rc<Probe>);
@@ -34,10 +41,17 @@ mod probe {
                 .parse()
                 .map_err(|_| ConfigError::invalid("count: a number"))?;
             let metric = host.define_metric(MetricKind::Counter, "probe.calls");
+            let ballast = if call == "memory" {
+                // Touched, so it is really there.
+                vec![1u8; count << 20]
+            } else {
+                Vec::new()
+            };
             Ok(Self {
                 call: call.to_string(),
                 count,
                 metric,
+                _ballast: ballast,
             })
         }
 
@@ -68,7 +82,10 @@ mod probe {
                             host.increment_metric(id, 1);
                         }
                     }
-                    "clock" => drop(host.now_unix_nanos()),
+                    "clock" => {
+                        let _ = host.now_unix_nanos();
+                    }
+                    "clear_route_cache" => host.clear_route_cache(),
                     "keyauth" => {
                         drop(host.headers(Side::Request));
                         host.remove_header(Side::Request, "x-nothing");
@@ -87,9 +104,43 @@ mod probe {
         }
 
         fn on_request_body(&mut self, host: &mut dyn Host, size: usize, end: bool) -> Flow {
-            if self.0.call == "body" && end {
+            if !end {
+                return Flow::Continue;
+            }
+            for _ in 0..self.0.count {
+                match self.0.call.as_str() {
+                    "body" => drop(host.body(Side::Request, size)),
+                    "json" => {
+                        let body = host.body(Side::Request, size);
+                        let tree: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+                        drop(tree);
+                    }
+                    "set_body" => {
+                        let body = host.body(Side::Request, size);
+                        host.set_body(Side::Request, size, &body);
+                    }
+                    _ => {}
+                }
+            }
+            Flow::Continue
+        }
+
+        fn on_response_headers(&mut self, _host: &mut dyn Host, end: bool) -> Flow {
+            if self.0.call == "response" && !end {
+                // Hold the response headers until its body is in, as the filters that read
+                // the answer do.
+                return Flow::Pause;
+            }
+            Flow::Continue
+        }
+
+        fn on_response_body(&mut self, host: &mut dyn Host, size: usize, end: bool) -> Flow {
+            if self.0.call == "response" {
+                if !end {
+                    return Flow::Pause;
+                }
                 for _ in 0..self.0.count {
-                    drop(host.body(Side::Request, size));
+                    drop(host.body(Side::Response, size));
                 }
             }
             Flow::Continue

@@ -28,5 +28,5 @@ pub mod store;
 pub use config::{RateLimitConfig, Stage};
 
 // The wasm entry point (left out of unit-test builds: it imports Envoy's host functions).
-#[cfg(all(target_arch = "wasm32", not(test)))]
+#[cfg(all(target_arch = "wasm32", feature = "filter", not(test)))]
 sluice_proxy::filter!(lifecycle::RateLimit);

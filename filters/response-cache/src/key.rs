@@ -7,6 +7,7 @@
 //! share an entry, and nothing else does.
 
 use crate::config::{Scope, Settings, When};
+use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sluice_common::Api;
@@ -100,16 +101,60 @@ pub struct RequestFacts<'a> {
     pub control: ClientControl,
 }
 
-/// The answer does not depend on sampling: an API that does not sample, `temperature: 0`,
-/// or a `seed`.
-pub fn deterministic(api: Api, body: &Value) -> bool {
-    if !api.generates() {
-        return true;
+/// The fields the cache decides on before it keys a request, read from the body's bytes
+/// without building its tree: most generations are sampled and never keyed, and a 2 KB
+/// body's tree cost more than the rest of the filter's work on them.
+#[derive(Debug, Default, Deserialize)]
+pub struct Sampling {
+    #[serde(default)]
+    pub model: Option<Value>,
+    #[serde(default)]
+    temperature: Option<Value>,
+    /// `null` reads as absent.
+    #[serde(default)]
+    seed: Option<Value>,
+}
+
+impl Sampling {
+    /// The fields as the body holds them (`None`: not a JSON object with them where they
+    /// can be read alone, e.g. a repeated member).
+    pub fn read(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice(body).ok()
     }
-    body.get("temperature")
-        .and_then(Value::as_f64)
-        .is_some_and(|t| t == 0.0)
-        || body.get("seed").is_some_and(|s| !s.is_null())
+
+    fn of(body: &Value) -> Self {
+        Self {
+            model: None,
+            temperature: body.get("temperature").cloned(),
+            seed: body.get("seed").filter(|s| !s.is_null()).cloned(),
+        }
+    }
+
+    /// The answer does not depend on sampling: an API that does not sample,
+    /// `temperature: 0`, or a `seed`.
+    pub fn deterministic(&self, api: Api) -> bool {
+        !api.generates()
+            || self.temperature.as_ref().and_then(Value::as_f64) == Some(0.0)
+            || self.seed.is_some()
+    }
+}
+
+/// Why a request is not cached, when its model and its sampling say so before its key is
+/// made (the rest of [`plan`]'s reasons need the whole body).
+pub fn early_bypass(
+    settings: &Settings,
+    api: Api,
+    requested_model: &str,
+    upstream_model: &str,
+    sampling: &Sampling,
+) -> Option<Bypass> {
+    match settings.rule(api, requested_model, upstream_model) {
+        None => Some(Bypass::NotCacheable),
+        Some(rule) if rule.when == When::Deterministic && !sampling.deterministic(api) => {
+            Some(Bypass::Sampled)
+        }
+        Some(_) => None,
+    }
 }
 
 /// Decide; `Err` says why the cache is not used.
@@ -117,7 +162,7 @@ pub fn plan(settings: &Settings, r: &RequestFacts) -> Result<Plan, Bypass> {
     let rule = settings
         .rule(r.api, r.requested_model, r.upstream_model)
         .ok_or(Bypass::NotCacheable)?;
-    if rule.when == When::Deterministic && !deterministic(r.api, r.body) {
+    if rule.when == When::Deterministic && !Sampling::of(r.body).deterministic(r.api) {
         return Err(Bypass::Sampled);
     }
     if r.control.no_cache && r.control.no_store {
@@ -365,6 +410,48 @@ mod tests {
         assert_ne!(
             index(&one),
             semantic_index("tenant:u", Api::Chat, "m", &one)
+        );
+    }
+
+    /// The decision made from the body's bytes alone agrees with the one made from its
+    /// tree, for every body the tree-based policy sees.
+    #[test]
+    fn the_early_bypass_agrees_with_the_plan() {
+        let s = settings(
+            r#"{"rules": [{"models": ["m"], "apis": ["chat"]},
+                          {"models": ["faq"], "apis": ["chat"], "when": "always"}]}"#,
+        );
+        let bodies = [
+            json!({"model": "m", "messages": [], "temperature": 0.5}),
+            json!({"model": "m", "messages": [], "temperature": 0}),
+            json!({"model": "m", "messages": [], "temperature": 0.0, "seed": null}),
+            json!({"model": "m", "messages": [], "temperature": "0"}),
+            json!({"model": "m", "messages": [], "seed": 7}),
+            json!({"model": "m", "messages": [], "seed": null}),
+            json!({"model": "faq", "messages": [], "temperature": 1.2}),
+            json!({"model": "other", "messages": [], "temperature": 0}),
+        ];
+        for body in &bodies {
+            let model = body["model"].as_str().unwrap();
+            let mut f = facts(Api::Chat, body, "t");
+            f.requested_model = model;
+            f.upstream_model = model;
+            let sampling = Sampling::read(body.to_string().as_bytes()).unwrap();
+            let early = early_bypass(&s, Api::Chat, model, model, &sampling);
+            match plan(&s, &f) {
+                Ok(_) => assert_eq!(early, None, "{body}"),
+                Err(why @ (Bypass::Sampled | Bypass::NotCacheable)) => {
+                    assert_eq!(early, Some(why), "{body}")
+                }
+                Err(_) => assert_eq!(early, None, "{body}"),
+            }
+        }
+        assert_eq!(
+            Sampling::read(br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#)
+                .and_then(|s| s.model)
+                .as_ref()
+                .and_then(Value::as_str),
+            Some("m")
         );
     }
 

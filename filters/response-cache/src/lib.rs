@@ -15,7 +15,7 @@ pub mod lifecycle;
 pub mod store;
 
 // The wasm entry point (left out of unit-test builds: it imports Envoy's host functions).
-#[cfg(all(target_arch = "wasm32", not(test)))]
+#[cfg(all(target_arch = "wasm32", feature = "filter", not(test)))]
 sluice_proxy::filter!(lifecycle::ResponseCache);
 
 pub use config::{CacheConfig, Settings};

@@ -4,7 +4,8 @@
 //! complete and successful.
 
 use crate::key::{
-    hex, plan, semantic_index, semantic_text, Bypass, ClientControl, Key, Plan, RequestFacts,
+    early_bypass, hex, plan, semantic_index, semantic_text, Bypass, ClientControl, Key, Plan,
+    RequestFacts, Sampling,
 };
 use crate::store::{self, Bounds, Entry};
 use crate::{CacheConfig, Settings, CACHE_HEADER};
@@ -306,15 +307,27 @@ fn storable_json(api: Api, body: &[u8]) -> bool {
 impl CachedRequest {
     /// Decide with the whole body; answer a hit.
     fn on_body(&mut self, host: &mut dyn Host, api: Api, body: &[u8]) -> Flow {
+        let sampling = Sampling::read(body);
+        let body_model = sampling
+            .as_ref()
+            .and_then(|s| s.model.as_ref())
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let upstream = text_property(host, properties::MODEL).unwrap_or_else(|| body_model.into());
+        let requested =
+            text_property(host, properties::MODEL_REQUESTED).unwrap_or_else(|| upstream.clone());
+        let filter = self.filter.clone();
+        if let Some(why) = sampling
+            .as_ref()
+            .and_then(|s| early_bypass(&filter.settings, api, &requested, &upstream, s))
+        {
+            return self.bypass(host, why, &upstream);
+        }
         let Ok(request) = serde_json::from_slice::<Value>(body) else {
             // Not JSON: token-counter refuses it before it gets here.
             self.phase = Phase::Done;
             return Flow::Continue;
         };
-        let body_model = request.get("model").and_then(Value::as_str).unwrap_or("");
-        let upstream = text_property(host, properties::MODEL).unwrap_or_else(|| body_model.into());
-        let requested =
-            text_property(host, properties::MODEL_REQUESTED).unwrap_or_else(|| upstream.clone());
         let tenant = text_property(host, properties::TENANT);
         let key_id = text_property(host, properties::KEY_ID);
         let control = ClientControl::parse(host.header(Side::Request, "cache-control").as_deref());
@@ -327,7 +340,6 @@ impl CachedRequest {
             key_id: key_id.as_deref(),
             control,
         };
-        let filter = self.filter.clone();
         let plan = match plan(&filter.settings, &facts) {
             Ok(p) => p,
             Err(why) => return self.bypass(host, why, &upstream),

@@ -19,7 +19,7 @@ pub mod response;
 
 // The wasm entry point. It imports Envoy's host functions, so it is left out of unit-test
 // builds, which then run anywhere (natively, and compiled to wasm32 under Node).
-#[cfg(all(target_arch = "wasm32", not(test)))]
+#[cfg(all(target_arch = "wasm32", feature = "filter", not(test)))]
 sluice_proxy::filter!(lifecycle::TokenCounter);
 
 pub use config::{Api, Settings, TokenCounterConfig};
