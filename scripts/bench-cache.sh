@@ -24,14 +24,7 @@ scripts/setup.sh >/dev/null
 scripts/build.sh >/dev/null
 ENVOY="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
 SLUICE="$ROOT/target/release/sluice"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  stop_pids "${pids[@]}"
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+scratch_dir
 wait_file() { wait_until 30 file_written "$1" || { echo "bench: $1 never appeared" >&2; exit 1; }; }
 
 mock() { # name [flags...] -> port in $work/<name>.port

@@ -55,14 +55,7 @@ if [ -n "${BENCH_BASELINE:-}" ]; then
 fi
 SLUICE="$ROOT/target/release/sluice"
 PY="$ROOT/.venv/bin/python"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  stop_pids "${pids[@]}"
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+scratch_dir
 
 target/release/sluice-mock-llm --listen 127.0.0.1:0 --port-file "$work/mock.port" \
   --name pool-a --reply-tokens 16 >"$work/mock.log" 2>&1 &
@@ -231,6 +224,9 @@ for n in 1 8; do
   echo "bare Envoy + $n no-op wasm filter(s): CPU $(awk -v a="${cpu[noop$n]}" -v b="${cpu[bare]}" 'BEGIN{printf "%+.0f", a-b}') us/req," \
     "p50 $(awk -v a="${med[noop$n]}" -v b="${med[bare]}" 'BEGIN{printf "%+.0f", a-b}') us"
 done
+printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "same, a VM per filter" "${cpu[sepvm]}" "" "${med[sepvm]}" ""
+[ -z "$BASELINE_WASM" ] || printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "same, $BENCH_BASELINE" \
+  "${cpu[baseline]}" "" "${med[baseline]}" ""
 echo "one VM for the chain (sluice-filters) against a VM per filter: CPU" \
   "$(awk -v a="${cpu[picker]}" -v b="${cpu[sepvm]}" 'BEGIN{printf "%+.0f", a-b}') us/req," \
   "p50 $(awk -v a="${med[picker]}" -v b="${med[sepvm]}" 'BEGIN{printf "%+.0f", a-b}') us"

@@ -64,3 +64,11 @@ stop_pids() {
   done
   kill -KILL "$@" 2>/dev/null || true
 }
+
+# A scratch directory in $work, and $pids: when the script exits, every process in $pids is
+# stopped and the directory removed.
+scratch_dir() {
+  work=$(mktemp -d)
+  pids=()
+  trap 'stop_pids "${pids[@]}"; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+}
