@@ -110,19 +110,11 @@ run shared "$PORT_shared" pair
 stats() { curl -s "http://127.0.0.1:$1/stats/prometheus" 2>/dev/null | grep -E "^sluice_cache_(hit|miss|error)\{" || true; }
 
 .venv/bin/python - "$work" "$SECONDS_PER_RUN" "$CONNS" <<'PY'
-import re, sys
+import sys
+sys.path.insert(0, "scripts/lib")
+from wrk_summary import summary
 work, secs, conns = sys.argv[1:]
-def us(v):
-    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
-    return float(n) * {"us": 1, "ms": 1000, "s": 1e6}[unit]
-rows = {}
-for name in ("bare", "miss", "local", "shared"):
-    text = open(f"{work}/{name}.wrk").read()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    p50 = us(re.search(r"\s50%\s+(\S+)", text).group(1))
-    p99 = us(re.search(r"\s99%\s+(\S+)", text).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    rows[name] = (rps, p50, p99, int(errors.group(1)) if errors else 0)
+rows = {name: summary(open(f"{work}/{name}.wrk").read()) for name in ("bare", "miss", "local", "shared")}
 print(f"bench-cache: {secs}s per target, {conns} connections, Envoy --concurrency 1, ~2 KB chat POST")
 print(f"{'target':<8} {'req/s':>10} {'p50 us':>10} {'p99 us':>10} {'non-2xx':>8}")
 for name, (rps, p50, p99, err) in rows.items():

@@ -110,30 +110,24 @@ for listener in config["static_resources"]["listeners"]:
             hcm = f.get("typed_config", {})
             if "http_filters" not in hcm or last == "none":
                 continue
+            def wasm_filter(name, code, configuration=None):
+                config = {"name": name, "root_id": name, "allow_on_headers_stop_iteration": True,
+                          "vm_config": {"vm_id": name, "runtime": "envoy.wasm.runtime.v8",
+                                        "code": {"local": {"filename": code}}}}
+                if configuration is not None:
+                    config["configuration"] = {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue", "value": configuration}
+                return {"name": name, "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config}}
             if last.startswith("noop:"):
-                noops = [{
-                    "name": f"noop.{i}",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                        "config": {"name": f"noop.{i}", "root_id": f"noop.{i}",
-                                   "vm_config": {"vm_id": f"noop.{i}", "runtime": "envoy.wasm.runtime.v8",
-                                                 "code": {"local": {"filename": noop}}}}}}
-                    for i in range(int(last.split(":")[1]))]
+                noops = [wasm_filter(f"noop.{i}", noop) for i in range(int(last.split(":")[1]))]
                 hcm["http_filters"] = noops + hcm["http_filters"]
                 continue
             if last.startswith("probe:"):
                 _, call, count = last.split(":")
-                probe_filter = [{
-                    "name": "probe",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                        "config": {"name": "probe", "root_id": "probe", "allow_on_headers_stop_iteration": True,
-                                   "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                                     "value": f"{call} {count}"},
-                                   "vm_config": {"vm_id": "probe", "runtime": "envoy.wasm.runtime.v8",
-                                                 "code": {"local": {"filename": probe}}}}}}]
                 # After the buffer filter, where the body filters are: the body comes whole.
-                hcm["http_filters"] = hcm["http_filters"][:-1] + probe_filter + hcm["http_filters"][-1:]
+                probe_filter = wasm_filter("probe", probe, f"{call} {count}")
+                hcm["http_filters"] = hcm["http_filters"][:-1] + [probe_filter] + hcm["http_filters"][-1:]
                 continue
             kept, dropping = [], False
             for h in hcm["http_filters"]:
@@ -190,16 +184,12 @@ if [ -n "$BASELINE_WASM" ]; then
   targets+=("baseline:$PORT_baseline:$PID_baseline")
 fi
 
-"$PY" - "$work/body.json" "$PROMPT_BYTES" <<'PY'
-import json, sys
-n = int(sys.argv[2])
-text = ("You are a helpful assistant for a GPU inference platform. " * (n // 58 + 1))[:n - 100]
-json.dump({"model": "mock-model", "max_tokens": 16,
-           "messages": [{"role": "system", "content": "Be brief."},
-                        {"role": "user", "content": text}]}, open(sys.argv[1], "w"))
-PY
+"$PY" scripts/lib/chat-body.py "$work/body.json" "$PROMPT_BYTES"
+export BENCH_BODY=$work/body.json BENCH_KEY=$KEY
 
 declare -A med cpu
+# delta A B: A - B, signed, whole numbers.
+delta() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.0f", a - b }'; }
 while read -r name us cpu_us; do med[$name]=$us; cpu[$name]=$cpu_us; done < <(
   "$PY" scripts/lib/alternate.py "$work/body.json" "$KEY" "$ROUNDS" 200 "${targets[@]}")
 
@@ -214,29 +204,28 @@ for step in "${STEPS[@]}" "picker sluice.endpoint_picker endpoint-picker"; do
   if [ -z "$prev" ]; then
     printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "$what" "${cpu[$name]}" "" "${med[$name]}" ""
   else
-    printf '| %-22s | %12.0f | %+12.0f | %12.0f | %+12.0f |\n' "$what" "${cpu[$name]}" \
-      "$(awk -v a="${cpu[$name]}" -v b="${cpu[$prev]}" 'BEGIN{print a-b}')" "${med[$name]}" \
-      "$(awk -v a="${med[$name]}" -v b="${med[$prev]}" 'BEGIN{print a-b}')"
+    printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "$what" "${cpu[$name]}" \
+      "$(delta "${cpu[$name]}" "${cpu[$prev]}")" "${med[$name]}" "$(delta "${med[$name]}" "${med[$prev]}")"
   fi
   prev=$name
 done
 for n in 1 8; do
-  echo "bare Envoy + $n no-op wasm filter(s): CPU $(awk -v a="${cpu[noop$n]}" -v b="${cpu[bare]}" 'BEGIN{printf "%+.0f", a-b}') us/req," \
-    "p50 $(awk -v a="${med[noop$n]}" -v b="${med[bare]}" 'BEGIN{printf "%+.0f", a-b}') us"
+  echo "bare Envoy + $n no-op wasm filter(s): CPU $(delta "${cpu[noop$n]}" "${cpu[bare]}") us/req," \
+    "p50 $(delta "${med[noop$n]}" "${med[bare]}") us"
 done
 printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "same, a VM per filter" "${cpu[sepvm]}" "" "${med[sepvm]}" ""
 [ -z "$BASELINE_WASM" ] || printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "same, $BENCH_BASELINE" \
   "${cpu[baseline]}" "" "${med[baseline]}" ""
 echo "one VM for the chain (sluice-filters) against a VM per filter: CPU" \
-  "$(awk -v a="${cpu[picker]}" -v b="${cpu[sepvm]}" 'BEGIN{printf "%+.0f", a-b}') us/req," \
-  "p50 $(awk -v a="${med[picker]}" -v b="${med[sepvm]}" 'BEGIN{printf "%+.0f", a-b}') us"
+  "$(delta "${cpu[picker]}" "${cpu[sepvm]}") us/req," \
+  "p50 $(delta "${med[picker]}" "${med[sepvm]}") us"
 if [ -n "$BASELINE_WASM" ]; then
   echo "this build against $BENCH_BASELINE (whole chain with endpoint-picker): CPU" \
-    "$(awk -v a="${cpu[picker]}" -v b="${cpu[baseline]}" 'BEGIN{printf "%+.0f", a-b}') us/req," \
-    "p50 $(awk -v a="${med[picker]}" -v b="${med[baseline]}" 'BEGIN{printf "%+.0f", a-b}') us"
+    "$(delta "${cpu[picker]}" "${cpu[baseline]}") us/req," \
+    "p50 $(delta "${med[picker]}" "${med[baseline]}") us"
 fi
-echo "whole chain over bare Envoy: CPU $(awk -v a="${cpu[chain]}" -v b="${cpu[bare]}" 'BEGIN{printf "%+.0f", a-b}') us/req," \
-  "p50 $(awk -v a="${med[chain]}" -v b="${med[bare]}" 'BEGIN{printf "%+.0f", a-b}') us"
+echo "whole chain over bare Envoy: CPU $(delta "${cpu[chain]}" "${cpu[bare]}") us/req," \
+  "p50 $(delta "${med[chain]}" "${med[bare]}") us"
 
 # ---- What one host call costs: a filter making 50 of one kind a request, against the no-op ----
 HOST_CALLS=(header headers set_header property set_property shared_get shared_set metric clock body)
@@ -256,24 +245,10 @@ for call in "${HOST_CALLS[@]}"; do
 done
 
 # ---- Side by side: throughput at BENCH_CONNECTIONS, latency at 1 ----
-cat >"$work/post.lua" <<LUA
-local f = io.open("$work/body.json", "r")
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["content-type"] = "application/json"
-wrk.headers["authorization"] = "Bearer $KEY"
-LUA
 wrk_run() { # name port connections -> "rps p50_us p99_us non2xx"
-  wrk -t1 -c"$3" -d1s -s "$work/post.lua" "http://127.0.0.1:$2/v1/chat/completions" >/dev/null
-  wrk -t1 -c"$3" -d"${SECONDS_PER_RUN}s" --latency -s "$work/post.lua" \
-    "http://127.0.0.1:$2/v1/chat/completions" | "$PY" -c '
-import re, sys
-t = sys.stdin.read()
-us = lambda v: float(re.match(r"([\d.]+)", v).group(1)) * {"us": 1, "ms": 1000, "s": 1e6}[re.match(r"[\d.]+(us|ms|s)", v).group(1)]
-e = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-print(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1), us(re.search(r"\s50%\s+(\S+)", t).group(1)),
-      us(re.search(r"\s99%\s+(\S+)", t).group(1)), e.group(1) if e else 0)'
+  wrk -t1 -c"$3" -d1s -s scripts/lib/post.lua "http://127.0.0.1:$2/v1/chat/completions" >/dev/null
+  wrk -t1 -c"$3" -d"${SECONDS_PER_RUN}s" --latency -s scripts/lib/post.lua \
+    "http://127.0.0.1:$2/v1/chat/completions" | "$PY" scripts/lib/wrk_summary.py
 }
 # Only the Envoys measured here keep running (the others' timers would share the cores).
 for step in "${STEPS[@]}"; do
@@ -322,7 +297,7 @@ if [ "${BENCH_PERF:-0}" != 0 ]; then
   [ "$BENCH_PERF" = 1 ] || target=$BENCH_PERF
   port_var=PORT_$target pid_var=PID_$target
   command -v perf >/dev/null || { echo "bench-chain: BENCH_PERF=1 needs perf (apt-get install linux-perf)" >&2; exit 1; }
-  wrk -t1 -c"$CONNS" -d"$((SECONDS_PER_RUN + 2))s" -s "$work/post.lua" "http://127.0.0.1:${!port_var}/v1/chat/completions" >/dev/null &
+  wrk -t1 -c"$CONNS" -d"$((SECONDS_PER_RUN + 2))s" -s scripts/lib/post.lua "http://127.0.0.1:${!port_var}/v1/chat/completions" >/dev/null &
   wrk_pid=$!
   sleep 1
   perf record -q -F 999 -g -p "${!pid_var}" -o "$work/perf.data" -- sleep "$SECONDS_PER_RUN" 2>/dev/null

@@ -113,21 +113,8 @@ ENGINECFG_PORT=$PORT_enginecfg
 GLOBAL_PORT=$PORT_global
 
 # A ~2 KB chat body.
-.venv/bin/python - "$work/body.json" <<'PY'
-import json, sys
-text = ("You are a helpful assistant for a GPU inference platform. " * 40)[:1900]
-json.dump({"model": "mock-model", "max_tokens": 16,
-           "messages": [{"role": "system", "content": "Be brief."},
-                        {"role": "user", "content": text}]}, open(sys.argv[1], "w"))
-PY
-cat >"$work/post.lua" <<LUA
-local f = io.open("$work/body.json", "r")
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["content-type"] = "application/json"
-wrk.headers["authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
-LUA
+.venv/bin/python scripts/lib/chat-body.py "$work/body.json"
+export BENCH_BODY=$work/body.json
 
 # Sanity: each target answers 200 before it is measured.
 for p in "$MOCK_PORT" "$BARE_PORT" "$NOPII_PORT" "$NOROUTER_PORT" "$CHAIN_PORT" "$PICKER_PORT" "$ENGINECFG_PORT" "$GLOBAL_PORT"; do
@@ -137,8 +124,8 @@ for p in "$MOCK_PORT" "$BARE_PORT" "$NOPII_PORT" "$NOROUTER_PORT" "$CHAIN_PORT" 
 done
 
 run() { # name port key
-  BENCH_KEY=$3 wrk -t"$THREADS" -c"$CONNS" -d2s -s "$work/post.lua" "http://127.0.0.1:$2/v1/chat/completions" >/dev/null
-  BENCH_KEY=$3 wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency -s "$work/post.lua" \
+  BENCH_KEY=$3 wrk -t"$THREADS" -c"$CONNS" -d2s -s scripts/lib/post.lua "http://127.0.0.1:$2/v1/chat/completions" >/dev/null
+  BENCH_KEY=$3 wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency -s scripts/lib/post.lua \
     "http://127.0.0.1:$2/v1/chat/completions" >"$work/$1.wrk"
 }
 run direct "$MOCK_PORT" "$KEY"
@@ -150,19 +137,12 @@ run limits "$CHAIN_PORT" "$LKEY"
 run global "$GLOBAL_PORT" "$LKEY"
 
 .venv/bin/python - "$work" "$SECONDS_PER_RUN" "$CONNS" "$ENVOY_CONCURRENCY" <<'PY'
-import re, sys
+import sys
+sys.path.insert(0, "scripts/lib")
+from wrk_summary import summary
 work, secs, conns, conc = sys.argv[1:]
-def us(v):
-    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
-    return float(n) * {"us": 1, "ms": 1000, "s": 1e6}[unit]
-rows = {}
-for name in ("direct", "bare", "nopii", "norouter", "chain", "limits", "global"):
-    text = open(f"{work}/{name}.wrk").read()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    p50 = us(re.search(r"\s50%\s+(\S+)", text).group(1))
-    p99 = us(re.search(r"\s99%\s+(\S+)", text).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    rows[name] = (rps, p50, p99, int(errors.group(1)) if errors else 0)
+rows = {name: summary(open(f"{work}/{name}.wrk").read())
+        for name in ("direct", "bare", "nopii", "norouter", "chain", "limits", "global")}
 print(f"bench: {secs}s per target, {conns} connections, Envoy --concurrency {conc}, ~2 KB chat POST")
 print("  chain: key-auth + rate-limit + model-router + pii-redaction + token-counter, key without limits;")
 print("  nopii: the chain with pii-redaction scanning nothing; norouter: the chain without model-router;")

@@ -18,7 +18,13 @@
 
 use sluice_common::host::{Flow, Host, Lifecycle, Plugin};
 use sluice_endpoint_picker::lifecycle::EndpointPicker;
+use sluice_key_auth::lifecycle::KeyAuth;
+use sluice_model_router::lifecycle::ModelRouter;
+use sluice_pii_redaction::lifecycle::PiiRedaction;
+use sluice_rate_limit::lifecycle::RateLimit;
+use sluice_response_cache::lifecycle::ResponseCache;
 use sluice_testkit::{Call, CountingHost, HostCalls, MockHost};
+use sluice_token_counter::lifecycle::TokenCounter;
 use std::error::Error;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -40,26 +46,27 @@ struct Stage {
     calls: HostCalls,
 }
 
-/// Configure filter `P` on `host` with `config` (and the root id Envoy would give it).
-fn stage<P: Plugin>(
-    host: &mut MockHost,
-    name: &'static str,
-    root_id: &str,
-    config: &str,
-) -> Result<(Stage, Rc<P>), Box<dyn Error>> {
-    host.plugin_config = config.as_bytes().to_vec();
-    host.set_text_property("plugin_root_id", root_id);
-    let plugin = Rc::new(P::configure(host).map_err(|e| format!("{name}: {e}"))?);
-    let p = plugin.clone();
-    let new_request: NewRequest = Box::new(move |id| Box::new(p.new_request(id)));
-    Ok((
-        Stage {
+impl Stage {
+    fn of<P: Plugin>(name: &'static str, plugin: Rc<P>) -> Self {
+        Self {
             name,
-            new_request,
+            new_request: Box::new(move |id| Box::new(plugin.new_request(id))),
             time: Duration::ZERO,
             calls: HostCalls::default(),
-        },
-        plugin,
+        }
+    }
+}
+
+/// Filter `P` configured on `host` with `config` (and the root id Envoy would give it).
+fn configure<P: Plugin>(
+    host: &mut MockHost,
+    root_id: &str,
+    config: &str,
+) -> Result<Rc<P>, Box<dyn Error>> {
+    host.plugin_config = config.as_bytes().to_vec();
+    host.set_text_property("plugin_root_id", root_id);
+    Ok(Rc::new(
+        P::configure(host).map_err(|e| format!("{root_id}: {e}"))?,
     ))
 }
 
@@ -78,81 +85,62 @@ fn chain(host: &mut MockHost) -> Result<(Vec<Stage>, Rc<EndpointPicker>), Box<dy
     let picker = serde_json::json!({"pools": [{"name": "pool-a", "engine": "vllm",
         "endpoints": [{"address": ENDPOINT, "metrics_cluster": "pool-a-metrics"}]}]});
     let rate_limit = file("envoy/filters/rate-limit.json")?;
-    let mut stages = vec![
-        stage::<sluice_key_auth::lifecycle::KeyAuth>(
-            host,
+    let picker: Rc<EndpointPicker> =
+        configure(host, "sluice.endpoint_picker", &picker.to_string())?;
+    let stages = vec![
+        Stage::of::<KeyAuth>(
             "key-auth",
-            "sluice.key_auth",
-            &keys.to_string(),
-        )?
-        .0,
-        stage::<sluice_rate_limit::lifecycle::RateLimit>(
-            host,
+            configure(host, "sluice.key_auth", &keys.to_string())?,
+        ),
+        Stage::of::<RateLimit>(
             "rate-limit admission",
-            "sluice.rate_limit.admission",
-            &rate_limit,
-        )?
-        .0,
-        stage::<sluice_model_router::lifecycle::ModelRouter>(
-            host,
+            configure(host, "sluice.rate_limit.admission", &rate_limit)?,
+        ),
+        Stage::of::<ModelRouter>(
             "model-router",
-            "sluice.model_router",
-            router,
-        )?
-        .0,
-        stage::<sluice_pii_redaction::lifecycle::PiiRedaction>(
-            host,
+            configure(host, "sluice.model_router", router)?,
+        ),
+        Stage::of::<PiiRedaction>(
             "pii-redaction",
-            "sluice.pii_redaction",
-            &file("envoy/filters/pii-redaction.json")?,
-        )?
-        .0,
-        stage::<sluice_token_counter::lifecycle::TokenCounter>(
-            host,
+            configure(
+                host,
+                "sluice.pii_redaction",
+                &file("envoy/filters/pii-redaction.json")?,
+            )?,
+        ),
+        Stage::of::<TokenCounter>(
             "token-counter",
-            "sluice.token_counter",
-            &file("envoy/filters/token-counter.json")?,
-        )?
-        .0,
-        stage::<sluice_response_cache::lifecycle::ResponseCache>(
-            host,
+            configure(
+                host,
+                "sluice.token_counter",
+                &file("envoy/filters/token-counter.json")?,
+            )?,
+        ),
+        Stage::of::<ResponseCache>(
             "response-cache",
-            "sluice.response_cache",
-            cache,
-        )?
-        .0,
-        stage::<sluice_rate_limit::lifecycle::RateLimit>(
-            host,
+            configure(host, "sluice.response_cache", cache)?,
+        ),
+        Stage::of::<RateLimit>(
             "rate-limit tokens",
-            "sluice.rate_limit.tokens",
-            &rate_limit,
-        )?
-        .0,
+            configure(host, "sluice.rate_limit.tokens", &rate_limit)?,
+        ),
+        Stage::of("endpoint-picker", picker.clone()),
     ];
-    let (picker_stage, picker) = stage::<EndpointPicker>(
-        host,
-        "endpoint-picker",
-        "sluice.endpoint_picker",
-        &picker.to_string(),
-    )?;
-    stages.push(picker_stage);
     host.now_ms = 1_700_000_000_000;
     Ok((stages, picker))
 }
 
 /// One scrape of the endpoint's engine, answered as vLLM answers: the picker ranks on a
 /// fresh report.
-fn scrape(host: &mut MockHost, picker: &EndpointPicker, tokens_issued: &mut u32) {
+fn scrape(host: &mut MockHost, picker: &EndpointPicker) {
     host.take_calls();
+    let before = host.tokens_issued();
     picker.on_tick(host);
     let paths = host.take_calls().into_iter().filter_map(|c| match c {
         Call::DispatchHttp { path, .. } => Some(path),
         _ => None,
     });
-    // The mock host numbers callouts 1, 2, ... over its life.
-    for path in paths {
-        *tokens_issued += 1;
-        let token = *tokens_issued;
+    for (token, path) in (before + 1..).zip(paths) {
         let body = if path.contains("metrics") {
             METRICS
         } else {
@@ -205,12 +193,7 @@ fn each(
         let start = Instant::now();
         step(request.as_mut(), &mut counting, size);
         stage.time += start.elapsed();
-        let calls = counting.calls.into_inner();
-        for (kind, n) in calls.by_kind {
-            *stage.calls.by_kind.entry(kind).or_default() += n;
-        }
-        stage.calls.bytes_in += calls.bytes_in;
-        stage.calls.bytes_out += calls.bytes_out;
+        stage.calls.merge(counting.calls.into_inner());
         if let Some(reply) = host.reply() {
             return Err(format!(
                 "{} answered {}: {}",
@@ -231,14 +214,13 @@ struct Profile {
 fn profile(requests: u32, prompt_bytes: usize) -> Result<Profile, Box<dyn Error>> {
     let mut host = MockHost::new();
     let (mut stages, picker) = chain(&mut host)?;
-    let mut tokens_issued = 0;
-    scrape(&mut host, &picker, &mut tokens_issued);
+    scrape(&mut host, &picker);
     let body = request_body(prompt_bytes);
     let authorization = format!("Bearer {KEY}");
     for id in 0..requests {
         if id % 450 == 449 {
             // A millisecond a request: the picker scrapes every 500 ms.
-            scrape(&mut host, &picker, &mut tokens_issued);
+            scrape(&mut host, &picker);
         }
         host.next_request(&[
             (":method", "POST"),

@@ -1,6 +1,7 @@
 //! Envoy's side of the host boundary: [`WasmHost`] implements sluice-common's [`Host`] over
 //! the proxy-wasm host calls, and [`RootGlue`]/[`HttpGlue`] run any filter's
-//! [`Plugin`]/[`Lifecycle`] as proxy-wasm contexts ([`filter!`] declares the entry point).
+//! [`Plugin`]/[`Lifecycle`] as proxy-wasm contexts ([`filter!`] declares the entry point;
+//! [`filters!`] that of a module holding several, chosen by root id through [`RootById`]).
 //!
 //! The SDK's context helpers `unwrap()` every host-call result; a failed call would panic and
 //! kill the VM (every later request then gets 503). Here each call's error is logged and the
@@ -359,17 +360,109 @@ impl<L: Lifecycle> HttpContext for HttpGlue<L> {
     }
 }
 
+/// How a filter's root context is made.
+pub type MakeRoot = fn() -> Box<dyn RootContext>;
+
+/// A root context that becomes, when it is first configured, the filter its `root_id`
+/// names: several filters in one module (and so one VM), each its own entry in Envoy's
+/// chain. `filters` maps a part of the root id (`"key_auth"` in `sluice.key_auth`) to a
+/// filter's [`RootGlue`]; the first that the root id contains wins.
+pub struct RootById {
+    filters: Vec<(&'static str, MakeRoot)>,
+    filter: Option<Box<dyn RootContext>>,
+}
+
+impl RootById {
+    pub fn new(filters: Vec<(&'static str, MakeRoot)>) -> Self {
+        Self {
+            filters,
+            filter: None,
+        }
+    }
+}
+
+impl Context for RootById {
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        if let Some(f) = &mut self.filter {
+            f.on_grpc_call_response(token, status, size);
+        }
+    }
+
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, trailers: usize) {
+        if let Some(f) = &mut self.filter {
+            f.on_http_call_response(token, headers, body, trailers);
+        }
+    }
+}
+
+impl RootContext for RootById {
+    fn on_configure(&mut self, size: usize) -> bool {
+        if self.filter.is_none() {
+            let root_id = hostcalls::get_property(vec!["plugin_root_id"])
+                .ok()
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or_default();
+            self.filter = self
+                .filters
+                .iter()
+                .find(|(part, _)| root_id.contains(part))
+                .map(|(_, make)| make());
+            if self.filter.is_none() {
+                log::error!(
+                    "root_id {root_id:?} names no filter of this module; configuration rejected"
+                );
+                return false;
+            }
+        }
+        self.filter.as_mut().is_some_and(|f| f.on_configure(size))
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(f) = &mut self.filter {
+            f.on_tick();
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        self.filter.as_ref()?.create_http_context(context_id)
+    }
+}
+
+/// What a module's entry point does: log at info, and make each root context with `root`.
+pub fn start(root: fn(u32) -> Box<dyn RootContext>) {
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(root);
+}
+
 /// The wasm entry point of a filter crate: `sluice_proxy::filter!(MyPlugin);`.
 #[macro_export]
 macro_rules! filter {
     ($plugin:ty) => {
         $crate::proxy_wasm::main! {{
-            $crate::proxy_wasm::set_log_level($crate::proxy_wasm::types::LogLevel::Info);
-            $crate::proxy_wasm::set_root_context(
-                |_| -> Box<dyn $crate::proxy_wasm::traits::RootContext> {
-                    Box::new($crate::RootGlue::<$plugin>::default())
-                },
-            );
+            $crate::start(|_| Box::new($crate::RootGlue::<$plugin>::default()));
+        }}
+    };
+}
+
+/// The wasm entry point of a module holding several filters, each chosen by the root id
+/// Envoy configures it with ([`RootById`]):
+/// `sluice_proxy::filters!("key_auth" => KeyAuth, "rate_limit" => RateLimit);`.
+#[macro_export]
+macro_rules! filters {
+    ($($part:literal => $plugin:ty),+ $(,)?) => {
+        $crate::proxy_wasm::main! {{
+            $crate::start(|_| {
+                Box::new($crate::RootById::new(vec![$((
+                    $part,
+                    (|| Box::new($crate::RootGlue::<$plugin>::default()))
+                        as $crate::MakeRoot,
+                )),+]))
+            });
         }}
     };
 }

@@ -6,7 +6,7 @@
 //! members in sorted order. So two requests that would make the backend say the same thing
 //! share an entry, and nothing else does.
 
-use crate::config::{Scope, Settings, When};
+use crate::config::{Rule, Scope, Settings, When};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -139,6 +139,24 @@ impl Sampling {
     }
 }
 
+/// The rule that caches a request of `api` for these models, unless none does or the
+/// request samples where the rule wants determinism.
+fn admit<'s>(
+    settings: &'s Settings,
+    api: Api,
+    requested_model: &str,
+    upstream_model: &str,
+    sampling: &Sampling,
+) -> Result<&'s Rule, Bypass> {
+    let rule = settings
+        .rule(api, requested_model, upstream_model)
+        .ok_or(Bypass::NotCacheable)?;
+    if rule.when == When::Deterministic && !sampling.deterministic(api) {
+        return Err(Bypass::Sampled);
+    }
+    Ok(rule)
+}
+
 /// Why a request is not cached, when its model and its sampling say so before its key is
 /// made (the rest of [`plan`]'s reasons need the whole body).
 pub fn early_bypass(
@@ -148,23 +166,19 @@ pub fn early_bypass(
     upstream_model: &str,
     sampling: &Sampling,
 ) -> Option<Bypass> {
-    match settings.rule(api, requested_model, upstream_model) {
-        None => Some(Bypass::NotCacheable),
-        Some(rule) if rule.when == When::Deterministic && !sampling.deterministic(api) => {
-            Some(Bypass::Sampled)
-        }
-        Some(_) => None,
-    }
+    admit(settings, api, requested_model, upstream_model, sampling).err()
 }
 
 /// Decide; `Err` says why the cache is not used.
 pub fn plan(settings: &Settings, r: &RequestFacts) -> Result<Plan, Bypass> {
-    let rule = settings
-        .rule(r.api, r.requested_model, r.upstream_model)
-        .ok_or(Bypass::NotCacheable)?;
-    if rule.when == When::Deterministic && !Sampling::of(r.body).deterministic(r.api) {
-        return Err(Bypass::Sampled);
-    }
+    let sampling = Sampling::of(r.body);
+    let rule = admit(
+        settings,
+        r.api,
+        r.requested_model,
+        r.upstream_model,
+        &sampling,
+    )?;
     if r.control.no_cache && r.control.no_store {
         return Err(Bypass::Client);
     }

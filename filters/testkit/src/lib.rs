@@ -169,6 +169,12 @@ impl MockHost {
         })
     }
 
+    /// How many callouts (`dispatch_grpc`, `dispatch_http`) were started on this host: their
+    /// tokens are 1 to this number, in order.
+    pub fn tokens_issued(&self) -> u32 {
+        self.next_token
+    }
+
     /// The calls recorded so far, and forget them (a test asserts step by step).
     pub fn take_calls(&mut self) -> Vec<Call> {
         std::mem::take(self.calls.get_mut())
@@ -436,6 +442,15 @@ pub struct HostCalls {
 impl HostCalls {
     pub fn total(&self) -> u64 {
         self.by_kind.values().sum()
+    }
+
+    /// Add another count to this one (a filter's calls over many requests).
+    pub fn merge(&mut self, other: HostCalls) {
+        for (kind, n) in other.by_kind {
+            *self.by_kind.entry(kind).or_default() += n;
+        }
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
     }
 
     fn add(&mut self, kind: &'static str, bytes_in: usize, bytes_out: usize) {
