@@ -325,7 +325,9 @@ impl EndpointPicker {
         (0..pool.endpoints.len()).all(|e| self.in_flight(host, p, e) >= max)
     }
 
-    /// Rank pool `p`'s endpoints for a prompt with prefix `keys` asking for `model`, hand
+    /// Rank pool `p`'s endpoints for a prompt with prefix `keys` asking for `model` (the
+    /// upstream model name, a LoRA adapter's when the request is for one; `None`: read it
+    /// from the request's property if some endpoint reports adapters), hand
     /// the order to Envoy, count the first in flight, publish the decision. The endpoint
     /// chosen, or `None` when Envoy's balancer decides (no fresh report).
     fn place(
@@ -333,7 +335,7 @@ impl EndpointPicker {
         host: &mut dyn Host,
         p: usize,
         keys: &[u64],
-        model: &str,
+        model: Option<&str>,
         now: u64,
         queued_ms: Option<u64>,
     ) -> Option<usize> {
@@ -354,6 +356,21 @@ impl EndpointPicker {
             );
             return None;
         }
+        // The model matters only where an endpoint reports loaded adapters: no property
+        // read (a host call) otherwise.
+        let adapters = view.iter().any(|v| {
+            v.fresh(now, stale)
+                .is_some_and(|r| !r.load.loras.is_empty())
+        });
+        let read;
+        let model = match model {
+            Some(m) => m,
+            None if adapters => {
+                read = text_property(&*host, properties::MODEL).unwrap_or_default();
+                read.as_str()
+            }
+            None => "",
+        };
         let held = prefix::longest_prefix(&*host, &pool.name, keys, pc.slots);
         // The active priority: the highest (lowest number) with an endpoint that reports;
         // without metrics, Envoy's health checks alone know, and the pool's first.
@@ -529,7 +546,7 @@ impl EndpointPicker {
                 (t.keys.clone(), t.model.clone(), t.since_ms)
             };
             let waited = now.saturating_sub(since);
-            let endpoint = self.place(host, p, &keys, &model, now, Some(waited));
+            let endpoint = self.place(host, p, &keys, Some(&model), now, Some(waited));
             w.ticket.borrow_mut().state = TicketState::Released(endpoint);
             self.left_queue(&*host, &pool.name, &w.ticket);
             if let Some(h) = self.queue_wait.get(p) {
@@ -785,8 +802,6 @@ impl PickedRequest {
         let picker = self.picker.clone();
         let pc = &picker.config.prefix;
         let keys = prefix::block_keys(prompt, pc.block_bytes, pc.max_blocks);
-        // The upstream model name: a LoRA adapter's name when the request is for one.
-        let model = text_property(&*host, properties::MODEL).unwrap_or_default();
         let now = now_unix_millis(host);
         // The priority matters only where flow control queues: no property read (a host
         // call) on the hot path of a pool without it.
@@ -822,6 +837,7 @@ impl PickedRequest {
                 return Flow::Pause;
             }
             let tenant = text_property(&*host, properties::TENANT).unwrap_or_default();
+            let model = text_property(&*host, properties::MODEL).unwrap_or_default();
             let ticket = Rc::new(RefCell::new(Ticket {
                 state: TicketState::Waiting,
                 keys,
@@ -853,7 +869,7 @@ impl PickedRequest {
             self.phase = Phase::Queued { pool: p, ticket };
             return Flow::Pause;
         }
-        if let Some(endpoint) = picker.place(host, p, &keys, &model, now, None) {
+        if let Some(endpoint) = picker.place(host, p, &keys, None, now, None) {
             self.phase = Phase::Picked { pool: p, endpoint };
         }
         Flow::Continue
@@ -862,13 +878,9 @@ impl PickedRequest {
 
 impl Lifecycle for PickedRequest {
     fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
-        // The endpoint is ours to choose: a client's header is never used.
-        if host
-            .header(Side::Request, properties::ENDPOINT_HEADER)
-            .is_some()
-        {
-            host.remove_header(Side::Request, properties::ENDPOINT_HEADER);
-        }
+        // The endpoint is ours to choose: a client's header is never used (removed
+        // unread: one host call, not two).
+        host.remove_header(Side::Request, properties::ENDPOINT_HEADER);
         let Some(pool) = text_property(host, properties::ROUTE)
             .and_then(|r| self.picker.config.pools.iter().position(|p| p.name == r))
         else {
