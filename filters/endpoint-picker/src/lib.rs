@@ -17,6 +17,7 @@ pub mod flow;
 pub mod lifecycle;
 pub mod pick;
 pub mod prefix;
+pub mod recent;
 
 pub use config::PickerConfig;
 pub use engine::{Engine, EngineLoad};

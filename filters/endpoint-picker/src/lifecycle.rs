@@ -9,6 +9,7 @@ use crate::engine::EngineLoad;
 use crate::flow::{PoolQueue, SharedTicket, Ticket, TicketState, Waiter};
 use crate::pick::{rank, Candidate, Reason};
 use crate::prefix;
+use crate::recent;
 use serde::{Deserialize, Serialize};
 use sluice_common::api::raw_fields;
 use sluice_common::hash::xorshift64;
@@ -65,6 +66,10 @@ fn report_key(address: &str) -> String {
 }
 fn in_flight_key(address: &str) -> String {
     format!("if:{address}")
+}
+/// Requests placed on the endpoint lately ([`recent`]).
+fn recent_key(address: &str) -> String {
+    format!("rc:{address}")
 }
 fn lease_key(address: &str) -> String {
     format!("sc:{address}")
@@ -171,8 +176,10 @@ pub struct EndpointPicker {
 struct EndpointNames {
     /// Its in-flight count in shared data.
     in_flight: String,
+    /// Its recent placements in shared data.
+    recent: String,
     /// `sluice.endpoint.picks.pool.<pool>.endpoint.<endpoint>.reason.<reason>`, by reason.
-    picks: [String; 3],
+    picks: [String; 4],
 }
 
 impl EndpointNames {
@@ -187,7 +194,13 @@ impl EndpointNames {
         };
         Self {
             in_flight: in_flight_key(address),
-            picks: [pick(Reason::Load), pick(Reason::Prefix), pick(Reason::Lora)],
+            recent: recent_key(address),
+            picks: [
+                pick(Reason::Load),
+                pick(Reason::Prefix),
+                pick(Reason::Lora),
+                pick(Reason::Spread),
+            ],
         }
     }
 
@@ -196,6 +209,7 @@ impl EndpointNames {
             Reason::Load => 0,
             Reason::Prefix => 1,
             Reason::Lora => 2,
+            Reason::Spread => 3,
         };
         self.picks.get(i).map_or("", String::as_str)
     }
@@ -372,6 +386,25 @@ impl EndpointPicker {
             None => "",
         };
         let held = prefix::longest_prefix(&*host, &pool.name, keys, pc.slots);
+        let n = pool.endpoints.len();
+        // The part of the prompt no endpoint holds makes a new home: where recent traffic
+        // was lightest. Weighed by that part (a new tenant's prompt sharing only a common
+        // opening line is nearly all new; a conversation's next turn nearly all held).
+        let fresh = match held {
+            Some((blocks, _)) if !keys.is_empty() => 1.0 - blocks as f64 / keys.len() as f64,
+            _ => 1.0,
+        };
+        let spread = if keys.is_empty() || fresh <= 0.0 {
+            Vec::new()
+        } else {
+            let counts: Vec<f64> = (0..n)
+                .map(|e| {
+                    self.endpoint_names(p, e)
+                        .map_or(0.0, |x| recent::read(&*host, &x.recent, now))
+                })
+                .collect();
+            recent::spread(&counts)
+        };
         // The active priority: the highest (lowest number) with an endpoint that reports;
         // without metrics, Envoy's health checks alone know, and the pool's first.
         let active = pool
@@ -414,6 +447,7 @@ impl EndpointPicker {
                     foreign: report.map_or(0.0, |r| r.foreign),
                     prefix_tokens,
                     lora_loaded,
+                    recent: spread.get(i).map_or(0.0, |r| r * fresh),
                     slots: pool.max_in_flight,
                 }
             })
@@ -433,6 +467,9 @@ impl EndpointPicker {
         );
         let chosen = addresses.first().copied().unwrap_or_default();
         let in_flight = self.add_in_flight(&*host, p, first, 1).unwrap_or(0);
+        if let Some(names) = self.endpoint_names(p, first) {
+            recent::add_one(&*host, &names.recent, now);
+        }
         if let Ok(at) = u16::try_from(first) {
             // The blocks the index already names need no write: this endpoint's, or those of
             // a prefix's home that still reports (a request that spilled leaves the home

@@ -30,6 +30,13 @@ pub struct Weights {
     /// What having the requested LoRA adapter already loaded is worth, in turns (an engine
     /// that must load it first makes the request wait).
     pub lora: f64,
+    /// What each even share of the pool's recent requests an endpoint took beyond its own
+    /// costs a prompt no endpoint holds, in turns (in part for a prompt held in part): a
+    /// new prefix makes its home
+    /// where recent traffic was lightest, so homes (and the requests that follow them)
+    /// spread over the pool instead of landing where the momentary load happened to be
+    /// lowest (which piled three or four of eight tenants' homes on one endpoint).
+    pub spread: f64,
     /// An endpoint with this many requests waiting (or a KV cache this full) is saturated:
     /// its prefix no longer attracts requests while another is not (a hot prefix spills
     /// instead of piling up, however long it is).
@@ -46,6 +53,7 @@ impl Default for Weights {
             kv_cache_from: 0.8,
             prefix: 1.5,
             lora: 2.0,
+            spread: 1.0,
             saturated_waiting: 5.0,
             saturated_kv_cache: 0.95,
         }
@@ -66,6 +74,10 @@ pub struct Candidate {
     pub prefix_tokens: f64,
     /// The requested model is a LoRA adapter this endpoint has loaded.
     pub lora_loaded: bool,
+    /// Its part of the pool's recent requests beyond an even share, in even shares (0:
+    /// even; 1: twice its share; -1: none), times the part of the prompt no endpoint holds
+    /// (what makes a new home; 0 for a prompt held whole).
+    pub recent: f64,
     /// Requests it serves at once (its batch slots), when the pool says.
     pub slots: Option<u64>,
     /// Its engine should report load but has not lately: likely down or unreachable.
@@ -85,6 +97,8 @@ pub enum Reason {
     Prefix,
     /// Its loaded LoRA adapter outweighed a lighter load elsewhere.
     Lora,
+    /// A new prefix's home: lighter recent traffic outweighed a lighter load at the moment.
+    Spread,
 }
 
 impl Reason {
@@ -93,6 +107,7 @@ impl Reason {
             Self::Load => "load",
             Self::Prefix => "prefix",
             Self::Lora => "lora",
+            Self::Spread => "spread",
         }
     }
 }
@@ -184,6 +199,7 @@ impl Candidate {
         // every endpoint is saturated the request waits wherever it goes, so it counts too.
         let lora = if self.lora_loaded { w.lora } else { 0.0 };
         self.load(w) - w.prefix * self.prefix_tokens.max(0.0) / 1000.0 - lora
+            + w.spread * self.recent
     }
 }
 
@@ -211,16 +227,20 @@ pub fn rank(candidates: &[Candidate], w: &Weights, tie: u64) -> Option<Ranking> 
     let first = *order.first()?;
     let chosen = candidates.get(first)?;
     let load = chosen.load(w);
+    // Against the least loaded of its tier: a lower tier is never chosen for its load.
     let least_load = candidates
         .iter()
+        .filter(|c| c.tier() == chosen.tier())
         .map(|c| c.load(w))
         .fold(f64::MAX, f64::min);
     let reason = if load <= least_load {
         Reason::Load
-    } else if chosen.lora_loaded && chosen.prefix_tokens == 0.0 {
+    } else if chosen.prefix_tokens > 0.0 {
+        Reason::Prefix
+    } else if chosen.lora_loaded {
         Reason::Lora
     } else {
-        Reason::Prefix
+        Reason::Spread
     };
     Some(Ranking {
         order,
@@ -429,6 +449,37 @@ mod tests {
         };
         let r = rank(&[standby, silent, ours(9, 4, 0.0)], &w, 0).unwrap();
         assert_eq!(r.order, [2, 1, 0]);
+    }
+
+    #[test]
+    fn a_new_prefix_makes_its_home_where_recent_traffic_was_lightest() {
+        let w = Weights::default();
+        let recent = |r: f64, base: Candidate| Candidate { recent: r, ..base };
+        // Endpoint 0 took twice its share lately, 1 half of it: a new prefix goes to 1 even
+        // with two more requests running there at the moment.
+        let r = rank(
+            &[recent(1.0, ours(1, 4, 0.0)), recent(-0.5, ours(3, 4, 0.0))],
+            &w,
+            0,
+        )
+        .unwrap();
+        assert_eq!((r.order[0], r.reason), (1, Reason::Spread));
+        // Not at the price of waiting for a slot: a turn's wait outweighs half a share.
+        let r = rank(
+            &[recent(0.5, ours(1, 4, 0.0)), recent(0.0, ours(4, 4, 0.0))],
+            &w,
+            0,
+        )
+        .unwrap();
+        assert_eq!((r.order[0], r.reason), (0, Reason::Load));
+        // An even spread changes nothing.
+        let r = rank(
+            &[recent(0.0, ours(2, 4, 0.0)), recent(0.0, ours(1, 4, 0.0))],
+            &w,
+            0,
+        )
+        .unwrap();
+        assert_eq!((r.order[0], r.reason), (1, Reason::Load));
     }
 
     #[test]

@@ -224,6 +224,37 @@ fn without_fresh_metrics_envoy_decides_and_a_clients_header_is_removed() {
 }
 
 #[test]
+fn a_new_prefix_makes_its_home_where_recent_traffic_was_lightest() {
+    let mut host = MockHost::new();
+    let p = picker(&mut host, "vllm");
+    report(&host, A, 0.0, 1.0);
+    report(&host, B, 0.0, 1.0);
+    let tenant = |t: &str| {
+        json!([{"role": "system", "content": format!("You are the helper of team {t}. ").repeat(40)},
+               {"role": "user", "content": "Hello?"}])
+    };
+    let (mut r1, first) = send(&mut host, &p, tenant("A"));
+    let home = first.unwrap().split(',').next().unwrap().to_string();
+    let other = if home == A { B } else { A };
+    r1.on_log(&mut host);
+    // The other endpoint runs one more request now, but took none of this worker's lately:
+    // the next tenant's prompt, held nowhere, makes its home there.
+    report(&host, other, 0.0, 2.0);
+    host.now_ms += VIEW_TTL_MS;
+    let (mut r2, second) = send(&mut host, &p, tenant("B"));
+    assert!(second.unwrap().starts_with(other));
+    assert_eq!(decision(&host)["reason"], "spread");
+    r2.on_log(&mut host);
+    // The first tenant's next request still goes home, though the other endpoint is idle
+    // now: its prefix decides, not the spread.
+    report(&host, other, 0.0, 0.0);
+    host.now_ms += VIEW_TTL_MS;
+    let (_r3, third) = send(&mut host, &p, tenant("A"));
+    assert!(third.unwrap().starts_with(&home));
+    assert_eq!(decision(&host)["reason"], "prefix");
+}
+
+#[test]
 fn a_request_to_another_pool_passes_untouched() {
     let mut host = MockHost::new();
     let p = picker(&mut host, "vllm");
