@@ -149,6 +149,10 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 /// How long a worker keeps its view of the endpoints before reading shared data again.
 const VIEW_TTL_MS: u64 = 20;
 
+/// The part of a prompt's indexed blocks held nowhere from which it makes a new home
+/// (`Weights::spread` applies).
+const NEW_HOME_FRESH: f64 = 0.5;
+
 /// The configured filter.
 pub struct EndpointPicker {
     config: PickerConfig,
@@ -387,14 +391,15 @@ impl EndpointPicker {
         };
         let held = prefix::longest_prefix(&*host, &pool.name, keys, pc.slots);
         let n = pool.endpoints.len();
-        // The part of the prompt no endpoint holds makes a new home: where recent traffic
-        // was lightest. Weighed by that part (a new tenant's prompt sharing only a common
-        // opening line is nearly all new; a conversation's next turn nearly all held).
+        // A prompt mostly held nowhere makes a new home: where recent traffic was lightest,
+        // weighed by the part not held (a new tenant's prompt sharing only a common opening
+        // line is nearly all new). A prompt mostly held (a conversation's next turn) stays
+        // with its prefix unless that endpoint is overloaded: no spread.
         let fresh = match held {
             Some((blocks, _)) if !keys.is_empty() => 1.0 - blocks as f64 / keys.len() as f64,
             _ => 1.0,
         };
-        let spread = if keys.is_empty() || fresh <= 0.0 {
+        let spread = if keys.is_empty() || fresh < NEW_HOME_FRESH {
             Vec::new()
         } else {
             let counts: Vec<f64> = (0..n)

@@ -31,8 +31,8 @@ pub struct Weights {
     /// that must load it first makes the request wait).
     pub lora: f64,
     /// What each even share of the pool's recent requests an endpoint took beyond its own
-    /// costs a prompt no endpoint holds, in turns (in part for a prompt held in part): a
-    /// new prefix makes its home
+    /// costs a prompt no endpoint holds, in turns (in part for a prompt mostly held
+    /// nowhere; nothing for a conversation's next turn): a new prefix makes its home
     /// where recent traffic was lightest, so homes (and the requests that follow them)
     /// spread over the pool instead of landing where the momentary load happened to be
     /// lowest (which piled three or four of eight tenants' homes on one endpoint).
@@ -75,8 +75,8 @@ pub struct Candidate {
     /// The requested model is a LoRA adapter this endpoint has loaded.
     pub lora_loaded: bool,
     /// Its part of the pool's recent requests beyond an even share, in even shares (0:
-    /// even; 1: twice its share; -1: none), times the part of the prompt no endpoint holds
-    /// (what makes a new home; 0 for a prompt held whole).
+    /// even; 1: twice its share; -1: none), times the part of the prompt no endpoint holds,
+    /// for a prompt that makes a new home (mostly held nowhere); 0 otherwise.
     pub recent: f64,
     /// Requests it serves at once (its batch slots), when the pool says.
     pub slots: Option<u64>,
