@@ -1,4 +1,10 @@
-//! Small textual JSON edits that keep the rest of a document byte for byte.
+//! Small textual JSON edits that keep the rest of a document byte for byte, and reading
+//! strings in place.
+
+use serde::de::{
+    Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
+use std::borrow::Cow;
 
 /// Remove the top-level member `key` of a JSON object whose value is exactly `null`
 /// (`"usage":null` in OpenAI stream chunks), with its comma. `None` when there is no such
@@ -140,6 +146,128 @@ pub fn replace_top_level_string(json: &[u8], key: &str, value: &str) -> Option<V
     None
 }
 
+/// Call `f` on every string at a dotted path of the JSON document `doc` (steps: a member's
+/// name, or `*` for every element of an array or member of an object), in one pass that
+/// builds no tree and copies no string without escapes; whatever is off the path is skipped
+/// (its syntax still checked). Every member of a name is visited (a document with a name
+/// twice has both read, where a tree keeps the last). `f` returns `false` to stop calling
+/// it; the result is whether it was never stopped, or the document's syntax error.
+pub fn for_each_string_at(
+    doc: &str,
+    steps: &[&str],
+    f: &mut dyn FnMut(&str) -> bool,
+) -> Result<bool, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(doc);
+    let going = Node { steps, f }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(going)
+}
+
+/// The rest of [`for_each_string_at`]'s path at one value.
+struct Node<'s, 'f> {
+    steps: &'s [&'s str],
+    f: &'f mut dyn FnMut(&str) -> bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Node<'_, '_> {
+    type Value = bool;
+
+    fn expecting(&self, out: &mut std::fmt::Formatter) -> std::fmt::Result {
+        out.write_str("a JSON value")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(!self.steps.is_empty() || (self.f)(v))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let Node { steps, f } = self;
+        let mut going = true;
+        while let Some(key) = map.next_key::<MemberName<'de>>()? {
+            match steps.split_first() {
+                Some((step, rest)) if going && (*step == "*" || key.0 == *step) => {
+                    going = map.next_value_seed(Node {
+                        steps: rest,
+                        f: &mut *f,
+                    })?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(going)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        let Node { steps, f } = self;
+        let mut going = true;
+        match steps.split_first() {
+            Some((&"*", rest)) => {
+                while going {
+                    match seq.next_element_seed(Node {
+                        steps: rest,
+                        f: &mut *f,
+                    })? {
+                        Some(g) => going = g,
+                        None => return Ok(true),
+                    }
+                }
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+            }
+            _ => while seq.next_element::<IgnoredAny>()?.is_some() {},
+        }
+        Ok(going)
+    }
+
+    // Other values hold no string.
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(true)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(true)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(true)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(true)
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(true)
+    }
+}
+
+/// A member's name: borrowed from the document unless it has escapes.
+struct MemberName<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for MemberName<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl<'de> Visitor<'de> for Name {
+            type Value = MemberName<'de>;
+            fn expecting(&self, out: &mut std::fmt::Formatter) -> std::fmt::Result {
+                out.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(MemberName(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MemberName(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(Name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +324,81 @@ mod tests {
         for s in [r#"{"id":"x","usage":null}"#, r#"{"usage":null,"id":"x"}"#] {
             let v: serde_json::Value = serde_json::from_str(&rm(s).unwrap()).unwrap();
             assert!(v.get("usage").is_none());
+        }
+    }
+}
+
+#[cfg(test)]
+mod walk_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    fn walk(doc: &str, path: &str) -> Result<Vec<String>, serde_json::Error> {
+        let steps: Vec<&str> = path.split('.').collect();
+        let mut out = Vec::new();
+        for_each_string_at(doc, &steps, &mut |s| {
+            out.push(s.to_string());
+            true
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn strings_at_a_path_in_place() {
+        let doc = json!({"model": "m", "messages": [
+            {"role": "user", "content": "a\u{e9}\"b"},
+            {"role": "user", "content": [{"type": "text", "text": "t1"}, {"type": "image_url"}]},
+            "not an object", 7, null
+        ], "metadata": {"x": "v1", "y": {"z": "deep"}}})
+        .to_string();
+        assert_eq!(walk(&doc, "messages.*.content").unwrap(), ["a\u{e9}\"b"]);
+        assert_eq!(walk(&doc, "messages.*.content.*.text").unwrap(), ["t1"]);
+        assert_eq!(walk(&doc, "metadata.*").unwrap(), ["v1"]);
+        assert_eq!(walk(&doc, "model").unwrap(), ["m"]);
+        assert!(walk(&doc, "absent.*").unwrap().is_empty());
+        // Escapes are decoded; a name given twice is read twice (a tree keeps the last).
+        assert_eq!(
+            walk(r#"{"p": "\u0041b", "p": "second"}"#, "p").unwrap(),
+            ["Ab", "second"]
+        );
+        // Not JSON anywhere in the document, on the path or not: an error.
+        assert!(walk(r#"{"p": "a", "q": [1, }"#, "p").is_err());
+        assert!(walk(r#"{"p": "a"} x"#, "p").is_err());
+        // Stopping early.
+        let mut seen = 0;
+        let ran = for_each_string_at(&doc, &["metadata", "*"], &mut |_| {
+            seen += 1;
+            false
+        })
+        .unwrap();
+        assert_eq!((ran, seen), (false, 1));
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i32>().prop_map(|n| json!(n)),
+            "[a-c\"\\\\é\u{1F600} ]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 40, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[abc*]{1,2}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// The same strings, in the same order, as the tree walk (`api::strings_at`).
+        #[test]
+        fn agrees_with_the_tree_walk(v in value(), path in "[abc*]{1,2}(\\.[abc*]{1,2}){0,3}") {
+            let mut tree = Vec::new();
+            crate::api::strings_at(&v, &path, &mut tree);
+            let in_place = walk(&v.to_string(), &path).unwrap();
+            prop_assert_eq!(in_place, tree);
         }
     }
 }
