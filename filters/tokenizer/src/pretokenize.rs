@@ -87,6 +87,13 @@ impl<'a> Iterator for Pieces<'a> {
     #[inline]
     fn next(&mut self) -> Option<&'a str> {
         let s = self.text.as_bytes();
+        if self.pattern == Pattern::O200k {
+            if let Some(end) = o200k_ascii_word(s, self.pos) {
+                let piece = self.text.get(self.pos..end)?;
+                self.pos = end;
+                return Some(piece);
+            }
+        }
         let (c, n, k) = at(s, self.text, self.pos)?;
         let end = match self.pattern {
             Pattern::O200k => o200k_end(s, self.text, self.pos, c, n, k),
@@ -99,6 +106,38 @@ impl<'a> Iterator for Pieces<'a> {
         let piece = self.text.get(self.pos..end)?;
         self.pos = end;
         Some(piece)
+    }
+}
+
+/// o200k's commonest piece on ASCII bytes alone, without the general path's per-character
+/// classes (which cost several times the word itself in English prose): an optional ASCII
+/// prefix (A1's `[^\r\n\p{L}\p{N}]?`: not a letter, digit or newline), upper-case letters
+/// (A1's `U*`), at least one lower-case letter (`W+`), then the end of the text or an ASCII
+/// byte that is neither a lower-case letter (`W+` would go on) nor `'` (a contraction
+/// might follow). A1 matches exactly that, and A1 is the pattern's first alternative.
+/// `None` for anything else (a non-ASCII byte next, a word of capitals only, a contraction):
+/// the general path decides.
+#[inline]
+fn o200k_ascii_word(s: &[u8], i: usize) -> Option<usize> {
+    let mut j = i;
+    let first = *s.get(j)?;
+    if first < 0x80 && !first.is_ascii_alphanumeric() && first != b'\r' && first != b'\n' {
+        j += 1;
+    }
+    while s.get(j).is_some_and(u8::is_ascii_uppercase) {
+        j += 1;
+    }
+    let lower = j;
+    while s.get(j).is_some_and(u8::is_ascii_lowercase) {
+        j += 1;
+    }
+    if j == lower {
+        return None;
+    }
+    match s.get(j) {
+        None => Some(j),
+        Some(&b) if b < 0x80 && b != b'\'' => Some(j),
+        Some(_) => None,
     }
 }
 

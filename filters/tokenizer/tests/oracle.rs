@@ -141,6 +141,18 @@ proptest! {
         }
     }
 
+    /// Prose of ASCII words (o200k's fast path for them), ended by every kind of byte that
+    /// can follow one: capitals, digits, apostrophes, newlines, a combining mark, a
+    /// non-ASCII letter.
+    #[test]
+    fn ascii_prose_matches_the_reference(text in "([ .,;\n\r\t'\"(-]?[A-Z]{0,2}[a-z]{0,8}[0-9]?){0,12}[éÉ\u{301}ſK中]?[a-z' ]{0,4}") {
+        for name in sluice_tokenizer::TIKTOKEN_ENCODINGS {
+            let want = reference(name).encode_ordinary(&text);
+            let got = sluice_tokenizer::by_name(name).unwrap().encode(&text);
+            prop_assert_eq!(got, want, "{} on {:?}", name, text);
+        }
+    }
+
     #[test]
     fn long_runs_use_the_heap_merge_correctly(
         unit in prop::sample::select(vec!["a", "ab", "abc", "xyz", "0", " ", "é", "zz"]),
