@@ -187,20 +187,20 @@ pub fn plugin_config<T: serde::de::DeserializeOwned>(host: &dyn Host) -> Result<
     crate::config::parse_config(&host.plugin_configuration())
 }
 
-/// Add `delta` to a counter in shared data (all workers see it), by compare-and-swap, never
-/// below 0. The new value, or `None` when the store kept refusing.
-pub fn add_shared(host: &dyn Host, key: &str, delta: i64) -> Option<u64> {
+/// Replace `key`'s value in shared data with `next(current value)` by compare-and-swap
+/// (all workers see it; a write that lost a race is recomputed from the newer value). The
+/// value written, or `None` when the store kept refusing.
+pub fn update_shared<T: AsRef<[u8]>>(
+    host: &dyn Host,
+    key: &str,
+    mut next: impl FnMut(Option<&[u8]>) -> T,
+) -> Option<T> {
     for _ in 0..32 {
         let (value, cas) = host.shared_data(key);
-        let now = value
-            .as_deref()
-            .and_then(|v| v.get(..8))
-            .and_then(|v| <[u8; 8]>::try_from(v).ok())
-            .map_or(0, u64::from_le_bytes);
-        let next = now.saturating_add_signed(delta);
+        let new = next(value.as_deref());
         // A missing key is created with a version no live key has (see rate-limit's store).
-        match host.set_shared_data(key, &next.to_le_bytes(), Some(cas.unwrap_or(u32::MAX))) {
-            Ok(()) => return Some(next),
+        match host.set_shared_data(key, new.as_ref(), Some(cas.unwrap_or(u32::MAX))) {
+            Ok(()) => return Some(new),
             Err(SharedDataError::CasMismatch) => continue,
             Err(SharedDataError::Failed) => return None,
         }
@@ -208,14 +208,26 @@ pub fn add_shared(host: &dyn Host, key: &str, delta: i64) -> Option<u64> {
     None
 }
 
-/// A counter in shared data written by [`add_shared`].
-pub fn shared_counter(host: &dyn Host, key: &str) -> u64 {
-    host.shared_data(key)
-        .0
-        .as_deref()
+/// A counter's value as [`add_shared`] stores it (0 when absent).
+fn counter_value(value: Option<&[u8]>) -> u64 {
+    value
         .and_then(|v| v.get(..8))
         .and_then(|v| <[u8; 8]>::try_from(v).ok())
         .map_or(0, u64::from_le_bytes)
+}
+
+/// Add `delta` to a counter in shared data (all workers see it), by compare-and-swap, never
+/// below 0. The new value, or `None` when the store kept refusing.
+pub fn add_shared(host: &dyn Host, key: &str, delta: i64) -> Option<u64> {
+    update_shared(host, key, |v| {
+        counter_value(v).saturating_add_signed(delta).to_le_bytes()
+    })
+    .map(u64::from_le_bytes)
+}
+
+/// A counter in shared data written by [`add_shared`].
+pub fn shared_counter(host: &dyn Host, key: &str) -> u64 {
+    counter_value(host.shared_data(key).0.as_deref())
 }
 
 /// Metrics named at run time (labels in the name), defined on first use. Bounded: past

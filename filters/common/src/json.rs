@@ -271,6 +271,8 @@ impl<'de> Deserialize<'de> for MemberName<'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
 
     fn model(s: &str, v: &str) -> Option<String> {
         replace_top_level_string(s.as_bytes(), "model", v).map(|v| String::from_utf8(v).unwrap())
@@ -326,13 +328,6 @@ mod tests {
             assert!(v.get("usage").is_none());
         }
     }
-}
-
-#[cfg(test)]
-mod walk_tests {
-    use super::*;
-    use proptest::prelude::*;
-    use serde_json::{json, Value};
 
     fn walk(doc: &str, path: &str) -> Result<Vec<String>, serde_json::Error> {
         let steps: Vec<&str> = path.split('.').collect();

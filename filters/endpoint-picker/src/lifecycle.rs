@@ -390,26 +390,7 @@ impl EndpointPicker {
             None => "",
         };
         let held = prefix::longest_prefix(&*host, &pool.name, keys, pc.slots);
-        let n = pool.endpoints.len();
-        // A prompt mostly held nowhere makes a new home: where recent traffic was lightest,
-        // weighed by the part not held (a new tenant's prompt sharing only a common opening
-        // line is nearly all new). A prompt mostly held (a conversation's next turn) stays
-        // with its prefix unless that endpoint is overloaded: no spread.
-        let fresh = match held {
-            Some((blocks, _)) if !keys.is_empty() => 1.0 - blocks as f64 / keys.len() as f64,
-            _ => 1.0,
-        };
-        let spread = if keys.is_empty() || fresh < NEW_HOME_FRESH {
-            Vec::new()
-        } else {
-            let counts: Vec<f64> = (0..n)
-                .map(|e| {
-                    self.endpoint_names(p, e)
-                        .map_or(0.0, |x| recent::read(&*host, &x.recent, now))
-                })
-                .collect();
-            recent::spread(&counts)
-        };
+        let spread = self.new_home_spread(&*host, p, keys, held, now);
         // The active priority: the highest (lowest number) with an endpoint that reports;
         // without metrics, Envoy's health checks alone know, and the pool's first.
         let active = pool
@@ -452,7 +433,7 @@ impl EndpointPicker {
                     foreign: report.map_or(0.0, |r| r.foreign),
                     prefix_tokens,
                     lora_loaded,
-                    recent: spread.get(i).map_or(0.0, |r| r * fresh),
+                    recent: spread.get(i).copied().unwrap_or(0.0),
                     slots: pool.max_in_flight,
                 }
             })
@@ -514,6 +495,40 @@ impl EndpointPicker {
             self.count(host, names.picks(ranking.reason));
         }
         Some(first)
+    }
+
+    /// Each endpoint of pool `p`'s `Candidate::recent` for a prompt with prefix `keys`, of
+    /// which `held` is indexed. A prompt mostly held nowhere makes a new home: where recent
+    /// traffic was lightest, weighed by the part not held (a new tenant's prompt sharing
+    /// only a common opening line is nearly all new). A prompt mostly held (a conversation's
+    /// next turn) stays with its prefix unless that endpoint is overloaded: no spread (and
+    /// no shared-data reads).
+    fn new_home_spread(
+        &self,
+        host: &dyn Host,
+        p: usize,
+        keys: &[u64],
+        held: Option<(usize, u16)>,
+        now: u64,
+    ) -> Vec<f64> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let fresh = held.map_or(1.0, |(blocks, _)| 1.0 - blocks as f64 / keys.len() as f64);
+        if fresh < NEW_HOME_FRESH {
+            return Vec::new();
+        }
+        let counts: Vec<f64> = self
+            .names
+            .get(p)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .map(|names| recent::read(host, &names.recent, now))
+            .collect();
+        recent::spread(&counts)
+            .into_iter()
+            .map(|r| r * fresh)
+            .collect()
     }
 
     /// Refuse queued requests that waited `max_wait_ms`, then release the oldest (fairly)

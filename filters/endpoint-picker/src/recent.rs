@@ -5,7 +5,7 @@
 //! tenant, and a worker that saw only its own half of them placed homes as if at random
 //! (three of eight tenants' homes on one of four endpoints, in `bench-routing.sh`).
 
-use sluice_common::host::{Host, SharedDataError};
+use sluice_common::host::{update_shared, Host};
 
 /// Long enough to see the traffic that follows a prefix's home over many requests, short
 /// enough to follow a shift in the load.
@@ -41,17 +41,9 @@ pub fn read(host: &dyn Host, key: &str, now: u64) -> f64 {
     decayed(host.shared_data(key).0.as_deref(), now)
 }
 
-/// Count one request placed at `now` (compare-and-swap: every worker's count adds up).
+/// Count one request placed at `now` (every worker's count adds up).
 pub fn add_one(host: &dyn Host, key: &str, now: u64) {
-    for _ in 0..32 {
-        let (value, cas) = host.shared_data(key);
-        let next = decayed(value.as_deref(), now) + 1.0;
-        // A missing key is created with a version no live key has (see `add_shared`).
-        match host.set_shared_data(key, &encode(next, now), Some(cas.unwrap_or(u32::MAX))) {
-            Err(SharedDataError::CasMismatch) => continue,
-            _ => return,
-        }
-    }
+    let _ = update_shared(host, key, |value| encode(decayed(value, now) + 1.0, now));
 }
 
 /// Each endpoint's share of `counts` beyond an even one, in even shares (0: even; 1: twice

@@ -115,6 +115,16 @@ fn tricky_char() -> impl Strategy<Value = char> {
     ])
 }
 
+/// Ours and the reference agree on `text` in every tiktoken encoding (for the properties).
+fn same_in_every_encoding(text: &str) -> Result<(), TestCaseError> {
+    for name in sluice_tokenizer::TIKTOKEN_ENCODINGS {
+        let want = reference(name).encode_ordinary(text);
+        let got = sluice_tokenizer::by_name(name).unwrap().encode(text);
+        prop_assert_eq!(got, want, "{} on {:?}", name, text);
+    }
+    Ok(())
+}
+
 proptest! {
     // 2000 cases by default; PROPTEST_CASES=100000 for a deep run.
     #![proptest_config(ProptestConfig {
@@ -125,20 +135,12 @@ proptest! {
     #[test]
     fn tricky_text_matches_the_reference(chars in prop::collection::vec(tricky_char(), 0..60)) {
         let text: String = chars.into_iter().collect();
-        for name in sluice_tokenizer::TIKTOKEN_ENCODINGS {
-            let want = reference(name).encode_ordinary(&text);
-            let got = sluice_tokenizer::by_name(name).unwrap().encode(&text);
-            prop_assert_eq!(got, want, "{} on {:?}", name, text);
-        }
+        same_in_every_encoding(&text)?;
     }
 
     #[test]
     fn any_unicode_matches_the_reference(text in "\\PC{0,80}") {
-        for name in sluice_tokenizer::TIKTOKEN_ENCODINGS {
-            let want = reference(name).encode_ordinary(&text);
-            let got = sluice_tokenizer::by_name(name).unwrap().encode(&text);
-            prop_assert_eq!(got, want, "{} on {:?}", name, text);
-        }
+        same_in_every_encoding(&text)?;
     }
 
     /// Prose of ASCII words (o200k's fast path for them), ended by every kind of byte that
@@ -146,11 +148,7 @@ proptest! {
     /// non-ASCII letter.
     #[test]
     fn ascii_prose_matches_the_reference(text in "([ .,;\n\r\t'\"(-]?[A-Z]{0,2}[a-z]{0,8}[0-9]?){0,12}[éÉ\u{301}ſK中]?[a-z' ]{0,4}") {
-        for name in sluice_tokenizer::TIKTOKEN_ENCODINGS {
-            let want = reference(name).encode_ordinary(&text);
-            let got = sluice_tokenizer::by_name(name).unwrap().encode(&text);
-            prop_assert_eq!(got, want, "{} on {:?}", name, text);
-        }
+        same_in_every_encoding(&text)?;
     }
 
     #[test]
