@@ -146,27 +146,52 @@ pub fn replace_top_level_string(json: &[u8], key: &str, value: &str) -> Option<V
     None
 }
 
-/// Call `f` on every string at a dotted path of the JSON document `doc` (steps: a member's
-/// name, or `*` for every element of an array or member of an object), in one pass that
-/// builds no tree and copies no string without escapes; whatever is off the path is skipped
-/// (its syntax still checked). Every member of a name is visited (a document with a name
-/// twice has both read, where a tree keeps the last). `f` returns `false` to stop calling
-/// it; the result is whether it was never stopped, or the document's syntax error.
+/// Call `f` on every string at any of the dotted `paths` of the JSON document `doc` (steps:
+/// a member's name, or `*` for every element of an array or member of an object), in one
+/// pass for all the paths that builds no tree and copies no string without escapes;
+/// whatever is off the paths is skipped (its syntax still checked). Strings come in the
+/// document's order, once for each path that reaches them. Every member of a name is
+/// visited (a document with a name twice has both read, where a tree keeps the last). `f`
+/// returns `false` to stop calling it; the result is whether it was never stopped, or the
+/// document's syntax error.
 pub fn for_each_string_at(
     doc: &str,
-    steps: &[&str],
+    paths: &[&str],
     f: &mut dyn FnMut(&str) -> bool,
 ) -> Result<bool, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(doc);
-    let going = Node { steps, f }.deserialize(&mut de)?;
+    let going = Node {
+        rests: paths.to_vec(),
+        f,
+    }
+    .deserialize(&mut de)?;
     de.end()?;
     Ok(going)
 }
 
-/// The rest of [`for_each_string_at`]'s path at one value.
+/// A dotted path's first step and the rest (empty when it was the last).
+fn first_step(path: &str) -> (&str, &str) {
+    path.split_once('.').unwrap_or((path, ""))
+}
+
+/// What is left of [`for_each_string_at`]'s paths at one value: each path's remaining
+/// steps, empty for a path that ends here.
 struct Node<'s, 'f> {
-    steps: &'s [&'s str],
+    rests: Vec<&'s str>,
     f: &'f mut dyn FnMut(&str) -> bool,
+}
+
+impl<'s> Node<'s, '_> {
+    /// The paths that go on into a member named `key` (`None`: an array's element).
+    fn into_child(&self, key: Option<&str>) -> Vec<&'s str> {
+        self.rests
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| first_step(p))
+            .filter(|(step, _)| *step == "*" || Some(*step) == key)
+            .map(|(_, rest)| rest)
+            .collect()
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
@@ -185,46 +210,49 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
     }
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
-        Ok(!self.steps.is_empty() || (self.f)(v))
+        for _ in self.rests.iter().filter(|p| p.is_empty()) {
+            if !(self.f)(v) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-        let Node { steps, f } = self;
         let mut going = true;
         while let Some(key) = map.next_key::<MemberName<'de>>()? {
-            match steps.split_first() {
-                Some((step, rest)) if going && (*step == "*" || key.0 == *step) => {
-                    going = map.next_value_seed(Node {
-                        steps: rest,
-                        f: &mut *f,
-                    })?;
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+            let rests = if going {
+                self.into_child(Some(&key.0))
+            } else {
+                Vec::new()
+            };
+            if rests.is_empty() {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                going = map.next_value_seed(Node {
+                    rests,
+                    f: &mut *self.f,
+                })?;
             }
         }
         Ok(going)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-        let Node { steps, f } = self;
+        let rests = self.into_child(None);
         let mut going = true;
-        match steps.split_first() {
-            Some((&"*", rest)) => {
-                while going {
-                    match seq.next_element_seed(Node {
-                        steps: rest,
-                        f: &mut *f,
-                    })? {
-                        Some(g) => going = g,
-                        None => return Ok(true),
-                    }
+        if !rests.is_empty() {
+            while going {
+                match seq.next_element_seed(Node {
+                    rests: rests.clone(),
+                    f: &mut *self.f,
+                })? {
+                    Some(g) => going = g,
+                    None => return Ok(true),
                 }
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
             }
-            _ => while seq.next_element::<IgnoredAny>()?.is_some() {},
         }
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(going)
     }
 
@@ -330,9 +358,12 @@ mod tests {
     }
 
     fn walk(doc: &str, path: &str) -> Result<Vec<String>, serde_json::Error> {
-        let steps: Vec<&str> = path.split('.').collect();
+        walk_all(doc, &[path])
+    }
+
+    fn walk_all(doc: &str, paths: &[&str]) -> Result<Vec<String>, serde_json::Error> {
         let mut out = Vec::new();
-        for_each_string_at(doc, &steps, &mut |s| {
+        for_each_string_at(doc, paths, &mut |s| {
             out.push(s.to_string());
             true
         })?;
@@ -362,7 +393,7 @@ mod tests {
         assert!(walk(r#"{"p": "a"} x"#, "p").is_err());
         // Stopping early.
         let mut seen = 0;
-        let ran = for_each_string_at(&doc, &["metadata", "*"], &mut |_| {
+        let ran = for_each_string_at(&doc, &["metadata.*"], &mut |_| {
             seen += 1;
             false
         })
@@ -394,6 +425,24 @@ mod tests {
             crate::api::strings_at(&v, &path, &mut tree);
             let in_place = walk(&v.to_string(), &path).unwrap();
             prop_assert_eq!(in_place, tree);
+        }
+
+        /// Several paths in one pass: the strings each path's walk gives, every one of
+        /// them (a string on two paths twice).
+        #[test]
+        fn several_paths_in_one_pass(
+            v in value(),
+            paths in prop::collection::vec("[abc*]{1,2}(\\.[abc*]{1,2}){0,3}", 0..4),
+        ) {
+            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            let mut each = Vec::new();
+            for p in &paths {
+                crate::api::strings_at(&v, p, &mut each);
+            }
+            let mut at_once = walk_all(&v.to_string(), &paths).unwrap();
+            each.sort();
+            at_once.sort();
+            prop_assert_eq!(at_once, each);
         }
     }
 }

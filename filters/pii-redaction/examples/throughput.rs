@@ -91,7 +91,7 @@ fn main() {
     .unwrap();
     let (secs, _) = best(20, || {
         let mut r = Redactor::default();
-        match scan_request(&settings, &mut r, Api::Chat, &body) {
+        match scan_request(&settings, &mut r, Api::Chat, &body, None) {
             sluice_pii_redaction::RequestOutcome::Rewritten(b) => b.len(),
             other => panic!("{other:?}"),
         }

@@ -4,6 +4,7 @@ use crate::config::{Api, PathStep, Settings, Unscannable};
 use crate::redact::{find, redact_text, Blocked, Direction, Finding, Redactor};
 use serde_json::Value;
 use sluice_common::json::for_each_string_at;
+use sluice_common::memo::{MemoLimits, TextMemo};
 use sluice_common::{ErrorKind, OpenAiError};
 
 pub(crate) fn steps(path: &str) -> impl Iterator<Item = PathStep> + '_ {
@@ -141,11 +142,13 @@ pub fn unscannable(s: &Settings, why: NotScanned) -> RequestOutcome {
 /// finding, and how many there are. `None` when the body cannot be read so (not UTF-8, not
 /// a JSON object), for the tree's walk to decide. Every member of a name given twice is
 /// read (a tree keeps only the last; the body goes on as sent when nothing is found).
+/// A string `clean` remembers is not scanned again; one found clean is remembered there.
 fn read_in_place(
     s: &Settings,
     paths: &[&str],
-    fields: &[Vec<PathStep>],
+    fields: &[String],
     body: &[u8],
+    mut clean: Option<&mut CleanTexts>,
 ) -> Option<InPlace> {
     let text = std::str::from_utf8(body).ok()?;
     if !text.trim_start().starts_with('{') {
@@ -155,27 +158,29 @@ fn read_in_place(
     let mut read = InPlace::default();
     let mut each = |t: &str| {
         read.strings += 1;
+        if read.found {
+            return true;
+        }
+        if let Some(memo) = clean.as_deref_mut() {
+            if memo.get(t).is_some() {
+                return true;
+            }
+        }
+        find(s, t, 0, &mut scratch);
+        read.found = !scratch.is_empty();
         if !read.found {
-            find(s, t, 0, &mut scratch);
-            read.found = !scratch.is_empty();
+            if let Some(memo) = clean.as_deref_mut() {
+                memo.insert(t, ());
+            }
         }
         true
     };
-    let fields = fields.iter().map(|path| {
-        path.iter()
-            .map(|p| match p {
-                PathStep::Key(k) => k.as_str(),
-                PathStep::Each => "*",
-            })
-            .collect::<Vec<&str>>()
-    });
-    for steps in paths
+    let all: Vec<&str> = paths
         .iter()
-        .map(|p| p.split('.').collect::<Vec<&str>>())
-        .chain(fields)
-    {
-        for_each_string_at(text, &steps, &mut each).ok()?;
-    }
+        .copied()
+        .chain(fields.iter().map(String::as_str))
+        .collect();
+    for_each_string_at(text, &all, &mut each).ok()?;
     Some(read)
 }
 
@@ -185,15 +190,59 @@ struct InPlace {
     strings: usize,
 }
 
-/// Scan a request body of `api`: its messages / prompt and the configured extra fields.
-pub fn scan_request(s: &Settings, r: &mut Redactor, api: Api, body: &[u8]) -> RequestOutcome {
+/// Which texts a request has carried lately with nothing found in them: shorter ones are
+/// scanned about as fast as they are looked up; a generation of 1 MB holds a few hundred
+/// system prompts and conversation turns.
+const CLEAN_MEMO: MemoLimits = MemoLimits {
+    min_len: 64,
+    max_len: 256 * 1024,
+    generation_bytes: 1024 * 1024,
+};
+
+/// Texts requests carried lately in which nothing was found, under one configuration:
+/// every turn of a conversation resends its history and a tenant's system prompt comes with
+/// each request, so each is scanned once while it keeps coming (exact: the memo compares
+/// whole texts; a text with a finding is never remembered, and is scanned every time).
+pub struct CleanTexts(TextMemo<()>);
+
+impl Default for CleanTexts {
+    fn default() -> Self {
+        Self(TextMemo::new(CLEAN_MEMO))
+    }
+}
+
+impl CleanTexts {
+    fn get(&mut self, text: &str) -> Option<()> {
+        self.0.get(text)
+    }
+
+    fn insert(&mut self, text: &str, clean: ()) {
+        self.0.insert(text, clean)
+    }
+}
+
+/// Scan a request body of `api`: its messages / prompt and the configured extra fields,
+/// the texts in `clean` skipped.
+pub fn scan_request(
+    s: &Settings,
+    r: &mut Redactor,
+    api: Api,
+    body: &[u8],
+    clean: Option<&mut CleanTexts>,
+) -> RequestOutcome {
     if body.len() > s.max_body_bytes {
         return unscannable(s, NotScanned::TooLarge);
     }
     // Most requests carry nothing to redact: their strings are read in place, and the
     // tree (allocated member by member, about half the filter's work on a 2 KB chat) is
     // built only to rewrite one that has a finding.
-    match read_in_place(s, api.request_text_paths(), &s.request_fields, body) {
+    match read_in_place(
+        s,
+        api.request_text_paths(),
+        &s.request_field_paths,
+        body,
+        clean,
+    ) {
         Some(InPlace { found: false, .. }) => RequestOutcome::Unchanged,
         read => scan_tree(s, r, api, body, read.map(|r| r.strings)),
     }
@@ -249,7 +298,7 @@ pub fn redact_response(s: &Settings, r: &mut Redactor, api: Api, body: &[u8]) ->
         return None;
     }
     // As for requests: the tree only to rewrite.
-    let read = read_in_place(s, fixed, &[], body);
+    let read = read_in_place(s, fixed, &[], body, None);
     if read.as_ref().is_some_and(|r| !r.found) {
         return None;
     }
@@ -306,7 +355,7 @@ mod tests {
             "metadata": {"note": "call +1 415 555 2671"},
             "user": "kept@x.io"
         });
-        let v = rewritten(scan_request(&s, &mut r, Api::Chat, &body(req)));
+        let v = rewritten(scan_request(&s, &mut r, Api::Chat, &body(req), None));
         assert_eq!(v["messages"][0]["content"], "be brief");
         assert_eq!(v["messages"][1]["content"], "I am [EMAIL_1]");
         assert_eq!(v["messages"][2]["content"][0]["text"], "again [EMAIL_1]");
@@ -332,7 +381,7 @@ mod tests {
         // A tree keeps the last `messages`; an engine may read the first.
         let body = br#"{"model": "m", "messages": [{"role": "user", "content": "mail a@x.io"}],
             "messages": [{"role": "user", "content": "hi"}]}"#;
-        let out = scan_request(&s, &mut Redactor::default(), Api::Chat, body);
+        let out = scan_request(&s, &mut Redactor::default(), Api::Chat, body, None);
         let RequestOutcome::Rewritten(b) = out else {
             panic!("{out:?}")
         };
@@ -345,9 +394,38 @@ mod tests {
         let clean =
             br#"{"model": "m", "messages": [], "messages": [{"role": "user", "content": "hi"}]}"#;
         assert_eq!(
-            scan_request(&s, &mut Redactor::default(), Api::Chat, clean),
+            scan_request(&s, &mut Redactor::default(), Api::Chat, clean, None),
             RequestOutcome::Unchanged
         );
+    }
+
+    proptest::proptest! {
+        /// A memo of clean texts kept across a conversation's turns (each resending the
+        /// history, some texts long enough to be remembered, some with personal data)
+        /// changes no outcome: each turn as the tree's walk alone decides it.
+        #[test]
+        fn remembering_clean_texts_changes_no_outcome(
+            turns in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "[a-z ]{60,90}",
+                    "[a-z ]{60,70} [a-z]{1,5}@[a-z]{1,4}\\.io",
+                    "[a-z ]{0,10}",
+                    "call 555-867-5309 now [a-z ]{50,60}",
+                ],
+                1..8,
+            ),
+        ) {
+            let s = settings("{}");
+            let mut clean = CleanTexts::default();
+            let mut messages = Vec::new();
+            for text in &turns {
+                messages.push(json!({"role": "user", "content": text}));
+                let b = body(json!({"model": "m", "messages": messages}));
+                let remembered = scan_request(&s, &mut Redactor::default(), Api::Chat, &b, Some(&mut clean));
+                let tree = scan_tree(&s, &mut Redactor::default(), Api::Chat, &b, None);
+                proptest::prop_assert_eq!(remembered, tree);
+            }
+        }
     }
 
     proptest::proptest! {
@@ -382,7 +460,7 @@ mod tests {
                 v["metadata"] = json!({"notes": contents.join(" "), "n": 3});
             }
             let b = body(v);
-            let fast = scan_request(&s, &mut Redactor::default(), Api::Chat, &b);
+            let fast = scan_request(&s, &mut Redactor::default(), Api::Chat, &b, None);
             let tree = scan_tree(&s, &mut Redactor::default(), Api::Chat, &b, None);
             proptest::prop_assert_eq!(fast, tree);
         }
@@ -397,11 +475,12 @@ mod tests {
             &mut r,
             Api::Completions,
             &body(json!({"model": "m", "prompt": ["a 123-45-6789", "b"]})),
+            None,
         ));
         assert_eq!(v["prompt"], json!(["a [SSN_1]", "b"]));
         let clean = body(json!({"model": "m", "prompt": "hello"}));
         assert_eq!(
-            scan_request(&s, &mut r, Api::Completions, &clean),
+            scan_request(&s, &mut r, Api::Completions, &clean, None),
             RequestOutcome::Unchanged
         );
     }
@@ -415,6 +494,7 @@ mod tests {
             &mut r,
             Api::Embeddings,
             &body(json!({"model": "e", "input": ["a@b.io", "plain"]})),
+            None,
         ));
         assert_eq!(v["input"], json!(["[EMAIL_1]", "plain"]));
         assert_eq!(
@@ -429,7 +509,7 @@ mod tests {
         let mut r = Redactor::default();
         let req = body(json!({"messages": [{"role": "user",
             "content": "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----"}]}));
-        match scan_request(&s, &mut r, Api::Chat, &req) {
+        match scan_request(&s, &mut r, Api::Chat, &req, None) {
             RequestOutcome::Refused(e) => {
                 assert_eq!(e.status(), 403);
                 assert!(e.body().contains("private_key") && !e.body().contains("MIIB"));
@@ -437,21 +517,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let RequestOutcome::RefusedUnscanned(e, NotScanned::NotJson) =
-            scan_request(&s, &mut r, Api::Chat, b"not json")
+            scan_request(&s, &mut r, Api::Chat, b"not json", None)
         else {
             panic!()
         };
         assert_eq!(e.status(), 400);
         let big = vec![b' '; 201];
         let RequestOutcome::RefusedUnscanned(e, NotScanned::TooLarge) =
-            scan_request(&s, &mut r, Api::Chat, &big)
+            scan_request(&s, &mut r, Api::Chat, &big, None)
         else {
             panic!()
         };
         assert_eq!(e.status(), 413);
         let pass = settings(r#"{"on_unscannable": "pass"}"#);
         assert_eq!(
-            scan_request(&pass, &mut r, Api::Chat, b"[1]"),
+            scan_request(&pass, &mut r, Api::Chat, b"[1]", None),
             RequestOutcome::Passed(NotScanned::NotJson)
         );
     }

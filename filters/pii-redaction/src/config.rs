@@ -158,6 +158,8 @@ pub struct Settings {
     hmac: Option<Hmac<Sha256>>,
     pub paths: BTreeMap<String, Api>,
     pub request_fields: Vec<Vec<PathStep>>,
+    /// The same paths as configured (dotted), for the one-pass read in place.
+    pub request_field_paths: Vec<String>,
     pub scan_requests: bool,
     pub scan_responses: bool,
     pub max_body_bytes: usize,
@@ -247,6 +249,7 @@ impl Settings {
             hmac,
             paths: c.paths,
             request_fields,
+            request_field_paths: c.request_fields.clone(),
             scan_requests: c.scan_requests,
             scan_responses: c.scan_responses,
             max_body_bytes: c.max_body_bytes,

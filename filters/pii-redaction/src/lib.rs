@@ -26,7 +26,7 @@ pub mod stream;
 #[cfg(all(target_arch = "wasm32", feature = "filter", not(test)))]
 sluice_proxy::filter!(lifecycle::PiiRedaction);
 
-pub use body::{redact_response, scan_request, NotScanned, RequestOutcome};
+pub use body::{redact_response, scan_request, CleanTexts, NotScanned, RequestOutcome};
 pub use config::{Action, Api, PiiConfig, Settings, Unscannable};
 pub use detect::{scan, scan_after, Found};
 pub use entity::{BuiltIn, EntitySet};

@@ -3,8 +3,8 @@
 //! event by event; `sluice_pii` published and counted once, however the stream ends.
 
 use crate::{
-    redact_response, scan_request, Api, Direction, NotScanned, PiiConfig, Redactor, RequestOutcome,
-    Settings, SseRedactor,
+    redact_response, scan_request, Api, CleanTexts, Direction, NotScanned, PiiConfig, Redactor,
+    RequestOutcome, Settings, SseRedactor,
 };
 use sluice_common::host::{
     plugin_config, send_error, CounterSet, Flow, Host, Lifecycle, Plugin, Side,
@@ -23,6 +23,8 @@ const MAX_COUNTERS: usize = 1024;
 pub struct PiiRedaction {
     settings: Settings,
     counters: RefCell<CounterSet>,
+    /// Texts requests carried lately with nothing found in them, under these settings.
+    clean: RefCell<CleanTexts>,
 }
 
 impl PiiRedaction {
@@ -30,6 +32,7 @@ impl PiiRedaction {
         Self {
             settings,
             counters: RefCell::new(CounterSet::new(MAX_COUNTERS)),
+            clean: RefCell::new(CleanTexts::default()),
         }
     }
 }
@@ -203,7 +206,13 @@ impl Lifecycle for PiiRequest {
             return Flow::Pause;
         }
         let body = host.body(Side::Request, size);
-        let outcome = scan_request(settings, &mut self.redactor, api, &body);
+        let outcome = scan_request(
+            settings,
+            &mut self.redactor,
+            api,
+            &body,
+            self.filter.clean.try_borrow_mut().ok().as_deref_mut(),
+        );
         self.on_request_outcome(host, outcome, api, size)
     }
 

@@ -3,6 +3,7 @@
 //! missing Messages `message_start` made, an engine's error normalised); the usage is
 //! published and counted exactly once, however the stream ends.
 
+use crate::prompt::CountMemos;
 use crate::{
     label, plan_request, Api, CompletionUsage, RequestPlan, ResponseTracker, Settings,
     TokenCounterConfig, UsageSource,
@@ -29,6 +30,8 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 pub struct TokenCounter {
     settings: Settings,
     counters: RefCell<CounterSet>,
+    /// Token counts of the texts counted lately.
+    memos: CountMemos,
     /// `sluice.llm.time_to_first_byte_ms`: from the request leaving for the backend to the
     /// first byte of the response body (the first token of a stream).
     ttfb: Histogram,
@@ -39,6 +42,7 @@ impl TokenCounter {
         Self {
             settings,
             counters: RefCell::new(CounterSet::new(3 * MAX_LABEL_SETS)),
+            memos: CountMemos::default(),
             ttfb: Histogram::define(host, "sluice.llm.time_to_first_byte_ms"),
         }
     }
@@ -275,7 +279,13 @@ impl Lifecycle for CountedRequest {
         }
         let body = host.body(Side::Request, size);
         let filter = self.filter.clone();
-        match plan_request(&filter.settings, api, &body, now_unix_secs(host)) {
+        match plan_request(
+            &filter.settings,
+            api,
+            &body,
+            now_unix_secs(host),
+            Some(&filter.memos),
+        ) {
             Err(e) => self.reject(host, &e),
             Ok(mut plan) => {
                 if let Some(new_body) = plan.new_body.take() {

@@ -14,7 +14,9 @@
 use crate::config::Api;
 use serde_json::Value;
 use sluice_chat_template::{messages, ChatInput, ChatTemplate};
+use sluice_common::memo::{MemoLimits, TextMemo};
 use sluice_tokenizer::Tokenizer;
+use std::cell::RefCell;
 
 const TOKENS_PER_MESSAGE: u64 = 3;
 const TOKENS_PER_NAME: u64 = 1;
@@ -34,11 +36,67 @@ fn bad(param: &'static str, message: impl Into<String>) -> BadField {
     }
 }
 
-fn count(t: &Tokenizer, s: &str) -> u64 {
-    t.count(s) as u64
+/// Which texts the counts are remembered for: shorter ones are counted about as fast as
+/// they are looked up; a generation of 1 MB holds a few hundred system prompts and
+/// conversation turns.
+const COUNT_MEMO: MemoLimits = MemoLimits {
+    min_len: 64,
+    max_len: 256 * 1024,
+    generation_bytes: 1024 * 1024,
+};
+
+/// Token counts of the texts counted lately, per tokenizer: every turn of a conversation
+/// resends its history and a tenant's system prompt comes with each request, so each
+/// message's text is tokenized once while it keeps coming (exact: a text's count is the
+/// same every time, and the memo compares whole texts).
+#[derive(Default)]
+pub struct CountMemos(RefCell<Vec<(&'static str, TextMemo<u64>)>>);
+
+impl CountMemos {
+    fn count(&self, t: &Tokenizer, s: &str) -> u64 {
+        let Ok(mut memos) = self.0.try_borrow_mut() else {
+            return t.count(s) as u64;
+        };
+        let at = match memos.iter().position(|(name, _)| *name == t.name()) {
+            Some(at) => at,
+            None => {
+                memos.push((t.name(), TextMemo::new(COUNT_MEMO)));
+                memos.len() - 1
+            }
+        };
+        match memos.get_mut(at) {
+            Some((_, memo)) => memo.get_or_insert_with(s, |s| t.count(s) as u64),
+            None => t.count(s) as u64,
+        }
+    }
 }
 
-fn count_json(t: &Tokenizer, v: &Value) -> u64 {
+/// The tokenizer a body is counted with, and where counts are remembered (none in tests
+/// that compare against the tokenizer itself).
+#[derive(Clone, Copy)]
+pub struct Counter<'a> {
+    tokenizer: &'a Tokenizer,
+    memos: Option<&'a CountMemos>,
+}
+
+impl<'a> Counter<'a> {
+    pub fn new(tokenizer: &'a Tokenizer, memos: Option<&'a CountMemos>) -> Self {
+        Self { tokenizer, memos }
+    }
+
+    fn count(&self, s: &str) -> u64 {
+        match self.memos {
+            Some(m) => m.count(self.tokenizer, s),
+            None => self.tokenizer.count(s) as u64,
+        }
+    }
+}
+
+fn count(t: &Counter, s: &str) -> u64 {
+    t.count(s)
+}
+
+fn count_json(t: &Counter, v: &Value) -> u64 {
     count(t, &v.to_string())
 }
 
@@ -48,7 +106,7 @@ fn count_json(t: &Tokenizer, v: &Value) -> u64 {
 pub fn prompt_tokens_for(
     api: Api,
     body: &Value,
-    t: &Tokenizer,
+    t: &Counter,
     template: Option<(&ChatTemplate, Option<&Value>)>,
     now_unix_secs: u64,
 ) -> Result<u64, BadField> {
@@ -82,11 +140,12 @@ pub fn prompt_tokens_for(
 
 /// Tokens of a model's whole prompt text: special tokens as such, and BOS where the engine
 /// adds it to a text that does not start with it.
-pub fn prompt_text_tokens(t: &Tokenizer, text: &str) -> u64 {
-    let bos = t
+pub fn prompt_text_tokens(t: &Counter, text: &str) -> u64 {
+    let tokenizer = t.tokenizer;
+    let bos = tokenizer
         .bos_token()
-        .is_some_and(|b| t.adds_bos() && !text.starts_with(b));
-    t.count_prompt(text) as u64 + u64::from(bos)
+        .is_some_and(|b| tokenizer.adds_bos() && !text.starts_with(b));
+    tokenizer.count_prompt_by(text, |plain| t.count(plain) as usize) as u64 + u64::from(bos)
 }
 
 /// A large disagreement between the estimate a request was admitted with and the backend's
@@ -100,7 +159,7 @@ pub fn estimate_is_off(estimate: u64, backend: u64) -> bool {
 
 /// Prompt tokens of a parsed body by the OpenAI formulas (an open family's tokenizer
 /// counts completions and embeddings prompts as its engine does).
-pub fn prompt_tokens(api: Api, body: &Value, t: &Tokenizer) -> Result<u64, BadField> {
+pub fn prompt_tokens(api: Api, body: &Value, t: &Counter) -> Result<u64, BadField> {
     match api {
         Api::Chat => chat(body, t),
         Api::Completions => prompt_like(body.get("prompt"), "prompt", t),
@@ -112,7 +171,7 @@ pub fn prompt_tokens(api: Api, body: &Value, t: &Tokenizer) -> Result<u64, BadFi
 /// Responses and Anthropic Messages: the chat formula applied to their shapes. Every text
 /// the request model lists, 3 per message or input item, 3 to prime the reply, and tool
 /// definitions (and Anthropic `tool_use` inputs) as their JSON text.
-fn structured(api: Api, body: &Value, t: &Tokenizer) -> u64 {
+fn structured(api: Api, body: &Value, t: &Counter) -> u64 {
     let list = match api {
         Api::Responses => body.get("input"),
         _ => body.get("messages"),
@@ -163,7 +222,7 @@ fn validate_chat(body: &Value) -> Result<(), BadField> {
     Ok(())
 }
 
-fn chat(body: &Value, t: &Tokenizer) -> Result<u64, BadField> {
+fn chat(body: &Value, t: &Counter) -> Result<u64, BadField> {
     let messages = body
         .get("messages")
         .and_then(Value::as_array)
@@ -193,7 +252,7 @@ fn chat(body: &Value, t: &Tokenizer) -> Result<u64, BadField> {
     Ok(total)
 }
 
-fn content(v: &Value, t: &Tokenizer) -> Result<u64, BadField> {
+fn content(v: &Value, t: &Counter) -> Result<u64, BadField> {
     Ok(content_texts(v)?.into_iter().map(|s| count(t, s)).sum())
 }
 
@@ -228,15 +287,15 @@ fn content_texts(v: &Value) -> Result<Vec<&str>, BadField> {
 /// of token ids. Absent counts 0.
 /// A completions or embeddings prompt string: an open model's engine reads its special
 /// tokens and adds BOS; OpenAI counts it as text.
-fn prompt_string(t: &Tokenizer, s: &str) -> u64 {
-    if t.has_specials() {
+fn prompt_string(t: &Counter, s: &str) -> u64 {
+    if t.tokenizer.has_specials() {
         prompt_text_tokens(t, s)
     } else {
         count(t, s)
     }
 }
 
-fn prompt_like(v: Option<&Value>, param: &'static str, t: &Tokenizer) -> Result<u64, BadField> {
+fn prompt_like(v: Option<&Value>, param: &'static str, t: &Counter) -> Result<u64, BadField> {
     let wrong = || {
         bad(
             param,
@@ -260,6 +319,37 @@ fn prompt_like(v: Option<&Value>, param: &'static str, t: &Tokenizer) -> Result<
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The function under test, counted three ways that must agree: with a fresh memo,
+    /// again with that memo (each long text's count now remembered), and without one.
+    fn prompt_tokens(api: Api, body: &Value, t: &Tokenizer) -> Result<u64, BadField> {
+        let memos = CountMemos::default();
+        let remembered = Counter::new(t, Some(&memos));
+        let first = super::prompt_tokens(api, body, &remembered);
+        assert_eq!(first, super::prompt_tokens(api, body, &remembered));
+        assert_eq!(
+            first,
+            super::prompt_tokens(api, body, &Counter::new(t, None))
+        );
+        first
+    }
+
+    /// [`super::prompt_tokens_for`] counted the three ways of [`prompt_tokens`].
+    fn prompt_tokens_for(
+        api: Api,
+        body: &Value,
+        t: &Tokenizer,
+        template: Option<(&ChatTemplate, Option<&Value>)>,
+        now_unix_secs: u64,
+    ) -> Result<u64, BadField> {
+        let memos = CountMemos::default();
+        let remembered = Counter::new(t, Some(&memos));
+        let count = |c: &Counter| super::prompt_tokens_for(api, body, c, template, now_unix_secs);
+        let first = count(&remembered);
+        assert_eq!(first, count(&remembered));
+        assert_eq!(first, count(&Counter::new(t, None)));
+        first
+    }
 
     fn o200k() -> &'static Tokenizer {
         sluice_tokenizer::o200k_base().unwrap()
@@ -321,6 +411,45 @@ mod tests {
                 prompt_tokens(Api::Completions, &c, t).unwrap(),
                 1 + u64::from(t.adds_bos())
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// Conversations that resend their history, each turn counted with one memo kept
+        /// across them (evicting as it fills), count what the tokenizer counts afresh: for
+        /// OpenAI's formula and, where its vocabulary is built in, an open model's template.
+        #[test]
+        fn a_memo_kept_across_requests_counts_exactly(
+            turns in proptest::collection::vec(
+                (proptest::sample::select(vec!["system", "user", "assistant"]),
+                 "[a-zA-Z <>|\n\u{4e00}-\u{4e10}]{0,200}"),
+                1..12),
+        ) {
+            let memos = CountMemos::default();
+            let mut families = vec![(o200k(), None)];
+            if let (Some(t), Some(src)) = (
+                sluice_tokenizer::by_name("qwen2"),
+                sluice_chat_template::builtin("qwen-2.5"),
+            ) {
+                families.push((t, Some(ChatTemplate::new(
+                    src,
+                    t.bos_token().unwrap_or_default(),
+                    t.eos_token().unwrap_or_default(),
+                ).unwrap())));
+            }
+            for (t, template) in &families {
+                let mut messages = Vec::new();
+                for (role, text) in &turns {
+                    messages.push(json!({"role": role, "content": text}));
+                    let body = json!({"model": "m", "messages": messages});
+                    let tmpl = template.as_ref().map(|t| (t, None));
+                    let remembered = super::prompt_tokens_for(
+                        Api::Chat, &body, &Counter::new(t, Some(&memos)), tmpl, 0);
+                    let fresh = super::prompt_tokens_for(
+                        Api::Chat, &body, &Counter::new(t, None), tmpl, 0);
+                    proptest::prop_assert_eq!(remembered, fresh);
+                }
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! The request side: parse the body once, count it, and ask streams for usage.
 
 use crate::config::{Api, Settings};
-use crate::prompt::prompt_tokens_for;
+use crate::prompt::{prompt_tokens_for, CountMemos, Counter};
 use serde_json::{Map, Value};
 use sluice_common::{ErrorKind, OpenAiError, RequestView};
 use sluice_tokenizer::Tokenizer;
@@ -30,12 +30,14 @@ fn invalid(message: impl Into<String>, param: Option<&str>) -> OpenAiError {
     }
 }
 
-/// Plan a request from its complete body. `Err` is the 400 to answer.
+/// Plan a request from its complete body, with the counts of texts seen lately in `memos`.
+/// `Err` is the 400 to answer.
 pub fn plan_request(
     settings: &Settings,
     api: Api,
     body: &[u8],
     now_unix_secs: u64,
+    memos: Option<&CountMemos>,
 ) -> Result<RequestPlan, OpenAiError> {
     let mut view = RequestView::parse(api, body)?;
     let model = view.model()?.to_string();
@@ -46,7 +48,7 @@ pub fn plan_request(
     let prompt_tokens = prompt_tokens_for(
         api,
         &view.body,
-        tokenizer,
+        &Counter::new(tokenizer, memos),
         template.map(|t| (t, defaults)),
         now_unix_secs,
     )
@@ -93,7 +95,7 @@ mod tests {
     }
 
     fn plan(body: Value) -> Result<RequestPlan, OpenAiError> {
-        plan_request(&settings(), Api::Chat, body.to_string().as_bytes(), 0)
+        plan_request(&settings(), Api::Chat, body.to_string().as_bytes(), 0, None)
     }
 
     #[test]
@@ -153,7 +155,9 @@ mod tests {
                 Some("messages"),
             ),
         ] {
-            let e = plan_request(&s, Api::Chat, body, 0).err().expect("a 400");
+            let e = plan_request(&s, Api::Chat, body, 0, None)
+                .err()
+                .expect("a 400");
             assert_eq!(e.status(), 400);
             assert_eq!(e.param.as_deref(), param);
         }

@@ -110,12 +110,18 @@ impl Tokenizer {
     /// Tokens of a model's prompt text: special-token text is one token each, the rest
     /// as [`Tokenizer::count`]. For a tiktoken encoding, the same as `count`.
     pub fn count_prompt(&self, text: &str) -> usize {
+        self.count_prompt_by(text, |plain| self.count(plain))
+    }
+
+    /// [`Tokenizer::count_prompt`] with the plain text between special tokens counted by
+    /// `count` (a caller that remembers counts of texts it saw).
+    pub fn count_prompt_by(&self, text: &str, mut count: impl FnMut(&str) -> usize) -> usize {
         if self.specials.is_empty() {
-            return self.count(text);
+            return count(text);
         }
         let mut total = 0;
         self.split_specials(text, |part| match part {
-            Ok(plain) => total += self.count(plain),
+            Ok(plain) => total += count(plain),
             Err(_) => total += 1,
         });
         total
