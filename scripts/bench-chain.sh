@@ -4,7 +4,8 @@
 # to each in turn on kept-alive connections, and each Envoy's CPU time per request (its
 # threads' schedstat) and median latency; the difference between consecutive prefixes is
 # what that filter adds. Then throughput (wrk, BENCH_CONNECTIONS) and latency at one
-# connection for bare Envoy and the whole chain, side by side; and with BENCH_PERF=1 a perf
+# connection for bare Envoy and the whole chain, side by side, with the same chat and with a
+# new prompt every request (rows named _fresh); and with BENCH_PERF=1 a perf
 # profile of the whole chain under load split by where the CPU went (the filters' wasm code
 # in V8, V8 itself, Envoy's wasm host calls, the rest of Envoy, the kernel).
 #
@@ -245,9 +246,11 @@ for call in "${HOST_CALLS[@]}"; do
 done
 
 # ---- Side by side: throughput at BENCH_CONNECTIONS, latency at 1 ----
-wrk_run() { # name port connections -> "rps p50_us p99_us non2xx"
-  wrk -t1 -c"$3" -d1s -s scripts/lib/post.lua "http://127.0.0.1:$2/v1/chat/completions" >/dev/null
-  wrk -t1 -c"$3" -d"${SECONDS_PER_RUN}s" --latency -s scripts/lib/post.lua \
+wrk_run() { # name port connections -> "rps p50_us p99_us non2xx"; a name ending in _fresh: every prompt new
+  local fresh=0
+  [[ $1 == *_fresh ]] && fresh=1
+  BENCH_FRESH=$fresh wrk -t1 -c"$3" -d1s -s scripts/lib/post.lua "http://127.0.0.1:$2/v1/chat/completions" >/dev/null
+  BENCH_FRESH=$fresh wrk -t1 -c"$3" -d"${SECONDS_PER_RUN}s" --latency -s scripts/lib/post.lua \
     "http://127.0.0.1:$2/v1/chat/completions" | "$PY" scripts/lib/wrk_summary.py
 }
 # Only the Envoys measured here keep running (the others' timers would share the cores).
@@ -261,8 +264,11 @@ echo
 WRK_ROUNDS=${BENCH_WRK_ROUNDS:-3}
 echo "side by side: wrk, $WRK_ROUNDS interleaved rounds of $SECONDS_PER_RUN s per target (medians);" \
   "throughput at $CONNS connections, latency at 1"
-rows=(direct:$MOCK_PORT bare:$PORT_bare chain:$PORT_chain picker:$PORT_picker sepvm:$PORT_sepvm)
-[ -z "$BASELINE_WASM" ] || rows+=(baseline:$PORT_baseline)
+# The same chat every request (what the memos of token-counter and pii-redaction serve), and
+# a new prompt every request (_fresh: what they cannot).
+rows=(direct:$MOCK_PORT bare:$PORT_bare chain:$PORT_chain picker:$PORT_picker sepvm:$PORT_sepvm
+  bare_fresh:$PORT_bare chain_fresh:$PORT_chain)
+[ -z "$BASELINE_WASM" ] || rows+=(baseline:$PORT_baseline baseline_fresh:$PORT_baseline)
 declare -A rps p50 p99
 for round in $(seq "$WRK_ROUNDS"); do
   for t in "${rows[@]}"; do
@@ -284,11 +290,16 @@ done
 awk -v c="${rps[chain]}" -v b="${rps[bare]}" -v cp="${p50[chain]}" -v bp="${p50[bare]}" \
   -v c9="${p99[chain]}" -v b9="${p99[bare]}" 'BEGIN {
   printf "whole chain: %.0f%% of bare Envoy'"'"'s throughput; p50 %+.0f us, p99 %+.0f us over bare Envoy\n", 100 * c / b, cp - bp, c9 - b9 }'
+awk -v c="${rps[chain_fresh]}" -v b="${rps[bare_fresh]}" -v cp="${p50[chain_fresh]}" -v bp="${p50[bare_fresh]}" \
+  -v c9="${p99[chain_fresh]}" -v b9="${p99[bare_fresh]}" 'BEGIN {
+  printf "whole chain, every prompt new: %.0f%% of bare Envoy'"'"'s throughput; p50 %+.0f us, p99 %+.0f us over bare Envoy\n", 100 * c / b, cp - bp, c9 - b9 }'
 awk -v c="${rps[picker]}" -v s="${rps[sepvm]}" -v cp="${p50[picker]}" -v sp="${p50[sepvm]}" 'BEGIN {
   printf "whole chain with endpoint-picker, one VM against a VM per filter: throughput x%.2f, p50 %+.0f us\n", c / s, cp - sp }'
 if [ -n "$BASELINE_WASM" ]; then
   awk -v c="${rps[picker]}" -v s="${rps[baseline]}" -v cp="${p50[picker]}" -v sp="${p50[baseline]}" -v r="$BENCH_BASELINE" 'BEGIN {
     printf "whole chain with endpoint-picker against %s: throughput x%.2f, p50 %+.0f us\n", r, c / s, cp - sp }'
+  awk -v c="${rps[picker]}" -v s="${rps[baseline_fresh]}" -v b="${rps[bare_fresh]}" -v r="$BENCH_BASELINE" 'BEGIN {
+    printf "%s with every prompt new: %.0f%% of bare Envoy'"'"'s throughput (against the chain with the picker, same prompt: %.0f%%)\n", r, 100 * s / b, 100 * c / b }'
 fi
 
 # ---- Where the whole chain's CPU goes (perf, BENCH_PERF=1; or BENCH_PERF=<row> for another) ----

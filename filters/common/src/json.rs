@@ -183,7 +183,7 @@ struct Node<'s, 'f> {
 
 impl<'s> Node<'s, '_> {
     /// The paths that go on into a member named `key` (`None`: an array's element).
-    fn into_child(&self, key: Option<&str>) -> Vec<&'s str> {
+    fn paths_into(&self, key: Option<&str>) -> Vec<&'s str> {
         self.rests
             .iter()
             .filter(|p| !p.is_empty())
@@ -222,7 +222,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         let mut going = true;
         while let Some(key) = map.next_key::<MemberName<'de>>()? {
             let rests = if going {
-                self.into_child(Some(&key.0))
+                self.paths_into(Some(&key.0))
             } else {
                 Vec::new()
             };
@@ -239,7 +239,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-        let rests = self.into_child(None);
+        let rests = self.paths_into(None);
         let mut going = true;
         if !rests.is_empty() {
             while going {
