@@ -32,6 +32,18 @@ pub struct MemoLimits {
     pub generation_bytes: usize,
 }
 
+impl MemoLimits {
+    /// For the texts of requests (token-counter's counts, pii-redaction's clean texts):
+    /// texts under 64 bytes are counted or scanned about as fast as they are looked up; a
+    /// generation of 1 MB holds a few hundred system prompts and conversation turns; one
+    /// text of up to 256 KB (a long document resent with each question).
+    pub const REQUEST_TEXTS: MemoLimits = MemoLimits {
+        min_len: 64,
+        max_len: 256 * 1024,
+        generation_bytes: 1024 * 1024,
+    };
+}
+
 struct Entry<V> {
     text: Box<str>,
     value: V,

@@ -190,15 +190,6 @@ struct InPlace {
     strings: usize,
 }
 
-/// Which texts a request has carried lately with nothing found in them: shorter ones are
-/// scanned about as fast as they are looked up; a generation of 1 MB holds a few hundred
-/// system prompts and conversation turns.
-const CLEAN_MEMO: MemoLimits = MemoLimits {
-    min_len: 64,
-    max_len: 256 * 1024,
-    generation_bytes: 1024 * 1024,
-};
-
 /// Texts requests carried lately in which nothing was found, under one configuration:
 /// every turn of a conversation resends its history and a tenant's system prompt comes with
 /// each request, so each is scanned once while it keeps coming (exact: the memo compares
@@ -207,7 +198,7 @@ pub struct CleanTexts(TextMemo<()>);
 
 impl Default for CleanTexts {
     fn default() -> Self {
-        Self(TextMemo::new(CLEAN_MEMO))
+        Self(TextMemo::new(MemoLimits::REQUEST_TEXTS))
     }
 }
 

@@ -36,15 +36,6 @@ fn bad(param: &'static str, message: impl Into<String>) -> BadField {
     }
 }
 
-/// Which texts the counts are remembered for: shorter ones are counted about as fast as
-/// they are looked up; a generation of 1 MB holds a few hundred system prompts and
-/// conversation turns.
-const COUNT_MEMO: MemoLimits = MemoLimits {
-    min_len: 64,
-    max_len: 256 * 1024,
-    generation_bytes: 1024 * 1024,
-};
-
 /// Token counts of the texts counted lately, per tokenizer: every turn of a conversation
 /// resends its history and a tenant's system prompt comes with each request, so each
 /// message's text is tokenized once while it keeps coming (exact: a text's count is the
@@ -60,7 +51,7 @@ impl CountMemos {
         let at = match memos.iter().position(|(name, _)| *name == t.name()) {
             Some(at) => at,
             None => {
-                memos.push((t.name(), TextMemo::new(COUNT_MEMO)));
+                memos.push((t.name(), TextMemo::new(MemoLimits::REQUEST_TEXTS)));
                 memos.len() - 1
             }
         };
