@@ -162,7 +162,7 @@ fn read_in_place(
             return true;
         }
         if let Some(memo) = clean.as_deref_mut() {
-            if memo.get(t).is_some() {
+            if memo.holds(t) {
                 return true;
             }
         }
@@ -170,7 +170,7 @@ fn read_in_place(
         read.found = !scratch.is_empty();
         if !read.found {
             if let Some(memo) = clean.as_deref_mut() {
-                memo.insert(t, ());
+                memo.remember(t);
             }
         }
         true
@@ -203,12 +203,13 @@ impl Default for CleanTexts {
 }
 
 impl CleanTexts {
-    fn get(&mut self, text: &str) -> Option<()> {
-        self.0.get(text)
+    /// Whether `text` was found clean lately (and is kept as such a while longer).
+    fn holds(&mut self, text: &str) -> bool {
+        self.0.get(text).is_some()
     }
 
-    fn insert(&mut self, text: &str, clean: ()) {
-        self.0.insert(text, clean)
+    fn remember(&mut self, text: &str) {
+        self.0.insert(text, ())
     }
 }
 
