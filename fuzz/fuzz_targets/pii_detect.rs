@@ -2,9 +2,15 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use sluice_common::api::GOVERNED_PATHS;
-use sluice_pii_redaction::{redact_response, scan_request, Direction, Redactor};
+use sluice_pii_redaction::{redact_response, scan_request, CleanTexts, Direction, Redactor};
+use std::cell::RefCell;
 #[path = "common.rs"]
 mod common;
+
+thread_local! {
+    /// Texts found clean, kept across inputs as the filter keeps them across requests.
+    static CLEAN: RefCell<CleanTexts> = RefCell::new(CleanTexts::default());
+}
 
 fuzz_target!(|data: &[u8]| {
     let s = common::pii_settings();
@@ -34,7 +40,12 @@ fuzz_target!(|data: &[u8]| {
     }
     for (_, api) in GOVERNED_PATHS {
         let mut r = Redactor::default();
-        let _ = scan_request(s, &mut r, api, data);
+        let scanned = scan_request(s, &mut r, api, data, None);
+        // What earlier inputs left remembered changes no outcome.
+        let remembered = CLEAN.with(|c| {
+            scan_request(s, &mut Redactor::default(), api, data, Some(&mut c.borrow_mut()))
+        });
+        assert_eq!(scanned, remembered);
         let _ = redact_response(s, &mut r, api, data);
     }
 });
