@@ -43,7 +43,13 @@ fuzz_target!(|data: &[u8]| {
         let scanned = scan_request(s, &mut r, api, data, None);
         // What earlier inputs left remembered changes no outcome.
         let remembered = CLEAN.with(|c| {
-            scan_request(s, &mut Redactor::default(), api, data, Some(&mut c.borrow_mut()))
+            scan_request(
+                s,
+                &mut Redactor::default(),
+                api,
+                data,
+                Some(&mut c.borrow_mut()),
+            )
         });
         assert_eq!(scanned, remembered);
         let _ = redact_response(s, &mut r, api, data);
