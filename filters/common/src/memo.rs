@@ -86,16 +86,16 @@ impl<V: Copy> TextMemo<V> {
         }
     }
 
-    fn keeps(&self, text: &str) -> bool {
-        (self.limits.min_len..=self.limits.max_len).contains(&text.len())
+    /// `text`'s slot, when the limits keep texts of its length.
+    fn key(&self, text: &str) -> Option<u64> {
+        (self.limits.min_len..=self.limits.max_len)
+            .contains(&text.len())
+            .then(|| (self.hash)(text))
     }
 
-    /// The value remembered for exactly `text`.
-    pub fn get(&mut self, text: &str) -> Option<V> {
-        if !self.keeps(text) {
-            return None;
-        }
-        let key = (self.hash)(text);
+    /// The value remembered for exactly `text` in slot `key`; one found in the previous
+    /// generation moves to the current one.
+    fn get_at(&mut self, key: u64, text: &str) -> Option<V> {
         if let Some(e) = self.current.get(&key) {
             return (*e.text == *text).then_some(e.value);
         }
@@ -108,28 +108,41 @@ impl<V: Copy> TextMemo<V> {
         None
     }
 
-    /// Remember `value` for `text` (a text the limits do not keep is left out).
-    pub fn insert(&mut self, text: &str, value: V) {
-        if self.keeps(text) {
-            let key = (self.hash)(text);
-            self.put(
-                key,
-                Entry {
-                    text: text.into(),
-                    value,
-                },
-            );
+    /// The value for `text`, computed by `f` only when it is not remembered; what `f` gives
+    /// is remembered unless it is `None` (a value not worth keeping).
+    pub fn get_or_insert_if(&mut self, text: &str, f: impl FnOnce(&str) -> Option<V>) -> Option<V> {
+        let Some(key) = self.key(text) else {
+            return f(text);
+        };
+        if let Some(v) = self.get_at(key, text) {
+            return Some(v);
         }
+        let v = f(text)?;
+        self.remember(key, text, v);
+        Some(v)
     }
 
     /// The value for `text`, computed by `f` only when it is not remembered.
     pub fn get_or_insert_with(&mut self, text: &str, f: impl FnOnce(&str) -> V) -> V {
-        if let Some(v) = self.get(text) {
+        let Some(key) = self.key(text) else {
+            return f(text);
+        };
+        if let Some(v) = self.get_at(key, text) {
             return v;
         }
         let v = f(text);
-        self.insert(text, v);
+        self.remember(key, text, v);
         v
+    }
+
+    fn remember(&mut self, key: u64, text: &str, value: V) {
+        self.put(
+            key,
+            Entry {
+                text: text.into(),
+                value,
+            },
+        );
     }
 
     fn put(&mut self, key: u64, entry: Entry<V>) {
@@ -145,7 +158,8 @@ impl<V: Copy> TextMemo<V> {
     }
 
     /// Bytes held, both generations (texts and the cost per entry).
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         self.current_bytes + self.previous.values().map(Entry::cost).sum::<usize>()
     }
 }

@@ -158,20 +158,15 @@ fn read_in_place(
     let mut read = InPlace::default();
     let mut each = |t: &str| {
         read.strings += 1;
-        if read.found {
-            return true;
-        }
-        if let Some(memo) = clean.as_deref_mut() {
-            if memo.holds(t) {
-                return true;
-            }
-        }
-        find(s, t, 0, &mut scratch);
-        read.found = !scratch.is_empty();
         if !read.found {
-            if let Some(memo) = clean.as_deref_mut() {
-                memo.remember(t);
-            }
+            let mut scan = |t: &str| {
+                find(s, t, 0, &mut scratch);
+                scratch.is_empty()
+            };
+            read.found = !match clean.as_deref_mut() {
+                Some(memo) => memo.clean(t, scan),
+                None => scan(t),
+            };
         }
         true
     };
@@ -203,13 +198,12 @@ impl Default for CleanTexts {
 }
 
 impl CleanTexts {
-    /// Whether `text` was found clean lately (and is kept as such a while longer).
-    fn holds(&mut self, text: &str) -> bool {
-        self.0.get(text).is_some()
-    }
-
-    fn remember(&mut self, text: &str) {
-        self.0.insert(text, ())
+    /// Whether `text` is clean: remembered so, or `scan` finds it so now (and it is
+    /// remembered).
+    fn clean(&mut self, text: &str, scan: impl FnOnce(&str) -> bool) -> bool {
+        self.0
+            .get_or_insert_if(text, |t| scan(t).then_some(()))
+            .is_some()
     }
 }
 

@@ -48,14 +48,10 @@ impl CountMemos {
         let Ok(mut memos) = self.0.try_borrow_mut() else {
             return t.count(s) as u64;
         };
-        let at = match memos.iter().position(|(name, _)| *name == t.name()) {
-            Some(at) => at,
-            None => {
-                memos.push((t.name(), TextMemo::new(MemoLimits::REQUEST_TEXTS)));
-                memos.len() - 1
-            }
-        };
-        match memos.get_mut(at) {
+        if !memos.iter().any(|(name, _)| *name == t.name()) {
+            memos.push((t.name(), TextMemo::new(MemoLimits::REQUEST_TEXTS)));
+        }
+        match memos.iter_mut().find(|(name, _)| *name == t.name()) {
             Some((_, memo)) => memo.get_or_insert_with(s, |s| t.count(s) as u64),
             None => t.count(s) as u64,
         }
@@ -81,14 +77,11 @@ impl<'a> Counter<'a> {
             None => self.tokenizer.count(s) as u64,
         }
     }
-}
 
-fn count(t: &Counter, s: &str) -> u64 {
-    t.count(s)
-}
-
-fn count_json(t: &Counter, v: &Value) -> u64 {
-    count(t, &v.to_string())
+    /// A structured value (tool definitions, tool calls) counts as its JSON text.
+    fn count_json(&self, v: &Value) -> u64 {
+        self.count(&v.to_string())
+    }
 }
 
 /// Prompt tokens of a parsed body for a model counted with `t` and, when it has one, the
@@ -174,7 +167,7 @@ fn structured(api: Api, body: &Value, t: &Counter) -> u64 {
     };
     let texts = sluice_common::api::strings_at_all(body, api.request_text_paths());
     let mut total = REPLY_PRIMING + TOKENS_PER_MESSAGE * items;
-    total += texts.iter().map(|s| count(t, s)).sum::<u64>();
+    total += texts.iter().map(|s| t.count(s)).sum::<u64>();
     if let Some(Value::Array(messages)) = body.get("messages") {
         for block in messages
             .iter()
@@ -185,12 +178,12 @@ fn structured(api: Api, body: &Value, t: &Counter) -> u64 {
                 .get("input")
                 .filter(|_| block.get("type") == Some(&Value::from("tool_use")))
             {
-                total += count_json(t, input);
+                total += t.count_json(input);
             }
         }
     }
     if let Some(defs) = body.get("tools").filter(|v| !v.is_null()) {
-        total += count_json(t, defs);
+        total += t.count_json(defs);
     }
     total
 }
@@ -228,23 +221,23 @@ fn chat(body: &Value, t: &Counter) -> Result<u64, BadField> {
             total += match (key.as_str(), value) {
                 (_, Value::Null) => 0,
                 ("content", v) => content(v, t)?,
-                ("name", Value::String(s)) => count(t, s) + TOKENS_PER_NAME,
-                (_, Value::String(s)) => count(t, s),
+                ("name", Value::String(s)) => t.count(s) + TOKENS_PER_NAME,
+                (_, Value::String(s)) => t.count(s),
                 // tool_calls, function_call, and anything structured: its JSON text.
-                (_, v) => count_json(t, v),
+                (_, v) => t.count_json(v),
             };
         }
     }
     for key in ["tools", "functions"] {
         if let Some(defs) = body.get(key).filter(|v| !v.is_null()) {
-            total += count_json(t, defs);
+            total += t.count_json(defs);
         }
     }
     Ok(total)
 }
 
 fn content(v: &Value, t: &Counter) -> Result<u64, BadField> {
-    Ok(content_texts(v)?.into_iter().map(|s| count(t, s)).sum())
+    Ok(content_texts(v)?.into_iter().map(|s| t.count(s)).sum())
 }
 
 /// The texts of a message's content: a string, or the text parts of an array (images,
@@ -282,7 +275,7 @@ fn prompt_string(t: &Counter, s: &str) -> u64 {
     if t.tokenizer.has_specials() {
         prompt_text_tokens(t, s)
     } else {
-        count(t, s)
+        t.count(s)
     }
 }
 
