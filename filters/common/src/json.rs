@@ -160,11 +160,7 @@ pub fn for_each_string_at(
     f: &mut dyn FnMut(&str) -> bool,
 ) -> Result<bool, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(doc);
-    let going = Node {
-        rests: paths.to_vec(),
-        f,
-    }
-    .deserialize(&mut de)?;
+    let going = Node { rests: paths, f }.deserialize(&mut de)?;
     de.end()?;
     Ok(going)
 }
@@ -176,12 +172,12 @@ fn first_step(path: &str) -> (&str, &str) {
 
 /// What is left of [`for_each_string_at`]'s paths at one value: each path's remaining
 /// steps, empty for a path that ends here.
-struct Node<'s, 'f> {
-    rests: Vec<&'s str>,
+struct Node<'r, 's, 'f> {
+    rests: &'r [&'s str],
     f: &'f mut dyn FnMut(&str) -> bool,
 }
 
-impl<'s> Node<'s, '_> {
+impl<'s> Node<'_, 's, '_> {
     /// The paths that go on into a member named `key` (`None`: an array's element).
     fn paths_into(&self, key: Option<&str>) -> Vec<&'s str> {
         self.rests
@@ -194,7 +190,7 @@ impl<'s> Node<'s, '_> {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
+impl<'de> DeserializeSeed<'de> for Node<'_, '_, '_> {
     type Value = bool;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
@@ -202,7 +198,7 @@ impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
     }
 }
 
-impl<'de> Visitor<'de> for Node<'_, '_> {
+impl<'de> Visitor<'de> for Node<'_, '_, '_> {
     type Value = bool;
 
     fn expecting(&self, out: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -230,7 +226,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
                 map.next_value::<IgnoredAny>()?;
             } else {
                 going = map.next_value_seed(Node {
-                    rests,
+                    rests: &rests,
                     f: &mut *self.f,
                 })?;
             }
@@ -244,7 +240,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         if !rests.is_empty() {
             while going {
                 match seq.next_element_seed(Node {
-                    rests: rests.clone(),
+                    rests: &rests,
                     f: &mut *self.f,
                 })? {
                     Some(g) => going = g,
