@@ -112,6 +112,29 @@ fn spawn_chat(
     })
 }
 
+/// Wait until the pool's backends have received `n` chat requests in all, i.e. the gateway has
+/// placed them. A fixed sleep raced the first requests through a fresh Envoy under CI load
+/// (a request meant to find the pool full was placed before the fills).
+async fn wait_received(s: &Stack, n: usize) {
+    eventually(
+        &format!("{n} requests at the backends"),
+        Duration::from_secs(10),
+        || async {
+            let mut received = 0;
+            for b in s.backends("pool-a") {
+                received += b
+                    .requests()
+                    .await
+                    .iter()
+                    .filter(|r| r["path"] == CHAT)
+                    .count();
+            }
+            (received >= n).then_some(())
+        },
+    )
+    .await;
+}
+
 /// The engine's own report, as the picker reads it.
 async fn waiting(url: &str) -> f64 {
     engine_metric(url, "vllm:num_requests_waiting")
@@ -400,7 +423,7 @@ async fn a_full_pool_queues_in_the_gateway_interactive_before_batch() {
         send(KEY, 150, "fill-0".into()),
         send(KEY, 150, "fill-1".into()),
     ];
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_received(&s, 2).await;
     for i in 0..3 {
         tasks.push(send(BATCH, 20, format!("batch-{i}")));
     }
@@ -486,7 +509,7 @@ async fn a_tenant_flooding_the_queue_does_not_starve_another() {
         send(KEY, 150, "fill-0".into()),
         send(KEY, 150, "fill-1".into()),
     ];
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_received(&s, 2).await;
     for i in 0..10 {
         tasks.push(send(KEY, 20, format!("flood-{i}")));
     }
@@ -531,6 +554,9 @@ async fn a_wait_past_the_bound_gets_429_with_retry_after() {
     ))
     .await;
     s.wait_all_healthy().await;
+    for b in s.backends("pool-a") {
+        b.clear().await;
+    }
     let fills: Vec<_> = (0..2)
         .map(|i| {
             let gateway = s.gateway.clone();
@@ -546,7 +572,7 @@ async fn a_wait_past_the_bound_gets_429_with_retry_after() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wait_received(&s, 2).await;
     let started = std::time::Instant::now();
     let r = reqwest::Client::new()
         .post(format!("{}{CHAT}", s.gateway))
