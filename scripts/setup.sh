@@ -29,6 +29,9 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 # docker-compose (Debian's, v1): `docker-compose config` validates docker-compose.yml
 # statically; no Docker engine is needed or used.
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+# binaryen's wasm-opt: scripts/build.sh optimises each filter module after rustc
+# (docs/benchmarks.md, "wasm-opt").
+command -v wasm-opt >/dev/null 2>&1 || missing+=(binaryen)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   SUDO=""
