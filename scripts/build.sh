@@ -13,10 +13,10 @@ scripts/llama-src.sh >/dev/null
 # binaryen's wasm-opt -O3, at target/wasm/NAME.wasm. Binaryen's passes work on the wasm
 # itself after LLVM (locals, control flow, inlining, as V8 will compile them): the code
 # section 17% smaller, the data segments' zero runs dropped, and the chain costs V8 less CPU
-# a request (docs/benchmarks.md, "wasm-opt"). Only when cargo's output is newer than ours:
-# 20 s for the 34 MB one-module build. The features are those rustc's wasm32-wasip1 output
-# uses; wasm-opt refuses a module that uses any other, so a new one shows up here, not in
-# Envoy.
+# a request (docs/benchmarks.md, "wasm-opt after rustc"). Only when cargo's output is
+# newer than ours: 20 s for the 34 MB one-module build. The features are those rustc's
+# wasm32-wasip1 output uses; wasm-opt refuses a module that uses any other, so a new one
+# shows up here, not in Envoy.
 optimize_wasm() {
   local src="target/wasm32-wasip1/wasm-release/$1.wasm" dest="target/wasm/$1.wasm"
   [ -f "$dest" ] && [ "$dest" -nt "$src" ] && return 0
