@@ -581,7 +581,14 @@ async fn a_wait_past_the_bound_gets_429_with_retry_after() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 429);
+    // Where each request went, if the pool was not full.
+    let placed = || -> Vec<Value> {
+        s.access_log()
+            .iter()
+            .map(|l| json!([l["endpoint"], l["upstream_host"], l["status"]]))
+            .collect()
+    };
+    assert_eq!(r.status(), 429, "{:?}", placed());
     assert_eq!(r.headers()["retry-after"], "1");
     let waited = started.elapsed();
     assert!(

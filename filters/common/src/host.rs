@@ -195,9 +195,19 @@ pub fn update_shared<T: AsRef<[u8]>>(
     key: &str,
     mut next: impl FnMut(Option<&[u8]>) -> T,
 ) -> Option<T> {
+    try_update_shared(host, key, |v| Some(next(v)))
+}
+
+/// [`update_shared`], where `next` may decline (`None`) to write anything for the value it
+/// sees: then `None`, and the value stays as another worker left it.
+pub fn try_update_shared<T: AsRef<[u8]>>(
+    host: &dyn Host,
+    key: &str,
+    mut next: impl FnMut(Option<&[u8]>) -> Option<T>,
+) -> Option<T> {
     for _ in 0..32 {
         let (value, cas) = host.shared_data(key);
-        let new = next(value.as_deref());
+        let new = next(value.as_deref())?;
         // A missing key is created with a version no live key has (see rate-limit's store).
         match host.set_shared_data(key, new.as_ref(), Some(cas.unwrap_or(u32::MAX))) {
             Ok(()) => return Some(new),
@@ -221,6 +231,17 @@ fn counter_value(value: Option<&[u8]>) -> u64 {
 pub fn add_shared(host: &dyn Host, key: &str, delta: i64) -> Option<u64> {
     update_shared(host, key, |v| {
         counter_value(v).saturating_add_signed(delta).to_le_bytes()
+    })
+    .map(u64::from_le_bytes)
+}
+
+/// Add one to a counter in shared data unless it is already at `max`, by compare-and-swap:
+/// of workers racing for the last unit, one gets it. The new value, or `None` when the
+/// counter is at `max` (or the store kept refusing).
+pub fn add_shared_below(host: &dyn Host, key: &str, max: u64) -> Option<u64> {
+    try_update_shared(host, key, |v| {
+        let n = counter_value(v);
+        (n < max).then(|| n.saturating_add(1).to_le_bytes())
     })
     .map(u64::from_le_bytes)
 }

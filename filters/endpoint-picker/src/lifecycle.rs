@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use sluice_common::api::raw_fields;
 use sluice_common::hash::xorshift64;
 use sluice_common::host::{
-    add_shared, now_unix_millis, plugin_config, send_error, set_text_property, shared_counter,
-    text_property, CounterSet, Flow, GaugeSet, Histogram, Host, HttpCall, Lifecycle, Plugin, Side,
+    add_shared, add_shared_below, now_unix_millis, plugin_config, send_error, set_text_property,
+    shared_counter, text_property, CounterSet, Flow, GaugeSet, Histogram, Host, HttpCall,
+    Lifecycle, Plugin, Side,
 };
 use sluice_common::metrics::label;
 use sluice_common::{properties, ConfigError, ErrorKind, OpenAiError, Priority};
@@ -320,6 +321,31 @@ impl EndpointPicker {
             .and_then(|n| add_shared(host, &n.in_flight, delta))
     }
 
+    /// Count a request in to the first endpoint of `order` (pool `p`'s ranking) with room
+    /// under the pool's flow limit, by compare-and-swap: two workers placing at once cannot
+    /// both take an endpoint's last slot, and a prefix's home that is full passes the
+    /// request on. Without a flow limit, or without room anywhere (workers took the last
+    /// slots since `saturated` looked), the first. The endpoint and its count.
+    fn reserve(&self, host: &dyn Host, p: usize, order: &[usize]) -> Option<(usize, u64)> {
+        let first = *order.first()?;
+        if let Some(max) = self
+            .config
+            .pools
+            .get(p)
+            .and_then(|pool| self.config.flow_limit(pool))
+        {
+            for &e in order {
+                let taken = self
+                    .endpoint_names(p, e)
+                    .and_then(|n| add_shared_below(host, &n.in_flight, max));
+                if let Some(n) = taken {
+                    return Some((e, n));
+                }
+            }
+        }
+        Some((first, self.add_in_flight(host, p, first, 1).unwrap_or(0)))
+    }
+
     fn count(&self, host: &mut dyn Host, name: &str) {
         self.counters.borrow_mut().add(host, name, 1);
     }
@@ -440,11 +466,20 @@ impl EndpointPicker {
             .collect();
         drop(view);
         let ranking = rank(&candidates, &self.config.weights, self.random())?;
-        let first = ranking.order.first().copied()?;
-        let addresses: Vec<&str> = ranking
-            .order
-            .iter()
-            .filter_map(|i| pool.endpoints.get(*i).map(|e| e.address.as_str()))
+        let (first, in_flight) = self.reserve(&*host, p, &ranking.order)?;
+        // The ranking's first was full: the next with room, by load.
+        let (reason, load) = if ranking.order.first() == Some(&first) {
+            (ranking.reason, ranking.load)
+        } else {
+            let load = candidates
+                .get(first)
+                .map_or(0.0, |c| c.load(&self.config.weights));
+            (Reason::Load, load)
+        };
+        // The endpoint counted in first, then the rest in rank order (Envoy's fallbacks).
+        let addresses: Vec<&str> = std::iter::once(first)
+            .chain(ranking.order.iter().copied().filter(|e| *e != first))
+            .filter_map(|i| pool.endpoints.get(i).map(|e| e.address.as_str()))
             .collect();
         host.set_header(
             Side::Request,
@@ -452,7 +487,6 @@ impl EndpointPicker {
             &addresses.join(","),
         );
         let chosen = addresses.first().copied().unwrap_or_default();
-        let in_flight = self.add_in_flight(&*host, p, first, 1).unwrap_or(0);
         if let Some(names) = self.endpoint_names(p, first) {
             recent::add_one(&*host, &names.recent, now);
         }
@@ -480,8 +514,8 @@ impl EndpointPicker {
         }
         let decision = Decision {
             endpoint: chosen,
-            reason: ranking.reason.as_str(),
-            load: ranking.load,
+            reason: reason.as_str(),
+            load,
             prefix_blocks: held
                 .filter(|(_, at)| usize::from(*at) == first)
                 .map_or(0, |(b, _)| b),
@@ -492,7 +526,7 @@ impl EndpointPicker {
             set_text_property(host, properties::ENDPOINT, &record);
         }
         if let Some(names) = self.endpoint_names(p, first) {
-            self.count(host, names.picks(ranking.reason));
+            self.count(host, names.picks(reason));
         }
         Some(first)
     }

@@ -579,3 +579,41 @@ fn batch_requests_leave_the_headroom_to_interactive_ones() {
     b3.on_log(&mut host);
     assert_eq!(shared_counter(&host, &in_flight_key(A)), 0);
 }
+
+#[test]
+fn an_endpoint_at_its_flow_limit_passes_the_request_to_the_next_in_the_ranking() {
+    let mut host = MockHost::new();
+    let p = flow_picker(&mut host);
+    // Another worker's request holds A's only slot (counted after this one looked).
+    let _ = add_shared(&host, &in_flight_key(A), 1);
+    assert_eq!(
+        p.reserve(&host, 0, &[0, 1]),
+        Some((1, 1)),
+        "B, not A over its limit"
+    );
+    assert_eq!(shared_counter(&host, &in_flight_key(A)), 1);
+    // Both full (every slot taken since `saturated` looked): the first, over by one, as
+    // Envoy would have sent it anyway.
+    assert_eq!(p.reserve(&host, 0, &[0, 1]), Some((0, 2)));
+    // A pool without a flow limit counts in its first whatever the count.
+    let mut host = MockHost::new();
+    let plain = picker(&mut host, "vllm");
+    let _ = add_shared(&host, &in_flight_key(A), 5);
+    assert_eq!(plain.reserve(&host, 0, &[0, 1]), Some((0, 6)));
+}
+
+#[test]
+fn a_conversation_whose_home_is_at_its_flow_limit_goes_to_the_endpoint_with_room() {
+    let mut host = MockHost::new();
+    let p = flow_picker(&mut host);
+    // The same conversation twice: the prefix pulls the second to A, which is full.
+    let messages = json!([{"role": "system", "content": "a long shared system prompt, many blocks"},
+        {"role": "user", "content": "one"}]);
+    let (_r1, h1) = send(&mut host, &p, messages.clone());
+    let (_r2, h2) = send(&mut host, &p, messages);
+    let (h1, h2) = (h1.unwrap(), h2.unwrap());
+    assert_ne!(h1.split(',').next(), h2.split(',').next(), "{h1} / {h2}");
+    assert_eq!(shared_counter(&host, &in_flight_key(A)), 1);
+    assert_eq!(shared_counter(&host, &in_flight_key(B)), 1);
+    assert_eq!(decision(&host)["in_flight"], 1);
+}
