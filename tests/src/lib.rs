@@ -893,6 +893,20 @@ impl Stack {
         self.pools.iter().filter(|m| m.pool == pool).collect()
     }
 
+    /// How many requests for `path` the backends of `pool` received, in all.
+    pub async fn received(&self, pool: &str, path: &str) -> usize {
+        let mut n = 0;
+        for b in self.backends(pool) {
+            n += b
+                .requests()
+                .await
+                .iter()
+                .filter(|r| r["path"] == path)
+                .count();
+        }
+        n
+    }
+
     pub fn key_file(&self) -> PathBuf {
         self.dir.path().join("ecds/key-auth.json")
     }

@@ -113,24 +113,12 @@ fn spawn_chat(
 }
 
 /// Wait until the pool's backends have received `n` chat requests in all, i.e. the gateway has
-/// placed them. A fixed sleep raced the first requests through a fresh Envoy under CI load
-/// (a request meant to find the pool full was placed before the fills).
+/// placed them (not a fixed sleep, which a loaded machine outruns).
 async fn wait_received(s: &Stack, n: usize) {
     eventually(
         &format!("{n} requests at the backends"),
         Duration::from_secs(10),
-        || async {
-            let mut received = 0;
-            for b in s.backends("pool-a") {
-                received += b
-                    .requests()
-                    .await
-                    .iter()
-                    .filter(|r| r["path"] == CHAT)
-                    .count();
-            }
-            (received >= n).then_some(())
-        },
+        || async { (s.received("pool-a", CHAT).await >= n).then_some(()) },
     )
     .await;
 }
@@ -463,11 +451,7 @@ async fn a_full_pool_queues_in_the_gateway_interactive_before_batch() {
         "a batch request was served before an interactive one: {order:?} {decisions:?}"
     );
     // Each request reached a backend exactly once.
-    let mut received = 0;
-    for b in s.backends("pool-a") {
-        received += b.requests().await.len();
-    }
-    assert_eq!(received, 7);
+    assert_eq!(s.received("pool-a", CHAT).await, 7);
     // The queued requests end last: wait for their lines (the file is flushed every 100 ms,
     // later under load) before looking for the queue's mark.
     let log = eventually("seven access-log lines", Duration::from_secs(10), || {

@@ -499,15 +499,7 @@ async fn a_paraphrase_hits_the_semantic_tier_an_unrelated_prompt_or_a_second_tur
     )
     .await;
     assert_eq!(other.1.as_deref(), Some("miss"));
-    let mut chats = 0;
-    for b in s.backends("pool-a") {
-        chats += b
-            .requests()
-            .await
-            .iter()
-            .filter(|r| r["path"] == CHAT)
-            .count();
-    }
+    let chats = s.received("pool-a", CHAT).await;
     assert_eq!(
         chats, 4,
         "every request but the paraphrase reached the backend"
