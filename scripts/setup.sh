@@ -30,7 +30,7 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 # statically; no Docker engine is needed or used.
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 # binaryen's wasm-opt: scripts/build.sh optimises each filter module after rustc
-# (docs/benchmarks.md, "wasm-opt").
+# (docs/benchmarks.md, "wasm-opt after rustc").
 command -v wasm-opt >/dev/null 2>&1 || missing+=(binaryen)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
