@@ -276,19 +276,65 @@ impl NamedMetrics {
 
 /// Counters named at run time; see [`NamedMetrics`].
 #[derive(Debug)]
-pub struct CounterSet(NamedMetrics);
+pub struct CounterSet {
+    names: NamedMetrics,
+    /// [`CounterSet::add_labeled`]'s ids by family and label values (length-prefixed, so
+    /// no two lists of values make the same key), at most `2 * max` of them.
+    by_values: HashMap<Vec<u8>, Option<u32>>,
+    /// The key being looked up, reused so that a lookup allocates nothing.
+    key: Vec<u8>,
+}
 
 impl CounterSet {
     pub fn new(max: usize) -> Self {
-        Self(NamedMetrics {
-            kind: MetricKind::Counter,
-            ids: HashMap::new(),
-            max,
-        })
+        Self {
+            names: NamedMetrics {
+                kind: MetricKind::Counter,
+                ids: HashMap::new(),
+                max,
+            },
+            by_values: HashMap::new(),
+            key: Vec::new(),
+        }
     }
 
     pub fn add(&mut self, host: &mut dyn Host, name: &str, n: u64) {
-        if let Some(id) = self.0.id(host, name) {
+        if let Some(id) = self.names.id(host, name) {
+            host.increment_metric(id, n);
+        }
+    }
+
+    /// Add `n` to the counter of `family` for these label `values`, named by `name()`
+    /// (the family and the values, sanitised with [`crate::metrics::label`]). The name is
+    /// built only the first time the values are seen: the same counter a request later is a
+    /// lookup of the values as they are, with no formatting, sanitising or name hashing
+    /// (for token-counter that was four names a request).
+    pub fn add_labeled(
+        &mut self,
+        host: &mut dyn Host,
+        family: &str,
+        values: &[&str],
+        n: u64,
+        name: impl FnOnce() -> String,
+    ) {
+        let mut key = std::mem::take(&mut self.key);
+        key.clear();
+        for part in std::iter::once(family).chain(values.iter().copied()) {
+            key.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            key.extend_from_slice(part.as_bytes());
+        }
+        let id = match self.by_values.get(key.as_slice()) {
+            Some(id) => *id,
+            None => {
+                let id = self.names.id(host, &name());
+                if self.by_values.len() < 2 * self.names.max {
+                    self.by_values.insert(key.clone(), id);
+                }
+                id
+            }
+        };
+        self.key = key;
+        if let Some(id) = id {
             host.increment_metric(id, n);
         }
     }

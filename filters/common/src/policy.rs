@@ -1,6 +1,8 @@
 //! The per-key policy that key-auth publishes as `sluice_policy` and later filters enforce.
 
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::rc::Rc;
 
 /// Limits attached to one key. Absent means "no limit of this kind for this key"; the
 /// rate-limit filter may still apply tenant-, model- or global limits from its own config.
@@ -81,9 +83,68 @@ pub struct Policy {
     pub priority: Priority,
 }
 
+/// How many published policies a VM keeps parsed ([`Policy::from_published`]).
+const PARSED_POLICIES: usize = 4;
+
+thread_local! {
+    /// The policy texts last parsed in this VM (a VM runs on one thread), newest last.
+    static PARSED: RefCell<Vec<(Box<str>, Rc<Policy>)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Policy {
+    /// The policy key-auth published (`sluice_policy`), parsed; `None` when the text is
+    /// not one. Three filters of the chain read the same request's policy (rate-limit's two
+    /// stages and model-router) and a key's requests all carry the same text, so the last
+    /// few texts parsed in this VM are kept with what they gave and a text met again is
+    /// compared, not parsed. The entry is found by the whole text, of which the policy is
+    /// a pure function: nothing is taken from it that the text does not say.
+    pub fn from_published(text: &str) -> Option<Rc<Policy>> {
+        let known = PARSED.with(|parsed| {
+            parsed
+                .borrow()
+                .iter()
+                .find(|(t, _)| **t == *text)
+                .map(|(_, p)| p.clone())
+        });
+        if known.is_some() {
+            return known;
+        }
+        let policy = Rc::new(serde_json::from_str::<Policy>(text).ok()?);
+        PARSED.with(|parsed| {
+            let mut parsed = parsed.borrow_mut();
+            if parsed.len() >= PARSED_POLICIES {
+                parsed.remove(0);
+            }
+            parsed.push((text.into(), policy.clone()));
+        });
+        Some(policy)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_published_policy_is_parsed_once_and_found_by_its_whole_text() {
+        let text = |tenant: &str| {
+            format!(r#"{{"key_id":"k","tenant":"{tenant}","models":["*"],"limits":{{}}}}"#)
+        };
+        let a = Policy::from_published(&text("a")).unwrap();
+        assert_eq!(a.tenant, "a");
+        // The same text again: the same parsed policy, not a second parse.
+        assert!(Rc::ptr_eq(&a, &Policy::from_published(&text("a")).unwrap()));
+        // One byte else: its own policy.
+        assert_eq!(Policy::from_published(&text("b")).unwrap().tenant, "b");
+        assert!(Policy::from_published(r#"{"tenant":"a"}"#).is_none());
+        // Past the bound, the oldest text is parsed anew when it comes back.
+        for t in ["c", "d", "e", "f"] {
+            Policy::from_published(&text(t)).unwrap();
+        }
+        let again = Policy::from_published(&text("a")).unwrap();
+        assert!(!Rc::ptr_eq(&a, &again));
+        assert_eq!(*a, *again);
+    }
 
     #[test]
     fn a_priority_parses_as_it_is_written() {

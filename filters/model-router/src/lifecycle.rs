@@ -68,8 +68,8 @@ pub struct RouterRequest {
     awaiting: Option<Api>,
 }
 
-fn policy(host: &dyn Host) -> Option<Policy> {
-    text_property(host, properties::POLICY).and_then(|p| serde_json::from_str(&p).ok())
+fn policy(host: &dyn Host) -> Option<Rc<Policy>> {
+    text_property(host, properties::POLICY).and_then(|p| Policy::from_published(&p))
 }
 
 impl Lifecycle for RouterRequest {
@@ -78,8 +78,9 @@ impl Lifecycle for RouterRequest {
         let method = host.header(Side::Request, ":method").unwrap_or_default();
         let path = host.header(Side::Request, ":path").unwrap_or_default();
         if method == "GET" && settings.is_models_path(&path) {
-            let allowed = policy(host).map(|p| p.models);
-            let body = models_list(settings, allowed.as_deref());
+            let policy = policy(host);
+            let allowed = policy.as_ref().map(|p| p.models.as_slice());
+            let body = models_list(settings, allowed);
             host.send_reply(
                 200,
                 &[("content-type", "application/json")],
@@ -152,14 +153,18 @@ impl Lifecycle for RouterRequest {
         host.set_property(properties::MODEL_REQUESTED, decision.requested.as_bytes());
         host.set_property(properties::MODEL, decision.model.as_bytes());
         host.set_property(properties::ROUTE, decision.pool.as_bytes());
-        router.counters.borrow_mut().add(
+        router.counters.borrow_mut().add_labeled(
             host,
-            &format!(
-                "sluice.router.requests.model.{}.route.{}",
-                label(&decision.alias),
-                label(&decision.pool)
-            ),
+            "sluice.router.requests",
+            &[&decision.alias, &decision.pool],
             1,
+            || {
+                format!(
+                    "sluice.router.requests.model.{}.route.{}",
+                    label(&decision.alias),
+                    label(&decision.pool)
+                )
+            },
         );
         Flow::Continue
     }

@@ -164,7 +164,10 @@ enum Phase {
     /// Nothing held (no policy, not counted, or already settled).
     Idle,
     /// Tokens stage: waiting for the body to read the output cap and the model.
-    AwaitingBody { policy: Policy, prompt_tokens: u64 },
+    AwaitingBody {
+        policy: Rc<Policy>,
+        prompt_tokens: u64,
+    },
     /// Local counters taken; waiting for the rate-limit service on the global ones.
     AwaitingGlobal {
         token: u32,
@@ -407,7 +410,7 @@ impl LimitedRequest {
             .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
             .is_some_and(|c| c.get("result").and_then(serde_json::Value::as_str) == Some("hit"));
         let Some(policy) = text_property(host, properties::POLICY)
-            .and_then(|p| serde_json::from_str::<Policy>(&p).ok())
+            .and_then(|p| Policy::from_published(&p))
             .filter(|p| hit && decide::tokens_stage_applies(config, p))
         else {
             return;
@@ -448,8 +451,8 @@ impl LimitedRequest {
 impl Lifecycle for LimitedRequest {
     fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
         // No policy: key-auth did not run for this route; nothing to limit by.
-        let Some(policy) = text_property(host, properties::POLICY)
-            .and_then(|p| serde_json::from_str::<Policy>(&p).ok())
+        let Some(policy) =
+            text_property(host, properties::POLICY).and_then(|p| Policy::from_published(&p))
         else {
             return Flow::Continue;
         };

@@ -112,8 +112,13 @@ impl ResponseCache {
     }
 
     fn count(&self, host: &mut dyn Host, outcome: &str, tier: &str, model: &str, n: u64) {
-        let name = format!("sluice.cache.{outcome}.tier.{tier}.model.{}", label(model));
-        self.counters.borrow_mut().add(host, &name, n);
+        self.counters.borrow_mut().add_labeled(
+            host,
+            "sluice.cache",
+            &[outcome, tier, model],
+            n,
+            || format!("sluice.cache.{outcome}.tier.{tier}.model.{}", label(model)),
+        );
     }
 
     fn queue_put(&self, put: SharedPut) {
@@ -531,13 +536,16 @@ impl CachedRequest {
 
     /// Not in the cache: the request goes upstream.
     fn miss(&mut self, host: &mut dyn Host, pending: Pending) {
-        publish(host, &json!({"result": "miss"}));
+        host.set_property(properties::CACHE, br#"{"result":"miss"}"#);
         self.phase = Phase::Sent(Box::new(pending));
     }
 
     fn bypass(&mut self, host: &mut dyn Host, why: Bypass, model: &str) -> Flow {
         self.filter.count(host, "bypass", "none", model, 1);
-        publish(host, &json!({"result": "bypass", "reason": why.as_str()}));
+        // Written out rather than built as a JSON value: the reasons are fixed identifiers
+        // (nothing to escape), and a bypass is the commonest outcome.
+        let fact = format!(r#"{{"result":"bypass","reason":"{}"}}"#, why.as_str());
+        host.set_property(properties::CACHE, fact.as_bytes());
         self.phase = Phase::Bypassed;
         Flow::Continue
     }

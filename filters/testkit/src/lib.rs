@@ -665,4 +665,31 @@ mod tests {
         assert_eq!(h.counted(), vec!["a.b".to_string()]);
         assert_eq!(h.metric_totals.get("a.b"), Some(&3));
     }
+
+    #[test]
+    fn a_labeled_counter_is_named_once_and_found_by_its_values() {
+        use sluice_common::host::CounterSet;
+        let mut h = MockHost::new();
+        let mut set = CounterSet::new(2);
+        let named = std::cell::Cell::new(0);
+        let mut add = |h: &mut MockHost, family: &str, values: &[&str], n| {
+            set.add_labeled(h, family, values, n, || {
+                named.set(named.get() + 1);
+                format!("{family}.{}", values.join("."))
+            })
+        };
+        add(&mut h, "f", &["a", "b"], 1);
+        add(&mut h, "f", &["a", "b"], 2);
+        // The same bytes split differently are other values, another family another counter.
+        add(&mut h, "f", &["ab", ""], 4);
+        add(&mut h, "g", &["a", "b"], 8);
+        // Past the set's bound of two names, a new name is not recorded.
+        assert_eq!(h.metric_totals.get("f.a.b"), Some(&3));
+        assert_eq!(h.metric_totals.get("f.ab."), Some(&4));
+        assert_eq!(h.metric_totals.get("g.a.b"), None);
+        assert_eq!(named.get(), 3);
+        // The names defined through add_labeled and add are one set.
+        set.add(&mut h, "f.a.b", 16);
+        assert_eq!(h.metric_totals.get("f.a.b"), Some(&19));
+    }
 }

@@ -185,24 +185,28 @@ impl CountedRequest {
         }
         let tenant = text_property(host, properties::TENANT).unwrap_or_default();
         let model = self.filter.settings.model_label(&plan.model);
-        let labels = format!(
-            "model.{}.tenant.{}.source.{}",
-            label(model),
-            label(&tenant),
-            usage.source.as_str()
-        );
+        let source = usage.source.as_str();
+        let values = [model, tenant.as_str(), source];
+        let labels = || {
+            format!(
+                "model.{}.tenant.{}.source.{source}",
+                label(model),
+                label(&tenant)
+            )
+        };
         let mut counters = self.filter.counters.borrow_mut();
-        counters.add(
-            host,
-            &format!("gen_ai.client.token.usage.type.input.{labels}"),
-            prompt_tokens,
-        );
-        counters.add(
-            host,
-            &format!("gen_ai.client.token.usage.type.output.{labels}"),
-            usage.completion_tokens,
-        );
-        counters.add(host, &format!("sluice.llm.requests.{labels}"), 1);
+        for (family, n) in [
+            ("gen_ai.client.token.usage.type.input", prompt_tokens),
+            (
+                "gen_ai.client.token.usage.type.output",
+                usage.completion_tokens,
+            ),
+            ("sluice.llm.requests", 1),
+        ] {
+            counters.add_labeled(host, family, &values, n, || {
+                format!("{family}.{}", labels())
+            });
+        }
         if let Some(backend) = usage.backend_prompt_tokens {
             if crate::prompt::estimate_is_off(plan.prompt_tokens, backend) {
                 log::info!(
@@ -210,7 +214,10 @@ impl CountedRequest {
                     plan.prompt_tokens,
                     plan.model
                 );
-                counters.add(host, &format!("sluice.llm.prompt_estimate_off.{labels}"), 1);
+                let family = "sluice.llm.prompt_estimate_off";
+                counters.add_labeled(host, family, &values, 1, || {
+                    format!("{family}.{}", labels())
+                });
             }
         }
     }
