@@ -162,7 +162,7 @@ STEPS=(
 )
 # Started first and never measured: in three of five runs by hand, the first Envoy with the
 # filters to start spent 40-80 us of CPU a request more than later ones running the same
-# build (docs/benchmarks.md, "Comparing two builds"); here that would land on key-auth's row.
+# build (docs/benchmarks.md, "Comparing two builds"); here it would land on key-auth's row.
 start_envoy unmeasured sluice.key_auth "$PLAIN_POOL"
 targets=()
 for step in "${STEPS[@]}"; do

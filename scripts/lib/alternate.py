@@ -10,9 +10,10 @@ time a gateway's threads spent (`/proc/PID/task/*/schedstat`, in nanoseconds) do
 it is the steadier measure of what a filter costs. It includes the process's own
 background work (stats, timers, a filter's scrapes) over the run, spread over its requests.
 
-The targets are visited in a new random order each round (a fixed seed): in a fixed order,
-two Envoys with the same build differed by 25-37 us of CPU a request, by their places in
-the order alone (what the request before had left in the caches).
+The targets are visited in a new random order each round (a fixed seed), so that none
+always follows the same other. That does not make two processes equal: two Envoys of one
+build can still differ by tens of microseconds of CPU a request (docs/benchmarks.md,
+"Comparing two builds"); compare two Envoys of each build.
 
     alternate.py BODY_FILE KEY ROUNDS WARMUP_ROUNDS name:port[:pid] [name:port[:pid] ...]
 """

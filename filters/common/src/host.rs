@@ -278,8 +278,8 @@ impl NamedMetrics {
 #[derive(Debug)]
 pub struct CounterSet {
     names: NamedMetrics,
-    /// [`CounterSet::add_labeled`]'s ids by family and label values (length-prefixed, so
-    /// no two lists of values make the same key), at most `2 * max` of them.
+    /// [`CounterSet::add_labeled`]'s ids by its family parts and labels (length-prefixed,
+    /// so no two lists of parts make the same key), at most `2 * max` of them.
     by_values: HashMap<Vec<u8>, Option<u32>>,
     /// The key being looked up, reused so that a lookup allocates nothing.
     key: Vec<u8>,
@@ -304,29 +304,36 @@ impl CounterSet {
         }
     }
 
-    /// Add `n` to the counter of `family` for these label `values`, named by `name()`
-    /// (the family and the values, sanitised with [`crate::metrics::label`]). The name is
-    /// built only the first time the values are seen: the same counter a request later is a
-    /// lookup of the values as they are, with no formatting, sanitising or name hashing
-    /// (for token-counter that was four names a request).
+    /// Add `n` to the counter `<family parts, joined by dots>.<key>.<value>...` for these
+    /// `labels`, each value sanitised with [`crate::metrics::label`]. The name is built
+    /// only the first time the parts are seen: the same counter a request later is a lookup
+    /// of the parts as they are, with no formatting, sanitising or name hashing (for
+    /// token-counter that was four names a request).
     pub fn add_labeled(
         &mut self,
         host: &mut dyn Host,
-        family: &str,
-        values: &[&str],
+        family: &[&str],
+        labels: &[(&str, &str)],
         n: u64,
-        name: impl FnOnce() -> String,
     ) {
         let mut key = std::mem::take(&mut self.key);
         key.clear();
-        for part in std::iter::once(family).chain(values.iter().copied()) {
+        let parts = family.iter().chain(labels.iter().flat_map(|(k, v)| [k, v]));
+        for part in parts {
             key.extend_from_slice(&(part.len() as u32).to_le_bytes());
             key.extend_from_slice(part.as_bytes());
         }
         let id = match self.by_values.get(key.as_slice()) {
             Some(id) => *id,
             None => {
-                let id = self.names.id(host, &name());
+                let mut name = family.join(".");
+                for (k, v) in labels {
+                    name.push('.');
+                    name.push_str(k);
+                    name.push('.');
+                    name.push_str(&crate::metrics::label(v));
+                }
+                let id = self.names.id(host, &name);
                 if self.by_values.len() < 2 * self.names.max {
                     self.by_values.insert(key.clone(), id);
                 }

@@ -42,6 +42,14 @@ impl MemoLimits {
         max_len: 256 * 1024,
         generation_bytes: 1024 * 1024,
     };
+
+    /// For the policies key-auth publishes (`sluice_policy`, about 100 bytes): any length
+    /// up to 4 KB, a generation of 16 KB (a hundred-odd keys in use at once).
+    pub const POLICIES: MemoLimits = MemoLimits {
+        min_len: 0,
+        max_len: 4 * 1024,
+        generation_bytes: 16 * 1024,
+    };
 }
 
 struct Entry<V> {
@@ -70,7 +78,7 @@ fn stream_hash(text: &str) -> u64 {
     h.finish()
 }
 
-impl<V: Copy> TextMemo<V> {
+impl<V: Clone> TextMemo<V> {
     pub fn new(limits: MemoLimits) -> Self {
         Self::with_hash(limits, stream_hash)
     }
@@ -97,11 +105,11 @@ impl<V: Copy> TextMemo<V> {
     /// generation moves to the current one.
     fn get_at(&mut self, key: u64, text: &str) -> Option<V> {
         if let Some(e) = self.current.get(&key) {
-            return (*e.text == *text).then_some(e.value);
+            return (*e.text == *text).then(|| e.value.clone());
         }
         if self.previous.get(&key).is_some_and(|e| *e.text == *text) {
             let e = self.previous.remove(&key)?;
-            let value = e.value;
+            let value = e.value.clone();
             self.put(key, e);
             return Some(value);
         }
@@ -118,7 +126,7 @@ impl<V: Copy> TextMemo<V> {
             return Some(v);
         }
         let v = f(text)?;
-        self.remember(key, text, v);
+        self.remember(key, text, v.clone());
         Some(v)
     }
 
@@ -131,7 +139,7 @@ impl<V: Copy> TextMemo<V> {
             return v;
         }
         let v = f(text);
-        self.remember(key, text, v);
+        self.remember(key, text, v.clone());
         v
     }
 

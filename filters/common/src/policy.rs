@@ -1,5 +1,6 @@
 //! The per-key policy that key-auth publishes as `sluice_policy` and later filters enforce.
 
+use crate::memo::{MemoLimits, TextMemo};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -83,41 +84,25 @@ pub struct Policy {
     pub priority: Priority,
 }
 
-/// How many published policies a VM keeps parsed ([`Policy::from_published`]).
-const PARSED_POLICIES: usize = 4;
-
 thread_local! {
-    /// The policy texts last parsed in this VM (a VM runs on one thread), newest last.
-    static PARSED: RefCell<Vec<(Box<str>, Rc<Policy>)>> = const { RefCell::new(Vec::new()) };
+    /// The policy texts parsed in this VM (a VM runs on one thread) and what they gave.
+    static PARSED: RefCell<TextMemo<Rc<Policy>>> =
+        RefCell::new(TextMemo::new(MemoLimits::POLICIES));
 }
 
 impl Policy {
     /// The policy key-auth published (`sluice_policy`), parsed; `None` when the text is
     /// not one. Three filters of the chain read the same request's policy (rate-limit's two
-    /// stages and model-router) and a key's requests all carry the same text, so the last
-    /// few texts parsed in this VM are kept with what they gave and a text met again is
-    /// compared, not parsed. The entry is found by the whole text, of which the policy is
-    /// a pure function: nothing is taken from it that the text does not say.
+    /// stages and model-router) and a key's requests all carry the same text, so the texts
+    /// parsed in this VM are remembered with what they gave ([`TextMemo`]: found by the
+    /// whole text, of which the policy is a pure function, so nothing is taken from it that
+    /// the text does not say).
     pub fn from_published(text: &str) -> Option<Rc<Policy>> {
-        let known = PARSED.with(|parsed| {
-            parsed
-                .borrow()
-                .iter()
-                .find(|(t, _)| **t == *text)
-                .map(|(_, p)| p.clone())
-        });
-        if known.is_some() {
-            return known;
-        }
-        let policy = Rc::new(serde_json::from_str::<Policy>(text).ok()?);
-        PARSED.with(|parsed| {
-            let mut parsed = parsed.borrow_mut();
-            if parsed.len() >= PARSED_POLICIES {
-                parsed.remove(0);
-            }
-            parsed.push((text.into(), policy.clone()));
-        });
-        Some(policy)
+        let parse = |t: &str| serde_json::from_str::<Policy>(t).ok().map(Rc::new);
+        PARSED.with(|memo| match memo.try_borrow_mut() {
+            Ok(mut memo) => memo.get_or_insert_if(text, parse),
+            Err(_) => parse(text),
+        })
     }
 }
 
@@ -137,13 +122,6 @@ mod tests {
         // One byte else: its own policy.
         assert_eq!(Policy::from_published(&text("b")).unwrap().tenant, "b");
         assert!(Policy::from_published(r#"{"tenant":"a"}"#).is_none());
-        // Past the bound, the oldest text is parsed anew when it comes back.
-        for t in ["c", "d", "e", "f"] {
-            Policy::from_published(&text(t)).unwrap();
-        }
-        let again = Policy::from_published(&text("a")).unwrap();
-        assert!(!Rc::ptr_eq(&a, &again));
-        assert_eq!(*a, *again);
     }
 
     #[test]

@@ -7,7 +7,6 @@ use sluice_common::host::{
     plugin_config, replace_request_body, send_error, text_property, CounterSet, Flow, Host,
     Lifecycle, Plugin, Side,
 };
-use sluice_common::metrics::label;
 use sluice_common::{properties, ConfigError, ErrorKind, OpenAiError, Policy};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -155,16 +154,9 @@ impl Lifecycle for RouterRequest {
         host.set_property(properties::ROUTE, decision.pool.as_bytes());
         router.counters.borrow_mut().add_labeled(
             host,
-            "sluice.router.requests",
-            &[&decision.alias, &decision.pool],
+            &["sluice.router.requests"],
+            &[("model", &decision.alias), ("route", &decision.pool)],
             1,
-            || {
-                format!(
-                    "sluice.router.requests.model.{}.route.{}",
-                    label(&decision.alias),
-                    label(&decision.pool)
-                )
-            },
         );
         Flow::Continue
     }

@@ -15,7 +15,6 @@ use sluice_common::host::{
     now_unix_millis, plugin_config, text_property, CounterSet, Flow, GaugeSet, Host, HttpCall,
     Lifecycle, Plugin, Side,
 };
-use sluice_common::metrics::label;
 use sluice_common::replay::{replay_stream, StreamAssembler};
 use sluice_common::sse::SseParser;
 use sluice_common::{properties, Api, ConfigError};
@@ -114,10 +113,9 @@ impl ResponseCache {
     fn count(&self, host: &mut dyn Host, outcome: &str, tier: &str, model: &str, n: u64) {
         self.counters.borrow_mut().add_labeled(
             host,
-            "sluice.cache",
-            &[outcome, tier, model],
+            &["sluice.cache", outcome],
+            &[("tier", tier), ("model", model)],
             n,
-            || format!("sluice.cache.{outcome}.tier.{tier}.model.{}", label(model)),
         );
     }
 
@@ -290,8 +288,17 @@ fn from_upstream(host: &dyn Host) -> bool {
         .is_some_and(|d| d == b"via_upstream")
 }
 
-fn publish(host: &mut dyn Host, fact: &Value) {
-    host.set_property(properties::CACHE, fact.to_string().as_bytes());
+fn publish(host: &mut dyn Host, fact: &str) {
+    host.set_property(properties::CACHE, fact.as_bytes());
+}
+
+/// Publish a bypass, the commonest outcome: written out rather than built as a JSON value
+/// (the reasons are fixed identifiers, nothing to escape).
+fn publish_bypass(host: &mut dyn Host, why: Bypass) {
+    publish(
+        host,
+        &format!(r#"{{"result":"bypass","reason":"{}"}}"#, why.as_str()),
+    );
 }
 
 /// A complete, successful answer worth storing: a JSON object that is not an error.
@@ -360,10 +367,7 @@ impl CachedRequest {
         };
         if !lookup {
             filter.count(host, "bypass", "none", &pending.model, 1);
-            publish(
-                host,
-                &json!({"result": "bypass", "reason": Bypass::Client.as_str()}),
-            );
+            publish_bypass(host, Bypass::Client);
             self.phase = Phase::Sent(Box::new(pending));
             return Flow::Continue;
         }
@@ -536,16 +540,13 @@ impl CachedRequest {
 
     /// Not in the cache: the request goes upstream.
     fn miss(&mut self, host: &mut dyn Host, pending: Pending) {
-        host.set_property(properties::CACHE, br#"{"result":"miss"}"#);
+        publish(host, r#"{"result":"miss"}"#);
         self.phase = Phase::Sent(Box::new(pending));
     }
 
     fn bypass(&mut self, host: &mut dyn Host, why: Bypass, model: &str) -> Flow {
         self.filter.count(host, "bypass", "none", model, 1);
-        // Written out rather than built as a JSON value: the reasons are fixed identifiers
-        // (nothing to escape), and a bypass is the commonest outcome.
-        let fact = format!(r#"{{"result":"bypass","reason":"{}"}}"#, why.as_str());
-        host.set_property(properties::CACHE, fact.as_bytes());
+        publish_bypass(host, why);
         self.phase = Phase::Bypassed;
         Flow::Continue
     }
@@ -586,7 +587,7 @@ impl CachedRequest {
         if let (Some(s), Some(m)) = (from.similarity, fact.as_object_mut()) {
             m.insert("similarity".into(), json!(s));
         }
-        publish(host, &fact);
+        publish(host, &fact.to_string());
         let age = age_s.to_string();
         host.send_reply(
             200,
@@ -641,7 +642,10 @@ impl CachedRequest {
             .gauges
             .borrow_mut()
             .set(host, "sluice.cache.bytes.tier.local", stored.bytes);
-        publish(host, &json!({"result": "stored", "tier": LOCAL}));
+        publish(
+            host,
+            &json!({"result": "stored", "tier": LOCAL}).to_string(),
+        );
         if filter.settings.shared.is_some() {
             let ttl_ms = pending.plan.ttl_s.saturating_mul(1000);
             filter.queue_put(SharedPut {

@@ -671,25 +671,19 @@ mod tests {
         use sluice_common::host::CounterSet;
         let mut h = MockHost::new();
         let mut set = CounterSet::new(2);
-        let named = std::cell::Cell::new(0);
-        let mut add = |h: &mut MockHost, family: &str, values: &[&str], n| {
-            set.add_labeled(h, family, values, n, || {
-                named.set(named.get() + 1);
-                format!("{family}.{}", values.join("."))
-            })
-        };
-        add(&mut h, "f", &["a", "b"], 1);
-        add(&mut h, "f", &["a", "b"], 2);
-        // The same bytes split differently are other values, another family another counter.
-        add(&mut h, "f", &["ab", ""], 4);
-        add(&mut h, "g", &["a", "b"], 8);
+        set.add_labeled(&mut h, &["f"], &[("k", "a"), ("v", "b")], 1);
+        set.add_labeled(&mut h, &["f"], &[("k", "a"), ("v", "b")], 2);
+        // The same bytes split differently are other parts, another family another counter;
+        // a value is sanitised in the name (an empty one is "none").
+        set.add_labeled(&mut h, &["f"], &[("k", "a v"), ("v", "")], 4);
+        set.add_labeled(&mut h, &["g"], &[("k", "a"), ("v", "b")], 8);
+        assert_eq!(h.metric_totals.get("f.k.a.v.b"), Some(&3));
+        assert_eq!(h.metric_totals.get("f.k.a_v.v.none"), Some(&4));
         // Past the set's bound of two names, a new name is not recorded.
-        assert_eq!(h.metric_totals.get("f.a.b"), Some(&3));
-        assert_eq!(h.metric_totals.get("f.ab."), Some(&4));
-        assert_eq!(h.metric_totals.get("g.a.b"), None);
-        assert_eq!(named.get(), 3);
+        assert_eq!(h.metric_totals.get("g.k.a.v.b"), None);
+        assert_eq!(h.counted(), ["f.k.a.v.b", "f.k.a.v.b", "f.k.a_v.v.none"]);
         // The names defined through add_labeled and add are one set.
-        set.add(&mut h, "f.a.b", 16);
-        assert_eq!(h.metric_totals.get("f.a.b"), Some(&19));
+        set.add(&mut h, "f.k.a.v.b", 16);
+        assert_eq!(h.metric_totals.get("f.k.a.v.b"), Some(&19));
     }
 }

@@ -5,8 +5,8 @@
 
 use crate::prompt::CountMemos;
 use crate::{
-    label, plan_request, Api, CompletionUsage, RequestPlan, ResponseTracker, Settings,
-    TokenCounterConfig, UsageSource,
+    plan_request, Api, CompletionUsage, RequestPlan, ResponseTracker, Settings, TokenCounterConfig,
+    UsageSource,
 };
 use sluice_common::api::messages_start_event;
 use sluice_common::host::{
@@ -185,15 +185,11 @@ impl CountedRequest {
         }
         let tenant = text_property(host, properties::TENANT).unwrap_or_default();
         let model = self.filter.settings.model_label(&plan.model);
-        let source = usage.source.as_str();
-        let values = [model, tenant.as_str(), source];
-        let labels = || {
-            format!(
-                "model.{}.tenant.{}.source.{source}",
-                label(model),
-                label(&tenant)
-            )
-        };
+        let labels = [
+            ("model", model),
+            ("tenant", tenant.as_str()),
+            ("source", usage.source.as_str()),
+        ];
         let mut counters = self.filter.counters.borrow_mut();
         for (family, n) in [
             ("gen_ai.client.token.usage.type.input", prompt_tokens),
@@ -203,9 +199,7 @@ impl CountedRequest {
             ),
             ("sluice.llm.requests", 1),
         ] {
-            counters.add_labeled(host, family, &values, n, || {
-                format!("{family}.{}", labels())
-            });
+            counters.add_labeled(host, &[family], &labels, n);
         }
         if let Some(backend) = usage.backend_prompt_tokens {
             if crate::prompt::estimate_is_off(plan.prompt_tokens, backend) {
@@ -214,10 +208,7 @@ impl CountedRequest {
                     plan.prompt_tokens,
                     plan.model
                 );
-                let family = "sluice.llm.prompt_estimate_off";
-                counters.add_labeled(host, family, &values, 1, || {
-                    format!("{family}.{}", labels())
-                });
+                counters.add_labeled(host, &["sluice.llm.prompt_estimate_off"], &labels, 1);
             }
         }
     }
