@@ -122,6 +122,8 @@ for listener in config["static_resources"]["listeners"]:
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config}}
             if last.startswith("noop:"):
                 noops = [wasm_filter(f"noop.{i}", noop) for i in range(int(last.split(":")[1]))]
+                for f in noops:  # one VM, as the chain's filters share one
+                    f["typed_config"]["config"]["vm_config"]["vm_id"] = "noop"
                 hcm["http_filters"] = noops + hcm["http_filters"]
                 continue
             if last.startswith("probe:"):
@@ -171,11 +173,14 @@ for step in "${STEPS[@]}"; do
   pid_var=PID_$name port_var=PORT_$name
   targets+=("$name:${!port_var}:${!pid_var}")
 done
-# The floor: bare Envoy with one, and with eight, wasm filters that do nothing (the chain
-# has eight filter instances).
+# The floor: bare Envoy with one, and with eight, wasm filters that do nothing in one VM (the
+# chain has eight filter instances in one VM); and one filter making the host calls the whole
+# chain with endpoint-picker makes a request, by kind and phase, without its work (the probe's
+# `chain` mode).
 start_envoy noop1 noop:1 "$PLAIN_POOL"
 start_envoy noop8 noop:8 "$PLAIN_POOL"
-targets+=("noop1:$PORT_noop1:$PID_noop1" "noop8:$PORT_noop8:$PID_noop8")
+start_envoy calls probe:chain:1 "$PLAIN_POOL"
+targets+=("noop1:$PORT_noop1:$PID_noop1" "noop8:$PORT_noop8:$PID_noop8" "calls:$PORT_calls:$PID_calls")
 # The whole chain on an engine pool: endpoint-picker last.
 start_envoy picker sluice.endpoint_picker "$ENGINE_POOL"
 targets+=("picker:$PORT_picker:$PID_picker")
@@ -218,6 +223,17 @@ for n in 1 8; do
   echo "bare Envoy + $n no-op wasm filter(s): CPU $(delta "${cpu[noop$n]}" "${cpu[bare]}") us/req," \
     "p50 $(delta "${med[noop$n]}" "${med[bare]}") us"
 done
+echo "one filter making the chain's host calls (79 a request, no work): CPU" \
+  "$(delta "${cpu[calls]}" "${cpu[noop1]}") us/req over one no-op filter"
+# Where the whole chain's CPU over bare Envoy goes: the first filter, the seven more filter
+# instances, the host calls, and what is left (the filters' own code and what Envoy does
+# for their pauses and writes).
+awk -v bare="${cpu[bare]}" -v n1="${cpu[noop1]}" -v n8="${cpu[noop8]}" -v calls="${cpu[calls]}" \
+  -v chain="${cpu[picker]}" 'BEGIN {
+  first = n1 - bare; more = n8 - n1; c = calls - n1; rest = chain - bare - first - more - c
+  printf "whole chain with endpoint-picker, CPU over bare Envoy %+.0f us/req: first filter %+.0f," \
+    " seven more instances %+.0f, host calls %+.0f, the rest (the filters'"'"' own work) %+.0f\n",
+    chain - bare, first, more, c, rest }'
 printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "same, a VM per filter" "${cpu[sepvm]}" "" "${med[sepvm]}" ""
 [ -z "$BASELINE_WASM" ] || printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "same, $BENCH_BASELINE" \
   "${cpu[baseline]}" "" "${med[baseline]}" ""
@@ -263,7 +279,7 @@ for step in "${STEPS[@]}"; do
   case $name in bare | chain | "${BENCH_PERF:-}") ;; *) pid_var=PID_$name; kill -TERM "${!pid_var}" 2>/dev/null || true ;; esac
 done
 kill -TERM "$PID_unmeasured" 2>/dev/null || true
-for n in noop1 noop8; do [ "$n" = "${BENCH_PERF:-}" ] || { pid_var=PID_$n; kill -TERM "${!pid_var}" 2>/dev/null || true; }; done
+for n in noop1 noop8 calls; do [ "$n" = "${BENCH_PERF:-}" ] || { pid_var=PID_$n; kill -TERM "${!pid_var}" 2>/dev/null || true; }; done
 sleep 1
 echo
 WRK_ROUNDS=${BENCH_WRK_ROUNDS:-3}

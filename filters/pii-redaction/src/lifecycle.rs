@@ -7,7 +7,8 @@ use crate::{
     RequestOutcome, Settings, SseRedactor,
 };
 use sluice_common::host::{
-    plugin_config, send_error, CounterSet, Flow, Host, Lifecycle, Plugin, Side,
+    plugin_config, replace_request_body, send_error, CounterSet, Flow, Host, Lifecycle, Plugin,
+    Side,
 };
 use sluice_common::{properties, ConfigError, ErrorKind, OpenAiError};
 use std::cell::RefCell;
@@ -156,8 +157,9 @@ impl PiiRequest {
                 Flow::Continue
             }
             RequestOutcome::Rewritten(body) => {
-                // content-length was removed at the headers.
-                if !host.set_body(Side::Request, size, &body) {
+                // The headers are still held: content-length follows the new body here
+                // (a request without findings keeps its own, and costs no header write).
+                if !replace_request_body(host, size, &body) {
                     // Nothing unredacted may go upstream.
                     let e = OpenAiError::new(
                         ErrorKind::Unavailable,
@@ -185,8 +187,6 @@ impl Lifecycle for PiiRequest {
             self.phase = Phase::Sent(api);
             return Flow::Continue;
         }
-        // The body may change length.
-        host.remove_header(Side::Request, "content-length");
         self.phase = Phase::AwaitingBody(api);
         Flow::Pause
     }
@@ -333,18 +333,24 @@ mod tests {
         let size = chat(&mut host, "write to jane.doe@example.com please");
         let mut req = f.new_request(1);
         assert_eq!(req.on_request_headers(&mut host, false), Flow::Pause);
-        assert_eq!(
-            host.take_calls(),
-            vec![Call::RemoveHeader(Side::Request, "content-length".into())]
+        assert!(
+            host.take_calls().is_empty(),
+            "the headers are held, unchanged"
         );
         assert_eq!(req.on_request_body(&mut host, size / 2, false), Flow::Pause);
         assert!(host.calls().is_empty());
         assert_eq!(req.on_request_body(&mut host, size, true), Flow::Continue);
         let calls = host.take_calls();
-        let [Call::SetBody(Side::Request, body)] = calls.as_slice() else {
+        let [Call::SetBody(Side::Request, body), Call::SetHeader(Side::Request, name, length)] =
+            calls.as_slice()
+        else {
             panic!("{calls:?}");
         };
         assert!(!body.contains("jane.doe@example.com"), "{body}");
+        assert_eq!(
+            (name.as_str(), length.as_str()),
+            ("content-length", body.len().to_string().as_str())
+        );
         // Published once, at the end.
         req.on_log(&mut host);
         assert_eq!(pii_report(&host)["request"]["email"]["redact"], 1);

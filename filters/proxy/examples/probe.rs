@@ -6,7 +6,9 @@
 //! `new_property` (a name per call), `shared_get`, `shared_set`, `metric`, `clock`,
 //! `clear_route_cache`; `pause` (hold the headers until the body's last chunk, as the
 //! filters that read the body do); on the body's last chunk `body` or `set_body` (read, or
-//! read and write back, the whole request body), `json` (read it and parse it into a
+//! read and write back, the whole request body), `chain` (`<count>` times the host calls the
+//! whole chain makes a request, by kind and phase, with none of its work: what the calls
+//! cost apart from the code around them), `json` (read it and parse it into a
 //! `serde_json::Value`, `<count>` times: what V8 makes of typical Rust code); `response` (hold the response until its
 //! body is in, then read it); `memory` (keep `<count>` MB of linear memory in use, no calls).
 
@@ -60,9 +62,127 @@ mod probe {
         }
     }
 
+    // The whole chain's host calls on a 2 KB chat (`sluice-chain-profile --calls`), by the
+    // phase they are made in: 78 a request.
+    fn chain_request_headers(host: &mut dyn Host, metric: Option<u32>) {
+        drop(host.headers(Side::Request));
+        for name in [":method", ":path", ":method", ":path", ":method", ":path"] {
+            drop(host.header(Side::Request, name));
+        }
+        for name in [":path", ":path", "cache-control"] {
+            drop(host.header(Side::Request, name));
+        }
+        for _ in 0..4 {
+            drop(host.property(&["sluice_policy"]));
+        }
+        for name in [
+            "p_key_id",
+            "p_tenant",
+            "p_policy",
+            "p_priority",
+            "p_api",
+            "p_model",
+        ] {
+            host.set_property(name, b"some-value-of-a-property");
+        }
+        for name in [
+            "p_route",
+            "p_requested",
+            "p_pii",
+            "p_prompt",
+            "p_estimated",
+            "p_max",
+        ] {
+            host.set_property(name, b"420");
+        }
+        for name in [
+            "authorization",
+            "x-sluice-route",
+            "x-sluice-affinity",
+            "content-length",
+        ] {
+            host.remove_header(Side::Request, name);
+        }
+        host.set_header(Side::Request, "x-sluice-route", "pool-a");
+        host.set_header(Side::Request, "x-probe", "1");
+        for _ in 0..3 {
+            if let Some(id) = metric {
+                host.increment_metric(id, 1);
+            }
+        }
+        let _ = host.now_unix_nanos();
+        let _ = host.now_unix_nanos();
+    }
+
+    fn chain_request_body(host: &mut dyn Host, size: usize) {
+        for _ in 0..4 {
+            drop(host.body(Side::Request, size));
+        }
+        let body = host.body(Side::Request, size);
+        host.set_body(Side::Request, size, &body);
+        for i in 0..7 {
+            drop(host.shared_data(&format!("probe.{}", i % 3)));
+        }
+        for i in 0..3 {
+            let _ = host.set_shared_data(&format!("probe.{i}"), b"0123456789", None);
+        }
+    }
+
+    fn chain_response_headers(host: &mut dyn Host, metric: Option<u32>) {
+        for name in [
+            ":status",
+            "content-type",
+            ":status",
+            "content-type",
+            ":status",
+            "content-type",
+        ] {
+            drop(host.header(Side::Response, name));
+        }
+        for path in [
+            ["response", "code_details"],
+            ["response", "code_details"],
+            ["request", "id"],
+        ] {
+            drop(host.property(&path));
+        }
+        host.set_header(Side::Response, "x-sluice-cache", "bypass");
+        if let Some(id) = metric {
+            host.increment_metric(id, 1);
+        }
+    }
+
+    fn chain_response_body(host: &mut dyn Host, size: usize, metric: Option<u32>) {
+        drop(host.body(Side::Response, size));
+        drop(host.body(Side::Response, size));
+        for name in [
+            "p_completion",
+            "p_usage_source",
+            "p_cache",
+            "p_endpoint",
+            "p_total",
+        ] {
+            host.set_property(name, b"16");
+        }
+        for _ in 0..5 {
+            if let Some(id) = metric {
+                host.increment_metric(id, 1);
+            }
+        }
+        for _ in 0..3 {
+            let _ = host.now_unix_nanos();
+        }
+    }
+
     impl Lifecycle for ProbeRequest {
         fn on_request_headers(&mut self, host: &mut dyn Host, end: bool) -> Flow {
             let p = &self.0;
+            if p.call == "chain" {
+                for _ in 0..p.count {
+                    chain_request_headers(host, p.metric);
+                }
+                return if end { Flow::Continue } else { Flow::Pause };
+            }
             if p.call == "pause" && !end {
                 // Hold the headers until the body is in (as the body-reading filters do).
                 return Flow::Pause;
@@ -109,6 +229,7 @@ mod probe {
             }
             for _ in 0..self.0.count {
                 match self.0.call.as_str() {
+                    "chain" => chain_request_body(host, size),
                     "body" => drop(host.body(Side::Request, size)),
                     "json" => {
                         let body = host.body(Side::Request, size);
@@ -125,7 +246,13 @@ mod probe {
             Flow::Continue
         }
 
-        fn on_response_headers(&mut self, _host: &mut dyn Host, end: bool) -> Flow {
+        fn on_response_headers(&mut self, host: &mut dyn Host, end: bool) -> Flow {
+            if self.0.call == "chain" {
+                for _ in 0..self.0.count {
+                    chain_response_headers(host, self.0.metric);
+                }
+                return if end { Flow::Continue } else { Flow::Pause };
+            }
             if self.0.call == "response" && !end {
                 // Hold the response headers until its body is in, as the filters that read
                 // the answer do.
@@ -135,6 +262,15 @@ mod probe {
         }
 
         fn on_response_body(&mut self, host: &mut dyn Host, size: usize, end: bool) -> Flow {
+            if self.0.call == "chain" {
+                if !end {
+                    return Flow::Pause;
+                }
+                for _ in 0..self.0.count {
+                    chain_response_body(host, size, self.0.metric);
+                }
+                return Flow::Continue;
+            }
             if self.0.call == "response" {
                 if !end {
                     return Flow::Pause;
