@@ -276,8 +276,15 @@ fn run(requests: u32, prompt_bytes: usize, show_calls: bool) -> Result<(), Box<d
         published,
     } = profile(requests, prompt_bytes)?;
     let n = f64::from(requests.max(1));
+    // Built for wasm32-wasip1 it runs in a wasm engine (V8 under Node:
+    // `scripts/chain-profile-v8.sh`), the mock host compiled in with the filters.
+    let runs_on = if cfg!(target_arch = "wasm32") {
+        "in a wasm engine"
+    } else {
+        "natively"
+    };
     println!(
-        "sluice-chain-profile: {requests} requests, {body_bytes}-byte chat, natively on a mock host"
+        "sluice-chain-profile: {requests} requests, {body_bytes}-byte chat, {runs_on} on a mock host"
     );
     println!(
         "| {:<22} | {:>10} | {:>10} | {:>12} | {:>13} |",
