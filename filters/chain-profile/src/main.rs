@@ -10,9 +10,11 @@
 //! is, and `perf record` (or `valgrind --tool=callgrind`) on this binary says which code
 //! does it, with symbols, which the wasm in Envoy does not give.
 //!
-//!     sluice-chain-profile [--requests N] [--prompt-bytes N] [--calls]
+//!     sluice-chain-profile [--requests N] [--prompt-bytes N] [--calls] [--disturb-kb N]
 //!
-//! `--calls` adds each filter's calls by kind, and what the first request published. A
+//! `--disturb-kb N` writes N KB of other memory between requests (untimed), as the rest of
+//! Envoy's work does between two requests of a VM: what the caches being cold costs the
+//! filters. `--calls` adds each filter's calls by kind, and what the first request published. A
 //! filter that answers the request itself (any local reply) is an error: the profile is of
 //! the request that passes every filter.
 
@@ -204,6 +206,17 @@ fn each(
     Ok(())
 }
 
+/// Write a byte in each cache line of `memory` (a different value each request, so that
+/// nothing can be skipped): the caches hold little of the chain's code and data after it.
+fn disturb(memory: &mut [u8], request: u32) {
+    for line in memory.chunks_mut(64) {
+        if let Some(b) = line.first_mut() {
+            *b = b.wrapping_add(request.to_le_bytes()[0] | 1);
+        }
+    }
+    std::hint::black_box(&memory);
+}
+
 /// What `requests` requests cost each filter, and the filter state the last one left.
 struct Profile {
     stages: Vec<Stage>,
@@ -211,13 +224,19 @@ struct Profile {
     published: Vec<(String, String)>,
 }
 
-fn profile(requests: u32, prompt_bytes: usize) -> Result<Profile, Box<dyn Error>> {
+fn profile(
+    requests: u32,
+    prompt_bytes: usize,
+    disturb_kb: usize,
+) -> Result<Profile, Box<dyn Error>> {
+    let mut other_memory = vec![0u8; disturb_kb << 10];
     let mut host = MockHost::new();
     let (mut stages, picker) = chain(&mut host)?;
     scrape(&mut host, &picker);
     let body = request_body(prompt_bytes);
     let authorization = format!("Bearer {KEY}");
     for id in 0..requests {
+        disturb(&mut other_memory, id);
         if id % 450 == 449 {
             // A millisecond a request: the picker scrapes every 500 ms.
             scrape(&mut host, &picker);
@@ -269,12 +288,17 @@ fn profile(requests: u32, prompt_bytes: usize) -> Result<Profile, Box<dyn Error>
     })
 }
 
-fn run(requests: u32, prompt_bytes: usize, show_calls: bool) -> Result<(), Box<dyn Error>> {
+fn run(
+    requests: u32,
+    prompt_bytes: usize,
+    disturb_kb: usize,
+    show_calls: bool,
+) -> Result<(), Box<dyn Error>> {
     let Profile {
         stages,
         body_bytes,
         published,
-    } = profile(requests, prompt_bytes)?;
+    } = profile(requests, prompt_bytes, disturb_kb)?;
     let n = f64::from(requests.max(1));
     // Built for wasm32-wasip1 it runs in a wasm engine (V8 under Node:
     // `scripts/chain-profile-v8.sh`), the mock host compiled in with the filters.
@@ -326,16 +350,18 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut requests = 2000;
     let mut prompt_bytes = 2000;
     let mut show_calls = false;
+    let mut disturb_kb = 0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--requests" => requests = args.next().ok_or("--requests N")?.parse()?,
             "--prompt-bytes" => prompt_bytes = args.next().ok_or("--prompt-bytes N")?.parse()?,
             "--calls" => show_calls = true,
+            "--disturb-kb" => disturb_kb = args.next().ok_or("--disturb-kb N")?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    run(requests, prompt_bytes, show_calls)
+    run(requests, prompt_bytes, disturb_kb, show_calls)
 }
 
 #[cfg(test)]
@@ -347,7 +373,7 @@ mod tests {
     /// endpoint on its engine report instead of leaving it to Envoy).
     #[test]
     fn every_filter_does_its_whole_work_on_the_profiled_request() {
-        let p = profile(3, 2000).unwrap();
+        let p = profile(3, 2000, 64).unwrap();
         assert_eq!(p.stages.len(), 8);
         for s in &p.stages {
             assert!(s.calls.total() >= 3, "{}: {:?}", s.name, s.calls);
