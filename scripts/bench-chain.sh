@@ -232,7 +232,7 @@ awk -v bare="${cpu[bare]}" -v n1="${cpu[noop1]}" -v n8="${cpu[noop8]}" -v calls=
   -v chain="${cpu[picker]}" 'BEGIN {
   first = n1 - bare; more = n8 - n1; c = calls - n1; rest = chain - bare - first - more - c
   printf "whole chain with endpoint-picker, CPU over bare Envoy %+.0f us/req: first filter %+.0f," \
-    " seven more instances %+.0f, host calls %+.0f, the rest (the filters'"'"' own work) %+.0f\n",
+    " seven more instances %+.0f, host calls %+.0f, the rest (the filters'"'"' work and Envoy'"'"'s side of it) %+.0f\n",
     chain - bare, first, more, c, rest }'
 printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "same, a VM per filter" "${cpu[sepvm]}" "" "${med[sepvm]}" ""
 [ -z "$BASELINE_WASM" ] || printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "same, $BENCH_BASELINE" \
