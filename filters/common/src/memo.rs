@@ -81,7 +81,7 @@ fn stream_hash(text: &str) -> u64 {
 /// Whether two texts are the same, compared eight bytes at a time. `==` on slices calls
 /// `memcmp`, which wasi-libc (what wasm32-wasip1 links) walks a byte at a time and V8 runs as
 /// written: in `scripts/chain-profile-v8.sh` the memos' comparisons of whole prompts were most
-/// of the chain's `memcmp` ticks, about 3 µs a request.
+/// of the chain's `memcmp` ticks, 2–3 µs a request.
 fn same_text(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {

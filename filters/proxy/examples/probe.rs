@@ -62,9 +62,8 @@ mod probe {
         }
     }
 
-    // The whole chain's host calls on a 2 KB chat (`sluice-chain-profile --calls`), by the
-    // phase they are made in: 79 a request (`sluice-chain-profile --calls` counts 80 of the
-    // same kinds).
+    // The whole chain's host calls on a 2 KB chat, by the phase they are made in: 79 a
+    // request (`sluice-chain-profile --calls` counts 80 of the same kinds).
     fn chain_request_headers(host: &mut dyn Host, metric: Option<u32>) {
         drop(host.headers(Side::Request));
         for name in [":method", ":path", ":method", ":path", ":method", ":path"] {
