@@ -223,7 +223,7 @@ for n in 1 8; do
   echo "bare Envoy + $n no-op wasm filter(s): CPU $(delta "${cpu[noop$n]}" "${cpu[bare]}") us/req," \
     "p50 $(delta "${med[noop$n]}" "${med[bare]}") us"
 done
-echo "one filter making the chain's host calls (79 a request, no work): CPU" \
+echo "one filter making the chain's host calls (72 a request, no work): CPU" \
   "$(delta "${cpu[calls]}" "${cpu[noop1]}") us/req over one no-op filter"
 # Where the whole chain's CPU over bare Envoy goes: the first filter, the seven more filter
 # instances, the host calls, and what is left (the filters' own code and what Envoy does

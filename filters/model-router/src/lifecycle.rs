@@ -4,8 +4,8 @@
 
 use crate::{models_list, route, Api, RequestFacts, RouterConfig, Settings, AFFINITY_HEADER};
 use sluice_common::host::{
-    plugin_config, replace_request_body, send_error, text_property, CounterSet, Flow, Host,
-    Lifecycle, Plugin, Side,
+    plugin_config, replace_request_body, request_line, send_error, text_property, CounterSet, Flow,
+    Host, Lifecycle, Plugin, Side,
 };
 use sluice_common::{properties, ConfigError, ErrorKind, OpenAiError, Policy};
 use std::cell::{Cell, RefCell};
@@ -74,8 +74,7 @@ fn policy(host: &dyn Host) -> Option<Rc<Policy>> {
 impl Lifecycle for RouterRequest {
     fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
         let settings = &self.router.settings;
-        let method = host.header(Side::Request, ":method").unwrap_or_default();
-        let path = host.header(Side::Request, ":path").unwrap_or_default();
+        let (method, path) = request_line(host);
         if method == "GET" && settings.is_models_path(&path) {
             let policy = policy(host);
             let allowed = policy.as_ref().map(|p| p.models.as_slice());

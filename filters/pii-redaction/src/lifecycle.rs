@@ -7,8 +7,8 @@ use crate::{
     RequestOutcome, Settings, SseRedactor,
 };
 use sluice_common::host::{
-    plugin_config, replace_request_body, send_error, CounterSet, Flow, Host, Lifecycle, Plugin,
-    Side,
+    header_values, plugin_config, replace_request_body, request_line, send_error, CounterSet, Flow,
+    Host, Lifecycle, Plugin, Side,
 };
 use sluice_common::{properties, ConfigError, ErrorKind, OpenAiError};
 use std::cell::RefCell;
@@ -177,8 +177,7 @@ impl PiiRequest {
 impl Lifecycle for PiiRequest {
     fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
         let settings = &self.filter.settings;
-        let method = host.header(Side::Request, ":method").unwrap_or_default();
-        let path = host.header(Side::Request, ":path").unwrap_or_default();
+        let (method, path) = request_line(host);
         let Some(api) = settings.api(&method, &path) else {
             return Flow::Continue;
         };
@@ -221,7 +220,9 @@ impl Lifecycle for PiiRequest {
             return Flow::Continue;
         };
         let settings = &self.filter.settings;
-        let status = host.header(Side::Response, ":status").unwrap_or_default();
+        let [status, content_type] =
+            header_values(host, Side::Response, [":status", "content-type"]);
+        let status = status.unwrap_or_default();
         // Embeddings (vectors) and token counts: no text comes back.
         if !settings.scan_responses
             || end_of_stream
@@ -231,10 +232,7 @@ impl Lifecycle for PiiRequest {
             self.phase = Phase::Done;
             return Flow::Continue;
         }
-        let content_type = host
-            .header(Side::Response, "content-type")
-            .unwrap_or_default()
-            .to_ascii_lowercase();
+        let content_type = content_type.unwrap_or_default().to_ascii_lowercase();
         self.phase = if content_type.starts_with("text/event-stream") {
             Phase::Streaming(Box::new(SseRedactor::new(api, MAX_EVENT)))
         } else if content_type.starts_with("application/json") {

@@ -62,14 +62,14 @@ mod probe {
         }
     }
 
-    // The whole chain's host calls on a 2 KB chat, by the phase they are made in: 79 a
-    // request (`sluice-chain-profile --calls` counts 80 of the same kinds).
+    // The whole chain's host calls on a 2 KB chat, by the phase they are made in: 72 a
+    // request (`sluice-chain-profile --calls` counts 74 of the same kinds). The filters that
+    // read two headers or more in a handler read all of that side's headers once.
     fn chain_request_headers(host: &mut dyn Host, metric: Option<u32>) {
-        drop(host.headers(Side::Request));
-        for name in [":method", ":path", ":method", ":path", ":method", ":path"] {
-            drop(host.header(Side::Request, name));
+        for _ in 0..5 {
+            drop(host.headers(Side::Request));
         }
-        for name in [":path", ":path", "cache-control"] {
+        for name in [":path", "cache-control"] {
             drop(host.header(Side::Request, name));
         }
         for _ in 0..4 {
@@ -129,15 +129,8 @@ mod probe {
     }
 
     fn chain_response_headers(host: &mut dyn Host, metric: Option<u32>) {
-        for name in [
-            ":status",
-            "content-type",
-            ":status",
-            "content-type",
-            ":status",
-            "content-type",
-        ] {
-            drop(host.header(Side::Response, name));
+        for _ in 0..2 {
+            drop(host.headers(Side::Response));
         }
         for path in [
             ["response", "code_details"],

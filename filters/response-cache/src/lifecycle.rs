@@ -12,8 +12,8 @@ use crate::{CacheConfig, Settings, CACHE_HEADER};
 use serde_json::{json, Value};
 use sluice_common::api::governed_api;
 use sluice_common::host::{
-    now_unix_millis, plugin_config, text_property, CounterSet, Flow, GaugeSet, Host, HttpCall,
-    Lifecycle, Plugin, Side,
+    header_values, now_unix_millis, plugin_config, request_line, text_property, CounterSet, Flow,
+    GaugeSet, Host, HttpCall, Lifecycle, Plugin, Side,
 };
 use sluice_common::replay::{replay_stream, StreamAssembler};
 use sluice_common::sse::SseParser;
@@ -730,8 +730,7 @@ impl CachedRequest {
 
 impl Lifecycle for CachedRequest {
     fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
-        let method = host.header(Side::Request, ":method").unwrap_or_default();
-        let path = host.header(Side::Request, ":path").unwrap_or_default();
+        let (method, path) = request_line(host);
         match governed_api(&path) {
             Some(api) if method == "POST" && api != Api::CountTokens && !end_of_stream => {
                 self.phase = Phase::AwaitingBody(api);
@@ -779,15 +778,14 @@ impl Lifecycle for CachedRequest {
                     "bypass"
                 };
                 host.set_header(Side::Response, CACHE_HEADER, said);
-                let status = host.header(Side::Response, ":status");
+                let [status, content_type] =
+                    header_values(host, Side::Response, [":status", "content-type"]);
                 if pending.plan.store
                     && !end_of_stream
                     && status.as_deref() == Some("200")
                     && from_upstream(host)
                 {
-                    let sse = host
-                        .header(Side::Response, "content-type")
-                        .is_some_and(|t| t.starts_with("text/event-stream"));
+                    let sse = content_type.is_some_and(|t| t.starts_with("text/event-stream"));
                     let max = self.filter.settings.max_entry_bytes;
                     self.phase = Phase::Capturing(Box::new(Capture {
                         stream: sse

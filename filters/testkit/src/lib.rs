@@ -603,6 +603,45 @@ impl Host for CountingHost<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use sluice_common::host::{header_values, request_line};
+
+    proptest! {
+        /// One read of all headers answers each name as a read of that header would:
+        /// the first value, `None` when absent or not UTF-8, whatever the names repeat.
+        #[test]
+        fn header_values_answer_as_header_does(
+            headers in proptest::collection::vec(
+                ("[a-c:]{1,3}", proptest::collection::vec(any::<u8>(), 0..4)), 0..8),
+            asked in proptest::collection::vec("[a-c:]{1,3}", 3),
+        ) {
+            let mut mock = MockHost::new();
+            mock.request_headers = headers;
+            let names = [asked[0].as_str(), asked[1].as_str(), asked[2].as_str()];
+            let got = header_values(&mock, Side::Request, names);
+            for (name, value) in names.iter().zip(got) {
+                prop_assert_eq!(value, mock.header(Side::Request, name));
+            }
+        }
+    }
+
+    #[test]
+    fn the_request_line_is_read_in_one_call() {
+        let mut mock =
+            MockHost::with_request(&[(":method", "POST"), (":path", "/v1/chat/completions")]);
+        let host = CountingHost::new(&mut mock);
+        assert_eq!(
+            request_line(&host),
+            ("POST".to_string(), "/v1/chat/completions".to_string())
+        );
+        let calls = host.calls.into_inner();
+        assert_eq!((calls.total(), calls.by_kind.get("headers")), (1, Some(&1)));
+        let mut empty = MockHost::new();
+        assert_eq!(
+            request_line(&CountingHost::new(&mut empty)),
+            (String::new(), String::new())
+        );
+    }
 
     #[test]
     fn a_counting_host_counts_each_call_and_the_bytes_each_way() {

@@ -10,8 +10,9 @@ use crate::{
 };
 use sluice_common::api::messages_start_event;
 use sluice_common::host::{
-    now_unix_millis, now_unix_secs, plugin_config, replace_request_body, send_error,
-    set_text_property, text_property, CounterSet, Flow, Histogram, Host, Lifecycle, Plugin, Side,
+    header_values, now_unix_millis, now_unix_secs, plugin_config, replace_request_body,
+    request_line, send_error, set_text_property, text_property, CounterSet, Flow, Histogram, Host,
+    Lifecycle, Plugin, Side,
 };
 use sluice_common::{properties, ConfigError, ErrorKind, OpenAiError};
 use std::cell::RefCell;
@@ -253,8 +254,7 @@ impl CountedRequest {
 
 impl Lifecycle for CountedRequest {
     fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
-        let method = host.header(Side::Request, ":method").unwrap_or_default();
-        let path = host.header(Side::Request, ":path").unwrap_or_default();
+        let (method, path) = request_line(host);
         let Some(api) = self.filter.settings.api(&method, &path) else {
             return Flow::Continue;
         };
@@ -310,10 +310,9 @@ impl Lifecycle for CountedRequest {
             self.phase = phase;
             return Flow::Continue;
         };
-        let status = host
-            .header(Side::Response, ":status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let [status, content_type] =
+            header_values(host, Side::Response, [":status", "content-type"]);
+        let status = status.and_then(|s| s.parse().ok()).unwrap_or(0);
         if status >= 400 && from_upstream(host) {
             // Hold the headers: the status and body are replaced once the body is read.
             host.remove_header(Side::Response, "content-length");
@@ -324,7 +323,6 @@ impl Lifecycle for CountedRequest {
             }
             return Flow::Pause;
         }
-        let content_type = host.header(Side::Response, "content-type");
         let mut tracker = ResponseTracker::new(
             plan.api,
             status,
