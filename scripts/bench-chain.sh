@@ -7,7 +7,9 @@
 # connection for bare Envoy and the whole chain, side by side, with the same chat and with a
 # new prompt every request (rows named _fresh); and with BENCH_PERF=1 a perf
 # profile of the whole chain under load split by where the CPU went (the filters' wasm code
-# in V8, V8 itself, Envoy's wasm host calls, the rest of Envoy, the kernel).
+# in V8, V8 itself, Envoy's wasm host calls, the rest of Envoy, the kernel). Beside the wasm
+# floor rows (no-op filters, the chain's host calls in one probe filter), the same plugins
+# as an Envoy dynamic module (sluice-native): what the wasm boundary itself costs.
 #
 # With BENCH_BASELINE=<git revision>, the whole chain built from that revision (its wasm,
 # built once in a worktree under target/baseline/) runs beside this build's in the same
@@ -29,6 +31,7 @@ PROMPT_BYTES=${BENCH_PROMPT_BYTES:-2000}
 scripts/setup.sh >/dev/null
 scripts/build.sh >/dev/null
 cargo build --quiet --profile wasm-release --target wasm32-wasip1 -p sluice-proxy --example noop --example probe
+cargo build --quiet --release -p sluice-native --example native_probe
 NOOP_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/noop.wasm
 PROBE_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/probe.wasm
 ENVOY="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
@@ -85,8 +88,8 @@ ENGINE_POOL="[{\"name\":\"pool-a\",\"engine\":\"vllm\",\"host\":\"127.0.0.1\",\"
 start_envoy() {
   local name=$1 last=$2 pools=$3 port admin filters=true router=true
   shift 3
-  case "$last" in none | noop:* | probe:*) filters=false ;; esac
-  case "$last" in none | noop:* | probe:* | sluice.key_auth | sluice.rate_limit.admission) router=false ;; esac
+  case "$last" in none | noop:* | probe:* | native_*) filters=false ;; esac
+  case "$last" in none | noop:* | probe:* | native_* | sluice.key_auth | sluice.rate_limit.admission) router=false ;; esac
   port=$(free_port); admin=$(free_port)
   while [ "$admin" = "$port" ]; do admin=$(free_port); done
   mkdir -p "$work/$name/ecds"
@@ -126,6 +129,24 @@ for listener in config["static_resources"]["listeners"]:
                     f["typed_config"]["config"]["vm_config"]["vm_id"] = "noop"
                 hcm["http_filters"] = noops + hcm["http_filters"]
                 continue
+            def native_filter(name, filter_name, configuration=""):
+                # The same plugins as the wasm probe and no-op filters, as an Envoy dynamic
+                # module (sluice-native's native_probe example): no VM.
+                return {"name": name, "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                    "dynamic_module_config": {"name": "native_probe", "do_not_close": True},
+                    "filter_name": filter_name,
+                    "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                      "value": configuration}}}
+            if last.startswith("native_noop:"):
+                noops = [native_filter(f"noop.{i}", "noop") for i in range(int(last.split(":")[1]))]
+                hcm["http_filters"] = noops + hcm["http_filters"]
+                continue
+            if last.startswith("native_probe:"):
+                _, call, count = last.split(":")
+                probe_filter = native_filter("probe", "probe", f"{call} {count}")
+                hcm["http_filters"] = hcm["http_filters"][:-1] + [probe_filter] + hcm["http_filters"][-1:]
+                continue
             if last.startswith("probe:"):
                 _, call, count = last.split(":")
                 # After the buffer filter, where the body filters are: the body comes whole.
@@ -142,7 +163,8 @@ for listener in config["static_resources"]["listeners"]:
             hcm["http_filters"] = kept
 yaml.safe_dump(config, open(path, "w"), sort_keys=False)
 PY
-  "$ENVOY" -c "$work/$name/envoy.yaml" --concurrency "$ENVOY_CONCURRENCY" --base-id "$admin" \
+  ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$ROOT/target/release/examples \
+    "$ENVOY" -c "$work/$name/envoy.yaml" --concurrency "$ENVOY_CONCURRENCY" --base-id "$admin" \
     --log-level warn >"$work/$name/envoy.log" 2>&1 &
   pids+=($!)
   printf -v "PID_$name" '%s' "$!"
@@ -181,6 +203,13 @@ start_envoy noop1 noop:1 "$PLAIN_POOL"
 start_envoy noop8 noop:8 "$PLAIN_POOL"
 start_envoy calls probe:chain:1 "$PLAIN_POOL"
 targets+=("noop1:$PORT_noop1:$PID_noop1" "noop8:$PORT_noop8:$PID_noop8" "calls:$PORT_calls:$PID_calls")
+# The same three natively: the same plugins as an Envoy dynamic module (sluice-native's
+# native_probe example), no VM. What the wasm boundary itself costs.
+start_envoy native1 native_noop:1 "$PLAIN_POOL"
+start_envoy native8 native_noop:8 "$PLAIN_POOL"
+start_envoy native_calls native_probe:chain:1 "$PLAIN_POOL"
+targets+=("native1:$PORT_native1:$PID_native1" "native8:$PORT_native8:$PID_native8"
+  "native_calls:$PORT_native_calls:$PID_native_calls")
 # The whole chain on an engine pool: endpoint-picker last.
 start_envoy picker sluice.endpoint_picker "$ENGINE_POOL"
 targets+=("picker:$PORT_picker:$PID_picker")
@@ -234,6 +263,12 @@ awk -v bare="${cpu[bare]}" -v n1="${cpu[noop1]}" -v n8="${cpu[noop8]}" -v calls=
   printf "whole chain with endpoint-picker, CPU over bare Envoy %+.0f us/req: first filter %+.0f," \
     " seven more instances %+.0f, host calls %+.0f, the rest (the filters'"'"' work and Envoy'"'"'s side of it) %+.0f\n",
     chain - bare, first, more, c, rest }'
+echo "the same natively (an Envoy dynamic module, no VM), over bare Envoy: one no-op filter CPU" \
+  "$(delta "${cpu[native1]}" "${cpu[bare]}") us/req (wasm $(delta "${cpu[noop1]}" "${cpu[bare]}"))," \
+  "eight $(delta "${cpu[native8]}" "${cpu[bare]}") (wasm $(delta "${cpu[noop8]}" "${cpu[bare]}"))," \
+  "the chain's host calls in one filter $(delta "${cpu[native_calls]}" "${cpu[bare]}")" \
+  "(wasm $(delta "${cpu[calls]}" "${cpu[bare]}")); p50 of the calls' filter" \
+  "$(delta "${med[native_calls]}" "${med[bare]}") us (wasm $(delta "${med[calls]}" "${med[bare]}"))"
 printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "same, a VM per filter" "${cpu[sepvm]}" "" "${med[sepvm]}" ""
 [ -z "$BASELINE_WASM" ] || printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "same, $BENCH_BASELINE" \
   "${cpu[baseline]}" "" "${med[baseline]}" ""
@@ -279,7 +314,7 @@ for step in "${STEPS[@]}"; do
   case $name in bare | chain | "${BENCH_PERF:-}") ;; *) pid_var=PID_$name; kill -TERM "${!pid_var}" 2>/dev/null || true ;; esac
 done
 kill -TERM "$PID_unmeasured" 2>/dev/null || true
-for n in noop1 noop8 calls; do [ "$n" = "${BENCH_PERF:-}" ] || { pid_var=PID_$n; kill -TERM "${!pid_var}" 2>/dev/null || true; }; done
+for n in noop1 noop8 calls native1 native8 native_calls; do [ "$n" = "${BENCH_PERF:-}" ] || { pid_var=PID_$n; kill -TERM "${!pid_var}" 2>/dev/null || true; }; done
 sleep 1
 echo
 WRK_ROUNDS=${BENCH_WRK_ROUNDS:-3}

@@ -179,6 +179,18 @@ pub fn request_line(host: &dyn Host) -> (String, String) {
     (method.unwrap_or_default(), path.unwrap_or_default())
 }
 
+/// The version a shared-data write gives `key`, as Envoy's shared data decides it: a
+/// missing key (`current` `None`) is created whatever `cas`; an existing one needs `cas` to
+/// be its version, or none. For hosts that keep shared data themselves (the mock, the
+/// native build).
+pub fn next_shared_version(current: Option<u32>, cas: Option<u32>) -> Result<u32, SharedDataError> {
+    match (current, cas) {
+        (Some(current), Some(cas)) if current != cas => Err(SharedDataError::CasMismatch),
+        (Some(current), _) => Ok(current.wrapping_add(1)),
+        (None, _) => Ok(1),
+    }
+}
+
 /// A filter-state property as UTF-8.
 pub fn text_property(host: &dyn Host, name: &str) -> Option<String> {
     host.property(&[name])

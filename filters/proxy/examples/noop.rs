@@ -4,29 +4,4 @@
 //! wasm32-wasip1 -p sluice-proxy --example noop`.
 
 #[cfg(target_arch = "wasm32")]
-mod noop {
-    use sluice_common::host::{Host, Lifecycle, Plugin};
-    use sluice_common::ConfigError;
-    use std::rc::Rc;
-
-    pub struct Noop;
-    pub struct NoopRequest;
-
-    impl Lifecycle for NoopRequest {}
-
-    impl Plugin for Noop {
-        const NAME: &'static str = "noop";
-        type Request = NoopRequest;
-
-        fn configure(_host: &mut dyn Host) -> Result<Self, ConfigError> {
-            Ok(Self)
-        }
-
-        fn new_request(self: &Rc<Self>, _context_id: u32) -> NoopRequest {
-            NoopRequest
-        }
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-sluice_proxy::filter!(noop::Noop);
+sluice_proxy::filter!(sluice_testkit::probe::Noop);

@@ -5,7 +5,11 @@
 //! asserts the host calls it caused, in order ([`MockHost::calls`]). Reads are answered from
 //! the state and not recorded, so a test states effects, not how they were looked up.
 
-use sluice_common::host::{GrpcCall, Host, HttpCall, MetricKind, SharedDataError, Side};
+pub mod probe;
+
+use sluice_common::host::{
+    next_shared_version, GrpcCall, Host, HttpCall, MetricKind, SharedDataError, Side,
+};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -308,14 +312,7 @@ impl Host for MockHost {
         cas: Option<u32>,
     ) -> Result<(), SharedDataError> {
         let mut shared = self.shared.borrow_mut();
-        // Envoy: a missing key is created whatever `cas`; an existing one needs its version.
-        let version = match (shared.get(key), cas) {
-            (Some((_, current)), Some(cas)) if *current != cas => {
-                return Err(SharedDataError::CasMismatch)
-            }
-            (Some((_, current)), _) => current.wrapping_add(1),
-            (None, _) => 1,
-        };
+        let version = next_shared_version(shared.get(key).map(|(_, v)| *v), cas)?;
         shared.insert(key.to_string(), (value.to_vec(), version));
         self.record(Call::SetSharedData(key.to_string()));
         Ok(())

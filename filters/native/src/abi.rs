@@ -1,0 +1,381 @@
+//! The part of Envoy's dynamic-module ABI (`source/extensions/dynamic_modules/abi/abi.h`,
+//! Envoy 1.40) that the Sluice host uses, declared by hand, with safe wrappers.
+//!
+//! Why by hand: the ABI is a 600 KB C header whose Rust bindings Envoy's SDK generates with
+//! bindgen from its own tree; what Sluice needs is twenty callbacks. Each signature here was
+//! checked against the header, and each symbol against Envoy 1.40's dynamic symbol table
+//! (`nm -D`).
+//!
+//! Safety: every pointer Envoy hands a hook is valid for that hook's duration only; a
+//! [`Filter`] is built in a hook and dropped before it returns (the host borrows it), and
+//! every buffer Envoy returns is copied before the next call.
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+
+/// Bytes owned by Envoy (valid until the hook returns).
+#[repr(C)]
+pub struct EnvoyBuffer {
+    pub ptr: *const u8,
+    pub length: usize,
+}
+
+/// Bytes owned by the module, lent to Envoy for one call.
+#[repr(C)]
+pub struct ModuleBuffer {
+    pub ptr: *const u8,
+    pub length: usize,
+}
+
+impl ModuleBuffer {
+    fn of(bytes: &[u8]) -> Self {
+        Self {
+            ptr: bytes.as_ptr(),
+            length: bytes.len(),
+        }
+    }
+    fn null() -> Self {
+        Self {
+            ptr: std::ptr::null(),
+            length: 0,
+        }
+    }
+}
+
+/// One header as Envoy lists it.
+#[repr(C)]
+pub struct EnvoyHttpHeader {
+    pub key_ptr: *const u8,
+    pub key_length: usize,
+    pub value_ptr: *const u8,
+    pub value_length: usize,
+}
+
+/// One header the module sends (`send_response`).
+#[repr(C)]
+pub struct ModuleHttpHeader {
+    pub key_ptr: *const u8,
+    pub key_length: usize,
+    pub value_ptr: *const u8,
+    pub value_length: usize,
+}
+
+/// `envoy_dynamic_module_type_http_header_type`.
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+pub enum HeaderType {
+    Request = 0,
+    Response = 2,
+}
+
+/// `envoy_dynamic_module_type_http_body_type`.
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+pub enum BodyType {
+    ReceivedRequest = 0,
+    BufferedRequest = 1,
+    ReceivedResponse = 2,
+    BufferedResponse = 3,
+}
+
+/// `envoy_dynamic_module_type_log_level`.
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+pub enum LogLevel {
+    Debug = 1,
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+}
+
+extern "C" {
+    fn envoy_dynamic_module_callback_http_get_header(
+        filter: *mut c_void,
+        header_type: u32,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+        index: usize,
+        optional_size: *mut usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_headers_size(
+        filter: *mut c_void,
+        header_type: u32,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_get_headers(
+        filter: *mut c_void,
+        header_type: u32,
+        result: *mut EnvoyHttpHeader,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter: *mut c_void,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_body_chunks_size(
+        filter: *mut c_void,
+        body_type: u32,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_get_body_chunks(
+        filter: *mut c_void,
+        body_type: u32,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_received_buffered_request_body(
+        filter: *mut c_void,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_received_buffered_response_body(
+        filter: *mut c_void,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_drain_body(
+        filter: *mut c_void,
+        body_type: u32,
+        bytes: usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_append_body(
+        filter: *mut c_void,
+        body_type: u32,
+        data: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_filter_state_bytes(
+        filter: *mut c_void,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_filter_state_bytes(
+        filter: *mut c_void,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_continue_encoding(filter: *mut c_void);
+    fn envoy_dynamic_module_callback_http_send_response(
+        filter: *mut c_void,
+        status: u32,
+        headers: *const ModuleHttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+    fn envoy_dynamic_module_callback_http_clear_route_cache(filter: *mut c_void);
+    fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+}
+
+/// Copy Envoy's bytes out.
+fn copied(buffer: &EnvoyBuffer) -> Vec<u8> {
+    if buffer.ptr.is_null() || buffer.length == 0 {
+        return Vec::new();
+    }
+    // SAFETY: Envoy returned a live buffer of `length` bytes, valid until the hook returns.
+    unsafe { std::slice::from_raw_parts(buffer.ptr, buffer.length) }.to_vec()
+}
+
+/// Envoy's `DynamicModuleHttpFilter` of the stream whose hook is running.
+#[derive(Debug)]
+pub struct Filter(*mut c_void);
+
+impl Filter {
+    /// The pointer a hook was given; use it only inside that hook.
+    pub fn new(ptr: *mut c_void) -> Self {
+        Self(ptr)
+    }
+
+    pub fn header(&self, t: HeaderType, key: &str) -> Option<Vec<u8>> {
+        let mut result = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        // SAFETY: the filter pointer is live during the hook; `result` is a local.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_get_header(
+                self.0,
+                t as u32,
+                ModuleBuffer::of(key.as_bytes()),
+                &mut result,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        (found && !result.ptr.is_null()).then(|| copied(&result))
+    }
+
+    pub fn headers(&self, t: HeaderType) -> Vec<(String, Vec<u8>)> {
+        // SAFETY: the filter pointer is live during the hook.
+        let count =
+            unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, t as u32) };
+        if count == 0 {
+            return Vec::new();
+        }
+        let mut raw: Vec<EnvoyHttpHeader> = (0..count)
+            .map(|_| EnvoyHttpHeader {
+                key_ptr: std::ptr::null(),
+                key_length: 0,
+                value_ptr: std::ptr::null(),
+                value_length: 0,
+            })
+            .collect();
+        // SAFETY: `raw` holds `count` entries, as many as Envoy said it has.
+        if !unsafe {
+            envoy_dynamic_module_callback_http_get_headers(self.0, t as u32, raw.as_mut_ptr())
+        } {
+            return Vec::new();
+        }
+        raw.iter()
+            .map(|h| {
+                let key = copied(&EnvoyBuffer {
+                    ptr: h.key_ptr,
+                    length: h.key_length,
+                });
+                let value = copied(&EnvoyBuffer {
+                    ptr: h.value_ptr,
+                    length: h.value_length,
+                });
+                (String::from_utf8_lossy(&key).into_owned(), value)
+            })
+            .collect()
+    }
+
+    /// Set a header (`None`: remove it).
+    pub fn set_header(&self, t: HeaderType, key: &str, value: Option<&[u8]>) -> bool {
+        let value = value.map_or_else(ModuleBuffer::null, ModuleBuffer::of);
+        // SAFETY: the filter pointer is live; the buffers outlive the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.0,
+                t as u32,
+                ModuleBuffer::of(key.as_bytes()),
+                value,
+            )
+        }
+    }
+
+    /// All bytes of one body buffer, its chunks joined.
+    pub fn body(&self, b: BodyType, into: &mut Vec<u8>) {
+        // SAFETY: the filter pointer is live during the hook.
+        let count =
+            unsafe { envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, b as u32) };
+        if count == 0 {
+            return;
+        }
+        let mut chunks: Vec<EnvoyBuffer> = (0..count)
+            .map(|_| EnvoyBuffer {
+                ptr: std::ptr::null(),
+                length: 0,
+            })
+            .collect();
+        // SAFETY: `chunks` holds as many entries as Envoy said there are.
+        if unsafe {
+            envoy_dynamic_module_callback_http_get_body_chunks(
+                self.0,
+                b as u32,
+                chunks.as_mut_ptr(),
+            )
+        } {
+            for chunk in &chunks {
+                if !chunk.ptr.is_null() && chunk.length > 0 {
+                    // SAFETY: a live chunk of `length` bytes.
+                    into.extend_from_slice(unsafe {
+                        std::slice::from_raw_parts(chunk.ptr, chunk.length)
+                    });
+                }
+            }
+        }
+    }
+
+    /// Whether the chunk being delivered is the body an earlier filter buffered (then the
+    /// buffered and the received body are one buffer, and must be read once).
+    pub fn received_is_buffered(&self, request: bool) -> bool {
+        // SAFETY: the filter pointer is live during the hook.
+        unsafe {
+            if request {
+                envoy_dynamic_module_callback_http_received_buffered_request_body(self.0)
+            } else {
+                envoy_dynamic_module_callback_http_received_buffered_response_body(self.0)
+            }
+        }
+    }
+
+    pub fn drain_body(&self, b: BodyType, bytes: usize) -> bool {
+        // SAFETY: the filter pointer is live during the hook.
+        unsafe { envoy_dynamic_module_callback_http_drain_body(self.0, b as u32, bytes) }
+    }
+
+    pub fn append_body(&self, b: BodyType, data: &[u8]) -> bool {
+        // SAFETY: the filter pointer is live; `data` outlives the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_append_body(self.0, b as u32, ModuleBuffer::of(data))
+        }
+    }
+
+    pub fn filter_state(&self, key: &str) -> Option<Vec<u8>> {
+        let mut result = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        // SAFETY: the filter pointer is live; `result` is a local.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_get_filter_state_bytes(
+                self.0,
+                ModuleBuffer::of(key.as_bytes()),
+                &mut result,
+            )
+        };
+        found.then(|| copied(&result))
+    }
+
+    pub fn set_filter_state(&self, key: &str, value: &[u8]) -> bool {
+        // SAFETY: the filter pointer is live; the buffers outlive the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_filter_state_bytes(
+                self.0,
+                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(value),
+            )
+        }
+    }
+
+    pub fn continue_decoding(&self) {
+        // SAFETY: the filter pointer is live during the hook.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
+    }
+
+    pub fn continue_encoding(&self) {
+        // SAFETY: the filter pointer is live during the hook.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_encoding(self.0) }
+    }
+
+    pub fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        let raw: Vec<ModuleHttpHeader> = headers
+            .iter()
+            .map(|(k, v)| ModuleHttpHeader {
+                key_ptr: k.as_ptr(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr(),
+                value_length: v.len(),
+            })
+            .collect();
+        // SAFETY: the filter pointer is live; `raw`, the strings it points into and `body`
+        // outlive the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.0,
+                u32::from(status),
+                raw.as_ptr(),
+                raw.len(),
+                ModuleBuffer::of(body),
+                ModuleBuffer::of(b"sluice"),
+            )
+        }
+    }
+
+    pub fn clear_route_cache(&self) {
+        // SAFETY: the filter pointer is live during the hook.
+        unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
+    }
+}
+
+/// Write a line to Envoy's log (its `dynamic_modules` logger).
+pub fn log(level: LogLevel, message: &str) {
+    // SAFETY: the message outlives the call; Envoy copies it.
+    unsafe { envoy_dynamic_module_callback_log(level as u32, ModuleBuffer::of(message.as_bytes())) }
+}

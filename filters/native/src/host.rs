@@ -1,0 +1,242 @@
+//! [`EnvoyHost`]: sluice-common's [`Host`] over Envoy's dynamic-module callbacks.
+//!
+//! What it covers: headers, bodies, filter state (the `sluice_*` facts), local replies,
+//! resuming, the route cache, the clock, and shared data (one map for the whole Envoy
+//! process, compare-and-swap by version as Envoy's proxy-wasm shared data does — in a
+//! native module the process is the VM). What it does not cover yet, each answered the
+//! way the `Host` contract allows for a host that refuses: metrics (`define_metric` gives
+//! `None`: the filter runs uncounted), callouts (`dispatch_*` give `None`: could not
+//! start), the root context's timer, and Envoy attributes of more than one segment
+//! (`["response", "code_details"]`: `None`). Enough to run the probe filter's host calls
+//! and measure them; a filter needing the rest stays a wasm filter.
+
+use crate::abi::{BodyType, Filter, HeaderType};
+use sluice_common::host::{
+    next_shared_version, GrpcCall, Host, HttpCall, MetricKind, SharedDataError, Side,
+};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn header_type(side: Side) -> HeaderType {
+    match side {
+        Side::Request => HeaderType::Request,
+        Side::Response => HeaderType::Response,
+    }
+}
+
+/// The buffers holding a side's body so far: what was buffered before this chunk, then
+/// this chunk — or only the chunk, when it is the body an earlier filter buffered (Envoy
+/// then hands both names the same buffer).
+fn body_buffers(filter: &Filter, side: Side) -> &'static [BodyType] {
+    let request = side == Side::Request;
+    match (request, filter.received_is_buffered(request)) {
+        (true, false) => &[BodyType::BufferedRequest, BodyType::ReceivedRequest],
+        (true, true) => &[BodyType::ReceivedRequest],
+        (false, false) => &[BodyType::BufferedResponse, BodyType::ReceivedResponse],
+        (false, true) => &[BodyType::ReceivedResponse],
+    }
+}
+
+/// Shared data: key → (value, version).
+type SharedData = Mutex<HashMap<String, (Vec<u8>, u32)>>;
+
+/// The process's shared data.
+fn shared() -> &'static SharedData {
+    static SHARED: OnceLock<SharedData> = OnceLock::new();
+    SHARED.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The host a hook hands a filter: a stream's (`filter` set) or a configuration's.
+pub struct EnvoyHost<'a> {
+    filter: Option<Filter>,
+    config: &'a [u8],
+}
+
+impl<'a> EnvoyHost<'a> {
+    pub fn stream(filter: Filter, config: &'a [u8]) -> Self {
+        Self {
+            filter: Some(filter),
+            config,
+        }
+    }
+
+    pub fn configuration(config: &'a [u8]) -> Self {
+        Self {
+            filter: None,
+            config,
+        }
+    }
+
+    /// The body of one side so far (buffered, then the chunk being delivered).
+    pub fn body_len(&self, side: Side) -> usize {
+        self.body(side, usize::MAX).len()
+    }
+}
+
+impl Host for EnvoyHost<'_> {
+    fn plugin_configuration(&self) -> Vec<u8> {
+        self.config.to_vec()
+    }
+
+    fn headers(&self, side: Side) -> Vec<(String, Vec<u8>)> {
+        self.filter
+            .as_ref()
+            .map(|f| f.headers(header_type(side)))
+            .unwrap_or_default()
+    }
+
+    fn header(&self, side: Side, name: &str) -> Option<String> {
+        let value = self.filter.as_ref()?.header(header_type(side), name)?;
+        String::from_utf8(value).ok()
+    }
+
+    fn set_header(&mut self, side: Side, name: &str, value: &str) {
+        if let Some(f) = &self.filter {
+            f.set_header(header_type(side), name, Some(value.as_bytes()));
+        }
+    }
+
+    fn remove_header(&mut self, side: Side, name: &str) {
+        if let Some(f) = &self.filter {
+            f.set_header(header_type(side), name, None);
+        }
+    }
+
+    fn body(&self, side: Side, size: usize) -> Vec<u8> {
+        let mut body = Vec::new();
+        if let Some(f) = &self.filter {
+            for &t in body_buffers(f, side) {
+                f.body(t, &mut body);
+            }
+        }
+        body.truncate(size);
+        body
+    }
+
+    fn set_body(&mut self, side: Side, size: usize, bytes: &[u8]) -> bool {
+        let Some(f) = &self.filter else {
+            return false;
+        };
+        // Replace the first `size` bytes: what follows them (none, once the body is whole)
+        // is kept after the new bytes, in the chunk being delivered.
+        let buffers = body_buffers(f, side);
+        let mut whole = Vec::new();
+        let mut drained = true;
+        for &t in buffers {
+            let before = whole.len();
+            f.body(t, &mut whole);
+            drained &= f.drain_body(t, whole.len() - before);
+        }
+        let rest = whole.get(size.min(whole.len())..).unwrap_or_default();
+        let Some(&received) = buffers.last() else {
+            return false;
+        };
+        drained
+            && f.append_body(received, bytes)
+            && (rest.is_empty() || f.append_body(received, rest))
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        match path {
+            [name] => self.filter.as_ref()?.filter_state(name),
+            _ => None,
+        }
+    }
+
+    fn set_property(&mut self, name: &str, value: &[u8]) {
+        if let Some(f) = &self.filter {
+            f.set_filter_state(name, value);
+        }
+    }
+
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        let map = shared()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match map.get(key) {
+            Some((value, version)) => (Some(value.clone()), Some(*version)),
+            None => (None, None),
+        }
+    }
+
+    fn set_shared_data(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError> {
+        let mut map = shared()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let version = next_shared_version(map.get(key).map(|(_, v)| *v), cas)?;
+        map.insert(key.to_string(), (value.to_vec(), version));
+        Ok(())
+    }
+
+    fn dispatch_grpc(&mut self, _call: &GrpcCall) -> Option<u32> {
+        None
+    }
+
+    fn grpc_response(&self, _size: usize) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn grpc_status(&self) -> (u32, Option<String>) {
+        (
+            2,
+            Some("callouts are not available in the native build".into()),
+        )
+    }
+
+    fn dispatch_http(&mut self, _call: &HttpCall) -> Option<u32> {
+        None
+    }
+
+    fn http_response(&self, _body_size: usize) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
+        (Vec::new(), Vec::new())
+    }
+
+    fn set_tick_period(&mut self, _period: Duration) {
+        log::warn!("the native build has no root-context timer; on_tick will not run");
+    }
+
+    fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        if let Some(f) = &self.filter {
+            f.send_response(status, headers, body);
+        }
+    }
+
+    fn resume(&mut self, side: Side) {
+        if let Some(f) = &self.filter {
+            match side {
+                Side::Request => f.continue_decoding(),
+                Side::Response => f.continue_encoding(),
+            }
+        }
+    }
+
+    fn set_effective_context(&mut self, _context_id: u32) {
+        log::warn!("the native build cannot act on another stream");
+    }
+
+    fn clear_route_cache(&mut self) {
+        if let Some(f) = &self.filter {
+            f.clear_route_cache();
+        }
+    }
+
+    fn define_metric(&mut self, _kind: MetricKind, _name: &str) -> Option<u32> {
+        None
+    }
+
+    fn increment_metric(&mut self, _id: u32, _n: u64) {}
+
+    fn record_metric(&mut self, _id: u32, _value: u64) {}
+
+    fn now_unix_nanos(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+}

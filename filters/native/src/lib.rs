@@ -1,0 +1,446 @@
+//! A Sluice filter's [`Plugin`] run natively inside Envoy through its dynamic-module ABI
+//! (`envoy.filters.http.dynamic_modules`), with no wasm VM: the same `Host` boundary
+//! ([`EnvoyHost`]), the same lifecycle, each host call a plain function call into Envoy.
+//!
+//! Why it exists (issue 18): in Envoy's V8 a host call that returns data costs about 1.7
+//! µs under load, most of it V8 entering and leaving the module and the call back into the
+//! VM that allocates the answer; the chain makes about 75 a request. This crate measures
+//! what the same calls and the same filter instances cost natively (`scripts/bench-chain.sh`'s
+//! native rows, with `examples/native_probe.rs`). It runs the probe and no-op filters only:
+//! [`EnvoyHost`] does not yet do metrics, callouts or timers (see its docs), which the
+//! Sluice filters need.
+//!
+//! Threading: Envoy creates a filter configuration on its main thread and streams on its
+//! workers. A [`Plugin`] is single-threaded (it is written for one VM per worker), so each
+//! worker thread configures its own from the configuration's bytes on its first stream, as
+//! each worker's VM does; the main thread configures one first only to refuse a bad
+//! configuration at load, as `on_configure` does.
+
+mod abi;
+mod host;
+
+pub use host::EnvoyHost;
+
+use abi::{Filter, LogLevel};
+use sluice_common::host::{Flow, Host, Lifecycle, Plugin, Side, Unconfigured};
+use sluice_common::ConfigError;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// Makes a stream's lifecycle from one worker's configured plugin.
+pub trait StreamFactory {
+    fn new_stream(&self, context_id: u32) -> Box<dyn Lifecycle>;
+}
+
+struct Factory<P: Plugin>(Rc<P>);
+
+impl<P: Plugin> StreamFactory for Factory<P>
+where
+    P::Request: 'static,
+{
+    fn new_stream(&self, context_id: u32) -> Box<dyn Lifecycle> {
+        Box::new(self.0.new_request(context_id))
+    }
+}
+
+/// Configure `P` from a host holding its configuration.
+pub type MakePlugin = fn(&mut dyn Host) -> Result<Rc<dyn StreamFactory>, ConfigError>;
+
+/// [`MakePlugin`] for one plugin type.
+pub fn make<P: Plugin>(host: &mut dyn Host) -> Result<Rc<dyn StreamFactory>, ConfigError>
+where
+    P::Request: 'static,
+{
+    Ok(Rc::new(Factory(Rc::new(P::configure(host)?))))
+}
+
+/// The filters this module offers, by the `filter_name` Envoy configures.
+static FILTERS: OnceLock<&'static [(&'static str, MakePlugin)]> = OnceLock::new();
+
+/// `envoy_dynamic_module_on_program_init`'s work (see [`native_filters!`]): remember the
+/// filters, route `log` to Envoy's log; the ABI version string Envoy compares with its own
+/// (a mismatch is only warned about).
+pub fn init(filters: &'static [(&'static str, MakePlugin)]) -> *const c_char {
+    let _ = FILTERS.set(filters);
+    if log::set_logger(&EnvoyLog).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    c"v0.1.0".as_ptr()
+}
+
+/// The module's entry point: `sluice_native::native_filters!("probe" => Probe);`.
+#[macro_export]
+macro_rules! native_filters {
+    ($($name:literal => $plugin:ty),+ $(,)?) => {
+        /// Envoy's first call into the module.
+        #[allow(unsafe_code)] // an exported symbol Envoy looks up by name
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const ::std::ffi::c_char {
+            static FILTERS: &[(&str, $crate::MakePlugin)] =
+                &[$(($name, $crate::make::<$plugin> as $crate::MakePlugin)),+];
+            $crate::init(FILTERS)
+        }
+    };
+}
+
+struct EnvoyLog;
+
+impl log::Log for EnvoyLog {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let level = match record.level() {
+                log::Level::Error => LogLevel::Error,
+                log::Level::Warn => LogLevel::Warn,
+                log::Level::Info => LogLevel::Info,
+                log::Level::Debug | log::Level::Trace => LogLevel::Debug,
+            };
+            abi::log(level, &record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// A filter configuration as Envoy holds it (shared by all workers).
+struct NativeConfig {
+    /// Which configuration this is, for each worker's cache of configured plugins.
+    id: u64,
+    name: String,
+    bytes: Vec<u8>,
+    make: MakePlugin,
+}
+
+/// One stream's filter.
+struct Stream {
+    lifecycle: Box<dyn Lifecycle>,
+    config: *const NativeConfig,
+}
+
+thread_local! {
+    /// This worker's plugins, by configuration id.
+    static PLUGINS: RefCell<HashMap<u64, Option<Rc<dyn StreamFactory>>>> = RefCell::new(HashMap::new());
+    static NEXT_CONTEXT: Cell<u32> = const { Cell::new(1) };
+}
+
+/// The hooks Envoy calls, by the ABI's names.
+#[allow(unsafe_code)]
+mod hooks {
+    use super::*;
+
+    fn envoy_str(ptr: *const u8, len: usize) -> Vec<u8> {
+        if ptr.is_null() || len == 0 {
+            return Vec::new();
+        }
+        // SAFETY: Envoy lends `len` bytes for the duration of the hook.
+        unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+        _config_envoy: *mut c_void,
+        name_ptr: *const u8,
+        name_len: usize,
+        config_ptr: *const u8,
+        config_len: usize,
+    ) -> *const c_void {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let name = String::from_utf8_lossy(&envoy_str(name_ptr, name_len)).into_owned();
+        let bytes = envoy_str(config_ptr, config_len);
+        let Some(&(_, make)) = FILTERS
+            .get()
+            .and_then(|filters| filters.iter().find(|(n, _)| *n == name))
+        else {
+            log::error!("no filter {name:?} in this module; configuration rejected");
+            return std::ptr::null();
+        };
+        // Refuse a bad configuration now, as `on_configure` does.
+        if let Err(e) = make(&mut EnvoyHost::configuration(&bytes)) {
+            log::error!("{name}: {e}; configuration rejected");
+            return std::ptr::null();
+        }
+        let config = NativeConfig {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            name,
+            bytes,
+            make,
+        };
+        Box::into_raw(Box::new(config)) as *const c_void
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *mut c_void) {
+        if !config.is_null() {
+            // SAFETY: made by Box::into_raw in config_new; Envoy destroys it once, after its
+            // streams.
+            drop(unsafe { Box::from_raw(config as *mut NativeConfig) });
+        }
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
+        config: *const c_void,
+        _filter_envoy: *mut c_void,
+    ) -> *mut c_void {
+        // SAFETY: the configuration made in config_new lives as long as its filters.
+        let Some(cfg) = (unsafe { (config as *const NativeConfig).as_ref() }) else {
+            return std::ptr::null_mut();
+        };
+        let factory = PLUGINS.with(|plugins| {
+            plugins
+                .borrow_mut()
+                .entry(cfg.id)
+                .or_insert_with(
+                    || match (cfg.make)(&mut EnvoyHost::configuration(&cfg.bytes)) {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            log::error!("{}: {e}", cfg.name);
+                            None
+                        }
+                    },
+                )
+                .clone()
+        });
+        let context_id = NEXT_CONTEXT.with(|n| {
+            let id = n.get();
+            n.set(id.wrapping_add(1));
+            id
+        });
+        let lifecycle: Box<dyn Lifecycle> = match factory {
+            Some(f) => f.new_stream(context_id),
+            None => Box::new(Unconfigured { filter: "native" }),
+        };
+        Box::into_raw(Box::new(Stream {
+            lifecycle,
+            config: cfg,
+        })) as *mut c_void
+    }
+
+    /// Run one lifecycle step with the stream's host.
+    fn with_stream<R>(
+        envoy: *mut c_void,
+        stream: *mut c_void,
+        default: R,
+        step: impl FnOnce(&mut dyn Lifecycle, &mut EnvoyHost) -> R,
+    ) -> R {
+        // SAFETY: made by Box::into_raw in filter_new; Envoy calls a stream's hooks one at a
+        // time on its worker, until destroy.
+        let Some(stream) = (unsafe { (stream as *mut Stream).as_mut() }) else {
+            return default;
+        };
+        // SAFETY: the configuration outlives its streams.
+        let bytes = unsafe { stream.config.as_ref() }.map_or(&[][..], |c| c.bytes.as_slice());
+        let mut host = EnvoyHost::stream(Filter::new(envoy), bytes);
+        step(stream.lifecycle.as_mut(), &mut host)
+    }
+
+    fn headers_status(flow: Flow) -> u32 {
+        match flow {
+            Flow::Continue => 0, // Continue
+            Flow::Pause => 1,    // StopIteration
+        }
+    }
+
+    fn body_status(flow: Flow) -> u32 {
+        match flow {
+            Flow::Continue => 0, // Continue
+            Flow::Pause => 1,    // StopIterationAndBuffer
+        }
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+        envoy: *mut c_void,
+        stream: *mut c_void,
+        end_of_stream: bool,
+    ) -> u32 {
+        with_stream(envoy, stream, 0, |l, h| {
+            headers_status(l.on_request_headers(h, end_of_stream))
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+        envoy: *mut c_void,
+        stream: *mut c_void,
+        end_of_stream: bool,
+    ) -> u32 {
+        with_stream(envoy, stream, 0, |l, h| {
+            let size = h.body_len(Side::Request);
+            body_status(l.on_request_body(h, size, end_of_stream))
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+        _envoy: *mut c_void,
+        _stream: *mut c_void,
+    ) -> u32 {
+        0
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+        envoy: *mut c_void,
+        stream: *mut c_void,
+        end_of_stream: bool,
+    ) -> u32 {
+        with_stream(envoy, stream, 0, |l, h| {
+            headers_status(l.on_response_headers(h, end_of_stream))
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+        envoy: *mut c_void,
+        stream: *mut c_void,
+        end_of_stream: bool,
+    ) -> u32 {
+        with_stream(envoy, stream, 0, |l, h| {
+            let size = h.body_len(Side::Response);
+            body_status(l.on_response_body(h, size, end_of_stream))
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+        _envoy: *mut c_void,
+        _stream: *mut c_void,
+    ) -> u32 {
+        0
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+        envoy: *mut c_void,
+        stream: *mut c_void,
+    ) {
+        with_stream(envoy, stream, (), |l, h| l.on_log(h));
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(stream: *mut c_void) {
+        if !stream.is_null() {
+            // SAFETY: made by Box::into_raw in filter_new; destroyed once.
+            drop(unsafe { Box::from_raw(stream as *mut Stream) });
+        }
+    }
+
+    // Hooks Envoy resolves for every module, for features the native build does not use
+    // (callouts, streams it starts, scheduled events, per-route configuration, watermarks).
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
+        _name_ptr: *const u8,
+        _name_len: usize,
+        _config_ptr: *const u8,
+        _config_len: usize,
+    ) -> *const c_void {
+        std::ptr::null()
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(
+        _c: *mut c_void,
+    ) {
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+        _envoy: *mut c_void,
+        _stream: *mut c_void,
+        _callout_id: u64,
+        _result: u32,
+        _headers: *const c_void,
+        _headers_size: usize,
+        _body: *const c_void,
+        _body_size: usize,
+    ) {
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+        _envoy: *mut c_void,
+        _stream: *mut c_void,
+        _id: u64,
+        _headers: *const c_void,
+        _size: usize,
+        _end: bool,
+    ) {
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+        _envoy: *mut c_void,
+        _stream: *mut c_void,
+        _id: u64,
+        _data: *const c_void,
+        _count: usize,
+        _end: bool,
+    ) {
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+        _envoy: *mut c_void,
+        _stream: *mut c_void,
+        _id: u64,
+        _trailers: *const c_void,
+        _size: usize,
+    ) {
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+        _envoy: *mut c_void,
+        _stream: *mut c_void,
+        _id: u64,
+    ) {
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+        _envoy: *mut c_void,
+        _stream: *mut c_void,
+        _id: u64,
+        _reason: u32,
+    ) {
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+        _envoy: *mut c_void,
+        _stream: *mut c_void,
+        _event: u64,
+    ) {
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+        _config_envoy: *mut c_void,
+        _config: *mut c_void,
+        _event: u64,
+    ) {
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+        _envoy: *mut c_void,
+        _stream: *mut c_void,
+    ) {
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+        _envoy: *mut c_void,
+        _stream: *mut c_void,
+    ) {
+    }
+}
