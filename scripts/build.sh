@@ -39,4 +39,7 @@ done
 cargo build --quiet --target wasm32-wasip1 --profile wasm-release -p sluice-filters
 optimize_wasm sluice_filters
 cargo build --quiet --release -p sluice-mock-llm -p sluice-cli -p sluice-ratelimit -p sluice-batch -p sluice-cache
-echo "build: $(ls target/wasm/*.wasm | tr '\n' ' ')target/release/sluice-mock-llm target/release/sluice target/release/sluice-ratelimit target/release/sluice-batch target/release/sluice-cache"
+# The probe plugins as an Envoy dynamic module (sluice-native: the benchmarks' native rows
+# and its end-to-end test).
+cargo build --quiet --release -p sluice-native --example native_probe
+echo "build: $(ls target/wasm/*.wasm | tr '\n' ' ')target/release/sluice-mock-llm target/release/sluice target/release/sluice-ratelimit target/release/sluice-batch target/release/sluice-cache target/release/examples/libnative_probe.so"

@@ -6,7 +6,8 @@
 //! `new_property` (a name per call), `shared_get`, `shared_set`, `metric`, `clock`,
 //! `clear_route_cache`; `pause` (hold the headers until the body's last chunk, as the
 //! filters that read the body do); on the body's last chunk `body` or `set_body` (read, or
-//! read and write back, the whole request body), `chain` (`<count>` times the host calls the
+//! read and write back, the whole request body; `rewrite_body` writes it back with a
+//! space after it), `chain` (`<count>` times the host calls the
 //! whole chain makes a request, by kind and phase, with none of its work: what the calls
 //! cost apart from the code around them), `json` (read it and parse it into a
 //! `serde_json::Value`, `<count>` times: what V8 makes of typical Rust code); `response` (hold the
@@ -232,6 +233,13 @@ impl Lifecycle for ProbeRequest {
                 }
                 "set_body" => {
                     let body = host.body(Side::Request, size);
+                    host.set_body(Side::Request, size, &body);
+                }
+                "rewrite_body" => {
+                    // A body that differs from what came (a trailing space, still the same
+                    // JSON): a host that kept the old bytes, or both, shows upstream.
+                    let mut body = host.body(Side::Request, size);
+                    body.push(b' ');
                     host.set_body(Side::Request, size, &body);
                 }
                 _ => {}

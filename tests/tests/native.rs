@@ -1,0 +1,79 @@
+//! sluice-native in a real Envoy: Sluice plugins run as an Envoy dynamic module through
+//! `EnvoyHost` (the probe filter of `sluice_testkit::probe`, twice), with what they read and
+//! write checked where Envoy's upstream and client see it.
+
+use serde_json::Value;
+use sluice_e2e::{built, recorded_header, StackBuilder, StackOptions};
+
+/// An Envoy dynamic-module filter running `filter_name` of the native probe module.
+fn native_filter(name: &str, filter_name: &str, config: &str) -> String {
+    format!(
+        r#"          - name: {name}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {{name: native_probe, do_not_close: true}}
+              filter_name: {filter_name}
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: "{config}"
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_plugin_runs_natively_in_envoy_through_the_dynamic_module_host() {
+    let module = built("target/release/examples/libnative_probe.so");
+    // Envoy finds `native_probe` as lib<name>.so on this path.
+    std::env::set_var(
+        "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+        module.parent().unwrap(),
+    );
+    let mut b = StackBuilder::new(StackOptions {
+        pools: vec!["pool-a"],
+        filters: false,
+        ..StackOptions::default()
+    });
+    b.add_engines();
+    b.start_mocks().await;
+    b.write_keys();
+    let config = b.render_envoy_config();
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    let router = "          - name: envoy.filters.http.router\n";
+    assert!(yaml.contains(router), "the template's router filter moved");
+    // The chain's host calls (headers read, written and removed, facts published, the
+    // body read and written back, the response held and read), then a body rewrite.
+    let natives = native_filter("probe.chain", "probe", "chain 1")
+        + &native_filter("probe.rewrite", "probe", "rewrite_body 1");
+    std::fs::write(&config, yaml.replacen(router, &(natives + router), 1)).unwrap();
+    let s = b.start_envoy(&config).await;
+
+    let body = serde_json::to_string(&sluice_e2e::chat_body(false)).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.gateway))
+        .header("authorization", "Bearer not-forwarded")
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    // Set on the response's headers by the first probe.
+    assert_eq!(
+        r.headers()
+            .get("x-sluice-cache")
+            .and_then(|v| v.to_str().ok()),
+        Some("bypass")
+    );
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["object"], "chat.completion");
+
+    let requests = s.pools[0].requests().await;
+    let sent = requests.last().expect("the pool got the request");
+    // A header written and one removed by the first probe (the routing header it also
+    // writes is the gateway's own, stripped before the upstream).
+    assert_eq!(recorded_header(sent, "x-probe"), Some("1"));
+    assert_eq!(recorded_header(sent, "authorization"), None);
+    // The body read and written back whole by the first, then replaced by the second: the
+    // new bytes, once, and nothing of the old ones besides.
+    assert_eq!(sent["body"].as_str(), Some(format!("{body} ").as_str()));
+}
