@@ -31,7 +31,7 @@ PROMPT_BYTES=${BENCH_PROMPT_BYTES:-2000}
 scripts/setup.sh >/dev/null
 scripts/build.sh >/dev/null
 cargo build --quiet --profile wasm-release --target wasm32-wasip1 -p sluice-proxy --example noop --example probe
-cargo build --quiet --release -p sluice-native --example native_probe
+cargo build --quiet --release -p sluice-native --example native_probe --example native_filters
 NOOP_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/noop.wasm
 PROBE_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/probe.wasm
 ENVOY="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
@@ -104,9 +104,10 @@ start_envoy() {
     -s "listen_port=$port" -s "admin_port=$admin" -s "state_dir=$work/$name" \
     -s "pools=$pools" -s "filters=$filters" -s "model_router=$router" -s "wasm_dir=$wasm" -s "one_vm=$one_vm" \
     -s "model_router_config=$ROUTER_CONFIG" -s "response_cache=$CACHE_CONFIG" "$@"
-  "$PY" - "$work/$name/envoy.yaml" "$last" "$NOOP_WASM" "$PROBE_WASM" <<'PY'
-import sys, yaml
-path, last, noop, probe = sys.argv[1:]
+  "$PY" - "$work/$name/envoy.yaml" "$last" "$NOOP_WASM" "$PROBE_WASM" "${NATIVE:-false}" \
+    "$work/$name/ecds/key-auth.json" <<'PY'
+import json, sys, yaml
+path, last, noop, probe, native, key_auth_ecds = sys.argv[1:]
 config = yaml.safe_load(open(path))
 for listener in config["static_resources"]["listeners"]:
     for chain in listener["filter_chains"]:
@@ -160,6 +161,20 @@ for listener in config["static_resources"]["listeners"]:
                 kept.append(h)
                 if h["name"] == last:
                     dropping = True
+            if native == "true":
+                # The same filters and configurations as an Envoy dynamic module
+                # (sluice-native's native_filters example): no VM.
+                def as_native(h):
+                    if h.get("config_discovery"):
+                        wasm = json.load(open(key_auth_ecds))["resources"][0]["typed_config"]["config"]
+                    elif h.get("typed_config", {}).get("@type", "").endswith("wasm.v3.Wasm"):
+                        wasm = h["typed_config"]["config"]
+                    else:
+                        return h
+                    f = native_filter(h["name"], wasm["root_id"], wasm["configuration"]["value"])
+                    f["typed_config"]["dynamic_module_config"]["name"] = "native_filters"
+                    return f
+                kept = [as_native(h) for h in kept]
             hcm["http_filters"] = kept
 yaml.safe_dump(config, open(path, "w"), sort_keys=False)
 PY

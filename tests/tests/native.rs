@@ -43,7 +43,8 @@ async fn a_plugin_runs_natively_in_envoy_through_the_dynamic_module_host() {
     // The chain's host calls (headers read, written and removed, facts published, the
     // body read and written back, the response held and read), then a body rewrite.
     let natives = native_filter("probe.chain", "probe", "chain 1")
-        + &native_filter("probe.rewrite", "probe", "rewrite_body 1");
+        + &native_filter("probe.rewrite", "probe", "rewrite_body 1")
+        + &native_filter("probe.attributes", "probe", "attributes 1");
     std::fs::write(&config, yaml.replacen(router, &(natives + router), 1)).unwrap();
     let s = b.start_envoy(&config).await;
 
@@ -64,6 +65,21 @@ async fn a_plugin_runs_natively_in_envoy_through_the_dynamic_module_host() {
             .and_then(|v| v.to_str().ok()),
         Some("bypass")
     );
+    // Envoy's attributes, read by their ids.
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let id = header("x-probe-request-id");
+    assert!(
+        id.len() == 36 && id.matches('-').count() == 4,
+        "request.id {id:?}"
+    );
+    assert_eq!(header("x-probe-code-details"), "via_upstream");
+    assert_eq!(header("x-probe-code"), "200");
     let answer: Value = r.json().await.unwrap();
     assert_eq!(answer["object"], "chat.completion");
 

@@ -78,6 +78,19 @@ pub enum BodyType {
     BufferedResponse = 3,
 }
 
+/// The attributes the filters read (`envoy_dynamic_module_type_attribute_id`, numbered as
+/// in the header; the end-to-end test reads each one through Envoy).
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+pub enum Attribute {
+    /// `request.id` (string).
+    RequestId = 9,
+    /// `response.code` (integer).
+    ResponseCode = 15,
+    /// `response.code_details` (string).
+    ResponseCodeDetails = 16,
+}
+
 /// `envoy_dynamic_module_type_log_level`.
 #[derive(Debug, Clone, Copy)]
 #[repr(u32)]
@@ -146,6 +159,16 @@ extern "C" {
         filter: *mut c_void,
         key: ModuleBuffer,
         result: *mut EnvoyBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter: *mut c_void,
+        attribute: u32,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_int(
+        filter: *mut c_void,
+        attribute: u32,
+        result: *mut u64,
     ) -> bool;
     fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: *mut c_void);
     fn envoy_dynamic_module_callback_http_filter_continue_encoding(filter: *mut c_void);
@@ -332,6 +355,35 @@ impl Filter {
                 ModuleBuffer::of(value),
             )
         }
+    }
+
+    pub fn attribute_string(&self, attribute: Attribute) -> Option<Vec<u8>> {
+        let mut result = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        // SAFETY: the filter pointer is live; `result` is a local.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                self.0,
+                attribute as u32,
+                &mut result,
+            )
+        };
+        found.then(|| copied(&result))
+    }
+
+    pub fn attribute_int(&self, attribute: Attribute) -> Option<u64> {
+        let mut result = 0u64;
+        // SAFETY: the filter pointer is live; `result` is a local.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_int(
+                self.0,
+                attribute as u32,
+                &mut result,
+            )
+        };
+        found.then_some(result)
     }
 
     pub fn continue_decoding(&self) {

@@ -6,11 +6,12 @@
 //! native module the process is the VM). What it does not cover yet, each answered the
 //! way the `Host` contract allows for a host that refuses: metrics (`define_metric` gives
 //! `None`: the filter runs uncounted), callouts (`dispatch_*` give `None`: could not
-//! start), the root context's timer, and Envoy attributes of more than one segment
-//! (`["response", "code_details"]`: `None`). Enough to run the probe filter's host calls
-//! and measure them; a filter needing the rest stays a wasm filter.
+//! start) and the root context's timer. Of Envoy's attributes it reads those the filters
+//! read (`request.id`, `response.code`, `response.code_details`) and `plugin_root_id`
+//! (the filter name). Enough to run the chain on a plain pool without global limits and
+//! measure it; a filter needing the rest stays a wasm filter.
 
-use crate::abi::{BodyType, Filter, HeaderType};
+use crate::abi::{Attribute, BodyType, Filter, HeaderType};
 use sluice_common::host::{
     next_shared_version, GrpcCall, Host, HttpCall, MetricKind, SharedDataError, Side,
 };
@@ -25,17 +26,27 @@ fn header_type(side: Side) -> HeaderType {
     }
 }
 
-/// The buffers holding a side's body so far: what was buffered before this chunk, then
-/// this chunk — or only the chunk, when it is the body an earlier filter buffered (Envoy
-/// then hands both names the same buffer).
-fn body_buffers(filter: &Filter, side: Side) -> &'static [BodyType] {
+/// The buffers holding the body a filter sees, as proxy-wasm shows it: while the filter
+/// holds this side's body (it paused on an earlier chunk), what Envoy buffered for it and
+/// then the chunk being delivered; otherwise the chunk alone (which is the whole body when
+/// an earlier filter buffered it and now lets it go). Envoy's buffered body may hold data
+/// held for other filters: it is read only when this filter is the one holding it.
+fn body_buffers(filter: &Filter, side: Side, holding: bool) -> &'static [BodyType] {
     let request = side == Side::Request;
-    match (request, filter.received_is_buffered(request)) {
-        (true, false) => &[BodyType::BufferedRequest, BodyType::ReceivedRequest],
-        (true, true) => &[BodyType::ReceivedRequest],
-        (false, false) => &[BodyType::BufferedResponse, BodyType::ReceivedResponse],
-        (false, true) => &[BodyType::ReceivedResponse],
+    let both = holding && !filter.received_is_buffered(request);
+    match (request, both) {
+        (true, true) => &[BodyType::BufferedRequest, BodyType::ReceivedRequest],
+        (true, false) => &[BodyType::ReceivedRequest],
+        (false, true) => &[BodyType::BufferedResponse, BodyType::ReceivedResponse],
+        (false, false) => &[BodyType::ReceivedResponse],
     }
+}
+
+/// The filter-state name of a published fact: the one proxy-wasm gives it (`wasm.<name>`),
+/// so that the access log (`%FILTER_STATE(wasm.sluice_tenant:PLAIN)%`) and anything else
+/// reading Sluice's facts finds them whichever build of the filters runs.
+fn filter_state_name(name: &str) -> String {
+    format!("wasm.{name}")
 }
 
 /// Shared data: key → (value, version).
@@ -51,24 +62,40 @@ fn shared() -> &'static SharedData {
 pub struct EnvoyHost<'a> {
     filter: Option<Filter>,
     config: &'a [u8],
+    /// The filter name Envoy configured (`plugin_root_id`).
+    root_id: &'a str,
+    /// Whether the filter holds the request's, the response's body (it paused on an
+    /// earlier chunk of it).
+    holding: [bool; 2],
 }
 
 impl<'a> EnvoyHost<'a> {
-    pub fn stream(filter: Filter, config: &'a [u8]) -> Self {
+    pub fn stream(filter: Filter, config: &'a [u8], root_id: &'a str, holding: [bool; 2]) -> Self {
         Self {
             filter: Some(filter),
             config,
+            root_id,
+            holding,
         }
     }
 
-    pub fn configuration(config: &'a [u8]) -> Self {
+    pub fn configuration(config: &'a [u8], root_id: &'a str) -> Self {
         Self {
             filter: None,
             config,
+            root_id,
+            holding: [false; 2],
         }
     }
 
-    /// The body of one side so far (buffered, then the chunk being delivered).
+    fn holding(&self, side: Side) -> bool {
+        match side {
+            Side::Request => self.holding[0],
+            Side::Response => self.holding[1],
+        }
+    }
+
+    /// The size of the body the filter sees on one side (see `body_buffers`).
     pub fn body_len(&self, side: Side) -> usize {
         self.body(side, usize::MAX).len()
     }
@@ -106,7 +133,7 @@ impl Host for EnvoyHost<'_> {
     fn body(&self, side: Side, size: usize) -> Vec<u8> {
         let mut body = Vec::new();
         if let Some(f) = &self.filter {
-            for &t in body_buffers(f, side) {
+            for &t in body_buffers(f, side, self.holding(side)) {
                 f.body(t, &mut body);
             }
         }
@@ -120,7 +147,7 @@ impl Host for EnvoyHost<'_> {
         };
         // Replace the first `size` bytes: what follows them (none, once the body is whole)
         // is kept after the new bytes, in the chunk being delivered.
-        let buffers = body_buffers(f, side);
+        let buffers = body_buffers(f, side, self.holding(side));
         let mut whole = Vec::new();
         let mut drained = true;
         for &t in buffers {
@@ -138,15 +165,26 @@ impl Host for EnvoyHost<'_> {
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        if path == ["plugin_root_id"] {
+            // What proxy-wasm calls the root id: the filter name Envoy configured.
+            return Some(self.root_id.as_bytes().to_vec());
+        }
+        let f = self.filter.as_ref()?;
         match path {
-            [name] => self.filter.as_ref()?.filter_state(name),
+            ["request", "id"] => f.attribute_string(Attribute::RequestId),
+            ["response", "code_details"] => f.attribute_string(Attribute::ResponseCodeDetails),
+            // As proxy-wasm gives an integer attribute: 8 bytes, little-endian.
+            ["response", "code"] => f
+                .attribute_int(Attribute::ResponseCode)
+                .map(|code| code.to_le_bytes().to_vec()),
+            [name] => f.filter_state(&filter_state_name(name)),
             _ => None,
         }
     }
 
     fn set_property(&mut self, name: &str, value: &[u8]) {
         if let Some(f) = &self.filter {
-            f.set_filter_state(name, value);
+            f.set_filter_state(&filter_state_name(name), value);
         }
     }
 

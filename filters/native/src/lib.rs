@@ -72,7 +72,8 @@ pub fn init(filters: &'static [(&'static str, MakePlugin)]) -> *const c_char {
     c"v0.1.0".as_ptr()
 }
 
-/// The module's entry point: `sluice_native::native_filters!("probe" => Probe);`.
+/// The module's entry point: `sluice_native::native_filters!("probe" => Probe);` (a filter
+/// name Envoy configures runs the first plugin whose name it contains).
 #[macro_export]
 macro_rules! native_filters {
     ($($name:literal => $plugin:ty),+ $(,)?) => {
@@ -122,6 +123,9 @@ struct NativeConfig {
 struct Stream {
     lifecycle: Box<dyn Lifecycle>,
     config: *const NativeConfig,
+    /// Whether the filter paused on a chunk of the request's, the response's body (Envoy
+    /// buffers it for the filter, which then sees all of it, as in proxy-wasm).
+    holding: [bool; 2],
 }
 
 thread_local! {
@@ -154,15 +158,17 @@ mod hooks {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let name = String::from_utf8_lossy(&envoy_str(name_ptr, name_len)).into_owned();
         let bytes = envoy_str(config_ptr, config_len);
+        // As `RootById` picks a filter by root id: the first whose name the filter name
+        // contains (`sluice.rate_limit.admission` runs `rate_limit`).
         let Some(&(_, make)) = FILTERS
             .get()
-            .and_then(|filters| filters.iter().find(|(n, _)| *n == name))
+            .and_then(|filters| filters.iter().find(|(part, _)| name.contains(part)))
         else {
             log::error!("no filter {name:?} in this module; configuration rejected");
             return std::ptr::null();
         };
         // Refuse a bad configuration now, as `on_configure` does.
-        if let Err(e) = make(&mut EnvoyHost::configuration(&bytes)) {
+        if let Err(e) = make(&mut EnvoyHost::configuration(&bytes, &name)) {
             log::error!("{name}: {e}; configuration rejected");
             return std::ptr::null();
         }
@@ -197,15 +203,15 @@ mod hooks {
             plugins
                 .borrow_mut()
                 .entry(cfg.id)
-                .or_insert_with(
-                    || match (cfg.make)(&mut EnvoyHost::configuration(&cfg.bytes)) {
+                .or_insert_with(|| {
+                    match (cfg.make)(&mut EnvoyHost::configuration(&cfg.bytes, &cfg.name)) {
                         Ok(f) => Some(f),
                         Err(e) => {
                             log::error!("{}: {e}", cfg.name);
                             None
                         }
-                    },
-                )
+                    }
+                })
                 .clone()
         });
         let context_id = NEXT_CONTEXT.with(|n| {
@@ -220,6 +226,7 @@ mod hooks {
         Box::into_raw(Box::new(Stream {
             lifecycle,
             config: cfg,
+            holding: [false; 2],
         })) as *mut c_void
     }
 
@@ -230,15 +237,42 @@ mod hooks {
         default: R,
         step: impl FnOnce(&mut dyn Lifecycle, &mut EnvoyHost) -> R,
     ) -> R {
+        with_stream_state(envoy, stream, default, |s, h| step(s.lifecycle.as_mut(), h))
+    }
+
+    /// Run a body step; a pause makes the filter the holder of that side's body.
+    fn body_step(envoy: *mut c_void, stream: *mut c_void, side: Side, end_of_stream: bool) -> u32 {
+        with_stream_state(envoy, stream, 0, |s, h| {
+            let size = h.body_len(side);
+            let flow = match side {
+                Side::Request => s.lifecycle.on_request_body(h, size, end_of_stream),
+                Side::Response => s.lifecycle.on_response_body(h, size, end_of_stream),
+            };
+            let holding = match side {
+                Side::Request => &mut s.holding[0],
+                Side::Response => &mut s.holding[1],
+            };
+            *holding = matches!(flow, Flow::Pause);
+            body_status(flow)
+        })
+    }
+
+    fn with_stream_state<R>(
+        envoy: *mut c_void,
+        stream: *mut c_void,
+        default: R,
+        step: impl FnOnce(&mut Stream, &mut EnvoyHost) -> R,
+    ) -> R {
         // SAFETY: made by Box::into_raw in filter_new; Envoy calls a stream's hooks one at a
         // time on its worker, until destroy.
         let Some(stream) = (unsafe { (stream as *mut Stream).as_mut() }) else {
             return default;
         };
         // SAFETY: the configuration outlives its streams.
-        let bytes = unsafe { stream.config.as_ref() }.map_or(&[][..], |c| c.bytes.as_slice());
-        let mut host = EnvoyHost::stream(Filter::new(envoy), bytes);
-        step(stream.lifecycle.as_mut(), &mut host)
+        let (bytes, name) = unsafe { stream.config.as_ref() }
+            .map_or((&[][..], ""), |c| (c.bytes.as_slice(), c.name.as_str()));
+        let mut host = EnvoyHost::stream(Filter::new(envoy), bytes, name, stream.holding);
+        step(stream, &mut host)
     }
 
     fn headers_status(flow: Flow) -> u32 {
@@ -272,10 +306,7 @@ mod hooks {
         stream: *mut c_void,
         end_of_stream: bool,
     ) -> u32 {
-        with_stream(envoy, stream, 0, |l, h| {
-            let size = h.body_len(Side::Request);
-            body_status(l.on_request_body(h, size, end_of_stream))
-        })
+        body_step(envoy, stream, Side::Request, end_of_stream)
     }
 
     #[no_mangle]
@@ -303,10 +334,7 @@ mod hooks {
         stream: *mut c_void,
         end_of_stream: bool,
     ) -> u32 {
-        with_stream(envoy, stream, 0, |l, h| {
-            let size = h.body_len(Side::Response);
-            body_status(l.on_response_body(h, size, end_of_stream))
-        })
+        body_step(envoy, stream, Side::Response, end_of_stream)
     }
 
     #[no_mangle]

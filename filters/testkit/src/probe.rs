@@ -11,7 +11,9 @@
 //! whole chain makes a request, by kind and phase, with none of its work: what the calls
 //! cost apart from the code around them), `json` (read it and parse it into a
 //! `serde_json::Value`, `<count>` times: what V8 makes of typical Rust code); `response` (hold the
-//! response until its body is in, then read it); `memory` (keep `<count>` MB of linear memory in use, no calls).
+//! response until its body is in, then read it); `memory` (keep `<count>` MB of linear memory in use, no calls); `attributes`
+//! (on the response's headers, Envoy's `request.id`, `response.code_details` and
+//! `response.code` copied into `x-probe-*` response headers).
 //!
 //! Used by the wasm examples of `sluice-proxy` (`probe`, `noop`) and the native ones of
 //! `sluice-native`, so that both runtimes make the same calls.
@@ -254,6 +256,24 @@ impl Lifecycle for ProbeRequest {
                 chain_response_headers(host, self.0.metric);
             }
             return if end { Flow::Continue } else { Flow::Pause };
+        }
+        if self.0.call == "attributes" {
+            // Envoy's attributes as the filters read them, shown to the client.
+            let text = |path: &[&str]| {
+                host.property(path)
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .unwrap_or_default()
+            };
+            let id = text(&["request", "id"]);
+            let details = text(&["response", "code_details"]);
+            let code = host
+                .property(&["response", "code"])
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map_or(0, u64::from_le_bytes);
+            host.set_header(Side::Response, "x-probe-request-id", &id);
+            host.set_header(Side::Response, "x-probe-code-details", &details);
+            host.set_header(Side::Response, "x-probe-code", &code.to_string());
+            return Flow::Continue;
         }
         if self.0.call == "response" && !end {
             // Hold the response headers until its body is in, as the filters that read
