@@ -225,6 +225,10 @@ start_envoy native8 native_noop:8 "$PLAIN_POOL"
 start_envoy native_calls native_probe:chain:1 "$PLAIN_POOL"
 targets+=("native1:$PORT_native1:$PID_native1" "native8:$PORT_native8:$PID_native8"
   "native_calls:$PORT_native_calls:$PID_native_calls")
+# The whole chain on a plain pool as an Envoy dynamic module (sluice-native's
+# native_filters: the same filters and configurations, no VM).
+NATIVE=true start_envoy native_chain sluice.rate_limit.tokens "$PLAIN_POOL"
+targets+=("native_chain:$PORT_native_chain:$PID_native_chain")
 # The whole chain on an engine pool: endpoint-picker last.
 start_envoy picker sluice.endpoint_picker "$ENGINE_POOL"
 targets+=("picker:$PORT_picker:$PID_picker")
@@ -297,6 +301,8 @@ if [ -n "$BASELINE_WASM" ]; then
 fi
 echo "whole chain over bare Envoy: CPU $(delta "${cpu[chain]}" "${cpu[bare]}") us/req," \
   "p50 $(delta "${med[chain]}" "${med[bare]}") us"
+echo "whole chain natively (dynamic module) over bare Envoy: CPU" \
+  "$(delta "${cpu[native_chain]}" "${cpu[bare]}") us/req, p50 $(delta "${med[native_chain]}" "${med[bare]}") us"
 
 # ---- What one host call costs: a filter making 50 of one kind a request, against the no-op ----
 HOST_CALLS=(header headers set_header property set_property shared_get shared_set metric clock body)
@@ -337,8 +343,9 @@ echo "side by side: wrk, $WRK_ROUNDS interleaved rounds of $SECONDS_PER_RUN s pe
   "throughput at $CONNS connections, latency at 1"
 # The same chat every request (what the memos of token-counter and pii-redaction serve), and
 # a new prompt every request (_fresh: what they cannot).
-rows=(direct:$MOCK_PORT bare:$PORT_bare chain:$PORT_chain picker:$PORT_picker sepvm:$PORT_sepvm
-  bare_fresh:$PORT_bare chain_fresh:$PORT_chain)
+rows=(direct:$MOCK_PORT bare:$PORT_bare chain:$PORT_chain native_chain:$PORT_native_chain
+  picker:$PORT_picker sepvm:$PORT_sepvm bare_fresh:$PORT_bare chain_fresh:$PORT_chain
+  native_chain_fresh:$PORT_native_chain)
 [ -z "$BASELINE_WASM" ] || rows+=(baseline:$PORT_baseline baseline_fresh:$PORT_baseline)
 declare -A rps p50 p99
 for round in $(seq "$WRK_ROUNDS"); do
@@ -364,6 +371,11 @@ awk -v c="${rps[chain]}" -v b="${rps[bare]}" -v cp="${p50[chain]}" -v bp="${p50[
 awk -v c="${rps[chain_fresh]}" -v b="${rps[bare_fresh]}" -v cp="${p50[chain_fresh]}" -v bp="${p50[bare_fresh]}" \
   -v c9="${p99[chain_fresh]}" -v b9="${p99[bare_fresh]}" 'BEGIN {
   printf "whole chain, every prompt new: %.0f%% of bare Envoy'"'"'s throughput; p50 %+.0f us, p99 %+.0f us over bare Envoy\n", 100 * c / b, cp - bp, c9 - b9 }'
+awk -v c="${rps[native_chain]}" -v b="${rps[bare]}" -v w="${rps[chain]}" -v cp="${p50[native_chain]}" \
+  -v bp="${p50[bare]}" -v c9="${p99[native_chain]}" -v b9="${p99[bare]}" 'BEGIN {
+  printf "whole chain natively (dynamic module): %.0f%% of bare Envoy'"'"'s throughput (x%.2f the wasm chain); p50 %+.0f us, p99 %+.0f us over bare Envoy\n", 100 * c / b, c / w, cp - bp, c9 - b9 }'
+awk -v c="${rps[native_chain_fresh]}" -v b="${rps[bare_fresh]}" -v cp="${p50[native_chain_fresh]}" -v bp="${p50[bare_fresh]}" 'BEGIN {
+  printf "whole chain natively, every prompt new: %.0f%% of bare Envoy'"'"'s throughput; p50 %+.0f us over bare Envoy\n", 100 * c / b, cp - bp }'
 awk -v c="${rps[picker]}" -v s="${rps[sepvm]}" -v cp="${p50[picker]}" -v sp="${p50[sepvm]}" 'BEGIN {
   printf "whole chain with endpoint-picker, one VM against a VM per filter: throughput x%.2f, p50 %+.0f us\n", c / s, cp - sp }'
 if [ -n "$BASELINE_WASM" ]; then
