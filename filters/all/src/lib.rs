@@ -11,14 +11,32 @@
 //!
 //! The per-filter modules are still built (the Istio WasmPlugins load one each).
 
+// The filters' crates, for `with_filters!`'s expansion in another crate.
+pub use {
+    sluice_endpoint_picker, sluice_key_auth, sluice_model_router, sluice_pii_redaction,
+    sluice_rate_limit, sluice_response_cache, sluice_token_counter,
+};
+
+/// The seven filters, each after the part of its root id (or filter name) that chooses it
+/// (`sluice.rate_limit.admission` runs `rate_limit`): one list for every build of the
+/// chain. `with_filters!(some::glue)` expands to `some::glue!("key_auth" => KeyAuth, ...)`
+/// (`sluice_proxy::filters` for the wasm module, `sluice_native::native_filters` for the
+/// dynamic module).
+#[macro_export]
+macro_rules! with_filters {
+    ($($glue:tt)+) => {
+        $($glue)+!(
+            "key_auth" => $crate::sluice_key_auth::lifecycle::KeyAuth,
+            "rate_limit" => $crate::sluice_rate_limit::lifecycle::RateLimit,
+            "model_router" => $crate::sluice_model_router::lifecycle::ModelRouter,
+            "pii_redaction" => $crate::sluice_pii_redaction::lifecycle::PiiRedaction,
+            "token_counter" => $crate::sluice_token_counter::lifecycle::TokenCounter,
+            "response_cache" => $crate::sluice_response_cache::lifecycle::ResponseCache,
+            "endpoint_picker" => $crate::sluice_endpoint_picker::lifecycle::EndpointPicker,
+        );
+    };
+}
+
 // The root ids as the Envoy configs name them (`sluice.rate_limit.admission`, ...).
 #[cfg(all(target_arch = "wasm32", not(test)))]
-sluice_proxy::filters!(
-    "key_auth" => sluice_key_auth::lifecycle::KeyAuth,
-    "rate_limit" => sluice_rate_limit::lifecycle::RateLimit,
-    "model_router" => sluice_model_router::lifecycle::ModelRouter,
-    "pii_redaction" => sluice_pii_redaction::lifecycle::PiiRedaction,
-    "token_counter" => sluice_token_counter::lifecycle::TokenCounter,
-    "response_cache" => sluice_response_cache::lifecycle::ResponseCache,
-    "endpoint_picker" => sluice_endpoint_picker::lifecycle::EndpointPicker,
-);
+with_filters!(sluice_proxy::filters);

@@ -179,15 +179,51 @@ pub fn request_line(host: &dyn Host) -> (String, String) {
     (method.unwrap_or_default(), path.unwrap_or_default())
 }
 
-/// The version a shared-data write gives `key`, as Envoy's shared data decides it: a
-/// missing key (`current` `None`) is created whatever `cas`; an existing one needs `cas` to
-/// be its version, or none. For hosts that keep shared data themselves (the mock, the
-/// native build).
-pub fn next_shared_version(current: Option<u32>, cas: Option<u32>) -> Result<u32, SharedDataError> {
-    match (current, cas) {
-        (Some(current), Some(cas)) if current != cas => Err(SharedDataError::CasMismatch),
-        (Some(current), _) => Ok(current.wrapping_add(1)),
-        (None, _) => Ok(1),
+/// Shared data a host keeps itself (the mock, the native build): key → value and version,
+/// written by compare-and-swap as Envoy's shared data is.
+#[derive(Debug, Default)]
+pub struct SharedDataMap(HashMap<String, (Vec<u8>, u32)>);
+
+impl SharedDataMap {
+    /// [`Host::shared_data`]: the value and its version.
+    pub fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.0.get(key) {
+            Some((value, version)) => (Some(value.clone()), Some(*version)),
+            None => (None, None),
+        }
+    }
+
+    /// [`Host::set_shared_data`]: as Envoy decides it, a missing key is created whatever
+    /// `cas`; an existing one needs `cas` to be its version, or none.
+    pub fn set(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError> {
+        let version = match (self.0.get(key), cas) {
+            (Some((_, current)), Some(cas)) if *current != cas => {
+                return Err(SharedDataError::CasMismatch)
+            }
+            (Some((_, current)), _) => current.wrapping_add(1),
+            (None, _) => 1,
+        };
+        self.0.insert(key.to_string(), (value.to_vec(), version));
+        Ok(())
+    }
+
+    /// The keys set, in no order.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.keys()
+    }
+
+    /// How many keys are set.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

@@ -13,9 +13,8 @@
 
 use crate::abi::{Attribute, BodyType, Filter, HeaderType};
 use sluice_common::host::{
-    next_shared_version, GrpcCall, Host, HttpCall, MetricKind, SharedDataError, Side,
+    GrpcCall, Host, HttpCall, MetricKind, SharedDataError, SharedDataMap, Side,
 };
-use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -49,13 +48,10 @@ fn filter_state_name(name: &str) -> String {
     format!("wasm.{name}")
 }
 
-/// Shared data: key → (value, version).
-type SharedData = Mutex<HashMap<String, (Vec<u8>, u32)>>;
-
 /// The process's shared data.
-fn shared() -> &'static SharedData {
-    static SHARED: OnceLock<SharedData> = OnceLock::new();
-    SHARED.get_or_init(|| Mutex::new(HashMap::new()))
+fn shared() -> &'static Mutex<SharedDataMap> {
+    static SHARED: OnceLock<Mutex<SharedDataMap>> = OnceLock::new();
+    SHARED.get_or_init(|| Mutex::new(SharedDataMap::default()))
 }
 
 /// The host a hook hands a filter: a stream's (`filter` set) or a configuration's.
@@ -189,13 +185,9 @@ impl Host for EnvoyHost<'_> {
     }
 
     fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        let map = shared()
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match map.get(key) {
-            Some((value, version)) => (Some(value.clone()), Some(*version)),
-            None => (None, None),
-        }
+        let map = shared().lock();
+        map.unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(key)
     }
 
     fn set_shared_data(
@@ -204,12 +196,9 @@ impl Host for EnvoyHost<'_> {
         value: &[u8],
         cas: Option<u32>,
     ) -> Result<(), SharedDataError> {
-        let mut map = shared()
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let version = next_shared_version(map.get(key).map(|(_, v)| *v), cas)?;
-        map.insert(key.to_string(), (value.to_vec(), version));
-        Ok(())
+        let map = shared().lock();
+        map.unwrap_or_else(|poisoned| poisoned.into_inner())
+            .set(key, value, cas)
     }
 
     fn dispatch_grpc(&mut self, _call: &GrpcCall) -> Option<u32> {

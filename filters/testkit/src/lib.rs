@@ -8,7 +8,7 @@
 pub mod probe;
 
 use sluice_common::host::{
-    next_shared_version, GrpcCall, Host, HttpCall, MetricKind, SharedDataError, Side,
+    GrpcCall, Host, HttpCall, MetricKind, SharedDataError, SharedDataMap, Side,
 };
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -69,7 +69,7 @@ pub struct MockHost {
     /// Properties by path joined with `.` (`sluice_policy`, `response.code`).
     pub properties: HashMap<String, Vec<u8>>,
     /// Shared data: value and version, CAS-checked like Envoy's.
-    pub shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    pub shared: RefCell<SharedDataMap>,
     /// When set, `dispatch_grpc`/`dispatch_http` fail (the cluster is missing).
     pub callouts_fail: bool,
     /// The answer being delivered to `on_grpc_response`.
@@ -299,10 +299,7 @@ impl Host for MockHost {
     }
 
     fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.shared.borrow().get(key) {
-            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-            None => (None, None),
-        }
+        self.shared.borrow().get(key)
     }
 
     fn set_shared_data(
@@ -311,9 +308,7 @@ impl Host for MockHost {
         value: &[u8],
         cas: Option<u32>,
     ) -> Result<(), SharedDataError> {
-        let mut shared = self.shared.borrow_mut();
-        let version = next_shared_version(shared.get(key).map(|(_, v)| *v), cas)?;
-        shared.insert(key.to_string(), (value.to_vec(), version));
+        self.shared.borrow_mut().set(key, value, cas)?;
         self.record(Call::SetSharedData(key.to_string()));
         Ok(())
     }
