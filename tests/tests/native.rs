@@ -44,7 +44,8 @@ async fn a_plugin_runs_natively_in_envoy_through_the_dynamic_module_host() {
     // body read and written back, the response held and read), then a body rewrite.
     let natives = native_filter("probe.chain", "probe", "chain 1")
         + &native_filter("probe.rewrite", "probe", "rewrite_body 1")
-        + &native_filter("probe.attributes", "probe", "attributes 1");
+        + &native_filter("probe.attributes", "probe", "attributes 1")
+        + &native_filter("probe.panic", "probe", "panic 1");
     std::fs::write(&config, yaml.replacen(router, &(natives + router), 1)).unwrap();
     let s = b.start_envoy(&config).await;
 
@@ -92,4 +93,29 @@ async fn a_plugin_runs_natively_in_envoy_through_the_dynamic_module_host() {
     // The body read and written back whole by the first, then replaced by the second: the
     // new bytes, once, and nothing of the old ones besides.
     assert_eq!(sent["body"].as_str(), Some(format!("{body} ").as_str()));
+
+    // A filter that panics: the request is refused with the gateway's 500, nothing reaches
+    // the pool, and Envoy goes on serving.
+    let client = reqwest::Client::new();
+    let before = s.pools[0].requests().await.len();
+    let r = client
+        .post(format!("{}/v1/chat/completions", s.gateway))
+        .header("x-probe-panic", "1")
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let error: Value = r.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "gateway_error");
+    assert_eq!(s.pools[0].requests().await.len(), before);
+    let r = client
+        .post(format!("{}/v1/chat/completions", s.gateway))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

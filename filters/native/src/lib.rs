@@ -22,8 +22,8 @@ mod host;
 pub use host::EnvoyHost;
 
 use abi::{Filter, LogLevel};
-use sluice_common::host::{Flow, Host, Lifecycle, Plugin, Side, Unconfigured};
-use sluice_common::ConfigError;
+use sluice_common::host::{send_error, Flow, Host, Lifecycle, Plugin, Side, Unconfigured};
+use sluice_common::{ConfigError, ErrorKind, OpenAiError};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
@@ -126,6 +126,20 @@ struct Stream {
     /// Whether the filter paused on a chunk of the request's, the response's body (Envoy
     /// buffers it for the filter, which then sees all of it, as in proxy-wasm).
     holding: [bool; 2],
+}
+
+/// The lifecycle of a stream whose filter panicked: it is refused (see `with_stream_state`)
+/// and nothing more of it runs.
+struct Refused;
+
+impl Lifecycle for Refused {
+    fn on_request_headers(&mut self, _host: &mut dyn Host, _end_of_stream: bool) -> Flow {
+        Flow::Pause
+    }
+
+    fn on_request_body(&mut self, _host: &mut dyn Host, _size: usize, _end: bool) -> Flow {
+        Flow::Pause
+    }
 }
 
 thread_local! {
@@ -235,14 +249,17 @@ mod hooks {
         envoy: *mut c_void,
         stream: *mut c_void,
         default: R,
+        on_panic: R,
         step: impl FnOnce(&mut dyn Lifecycle, &mut EnvoyHost) -> R,
     ) -> R {
-        with_stream_state(envoy, stream, default, |s, h| step(s.lifecycle.as_mut(), h))
+        with_stream_state(envoy, stream, default, on_panic, |s, h| {
+            step(s.lifecycle.as_mut(), h)
+        })
     }
 
     /// Run a body step; a pause makes the filter the holder of that side's body.
     fn body_step(envoy: *mut c_void, stream: *mut c_void, side: Side, end_of_stream: bool) -> u32 {
-        with_stream_state(envoy, stream, 0, |s, h| {
+        with_stream_state(envoy, stream, 0, 1, |s, h| {
             let size = h.body_len(side);
             let flow = match side {
                 Side::Request => s.lifecycle.on_request_body(h, size, end_of_stream),
@@ -257,10 +274,13 @@ mod hooks {
         })
     }
 
+    /// `default` when the stream is gone; `on_panic` when the filter panicked (a status that
+    /// stops the stream, which its 500 reply ends).
     fn with_stream_state<R>(
         envoy: *mut c_void,
         stream: *mut c_void,
         default: R,
+        on_panic: R,
         step: impl FnOnce(&mut Stream, &mut EnvoyHost) -> R,
     ) -> R {
         // SAFETY: made by Box::into_raw in filter_new; Envoy calls a stream's hooks one at a
@@ -272,7 +292,21 @@ mod hooks {
         let (bytes, name) = unsafe { stream.config.as_ref() }
             .map_or((&[][..], ""), |c| (c.bytes.as_slice(), c.name.as_str()));
         let mut host = EnvoyHost::stream(Filter::new(envoy), bytes, name, stream.holding);
-        step(stream, &mut host)
+        // No panic may cross into Envoy (it would abort the process). A filter that
+        // panicked has left its request half-decided: the client gets the gateway's 500,
+        // nothing more of the stream runs through the filter, and nothing ungoverned goes
+        // on (the reply ends the stream).
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(stream, &mut host))) {
+            Ok(result) => result,
+            Err(_) => {
+                log::error!("{name}: the filter panicked; the request was refused");
+                stream.lifecycle = Box::new(Refused);
+                let error = OpenAiError::new(ErrorKind::ServerError, "The gateway failed.")
+                    .with_code("gateway_error");
+                send_error(&mut host, &error, &[]);
+                on_panic
+            }
+        }
     }
 
     fn headers_status(flow: Flow) -> u32 {
@@ -295,7 +329,7 @@ mod hooks {
         stream: *mut c_void,
         end_of_stream: bool,
     ) -> u32 {
-        with_stream(envoy, stream, 0, |l, h| {
+        with_stream(envoy, stream, 0, 1, |l, h| {
             headers_status(l.on_request_headers(h, end_of_stream))
         })
     }
@@ -323,7 +357,7 @@ mod hooks {
         stream: *mut c_void,
         end_of_stream: bool,
     ) -> u32 {
-        with_stream(envoy, stream, 0, |l, h| {
+        with_stream(envoy, stream, 0, 1, |l, h| {
             headers_status(l.on_response_headers(h, end_of_stream))
         })
     }
@@ -350,7 +384,7 @@ mod hooks {
         envoy: *mut c_void,
         stream: *mut c_void,
     ) {
-        with_stream(envoy, stream, (), |l, h| l.on_log(h));
+        with_stream(envoy, stream, (), (), |l, h| l.on_log(h));
     }
 
     #[no_mangle]

@@ -13,7 +13,8 @@
 //! `serde_json::Value`, `<count>` times: what V8 makes of typical Rust code); `response` (hold the
 //! response until its body is in, then read it); `memory` (keep `<count>` MB of linear memory in use, no calls); `attributes`
 //! (on the response's headers, Envoy's `request.id`, `response.code_details` and
-//! `response.code` copied into `x-probe-*` response headers).
+//! `response.code` copied into `x-probe-*` response headers); `panic` (panics on a
+//! request with an `x-probe-panic` header).
 //!
 //! Used by the wasm examples of `sluice-proxy` (`probe`, `noop`) and the native ones of
 //! `sluice-native`, so that both runtimes make the same calls.
@@ -179,6 +180,14 @@ impl Lifecycle for ProbeRequest {
                 chain_request_headers(host, p.metric);
             }
             return if end { Flow::Continue } else { Flow::Pause };
+        }
+        if p.call == "panic" && host.header(Side::Request, "x-probe-panic").is_some() {
+            // What a host does with a filter that panics (the native build refuses the
+            // request with a 500 and goes on; the wasm VM would abort).
+            #[allow(clippy::panic)]
+            {
+                panic!("probe: asked to panic");
+            }
         }
         if p.call == "pause" && !end {
             // Hold the headers until the body is in (as the body-reading filters do).
