@@ -31,7 +31,8 @@ PROMPT_BYTES=${BENCH_PROMPT_BYTES:-2000}
 scripts/setup.sh >/dev/null
 scripts/build.sh >/dev/null
 cargo build --quiet --profile wasm-release --target wasm32-wasip1 -p sluice-proxy --example noop --example probe
-cargo build --quiet --release -p sluice-native --example native_probe --example native_filters
+# The seven filters as a dynamic module (build.sh builds the native probe).
+cargo build --quiet --release -p sluice-native --example native_filters
 NOOP_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/noop.wasm
 PROBE_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/probe.wasm
 ENVOY="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
@@ -130,12 +131,12 @@ for listener in config["static_resources"]["listeners"]:
                     f["typed_config"]["config"]["vm_config"]["vm_id"] = "noop"
                 hcm["http_filters"] = noops + hcm["http_filters"]
                 continue
-            def native_filter(name, filter_name, configuration=""):
-                # The same plugins as the wasm probe and no-op filters, as an Envoy dynamic
-                # module (sluice-native's native_probe example): no VM.
+            def native_filter(name, filter_name, configuration="", module="native_probe"):
+                # A plugin of one of sluice-native's dynamic modules (its examples: the
+                # probe and no-op plugins, or the seven filters): no VM.
                 return {"name": name, "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-                    "dynamic_module_config": {"name": "native_probe", "do_not_close": True},
+                    "dynamic_module_config": {"name": module, "do_not_close": True},
                     "filter_name": filter_name,
                     "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
                                       "value": configuration}}}
@@ -171,9 +172,8 @@ for listener in config["static_resources"]["listeners"]:
                         wasm = h["typed_config"]["config"]
                     else:
                         return h
-                    f = native_filter(h["name"], wasm["root_id"], wasm["configuration"]["value"])
-                    f["typed_config"]["dynamic_module_config"]["name"] = "native_filters"
-                    return f
+                    return native_filter(h["name"], wasm["root_id"], wasm["configuration"]["value"],
+                                         module="native_filters")
                 kept = [as_native(h) for h in kept]
             hcm["http_filters"] = kept
 yaml.safe_dump(config, open(path, "w"), sort_keys=False)

@@ -1,6 +1,6 @@
 //! sluice-native in a real Envoy: Sluice plugins run as an Envoy dynamic module through
-//! `EnvoyHost` (the probe filter of `sluice_testkit::probe`, twice), with what they read and
-//! write checked where Envoy's upstream and client see it.
+//! `EnvoyHost` (the probe filter of `sluice_testkit::probe` in four modes), with what they
+//! read and write checked where Envoy's upstream and client see it.
 
 use serde_json::Value;
 use sluice_e2e::{built, recorded_header, StackBuilder, StackOptions};
@@ -50,23 +50,19 @@ async fn a_plugin_runs_natively_in_envoy_through_the_dynamic_module_host() {
     let s = b.start_envoy(&config).await;
 
     let body = serde_json::to_string(&sluice_e2e::chat_body(false)).unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", s.gateway))
-        .header("authorization", "Bearer not-forwarded")
-        .header("content-type", "application/json")
-        .body(body.clone())
-        .send()
+    let client = reqwest::Client::new();
+    let chat = |extra: (&str, &str)| {
+        client
+            .post(format!("{}/v1/chat/completions", s.gateway))
+            .header(extra.0, extra.1)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    let r = chat(("authorization", "Bearer not-forwarded"))
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    // Set on the response's headers by the first probe.
-    assert_eq!(
-        r.headers()
-            .get("x-sluice-cache")
-            .and_then(|v| v.to_str().ok()),
-        Some("bypass")
-    );
-    // Envoy's attributes, read by their ids.
+    assert_eq!(r.status(), 200);
     let header = |name: &str| {
         r.headers()
             .get(name)
@@ -74,6 +70,9 @@ async fn a_plugin_runs_natively_in_envoy_through_the_dynamic_module_host() {
             .unwrap_or_default()
             .to_string()
     };
+    // Set on the response's headers by the first probe.
+    assert_eq!(header("x-sluice-cache"), "bypass");
+    // Envoy's attributes, read by their ids.
     let id = header("x-probe-request-id");
     assert!(
         id.len() == 36 && id.matches('-').count() == 4,
@@ -96,26 +95,12 @@ async fn a_plugin_runs_natively_in_envoy_through_the_dynamic_module_host() {
 
     // A filter that panics: the request is refused with the gateway's 500, nothing reaches
     // the pool, and Envoy goes on serving.
-    let client = reqwest::Client::new();
     let before = s.pools[0].requests().await.len();
-    let r = client
-        .post(format!("{}/v1/chat/completions", s.gateway))
-        .header("x-probe-panic", "1")
-        .header("content-type", "application/json")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = chat(("x-probe-panic", "1")).await.unwrap();
     assert_eq!(r.status(), 500);
     let error: Value = r.json().await.unwrap();
     assert_eq!(error["error"]["code"], "gateway_error");
     assert_eq!(s.pools[0].requests().await.len(), before);
-    let r = client
-        .post(format!("{}/v1/chat/completions", s.gateway))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = chat(("x-probe", "again")).await.unwrap();
     assert_eq!(r.status(), 200);
 }

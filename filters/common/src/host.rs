@@ -179,6 +179,16 @@ pub fn request_line(host: &dyn Host) -> (String, String) {
     (method.unwrap_or_default(), path.unwrap_or_default())
 }
 
+/// Which of a module's filters a root id (or dynamic-module filter name) runs: the first
+/// whose part the id contains (`sluice.rate_limit.admission` runs `rate_limit`). The one
+/// rule for the wasm module of several filters and the native one.
+pub fn chosen_by_root_id<'a, T>(filters: &'a [(&str, T)], root_id: &str) -> Option<&'a T> {
+    filters
+        .iter()
+        .find(|(part, _)| root_id.contains(part))
+        .map(|(_, filter)| filter)
+}
+
 /// Shared data a host keeps itself (the mock, the native build): key → value and version,
 /// written by compare-and-swap as Envoy's shared data is.
 #[derive(Debug, Default)]

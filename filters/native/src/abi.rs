@@ -14,10 +14,34 @@
 use std::ffi::c_void;
 
 /// Bytes owned by Envoy (valid until the hook returns).
+#[derive(Clone, Copy)]
 #[repr(C)]
 pub struct EnvoyBuffer {
     pub ptr: *const u8,
     pub length: usize,
+}
+
+impl EnvoyBuffer {
+    /// What Envoy fills in (and what a missing answer leaves).
+    const EMPTY: Self = Self {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+
+    /// The bytes, borrowed for as long as the hook runs.
+    fn as_slice(&self) -> &[u8] {
+        if self.ptr.is_null() || self.length == 0 {
+            return &[];
+        }
+        // SAFETY: Envoy returned (or lent) a live buffer of `length` bytes, valid until the
+        // hook returns; the slice is used within it.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.length) }
+    }
+}
+
+/// Bytes Envoy lends a hook (a name, a configuration), copied out.
+pub fn lent(ptr: *const u8, length: usize) -> Vec<u8> {
+    EnvoyBuffer { ptr, length }.as_slice().to_vec()
 }
 
 /// Bytes owned by the module, lent to Envoy for one call.
@@ -42,22 +66,25 @@ impl ModuleBuffer {
     }
 }
 
-/// One header as Envoy lists it.
+/// One header, as Envoy lists it (`get_headers`) and as the module sends it
+/// (`send_response`): the ABI's two header types have this one layout.
+#[derive(Clone, Copy)]
 #[repr(C)]
-pub struct EnvoyHttpHeader {
+pub struct HttpHeader {
     pub key_ptr: *const u8,
     pub key_length: usize,
     pub value_ptr: *const u8,
     pub value_length: usize,
 }
 
-/// One header the module sends (`send_response`).
-#[repr(C)]
-pub struct ModuleHttpHeader {
-    pub key_ptr: *const u8,
-    pub key_length: usize,
-    pub value_ptr: *const u8,
-    pub value_length: usize,
+impl HttpHeader {
+    /// What Envoy fills in.
+    const EMPTY: Self = Self {
+        key_ptr: std::ptr::null(),
+        key_length: 0,
+        value_ptr: std::ptr::null(),
+        value_length: 0,
+    };
 }
 
 /// `envoy_dynamic_module_type_http_header_type`.
@@ -117,7 +144,7 @@ extern "C" {
     fn envoy_dynamic_module_callback_http_get_headers(
         filter: *mut c_void,
         header_type: u32,
-        result: *mut EnvoyHttpHeader,
+        result: *mut HttpHeader,
     ) -> bool;
     fn envoy_dynamic_module_callback_http_set_header(
         filter: *mut c_void,
@@ -175,22 +202,13 @@ extern "C" {
     fn envoy_dynamic_module_callback_http_send_response(
         filter: *mut c_void,
         status: u32,
-        headers: *const ModuleHttpHeader,
+        headers: *const HttpHeader,
         headers_size: usize,
         body: ModuleBuffer,
         details: ModuleBuffer,
     );
     fn envoy_dynamic_module_callback_http_clear_route_cache(filter: *mut c_void);
     fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
-}
-
-/// Copy Envoy's bytes out.
-fn copied(buffer: &EnvoyBuffer) -> Vec<u8> {
-    if buffer.ptr.is_null() || buffer.length == 0 {
-        return Vec::new();
-    }
-    // SAFETY: Envoy returned a live buffer of `length` bytes, valid until the hook returns.
-    unsafe { std::slice::from_raw_parts(buffer.ptr, buffer.length) }.to_vec()
 }
 
 /// Envoy's `DynamicModuleHttpFilter` of the stream whose hook is running.
@@ -204,10 +222,7 @@ impl Filter {
     }
 
     pub fn header(&self, t: HeaderType, key: &str) -> Option<Vec<u8>> {
-        let mut result = EnvoyBuffer {
-            ptr: std::ptr::null(),
-            length: 0,
-        };
+        let mut result = EnvoyBuffer::EMPTY;
         // SAFETY: the filter pointer is live during the hook; `result` is a local.
         let found = unsafe {
             envoy_dynamic_module_callback_http_get_header(
@@ -219,7 +234,7 @@ impl Filter {
                 std::ptr::null_mut(),
             )
         };
-        (found && !result.ptr.is_null()).then(|| copied(&result))
+        (found && !result.ptr.is_null()).then(|| result.as_slice().to_vec())
     }
 
     pub fn headers(&self, t: HeaderType) -> Vec<(String, Vec<u8>)> {
@@ -229,14 +244,7 @@ impl Filter {
         if count == 0 {
             return Vec::new();
         }
-        let mut raw: Vec<EnvoyHttpHeader> = (0..count)
-            .map(|_| EnvoyHttpHeader {
-                key_ptr: std::ptr::null(),
-                key_length: 0,
-                value_ptr: std::ptr::null(),
-                value_length: 0,
-            })
-            .collect();
+        let mut raw = vec![HttpHeader::EMPTY; count];
         // SAFETY: `raw` holds `count` entries, as many as Envoy said it has.
         if !unsafe {
             envoy_dynamic_module_callback_http_get_headers(self.0, t as u32, raw.as_mut_ptr())
@@ -245,15 +253,11 @@ impl Filter {
         }
         raw.iter()
             .map(|h| {
-                let key = copied(&EnvoyBuffer {
-                    ptr: h.key_ptr,
-                    length: h.key_length,
-                });
-                let value = copied(&EnvoyBuffer {
-                    ptr: h.value_ptr,
-                    length: h.value_length,
-                });
-                (String::from_utf8_lossy(&key).into_owned(), value)
+                let key = lent(h.key_ptr, h.key_length);
+                (
+                    String::from_utf8_lossy(&key).into_owned(),
+                    lent(h.value_ptr, h.value_length),
+                )
             })
             .collect()
     }
@@ -272,37 +276,40 @@ impl Filter {
         }
     }
 
-    /// All bytes of one body buffer, its chunks joined.
-    pub fn body(&self, b: BodyType, into: &mut Vec<u8>) {
+    /// The chunks of one body buffer, as Envoy holds them (valid until the hook returns).
+    fn body_chunks(&self, b: BodyType) -> Vec<EnvoyBuffer> {
         // SAFETY: the filter pointer is live during the hook.
         let count =
             unsafe { envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, b as u32) };
         if count == 0 {
-            return;
+            return Vec::new();
         }
-        let mut chunks: Vec<EnvoyBuffer> = (0..count)
-            .map(|_| EnvoyBuffer {
-                ptr: std::ptr::null(),
-                length: 0,
-            })
-            .collect();
+        let mut chunks = vec![EnvoyBuffer::EMPTY; count];
         // SAFETY: `chunks` holds as many entries as Envoy said there are.
-        if unsafe {
+        let filled = unsafe {
             envoy_dynamic_module_callback_http_get_body_chunks(
                 self.0,
                 b as u32,
                 chunks.as_mut_ptr(),
             )
-        } {
-            for chunk in &chunks {
-                if !chunk.ptr.is_null() && chunk.length > 0 {
-                    // SAFETY: a live chunk of `length` bytes.
-                    into.extend_from_slice(unsafe {
-                        std::slice::from_raw_parts(chunk.ptr, chunk.length)
-                    });
-                }
-            }
+        };
+        if filled {
+            chunks
+        } else {
+            Vec::new()
         }
+    }
+
+    /// All bytes of one body buffer, its chunks joined, appended to `into`.
+    pub fn body(&self, b: BodyType, into: &mut Vec<u8>) {
+        for chunk in self.body_chunks(b) {
+            into.extend_from_slice(chunk.as_slice());
+        }
+    }
+
+    /// The size of one body buffer, nothing copied.
+    pub fn body_size(&self, b: BodyType) -> usize {
+        self.body_chunks(b).iter().map(|c| c.length).sum()
     }
 
     /// Whether the chunk being delivered is the body an earlier filter buffered (then the
@@ -331,10 +338,7 @@ impl Filter {
     }
 
     pub fn filter_state(&self, key: &str) -> Option<Vec<u8>> {
-        let mut result = EnvoyBuffer {
-            ptr: std::ptr::null(),
-            length: 0,
-        };
+        let mut result = EnvoyBuffer::EMPTY;
         // SAFETY: the filter pointer is live; `result` is a local.
         let found = unsafe {
             envoy_dynamic_module_callback_http_get_filter_state_bytes(
@@ -343,7 +347,7 @@ impl Filter {
                 &mut result,
             )
         };
-        found.then(|| copied(&result))
+        found.then(|| result.as_slice().to_vec())
     }
 
     pub fn set_filter_state(&self, key: &str, value: &[u8]) -> bool {
@@ -358,10 +362,7 @@ impl Filter {
     }
 
     pub fn attribute_string(&self, attribute: Attribute) -> Option<Vec<u8>> {
-        let mut result = EnvoyBuffer {
-            ptr: std::ptr::null(),
-            length: 0,
-        };
+        let mut result = EnvoyBuffer::EMPTY;
         // SAFETY: the filter pointer is live; `result` is a local.
         let found = unsafe {
             envoy_dynamic_module_callback_http_filter_get_attribute_string(
@@ -370,7 +371,7 @@ impl Filter {
                 &mut result,
             )
         };
-        found.then(|| copied(&result))
+        found.then(|| result.as_slice().to_vec())
     }
 
     pub fn attribute_int(&self, attribute: Attribute) -> Option<u64> {
@@ -397,9 +398,9 @@ impl Filter {
     }
 
     pub fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
-        let raw: Vec<ModuleHttpHeader> = headers
+        let raw: Vec<HttpHeader> = headers
             .iter()
-            .map(|(k, v)| ModuleHttpHeader {
+            .map(|(k, v)| HttpHeader {
                 key_ptr: k.as_ptr(),
                 key_length: k.len(),
                 value_ptr: v.as_ptr(),

@@ -25,6 +25,30 @@ fn header_type(side: Side) -> HeaderType {
     }
 }
 
+/// Whether a filter holds the request's and the response's body: it paused on an earlier
+/// chunk, so Envoy buffers that side for it and it sees all of it, as in proxy-wasm.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Holding {
+    request: bool,
+    response: bool,
+}
+
+impl Holding {
+    pub fn of(self, side: Side) -> bool {
+        match side {
+            Side::Request => self.request,
+            Side::Response => self.response,
+        }
+    }
+
+    pub fn set(&mut self, side: Side, holding: bool) {
+        match side {
+            Side::Request => self.request = holding,
+            Side::Response => self.response = holding,
+        }
+    }
+}
+
 /// The buffers holding the body a filter sees, as proxy-wasm shows it: while the filter
 /// holds this side's body (it paused on an earlier chunk), what Envoy buffered for it and
 /// then the chunk being delivered; otherwise the chunk alone (which is the whole body when
@@ -60,13 +84,11 @@ pub struct EnvoyHost<'a> {
     config: &'a [u8],
     /// The filter name Envoy configured (`plugin_root_id`).
     root_id: &'a str,
-    /// Whether the filter holds the request's, the response's body (it paused on an
-    /// earlier chunk of it).
-    holding: [bool; 2],
+    holding: Holding,
 }
 
 impl<'a> EnvoyHost<'a> {
-    pub fn stream(filter: Filter, config: &'a [u8], root_id: &'a str, holding: [bool; 2]) -> Self {
+    pub fn stream(filter: Filter, config: &'a [u8], root_id: &'a str, holding: Holding) -> Self {
         Self {
             filter: Some(filter),
             config,
@@ -80,20 +102,19 @@ impl<'a> EnvoyHost<'a> {
             filter: None,
             config,
             root_id,
-            holding: [false; 2],
+            holding: Holding::default(),
         }
     }
 
-    fn holding(&self, side: Side) -> bool {
-        match side {
-            Side::Request => self.holding[0],
-            Side::Response => self.holding[1],
-        }
-    }
-
-    /// The size of the body the filter sees on one side (see `body_buffers`).
+    /// The size of the body the filter sees on one side (see `body_buffers`), nothing
+    /// copied: the hooks pass it to the filter, which then reads the body if it wants it.
     pub fn body_len(&self, side: Side) -> usize {
-        self.body(side, usize::MAX).len()
+        self.filter.as_ref().map_or(0, |f| {
+            body_buffers(f, side, self.holding.of(side))
+                .iter()
+                .map(|&t| f.body_size(t))
+                .sum()
+        })
     }
 }
 
@@ -129,7 +150,7 @@ impl Host for EnvoyHost<'_> {
     fn body(&self, side: Side, size: usize) -> Vec<u8> {
         let mut body = Vec::new();
         if let Some(f) = &self.filter {
-            for &t in body_buffers(f, side, self.holding(side)) {
+            for &t in body_buffers(f, side, self.holding.of(side)) {
                 f.body(t, &mut body);
             }
         }
@@ -143,7 +164,7 @@ impl Host for EnvoyHost<'_> {
         };
         // Replace the first `size` bytes: what follows them (none, once the body is whole)
         // is kept after the new bytes, in the chunk being delivered.
-        let buffers = body_buffers(f, side, self.holding(side));
+        let buffers = body_buffers(f, side, self.holding.of(side));
         let mut whole = Vec::new();
         let mut drained = true;
         for &t in buffers {

@@ -5,10 +5,11 @@
 //! Why it exists (issue 18): in Envoy's V8 a host call that returns data costs about 1.7
 //! µs under load, most of it V8 entering and leaving the module and the call back into the
 //! VM that allocates the answer; the chain makes about 75 a request. This crate measures
-//! what the same calls and the same filter instances cost natively (`scripts/bench-chain.sh`'s
-//! native rows, with `examples/native_probe.rs`). It runs the probe and no-op filters only:
-//! [`EnvoyHost`] does not yet do metrics, callouts or timers (see its docs), which the
-//! Sluice filters need.
+//! what the same calls, filter instances and whole chain cost natively
+//! (`scripts/bench-chain.sh`'s native rows: `examples/native_probe.rs`, the probe and no-op
+//! plugins; `examples/native_filters.rs`, the seven filters). It is not what the stack
+//! loads: [`EnvoyHost`] does not yet do metrics, callouts or timers (see its docs), which
+//! the Sluice filters need beyond a plain pool.
 //!
 //! Threading: Envoy creates a filter configuration on its main thread and streams on its
 //! workers. A [`Plugin`] is single-threaded (it is written for one VM per worker), so each
@@ -20,9 +21,12 @@ mod abi;
 mod host;
 
 pub use host::EnvoyHost;
+use host::Holding;
 
 use abi::{Filter, LogLevel};
-use sluice_common::host::{send_error, Flow, Host, Lifecycle, Plugin, Side, Unconfigured};
+use sluice_common::host::{
+    chosen_by_root_id, send_error, Flow, Host, Lifecycle, Plugin, Side, Unconfigured,
+};
 use sluice_common::{ConfigError, ErrorKind, OpenAiError};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -123,9 +127,7 @@ struct NativeConfig {
 struct Stream {
     lifecycle: Box<dyn Lifecycle>,
     config: *const NativeConfig,
-    /// Whether the filter paused on a chunk of the request's, the response's body (Envoy
-    /// buffers it for the filter, which then sees all of it, as in proxy-wasm).
-    holding: [bool; 2],
+    holding: Holding,
 }
 
 /// The lifecycle of a stream whose filter panicked: it is refused (see `with_stream_state`)
@@ -153,14 +155,6 @@ thread_local! {
 mod hooks {
     use super::*;
 
-    fn envoy_str(ptr: *const u8, len: usize) -> Vec<u8> {
-        if ptr.is_null() || len == 0 {
-            return Vec::new();
-        }
-        // SAFETY: Envoy lends `len` bytes for the duration of the hook.
-        unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()
-    }
-
     #[no_mangle]
     pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         _config_envoy: *mut c_void,
@@ -170,13 +164,11 @@ mod hooks {
         config_len: usize,
     ) -> *const c_void {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let name = String::from_utf8_lossy(&envoy_str(name_ptr, name_len)).into_owned();
-        let bytes = envoy_str(config_ptr, config_len);
-        // As `RootById` picks a filter by root id: the first whose name the filter name
-        // contains (`sluice.rate_limit.admission` runs `rate_limit`).
-        let Some(&(_, make)) = FILTERS
+        let name = String::from_utf8_lossy(&abi::lent(name_ptr, name_len)).into_owned();
+        let bytes = abi::lent(config_ptr, config_len);
+        let Some(&make) = FILTERS
             .get()
-            .and_then(|filters| filters.iter().find(|(part, _)| name.contains(part)))
+            .and_then(|filters| chosen_by_root_id(filters, &name))
         else {
             log::error!("no filter {name:?} in this module; configuration rejected");
             return std::ptr::null();
@@ -240,7 +232,7 @@ mod hooks {
         Box::into_raw(Box::new(Stream {
             lifecycle,
             config: cfg,
-            holding: [false; 2],
+            holding: Holding::default(),
         })) as *mut c_void
     }
 
@@ -265,12 +257,8 @@ mod hooks {
                 Side::Request => s.lifecycle.on_request_body(h, size, end_of_stream),
                 Side::Response => s.lifecycle.on_response_body(h, size, end_of_stream),
             };
-            let holding = match side {
-                Side::Request => &mut s.holding[0],
-                Side::Response => &mut s.holding[1],
-            };
-            *holding = matches!(flow, Flow::Pause);
-            body_status(flow)
+            s.holding.set(side, matches!(flow, Flow::Pause));
+            status(flow)
         })
     }
 
@@ -309,17 +297,13 @@ mod hooks {
         }
     }
 
-    fn headers_status(flow: Flow) -> u32 {
+    /// A hook's status: 0 is Continue for headers and bodies alike, 1 StopIteration for
+    /// headers and StopIterationAndBuffer for bodies (what a filter's pause means in
+    /// proxy-wasm too).
+    fn status(flow: Flow) -> u32 {
         match flow {
-            Flow::Continue => 0, // Continue
-            Flow::Pause => 1,    // StopIteration
-        }
-    }
-
-    fn body_status(flow: Flow) -> u32 {
-        match flow {
-            Flow::Continue => 0, // Continue
-            Flow::Pause => 1,    // StopIterationAndBuffer
+            Flow::Continue => 0,
+            Flow::Pause => 1,
         }
     }
 
@@ -330,7 +314,7 @@ mod hooks {
         end_of_stream: bool,
     ) -> u32 {
         with_stream(envoy, stream, 0, 1, |l, h| {
-            headers_status(l.on_request_headers(h, end_of_stream))
+            status(l.on_request_headers(h, end_of_stream))
         })
     }
 
@@ -358,7 +342,7 @@ mod hooks {
         end_of_stream: bool,
     ) -> u32 {
         with_stream(envoy, stream, 0, 1, |l, h| {
-            headers_status(l.on_response_headers(h, end_of_stream))
+            status(l.on_response_headers(h, end_of_stream))
         })
     }
 

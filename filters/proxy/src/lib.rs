@@ -17,8 +17,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType, MetricType, Status};
 use sluice_common::host::{
-    Flow, GrpcCall, Host, HttpCall, Lifecycle, MetricKind, Plugin, SharedDataError, Side,
-    Unconfigured,
+    chosen_by_root_id, Flow, GrpcCall, Host, HttpCall, Lifecycle, MetricKind, Plugin,
+    SharedDataError, Side, Unconfigured,
 };
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -403,11 +403,7 @@ impl RootContext for RootById {
                 .flatten()
                 .and_then(|b| String::from_utf8(b).ok())
                 .unwrap_or_default();
-            self.filter = self
-                .filters
-                .iter()
-                .find(|(part, _)| root_id.contains(part))
-                .map(|(_, make)| make());
+            self.filter = chosen_by_root_id(&self.filters, &root_id).map(|make| make());
             if self.filter.is_none() {
                 log::error!(
                     "root_id {root_id:?} names no filter of this module; configuration rejected"
