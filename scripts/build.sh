@@ -39,7 +39,7 @@ done
 cargo build --quiet --target wasm32-wasip1 --profile wasm-release -p sluice-filters
 optimize_wasm sluice_filters
 cargo build --quiet --release -p sluice-mock-llm -p sluice-cli -p sluice-ratelimit -p sluice-batch -p sluice-cache
-# The probe plugins as an Envoy dynamic module (sluice-native: the benchmarks' native rows
-# and its end-to-end test).
-cargo build --quiet --release -p sluice-native --example native_probe
-echo "build: $(ls target/wasm/*.wasm | tr '\n' ' ')target/release/sluice-mock-llm target/release/sluice target/release/sluice-ratelimit target/release/sluice-batch target/release/sluice-cache target/release/examples/libnative_probe.so"
+# The same filters, and the probe plugins, as Envoy dynamic modules (sluice-native: the
+# template's native=true, the benchmarks' native rows, the end-to-end tests of it).
+cargo build --quiet --release -p sluice-native --example native_probe --example native_filters
+echo "build: $(ls target/wasm/*.wasm | tr '\n' ' ')target/release/sluice-mock-llm target/release/sluice target/release/sluice-ratelimit target/release/sluice-batch target/release/sluice-cache target/release/examples/libnative_probe.so target/release/examples/libnative_filters.so"

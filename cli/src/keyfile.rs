@@ -3,7 +3,8 @@
 //! Envoy needs the filter config as a `TypedExtensionConfig` whose plugin `configuration`
 //! is a `google.protobuf.StringValue` holding key-auth's JSON (a `Struct` would reach the
 //! plugin as protobuf bytes, not JSON). This module edits that inner JSON and leaves the
-//! rest of the resource (Wasm code path, VM settings) as it is.
+//! rest of the resource (Wasm code path, VM settings) as it is. The same resource for the
+//! native build (an Envoy dynamic-module filter) holds the JSON in its `filter_config`.
 
 use crate::render::write_atomic;
 use anyhow::{bail, Context, Result};
@@ -11,12 +12,18 @@ use serde_json::Value;
 use sluice_key_auth::{KeyAuthConfig, KeyStore};
 use std::path::{Path, PathBuf};
 
-/// Where the plugin configuration string sits in the ECDS document.
-const CONFIG_POINTER: &str = "/resources/0/typed_config/config/configuration/value";
+/// Where the plugin configuration string sits in the ECDS document: a wasm filter's, a
+/// dynamic-module filter's.
+const CONFIG_POINTERS: [&str; 2] = [
+    "/resources/0/typed_config/config/configuration/value",
+    "/resources/0/typed_config/filter_config/value",
+];
 
 pub struct KeyFile {
     path: PathBuf,
     document: Value,
+    /// Which of [`CONFIG_POINTERS`] the document has.
+    pointer: &'static str,
     pub config: KeyAuthConfig,
 }
 
@@ -71,13 +78,14 @@ impl KeyFile {
         })?;
         let document: Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not JSON", path.display()))?;
-        let inner = document
-            .pointer(CONFIG_POINTER)
-            .and_then(Value::as_str)
+        let (pointer, inner) = CONFIG_POINTERS
+            .iter()
+            .find_map(|p| Some((*p, document.pointer(p)?.as_str()?)))
             .with_context(|| {
                 format!(
-                    "{} has no key-auth configuration at {CONFIG_POINTER}",
-                    path.display()
+                    "{} has no key-auth configuration at {}",
+                    path.display(),
+                    CONFIG_POINTERS.join(" or ")
                 )
             })?;
         let config: KeyAuthConfig = sluice_common::parse_config(inner.as_bytes())
@@ -85,6 +93,7 @@ impl KeyFile {
         Ok(Self {
             path: path.to_path_buf(),
             document,
+            pointer,
             config,
         })
     }
@@ -96,7 +105,7 @@ impl KeyFile {
             bail!("refusing to write an invalid key configuration: {e}");
         }
         let inner = serde_json::to_string(&self.config)?;
-        match self.document.pointer_mut(CONFIG_POINTER) {
+        match self.document.pointer_mut(self.pointer) {
             Some(slot) => *slot = Value::String(inner),
             None => bail!("the key file lost its configuration slot"),
         }

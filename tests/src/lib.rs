@@ -52,6 +52,11 @@ pub fn built(rel: &str) -> PathBuf {
     path
 }
 
+/// sluice-native's module of the seven filters (`scripts/build.sh` builds it).
+pub fn native_module() -> PathBuf {
+    built("target/release/examples/libnative_filters.so")
+}
+
 pub fn wasm_dir() -> PathBuf {
     built("target/wasm/sluice_key_auth.wasm");
     built("target/wasm/sluice_token_counter.wasm");
@@ -298,6 +303,9 @@ pub struct StackOptions {
     /// cluster, its entries in memory or in `cache_redis`.
     pub cache_service: bool,
     pub cache_redis: Option<String>,
+    /// The filters from sluice-native's dynamic module instead of wasm (the template's
+    /// `native`).
+    pub native: bool,
 }
 
 impl Default for StackOptions {
@@ -320,6 +328,8 @@ impl Default for StackOptions {
             batch_args: Vec::new(),
             cache_service: false,
             cache_redis: None,
+            // SLUICE_E2E_NATIVE=1 runs a suite against the native build.
+            native: std::env::var_os("SLUICE_E2E_NATIVE").is_some_and(|v| v == "1"),
         }
     }
 }
@@ -543,7 +553,11 @@ impl StackBuilder {
     pub fn write_keys(&self) {
         let state = self.dir.path();
         std::fs::create_dir_all(state.join("ecds")).unwrap();
-        write_key_file(&state.join("ecds/key-auth.json"), &self.options.keys);
+        write_key_file(
+            &state.join("ecds/key-auth.json"),
+            &self.options.keys,
+            self.options.native,
+        );
     }
 
     /// `envoy/envoy.yaml.j2` rendered for these pools and options; the config's path.
@@ -583,6 +597,13 @@ impl StackBuilder {
             })),
         );
         vars.insert("listen_port".into(), self.listen_port.unwrap_or(0).into());
+        if o.native {
+            vars.insert("native".into(), true.into());
+            vars.insert(
+                "native_module".into(),
+                native_module().to_str().unwrap().into(),
+            );
+        }
         if let Some(port) = self.batch_ports.first() {
             vars.insert("batch_port".into(), (*port).into());
             vars.insert(
@@ -1067,10 +1088,18 @@ impl Drop for Stack {
     }
 }
 
-/// Write a key file (ECDS resource) for `keys`, as `scripts/run.sh` and the CLI do.
-pub fn write_key_file(path: &Path, keys: &KeyAuthConfig) {
+/// Write a key file (ECDS resource) for `keys`, as `scripts/run.sh` and the CLI do: for
+/// the wasm filter, or for the native one.
+pub fn write_key_file(path: &Path, keys: &KeyAuthConfig, native: bool) {
     let mut vars: BTreeMap<String, minijinja::Value> = BTreeMap::new();
     vars.insert("wasm_dir".into(), wasm_dir().to_str().unwrap().into());
+    if native {
+        vars.insert("native".into(), true.into());
+        vars.insert(
+            "native_module".into(),
+            native_module().to_str().unwrap().into(),
+        );
+    }
     vars.insert(
         "key_auth_config".into(),
         minijinja::Value::from_serialize(keys),

@@ -26,6 +26,7 @@ fn every_envoy_config_validates() {
     write_key_file(
         &dir.path().join("ecds/key-auth.json"),
         &KeyAuthConfig::default(),
+        false,
     );
     let mut checked = 0;
     for entry in std::fs::read_dir(repo_root().join("envoy")).unwrap() {
@@ -35,13 +36,18 @@ fn every_envoy_config_validates() {
             validate(&path);
             checked += 1;
         } else if name.ends_with(".yaml.j2") {
-            // Each template in each of its modes.
-            for filters in [true, false] {
+            // Each template in each of its modes: the filters (wasm or native) or none.
+            for (filters, native) in [(true, false), (true, true), (false, false)] {
                 let mut vars: BTreeMap<String, minijinja::Value> = BTreeMap::new();
                 vars.insert("listen_port".into(), 8080.into());
                 vars.insert("admin_port".into(), 9901.into());
                 vars.insert("state_dir".into(), dir.path().to_str().unwrap().into());
                 vars.insert("filters".into(), filters.into());
+                if native {
+                    vars.insert("native".into(), true.into());
+                    let module = sluice_e2e::native_module();
+                    vars.insert("native_module".into(), module.to_str().unwrap().into());
+                }
                 // The batch API's routes and cluster.
                 vars.insert("batch_port".into(), 8090.into());
                 vars.insert(
@@ -61,7 +67,7 @@ fn every_envoy_config_validates() {
                         {"name": "pool-ring", "lb": "ring_hash", "host": "127.0.0.1", "port": 9007}
                     ])),
                 );
-                let out = dir.path().join(format!("{name}.{filters}.yaml"));
+                let out = dir.path().join(format!("{name}.{filters}.{native}.yaml"));
                 sluice_cli::render::render_file(&path, &out, &vars).unwrap();
                 validate(&out);
                 checked += 1;

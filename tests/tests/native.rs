@@ -104,3 +104,81 @@ async fn a_plugin_runs_natively_in_envoy_through_the_dynamic_module_host() {
     let r = chat(("x-probe", "again")).await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// The stack's whole chain from sluice-native's module (the template's `native=true`):
+/// the same governance as the wasm build, and its metrics exported under the same names.
+#[tokio::test]
+async fn the_whole_chain_runs_natively_with_the_wasm_builds_metrics() {
+    const KEY: &str = "sk-sluice-e2e-native-chain-0123456789abcdef";
+    let s = sluice_e2e::Stack::start(StackOptions {
+        pools: vec!["pool-a"],
+        keys: sluice_key_auth::KeyAuthConfig {
+            keys: vec![sluice_e2e::key_record("key_nat", KEY, "team-nat")],
+            ..Default::default()
+        },
+        native: true,
+        ..StackOptions::default()
+    })
+    .await;
+    let body = serde_json::json!({"model": "mock-model", "messages": [
+        {"role": "user", "content": "Write to alice@example.com about the invoice."}]});
+    let r = s
+        .post_json("/v1/chat/completions", KEY, "nat-1", &body)
+        .await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    let completion = answer["usage"]["completion_tokens"].as_u64().unwrap();
+
+    // pii-redaction rewrote the prompt before it left; model-router routed it.
+    let sent = s.pools[0].requests().await;
+    let sent = sent.last().expect("the pool got the request");
+    let text = sent["body"].as_str().unwrap_or_default();
+    assert!(!text.contains("alice@example.com"), "{text}");
+    // key-auth's and token-counter's facts in the access log.
+    let line = s.log_line("nat-1").await;
+    assert_eq!(line["tenant"], "team-nat");
+    let prompt = sluice_e2e::log_number(&line, "prompt_tokens").unwrap();
+    assert!(prompt > 0);
+
+    // A wrong key: key-auth's 401 in the error shape.
+    let r = s
+        .post_json("/v1/chat/completions", "sk-wrong", "nat-2", &body)
+        .await;
+    assert_eq!(r.status(), 401);
+
+    // Counters defined at configuration, under their wasm names (the module's metrics
+    // namespace), tags extracted by the stats configuration as for the wasm build.
+    assert_eq!(
+        s.stat("dynamicmodulescustom.sluice.key_auth.allowed").await,
+        1
+    );
+    let prom = s.prometheus().await;
+    // Families declared at configuration, with the tags the wasm build's names get, under
+    // the dynamic modules' namespace (deploy/prometheus relabels it away).
+    for want in [
+        format!("gen_ai_client_token_usage{{gen_ai_token_type=\"input\",gen_ai_request_model=\"mock-model\",tenant=\"team-nat\",usage_source=\"backend\"}} {prompt}"),
+        format!("gen_ai_client_token_usage{{gen_ai_token_type=\"output\",gen_ai_request_model=\"mock-model\",tenant=\"team-nat\",usage_source=\"backend\"}} {completion}"),
+        "sluice_llm_requests{gen_ai_request_model=\"mock-model\",tenant=\"team-nat\",usage_source=\"backend\"} 1".to_string(),
+        // The stack's pass-through alias `*`, sanitised as a label value.
+        "sluice_router_requests{router_model=\"_\",route=\"pool-a\"} 1".to_string(),
+    ] {
+        let want = format!("envoy_dynamicmodulescustom_{want}");
+        assert!(prom.lines().any(|l| l == want), "missing {want} in\n{prom}");
+    }
+    assert!(
+        prom.lines().any(|l| l
+            == "envoy_dynamicmodulescustom_sluice_key_auth_denied{reason=\"unknown\"} 1"),
+        "key-auth's denials by reason"
+    );
+
+    // Keys rotate through ECDS as for the wasm filter: a key created with the CLI serves.
+    let created = s.cli(&["keys", "create", "--tenant", "team-new"]);
+    let new_key = created.trim().to_string();
+    assert!(!new_key.is_empty());
+    s.wait_key_updates(2).await;
+    let r = s
+        .post_json("/v1/chat/completions", &new_key, "nat-3", &body)
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.log_line("nat-3").await["tenant"], "team-new");
+}

@@ -40,6 +40,17 @@ pub enum MetricKind {
     Histogram,
 }
 
+/// A labeled metric family (see [`Host::define_metric_family`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricFamily<'a> {
+    pub kind: MetricKind,
+    pub name: &'a str,
+    /// Each label: its key in the series' name, and the tag Envoy exports it as (the one
+    /// the stats configuration's `stats_tags` give the wasm build's series, so that both
+    /// builds export the same Prometheus series).
+    pub labels: &'a [(&'a str, &'a str)],
+}
+
 /// Why a shared-data write did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedDataError {
@@ -136,6 +147,19 @@ pub trait Host {
     fn increment_metric(&mut self, id: u32, n: u64);
     /// Record one value in a histogram, or set a gauge.
     fn record_metric(&mut self, id: u32, value: u64);
+
+    /// Define a family of labeled metrics at configuration: one series per tuple of label
+    /// values, `<name>.<key>.<value>...` as [`CounterSet::add_labeled`] names it. A host
+    /// that can define metrics only while a filter is configured (Envoy's dynamic modules
+    /// freeze them then) needs the family declared up front; proxy-wasm can define each
+    /// series on first use, so the default is `None` and [`CounterSet`] names the series
+    /// itself.
+    fn define_metric_family(&mut self, _family: &MetricFamily) -> Option<u32> {
+        None
+    }
+    /// Add `n` to the series of a counter family with these label `values` (in the
+    /// family's label order, already sanitised).
+    fn increment_labeled(&mut self, _id: u32, _values: &[&str], _n: u64) {}
 
     /// Wall-clock time, nanoseconds since the Unix epoch (0 if the host cannot tell).
     fn now_unix_nanos(&self) -> u64;
@@ -364,11 +388,25 @@ impl NamedMetrics {
 #[derive(Debug)]
 pub struct CounterSet {
     names: NamedMetrics,
-    /// [`CounterSet::add_labeled`]'s ids by its family parts and labels (length-prefixed,
+    /// Families declared at configuration (see [`CounterSet::declare`]): name, label keys,
+    /// the host's id.
+    families: Vec<(String, Vec<String>, u32)>,
+    /// Series of declared families recorded so far (bounded by `max` as names are).
+    family_series: usize,
+    /// [`CounterSet::add_labeled`]'s series by its family parts and labels (length-prefixed,
     /// so no two lists of parts make the same key), at most `2 * max` of them.
-    by_values: HashMap<Vec<u8>, Option<u32>>,
+    by_values: HashMap<Vec<u8>, Option<Series>>,
     /// The key being looked up, reused so that a lookup allocates nothing.
     key: Vec<u8>,
+}
+
+/// Where [`CounterSet::add_labeled`] counts one tuple of labels.
+#[derive(Debug, Clone)]
+enum Series {
+    /// A metric of its own, named `<family>.<key>.<value>...`.
+    Named(u32),
+    /// A declared family's series: its id and the label values, sanitised.
+    InFamily(u32, Vec<String>),
 }
 
 impl CounterSet {
@@ -379,9 +417,37 @@ impl CounterSet {
                 ids: HashMap::new(),
                 max,
             },
+            families: Vec::new(),
+            family_series: 0,
             by_values: HashMap::new(),
             key: Vec::new(),
         }
+    }
+
+    /// Declare the counter family `name` with these `(key, exported tag)` labels, at
+    /// configuration, for hosts that define metrics only then
+    /// ([`Host::define_metric_family`]). [`CounterSet::add_labeled`] with the family's name
+    /// (its parts joined by dots) and these keys in this order then counts in the family;
+    /// where the host declined, it names the series itself as before.
+    pub fn declare(&mut self, host: &mut dyn Host, name: &str, labels: &[(&str, &str)]) {
+        let family = MetricFamily {
+            kind: MetricKind::Counter,
+            name,
+            labels,
+        };
+        if let Some(id) = host.define_metric_family(&family) {
+            let keys = labels.iter().map(|(k, _)| k.to_string()).collect();
+            self.families.push((name.to_string(), keys, id));
+        }
+    }
+
+    /// The declared family these parts and label keys name.
+    fn family(&self, parts: &[&str], labels: &[(&str, &str)]) -> Option<u32> {
+        self.families.iter().find_map(|(name, keys, id)| {
+            let same_keys =
+                keys.len() == labels.len() && keys.iter().zip(labels).all(|(k, (key, _))| k == key);
+            (same_keys && joined_is(parts, name)).then_some(*id)
+        })
     }
 
     pub fn add(&mut self, host: &mut dyn Host, name: &str, n: u64) {
@@ -409,28 +475,69 @@ impl CounterSet {
             key.extend_from_slice(&(part.len() as u32).to_le_bytes());
             key.extend_from_slice(part.as_bytes());
         }
-        let id = match self.by_values.get(key.as_slice()) {
-            Some(id) => *id,
+        let series = match self.by_values.get(key.as_slice()) {
+            Some(series) => series.clone(),
             None => {
-                let mut name = family.join(".");
-                for (k, v) in labels {
-                    name.push('.');
-                    name.push_str(k);
-                    name.push('.');
-                    name.push_str(&crate::metrics::label(v));
-                }
-                let id = self.names.id(host, &name);
+                let series = self.series(host, family, labels);
                 if self.by_values.len() < 2 * self.names.max {
-                    self.by_values.insert(key.clone(), id);
+                    self.by_values.insert(key.clone(), series.clone());
                 }
-                id
+                series
             }
         };
         self.key = key;
-        if let Some(id) = id {
-            host.increment_metric(id, n);
+        match series {
+            Some(Series::Named(id)) => host.increment_metric(id, n),
+            Some(Series::InFamily(id, values)) => {
+                let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                host.increment_labeled(id, &values, n);
+            }
+            None => {}
         }
     }
+
+    /// Where a tuple of labels seen for the first time is counted.
+    fn series(
+        &mut self,
+        host: &mut dyn Host,
+        family: &[&str],
+        labels: &[(&str, &str)],
+    ) -> Option<Series> {
+        if let Some(id) = self.family(family, labels) {
+            if self.family_series >= self.names.max {
+                return None;
+            }
+            self.family_series += 1;
+            let values = labels.iter().map(|(_, v)| crate::metrics::label(v));
+            return Some(Series::InFamily(id, values.collect()));
+        }
+        let mut name = family.join(".");
+        for (k, v) in labels {
+            name.push('.');
+            name.push_str(k);
+            name.push('.');
+            name.push_str(&crate::metrics::label(v));
+        }
+        self.names.id(host, &name).map(Series::Named)
+    }
+}
+
+/// Whether `parts` joined by dots is `name`, without joining them.
+fn joined_is(parts: &[&str], name: &str) -> bool {
+    let mut rest = name;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            match rest.strip_prefix('.') {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        match rest.strip_prefix(part) {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 /// Gauges named at run time; see [`NamedMetrics`].

@@ -23,6 +23,11 @@ pub struct ModelRouter {
     counters: RefCell<CounterSet>,
 }
 
+/// The requests counter family: its labels' keys and the tags Envoy's stats configuration
+/// exports them as (`envoy/envoy.yaml.j2`'s `stats_tags`).
+const REQUESTS: &str = "sluice.router.requests";
+const REQUESTS_LABELS: [(&str, &str); 2] = [("model", "router_model"), ("route", "route")];
+
 impl ModelRouter {
     pub fn new(settings: Settings, seed: u64) -> Self {
         Self {
@@ -50,7 +55,12 @@ impl Plugin for ModelRouter {
             settings.public_models().len()
         );
         let seed = host.now_unix_nanos() ^ 0x9e37_79b9_7f4a_7c15;
-        Ok(Self::new(settings, seed))
+        let router = Self::new(settings, seed);
+        router
+            .counters
+            .borrow_mut()
+            .declare(host, REQUESTS, &REQUESTS_LABELS);
+        Ok(router)
     }
 
     fn new_request(self: &Rc<Self>, _context_id: u32) -> RouterRequest {
@@ -153,7 +163,7 @@ impl Lifecycle for RouterRequest {
         host.set_property(properties::ROUTE, decision.pool.as_bytes());
         router.counters.borrow_mut().add_labeled(
             host,
-            &["sluice.router.requests"],
+            &[REQUESTS],
             &[("model", &decision.alias), ("route", &decision.pool)],
             1,
         );

@@ -209,7 +209,166 @@ extern "C" {
     );
     fn envoy_dynamic_module_callback_http_clear_route_cache(filter: *mut c_void);
     fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+    fn envoy_dynamic_module_callback_http_filter_http_callout(
+        filter: *mut c_void,
+        callout_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *const HttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_histogram(
+        config: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_set_gauge(
+        filter: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
+        filter: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
 }
+
+/// What kind of metric, as the ABI's define and update callbacks are split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricType {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Envoy's `DynamicModuleHttpFilterConfig` while it configures a filter (`config_new`):
+/// the one place metrics can be defined (Envoy freezes them when `config_new` returns).
+#[derive(Debug)]
+pub struct FilterConfig(*mut c_void);
+
+impl FilterConfig {
+    /// The pointer `config_new` was given; use it only inside that hook.
+    pub fn new(ptr: *mut c_void) -> Self {
+        Self(ptr)
+    }
+
+    /// Define a metric (`label_names` empty) or a family of them (one series per tuple of
+    /// label values, each label a tag); Envoy names it `dynamicmodulescustom.<name>`.
+    pub fn define_metric(&self, t: MetricType, name: &str, label_names: &[&str]) -> Option<usize> {
+        let labels: Vec<ModuleBuffer> = label_names
+            .iter()
+            .map(|l| ModuleBuffer::of(l.as_bytes()))
+            .collect();
+        let define = match t {
+            MetricType::Counter => envoy_dynamic_module_callback_http_filter_config_define_counter,
+            MetricType::Gauge => envoy_dynamic_module_callback_http_filter_config_define_gauge,
+            MetricType::Histogram => {
+                envoy_dynamic_module_callback_http_filter_config_define_histogram
+            }
+        };
+        let mut id = 0;
+        // SAFETY: the configuration pointer is live during config_new; the name, `labels`
+        // and the strings they point into outlive the call, `id` is a local. Envoy copies
+        // the names into its stat-name pool.
+        let result = unsafe {
+            define(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                labels.as_ptr(),
+                labels.len(),
+                &mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+}
+
+/// `envoy_dynamic_module_type_http_callout_init_result_Success`.
+const CALLOUT_STARTED: u32 = 0;
+
+/// Headers Envoy lists (names lower-cased), copied out of its buffers.
+fn copied_headers(raw: &[HttpHeader]) -> Vec<(String, Vec<u8>)> {
+    raw.iter()
+        .map(|h| {
+            let key = lent(h.key_ptr, h.key_length);
+            (
+                String::from_utf8_lossy(&key).into_owned(),
+                lent(h.value_ptr, h.value_length),
+            )
+        })
+        .collect()
+}
+
+/// Headers as the ABI takes them, pointing into `headers` (which must outlive the call).
+fn module_headers(headers: &[(&str, &str)]) -> Vec<HttpHeader> {
+    headers
+        .iter()
+        .map(|(k, v)| HttpHeader {
+            key_ptr: k.as_ptr(),
+            key_length: k.len(),
+            value_ptr: v.as_ptr(),
+            value_length: v.len(),
+        })
+        .collect()
+}
+
+/// A callout's answer as `on_http_filter_http_callout_done` lends it, copied: its headers
+/// (pseudo-headers included) and its body's chunks joined. Nothing when the callout failed
+/// (reset, timed out, answer too large): then Envoy lends no headers.
+pub fn lent_response(
+    headers: *const HttpHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
+) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
+    let out = if headers.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: Envoy lends `headers_size` headers for the hook's duration.
+        copied_headers(unsafe { std::slice::from_raw_parts(headers, headers_size) })
+    };
+    let mut body = Vec::new();
+    if !chunks.is_null() {
+        // SAFETY: Envoy lends `chunks_size` buffers for the hook's duration.
+        let list = unsafe { std::slice::from_raw_parts(chunks, chunks_size) };
+        for c in list {
+            body.extend_from_slice(c.as_slice());
+        }
+    }
+    (out, body)
+}
+
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+const METRICS_SUCCESS: u32 = 0;
 
 /// Envoy's `DynamicModuleHttpFilter` of the stream whose hook is running.
 #[derive(Debug)]
@@ -251,15 +410,7 @@ impl Filter {
         } {
             return Vec::new();
         }
-        raw.iter()
-            .map(|h| {
-                let key = lent(h.key_ptr, h.key_length);
-                (
-                    String::from_utf8_lossy(&key).into_owned(),
-                    lent(h.value_ptr, h.value_length),
-                )
-            })
-            .collect()
+        copied_headers(&raw)
     }
 
     /// Set a header (`None`: remove it).
@@ -398,15 +549,7 @@ impl Filter {
     }
 
     pub fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
-        let raw: Vec<HttpHeader> = headers
-            .iter()
-            .map(|(k, v)| HttpHeader {
-                key_ptr: k.as_ptr(),
-                key_length: k.len(),
-                value_ptr: v.as_ptr(),
-                value_length: v.len(),
-            })
-            .collect();
+        let raw = module_headers(headers);
         // SAFETY: the filter pointer is live; `raw`, the strings it points into and `body`
         // outlive the call.
         unsafe {
@@ -424,6 +567,59 @@ impl Filter {
     pub fn clear_route_cache(&self) {
         // SAFETY: the filter pointer is live during the hook.
         unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
+    }
+
+    /// Start an HTTP callout to `cluster` (the request's pseudo-headers among `headers`);
+    /// its answer comes to `on_http_filter_http_callout_done` with the id returned, on this
+    /// stream's worker. `None` when Envoy could not start it (no such cluster, no healthy
+    /// host, a required header missing).
+    pub fn http_callout(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u64> {
+        let raw = module_headers(headers);
+        let mut id = 0;
+        // SAFETY: the filter pointer is live during the hook; `raw`, the strings it points
+        // into, the cluster name and `body` outlive the call (Envoy copies them into its
+        // request); `id` is a local.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_http_callout(
+                self.0,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                raw.as_ptr(),
+                raw.len(),
+                ModuleBuffer::of(body),
+                timeout_ms,
+            )
+        };
+        if result != CALLOUT_STARTED {
+            log::warn!("http callout to {cluster} not started (Envoy's result {result})");
+            return None;
+        }
+        Some(id)
+    }
+
+    /// Add to a counter, set a gauge or record a histogram value, defined at configuration
+    /// with as many labels as `label_values` holds.
+    pub fn update_metric(&self, t: MetricType, id: usize, label_values: &[&str], value: u64) {
+        let values: Vec<ModuleBuffer> = label_values
+            .iter()
+            .map(|v| ModuleBuffer::of(v.as_bytes()))
+            .collect();
+        let update = match t {
+            MetricType::Counter => envoy_dynamic_module_callback_http_filter_increment_counter,
+            MetricType::Gauge => envoy_dynamic_module_callback_http_filter_set_gauge,
+            MetricType::Histogram => {
+                envoy_dynamic_module_callback_http_filter_record_histogram_value
+            }
+        };
+        // SAFETY: the filter pointer is live during the hook; `values` and the strings they
+        // point into outlive the call.
+        unsafe { update(self.0, id, values.as_ptr(), values.len(), value) };
     }
 }
 

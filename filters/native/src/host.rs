@@ -11,9 +11,9 @@
 //! (the filter name). Enough to run the chain on a plain pool without global limits and
 //! measure it; a filter needing the rest stays a wasm filter.
 
-use crate::abi::{Attribute, BodyType, Filter, HeaderType};
+use crate::abi::{Attribute, BodyType, Filter, FilterConfig, HeaderType, MetricType};
 use sluice_common::host::{
-    GrpcCall, Host, HttpCall, MetricKind, SharedDataError, SharedDataMap, Side,
+    GrpcCall, Host, HttpCall, MetricFamily, MetricKind, SharedDataError, SharedDataMap, Side,
 };
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -72,6 +72,160 @@ fn filter_state_name(name: &str) -> String {
     format!("wasm.{name}")
 }
 
+/// A metric Envoy defined while it configured the filter.
+#[derive(Debug)]
+pub struct Defined {
+    kind: MetricKind,
+    name: String,
+    /// A family's label keys (empty for a single metric).
+    keys: Vec<String>,
+    envoy_id: usize,
+}
+
+/// A filter configuration's metrics. Envoy lets a module define metrics only while it
+/// configures the filter (`config_new`, on its main thread) and freezes them after; each
+/// worker configures its own plugin later from the same bytes, and its definitions are
+/// looked up among those made then, by kind, name and label keys. A name first seen on a
+/// request (a label value in the name rather than a family's) was not defined, and is not
+/// counted.
+pub enum Metrics<'a> {
+    /// Envoy is configuring the filter: each definition goes to Envoy and is remembered.
+    Defining(&'a FilterConfig, &'a mut Vec<Defined>),
+    /// A worker configuring its plugin, or a stream: what was defined.
+    Defined(&'a [Defined]),
+}
+
+impl Metrics<'_> {
+    fn defined(&self) -> &[Defined] {
+        match self {
+            Metrics::Defining(_, defined) => defined,
+            Metrics::Defined(defined) => defined,
+        }
+    }
+
+    /// `keys` name the series, `tags` are what Envoy exports the labels as.
+    fn define(
+        &mut self,
+        kind: MetricKind,
+        name: &str,
+        keys: &[&str],
+        tags: &[&str],
+    ) -> Option<u32> {
+        let index = match self {
+            Metrics::Defining(config, defined) => {
+                let envoy_id = config.define_metric(metric_type(kind), name, tags)?;
+                defined.push(Defined {
+                    kind,
+                    name: name.to_string(),
+                    keys: keys.iter().map(|k| k.to_string()).collect(),
+                    envoy_id,
+                });
+                defined.len().checked_sub(1)?
+            }
+            Metrics::Defined(defined) => defined
+                .iter()
+                .position(|d| d.kind == kind && d.name == name && d.keys == keys)?,
+        };
+        u32::try_from(index).ok()
+    }
+
+    fn get(&self, id: u32) -> Option<&Defined> {
+        self.defined().get(usize::try_from(id).ok()?)
+    }
+}
+
+fn metric_type(kind: MetricKind) -> MetricType {
+    match kind {
+        MetricKind::Counter => MetricType::Counter,
+        MetricKind::Gauge => MetricType::Gauge,
+        MetricKind::Histogram => MetricType::Histogram,
+    }
+}
+
+/// A callout's answer, held while the hook delivering it runs.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    /// For a gRPC call, what its answer means (see [`grpc_answer`]).
+    pub grpc: Option<GrpcAnswer>,
+}
+
+/// A unary gRPC call's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcAnswer {
+    pub status: u32,
+    pub message: Option<String>,
+    /// The response message (the body's one length-prefixed message, unframed).
+    pub bytes: Vec<u8>,
+}
+
+/// gRPC status codes used here.
+const GRPC_UNKNOWN: u32 = 2;
+const GRPC_UNAVAILABLE: u32 = 14;
+
+/// A unary gRPC call made as an HTTP/2 callout, read from what Envoy hands the module:
+/// headers and body, not trailers. A status in the headers (a trailers-only answer, how
+/// gRPC servers send an error) is the status; otherwise a 200 whose body is one whole
+/// uncompressed message is OK (a unary server sends its message, then OK in the trailers);
+/// no headers at all means the call failed (reset, timed out: unavailable), and anything
+/// else is unknown.
+pub fn grpc_answer(headers: &[(String, Vec<u8>)], body: &[u8]) -> GrpcAnswer {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    let message = header("grpc-message");
+    if let Some(status) = header("grpc-status") {
+        let status = status.trim().parse().unwrap_or(GRPC_UNKNOWN);
+        return GrpcAnswer {
+            status,
+            message,
+            bytes: Vec::new(),
+        };
+    }
+    if headers.is_empty() {
+        return GrpcAnswer {
+            status: GRPC_UNAVAILABLE,
+            message: Some("the call failed (reset or timed out)".into()),
+            bytes: Vec::new(),
+        };
+    }
+    let framed = match body {
+        [0, a, b, c, d, rest @ ..] => {
+            let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+            (rest.len() == len).then(|| rest.to_vec())
+        }
+        _ => None,
+    };
+    match (header(":status").as_deref(), framed) {
+        (Some("200"), Some(bytes)) => GrpcAnswer {
+            status: 0,
+            message: None,
+            bytes,
+        },
+        (status, _) => GrpcAnswer {
+            status: GRPC_UNKNOWN,
+            message: Some(format!(
+                "not a gRPC answer (HTTP status {})",
+                status.unwrap_or("none")
+            )),
+            bytes: Vec::new(),
+        },
+    }
+}
+
+/// A gRPC request message framed for the wire: uncompressed, its length, the message.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(message.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    framed
+}
+
 /// The process's shared data.
 fn shared() -> &'static Mutex<SharedDataMap> {
     static SHARED: OnceLock<Mutex<SharedDataMap>> = OnceLock::new();
@@ -85,24 +239,72 @@ pub struct EnvoyHost<'a> {
     /// The filter name Envoy configured (`plugin_root_id`).
     root_id: &'a str,
     holding: Holding,
+    metrics: Metrics<'a>,
+    /// The callout answer the running hook delivers.
+    answer: Option<&'a Answer>,
+    /// gRPC calls this step started (their answers are decoded as gRPC).
+    pub grpc_started: Vec<u64>,
 }
 
 impl<'a> EnvoyHost<'a> {
-    pub fn stream(filter: Filter, config: &'a [u8], root_id: &'a str, holding: Holding) -> Self {
+    pub fn stream(
+        filter: Filter,
+        config: &'a [u8],
+        root_id: &'a str,
+        holding: Holding,
+        metrics: &'a [Defined],
+    ) -> Self {
         Self {
             filter: Some(filter),
             config,
             root_id,
             holding,
+            metrics: Metrics::Defined(metrics),
+            answer: None,
+            grpc_started: Vec::new(),
         }
     }
 
-    pub fn configuration(config: &'a [u8], root_id: &'a str) -> Self {
+    /// The host of a hook that delivers a callout's answer.
+    pub fn with_answer(self, answer: &'a Answer) -> Self {
+        Self {
+            answer: Some(answer),
+            ..self
+        }
+    }
+
+    pub fn configuration(config: &'a [u8], root_id: &'a str, metrics: Metrics<'a>) -> Self {
         Self {
             filter: None,
             config,
             root_id,
             holding: Holding::default(),
+            metrics,
+            answer: None,
+            grpc_started: Vec::new(),
+        }
+    }
+
+    /// Start a callout from the stream (a configuration has none: it cannot call out).
+    fn callout(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Option<u64> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.filter
+            .as_ref()?
+            .http_callout(cluster, headers, body, timeout_ms)
+    }
+
+    /// Update metric `id` (a family's series when `values` are given).
+    fn update_metric(&self, id: u32, values: &[&str], value: u64) {
+        if let (Some(f), Some(d)) = (&self.filter, self.metrics.get(id)) {
+            if d.keys.len() == values.len() {
+                f.update_metric(metric_type(d.kind), d.envoy_id, values, value);
+            }
         }
     }
 
@@ -222,27 +424,52 @@ impl Host for EnvoyHost<'_> {
             .set(key, value, cas)
     }
 
-    fn dispatch_grpc(&mut self, _call: &GrpcCall) -> Option<u32> {
-        None
+    fn dispatch_grpc(&mut self, call: &GrpcCall) -> Option<u32> {
+        let path = format!("/{}/{}", call.service, call.method);
+        let headers = [
+            (":method", "POST"),
+            (":path", path.as_str()),
+            (":authority", call.cluster),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ];
+        let body = grpc_frame(call.message);
+        let id = self.callout(call.cluster, &headers, &body, call.timeout)?;
+        self.grpc_started.push(id);
+        u32::try_from(id).ok()
     }
 
-    fn grpc_response(&self, _size: usize) -> Option<Vec<u8>> {
-        None
+    fn grpc_response(&self, size: usize) -> Option<Vec<u8>> {
+        let grpc = self.answer?.grpc.as_ref()?;
+        let mut bytes = grpc.bytes.clone();
+        bytes.truncate(size);
+        Some(bytes)
     }
 
     fn grpc_status(&self) -> (u32, Option<String>) {
-        (
-            2,
-            Some("callouts are not available in the native build".into()),
-        )
+        match self.answer.and_then(|a| a.grpc.as_ref()) {
+            Some(g) => (g.status, g.message.clone()),
+            None => (GRPC_UNKNOWN, None),
+        }
     }
 
-    fn dispatch_http(&mut self, _call: &HttpCall) -> Option<u32> {
-        None
+    fn dispatch_http(&mut self, call: &HttpCall) -> Option<u32> {
+        let id = self.callout(
+            call.cluster,
+            call.headers,
+            call.body.unwrap_or_default(),
+            call.timeout,
+        )?;
+        u32::try_from(id).ok()
     }
 
-    fn http_response(&self, _body_size: usize) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
-        (Vec::new(), Vec::new())
+    fn http_response(&self, body_size: usize) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
+        let Some(answer) = self.answer else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut body = answer.body.clone();
+        body.truncate(body_size);
+        (answer.headers.clone(), body)
     }
 
     fn set_tick_period(&mut self, _period: Duration) {
@@ -274,17 +501,77 @@ impl Host for EnvoyHost<'_> {
         }
     }
 
-    fn define_metric(&mut self, _kind: MetricKind, _name: &str) -> Option<u32> {
-        None
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        self.metrics.define(kind, name, &[], &[])
     }
 
-    fn increment_metric(&mut self, _id: u32, _n: u64) {}
+    fn increment_metric(&mut self, id: u32, n: u64) {
+        self.update_metric(id, &[], n);
+    }
 
-    fn record_metric(&mut self, _id: u32, _value: u64) {}
+    fn record_metric(&mut self, id: u32, value: u64) {
+        self.update_metric(id, &[], value);
+    }
+
+    fn define_metric_family(&mut self, family: &MetricFamily) -> Option<u32> {
+        let keys: Vec<&str> = family.labels.iter().map(|(k, _)| *k).collect();
+        let tags: Vec<&str> = family.labels.iter().map(|(_, t)| *t).collect();
+        self.metrics.define(family.kind, family.name, &keys, &tags)
+    }
+
+    fn increment_labeled(&mut self, id: u32, values: &[&str], n: u64) {
+        self.update_metric(id, values, n);
+    }
 
     fn now_unix_nanos(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(list: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn a_grpc_answer_is_read_from_headers_and_body_without_trailers() {
+        let message = b"\x08\x01".to_vec();
+        let ok = headers(&[(":status", "200"), ("content-type", "application/grpc")]);
+        // One whole message: OK (the status itself came in the trailers).
+        assert_eq!(
+            grpc_answer(&ok, &grpc_frame(&message)),
+            GrpcAnswer {
+                status: 0,
+                message: None,
+                bytes: message.clone()
+            }
+        );
+        // Cut short, compressed, or not gRPC at all: unknown.
+        let framed = grpc_frame(&message);
+        for body in [&framed[..6], &[1, 0, 0, 0, 0][..], b"<html>"] {
+            assert_eq!(grpc_answer(&ok, body).status, GRPC_UNKNOWN, "{body:?}");
+        }
+        let bad_gateway = headers(&[(":status", "503")]);
+        assert_eq!(grpc_answer(&bad_gateway, &framed).status, GRPC_UNKNOWN);
+        // A trailers-only error: its status and message.
+        let error = headers(&[
+            (":status", "200"),
+            ("grpc-status", "8"),
+            ("grpc-message", "over"),
+        ]);
+        let answer = grpc_answer(&error, b"");
+        assert_eq!(
+            (answer.status, answer.message.as_deref()),
+            (8, Some("over"))
+        );
+        // No answer at all (reset, timed out): unavailable.
+        assert_eq!(grpc_answer(&[], b"").status, GRPC_UNAVAILABLE);
     }
 }

@@ -20,10 +20,10 @@
 mod abi;
 mod host;
 
-pub use host::EnvoyHost;
-use host::Holding;
+pub use host::{grpc_answer, EnvoyHost, GrpcAnswer};
+use host::{Answer, Defined, Holding, Metrics};
 
-use abi::{Filter, LogLevel};
+use abi::{EnvoyBuffer, Filter, FilterConfig, HttpHeader, LogLevel};
 use sluice_common::host::{
     chosen_by_root_id, send_error, Flow, Host, Lifecycle, Plugin, Side, Unconfigured,
 };
@@ -121,6 +121,8 @@ struct NativeConfig {
     name: String,
     bytes: Vec<u8>,
     make: MakePlugin,
+    /// The metrics defined while Envoy configured it.
+    metrics: Vec<Defined>,
 }
 
 /// One stream's filter.
@@ -128,6 +130,8 @@ struct Stream {
     lifecycle: Box<dyn Lifecycle>,
     config: *const NativeConfig,
     holding: Holding,
+    /// gRPC calls started and not answered yet (their answers are decoded as gRPC).
+    grpc_callouts: Vec<u64>,
 }
 
 /// The lifecycle of a stream whose filter panicked: it is refused (see `with_stream_state`)
@@ -157,7 +161,7 @@ mod hooks {
 
     #[no_mangle]
     pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-        _config_envoy: *mut c_void,
+        config_envoy: *mut c_void,
         name_ptr: *const u8,
         name_len: usize,
         config_ptr: *const u8,
@@ -173,8 +177,12 @@ mod hooks {
             log::error!("no filter {name:?} in this module; configuration rejected");
             return std::ptr::null();
         };
-        // Refuse a bad configuration now, as `on_configure` does.
-        if let Err(e) = make(&mut EnvoyHost::configuration(&bytes, &name)) {
+        // Refuse a bad configuration now, as `on_configure` does, and define the metrics
+        // (Envoy allows it only now).
+        let mut metrics = Vec::new();
+        let envoy_config = FilterConfig::new(config_envoy);
+        let defining = Metrics::Defining(&envoy_config, &mut metrics);
+        if let Err(e) = make(&mut EnvoyHost::configuration(&bytes, &name, defining)) {
             log::error!("{name}: {e}; configuration rejected");
             return std::ptr::null();
         }
@@ -183,6 +191,7 @@ mod hooks {
             name,
             bytes,
             make,
+            metrics,
         };
         Box::into_raw(Box::new(config)) as *const c_void
     }
@@ -210,7 +219,10 @@ mod hooks {
                 .borrow_mut()
                 .entry(cfg.id)
                 .or_insert_with(|| {
-                    match (cfg.make)(&mut EnvoyHost::configuration(&cfg.bytes, &cfg.name)) {
+                    let defined = Metrics::Defined(&cfg.metrics);
+                    match (cfg.make)(&mut EnvoyHost::configuration(
+                        &cfg.bytes, &cfg.name, defined,
+                    )) {
                         Ok(f) => Some(f),
                         Err(e) => {
                             log::error!("{}: {e}", cfg.name);
@@ -233,6 +245,7 @@ mod hooks {
             lifecycle,
             config: cfg,
             holding: Holding::default(),
+            grpc_callouts: Vec::new(),
         })) as *mut c_void
     }
 
@@ -244,14 +257,14 @@ mod hooks {
         on_panic: R,
         step: impl FnOnce(&mut dyn Lifecycle, &mut EnvoyHost) -> R,
     ) -> R {
-        with_stream_state(envoy, stream, default, on_panic, |s, h| {
+        with_stream_state(envoy, stream, default, on_panic, None, |s, h| {
             step(s.lifecycle.as_mut(), h)
         })
     }
 
     /// Run a body step; a pause makes the filter the holder of that side's body.
     fn body_step(envoy: *mut c_void, stream: *mut c_void, side: Side, end_of_stream: bool) -> u32 {
-        with_stream_state(envoy, stream, 0, 1, |s, h| {
+        with_stream_state(envoy, stream, 0, 1, None, |s, h| {
             let size = h.body_len(side);
             let flow = match side {
                 Side::Request => s.lifecycle.on_request_body(h, size, end_of_stream),
@@ -263,12 +276,14 @@ mod hooks {
     }
 
     /// `default` when the stream is gone; `on_panic` when the filter panicked (a status that
-    /// stops the stream, which its 500 reply ends).
+    /// stops the stream, which its 500 reply ends); `answer`: the callout answer the hook
+    /// delivers.
     fn with_stream_state<R>(
         envoy: *mut c_void,
         stream: *mut c_void,
         default: R,
         on_panic: R,
+        answer: Option<&Answer>,
         step: impl FnOnce(&mut Stream, &mut EnvoyHost) -> R,
     ) -> R {
         // SAFETY: made by Box::into_raw in filter_new; Envoy calls a stream's hooks one at a
@@ -277,14 +292,23 @@ mod hooks {
             return default;
         };
         // SAFETY: the configuration outlives its streams.
-        let (bytes, name) = unsafe { stream.config.as_ref() }
-            .map_or((&[][..], ""), |c| (c.bytes.as_slice(), c.name.as_str()));
-        let mut host = EnvoyHost::stream(Filter::new(envoy), bytes, name, stream.holding);
+        let (bytes, name, metrics) = unsafe { stream.config.as_ref() }
+            .map_or((&[][..], "", &[][..]), |c| {
+                (c.bytes.as_slice(), c.name.as_str(), c.metrics.as_slice())
+            });
+        let filter = Filter::new(envoy);
+        let mut host = EnvoyHost::stream(filter, bytes, name, stream.holding, metrics);
+        if let Some(answer) = answer {
+            host = host.with_answer(answer);
+        }
         // No panic may cross into Envoy (it would abort the process). A filter that
         // panicked has left its request half-decided: the client gets the gateway's 500,
         // nothing more of the stream runs through the filter, and nothing ungoverned goes
         // on (the reply ends the stream).
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(stream, &mut host))) {
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(stream, &mut host)));
+        stream.grpc_callouts.append(&mut host.grpc_started);
+        match result {
             Ok(result) => result,
             Err(_) => {
                 log::error!("{name}: the filter panicked; the request was refused");
@@ -398,17 +422,39 @@ mod hooks {
     ) {
     }
 
+    /// A callout the stream started has its answer (or failed: then no headers).
     #[no_mangle]
     pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-        _envoy: *mut c_void,
-        _stream: *mut c_void,
-        _callout_id: u64,
+        envoy: *mut c_void,
+        stream: *mut c_void,
+        callout_id: u64,
         _result: u32,
-        _headers: *const c_void,
-        _headers_size: usize,
-        _body: *const c_void,
-        _body_size: usize,
+        headers: *const HttpHeader,
+        headers_size: usize,
+        body: *const EnvoyBuffer,
+        body_size: usize,
     ) {
+        let (headers, body) = abi::lent_response(headers, headers_size, body, body_size);
+        // SAFETY: as in with_stream_state; the borrow ends before it runs.
+        let grpc = unsafe { (stream as *mut Stream).as_mut() }.is_some_and(|s| {
+            let position = s.grpc_callouts.iter().position(|&id| id == callout_id);
+            position.map(|i| s.grpc_callouts.swap_remove(i)).is_some()
+        });
+        let answer = Answer {
+            grpc: grpc.then(|| grpc_answer(&headers, &body)),
+            headers,
+            body,
+        };
+        let Ok(token) = u32::try_from(callout_id) else {
+            return;
+        };
+        with_stream_state(envoy, stream, (), (), Some(&answer), |s, h| {
+            let lifecycle = s.lifecycle.as_mut();
+            match &answer.grpc {
+                Some(g) => lifecycle.on_grpc_response(h, token, g.status, g.bytes.len()),
+                None => lifecycle.on_http_response(h, token, answer.body.len()),
+            }
+        });
     }
 
     #[no_mangle]

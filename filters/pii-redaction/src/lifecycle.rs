@@ -28,6 +28,20 @@ pub struct PiiRedaction {
     clean: RefCell<CleanTexts>,
 }
 
+/// The counter families, their labels' keys and the tags Envoy's stats configuration
+/// exports them as (`envoy/envoy.yaml.j2`'s `stats_tags`).
+const FINDINGS: &str = "sluice.pii.findings";
+const FINDINGS_LABELS: [(&str, &str); 3] = [
+    ("entity", "pii_entity"),
+    ("action", "pii_action"),
+    ("direction", "direction"),
+];
+const UNSCANNED: &str = "sluice.pii.unscanned";
+const UNSCANNED_LABELS: [(&str, &str); 2] = [
+    ("direction", "direction"),
+    ("reason", "pii_unscanned_reason"),
+];
+
 impl PiiRedaction {
     pub fn new(settings: Settings) -> Self {
         Self {
@@ -52,7 +66,13 @@ impl Plugin for PiiRedaction {
                 .count(),
             s.custom.len()
         );
-        Ok(Self::new(s))
+        let filter = Self::new(s);
+        {
+            let mut counters = filter.counters.borrow_mut();
+            counters.declare(host, FINDINGS, &FINDINGS_LABELS);
+            counters.declare(host, UNSCANNED, &UNSCANNED_LABELS);
+        }
+        Ok(filter)
     }
 
     fn new_request(self: &Rc<Self>, _context_id: u32) -> PiiRequest {
@@ -107,26 +127,20 @@ impl PiiRequest {
             .map(|(dir, why)| (dir.as_str(), why.as_str()));
         let mut counters = self.filter.counters.borrow_mut();
         if let Some((d, why)) = unscanned {
-            counters.add(
-                host,
-                &format!("sluice.pii.unscanned.direction.{d}.reason.{why}"),
-                1,
-            );
+            let labels = [(UNSCANNED_LABELS[0].0, d), (UNSCANNED_LABELS[1].0, why)];
+            counters.add_labeled(host, &[UNSCANNED], &labels, 1);
         }
         let json = self
             .redactor
             .report(unscanned.map(|(d, why)| format!("{d}:{why}")));
         host.set_property(properties::PII, json.as_bytes());
         for (dir, entity, action, n) in self.redactor.counts() {
-            let d = dir.as_str();
-            counters.add(
-                host,
-                &format!(
-                    "sluice.pii.findings.entity.{entity}.action.{}.direction.{d}",
-                    action.as_str()
-                ),
-                n,
-            );
+            let labels = [
+                (FINDINGS_LABELS[0].0, entity),
+                (FINDINGS_LABELS[1].0, action.as_str()),
+                (FINDINGS_LABELS[2].0, dir.as_str()),
+            ];
+            counters.add_labeled(host, &[FINDINGS], &labels, n);
         }
     }
 

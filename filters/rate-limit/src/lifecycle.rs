@@ -52,6 +52,12 @@ impl Outcome {
     ];
 }
 
+/// 429s by the limit that decided: a counter family, its labels' keys and the tags Envoy's
+/// stats configuration exports them as (`envoy/envoy.yaml.j2`'s `stats_tags`).
+const REFUSED: &str = "sluice.rate_limit.refused";
+const REFUSED_LABELS: [(&str, &str); 2] =
+    [("rule", "rate_limit_rule"), ("kind", "rate_limit_kind")];
+
 /// The configured filter (one stage).
 pub struct RateLimit {
     config: RateLimitConfig,
@@ -81,10 +87,12 @@ impl RateLimit {
         if config.global.is_some() {
             host.set_tick_period(REPORT_PERIOD);
         }
+        let mut refused = CounterSet::new(1024);
+        refused.declare(host, REFUSED, &REFUSED_LABELS);
         Ok(Self {
             config,
             counters: Counters::define(host, "sluice.rate_limit", &Outcome::NAMES),
-            refused: RefCell::new(CounterSet::new(1024)),
+            refused: RefCell::new(refused),
             reports: RefCell::new(VecDeque::new()),
         })
     }
@@ -209,15 +217,14 @@ impl LimitedRequest {
     }
 
     fn refuse(&mut self, host: &mut dyn Host, d: &Denial) -> Flow {
-        let rule = sluice_common::metrics::label(&d.check.rule);
-        self.filter.refused.borrow_mut().add(
-            host,
-            &format!(
-                "sluice.rate_limit.refused.rule.{rule}.kind.{}",
-                d.check.kind.name()
-            ),
-            1,
-        );
+        let labels = [
+            (REFUSED_LABELS[0].0, d.check.rule.as_str()),
+            (REFUSED_LABELS[1].0, d.check.kind.name()),
+        ];
+        self.filter
+            .refused
+            .borrow_mut()
+            .add_labeled(host, &[REFUSED], &labels, 1);
         let record = serde_json::json!({
             "decided_by": format!("{}:{}", d.check.rule, d.check.kind.name()),
             "limit": d.check.quota.limit, "remaining": d.remaining, "allowed": false,

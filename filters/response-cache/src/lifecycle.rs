@@ -92,6 +92,19 @@ pub struct ResponseCache {
     puts_in_flight: RefCell<HashMap<u32, (&'static str, String)>>,
 }
 
+/// The outcomes counted as `sluice.cache.<outcome>` families, by tier and model; the
+/// labels' keys and the tags Envoy's stats configuration exports them as
+/// (`envoy/envoy.yaml.j2`'s `stats_tags`).
+const OUTCOMES: [&str; 6] = ["hit", "miss", "bypass", "error", "stored", "evicted"];
+const OUTCOME_LABELS: [(&str, &str); 2] = [("tier", "cache_tier"), ("model", "cache_model")];
+/// Responses not stored, by reason.
+const NOT_STORED: &str = "sluice.cache.not_stored";
+const NOT_STORED_LABELS: [(&str, &str); 3] = [
+    ("reason", "cache_reason"),
+    ("tier", "cache_tier"),
+    ("model", "cache_model"),
+];
+
 impl ResponseCache {
     pub fn new(settings: Settings) -> Self {
         Self {
@@ -110,11 +123,12 @@ impl ResponseCache {
         }
     }
 
+    /// Count an outcome (one of [`OUTCOMES`]).
     fn count(&self, host: &mut dyn Host, outcome: &str, tier: &str, model: &str, n: u64) {
         self.counters.borrow_mut().add_labeled(
             host,
             &["sluice.cache", outcome],
-            &[("tier", tier), ("model", model)],
+            &[(OUTCOME_LABELS[0].0, tier), (OUTCOME_LABELS[1].0, model)],
             n,
         );
     }
@@ -137,7 +151,15 @@ impl Plugin for ResponseCache {
         if settings.shared.is_some() {
             host.set_tick_period(PUT_PERIOD);
         }
-        Ok(Self::new(settings))
+        let cache = Self::new(settings);
+        {
+            let mut counters = cache.counters.borrow_mut();
+            for outcome in OUTCOMES {
+                counters.declare(host, &format!("sluice.cache.{outcome}"), &OUTCOME_LABELS);
+            }
+            counters.declare(host, NOT_STORED, &NOT_STORED_LABELS);
+        }
+        Ok(cache)
     }
 
     fn on_tick(&self, host: &mut dyn Host) {
@@ -723,8 +745,15 @@ impl CachedRequest {
     }
 
     fn not_stored(&mut self, host: &mut dyn Host, why: &str, model: &str) {
+        let labels = [
+            (NOT_STORED_LABELS[0].0, why),
+            (NOT_STORED_LABELS[1].0, LOCAL),
+            (NOT_STORED_LABELS[2].0, model),
+        ];
         self.filter
-            .count(host, &format!("not_stored.reason.{why}"), LOCAL, model, 1);
+            .counters
+            .borrow_mut()
+            .add_labeled(host, &[NOT_STORED], &labels, 1);
     }
 }
 

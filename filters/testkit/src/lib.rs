@@ -8,7 +8,7 @@
 pub mod probe;
 
 use sluice_common::host::{
-    GrpcCall, Host, HttpCall, MetricKind, SharedDataError, SharedDataMap, Side,
+    GrpcCall, Host, HttpCall, MetricFamily, MetricKind, SharedDataError, SharedDataMap, Side,
 };
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -81,6 +81,11 @@ pub struct MockHost {
     calls: RefCell<Vec<Call>>,
     next_token: u32,
     metrics: Vec<(MetricKind, String)>,
+    /// Whether the host defines labeled families (`define_metric_family`), as Envoy's
+    /// dynamic modules need; their series are counted under the same flat names.
+    pub metric_families: bool,
+    /// A family's label keys, by its id (in `metrics`).
+    family_keys: HashMap<u32, Vec<String>>,
     /// Per metric name: counters summed, gauges their last value, histograms the count of
     /// values recorded.
     pub metric_totals: BTreeMap<String, u64>,
@@ -400,6 +405,27 @@ impl Host for MockHost {
         self.record(Call::Increment(name, n));
     }
 
+    fn define_metric_family(&mut self, family: &MetricFamily) -> Option<u32> {
+        if !self.metric_families {
+            return None;
+        }
+        let id = self.define_metric(family.kind, family.name)?;
+        let keys = family.labels.iter().map(|(k, _)| k.to_string()).collect();
+        self.family_keys.insert(id, keys);
+        Some(id)
+    }
+
+    fn increment_labeled(&mut self, id: u32, values: &[&str], n: u64) {
+        let mut name = self.metric_name(id);
+        let keys = self.family_keys.get(&id).cloned().unwrap_or_default();
+        assert_eq!(keys.len(), values.len(), "label values of {name}");
+        for (k, v) in keys.iter().zip(values) {
+            name.push_str(&format!(".{k}.{v}"));
+        }
+        *self.metric_totals.entry(name.clone()).or_default() += n;
+        self.record(Call::Increment(name, n));
+    }
+
     fn record_metric(&mut self, id: u32, value: u64) {
         let name = self.metric_name(id);
         let gauge = usize::try_from(id)
@@ -582,6 +608,14 @@ impl Host for CountingHost<'_> {
         self.count("increment_metric", 0, 0);
         self.inner.increment_metric(id, n);
     }
+    fn define_metric_family(&mut self, family: &MetricFamily) -> Option<u32> {
+        self.count("define_metric_family", 0, family.name.len());
+        self.inner.define_metric_family(family)
+    }
+    fn increment_labeled(&mut self, id: u32, values: &[&str], n: u64) {
+        self.count("increment_labeled", 0, 0);
+        self.inner.increment_labeled(id, values, n);
+    }
     fn record_metric(&mut self, id: u32, value: u64) {
         self.count("record_metric", 0, 0);
         self.inner.record_metric(id, value);
@@ -716,5 +750,40 @@ mod tests {
         // The names defined through add_labeled and add are one set.
         set.add(&mut h, "f.k.a.v.b", 16);
         assert_eq!(h.metric_totals.get("f.k.a.v.b"), Some(&19));
+    }
+
+    #[test]
+    fn a_declared_family_counts_the_same_series_where_the_host_defines_families() {
+        use sluice_common::host::CounterSet;
+        for families in [false, true] {
+            let mut h = MockHost {
+                metric_families: families,
+                ..MockHost::default()
+            };
+            let mut set = CounterSet::new(2);
+            set.declare(&mut h, "f.x", &[("k", "tag_k"), ("v", "tag_v")]);
+            set.add_labeled(&mut h, &["f", "x"], &[("k", "a"), ("v", "b")], 1);
+            set.add_labeled(&mut h, &["f", "x"], &[("k", "a"), ("v", "b")], 2);
+            set.add_labeled(&mut h, &["f.x"], &[("k", "a v"), ("v", "")], 4);
+            // Other keys, or keys in another order, are not the family: a name of their own.
+            set.add_labeled(&mut h, &["f.x"], &[("v", "b"), ("k", "a")], 8);
+            set.add_labeled(&mut h, &["f.x"], &[("k", "c"), ("v", "d")], 16);
+            let totals: Vec<(&str, u64)> = h
+                .metric_totals
+                .iter()
+                .map(|(k, v)| (k.as_str(), *v))
+                .collect();
+            let expected = if families {
+                // The family's series are bounded as names are (two), apart from them.
+                vec![
+                    ("f.x.k.a.v.b", 3),
+                    ("f.x.k.a_v.v.none", 4),
+                    ("f.x.v.b.k.a", 8),
+                ]
+            } else {
+                vec![("f.x.k.a.v.b", 3), ("f.x.k.a_v.v.none", 4)]
+            };
+            assert_eq!(totals, expected, "families: {families}");
+        }
     }
 }

@@ -38,11 +38,28 @@ pub struct TokenCounter {
     ttfb: Histogram,
 }
 
+/// The counter families, their labels' keys in the series' names and the tags Envoy's
+/// stats configuration exports them as (`envoy/envoy.yaml.j2`'s `stats_tags`).
+const TOKEN_USAGE: &str = "gen_ai.client.token.usage";
+const REQUESTS: &str = "sluice.llm.requests";
+const ESTIMATE_OFF: &str = "sluice.llm.prompt_estimate_off";
+const TOKEN_USAGE_LABELS: [(&str, &str); 4] = [
+    ("type", "gen_ai_token_type"),
+    ("model", "gen_ai_request_model"),
+    ("tenant", "tenant"),
+    ("source", "usage_source"),
+];
+
 impl TokenCounter {
     pub fn new(host: &mut dyn Host, settings: Settings) -> Self {
+        let mut counters = CounterSet::new(3 * MAX_LABEL_SETS);
+        counters.declare(host, TOKEN_USAGE, &TOKEN_USAGE_LABELS);
+        for family in [REQUESTS, ESTIMATE_OFF] {
+            counters.declare(host, family, &TOKEN_USAGE_LABELS[1..]);
+        }
         Self {
             settings,
-            counters: RefCell::new(CounterSet::new(3 * MAX_LABEL_SETS)),
+            counters: RefCell::new(counters),
             memos: CountMemos::default(),
             ttfb: Histogram::define(host, "sluice.llm.time_to_first_byte_ms"),
         }
@@ -186,22 +203,18 @@ impl CountedRequest {
         }
         let tenant = text_property(host, properties::TENANT).unwrap_or_default();
         let model = self.filter.settings.model_label(&plan.model);
-        let labels = [
+        let mut labels = [
+            ("type", "input"),
             ("model", model),
             ("tenant", tenant.as_str()),
             ("source", usage.source.as_str()),
         ];
         let mut counters = self.filter.counters.borrow_mut();
-        for (family, n) in [
-            ("gen_ai.client.token.usage.type.input", prompt_tokens),
-            (
-                "gen_ai.client.token.usage.type.output",
-                usage.completion_tokens,
-            ),
-            ("sluice.llm.requests", 1),
-        ] {
-            counters.add_labeled(host, &[family], &labels, n);
-        }
+        counters.add_labeled(host, &[TOKEN_USAGE], &labels, prompt_tokens);
+        labels[0].1 = "output";
+        counters.add_labeled(host, &[TOKEN_USAGE], &labels, usage.completion_tokens);
+        let labels = &labels[1..];
+        counters.add_labeled(host, &[REQUESTS], labels, 1);
         if let Some(backend) = usage.backend_prompt_tokens {
             if crate::prompt::estimate_is_off(plan.prompt_tokens, backend) {
                 log::info!(
@@ -209,7 +222,7 @@ impl CountedRequest {
                     plan.prompt_tokens,
                     plan.model
                 );
-                counters.add_labeled(host, &["sluice.llm.prompt_estimate_off"], &labels, 1);
+                counters.add_labeled(host, &[ESTIMATE_OFF], labels, 1);
             }
         }
     }
