@@ -72,6 +72,14 @@ mkdir -p "$work/keys/ecds"
 "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$work/keys/ecds/key-auth.json" \
   -s "wasm_dir=$ROOT/target/wasm" -s 'key_auth_config={"keys":[]}'
 KEY=$(SLUICE_KEY_FILE="$work/keys/ecds/key-auth.json" "$SLUICE" keys create --tenant bench 2>/dev/null)
+# The same keys in the native build's ECDS resource (NATIVE=true start_envoy).
+NATIVE_MODULE=$ROOT/target/release/examples/libnative_filters.so
+mkdir -p "$work/keys/native"
+"$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$work/keys/native/key-auth.json" \
+  -s "wasm_dir=$ROOT/target/wasm" -s native=true -s "native_module=$NATIVE_MODULE" \
+  -s "key_auth_config=$("$PY" -c 'import json, sys
+print(json.load(open(sys.argv[1]))["resources"][0]["typed_config"]["config"]["configuration"]["value"])' \
+    "$work/keys/ecds/key-auth.json")"
 
 ROUTER_CONFIG='{"models":{"mock-model":{"targets":[{"pool":"pool-a","model":"org/mock-model-8b"}]}}}'
 # As scripts/run.sh configures it: chat without temperature 0 or a seed is not cached
@@ -95,7 +103,13 @@ start_envoy() {
   while [ "$admin" = "$port" ]; do admin=$(free_port); done
   mkdir -p "$work/$name/ecds"
   local wasm=${WASM_DIR:-$ROOT/target/wasm} one_vm=${ONE_VM:-true}
-  sed "s#$ROOT/target/wasm/#$wasm/#" "$work/keys/ecds/key-auth.json" >"$work/$name/ecds/key-auth.json"
+  local keys=$work/keys/ecds/key-auth.json native_vars=()
+  if [ "${NATIVE:-false}" = true ]; then
+    # The template's native build: every filter from sluice-native's module.
+    keys=$work/keys/native/key-auth.json
+    native_vars=(-s native=true -s "native_module=$NATIVE_MODULE")
+  fi
+  sed "s#$ROOT/target/wasm/#$wasm/#" "$keys" >"$work/$name/ecds/key-auth.json"
   if [ "$one_vm" = false ]; then
     # key-auth's ECDS resource in its own module and VM, like the rest.
     sed -i 's#"vm_id": "sluice"#"vm_id": "sluice.key_auth"#; s#/sluice_filters\.wasm#/sluice_key_auth.wasm#' \
@@ -104,11 +118,10 @@ start_envoy() {
   "$SLUICE" render envoy/envoy.yaml.j2 -o "$work/$name/envoy.yaml" \
     -s "listen_port=$port" -s "admin_port=$admin" -s "state_dir=$work/$name" \
     -s "pools=$pools" -s "filters=$filters" -s "model_router=$router" -s "wasm_dir=$wasm" -s "one_vm=$one_vm" \
-    -s "model_router_config=$ROUTER_CONFIG" -s "response_cache=$CACHE_CONFIG" "$@"
-  "$PY" - "$work/$name/envoy.yaml" "$last" "$NOOP_WASM" "$PROBE_WASM" "${NATIVE:-false}" \
-    "$work/$name/ecds/key-auth.json" <<'PY'
-import json, sys, yaml
-path, last, noop, probe, native, key_auth_ecds = sys.argv[1:]
+    -s "model_router_config=$ROUTER_CONFIG" -s "response_cache=$CACHE_CONFIG" "${native_vars[@]}" "$@"
+  "$PY" - "$work/$name/envoy.yaml" "$last" "$NOOP_WASM" "$PROBE_WASM" <<'PY'
+import sys, yaml
+path, last, noop, probe = sys.argv[1:]
 config = yaml.safe_load(open(path))
 for listener in config["static_resources"]["listeners"]:
     for chain in listener["filter_chains"]:
@@ -131,12 +144,12 @@ for listener in config["static_resources"]["listeners"]:
                     f["typed_config"]["config"]["vm_config"]["vm_id"] = "noop"
                 hcm["http_filters"] = noops + hcm["http_filters"]
                 continue
-            def native_filter(name, filter_name, configuration="", module="native_probe"):
-                # A plugin of one of sluice-native's dynamic modules (its examples: the
-                # probe and no-op plugins, or the seven filters): no VM.
+            def native_filter(name, filter_name, configuration=""):
+                # A plugin of sluice-native's probe module (the probe and no-op plugins):
+                # no VM. The whole chain natively is the template's native=true.
                 return {"name": name, "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-                    "dynamic_module_config": {"name": module, "do_not_close": True},
+                    "dynamic_module_config": {"name": "native_probe", "do_not_close": True},
                     "filter_name": filter_name,
                     "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
                                       "value": configuration}}}
@@ -162,19 +175,6 @@ for listener in config["static_resources"]["listeners"]:
                 kept.append(h)
                 if h["name"] == last:
                     dropping = True
-            if native == "true":
-                # The same filters and configurations as an Envoy dynamic module
-                # (sluice-native's native_filters example): no VM.
-                def as_native(h):
-                    if h.get("config_discovery"):
-                        wasm = json.load(open(key_auth_ecds))["resources"][0]["typed_config"]["config"]
-                    elif h.get("typed_config", {}).get("@type", "").endswith("wasm.v3.Wasm"):
-                        wasm = h["typed_config"]["config"]
-                    else:
-                        return h
-                    return native_filter(h["name"], wasm["root_id"], wasm["configuration"]["value"],
-                                         module="native_filters")
-                kept = [as_native(h) for h in kept]
             hcm["http_filters"] = kept
 yaml.safe_dump(config, open(path, "w"), sort_keys=False)
 PY

@@ -343,6 +343,8 @@ pub struct Stack {
     procs: Vec<Proc>,
     /// Some pool balances by consistent hash (maglev / ring_hash).
     hash_pools: bool,
+    /// The filters are sluice-native's (`StackOptions::native`).
+    pub native: bool,
     /// How each sluice-batch replica was started (to start it again after a kill) and
     /// the first one's URL.
     batch_args: Vec<Vec<String>>,
@@ -675,6 +677,7 @@ impl StackBuilder {
             dir: self.dir,
             procs: self.procs,
             hash_pools,
+            native: self.options.native,
             batch_url: self
                 .batch_ports
                 .first()
@@ -932,6 +935,27 @@ impl Stack {
         self.dir.path().join("ecds/key-auth.json")
     }
 
+    /// A filter's own counter or gauge (its name without the build's namespace: Envoy puts
+    /// a wasm filter's under `wasmcustom.`, a dynamic module's under `dynamicmodulescustom.`).
+    pub async fn filter_stat(&self, name: &str) -> u64 {
+        let namespace = if self.native {
+            "dynamicmodulescustom"
+        } else {
+            "wasmcustom"
+        };
+        self.stat(&format!("{namespace}.{name}")).await
+    }
+
+    /// Where key-auth's configuration sits in the key file (the ECDS resource of a wasm
+    /// filter, or of a dynamic-module one).
+    pub fn key_config_pointer(&self) -> &'static str {
+        if self.native {
+            "/resources/0/typed_config/filter_config/value"
+        } else {
+            "/resources/0/typed_config/config/configuration/value"
+        }
+    }
+
     /// An Envoy counter or gauge from the admin API (0 when absent).
     pub async fn stat(&self, name: &str) -> u64 {
         let text = reqwest::get(format!(
@@ -951,12 +975,27 @@ impl Stack {
     }
 
     pub async fn prometheus(&self) -> String {
-        reqwest::get(format!("{}/stats/prometheus", self.admin))
+        let text = reqwest::get(format!("{}/stats/prometheus", self.admin))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap()
+            .unwrap();
+        if !self.native {
+            return text;
+        }
+        // The names Prometheus stores with deploy/prometheus's relabeling: the native
+        // build's metrics without Envoy's dynamic-module prefix, as the wasm build's.
+        text.lines()
+            .map(|l| {
+                let l = l.replacen("# TYPE envoy_dynamicmodulescustom_", "# TYPE ", 1);
+                match l.strip_prefix("envoy_dynamicmodulescustom_") {
+                    Some(rest) => rest.to_string(),
+                    None => l,
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// A chat completion through the gateway with `key` (and `extra` headers), its body read

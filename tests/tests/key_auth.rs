@@ -76,7 +76,7 @@ async fn every_header_style_is_accepted_and_never_reaches_upstream() {
         }
         assert!(!req.to_string().contains(GOOD), "the key reached upstream");
     }
-    assert_eq!(s.stat("wasmcustom.sluice.key_auth.allowed").await, 6);
+    assert_eq!(s.filter_stat("sluice.key_auth.allowed").await, 6);
 }
 
 #[tokio::test]
@@ -133,7 +133,7 @@ async fn missing_unknown_expired_disabled_and_conflicting_keys_get_openai_401s()
             assert!(!text.contains(secret), "{reason}: key echoed");
         }
         assert_eq!(
-            s.stat(&format!("wasmcustom.sluice.key_auth.denied.{reason}"))
+            s.filter_stat(&format!("sluice.key_auth.denied.{reason}"))
                 .await,
             1,
             "{reason} counter"
@@ -314,9 +314,7 @@ async fn an_invalid_key_file_is_rejected_and_the_previous_keys_keep_serving() {
     s.wait_key_updates(1).await;
     let path = s.key_file();
     let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let slot = doc
-        .pointer_mut("/resources/0/typed_config/config/configuration/value")
-        .unwrap();
+    let slot = doc.pointer_mut(s.key_config_pointer()).unwrap();
     // An unknown field: deny_unknown_fields makes on_configure refuse it.
     *slot = Value::String(r#"{"keys":[],"typo_field":true}"#.into());
     sluice_cli::render::write_atomic(&path, doc.to_string().as_bytes()).unwrap();

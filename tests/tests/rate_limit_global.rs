@@ -48,10 +48,9 @@ async fn exactly_20_of_100_concurrent_requests_in_the_global_tier() {
     );
     assert_eq!(statuses.iter().filter(|c| **c == 429).count(), 80);
     assert_eq!(s.pool("pool-a").requests().await.len(), 20);
-    assert_eq!(s.stat("wasmcustom.sluice.rate_limit.global.ok").await, 20);
+    assert_eq!(s.filter_stat("sluice.rate_limit.global.ok").await, 20);
     assert_eq!(
-        s.stat("wasmcustom.sluice.rate_limit.global.over_limit")
-            .await,
+        s.filter_stat("sluice.rate_limit.global.over_limit").await,
         80
     );
 }
@@ -140,7 +139,7 @@ async fn service_down_deny_answers_503_fast() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["type"], "server_error");
     assert!(
-        s.stat("wasmcustom.sluice.rate_limit.global.failure.denied")
+        s.filter_stat("sluice.rate_limit.global.failure.denied")
             .await
             >= 1
     );
@@ -157,7 +156,7 @@ async fn service_down_local_falls_back_to_local_limits_and_allow_lets_through() 
         "{statuses:?}"
     );
     assert!(
-        s.stat("wasmcustom.sluice.rate_limit.global.failure.local")
+        s.filter_stat("sluice.rate_limit.global.failure.local")
             .await
             >= 20
     );
