@@ -284,10 +284,7 @@ impl FilterConfig {
     /// Define a metric (`label_names` empty) or a family of them (one series per tuple of
     /// label values, each label a tag); Envoy names it `dynamicmodulescustom.<name>`.
     pub fn define_metric(&self, t: MetricType, name: &str, label_names: &[&str]) -> Option<usize> {
-        let labels: Vec<ModuleBuffer> = label_names
-            .iter()
-            .map(|l| ModuleBuffer::of(l.as_bytes()))
-            .collect();
+        let labels = module_buffers(label_names);
         let define = match t {
             MetricType::Counter => envoy_dynamic_module_callback_http_filter_config_define_counter,
             MetricType::Gauge => envoy_dynamic_module_callback_http_filter_config_define_gauge,
@@ -325,6 +322,15 @@ fn copied_headers(raw: &[HttpHeader]) -> Vec<(String, Vec<u8>)> {
                 lent(h.value_ptr, h.value_length),
             )
         })
+        .collect()
+}
+
+/// Strings as the ABI takes a list of them, pointing into `strings` (which must outlive
+/// the call).
+fn module_buffers(strings: &[&str]) -> Vec<ModuleBuffer> {
+    strings
+        .iter()
+        .map(|s| ModuleBuffer::of(s.as_bytes()))
         .collect()
 }
 
@@ -606,10 +612,7 @@ impl Filter {
     /// Add to a counter, set a gauge or record a histogram value, defined at configuration
     /// with as many labels as `label_values` holds.
     pub fn update_metric(&self, t: MetricType, id: usize, label_values: &[&str], value: u64) {
-        let values: Vec<ModuleBuffer> = label_values
-            .iter()
-            .map(|v| ModuleBuffer::of(v.as_bytes()))
-            .collect();
+        let values = module_buffers(label_values);
         let update = match t {
             MetricType::Counter => envoy_dynamic_module_callback_http_filter_increment_counter,
             MetricType::Gauge => envoy_dynamic_module_callback_http_filter_set_gauge,

@@ -126,41 +126,46 @@ fn a_request_without_a_body_or_model_is_refused() {
 
 #[test]
 fn a_json_answer_publishes_the_backends_usage_once() {
-    let mut host = MockHost::new();
-    let f = filter(&mut host);
-    let mut req = sent(&mut host, &f, "/v1/chat/completions", chat(false));
-    host.set_response_headers(&[(":status", "200"), ("content-type", "application/json")]);
-    assert_eq!(req.on_response_headers(&mut host, false), Flow::Continue);
-    let answer =
-        json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
-        "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}})
-        .to_string();
-    let out = respond(&mut host, &mut req, answer.as_bytes(), 16);
-    assert_eq!(out, answer.as_bytes(), "a JSON answer passes unchanged");
-    req.on_log(&mut host);
-    assert_eq!(
-        usage_properties(&host),
-        pairs(&[
-            ("sluice_prompt_tokens", "11"),
-            ("sluice_completion_tokens", "2"),
-            ("sluice_usage_source", "backend"),
-        ])
-    );
-    let labels = "model.other.tenant.team-a.source.backend";
-    // Our estimate (9) is 2 tokens off the backend's 11: within the tolerance, so
-    // `sluice.llm.prompt_estimate_off` is not counted.
-    assert_eq!(
-        host.counted(),
-        vec![
-            format!("gen_ai.client.token.usage.type.input.{labels}"),
-            format!("gen_ai.client.token.usage.type.output.{labels}"),
-            format!("sluice.llm.requests.{labels}"),
-        ]
-    );
-    assert_eq!(
-        host.metric_totals.get("sluice.llm.time_to_first_byte_ms"),
-        Some(&1)
-    );
+    // Counted the same where the host names each series (proxy-wasm) and where the
+    // counters are families declared at configuration (a dynamic module).
+    for families in [false, true] {
+        let mut host = MockHost::new();
+        host.metric_families = families;
+        let f = filter(&mut host);
+        let mut req = sent(&mut host, &f, "/v1/chat/completions", chat(false));
+        host.set_response_headers(&[(":status", "200"), ("content-type", "application/json")]);
+        assert_eq!(req.on_response_headers(&mut host, false), Flow::Continue);
+        let answer =
+            json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}})
+            .to_string();
+        let out = respond(&mut host, &mut req, answer.as_bytes(), 16);
+        assert_eq!(out, answer.as_bytes(), "a JSON answer passes unchanged");
+        req.on_log(&mut host);
+        assert_eq!(
+            usage_properties(&host),
+            pairs(&[
+                ("sluice_prompt_tokens", "11"),
+                ("sluice_completion_tokens", "2"),
+                ("sluice_usage_source", "backend"),
+            ])
+        );
+        let labels = "model.other.tenant.team-a.source.backend";
+        // Our estimate (9) is 2 tokens off the backend's 11: within the tolerance, so
+        // `sluice.llm.prompt_estimate_off` is not counted.
+        assert_eq!(
+            host.counted(),
+            vec![
+                format!("gen_ai.client.token.usage.type.input.{labels}"),
+                format!("gen_ai.client.token.usage.type.output.{labels}"),
+                format!("sluice.llm.requests.{labels}"),
+            ]
+        );
+        assert_eq!(
+            host.metric_totals.get("sluice.llm.time_to_first_byte_ms"),
+            Some(&1)
+        );
+    }
 }
 
 #[test]
