@@ -1,15 +1,17 @@
 //! [`EnvoyHost`]: sluice-common's [`Host`] over Envoy's dynamic-module callbacks.
 //!
 //! What it covers: headers, bodies, filter state (the `sluice_*` facts), local replies,
-//! resuming, the route cache, the clock, and shared data (one map for the whole Envoy
-//! process, compare-and-swap by version as Envoy's proxy-wasm shared data does — in a
-//! native module the process is the VM). What it does not cover yet, each answered the
-//! way the `Host` contract allows for a host that refuses: metrics (`define_metric` gives
-//! `None`: the filter runs uncounted), callouts (`dispatch_*` give `None`: could not
-//! start) and the root context's timer. Of Envoy's attributes it reads those the filters
-//! read (`request.id`, `response.code`, `response.code_details`) and `plugin_root_id`
-//! (the filter name). Enough to run the chain on a plain pool without global limits and
-//! measure it; a filter needing the rest stays a wasm filter.
+//! resuming, the route cache, the clock, shared data (one map for the whole Envoy process,
+//! compare-and-swap by version as Envoy's proxy-wasm shared data does — in a native module
+//! the process is the VM), metrics defined while Envoy configures the filter ([`Metrics`]),
+//! and HTTP and unary gRPC callouts from a stream ([`grpc_answer`]). Of Envoy's attributes
+//! it reads those the filters read (`request.id`, `response.code`,
+//! `response.code_details`) and `plugin_root_id` (the filter name). What it does not cover
+//! yet, answered the way the `Host` contract allows for a host that refuses: the root
+//! context's timer (`set_tick_period` is logged and `on_tick` never runs: Envoy 1.40's ABI
+//! has no per-worker timer for HTTP filters), callouts from the root context (`dispatch_*`
+//! without a stream give `None`), acting on another stream (`set_effective_context`), and
+//! metrics first named on a request.
 
 use crate::abi::{Attribute, BodyType, Filter, FilterConfig, HeaderType, MetricType};
 use sluice_common::host::{

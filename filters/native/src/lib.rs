@@ -4,18 +4,19 @@
 //!
 //! Why it exists (issue 18): in Envoy's V8 a host call that returns data costs about 1.7
 //! µs under load, most of it V8 entering and leaving the module and the call back into the
-//! VM that allocates the answer; the chain makes about 75 a request. This crate measures
-//! what the same calls, filter instances and whole chain cost natively
-//! (`scripts/bench-chain.sh`'s native rows: `examples/native_probe.rs`, the probe and no-op
-//! plugins; `examples/native_filters.rs`, the seven filters). It is not what the stack
-//! loads: [`EnvoyHost`] does not yet do metrics, callouts or timers (see its docs), which
-//! the Sluice filters need beyond a plain pool.
+//! VM that allocates the answer; the chain makes about 75 a request. Built natively the
+//! chain costs about half (`scripts/bench-chain.sh`'s native rows;
+//! `examples/native_probe.rs`, the probe and no-op plugins; `examples/native_filters.rs`,
+//! the seven filters, which the Envoy template loads with `native=true`). It is not yet
+//! what the stack loads: [`EnvoyHost`] has no root-context timer (see its docs and
+//! docs/architecture.md, "Two builds").
 //!
 //! Threading: Envoy creates a filter configuration on its main thread and streams on its
 //! workers. A [`Plugin`] is single-threaded (it is written for one VM per worker), so each
 //! worker thread configures its own from the configuration's bytes on its first stream, as
-//! each worker's VM does; the main thread configures one first only to refuse a bad
-//! configuration at load, as `on_configure` does.
+//! each worker's VM does; the main thread configures one first to refuse a bad
+//! configuration at load, as `on_configure` does, and to define the plugin's metrics (Envoy
+//! allows a module to define them only then; the workers' plugins find them by name).
 
 mod abi;
 mod host;
