@@ -401,7 +401,7 @@ pub struct CounterSet {
 }
 
 /// Where [`CounterSet::add_labeled`] counts one tuple of labels.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Series {
     /// A metric of its own, named `<family>.<key>.<value>...`.
     Named(u32),
@@ -475,25 +475,17 @@ impl CounterSet {
             key.extend_from_slice(&(part.len() as u32).to_le_bytes());
             key.extend_from_slice(part.as_bytes());
         }
-        let series = match self.by_values.get(key.as_slice()) {
-            Some(series) => series.clone(),
+        match self.by_values.get(key.as_slice()) {
+            Some(series) => count_in(host, series.as_ref(), n),
             None => {
                 let series = self.series(host, family, labels);
+                count_in(host, series.as_ref(), n);
                 if self.by_values.len() < 2 * self.names.max {
-                    self.by_values.insert(key.clone(), series.clone());
+                    self.by_values.insert(key.clone(), series);
                 }
-                series
             }
-        };
-        self.key = key;
-        match series {
-            Some(Series::Named(id)) => host.increment_metric(id, n),
-            Some(Series::InFamily(id, values)) => {
-                let values: Vec<&str> = values.iter().map(String::as_str).collect();
-                host.increment_labeled(id, &values, n);
-            }
-            None => {}
         }
+        self.key = key;
     }
 
     /// Where a tuple of labels seen for the first time is counted.
@@ -519,6 +511,18 @@ impl CounterSet {
             name.push_str(&crate::metrics::label(v));
         }
         self.names.id(host, &name).map(Series::Named)
+    }
+}
+
+/// Add `n` where [`CounterSet::add_labeled`] found the series counted (nothing if nowhere).
+fn count_in(host: &mut dyn Host, series: Option<&Series>, n: u64) {
+    match series {
+        Some(Series::Named(id)) => host.increment_metric(*id, n),
+        Some(Series::InFamily(id, values)) => {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            host.increment_labeled(*id, &values, n);
+        }
+        None => {}
     }
 }
 
