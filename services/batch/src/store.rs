@@ -150,6 +150,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (done, next_at);
 ";
 
+/// A batch's terminal event for its owner's webhook, queued with the status it reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    pub event_id: &'a str,
+    pub owner: &'a Owner,
+    pub body: &'a str,
+}
+
 /// A webhook event waiting to be delivered.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -372,29 +380,49 @@ impl Store {
 
     /// Write a batch's new state (whoever changes it holds its lease, or is the API
     /// marking it cancelling).
-    pub async fn save_batch(&self, batch: &Batch) -> Result<()> {
+    /// Save the batch, in its status now, if the store still has it in `from`: the API may
+    /// have marked it cancelling meanwhile, and that must not be overwritten (the worker
+    /// reads it again and ends the batch cancelled). With `event`, the owner's webhook
+    /// event is queued in the same transaction, so a terminal status and its event are
+    /// stored together or not at all. False when the status had changed.
+    pub async fn save_batch_from(
+        &self,
+        batch: &Batch,
+        from: Status,
+        event: Option<&Event<'_>>,
+    ) -> Result<bool> {
         let body = serde_json::to_string(batch).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query("UPDATE batches SET body = $1, status = $2 WHERE id = $3")
-            .bind(body)
-            .bind(batch.status.as_str())
+        let mut tx = self.pool.begin().await?;
+        let saved =
+            sqlx::query("UPDATE batches SET body = $1, status = $2 WHERE id = $3 AND status = $4")
+                .bind(body)
+                .bind(batch.status.as_str())
+                .bind(&batch.id)
+                .bind(from.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+        if !saved {
+            return Ok(false);
+        }
+        if let Some(event) = event {
+            // Once: the same event id again is ignored, so a batch finalized twice after
+            // a crash notifies once.
+            sqlx::query(
+                "INSERT INTO deliveries (event_id, batch_id, tenant, key_id, body) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(event.event_id)
             .bind(&batch.id)
-            .execute(&self.pool)
+            .bind(&event.owner.tenant)
+            .bind(&event.owner.key_id)
+            .bind(event.body)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
-    }
-
-    /// Write a running batch's progress, unless its status changed meanwhile (the API
-    /// marked it cancelling): the worker sees that on its next read instead of
-    /// overwriting it.
-    pub async fn save_progress(&self, batch: &Batch) -> Result<bool> {
-        let body = serde_json::to_string(batch).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let done = sqlx::query("UPDATE batches SET body = $1 WHERE id = $2 AND status = $3")
-            .bind(body)
-            .bind(&batch.id)
-            .bind(batch.status.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Ask a batch to stop: `cancelling` unless it already ended. The batch as it is now.
@@ -475,7 +503,7 @@ impl Store {
 
     /// Store a validated batch's lines and move it to `in_progress`, in one transaction
     /// (a crash leaves it validating, with no lines, to be validated again).
-    pub async fn start(&self, batch: &Batch, lines: &[(String, String)]) -> Result<()> {
+    pub async fn start(&self, batch: &Batch, lines: &[(String, String)]) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM lines WHERE batch_id = $1")
             .bind(&batch.id)
@@ -512,14 +540,22 @@ impl Store {
             query.execute(&mut *tx).await?;
         }
         let body = serde_json::to_string(batch).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query("UPDATE batches SET body = $1, status = $2 WHERE id = $3")
-            .bind(body)
-            .bind(batch.status.as_str())
-            .bind(&batch.id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        // Only from `validating`: a batch cancelled while its file was read is not
+        // started (dropping the transaction rolls its lines back).
+        let started = sqlx::query(
+            "UPDATE batches SET body = $1, status = $2 WHERE id = $3 AND status = 'validating'",
+        )
+        .bind(body)
+        .bind(batch.status.as_str())
+        .bind(&batch.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if started {
+            tx.commit().await?;
+        }
+        Ok(started)
     }
 
     /// Lines not finished yet (pending, or sent before a crash) after index `after`, in
@@ -631,29 +667,6 @@ impl Store {
 }
 
 impl Store {
-    /// Queue an event for delivery (once: the same event id again is ignored, so a batch
-    /// finalized twice after a crash notifies once).
-    pub async fn enqueue_delivery(
-        &self,
-        event_id: &str,
-        batch_id: &str,
-        owner: &Owner,
-        body: &str,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO deliveries (event_id, batch_id, tenant, key_id, body) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(event_id)
-        .bind(batch_id)
-        .bind(&owner.tenant)
-        .bind(&owner.key_id)
-        .bind(body)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Claim deliveries that are due (each for `hold_secs`, so another worker does not send
     /// it meanwhile), at most `limit`.
     pub async fn due_deliveries(

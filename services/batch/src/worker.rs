@@ -10,7 +10,7 @@
 use crate::model::{Batch, BatchError, FileObject, InputLine, Status, PURPOSE_OUTPUT};
 use crate::pace::Pace;
 use crate::store::{
-    validation_errors, BlobStore, Line, LineResult, LineState, Owner, Store, StoreError,
+    validation_errors, BlobStore, Event, Line, LineResult, LineState, Owner, Store, StoreError,
 };
 use crate::{new_id, now_millis, now_secs};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -128,32 +128,30 @@ impl Worker {
         Ok(())
     }
 
-    /// End the batch in its terminal status: the owner's event is queued first, then the
-    /// status saved, so a crash between the two queues it again (once: its id is the
-    /// batch's) rather than losing it.
-    async fn end(&self, batch: &Batch, owner: &Owner) -> Result<(), StoreError> {
-        self.notify(batch, owner).await?;
-        self.store.save_batch(batch).await
-    }
-
-    /// Queue the batch's terminal event for the owner's webhook, if the operator set one.
-    async fn notify(&self, batch: &Batch, owner: &Owner) -> Result<(), StoreError> {
-        let Some(kind) = crate::webhook::event_type(batch.status) else {
-            return Ok(());
-        };
-        if self
+    /// End the batch in its terminal status, if the store still has it in `from`: the
+    /// owner's event (if the operator set a webhook) is queued in the same transaction.
+    /// False when the API changed its status meanwhile.
+    async fn end(&self, batch: &Batch, from: Status, owner: &Owner) -> Result<bool, StoreError> {
+        let hooked = self
             .config
             .webhooks
             .for_owner(&owner.tenant, &owner.key_id)
-            .is_none()
-        {
-            return Ok(());
-        }
+            .is_some();
         // One event per batch, named after it: finalizing again after a crash queues none.
-        let event_id = format!("evt_{}", batch.id.trim_start_matches("batch_"));
-        let body = crate::webhook::event(&event_id, kind, &batch.id);
+        let named = crate::webhook::event_type(batch.status)
+            .filter(|_| hooked)
+            .map(|kind| {
+                let event_id = format!("evt_{}", batch.id.trim_start_matches("batch_"));
+                let body = crate::webhook::event(&event_id, kind, &batch.id);
+                (event_id, body)
+            });
+        let event = named.as_ref().map(|(event_id, body)| Event {
+            event_id,
+            owner,
+            body,
+        });
         self.store
-            .enqueue_delivery(&event_id, &batch.id, owner, &body)
+            .save_batch_from(batch, from, event.as_ref())
             .await
     }
 
@@ -212,12 +210,31 @@ impl Worker {
             batch.status = Status::Failed;
             batch.failed_at = Some(now);
             batch.errors = Some(validation_errors(errors));
-            return self.end(batch, owner).await;
+            if !self.end(batch, Status::Validating, owner).await? {
+                self.read_again(batch).await?;
+            }
+            return Ok(());
         }
         batch.status = Status::InProgress;
         batch.in_progress_at = Some(now);
         batch.request_counts.total = lines.len() as u64;
-        self.store.start(batch, &lines).await
+        if !self.store.start(batch, &lines).await? {
+            // Cancelled while its file was read: nothing was started.
+            self.read_again(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// The batch as the store has it now (after the API changed its status); false if
+    /// the store has it no more.
+    async fn read_again(&self, batch: &mut Batch) -> Result<bool, StoreError> {
+        Ok(match self.store.batch_for_work(&batch.id).await? {
+            Some((now, _)) => {
+                *batch = now;
+                true
+            }
+            None => false,
+        })
     }
 
     /// Send the batch's unfinished lines until none is left, the batch is cancelled or
@@ -250,14 +267,18 @@ impl Worker {
                 }
                 if batch.expires_at.is_some_and(|t| now_secs() >= t) {
                     batch.expired_at = Some(now_secs());
-                    self.store.save_progress(batch).await?;
+                    self.store
+                        .save_batch_from(batch, batch.status, None)
+                        .await?;
                     return self.drain(&batch_id, in_flight).await;
                 }
                 if !self.renew(&batch.id).await? {
                     return Ok(());
                 }
                 batch.request_counts = self.store.counts(&batch.id).await?;
-                self.store.save_progress(batch).await?;
+                self.store
+                    .save_batch_from(batch, batch.status, None)
+                    .await?;
             }
             while in_flight.len() < pace.window() && Instant::now() >= paused_until {
                 if queue.is_empty() && !exhausted {
@@ -273,7 +294,9 @@ impl Worker {
             }
             if in_flight.is_empty() && queue.is_empty() && exhausted {
                 batch.request_counts = self.store.counts(&batch.id).await?;
-                self.store.save_progress(batch).await?;
+                self.store
+                    .save_batch_from(batch, batch.status, None)
+                    .await?;
                 return Ok(());
             }
             // The next answer, or the next check, or the end of a pause after a refusal.
@@ -380,7 +403,23 @@ impl Worker {
 
     /// Write the output and error files and end the batch. Ids are the batch's own, so a
     /// crash here only means writing the same files again.
+    /// End the batch: completed, or cancelled or expired with its unsent lines failed.
+    /// Every status write is conditional on the status the worker read, so a cancel the
+    /// API accepted meanwhile is never overwritten: the batch is read again and ends
+    /// cancelled (a cancel moves a batch to `cancelling` once, so this loops at most twice).
     async fn finalize(&self, batch: &mut Batch, owner: &Owner) -> Result<(), StoreError> {
+        loop {
+            if batch.status.is_terminal() {
+                return Ok(());
+            }
+            if self.finalize_from(batch, owner).await? || !self.read_again(batch).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One attempt of `finalize`; false when the batch's status changed under it.
+    async fn finalize_from(&self, batch: &mut Batch, owner: &Owner) -> Result<bool, StoreError> {
         let (terminal, code, message) = if batch.status == Status::Cancelling {
             (
                 Status::Cancelled,
@@ -407,8 +446,15 @@ impl Worker {
         } else if batch.status == Status::InProgress {
             batch.status = Status::Finalizing;
             batch.finalizing_at = Some(now_secs());
-            self.store.save_batch(batch).await?;
+            if !self
+                .store
+                .save_batch_from(batch, Status::InProgress, None)
+                .await?
+            {
+                return Ok(false);
+            }
         }
+        let from = batch.status;
         let (done, failed) = self.store.records(&batch.id).await?;
         for (records, kind, slot) in [(done, "output", 0), (failed, "errors", 1)] {
             if records.is_empty() {
@@ -442,7 +488,7 @@ impl Worker {
             _ => batch.completed_at = Some(now),
         }
         batch.status = terminal;
-        self.end(batch, owner).await
+        self.end(batch, from, owner).await
     }
 }
 
@@ -613,5 +659,136 @@ mod tests {
                 .code,
             "too_many_requests"
         );
+    }
+
+    /// A worker over a SQLite store and blobs in `dir`, its owner's webhook set (no
+    /// delivery is attempted: only what it queues is looked at).
+    async fn worker(dir: &std::path::Path) -> Worker {
+        let url = format!("sqlite://{}", dir.join("b.db").display());
+        let mut webhooks = crate::webhook::Webhooks::default();
+        webhooks.tenants.insert(
+            "t".into(),
+            crate::webhook::Webhook {
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: "a secret of sixteen bytes".into(),
+            },
+        );
+        Worker {
+            store: Store::open(&url).await.unwrap(),
+            blobs: Arc::new(crate::store::DiskBlobs::new(&dir.join("blobs")).unwrap()),
+            config: WorkerConfig {
+                webhooks,
+                gateway: "http://127.0.0.1:9".into(),
+                secret: b"secret".to_vec(),
+                max_in_flight: 4,
+                max_lines: 10,
+                lease_ms: 1_000,
+                poll_ms: 10,
+            },
+            client: reqwest::Client::new(),
+            id: "w".into(),
+        }
+    }
+
+    // The race a fresh-clone run found: every line answered, the API accepts a cancel,
+    // and the worker, finalizing from what it read before, must not end it `completed`.
+    #[tokio::test]
+    async fn a_cancel_accepted_while_the_last_lines_finish_ends_the_batch_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = worker(dir.path()).await;
+        let owner = Owner {
+            tenant: "t".into(),
+            key_id: "k".into(),
+        };
+        let mut batch = Batch::validating(
+            "batch_race".into(),
+            "/v1/chat/completions".into(),
+            "file-1".into(),
+            None,
+            1,
+        );
+        w.store.insert_batch(&owner, &batch).await.unwrap();
+        batch.status = Status::InProgress;
+        assert!(w
+            .store
+            .start(
+                &batch,
+                &[("a".into(), "{}".into()), ("b".into(), "{}".into())]
+            )
+            .await
+            .unwrap());
+        for index in 0..2 {
+            w.store.mark_sent(&batch.id, index).await.unwrap();
+            let record = format!(r#"{{"custom_id":"{index}"}}"#);
+            let result = LineResult {
+                index,
+                state: LineState::Done,
+                record,
+            };
+            w.store.finish_line(&batch.id, &result).await.unwrap();
+        }
+        let cancelling = w.store.cancel("t", &batch.id, 2).await.unwrap().unwrap();
+        assert_eq!(cancelling.status, Status::Cancelling);
+
+        // The worker still holds the batch as `in_progress`.
+        w.finalize(&mut batch, &owner).await.unwrap();
+        let (stored, _) = w.store.batch_for_work(&batch.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, Status::Cancelled);
+        assert_eq!(stored.cancelling_at, Some(2), "the API's cancel kept");
+        assert!(stored.cancelled_at.is_some() && stored.completed_at.is_none());
+        assert_eq!(
+            (
+                stored.request_counts.completed,
+                stored.request_counts.failed
+            ),
+            (2, 0),
+            "answered lines stay answered"
+        );
+        assert!(stored.output_file_id.is_some());
+        // One event, and it says what the batch became.
+        let events = w
+            .store
+            .due_deliveries(u64::MAX / 2, 60, 5, 10)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(
+            events[0].body.contains("batch.cancelled"),
+            "{}",
+            events[0].body
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_cancelled_while_its_file_is_read_is_not_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = worker(dir.path()).await;
+        let owner = Owner {
+            tenant: "t".into(),
+            key_id: "k".into(),
+        };
+        let mut batch = Batch::validating(
+            "batch_early".into(),
+            "/v1/chat/completions".into(),
+            "file-1".into(),
+            None,
+            1,
+        );
+        w.store.insert_batch(&owner, &batch).await.unwrap();
+        w.store.cancel("t", &batch.id, 2).await.unwrap();
+        batch.status = Status::InProgress;
+        assert!(!w
+            .store
+            .start(&batch, &[("a".into(), "{}".into())])
+            .await
+            .unwrap());
+        assert!(w
+            .store
+            .unfinished(&batch.id, -1, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let (stored, _) = w.store.batch_for_work(&batch.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, Status::Cancelling);
     }
 }
