@@ -14,8 +14,11 @@
 use crate::api::family_for_path;
 use crate::config::ConfigError;
 use crate::OpenAiError;
-use std::collections::HashMap;
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::marker::PhantomData;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// What a hook answers Envoy: go on, or hold the request (or response) here.
@@ -80,6 +83,66 @@ pub struct HttpCall<'a> {
     pub headers: &'a [(&'a str, &'a str)],
     pub body: Option<&'a [u8]>,
     pub timeout: Duration,
+}
+
+/// The queue behind a [`Handoff`]: boxed items of the plugin's own type.
+pub type HandoffQueue = Arc<Mutex<VecDeque<Box<dyn Any + Send>>>>;
+
+/// Work requests hand to the root context, which sends it on its timer (rate-limit's
+/// settlement reports, response-cache's puts): the requests that make it have ended by
+/// then. Bounded: when full, the oldest item is dropped.
+///
+/// Where the root context runs decides who shares the queue ([`Host::handoff_queue`]): in
+/// proxy-wasm each worker's VM has its own root context, on the same thread as its
+/// requests, so each plugin instance keeps its own; the native build runs the root context
+/// on Envoy's main thread, so every instance of a filter configuration shares one (a lock
+/// per push; uncontended in practice, as the root drains it a few times a second).
+pub struct Handoff<T> {
+    queue: HandoffQueue,
+    max: usize,
+    item: PhantomData<fn(T) -> T>,
+}
+
+impl<T: Send + 'static> Handoff<T> {
+    /// The queue `name` of the plugin being configured, holding at most `max` items.
+    pub fn new(host: &mut dyn Host, name: &str, max: usize) -> Self {
+        Self {
+            queue: host.handoff_queue(name),
+            max: max.max(1),
+            item: PhantomData,
+        }
+    }
+
+    /// Queue `item`; false when the queue was full and its oldest item was dropped.
+    pub fn push(&self, item: T) -> bool {
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = q.len() < self.max;
+        if !room {
+            q.pop_front();
+        }
+        q.push_back(Box::new(item));
+        room
+    }
+
+    /// Up to `n` items, oldest first.
+    pub fn take(&self, n: usize) -> Vec<T> {
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = n.min(q.len());
+        q.drain(..n)
+            .filter_map(|item| item.downcast::<T>().ok().map(|b| *b))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Everything a filter does with Envoy.
@@ -160,6 +223,14 @@ pub trait Host {
     /// Add `n` to the series of a counter family with these label `values` (in the
     /// family's label order, already sanitised).
     fn increment_labeled(&mut self, _id: u32, _values: &[&str], _n: u64) {}
+    /// The queue `name` through which this plugin's requests hand work to its root
+    /// context ([`Handoff`]). By default each call makes a new one (the plugin instance
+    /// keeps it: proxy-wasm, where requests and root context share a VM); a host whose
+    /// root context runs on another thread gives every instance of the configuration the
+    /// same queue.
+    fn handoff_queue(&mut self, _name: &str) -> HandoffQueue {
+        HandoffQueue::default()
+    }
 
     /// Wall-clock time, nanoseconds since the Unix epoch (0 if the host cannot tell).
     fn now_unix_nanos(&self) -> u64;

@@ -218,6 +218,44 @@ extern "C" {
         body: ModuleBuffer,
         timeout_milliseconds: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: *mut c_void,
+        callout_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *const HttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
+        config: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: *mut c_void,
+    ) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
     fn envoy_dynamic_module_callback_http_filter_config_define_counter(
         config: *mut c_void,
         name: ModuleBuffer,
@@ -270,8 +308,10 @@ pub enum MetricType {
     Histogram,
 }
 
-/// Envoy's `DynamicModuleHttpFilterConfig` while it configures a filter (`config_new`):
-/// the one place metrics can be defined (Envoy freezes them when `config_new` returns).
+/// Envoy's `DynamicModuleHttpFilterConfig`, in a hook Envoy runs on its main thread:
+/// `config_new` (the one place metrics can be defined: Envoy freezes them when it returns),
+/// and the configuration's scheduled events and callout answers, where the root context's
+/// work runs.
 #[derive(Debug)]
 pub struct FilterConfig(*mut c_void);
 
@@ -307,6 +347,121 @@ impl FilterConfig {
         };
         (result == METRICS_SUCCESS).then_some(id)
     }
+
+    /// Start an HTTP callout from the configuration (Envoy's main thread): its answer comes
+    /// to `on_http_filter_config_http_callout_done` with the id returned. It outlives every
+    /// stream. `None` when Envoy could not start it.
+    pub fn http_callout(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u64> {
+        start_callout(
+            envoy_dynamic_module_callback_http_filter_config_http_callout,
+            self.0,
+            cluster,
+            headers,
+            body,
+            timeout_ms,
+        )
+    }
+
+    /// As [`Filter::update_metric`], from the main thread.
+    pub fn update_metric(&self, t: MetricType, id: usize, label_values: &[&str], value: u64) {
+        let values = module_buffers(label_values);
+        let update = match t {
+            MetricType::Counter => {
+                envoy_dynamic_module_callback_http_filter_config_increment_counter
+            }
+            MetricType::Gauge => envoy_dynamic_module_callback_http_filter_config_set_gauge,
+            MetricType::Histogram => {
+                envoy_dynamic_module_callback_http_filter_config_record_histogram_value
+            }
+        };
+        // SAFETY: the configuration pointer is live during the hook; `values` and the
+        // strings they point into outlive the call.
+        unsafe { update(self.0, id, values.as_ptr(), values.len(), value) };
+    }
+
+    /// A scheduler posting events to this configuration on Envoy's main thread
+    /// (`on_http_filter_config_scheduled`), from any thread.
+    pub fn scheduler(&self) -> Option<ConfigScheduler> {
+        // SAFETY: the configuration pointer is live during the hook; Envoy returns a new
+        // scheduler, which the module deletes (ConfigScheduler's drop).
+        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.0) };
+        (!ptr.is_null()).then_some(ConfigScheduler(ptr))
+    }
+}
+
+/// Envoy's scheduler for a filter configuration: `commit` posts an event to Envoy's main
+/// thread, which runs `on_http_filter_config_scheduled` unless the configuration is gone
+/// by then (Envoy holds it weakly). Envoy's scheduler only posts to a dispatcher, which is
+/// thread-safe: it may be committed from the module's own timer thread.
+#[derive(Debug)]
+pub struct ConfigScheduler(*mut c_void);
+
+// SAFETY: Envoy's scheduler posts to its main dispatcher under the dispatcher's lock; the
+// module deletes it once, after the last commit (see `Ticker`).
+unsafe impl Send for ConfigScheduler {}
+
+impl ConfigScheduler {
+    pub fn commit(&self, event_id: u64) {
+        // SAFETY: a live scheduler (deleted only by drop).
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event_id)
+        };
+    }
+}
+
+impl Drop for ConfigScheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by scheduler_new, deleted once.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) };
+    }
+}
+
+/// The callout-starting callbacks of a stream and of a configuration share this shape.
+type StartCallout = unsafe extern "C" fn(
+    *mut c_void,
+    *mut u64,
+    ModuleBuffer,
+    *const HttpHeader,
+    usize,
+    ModuleBuffer,
+    u64,
+) -> u32;
+
+fn start_callout(
+    start: StartCallout,
+    owner: *mut c_void,
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout_ms: u64,
+) -> Option<u64> {
+    let raw = module_headers(headers);
+    let mut id = 0;
+    // SAFETY: the owner (a stream's filter or a configuration) is live during the hook;
+    // `raw`, the strings it points into, the cluster name and `body` outlive the call
+    // (Envoy copies them into its request); `id` is a local.
+    let result = unsafe {
+        start(
+            owner,
+            &mut id,
+            ModuleBuffer::of(cluster.as_bytes()),
+            raw.as_ptr(),
+            raw.len(),
+            ModuleBuffer::of(body),
+            timeout_ms,
+        )
+    };
+    if result != CALLOUT_STARTED {
+        log::warn!("http callout to {cluster} not started (Envoy's result {result})");
+        return None;
+    }
+    Some(id)
 }
 
 /// `envoy_dynamic_module_type_http_callout_init_result_Success`.
@@ -586,27 +741,14 @@ impl Filter {
         body: &[u8],
         timeout_ms: u64,
     ) -> Option<u64> {
-        let raw = module_headers(headers);
-        let mut id = 0;
-        // SAFETY: the filter pointer is live during the hook; `raw`, the strings it points
-        // into, the cluster name and `body` outlive the call (Envoy copies them into its
-        // request); `id` is a local.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_http_callout(
-                self.0,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                raw.as_ptr(),
-                raw.len(),
-                ModuleBuffer::of(body),
-                timeout_ms,
-            )
-        };
-        if result != CALLOUT_STARTED {
-            log::warn!("http callout to {cluster} not started (Envoy's result {result})");
-            return None;
-        }
-        Some(id)
+        start_callout(
+            envoy_dynamic_module_callback_http_filter_http_callout,
+            self.0,
+            cluster,
+            headers,
+            body,
+            timeout_ms,
+        )
     }
 
     /// Add to a counter, set a gauge or record a histogram value, defined at configuration

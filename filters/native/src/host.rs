@@ -4,20 +4,25 @@
 //! resuming, the route cache, the clock, shared data (one map for the whole Envoy process,
 //! compare-and-swap by version as Envoy's proxy-wasm shared data does — in a native module
 //! the process is the VM), metrics defined while Envoy configures the filter ([`Metrics`]),
-//! and HTTP and unary gRPC callouts from a stream ([`grpc_answer`]). Of Envoy's attributes
-//! it reads those the filters read (`request.id`, `response.code`,
-//! `response.code_details`) and `plugin_root_id` (the filter name). What it does not cover
-//! yet, answered the way the `Host` contract allows for a host that refuses: the root
-//! context's timer (`set_tick_period` is logged and `on_tick` never runs: Envoy 1.40's ABI
-//! has no per-worker timer for HTTP filters), callouts from the root context (`dispatch_*`
-//! without a stream give `None`), acting on another stream (`set_effective_context`), and
-//! metrics first named on a request.
+//! and HTTP and unary gRPC callouts ([`grpc_answer`]) from a stream or from the root
+//! context. Of Envoy's attributes it reads those the filters read (`request.id`,
+//! `response.code`, `response.code_details`) and `plugin_root_id` (the filter name).
+//!
+//! The root context runs on Envoy's main thread (Envoy 1.40's ABI has no per-worker timer
+//! for HTTP filters, and a callout started from a stream ends with it): the plugin instance
+//! configured there ticks (`set_tick_period`, see `Ticker`), calls out through the
+//! configuration, and drains the [`HandoffQueue`]s every instance of the configuration
+//! shares. What it does not cover yet, answered the way the `Host` contract allows for a
+//! host that refuses: acting on another stream (`set_effective_context`), and metrics
+//! first named on a request.
 
 use crate::abi::{Attribute, BodyType, Filter, FilterConfig, HeaderType, MetricType};
 use sluice_common::host::{
-    GrpcCall, Host, HttpCall, MetricFamily, MetricKind, SharedDataError, SharedDataMap, Side,
+    GrpcCall, HandoffQueue, Host, HttpCall, MetricFamily, MetricKind, SharedDataError,
+    SharedDataMap, Side,
 };
-use std::sync::{Mutex, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn header_type(side: Side) -> HeaderType {
@@ -153,6 +158,25 @@ pub struct Answer {
     pub grpc: Option<GrpcAnswer>,
 }
 
+impl Answer {
+    /// The answer a callout-done hook lends (see [`crate::abi::lent_response`]), copied;
+    /// decoded as gRPC when the call was one.
+    pub fn lent(
+        headers: *const crate::abi::HttpHeader,
+        headers_size: usize,
+        body: *const crate::abi::EnvoyBuffer,
+        body_size: usize,
+        grpc: bool,
+    ) -> Self {
+        let (headers, body) = crate::abi::lent_response(headers, headers_size, body, body_size);
+        Self {
+            grpc: grpc.then(|| grpc_answer(&headers, &body)),
+            headers,
+            body,
+        }
+    }
+}
+
 /// A unary gRPC call's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrpcAnswer {
@@ -234,9 +258,29 @@ fn shared() -> &'static Mutex<SharedDataMap> {
     SHARED.get_or_init(|| Mutex::new(SharedDataMap::default()))
 }
 
-/// The host a hook hands a filter: a stream's (`filter` set) or a configuration's.
+/// The handoff queues of every filter configuration, by its id and the queue's name.
+fn handoff_queues() -> &'static Mutex<HashMap<(u64, String), HandoffQueue>> {
+    static QUEUES: OnceLock<Mutex<HashMap<(u64, String), HandoffQueue>>> = OnceLock::new();
+    QUEUES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Forget the handoff queues of a configuration Envoy destroyed.
+pub fn drop_handoff_queues(config_id: u64) {
+    handoff_queues()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|(id, _), _| *id != config_id);
+}
+
+/// The host a hook hands a filter: a stream's (`filter` set), the root context's on the
+/// main thread (`main` set), or a configuration's being built.
 pub struct EnvoyHost<'a> {
     filter: Option<Filter>,
+    main: Option<FilterConfig>,
+    /// Which filter configuration (its handoff queues).
+    config_id: u64,
+    /// The root-context timer the plugin asked for while it was configured.
+    pub tick: Option<Duration>,
     config: &'a [u8],
     /// The filter name Envoy configured (`plugin_root_id`).
     root_id: &'a str,
@@ -258,12 +302,24 @@ impl<'a> EnvoyHost<'a> {
     ) -> Self {
         Self {
             filter: Some(filter),
-            config,
-            root_id,
-            holding,
             metrics: Metrics::Defined(metrics),
-            answer: None,
-            grpc_started: Vec::new(),
+            holding,
+            ..Self::configuration(0, config, root_id, Metrics::Defined(&[]))
+        }
+    }
+
+    /// The root context's host, in a hook Envoy runs on its main thread for the
+    /// configuration `main`.
+    pub fn root(
+        main: FilterConfig,
+        config_id: u64,
+        config: &'a [u8],
+        root_id: &'a str,
+        metrics: &'a [Defined],
+    ) -> Self {
+        Self {
+            main: Some(main),
+            ..Self::configuration(config_id, config, root_id, Metrics::Defined(metrics))
         }
     }
 
@@ -275,9 +331,19 @@ impl<'a> EnvoyHost<'a> {
         }
     }
 
-    pub fn configuration(config: &'a [u8], root_id: &'a str, metrics: Metrics<'a>) -> Self {
+    /// A configuration's host while its plugin is configured (`config_id` names its
+    /// handoff queues).
+    pub fn configuration(
+        config_id: u64,
+        config: &'a [u8],
+        root_id: &'a str,
+        metrics: Metrics<'a>,
+    ) -> Self {
         Self {
             filter: None,
+            main: None,
+            config_id,
+            tick: None,
             config,
             root_id,
             holding: Holding::default(),
@@ -287,7 +353,8 @@ impl<'a> EnvoyHost<'a> {
         }
     }
 
-    /// Start a callout from the stream (a configuration has none: it cannot call out).
+    /// Start a callout from the stream or the root context (a configuration being built
+    /// cannot call out).
     fn callout(
         &self,
         cluster: &str,
@@ -296,17 +363,26 @@ impl<'a> EnvoyHost<'a> {
         timeout: Duration,
     ) -> Option<u64> {
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        self.filter
-            .as_ref()?
-            .http_callout(cluster, headers, body, timeout_ms)
+        match (&self.filter, &self.main) {
+            (Some(f), _) => f.http_callout(cluster, headers, body, timeout_ms),
+            (None, Some(main)) => main.http_callout(cluster, headers, body, timeout_ms),
+            (None, None) => None,
+        }
     }
 
     /// Update metric `id` (a family's series when `values` are given).
     fn update_metric(&self, id: u32, values: &[&str], value: u64) {
-        if let (Some(f), Some(d)) = (&self.filter, self.metrics.get(id)) {
-            if d.keys.len() == values.len() {
-                f.update_metric(metric_type(d.kind), d.envoy_id, values, value);
-            }
+        let Some(d) = self.metrics.get(id) else {
+            return;
+        };
+        if d.keys.len() != values.len() {
+            return;
+        }
+        let t = metric_type(d.kind);
+        match (&self.filter, &self.main) {
+            (Some(f), _) => f.update_metric(t, d.envoy_id, values, value),
+            (None, Some(main)) => main.update_metric(t, d.envoy_id, values, value),
+            (None, None) => {}
         }
     }
 
@@ -410,8 +486,9 @@ impl Host for EnvoyHost<'_> {
     }
 
     fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        let map = shared().lock();
-        map.unwrap_or_else(|poisoned| poisoned.into_inner())
+        shared()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .get(key)
     }
 
@@ -421,8 +498,9 @@ impl Host for EnvoyHost<'_> {
         value: &[u8],
         cas: Option<u32>,
     ) -> Result<(), SharedDataError> {
-        let map = shared().lock();
-        map.unwrap_or_else(|poisoned| poisoned.into_inner())
+        shared()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .set(key, value, cas)
     }
 
@@ -474,8 +552,8 @@ impl Host for EnvoyHost<'_> {
         (answer.headers.clone(), body)
     }
 
-    fn set_tick_period(&mut self, _period: Duration) {
-        log::warn!("the native build has no root-context timer; on_tick will not run");
+    fn set_tick_period(&mut self, period: Duration) {
+        self.tick = Some(period);
     }
 
     fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
@@ -523,6 +601,15 @@ impl Host for EnvoyHost<'_> {
 
     fn increment_labeled(&mut self, id: u32, values: &[&str], n: u64) {
         self.update_metric(id, values, n);
+    }
+
+    fn handoff_queue(&mut self, name: &str) -> HandoffQueue {
+        handoff_queues()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((self.config_id, name.to_string()))
+            .or_default()
+            .clone()
     }
 
     fn now_unix_nanos(&self) -> u64 {

@@ -34,33 +34,50 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
-/// Makes a stream's lifecycle from one worker's configured plugin.
-pub trait StreamFactory {
+/// A configured plugin, its type erased: makes a stream's lifecycle (on a worker), or
+/// does the root context's work (on the main thread).
+pub trait Configured {
     fn new_stream(&self, context_id: u32) -> Box<dyn Lifecycle>;
+    fn on_tick(&self, host: &mut dyn Host);
+    fn on_grpc_response(&self, host: &mut dyn Host, token: u32, status: u32, size: usize);
+    fn on_http_response(&self, host: &mut dyn Host, token: u32, body_size: usize);
 }
 
-struct Factory<P: Plugin>(Rc<P>);
+struct Configuration<P: Plugin>(Rc<P>);
 
-impl<P: Plugin> StreamFactory for Factory<P>
+impl<P: Plugin> Configured for Configuration<P>
 where
     P::Request: 'static,
 {
     fn new_stream(&self, context_id: u32) -> Box<dyn Lifecycle> {
         Box::new(self.0.new_request(context_id))
     }
+
+    fn on_tick(&self, host: &mut dyn Host) {
+        self.0.on_tick(host);
+    }
+
+    fn on_grpc_response(&self, host: &mut dyn Host, token: u32, status: u32, size: usize) {
+        self.0.on_grpc_response(host, token, status, size);
+    }
+
+    fn on_http_response(&self, host: &mut dyn Host, token: u32, body_size: usize) {
+        self.0.on_http_response(host, token, body_size);
+    }
 }
 
 /// Configure `P` from a host holding its configuration.
-pub type MakePlugin = fn(&mut dyn Host) -> Result<Rc<dyn StreamFactory>, ConfigError>;
+pub type MakePlugin = fn(&mut dyn Host) -> Result<Rc<dyn Configured>, ConfigError>;
 
 /// [`MakePlugin`] for one plugin type.
-pub fn make<P: Plugin>(host: &mut dyn Host) -> Result<Rc<dyn StreamFactory>, ConfigError>
+pub fn make<P: Plugin>(host: &mut dyn Host) -> Result<Rc<dyn Configured>, ConfigError>
 where
     P::Request: 'static,
 {
-    Ok(Rc::new(Factory(Rc::new(P::configure(host)?))))
+    Ok(Rc::new(Configuration(Rc::new(P::configure(host)?))))
 }
 
 /// The filters this module offers, by the `filter_name` Envoy configures.
@@ -117,13 +134,75 @@ impl log::Log for EnvoyLog {
 
 /// A filter configuration as Envoy holds it (shared by all workers).
 struct NativeConfig {
-    /// Which configuration this is, for each worker's cache of configured plugins.
+    /// Which configuration this is, for each worker's cache of configured plugins and the
+    /// handoff queues.
     id: u64,
     name: String,
     bytes: Vec<u8>,
     make: MakePlugin,
     /// The metrics defined while Envoy configured it.
     metrics: Vec<Defined>,
+    /// Touched only by the hooks Envoy runs on its main thread (config_new, scheduled,
+    /// callout done, destroy); workers read the fields above.
+    root: Root,
+}
+
+/// The root context: the plugin configured on the main thread, its timer, and its gRPC
+/// calls not answered yet (their answers are decoded as gRPC).
+struct Root {
+    plugin: Rc<dyn Configured>,
+    /// Held for its drop, which stops the timer.
+    _ticker: Option<Ticker>,
+    grpc_callouts: RefCell<Vec<u64>>,
+}
+
+/// The root context's timer: a module thread that posts a tick to Envoy's main thread
+/// through the configuration's scheduler every period, until dropped (it stops and joins
+/// the thread, which deletes the scheduler after its last post).
+struct Ticker {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(scheduler: abi::ConfigScheduler, period: Duration) -> Option<Self> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("sluice-tick".into())
+            .spawn(move || {
+                let (lock, wake) = &*stopping;
+                let mut stopped = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                while !*stopped {
+                    let (guard, timeout) = wake
+                        .wait_timeout(stopped, period)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    stopped = guard;
+                    if !*stopped && timeout.timed_out() {
+                        scheduler.commit(0);
+                    }
+                }
+                drop(stopped);
+                drop(scheduler);
+            })
+            .map_err(|e| log::error!("cannot start the root context's timer: {e}"))
+            .ok()?;
+        Some(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        let (lock, wake) = &*self.stop;
+        *lock.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// One stream's filter.
@@ -151,7 +230,7 @@ impl Lifecycle for Refused {
 
 thread_local! {
     /// This worker's plugins, by configuration id.
-    static PLUGINS: RefCell<HashMap<u64, Option<Rc<dyn StreamFactory>>>> = RefCell::new(HashMap::new());
+    static PLUGINS: RefCell<HashMap<u64, Option<Rc<dyn Configured>>>> = RefCell::new(HashMap::new());
     static NEXT_CONTEXT: Cell<u32> = const { Cell::new(1) };
 }
 
@@ -178,21 +257,37 @@ mod hooks {
             log::error!("no filter {name:?} in this module; configuration rejected");
             return std::ptr::null();
         };
-        // Refuse a bad configuration now, as `on_configure` does, and define the metrics
-        // (Envoy allows it only now).
+        // Refuse a bad configuration now, as `on_configure` does, define the metrics
+        // (Envoy allows it only now), and keep the plugin as the root context.
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let mut metrics = Vec::new();
         let envoy_config = FilterConfig::new(config_envoy);
         let defining = Metrics::Defining(&envoy_config, &mut metrics);
-        if let Err(e) = make(&mut EnvoyHost::configuration(&bytes, &name, defining)) {
-            log::error!("{name}: {e}; configuration rejected");
-            return std::ptr::null();
-        }
+        let mut host = EnvoyHost::configuration(id, &bytes, &name, defining);
+        let plugin = match make(&mut host) {
+            Ok(plugin) => plugin,
+            Err(e) => {
+                log::error!("{name}: {e}; configuration rejected");
+                return std::ptr::null();
+            }
+        };
+        let ticker = host.tick.and_then(|period| {
+            Ticker::start(
+                envoy_config.scheduler()?,
+                period.max(Duration::from_millis(1)),
+            )
+        });
         let config = NativeConfig {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             name,
             bytes,
             make,
             metrics,
+            root: Root {
+                plugin,
+                _ticker: ticker,
+                grpc_callouts: RefCell::new(Vec::new()),
+            },
         };
         Box::into_raw(Box::new(config)) as *const c_void
     }
@@ -201,8 +296,10 @@ mod hooks {
     pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *mut c_void) {
         if !config.is_null() {
             // SAFETY: made by Box::into_raw in config_new; Envoy destroys it once, after its
-            // streams.
-            drop(unsafe { Box::from_raw(config as *mut NativeConfig) });
+            // streams. Dropping it stops its timer first.
+            let config = unsafe { Box::from_raw(config as *mut NativeConfig) };
+            host::drop_handoff_queues(config.id);
+            drop(config);
         }
     }
 
@@ -222,7 +319,7 @@ mod hooks {
                 .or_insert_with(|| {
                     let defined = Metrics::Defined(&cfg.metrics);
                     match (cfg.make)(&mut EnvoyHost::configuration(
-                        &cfg.bytes, &cfg.name, defined,
+                        cfg.id, &cfg.bytes, &cfg.name, defined,
                     )) {
                         Ok(f) => Some(f),
                         Err(e) => {
@@ -435,17 +532,10 @@ mod hooks {
         body: *const EnvoyBuffer,
         body_size: usize,
     ) {
-        let (headers, body) = abi::lent_response(headers, headers_size, body, body_size);
         // SAFETY: as in with_stream_state; the borrow ends before it runs.
-        let grpc = unsafe { (stream as *mut Stream).as_mut() }.is_some_and(|s| {
-            let position = s.grpc_callouts.iter().position(|&id| id == callout_id);
-            position.map(|i| s.grpc_callouts.swap_remove(i)).is_some()
-        });
-        let answer = Answer {
-            grpc: grpc.then(|| grpc_answer(&headers, &body)),
-            headers,
-            body,
-        };
+        let grpc = unsafe { (stream as *mut Stream).as_mut() }
+            .is_some_and(|s| took(&mut s.grpc_callouts, callout_id));
+        let answer = Answer::lent(headers, headers_size, body, body_size, grpc);
         let Ok(token) = u32::try_from(callout_id) else {
             return;
         };
@@ -456,6 +546,83 @@ mod hooks {
                 None => lifecycle.on_http_response(h, token, answer.body.len()),
             }
         });
+    }
+
+    /// Whether `id` was in `ids` (and take it out).
+    fn took(ids: &mut Vec<u64>, id: u64) -> bool {
+        let position = ids.iter().position(|&x| x == id);
+        position.map(|i| ids.swap_remove(i)).is_some()
+    }
+
+    /// Run a root-context step on Envoy's main thread, with the configuration's host.
+    fn with_root(
+        config_envoy: *mut c_void,
+        config: *mut c_void,
+        answer: Option<&Answer>,
+        step: impl FnOnce(&dyn Configured, &mut EnvoyHost),
+    ) {
+        // SAFETY: made in config_new; Envoy runs a configuration's hooks on its main
+        // thread until it destroys it.
+        let Some(cfg) = (unsafe { (config as *const NativeConfig).as_ref() }) else {
+            return;
+        };
+        let main = FilterConfig::new(config_envoy);
+        let mut host = EnvoyHost::root(main, cfg.id, &cfg.bytes, &cfg.name, &cfg.metrics);
+        if let Some(answer) = answer {
+            host = host.with_answer(answer);
+        }
+        let plugin = cfg.root.plugin.as_ref();
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(plugin, &mut host)));
+        cfg.root
+            .grpc_callouts
+            .borrow_mut()
+            .append(&mut host.grpc_started);
+        if result.is_err() {
+            log::error!("{}: the root context panicked", cfg.name);
+        }
+    }
+
+    /// The root context's timer fired (see `Ticker`).
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+        config_envoy: *mut c_void,
+        config: *mut c_void,
+        _event: u64,
+    ) {
+        with_root(config_envoy, config, None, |plugin, host| {
+            plugin.on_tick(host)
+        });
+    }
+
+    /// A callout the root context started has its answer (or failed: then no headers).
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+        config_envoy: *mut c_void,
+        config: *mut c_void,
+        callout_id: u64,
+        _result: u32,
+        headers: *const HttpHeader,
+        headers_size: usize,
+        body: *const EnvoyBuffer,
+        body_size: usize,
+    ) {
+        // SAFETY: as in with_root; the borrow ends before it runs.
+        let grpc = unsafe { (config as *const NativeConfig).as_ref() }
+            .is_some_and(|c| took(&mut c.root.grpc_callouts.borrow_mut(), callout_id));
+        let answer = Answer::lent(headers, headers_size, body, body_size, grpc);
+        let Ok(token) = u32::try_from(callout_id) else {
+            return;
+        };
+        with_root(
+            config_envoy,
+            config,
+            Some(&answer),
+            |plugin, h| match &answer.grpc {
+                Some(g) => plugin.on_grpc_response(h, token, g.status, g.bytes.len()),
+                None => plugin.on_http_response(h, token, answer.body.len()),
+            },
+        );
     }
 
     #[no_mangle]
@@ -511,14 +678,6 @@ mod hooks {
     pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
         _envoy: *mut c_void,
         _stream: *mut c_void,
-        _event: u64,
-    ) {
-    }
-
-    #[no_mangle]
-    pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
-        _config_envoy: *mut c_void,
-        _config: *mut c_void,
         _event: u64,
     ) {
     }

@@ -9,11 +9,10 @@ use crate::rls::{self, Answer, OnError, RateLimitDescriptor, Verdict};
 use crate::store::Taken;
 use sluice_common::host::{
     now_unix_secs, send_error, set_text_property, text_property, CounterSet, Counters, Flow,
-    GrpcCall, Host, Lifecycle, Plugin, Side,
+    GrpcCall, Handoff, Host, Lifecycle, Plugin, Side,
 };
 use sluice_common::{properties, ConfigError, Policy};
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -67,7 +66,7 @@ pub struct RateLimit {
     refused: RefCell<CounterSet>,
     /// Settlement reports for the global tier, queued by requests as they end and sent by
     /// the root context in batches: they outlive the stream that made them.
-    reports: RefCell<VecDeque<RateLimitDescriptor>>,
+    reports: Handoff<RateLimitDescriptor>,
 }
 
 impl RateLimit {
@@ -93,7 +92,7 @@ impl RateLimit {
             config,
             counters: Counters::define(host, "sluice.rate_limit", &Outcome::NAMES),
             refused: RefCell::new(refused),
-            reports: RefCell::new(VecDeque::new()),
+            reports: Handoff::new(host, "reports", MAX_QUEUED_REPORTS),
         })
     }
 
@@ -103,13 +102,10 @@ impl RateLimit {
 
     /// Queue the settlement of a stream's global token reservations.
     fn queue_reports(&self, host: &mut dyn Host, held: &[Held], used: u64) {
-        let mut q = self.reports.borrow_mut();
         for report in held.iter().filter_map(|h| rls::settlement(h, used)) {
-            if q.len() >= MAX_QUEUED_REPORTS {
-                q.pop_front();
+            if !self.reports.push(report) {
                 self.count(host, Outcome::ReportsDropped);
             }
-            q.push_back(report);
         }
     }
 }
@@ -137,11 +133,7 @@ impl Plugin for RateLimit {
             return;
         };
         loop {
-            let batch: Vec<_> = {
-                let mut q = self.reports.borrow_mut();
-                let n = q.len().min(REPORT_BATCH);
-                q.drain(..n).collect()
-            };
+            let batch = self.reports.take(REPORT_BATCH);
             if batch.is_empty() {
                 return;
             }

@@ -13,13 +13,13 @@ use serde_json::{json, Value};
 use sluice_common::api::governed_api;
 use sluice_common::host::{
     header_values, now_unix_millis, plugin_config, request_line, text_property, CounterSet, Flow,
-    GaugeSet, Host, HttpCall, Lifecycle, Plugin, Side,
+    GaugeSet, Handoff, Host, HttpCall, Lifecycle, Plugin, Side,
 };
 use sluice_common::replay::{replay_stream, StreamAssembler};
 use sluice_common::sse::SseParser;
 use sluice_common::{properties, Api, ConfigError};
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -88,7 +88,7 @@ pub struct ResponseCache {
     gauges: RefCell<GaugeSet>,
     /// Stored entries not yet sent to the shared tier (sent from the root context, whose
     /// callouts outlive any stream), and the calls under way (token → model).
-    puts: RefCell<VecDeque<SharedPut>>,
+    puts: Handoff<SharedPut>,
     puts_in_flight: RefCell<HashMap<u32, (&'static str, String)>>,
 }
 
@@ -106,12 +106,12 @@ const NOT_STORED_LABELS: [(&str, &str); 3] = [
 ];
 
 impl ResponseCache {
-    pub fn new(settings: Settings) -> Self {
+    pub fn new(host: &mut dyn Host, settings: Settings) -> Self {
         Self {
             settings,
             counters: RefCell::new(CounterSet::new(MAX_COUNTERS)),
             gauges: RefCell::new(GaugeSet::new(4)),
-            puts: RefCell::new(VecDeque::new()),
+            puts: Handoff::new(host, "puts", MAX_QUEUED_PUTS),
             puts_in_flight: RefCell::new(HashMap::new()),
         }
     }
@@ -134,11 +134,7 @@ impl ResponseCache {
     }
 
     fn queue_put(&self, put: SharedPut) {
-        let mut puts = self.puts.borrow_mut();
-        if puts.len() >= MAX_QUEUED_PUTS {
-            puts.pop_front();
-        }
-        puts.push_back(put);
+        self.puts.push(put);
     }
 }
 
@@ -151,7 +147,7 @@ impl Plugin for ResponseCache {
         if settings.shared.is_some() {
             host.set_tick_period(PUT_PERIOD);
         }
-        let cache = Self::new(settings);
+        let cache = Self::new(host, settings);
         {
             let mut counters = cache.counters.borrow_mut();
             for outcome in OUTCOMES {
@@ -166,10 +162,7 @@ impl Plugin for ResponseCache {
         let Some(shared) = &self.settings.shared else {
             return;
         };
-        loop {
-            let Some(put) = self.puts.borrow_mut().pop_front() else {
-                break;
-            };
+        for put in self.puts.take(usize::MAX) {
             let ttl = put.ttl_ms.as_deref().map(|t| (crate::TTL_HEADER, t));
             let callout = Callout {
                 method: put.method,

@@ -693,6 +693,23 @@ mod tests {
     }
 
     #[test]
+    fn a_handoff_keeps_the_newest_items_in_order() {
+        use sluice_common::host::Handoff;
+        let mut host = MockHost::new();
+        let queue: Handoff<String> = Handoff::new(&mut host, "q", 2);
+        assert!(queue.push("a".into()) && queue.push("b".into()));
+        assert!(!queue.push("c".into()), "full: the oldest is dropped");
+        assert_eq!(queue.len(), 2);
+        assert_eq!(queue.take(1), ["b"]);
+        assert_eq!(queue.take(10), ["c"]);
+        assert!(queue.is_empty());
+        // A proxy-wasm host gives each plugin instance its own queue.
+        let other: Handoff<String> = Handoff::new(&mut host, "q", 2);
+        other.push("d".into());
+        assert!(queue.is_empty());
+    }
+
+    #[test]
     fn shared_data_is_cas_checked_like_envoy() {
         let h = MockHost::new();
         assert_eq!(h.set_shared_data("k", b"a", Some(u32::MAX)), Ok(()));

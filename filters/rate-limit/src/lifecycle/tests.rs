@@ -129,7 +129,7 @@ fn global_ok_resumes_then_settles_with_the_real_usage() {
         record(&host)["tokens"],
         json!({"allowed": true, "reserved": 100, "reconciled": 70})
     );
-    assert_eq!(f.reports.borrow().len(), 1);
+    assert_eq!(f.reports.len(), 1);
     host.take_calls();
     f.on_tick(&mut host);
     // Reports are sent with a timeout of at least a second.
@@ -141,7 +141,7 @@ fn global_ok_resumes_then_settles_with_the_real_usage() {
             timeout: Duration::from_millis(1000),
         }]
     );
-    assert!(f.reports.borrow().is_empty());
+    assert!(f.reports.is_empty());
 }
 
 #[test]
@@ -252,7 +252,7 @@ fn local_mode_counts_here_and_settles_here() {
         host.effects().first(),
         Some(Call::SetSharedData(_))
     ));
-    assert!(f.reports.borrow().is_empty());
+    assert!(f.reports.is_empty());
 }
 
 #[test]
