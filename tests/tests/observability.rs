@@ -121,8 +121,9 @@ async fn every_dashboard_metric_is_exported_by_a_live_stack() {
         ..StackOptions::default()
     })
     .await;
-    // The picker's first scrape.
-    eventually("an engine report", Duration::from_secs(10), || async {
+    // The picker's engine gauges (defined when the filter is configured, set at each
+    // scrape).
+    eventually("the engine gauges", Duration::from_secs(10), || async {
         s.prometheus()
             .await
             .contains("sluice_endpoint_engine_waiting{")

@@ -521,6 +521,12 @@ impl CounterSet {
         })
     }
 
+    /// Define counter `name` now, counting nothing: for names known at configuration,
+    /// on a host that defines metrics only then.
+    pub fn define(&mut self, host: &mut dyn Host, name: &str) {
+        let _ = self.names.id(host, name);
+    }
+
     pub fn add(&mut self, host: &mut dyn Host, name: &str, n: u64) {
         if let Some(id) = self.names.id(host, name) {
             host.increment_metric(id, n);
@@ -628,6 +634,11 @@ impl GaugeSet {
         })
     }
 
+    /// Define gauge `name` now, setting nothing (see [`CounterSet::define`]).
+    pub fn define(&mut self, host: &mut dyn Host, name: &str) {
+        let _ = self.0.id(host, name);
+    }
+
     pub fn set(&mut self, host: &mut dyn Host, name: &str, value: u64) {
         if let Some(id) = self.0.id(host, name) {
             host.record_metric(id, value);
@@ -722,8 +733,20 @@ pub trait Plugin: Sized + 'static {
     /// The lifecycle of a new HTTP stream (`context_id`: Envoy's id of the stream, for
     /// [`Host::set_effective_context`]).
     fn new_request(self: &Rc<Self>, context_id: u32) -> Self::Request;
-    /// The root context's timer.
+    /// The root context's timer: work on shared state, handoff queues and callouts that
+    /// outlive requests. It may run on another thread than the requests (the native build
+    /// runs it on Envoy's main thread), so it touches no request.
     fn on_tick(&self, _host: &mut dyn Host) {}
+    /// Work on this worker's own paused requests (releasing queued ones, refusing those
+    /// that waited too long), on their worker's thread. proxy-wasm runs it from the root
+    /// context's timer, just before [`Plugin::on_tick`].
+    fn on_worker_tick(&self, _host: &mut dyn Host) {}
+    /// Whether this configuration holds requests paused for [`Plugin::on_worker_tick`]:
+    /// a host that runs the root context elsewhere (the native build) then wakes a paused
+    /// request's worker while it waits.
+    fn holds_requests(&self) -> bool {
+        false
+    }
     /// The answer of a gRPC callout the root context started.
     fn on_grpc_response(&self, _host: &mut dyn Host, _token: u32, _status: u32, _size: usize) {}
     /// The answer of an HTTP callout the root context started (`body_size` 0 and no

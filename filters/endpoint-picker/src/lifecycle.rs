@@ -27,6 +27,22 @@ use std::time::Duration;
 
 /// Metric names: pools and endpoints come from the configuration.
 const MAX_METRICS: usize = 4096;
+/// The per-endpoint gauges ([`gauge_name`]).
+const GAUGES: [&str; 4] = [
+    "in_flight",
+    "engine_waiting",
+    "engine_running",
+    "kv_cache_permille",
+];
+
+/// `sluice.endpoint.<gauge>.pool.<pool>.endpoint.<endpoint>`.
+fn gauge_name(what: &str, pool: &str, address: &str) -> String {
+    format!(
+        "sluice.endpoint.{what}.pool.{}.endpoint.{}",
+        label(pool),
+        label(address)
+    )
+}
 /// How often queued requests are looked at when a pool has flow control.
 const RELEASE_PERIOD: Duration = Duration::from_millis(20);
 
@@ -275,7 +291,7 @@ impl EndpointPicker {
         } else {
             scrape
         });
-        Ok(Self {
+        let picker = Self {
             queues: RefCell::new(config.pools.iter().map(|_| PoolQueue::default()).collect()),
             scrapes: RefCell::new(HashMap::new()),
             rng: Cell::new(host.now_unix_nanos() | 1),
@@ -295,7 +311,38 @@ impl EndpointPicker {
                 })
                 .collect(),
             config,
-        })
+        };
+        picker.declare_metrics(host);
+        Ok(picker)
+    }
+
+    /// Every metric the picker names comes from its configuration (pools, endpoints,
+    /// reasons, priorities): define them all now (counting nothing), as a host may allow it only while
+    /// the filter is configured (the native build: Envoy freezes a module's metrics then).
+    fn declare_metrics(&self, host: &mut dyn Host) {
+        let mut counters = self.counters.borrow_mut();
+        let mut gauges = self.gauges.borrow_mut();
+        for (pool, names) in self.config.pools.iter().zip(&self.names) {
+            let pool_label = label(&pool.name);
+            for what in ["fallback", "queue_timeouts", "queue_full"] {
+                counters.define(host, &format!("sluice.endpoint.{what}.pool.{pool_label}"));
+            }
+            for priority in [Priority::Interactive, Priority::Batch] {
+                let name = format!(
+                    "sluice.endpoint.queued.pool.{pool_label}.priority.{}",
+                    priority.as_str()
+                );
+                counters.define(host, &name);
+            }
+            for (endpoint, names) in pool.endpoints.iter().zip(names) {
+                for pick in &names.picks {
+                    counters.define(host, pick);
+                }
+                for what in GAUGES {
+                    gauges.define(host, &gauge_name(what, &pool.name, &endpoint.address));
+                }
+            }
+        }
     }
 
     /// A queued request is no longer waiting: the shared interactive count drops.
@@ -654,15 +701,9 @@ impl EndpointPicker {
     }
 
     fn gauge(&self, host: &mut dyn Host, what: &str, pool: &str, address: &str, value: u64) {
-        self.gauges.borrow_mut().set(
-            host,
-            &format!(
-                "sluice.endpoint.{what}.pool.{}.endpoint.{}",
-                label(pool),
-                label(address)
-            ),
-            value,
-        );
+        self.gauges
+            .borrow_mut()
+            .set(host, &gauge_name(what, pool, address), value);
     }
 
     /// Pool `p`'s endpoints as shared data says, read at most every [`VIEW_TTL_MS`].
@@ -736,13 +777,23 @@ impl Plugin for EndpointPicker {
         }
     }
 
-    /// Release queued requests; scrape, every interval, the endpoints whose lease this
-    /// worker wins.
-    fn on_tick(&self, host: &mut dyn Host) {
+    fn holds_requests(&self) -> bool {
+        let config = &self.config;
+        config.pools.iter().any(|p| config.flow_limit(p).is_some())
+    }
+
+    /// Release this worker's queued requests (capacity freed on another worker, waits
+    /// past their bound).
+    fn on_worker_tick(&self, host: &mut dyn Host) {
         let now = now_unix_millis(host);
         for p in 0..self.config.pools.len() {
             self.release(host, p, now);
         }
+    }
+
+    /// Scrape, every interval, the endpoints whose lease this root context wins.
+    fn on_tick(&self, host: &mut dyn Host) {
+        let now = now_unix_millis(host);
         if now.saturating_sub(self.last_scrape_ms.get()) < self.config.scrape_interval_ms {
             return;
         }

@@ -256,6 +256,12 @@ extern "C" {
         event_id: u64,
     );
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_scheduler_new(filter: *mut c_void) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
     fn envoy_dynamic_module_callback_http_filter_config_define_counter(
         config: *mut c_void,
         name: ModuleBuffer,
@@ -387,38 +393,46 @@ impl FilterConfig {
 
     /// A scheduler posting events to this configuration on Envoy's main thread
     /// (`on_http_filter_config_scheduled`), from any thread.
-    pub fn scheduler(&self) -> Option<ConfigScheduler> {
+    pub fn scheduler(&self) -> Option<Scheduler> {
         // SAFETY: the configuration pointer is live during the hook; Envoy returns a new
-        // scheduler, which the module deletes (ConfigScheduler's drop).
+        // scheduler, which the module deletes (Scheduler's drop).
         let ptr = unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.0) };
-        (!ptr.is_null()).then_some(ConfigScheduler(ptr))
+        (!ptr.is_null()).then_some(Scheduler {
+            ptr,
+            commit: envoy_dynamic_module_callback_http_filter_config_scheduler_commit,
+            delete: envoy_dynamic_module_callback_http_filter_config_scheduler_delete,
+        })
     }
 }
 
-/// Envoy's scheduler for a filter configuration: `commit` posts an event to Envoy's main
-/// thread, which runs `on_http_filter_config_scheduled` unless the configuration is gone
-/// by then (Envoy holds it weakly). Envoy's scheduler only posts to a dispatcher, which is
-/// thread-safe: it may be committed from the module's own timer thread.
+/// Envoy's scheduler for a filter configuration or a stream: `commit` posts an event to
+/// the thread that owns it (the main thread: `on_http_filter_config_scheduled`; the
+/// stream's worker: `on_http_filter_scheduled`), which runs unless the owner is gone by
+/// then (Envoy holds it weakly). Envoy's scheduler only posts to a dispatcher, which is
+/// thread-safe: it may be committed from the module's own timer threads.
 #[derive(Debug)]
-pub struct ConfigScheduler(*mut c_void);
+pub struct Scheduler {
+    ptr: *mut c_void,
+    commit: unsafe extern "C" fn(*mut c_void, u64),
+    delete: unsafe extern "C" fn(*mut c_void),
+}
 
-// SAFETY: Envoy's scheduler posts to its main dispatcher under the dispatcher's lock; the
-// module deletes it once, after the last commit (see `Ticker`).
-unsafe impl Send for ConfigScheduler {}
+// SAFETY: Envoy's scheduler posts to a dispatcher, thread-safe; the module deletes it
+// once, and never while another thread commits it (its owners hold it under a lock or
+// join the committing thread first).
+unsafe impl Send for Scheduler {}
 
-impl ConfigScheduler {
+impl Scheduler {
     pub fn commit(&self, event_id: u64) {
         // SAFETY: a live scheduler (deleted only by drop).
-        unsafe {
-            envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event_id)
-        };
+        unsafe { (self.commit)(self.ptr, event_id) };
     }
 }
 
-impl Drop for ConfigScheduler {
+impl Drop for Scheduler {
     fn drop(&mut self) {
-        // SAFETY: made by scheduler_new, deleted once.
-        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) };
+        // SAFETY: made by a scheduler_new, deleted once.
+        unsafe { (self.delete)(self.ptr) };
     }
 }
 
@@ -749,6 +763,24 @@ impl Filter {
             body,
             timeout_ms,
         )
+    }
+
+    /// A scheduler posting events to this stream on its worker (`on_http_filter_scheduled`).
+    pub fn scheduler(&self) -> Option<Scheduler> {
+        // SAFETY: the filter pointer is live during the hook; Envoy returns a new
+        // scheduler, which the module deletes (Scheduler's drop).
+        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.0) };
+        (!ptr.is_null()).then_some(Scheduler {
+            ptr,
+            commit: envoy_dynamic_module_callback_http_filter_scheduler_commit,
+            delete: envoy_dynamic_module_callback_http_filter_scheduler_delete,
+        })
+    }
+
+    /// The raw pointer, to find this stream's filter again in a later hook of another
+    /// stream on the same worker (`set_effective_context`), while it lives.
+    pub fn ptr(&self) -> *mut c_void {
+        self.0
     }
 
     /// Add to a counter, set a gauge or record a histogram value, defined at configuration

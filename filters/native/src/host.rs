@@ -12,9 +12,12 @@
 //! for HTTP filters, and a callout started from a stream ends with it): the plugin instance
 //! configured there ticks (`set_tick_period`, see `Ticker`), calls out through the
 //! configuration, and drains the [`HandoffQueue`]s every instance of the configuration
-//! shares. What it does not cover yet, answered the way the `Host` contract allows for a
-//! host that refuses: acting on another stream (`set_effective_context`), and metrics
-//! first named on a request.
+//! shares. A plugin that holds requests for its worker's own tick
+//! ([`Plugin::on_worker_tick`](sluice_common::host::Plugin::on_worker_tick)) has it run
+//! on the worker, woken through the waiting stream's scheduler (see `Waker`), and acts on
+//! the streams it holds by context id (`set_effective_context`). A metric first named on a
+//! request, not while the filter was configured, is not counted (Envoy defines a module's
+//! metrics only then): the filters define at configuration every name they will use.
 
 use crate::abi::{Attribute, BodyType, Filter, FilterConfig, HeaderType, MetricType};
 use sluice_common::host::{
@@ -256,6 +259,23 @@ fn grpc_frame(message: &[u8]) -> Vec<u8> {
 fn shared() -> &'static Mutex<SharedDataMap> {
     static SHARED: OnceLock<Mutex<SharedDataMap>> = OnceLock::new();
     SHARED.get_or_init(|| Mutex::new(SharedDataMap::default()))
+}
+
+thread_local! {
+    /// This worker's live streams' Envoy filters, by context id: `set_effective_context`
+    /// acts on another stream of the same worker (a queued request released).
+    static STREAM_FILTERS: std::cell::RefCell<HashMap<u32, *mut std::ffi::c_void>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// A stream began on this worker (`filter_new`): its context id and Envoy's filter.
+pub fn register_stream(context_id: u32, filter: *mut std::ffi::c_void) {
+    STREAM_FILTERS.with(|s| s.borrow_mut().insert(context_id, filter));
+}
+
+/// A stream ended (`filter_destroy`): no other stream may act on it.
+pub fn forget_stream(context_id: u32) {
+    STREAM_FILTERS.with(|s| s.borrow_mut().remove(&context_id));
 }
 
 /// The handoff queues of every filter configuration, by its id and the queue's name.
@@ -571,8 +591,19 @@ impl Host for EnvoyHost<'_> {
         }
     }
 
-    fn set_effective_context(&mut self, _context_id: u32) {
-        log::warn!("the native build cannot act on another stream");
+    fn set_effective_context(&mut self, context_id: u32) {
+        // Only a stream's host may act on another stream, and only on its worker's.
+        if self.filter.is_none() {
+            return;
+        }
+        match STREAM_FILTERS.with(|s| s.borrow().get(&context_id).copied()) {
+            Some(ptr) => {
+                self.filter = Some(Filter::new(ptr));
+                self.holding = Holding::default();
+                self.answer = None;
+            }
+            None => log::debug!("no stream {context_id} on this worker"),
+        }
     }
 
     fn clear_route_cache(&mut self) {

@@ -44,6 +44,8 @@ pub trait Configured {
     fn on_tick(&self, host: &mut dyn Host);
     fn on_grpc_response(&self, host: &mut dyn Host, token: u32, status: u32, size: usize);
     fn on_http_response(&self, host: &mut dyn Host, token: u32, body_size: usize);
+    fn on_worker_tick(&self, host: &mut dyn Host);
+    fn holds_requests(&self) -> bool;
 }
 
 struct Configuration<P: Plugin>(Rc<P>);
@@ -66,6 +68,14 @@ where
 
     fn on_http_response(&self, host: &mut dyn Host, token: u32, body_size: usize) {
         self.0.on_http_response(host, token, body_size);
+    }
+
+    fn on_worker_tick(&self, host: &mut dyn Host) {
+        self.0.on_worker_tick(host);
+    }
+
+    fn holds_requests(&self) -> bool {
+        self.0.holds_requests()
     }
 }
 
@@ -165,7 +175,7 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn start(scheduler: abi::ConfigScheduler, period: Duration) -> Option<Self> {
+    fn start(scheduler: abi::Scheduler, period: Duration) -> Option<Self> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let stopping = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -173,6 +183,9 @@ impl Ticker {
             .spawn(move || {
                 let (lock, wake) = &*stopping;
                 let mut stopped = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                // The first tick at once (it runs when Envoy's main loop starts): the picker's
+                // first scrape is not a period after the first requests.
+                scheduler.commit(0);
                 while !*stopped {
                     let (guard, timeout) = wake
                         .wait_timeout(stopped, period)
@@ -205,9 +218,112 @@ impl Drop for Ticker {
     }
 }
 
+/// A worker's configured plugin, and the tick period it asked for.
+#[derive(Clone)]
+struct WorkerPlugin {
+    plugin: Rc<dyn Configured>,
+    tick: Duration,
+}
+
+/// Wakes the streams a plugin holds paused, on their workers: Envoy 1.40 gives an HTTP
+/// filter no timer on a worker, so a module thread commits each waiting stream's
+/// scheduler every period, and the stream's worker runs the plugin's worker tick
+/// (`on_http_filter_scheduled`). A stream is armed when a step pauses it and disarmed
+/// when it moves on or ends; a commit after that finds the stream gone and does nothing
+/// (Envoy's scheduler holds it weakly).
+struct Waker {
+    waiting: Mutex<Vec<Waiting>>,
+    wake: Condvar,
+}
+
+struct Waiting {
+    /// The stream (its address), to disarm it.
+    stream: usize,
+    scheduler: abi::Scheduler,
+    period: Duration,
+    next: std::time::Instant,
+}
+
+impl Waker {
+    /// The process's waker, its thread started on first use.
+    fn get() -> &'static Waker {
+        static WAKER: OnceLock<&'static Waker> = OnceLock::new();
+        WAKER.get_or_init(|| {
+            let waker: &'static Waker = Box::leak(Box::new(Waker {
+                waiting: Mutex::new(Vec::new()),
+                wake: Condvar::new(),
+            }));
+            let started = std::thread::Builder::new()
+                .name("sluice-wake".into())
+                .spawn(move || waker.run());
+            if let Err(e) = started {
+                log::error!("cannot start the worker wake-up thread: {e}");
+            }
+            waker
+        })
+    }
+
+    fn run(&self) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let now = std::time::Instant::now();
+            let mut earliest = None::<std::time::Instant>;
+            for w in waiting.iter_mut() {
+                if w.next <= now {
+                    w.scheduler.commit(0);
+                    w.next = now + w.period;
+                }
+                earliest = Some(earliest.map_or(w.next, |e| e.min(w.next)));
+            }
+            waiting = match earliest {
+                None => self
+                    .wake
+                    .wait(waiting)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(at) => {
+                    let wait = at.saturating_duration_since(std::time::Instant::now());
+                    self.wake
+                        .wait_timeout(waiting, wait)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+
+    fn arm(&self, stream: usize, scheduler: abi::Scheduler, period: Duration) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        waiting.push(Waiting {
+            stream,
+            scheduler,
+            period,
+            next: std::time::Instant::now() + period,
+        });
+        self.wake.notify_one();
+    }
+
+    fn disarm(&self, stream: usize) {
+        let removed: Vec<Waiting> = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            let (gone, kept) = std::mem::take(&mut *waiting)
+                .into_iter()
+                .partition(|w| w.stream == stream);
+            *waiting = kept;
+            gone
+        };
+        // Deleted outside the lock: the thread commits only what the list holds.
+        drop(removed);
+    }
+}
+
 /// One stream's filter.
 struct Stream {
     lifecycle: Box<dyn Lifecycle>,
+    context_id: u32,
+    /// Its worker's plugin, when that plugin holds requests for its worker tick.
+    holder: Option<WorkerPlugin>,
+    /// Whether the stream is paused with a wake-up armed (see `Waker`).
+    armed: bool,
     config: *const NativeConfig,
     holding: Holding,
     /// gRPC calls started and not answered yet (their answers are decoded as gRPC).
@@ -230,7 +346,9 @@ impl Lifecycle for Refused {
 
 thread_local! {
     /// This worker's plugins, by configuration id.
-    static PLUGINS: RefCell<HashMap<u64, Option<Rc<dyn Configured>>>> = RefCell::new(HashMap::new());
+    static PLUGINS: RefCell<HashMap<u64, Option<WorkerPlugin>>> = RefCell::new(HashMap::new());
+    /// When each configuration's worker tick last ran on this worker.
+    static LAST_WORKER_TICK: RefCell<HashMap<u64, std::time::Instant>> = RefCell::new(HashMap::new());
     static NEXT_CONTEXT: Cell<u32> = const { Cell::new(1) };
 }
 
@@ -306,22 +424,24 @@ mod hooks {
     #[no_mangle]
     pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
         config: *const c_void,
-        _filter_envoy: *mut c_void,
+        filter_envoy: *mut c_void,
     ) -> *mut c_void {
         // SAFETY: the configuration made in config_new lives as long as its filters.
         let Some(cfg) = (unsafe { (config as *const NativeConfig).as_ref() }) else {
             return std::ptr::null_mut();
         };
-        let factory = PLUGINS.with(|plugins| {
+        let worker = PLUGINS.with(|plugins| {
             plugins
                 .borrow_mut()
                 .entry(cfg.id)
                 .or_insert_with(|| {
                     let defined = Metrics::Defined(&cfg.metrics);
-                    match (cfg.make)(&mut EnvoyHost::configuration(
-                        cfg.id, &cfg.bytes, &cfg.name, defined,
-                    )) {
-                        Ok(f) => Some(f),
+                    let mut host = EnvoyHost::configuration(cfg.id, &cfg.bytes, &cfg.name, defined);
+                    match (cfg.make)(&mut host) {
+                        Ok(plugin) => Some(WorkerPlugin {
+                            plugin,
+                            tick: host.tick.unwrap_or(Duration::from_millis(20)),
+                        }),
                         Err(e) => {
                             log::error!("{}: {e}", cfg.name);
                             None
@@ -335,16 +455,47 @@ mod hooks {
             n.set(id.wrapping_add(1));
             id
         });
-        let lifecycle: Box<dyn Lifecycle> = match factory {
-            Some(f) => f.new_stream(context_id),
-            None => Box::new(Unconfigured { filter: "native" }),
+        host::register_stream(context_id, filter_envoy);
+        let (lifecycle, holder): (Box<dyn Lifecycle>, _) = match worker {
+            Some(w) => (
+                w.plugin.new_stream(context_id),
+                w.plugin.holds_requests().then_some(w),
+            ),
+            None => (Box::new(Unconfigured { filter: "native" }), None),
         };
         Box::into_raw(Box::new(Stream {
             lifecycle,
+            context_id,
+            holder,
+            armed: false,
             config: cfg,
             holding: Holding::default(),
             grpc_callouts: Vec::new(),
         })) as *mut c_void
+    }
+
+    /// Run a step that decides whether the stream goes on; a pause of a stream whose
+    /// plugin holds requests arms its wake-up, and any step disarms the last one (the
+    /// stream moved on).
+    fn flow_step(
+        envoy: *mut c_void,
+        stream: *mut c_void,
+        step: impl FnOnce(&mut Stream, &mut EnvoyHost) -> Flow,
+    ) -> u32 {
+        with_stream_state(envoy, stream, 0, 1, None, |s, h| {
+            if s.armed {
+                s.armed = false;
+                Waker::get().disarm(stream as usize);
+            }
+            let flow = step(s, h);
+            if let (Flow::Pause, Some(holder)) = (flow, &s.holder) {
+                if let Some(scheduler) = Filter::new(envoy).scheduler() {
+                    Waker::get().arm(stream as usize, scheduler, holder.tick);
+                    s.armed = true;
+                }
+            }
+            status(flow)
+        })
     }
 
     /// Run one lifecycle step with the stream's host.
@@ -362,14 +513,14 @@ mod hooks {
 
     /// Run a body step; a pause makes the filter the holder of that side's body.
     fn body_step(envoy: *mut c_void, stream: *mut c_void, side: Side, end_of_stream: bool) -> u32 {
-        with_stream_state(envoy, stream, 0, 1, None, |s, h| {
+        flow_step(envoy, stream, |s, h| {
             let size = h.body_len(side);
             let flow = match side {
                 Side::Request => s.lifecycle.on_request_body(h, size, end_of_stream),
                 Side::Response => s.lifecycle.on_response_body(h, size, end_of_stream),
             };
             s.holding.set(side, matches!(flow, Flow::Pause));
-            status(flow)
+            flow
         })
     }
 
@@ -435,8 +586,8 @@ mod hooks {
         stream: *mut c_void,
         end_of_stream: bool,
     ) -> u32 {
-        with_stream(envoy, stream, 0, 1, |l, h| {
-            status(l.on_request_headers(h, end_of_stream))
+        flow_step(envoy, stream, |s, h| {
+            s.lifecycle.on_request_headers(h, end_of_stream)
         })
     }
 
@@ -463,8 +614,8 @@ mod hooks {
         stream: *mut c_void,
         end_of_stream: bool,
     ) -> u32 {
-        with_stream(envoy, stream, 0, 1, |l, h| {
-            status(l.on_response_headers(h, end_of_stream))
+        flow_step(envoy, stream, |s, h| {
+            s.lifecycle.on_response_headers(h, end_of_stream)
         })
     }
 
@@ -497,7 +648,11 @@ mod hooks {
     pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(stream: *mut c_void) {
         if !stream.is_null() {
             // SAFETY: made by Box::into_raw in filter_new; destroyed once.
-            drop(unsafe { Box::from_raw(stream as *mut Stream) });
+            let s = unsafe { Box::from_raw(stream as *mut Stream) };
+            if s.armed {
+                Waker::get().disarm(stream as usize);
+            }
+            host::forget_stream(s.context_id);
         }
     }
 
@@ -674,12 +829,37 @@ mod hooks {
     ) {
     }
 
+    /// A paused stream's wake-up (see `Waker`): run its plugin's worker tick on this
+    /// worker, at most once a period for all the streams waiting here.
     #[no_mangle]
     pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-        _envoy: *mut c_void,
-        _stream: *mut c_void,
+        envoy: *mut c_void,
+        stream: *mut c_void,
         _event: u64,
     ) {
+        with_stream_state(envoy, stream, (), (), None, |s, h| {
+            let Some(holder) = &s.holder else {
+                return;
+            };
+            // SAFETY: the configuration outlives its streams.
+            let Some(id) = (unsafe { s.config.as_ref() }).map(|c| c.id) else {
+                return;
+            };
+            let now = std::time::Instant::now();
+            let due = LAST_WORKER_TICK.with(|last| {
+                let mut last = last.borrow_mut();
+                let due = last
+                    .get(&id)
+                    .is_none_or(|t| now.duration_since(*t) >= holder.tick / 2);
+                if due {
+                    last.insert(id, now);
+                }
+                due
+            });
+            if due {
+                holder.plugin.on_worker_tick(h);
+            }
+        });
     }
 
     #[no_mangle]

@@ -309,6 +309,7 @@ impl<P: Plugin> RootContext for RootGlue<P> {
 
     fn on_tick(&mut self) {
         if let Some(p) = &self.plugin {
+            p.on_worker_tick(&mut WasmHost);
             p.on_tick(&mut WasmHost);
         }
     }

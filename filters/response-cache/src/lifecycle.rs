@@ -97,6 +97,8 @@ pub struct ResponseCache {
 /// (`envoy/envoy.yaml.j2`'s `stats_tags`).
 const OUTCOMES: [&str; 6] = ["hit", "miss", "bypass", "error", "stored", "evicted"];
 const OUTCOME_LABELS: [(&str, &str); 2] = [("tier", "cache_tier"), ("model", "cache_model")];
+/// The local tier's size in bytes (a gauge).
+const LOCAL_BYTES: &str = "sluice.cache.bytes.tier.local";
 /// Responses not stored, by reason.
 const NOT_STORED: &str = "sluice.cache.not_stored";
 const NOT_STORED_LABELS: [(&str, &str); 3] = [
@@ -155,6 +157,8 @@ impl Plugin for ResponseCache {
             }
             counters.declare(host, NOT_STORED, &NOT_STORED_LABELS);
         }
+        // Named now: a host may define metrics only while the filter is configured.
+        cache.gauges.borrow_mut().define(host, LOCAL_BYTES);
         Ok(cache)
     }
 
@@ -656,7 +660,7 @@ impl CachedRequest {
         filter
             .gauges
             .borrow_mut()
-            .set(host, "sluice.cache.bytes.tier.local", stored.bytes);
+            .set(host, LOCAL_BYTES, stored.bytes);
         publish(
             host,
             &json!({"result": "stored", "tier": LOCAL}).to_string(),

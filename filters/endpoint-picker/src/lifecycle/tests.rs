@@ -375,7 +375,7 @@ fn a_full_pool_queues_and_releases_as_capacity_frees_interactive_first() {
     assert_eq!(host.reply().unwrap().status, 429);
     // Still full: a tick releases nothing.
     host.take_calls();
-    p.on_tick(&mut host);
+    p.on_worker_tick(&mut host);
     assert!(!host.calls().contains(&Call::Resume(Side::Request)));
     // Request 1 ends: its endpoint has room, and the interactive request (4) goes first,
     // at once (not at the next tick).
@@ -446,7 +446,7 @@ fn a_request_that_waits_too_long_gets_429_with_retry_after_and_a_gone_one_is_nev
     r4.on_log(&mut host);
     host.now_ms += 2_000;
     host.take_calls();
-    p.on_tick(&mut host);
+    p.on_worker_tick(&mut host);
     let calls = host.take_calls();
     assert_eq!(calls.first(), Some(&Call::SetEffectiveContext(3)));
     let reply = host.reply();
@@ -462,7 +462,7 @@ fn a_request_that_waits_too_long_gets_429_with_retry_after_and_a_gone_one_is_nev
     // Capacity frees: nobody is left to release.
     r1.on_log(&mut host);
     host.take_calls();
-    p.on_tick(&mut host);
+    p.on_worker_tick(&mut host);
     assert!(!host
         .calls()
         .iter()
@@ -480,7 +480,7 @@ fn a_request_queued_for_a_pool_that_went_down_gets_503_not_429() {
     // No endpoint has reported since (stale after 3 s): the pool is down, not busy.
     host.now_ms += 3_500;
     host.take_calls();
-    p.on_tick(&mut host);
+    p.on_worker_tick(&mut host);
     let reply = host.reply().expect("a reply");
     assert_eq!(reply.status, 503);
     assert!(reply.body.contains("pool_unavailable"), "{reply:?}");
@@ -500,7 +500,7 @@ fn a_worker_holds_its_batch_requests_while_another_has_interactive_ones_waiting(
     assert_eq!((fb, fi), (Flow::Pause, Flow::Pause));
     r1.on_log(&mut host);
     host.take_calls();
-    w1.on_tick(&mut host);
+    w1.on_worker_tick(&mut host);
     assert!(
         !host
             .calls()
@@ -508,7 +508,7 @@ fn a_worker_holds_its_batch_requests_while_another_has_interactive_ones_waiting(
             .any(|c| matches!(c, Call::SetEffectiveContext(_))),
         "batch held"
     );
-    w2.on_tick(&mut host);
+    w2.on_worker_tick(&mut host);
     assert!(host.calls().contains(&Call::SetEffectiveContext(4)));
 }
 
