@@ -4,8 +4,11 @@
 # requests/s and p50/p99 latency for each, and the differences and ratios.
 #
 # Numbers on a shared 2-core machine are noisy: compare the rows of one run, not runs.
+# The chain is the build scripts/run.sh loads (BENCH_BUILD, default native: the filters as
+# an Envoy dynamic module); the "wasm" row is the same chain in Envoy's V8, as the compose
+# stack and Istio load it.
 # Environment: BENCH_SECONDS (10), BENCH_CONNECTIONS (16), BENCH_THREADS (1),
-# BENCH_ENVOY_CONCURRENCY (1).
+# BENCH_ENVOY_CONCURRENCY (1), BENCH_BUILD (native or wasm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -14,6 +17,12 @@ SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-16}
 THREADS=${BENCH_THREADS:-1}
 ENVOY_CONCURRENCY=${BENCH_ENVOY_CONCURRENCY:-1}
+BUILD=${BENCH_BUILD:-native}
+case "$BUILD" in
+  native) BUILD_VARS=(-s native=true -s "native_module=$ROOT/target/release/examples/libnative_filters.so") ;;
+  wasm) BUILD_VARS=() ;;
+  *) echo "bench: BENCH_BUILD must be native or wasm" >&2; exit 1 ;;
+esac
 
 scripts/setup.sh >/dev/null
 scripts/build.sh >/dev/null
@@ -32,9 +41,13 @@ MOCK_PORT=$(cat "$work/mock.port")
 
 # One key for the chain.
 mkdir -p "$work/chain/ecds" "$work/bare/ecds" "$work/nopii/ecds" "$work/norouter/ecds" "$work/picker/ecds" \
-  "$work/enginecfg/ecds"
+  "$work/enginecfg/ecds" "$work/wasm/ecds"
 "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$work/chain/ecds/key-auth.json" \
+  -s "wasm_dir=$ROOT/target/wasm" "${BUILD_VARS[@]}" -s 'key_auth_config={"keys":[]}'
+# The wasm row's key file (its resource names the wasm filter).
+"$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$work/wasm/ecds/key-auth.json" \
   -s "wasm_dir=$ROOT/target/wasm" -s 'key_auth_config={"keys":[]}'
+WKEY=$(SLUICE_KEY_FILE="$work/wasm/ecds/key-auth.json" "$SLUICE" keys create --tenant bench 2>/dev/null)
 KEY=$(SLUICE_KEY_FILE="$work/chain/ecds/key-auth.json" "$SLUICE" keys create --tenant bench 2>/dev/null)
 # A key with limits (never reached): measures the rate-limit decisions themselves.
 LKEY=$(SLUICE_KEY_FILE="$work/chain/ecds/key-auth.json" "$SLUICE" keys create --tenant bench \
@@ -62,6 +75,8 @@ ROUTER_CONFIG='{"models":{"mock-model":{"targets":[{"pool":"pool-a","model":"org
 start_envoy() { # name filters [extra -s vars...]; sets PORT_<name>
   local name=$1 filters=$2 port admin
   shift 2
+  # The build's filters (the wasm row's are always wasm).
+  if [ "$name" != wasm ]; then set -- "${BUILD_VARS[@]}" "$@"; fi
   set -- -s "model_router_config=$ROUTER_CONFIG" "$@"
   port=$(free_port); admin=$(free_port)
   while [ "$admin" = "$port" ]; do admin=$(free_port); done
@@ -94,6 +109,7 @@ PY
 }
 start_envoy bare false
 start_envoy chain true
+start_envoy wasm true
 # The chain with pii-redaction scanning nothing: isolates token-counter's and pii's costs.
 start_envoy nopii true -s 'pii_config={"scan_requests":false,"scan_responses":false}'
 # The chain without model-router: isolates the router's cost.
@@ -108,6 +124,7 @@ BARE_PORT=$PORT_bare
 NOPII_PORT=$PORT_nopii
 NOROUTER_PORT=$PORT_norouter
 CHAIN_PORT=$PORT_chain
+WASM_PORT=$PORT_wasm
 PICKER_PORT=$PORT_picker
 ENGINECFG_PORT=$PORT_enginecfg
 GLOBAL_PORT=$PORT_global
@@ -117,9 +134,11 @@ GLOBAL_PORT=$PORT_global
 export BENCH_BODY=$work/body.json
 
 # Sanity: each target answers 200 before it is measured.
-for p in "$MOCK_PORT" "$BARE_PORT" "$NOPII_PORT" "$NOROUTER_PORT" "$CHAIN_PORT" "$PICKER_PORT" "$ENGINECFG_PORT" "$GLOBAL_PORT"; do
+for p in "$MOCK_PORT" "$BARE_PORT" "$NOPII_PORT" "$NOROUTER_PORT" "$CHAIN_PORT" "$PICKER_PORT" "$ENGINECFG_PORT" "$GLOBAL_PORT" "$WASM_PORT"; do
+  key=$KEY
+  [ "$p" = "$WASM_PORT" ] && key=$WKEY
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/v1/chat/completions" \
-    -H "authorization: Bearer $KEY" -H 'content-type: application/json' --data @"$work/body.json" || true)
+    -H "authorization: Bearer $key" -H 'content-type: application/json' --data @"$work/body.json" || true)
   [ "$code" = 200 ] || { echo "bench: port $p answered $code"; tail -n 20 "$work"/*/envoy.log; exit 1; }
 done
 
@@ -133,18 +152,20 @@ run bare "$BARE_PORT" "$KEY"
 run nopii "$NOPII_PORT" "$KEY"
 run norouter "$NOROUTER_PORT" "$KEY"
 run chain "$CHAIN_PORT" "$KEY"
+run wasm "$WASM_PORT" "$WKEY"
 run limits "$CHAIN_PORT" "$LKEY"
 run global "$GLOBAL_PORT" "$LKEY"
 
-.venv/bin/python - "$work" "$SECONDS_PER_RUN" "$CONNS" "$ENVOY_CONCURRENCY" <<'PY'
+.venv/bin/python - "$work" "$SECONDS_PER_RUN" "$CONNS" "$ENVOY_CONCURRENCY" "$BUILD" <<'PY'
 import sys
 sys.path.insert(0, "scripts/lib")
 from wrk_summary import summary
-work, secs, conns, conc = sys.argv[1:]
+work, secs, conns, conc, build = sys.argv[1:]
 rows = {name: summary(open(f"{work}/{name}.wrk").read())
-        for name in ("direct", "bare", "nopii", "norouter", "chain", "limits", "global")}
+        for name in ("direct", "bare", "nopii", "norouter", "chain", "wasm", "limits", "global")}
 print(f"bench: {secs}s per target, {conns} connections, Envoy --concurrency {conc}, ~2 KB chat POST")
-print("  chain: key-auth + rate-limit + model-router + pii-redaction + token-counter, key without limits;")
+print(f"  chain: key-auth + rate-limit + model-router + pii-redaction + token-counter, key without limits, the {build} build;")
+print("  wasm: the same chain in Envoy's V8 (what the compose stack and Istio load);")
 print("  nopii: the chain with pii-redaction scanning nothing; norouter: the chain without model-router;")
 print("  limits: same chain, key with")
 print("  rpm/tpm/max-parallel (local tier); global: the key's limits in sluice-ratelimit + Redis")
@@ -158,6 +179,8 @@ print(f"rate-limit global path (global vs limits): p50 +{g[1]-l[1]:.1f} us, p99 
 print(f"model-router, alias + body rewrite, ~2 KB body (chain vs norouter): p50 +{c[1]-r[1]:.1f} us, p99 +{c[2]-r[2]:.1f} us")
 print(f"pii-redaction, every entity on, ~2 KB prompt + JSON reply (chain vs nopii): p50 +{c[1]-n[1]:.1f} us, p99 +{c[2]-n[2]:.1f} us")
 print(f"chain vs bare Envoy: p50 +{c[1]-b[1]:.1f} us, p99 +{c[2]-b[2]:.1f} us, throughput x{c[0]/b[0]:.2f}")
+w = rows["wasm"]
+print(f"wasm chain vs bare Envoy: p50 +{w[1]-b[1]:.1f} us, p99 +{w[2]-b[2]:.1f} us, throughput x{w[0]/b[0]:.2f}")
 print(f"bare Envoy vs direct: p50 +{b[1]-d[1]:.1f} us, throughput x{b[0]/d[0]:.2f}")
 if any(r[3] for r in rows.values()):
     sys.exit("bench: some responses were not 2xx")

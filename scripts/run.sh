@@ -8,6 +8,9 @@
 # SLUICE_BATCH_PORT (8090; sluice-batch, the Files and Batches API behind the gateway),
 # SLUICE_REDIS (redis://...; default: the rate-limit service keeps counters in memory),
 # SLUICE_STATE_DIR (.sluice),
+# SLUICE_BUILD (native: the filters as an Envoy dynamic module, no VM; or wasm: the same
+#   filters in Envoy's V8, as the compose stack and Istio load them; docs/architecture.md,
+#   "Two builds"),
 # SLUICE_SKIP_BUILD=1 to use what is built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +25,12 @@ mkdir -p "$STATE/logs" "$STATE/ecds"
 STATE=$(cd "$STATE" && pwd)
 SLUICE="$ROOT/target/release/sluice"
 export SLUICE_KEY_FILE="$STATE/ecds/key-auth.json"
+BUILD=${SLUICE_BUILD:-native}
+case "$BUILD" in
+  native) build_vars=(-s native=true -s "native_module=$ROOT/target/release/examples/libnative_filters.so") ;;
+  wasm) build_vars=() ;;
+  *) printf 'run: SLUICE_BUILD must be native or wasm, not %s\n' "$BUILD" >&2; exit 1 ;;
+esac
 
 say() { printf 'run: %s\n' "$*"; }
 die() { printf 'run: %s\n' "$*" >&2; exit 1; }
@@ -57,10 +66,19 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 echo $$ > "$STATE/run.pid"
 
-# The key file Envoy watches. Kept across runs, so keys you create survive a restart.
+# The key file Envoy watches. Kept across runs, so keys you create survive a restart. Its
+# resource names the build's filter: a file of the other build is set aside as
+# key-auth.<build>.json (and brought back when that build runs again).
+key_file_build() { if grep -q DynamicModuleFilter "$1"; then echo native; else echo wasm; fi; }
+if [ -f "$SLUICE_KEY_FILE" ] && [ "$(key_file_build "$SLUICE_KEY_FILE")" != "$BUILD" ]; then
+  mv "$SLUICE_KEY_FILE" "$STATE/ecds/key-auth.$(key_file_build "$SLUICE_KEY_FILE").json"
+  if [ -f "$STATE/ecds/key-auth.$BUILD.json" ]; then
+    mv "$STATE/ecds/key-auth.$BUILD.json" "$SLUICE_KEY_FILE"
+  fi
+fi
 if [ ! -f "$SLUICE_KEY_FILE" ]; then
   "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$SLUICE_KEY_FILE" \
-    -s "wasm_dir=$ROOT/target/wasm" -s 'key_auth_config={"keys":[]}'
+    -s "wasm_dir=$ROOT/target/wasm" "${build_vars[@]}" -s 'key_auth_config={"keys":[]}'
 fi
 if [ ! -s "$STATE/demo-key" ] || ! "$SLUICE" keys list | grep -q '^key_demo '; then
   "$SLUICE" keys revoke key_demo 2>/dev/null || true
@@ -116,7 +134,7 @@ pids+=($!)
 
 "$SLUICE" render envoy/envoy.yaml.j2 -o "$STATE/envoy.yaml" \
   -s "listen_port=$PORT" -s "admin_port=$ADMIN_PORT" -s "state_dir=$STATE" \
-  -s "pools=$pools_json" -s filters=true -s "wasm_dir=$ROOT/target/wasm" \
+  -s "pools=$pools_json" -s filters=true -s "wasm_dir=$ROOT/target/wasm" "${build_vars[@]}" \
   -s "ratelimit_port=$RATELIMIT_PORT" -s "batch_port=$BATCH_PORT" \
   -s "cache_port=$CACHE_PORT" \
   -s 'response_cache={"shared":{"cluster":"sluice_cache"},"rules":[{"models":["*"],"apis":["embeddings"]},{"models":["*"],"apis":["chat","completions","responses","messages"]}]}'
@@ -143,7 +161,7 @@ fi
 cat <<MSG
 
   Sluice is up.
-    gateway      http://127.0.0.1:$PORT/v1
+    gateway      http://127.0.0.1:$PORT/v1   (filters: the $BUILD build)
     Envoy admin  http://127.0.0.1:$ADMIN_PORT   (metrics: /stats/prometheus)
     GPU pools    pool-small: 127.0.0.1:$POOL_PORT, :$((POOL_PORT + 1)) (simulated vLLM, endpoint-picker)
                  pool-large: :$((POOL_PORT + 2)), :$((POOL_PORT + 3)) (mock backends, maglev)

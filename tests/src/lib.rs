@@ -303,8 +303,10 @@ pub struct StackOptions {
     /// cluster, its entries in memory or in `cache_redis`.
     pub cache_service: bool,
     pub cache_redis: Option<String>,
-    /// The filters from sluice-native's dynamic module instead of wasm (the template's
-    /// `native`).
+    /// The filters from sluice-native's dynamic module (the template's `native`, what
+    /// `scripts/run.sh` loads), or else the wasm module (what the compose stack and Istio
+    /// load). By default native; `SLUICE_E2E_BUILD=wasm` runs a suite against the wasm
+    /// build.
     pub native: bool,
 }
 
@@ -328,8 +330,7 @@ impl Default for StackOptions {
             batch_args: Vec::new(),
             cache_service: false,
             cache_redis: None,
-            // SLUICE_E2E_NATIVE=1 runs a suite against the native build.
-            native: std::env::var_os("SLUICE_E2E_NATIVE").is_some_and(|v| v == "1"),
+            native: std::env::var_os("SLUICE_E2E_BUILD").is_none_or(|v| v != "wasm"),
         }
     }
 }

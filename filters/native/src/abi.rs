@@ -2,13 +2,16 @@
 //! Envoy 1.40) that the Sluice host uses, declared by hand, with safe wrappers.
 //!
 //! Why by hand: the ABI is a 600 KB C header whose Rust bindings Envoy's SDK generates with
-//! bindgen from its own tree; what Sluice needs is twenty callbacks. Each signature here was
-//! checked against the header, and each symbol against Envoy 1.40's dynamic symbol table
-//! (`nm -D`).
+//! bindgen from its own tree; what Sluice needs is about forty callbacks. Each signature here
+//! was checked against the header or Envoy's own SDKs' calls, the metric updates and
+//! schedulers also against the argument registers Envoy 1.40's code reads (`objdump`), and
+//! each symbol against Envoy 1.40's dynamic symbol table (`nm -D`).
 //!
 //! Safety: every pointer Envoy hands a hook is valid for that hook's duration only; a
-//! [`Filter`] is built in a hook and dropped before it returns (the host borrows it), and
-//! every buffer Envoy returns is copied before the next call.
+//! [`Filter`] or [`FilterConfig`] is built in a hook and dropped before it returns (the
+//! host borrows it), and every buffer Envoy returns is copied before the next call. A
+//! [`Scheduler`] is the one thing used outside a hook, from the module's timer threads:
+//! Envoy's scheduler only posts to a dispatcher.
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
