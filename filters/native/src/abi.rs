@@ -379,7 +379,6 @@ impl FilterConfig {
 
     /// As [`Filter::update_metric`], from the main thread.
     pub fn update_metric(&self, t: MetricType, id: usize, label_values: &[&str], value: u64) {
-        let values = module_buffers(label_values);
         let update = match t {
             MetricType::Counter => {
                 envoy_dynamic_module_callback_http_filter_config_increment_counter
@@ -389,9 +388,7 @@ impl FilterConfig {
                 envoy_dynamic_module_callback_http_filter_config_record_histogram_value
             }
         };
-        // SAFETY: the configuration pointer is live during the hook; `values` and the
-        // strings they point into outlive the call.
-        unsafe { update(self.0, id, values.as_ptr(), values.len(), value) };
+        update_metric(update, self.0, id, label_values, value);
     }
 
     /// A scheduler posting events to this configuration on Envoy's main thread
@@ -437,6 +434,17 @@ impl Drop for Scheduler {
         // SAFETY: made by a scheduler_new, deleted once.
         unsafe { (self.delete)(self.ptr) };
     }
+}
+
+/// The metric-updating callbacks of a stream and of a configuration share this shape.
+type UpdateMetric =
+    unsafe extern "C" fn(*mut c_void, usize, *const ModuleBuffer, usize, u64) -> u32;
+
+fn update_metric(update: UpdateMetric, owner: *mut c_void, id: usize, labels: &[&str], value: u64) {
+    let values = module_buffers(labels);
+    // SAFETY: the owner (a stream's filter or a configuration) is live during the hook;
+    // `values` and the strings they point into outlive the call.
+    unsafe { update(owner, id, values.as_ptr(), values.len(), value) };
 }
 
 /// The callout-starting callbacks of a stream and of a configuration share this shape.
@@ -789,7 +797,6 @@ impl Filter {
     /// Add to a counter, set a gauge or record a histogram value, defined at configuration
     /// with as many labels as `label_values` holds.
     pub fn update_metric(&self, t: MetricType, id: usize, label_values: &[&str], value: u64) {
-        let values = module_buffers(label_values);
         let update = match t {
             MetricType::Counter => envoy_dynamic_module_callback_http_filter_increment_counter,
             MetricType::Gauge => envoy_dynamic_module_callback_http_filter_set_gauge,
@@ -797,9 +804,7 @@ impl Filter {
                 envoy_dynamic_module_callback_http_filter_record_histogram_value
             }
         };
-        // SAFETY: the filter pointer is live during the hook; `values` and the strings they
-        // point into outlive the call.
-        unsafe { update(self.0, id, values.as_ptr(), values.len(), value) };
+        update_metric(update, self.0, id, label_values, value);
     }
 }
 

@@ -690,24 +690,30 @@ mod tests {
         }
     }
 
-    // The race a fresh-clone run found: every line answered, the API accepts a cancel,
-    // and the worker, finalizing from what it read before, must not end it `completed`.
-    #[tokio::test]
-    async fn a_cancel_accepted_while_the_last_lines_finish_ends_the_batch_cancelled() {
-        let dir = tempfile::tempdir().unwrap();
-        let w = worker(dir.path()).await;
+    /// A worker and batch `id` of owner `t`/`k`, stored as `validating`.
+    async fn worker_with_batch(dir: &std::path::Path, id: &str) -> (Worker, Owner, Batch) {
+        let w = worker(dir).await;
         let owner = Owner {
             tenant: "t".into(),
             key_id: "k".into(),
         };
-        let mut batch = Batch::validating(
-            "batch_race".into(),
+        let batch = Batch::validating(
+            id.into(),
             "/v1/chat/completions".into(),
             "file-1".into(),
             None,
             1,
         );
         w.store.insert_batch(&owner, &batch).await.unwrap();
+        (w, owner, batch)
+    }
+
+    // The race a fresh-clone run found: every line answered, the API accepts a cancel,
+    // and the worker, finalizing from what it read before, must not end it `completed`.
+    #[tokio::test]
+    async fn a_cancel_accepted_while_the_last_lines_finish_ends_the_batch_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, owner, mut batch) = worker_with_batch(dir.path(), "batch_race").await;
         batch.status = Status::InProgress;
         assert!(w
             .store
@@ -762,19 +768,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_cancelled_while_its_file_is_read_is_not_started() {
         let dir = tempfile::tempdir().unwrap();
-        let w = worker(dir.path()).await;
-        let owner = Owner {
-            tenant: "t".into(),
-            key_id: "k".into(),
-        };
-        let mut batch = Batch::validating(
-            "batch_early".into(),
-            "/v1/chat/completions".into(),
-            "file-1".into(),
-            None,
-            1,
-        );
-        w.store.insert_batch(&owner, &batch).await.unwrap();
+        let (w, _owner, mut batch) = worker_with_batch(dir.path(), "batch_early").await;
         w.store.cancel("t", &batch.id, 2).await.unwrap();
         batch.status = Status::InProgress;
         assert!(!w
