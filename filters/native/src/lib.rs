@@ -474,12 +474,15 @@ mod hooks {
         })) as *mut c_void
     }
 
-    /// Run a step that decides whether the stream goes on; a pause of a stream whose
-    /// plugin holds requests arms its wake-up, and any step disarms the last one (the
+    /// Run a step that decides whether the stream goes on. A pause of a whole request
+    /// (`whole`: its last byte is in: nothing from the client will move it on) by a plugin
+    /// that holds requests arms its wake-up; a pause for more of the body arms nothing,
+    /// so an ordinary request costs no scheduler. Any step disarms the last wake-up (the
     /// stream moved on).
     fn flow_step(
         envoy: *mut c_void,
         stream: *mut c_void,
+        whole: bool,
         step: impl FnOnce(&mut Stream, &mut EnvoyHost) -> Flow,
     ) -> u32 {
         with_stream_state(envoy, stream, 0, 1, None, |s, h| {
@@ -488,7 +491,7 @@ mod hooks {
                 Waker::get().disarm(stream as usize);
             }
             let flow = step(s, h);
-            if let (Flow::Pause, Some(holder)) = (flow, &s.holder) {
+            if let (Flow::Pause, true, Some(holder)) = (flow, whole, &s.holder) {
                 if let Some(scheduler) = Filter::new(envoy).scheduler() {
                     Waker::get().arm(stream as usize, scheduler, holder.tick);
                     s.armed = true;
@@ -513,7 +516,8 @@ mod hooks {
 
     /// Run a body step; a pause makes the filter the holder of that side's body.
     fn body_step(envoy: *mut c_void, stream: *mut c_void, side: Side, end_of_stream: bool) -> u32 {
-        flow_step(envoy, stream, |s, h| {
+        let whole = side == Side::Request && end_of_stream;
+        flow_step(envoy, stream, whole, |s, h| {
             let size = h.body_len(side);
             let flow = match side {
                 Side::Request => s.lifecycle.on_request_body(h, size, end_of_stream),
@@ -586,7 +590,7 @@ mod hooks {
         stream: *mut c_void,
         end_of_stream: bool,
     ) -> u32 {
-        flow_step(envoy, stream, |s, h| {
+        flow_step(envoy, stream, end_of_stream, |s, h| {
             s.lifecycle.on_request_headers(h, end_of_stream)
         })
     }
@@ -614,7 +618,7 @@ mod hooks {
         stream: *mut c_void,
         end_of_stream: bool,
     ) -> u32 {
-        flow_step(envoy, stream, |s, h| {
+        flow_step(envoy, stream, false, |s, h| {
             s.lifecycle.on_response_headers(h, end_of_stream)
         })
     }
