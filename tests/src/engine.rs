@@ -41,7 +41,33 @@ pub fn engine_dir() -> Option<PathBuf> {
     }
 }
 
+/// A port nothing listens on now, for a server the test starts next.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Below the kernel's ephemeral range: a port the kernel hands out for `bind(0)` or an
+    // outgoing connection can be taken by another process (or this one's clients) between
+    // this check and the server's own bind, which then fails with "address in use". Ports
+    // below the range are only ever taken by an explicit bind. Each test process walks its
+    // own sequence (started from its pid) so concurrent tests do not pick the same one.
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST);
+    if span >= 1_000 {
+        let start = std::process::id().wrapping_mul(7_919) % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = LOWEST + (start + n) % span;
+            if let Ok(port) = u16::try_from(port) {
+                if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                    return port;
+                }
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -292,7 +292,15 @@ async fn a_killed_endpoint_is_retried_on_the_next_one_with_no_client_error() {
 async fn real_engines_the_picker_reads_llama_cpp_and_avoids_the_busy_server() {
     use sluice_e2e::engine::{Engine, Variant};
     let _guard = SERIAL.lock().await;
-    let metrics = vec!["--metrics".to_string()];
+    // llama-server's HTTP pool starts a thread for a connection only when none is idle,
+    // and two connections arriving together can both count the same idle thread: the
+    // second then waits for a generation to end. With six long generations and the
+    // gateway's scrapes, the test's own /metrics polls stalled for seconds that way; a
+    // fixed pool larger than the connections the test opens never leaves one waiting.
+    let metrics: Vec<String> = ["--metrics", "--threads-http", "16"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     let Some(engine) = Engine::start_with(Variant::Plain, 2, 2, 1024, "tiny-llama", &metrics).await
     else {
         return;

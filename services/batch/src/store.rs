@@ -427,30 +427,28 @@ impl Store {
 
     /// Ask a batch to stop: `cancelling` unless it already ended. The batch as it is now.
     pub async fn cancel(&self, tenant: &str, id: &str, now: u64) -> Result<Option<Batch>> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT body FROM batches WHERE tenant = $1 AND id = $2")
-            .bind(tenant)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let mut batch = batch_of(&row)?;
-        if !batch.status.is_terminal() && batch.status != Status::Cancelling {
+        loop {
+            let row = sqlx::query("SELECT body FROM batches WHERE tenant = $1 AND id = $2")
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let mut batch = batch_of(&row)?;
+            if batch.status.is_terminal() || batch.status == Status::Cancelling {
+                return Ok(Some(batch));
+            }
+            let from = batch.status;
             batch.status = Status::Cancelling;
             batch.cancelling_at = Some(now);
-            let body =
-                serde_json::to_string(&batch).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sqlx::query("UPDATE batches SET body = $1, status = $2 WHERE id = $3")
-                .bind(body)
-                .bind(batch.status.as_str())
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            // Conditional on the status read: a worker that moved the batch on meanwhile
+            // (started it, finalized it) is not overwritten; read it again and decide anew.
+            if self.save_batch_from(&batch, from, None).await? {
+                return Ok(Some(batch));
+            }
         }
-        tx.commit().await?;
-        Ok(Some(batch))
     }
 
     /// Claim the oldest batch with work left whose lease is free, for `lease_ms`.
