@@ -10,8 +10,10 @@
 //! is, and `perf record` (or `valgrind --tool=callgrind`) on this binary says which code
 //! does it, with symbols, which the wasm in Envoy does not give.
 //!
-//!     sluice-chain-profile [--requests N] [--prompt-bytes N] [--calls] [--disturb-kb N]
+//!     sluice-chain-profile [--requests N] [--prompt-bytes N] [--calls] [--disturb-kb N] [--fresh]
 //!
+//! `--fresh` puts the request's number before its prompt's first word, so that no memo of a
+//! text seen before helps (the benchmarks' rows "every prompt new").
 //! `--disturb-kb N` writes N KB of other memory between requests (untimed), as the rest of
 //! Envoy's work does between two requests of a VM: what the caches being cold costs the
 //! filters. `--calls` adds each filter's calls by kind, and what the first request published. A
@@ -228,6 +230,7 @@ fn profile(
     requests: u32,
     prompt_bytes: usize,
     disturb_kb: usize,
+    fresh: bool,
 ) -> Result<Profile, Box<dyn Error>> {
     let mut other_memory = vec![0u8; disturb_kb << 10];
     let mut host = MockHost::new();
@@ -249,7 +252,18 @@ fn profile(
             ("authorization", &authorization),
             ("x-request-id", "4f1c2a90-profile"),
         ]);
-        host.request_body = body.clone().into_bytes();
+        // With `fresh`, a number before the prompt's first word (as scripts/lib/post.lua's
+        // BENCH_FRESH): nothing a filter remembers of a text it saw helps.
+        host.request_body = if fresh {
+            body.replacen(
+                "\"content\":\"You are",
+                &format!("\"content\":\"{id} You are"),
+                1,
+            )
+        } else {
+            body.clone()
+        }
+        .into_bytes();
         host.now_ms += 1;
         let mut live: Vec<Box<dyn Lifecycle>> = Vec::with_capacity(stages.len());
         for s in &mut stages {
@@ -292,13 +306,14 @@ fn run(
     requests: u32,
     prompt_bytes: usize,
     disturb_kb: usize,
+    fresh: bool,
     show_calls: bool,
 ) -> Result<(), Box<dyn Error>> {
     let Profile {
         stages,
         body_bytes,
         published,
-    } = profile(requests, prompt_bytes, disturb_kb)?;
+    } = profile(requests, prompt_bytes, disturb_kb, fresh)?;
     let n = f64::from(requests.max(1));
     // Built for wasm32-wasip1 it runs in a wasm engine (V8 under Node:
     // `scripts/chain-profile-v8.sh`), the mock host compiled in with the filters.
@@ -351,17 +366,19 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut prompt_bytes = 2000;
     let mut show_calls = false;
     let mut disturb_kb = 0;
+    let mut fresh = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--requests" => requests = args.next().ok_or("--requests N")?.parse()?,
             "--prompt-bytes" => prompt_bytes = args.next().ok_or("--prompt-bytes N")?.parse()?,
             "--calls" => show_calls = true,
+            "--fresh" => fresh = true,
             "--disturb-kb" => disturb_kb = args.next().ok_or("--disturb-kb N")?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    run(requests, prompt_bytes, disturb_kb, show_calls)
+    run(requests, prompt_bytes, disturb_kb, fresh, show_calls)
 }
 
 #[cfg(test)]
@@ -373,7 +390,7 @@ mod tests {
     /// endpoint on its engine report instead of leaving it to Envoy).
     #[test]
     fn every_filter_does_its_whole_work_on_the_profiled_request() {
-        let p = profile(3, 2000, 64).unwrap();
+        let p = profile(3, 2000, 64, true).unwrap();
         assert_eq!(p.stages.len(), 8);
         for s in &p.stages {
             assert!(s.calls.total() >= 3, "{}: {:?}", s.name, s.calls);

@@ -15,6 +15,7 @@ mod hash;
 pub mod pretokenize;
 mod unicode;
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use bpe::{Scratch, Vocab};
 pub use pretokenize::{Pattern, Pieces};
 use std::sync::OnceLock;
@@ -28,6 +29,9 @@ pub struct Tokenizer {
     /// token, as the engines read a rendered chat template (llama.cpp's `parse_special`,
     /// Hugging Face's added tokens).
     specials: Vec<(&'static str, u32)>,
+    /// An automaton over `specials`' texts (pattern i is `specials[i]`), leftmost-longest
+    /// as llama.cpp's `parse_special` reads them; `None` with no specials.
+    special_finder: Option<AhoCorasick>,
     bos: Option<&'static str>,
     eos: Option<&'static str>,
     /// The engines put BOS before a prompt that does not start with it (llama.cpp's
@@ -76,33 +80,23 @@ impl Tokenizer {
     /// Cut `text` at its special tokens: `each(Err(id))` for a special token, `each(Ok(s))`
     /// for the plain text between them.
     fn split_specials<'t>(&self, text: &'t str, mut each: impl FnMut(Result<&'t str, u32>)) {
-        let bytes = text.as_bytes();
+        // One pass of an automaton: a scan that tried every special token at every `<`
+        // compared Llama 3's 256 of them each time, and was the tokenizer's dearest step on
+        // a short chat prompt.
         let mut plain = 0;
-        let mut i = 0;
-        while i < bytes.len() {
-            // Every special token of these vocabularies starts with '<' or '[' (Qwen's
-            // padding tokens); a quick byte test skips the rest.
-            let b = bytes.get(i).copied().unwrap_or(0);
-            let found = if b == b'<' || b == b'[' {
-                self.specials
-                    .iter()
-                    .find(|(s, _)| bytes.get(i..i + s.len()) == Some(s.as_bytes()))
-            } else {
-                None
-            };
-            match found {
-                Some(&(s, id)) => {
-                    if plain < i {
-                        each(Ok(text.get(plain..i).unwrap_or_default()));
-                    }
-                    each(Err(id));
-                    i += s.len();
-                    plain = i;
+        if let Some(finder) = &self.special_finder {
+            for m in finder.find_iter(text) {
+                let Some(&(_, id)) = self.specials.get(m.pattern().as_usize()) else {
+                    continue;
+                };
+                if plain < m.start() {
+                    each(Ok(text.get(plain..m.start()).unwrap_or_default()));
                 }
-                None => i += 1,
+                each(Err(id));
+                plain = m.end();
             }
         }
-        if plain < bytes.len() {
+        if plain < text.len() {
             each(Ok(text.get(plain..).unwrap_or_default()));
         }
     }
@@ -226,6 +220,7 @@ fn load(name: &'static str, data: &'static Aligned<[u8]>, pattern: Pattern) -> O
         vocab: Vocab::from_tables(&data.0)?,
         pattern,
         specials: Vec::new(),
+        special_finder: None,
         bos: None,
         eos: None,
         adds_bos: false,
@@ -270,6 +265,7 @@ fn load_family(f: &Family) -> Option<Tokenizer> {
     }
     let mut specials = f.specials.to_vec();
     specials.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    let special_finder = special_finder(&specials)?;
     let base = load(f.name, f.data, f.pattern)?;
     let chars = match f.merges {
         Some((data, fallback)) => Some((
@@ -280,12 +276,26 @@ fn load_family(f: &Family) -> Option<Tokenizer> {
     };
     Some(Tokenizer {
         specials,
+        special_finder,
         bos: f.bos,
         eos: f.eos,
         adds_bos: f.adds_bos,
         chars,
         ..base
     })
+}
+
+/// The automaton that finds `specials` in a text: `Some(None)` with none, `None` if it
+/// cannot be built (the family is then not offered, as with a table that does not load).
+fn special_finder(specials: &[(&'static str, u32)]) -> Option<Option<AhoCorasick>> {
+    if specials.is_empty() {
+        return Some(None);
+    }
+    AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostLongest)
+        .build(specials.iter().map(|(s, _)| s))
+        .ok()
+        .map(Some)
 }
 
 static LLAMA3_DATA: &Aligned<[u8]> =
@@ -428,6 +438,55 @@ mod tests {
             assert_eq!(t.encode("3333333"), [18; 7]);
             assert_eq!(t.count_prompt("<|im_start|>user\nhi<|im_end|>"), 5);
             assert!(!t.adds_bos());
+        }
+    }
+
+    /// The scan `split_specials` replaced: at every byte, the longest special token that
+    /// starts there.
+    fn split_by_scan(t: &Tokenizer, text: &str) -> Vec<Result<String, u32>> {
+        let (bytes, mut out, mut plain, mut i) = (text.as_bytes(), Vec::new(), 0, 0);
+        while i < bytes.len() {
+            match t
+                .specials
+                .iter()
+                .find(|(s, _)| bytes.get(i..i + s.len()) == Some(s.as_bytes()))
+            {
+                Some(&(s, id)) => {
+                    if plain < i {
+                        out.push(Ok(text[plain..i].to_string()));
+                    }
+                    out.push(Err(id));
+                    i += s.len();
+                    plain = i;
+                }
+                None => i += 1,
+            }
+        }
+        if plain < bytes.len() {
+            out.push(Ok(text[plain..].to_string()));
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Texts of special tokens, their look-alikes (cut short, one inside another) and
+        /// other text: the automaton cuts them where the scan did.
+        #[test]
+        fn special_tokens_are_found_where_a_scan_finds_them(
+            parts in proptest::collection::vec((0usize..1000, 0usize..40, "[a-z<|>\\[\\] 東]{0,6}"), 0..12)
+        ) {
+            for t in [llama3(), qwen2(), gemma4()].into_iter().flatten() {
+                let mut text = String::new();
+                for (pick, cut, other) in &parts {
+                    let (s, _) = t.specials[pick % t.specials.len()];
+                    let cut = (*cut).min(s.len());
+                    text.push_str(if cut % 3 == 0 { s } else { &s[..cut] });
+                    text.push_str(other);
+                }
+                let mut got = Vec::new();
+                t.split_specials(&text, |p| got.push(p.map(str::to_string)));
+                proptest::prop_assert_eq!(got, split_by_scan(t, &text), "{}: {:?}", t.name(), text);
+            }
         }
     }
 
