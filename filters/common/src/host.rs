@@ -155,6 +155,25 @@ pub trait Host {
     fn headers(&self, side: Side) -> Vec<(String, Vec<u8>)>;
     /// One header as UTF-8 (`None`: absent or not UTF-8).
     fn header(&self, side: Side, name: &str) -> Option<String>;
+    /// Several headers as UTF-8, in the order of `names` (each as [`Host::header`] gives
+    /// it). By default one read of all the side's headers: in proxy-wasm a read that returns
+    /// data pays, besides the call, a call back into the VM to allocate the answer, so
+    /// reading all of a side's headers costs about what reading one does (1.9–2.2 against
+    /// 1.7 µs under load, `docs/benchmarks.md`). A host whose reads are plain lookups (the
+    /// native build) reads each by name instead of copying every header.
+    fn header_strings(&self, side: Side, names: &[&str]) -> Vec<Option<String>> {
+        let headers = self.headers(side);
+        names
+            .iter()
+            .map(|name| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
     /// Replace (or add) a header, pseudo-headers such as `:path` and `:status` included.
     fn set_header(&mut self, side: Side, name: &str, value: &str);
     fn remove_header(&mut self, side: Side, name: &str);
@@ -246,29 +265,19 @@ pub fn now_unix_secs(host: &dyn Host) -> u64 {
     host.now_unix_nanos() / 1_000_000_000
 }
 
-/// Several headers of one side from one host call, in the order named: each one's first
-/// value as UTF-8 (`None`: absent or not UTF-8), as [`Host::header`] would give it.
-///
-/// Why one call: in Envoy a read that returns data pays, besides the call, a call back into
-/// the VM to allocate the answer; reading all of a side's headers costs about what reading
-/// one does (1.9–2.2 against 1.7 µs under load, `docs/benchmarks.md`), so two reads or more
-/// in one handler go cheaper this way.
+/// Several headers of one side, in the order named: each one's first value as UTF-8
+/// (`None`: absent or not UTF-8), as [`Host::header`] would give it; in proxy-wasm from one
+/// host call ([`Host::header_strings`]).
 pub fn header_values<const N: usize>(
     host: &dyn Host,
     side: Side,
     names: [&str; N],
 ) -> [Option<String>; N] {
-    let headers = host.headers(side);
-    names.map(|name| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-            .map(str::to_owned)
-    })
+    let mut values = host.header_strings(side, &names).into_iter();
+    names.map(|_| values.next().flatten())
 }
 
-/// The request's `:method` and `:path` (empty when absent), from one host call.
+/// The request's `:method` and `:path` (empty when absent), as [`header_values`] reads them.
 pub fn request_line(host: &dyn Host) -> (String, String) {
     let [method, path] = header_values(host, Side::Request, [":method", ":path"]);
     (method.unwrap_or_default(), path.unwrap_or_default())

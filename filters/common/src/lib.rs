@@ -12,6 +12,7 @@ pub mod glob;
 pub mod hash;
 pub mod host;
 pub mod json;
+pub mod logging;
 pub mod memo;
 pub mod metrics;
 pub mod openai;

@@ -435,6 +435,12 @@ impl Host for EnvoyHost<'_> {
         String::from_utf8(value).ok()
     }
 
+    /// Each by name: natively a header read is a lookup in Envoy's map, where reading all
+    /// of them copies every one (the default, right for proxy-wasm).
+    fn header_strings(&self, side: Side, names: &[&str]) -> Vec<Option<String>> {
+        names.iter().map(|name| self.header(side, name)).collect()
+    }
+
     fn set_header(&mut self, side: Side, name: &str, value: &str) {
         if let Some(f) = &self.filter {
             f.set_header(header_type(side), name, Some(value.as_bytes()));

@@ -14,6 +14,7 @@ use sluice_common::host::{
     request_line, send_error, set_text_property, text_property, CounterSet, Flow, Histogram, Host,
     Lifecycle, Plugin, Side,
 };
+use sluice_common::logging::LogEvery;
 use sluice_common::{properties, ConfigError, ErrorKind, OpenAiError};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -36,6 +37,9 @@ pub struct TokenCounter {
     /// `sluice.llm.time_to_first_byte_ms`: from the request leaving for the backend to the
     /// first byte of the response body (the first token of a stream).
     ttfb: Histogram,
+    /// The log line for estimates the backend's count contradicts (one a minute per
+    /// worker; `sluice.llm.prompt_estimate_off` counts each).
+    estimate_off_log: LogEvery,
 }
 
 /// The counter families, their labels' keys in the series' names and the tags Envoy's
@@ -62,6 +66,7 @@ impl TokenCounter {
             counters: RefCell::new(counters),
             memos: CountMemos::default(),
             ttfb: Histogram::define(host, "sluice.llm.time_to_first_byte_ms"),
+            estimate_off_log: LogEvery::new(60_000),
         }
     }
 }
@@ -217,11 +222,13 @@ impl CountedRequest {
         counters.add_labeled(host, &[REQUESTS], labels, 1);
         if let Some(backend) = usage.backend_prompt_tokens {
             if crate::prompt::estimate_is_off(plan.prompt_tokens, backend) {
-                log::info!(
-                    "token-counter: {} prompt tokens estimated, the backend counted {backend} (model {}): check the model's encoding and chat template",
-                    plan.prompt_tokens,
-                    plan.model
-                );
+                if let Some(more) = self.filter.estimate_off_log.due(now_unix_millis(host)) {
+                    log::info!(
+                        "token-counter: {} prompt tokens estimated, the backend counted {backend} (model {}): check the model's encoding and chat template ({more} more such requests since the last line; sluice_llm_prompt_estimate_off counts them)",
+                        plan.prompt_tokens,
+                        plan.model
+                    );
+                }
                 counters.add_labeled(host, &[ESTIMATE_OFF], labels, 1);
             }
         }
