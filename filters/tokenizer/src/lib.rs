@@ -15,7 +15,7 @@ mod hash;
 pub mod pretokenize;
 mod unicode;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use bpe::{Scratch, Vocab};
 pub use pretokenize::{Pattern, Pieces};
 use std::sync::OnceLock;
@@ -291,7 +291,11 @@ fn special_finder(specials: &[(&'static str, u32)]) -> Option<Option<AhoCorasick
     if specials.is_empty() {
         return Some(None);
     }
+    // A contiguous NFA: built in a fraction of the time a DFA takes (Llama 3's 256 tokens:
+    // about 9 ms in V8 at the first count for the DFA the builder picks by itself), and the
+    // prompt is searched once.
     AhoCorasick::builder()
+        .kind(Some(AhoCorasickKind::ContiguousNFA))
         .match_kind(MatchKind::LeftmostLongest)
         .build(specials.iter().map(|(s, _)| s))
         .ok()
