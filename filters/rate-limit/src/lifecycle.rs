@@ -8,9 +8,10 @@ use crate::reply::{self, Refusal};
 use crate::rls::{self, Answer, OnError, RateLimitDescriptor, Verdict};
 use crate::store::Taken;
 use sluice_common::host::{
-    now_unix_secs, send_error, set_text_property, text_property, CounterSet, Counters, Flow,
-    GrpcCall, Handoff, Host, Lifecycle, Plugin, Side,
+    now_unix_millis, now_unix_secs, send_error, set_text_property, text_property, CounterSet,
+    Counters, Flow, GrpcCall, Handoff, Host, Lifecycle, Plugin, Side,
 };
+use sluice_common::logging::LogEvery;
 use sluice_common::{properties, ConfigError, Policy};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -67,6 +68,9 @@ pub struct RateLimit {
     /// Settlement reports for the global tier, queued by requests as they end and sent by
     /// the root context in batches: they outlive the stream that made them.
     reports: Handoff<RateLimitDescriptor>,
+    /// The log line for a failed call to the rate-limit service: one a minute per worker
+    /// (every request fails alike while the service is down).
+    service_failure_log: LogEvery,
 }
 
 impl RateLimit {
@@ -93,6 +97,7 @@ impl RateLimit {
             counters: Counters::define(host, "sluice.rate_limit", &Outcome::NAMES),
             refused: RefCell::new(refused),
             reports: Handoff::new(host, "reports", MAX_QUEUED_REPORTS),
+            service_failure_log: LogEvery::new(60_000),
         })
     }
 
@@ -539,11 +544,13 @@ impl Lifecycle for LimitedRequest {
         }
         let message = (status == 0).then(|| host.grpc_response(size)).flatten();
         if message.is_none() {
-            let (code, text) = host.grpc_status();
-            log::warn!(
-                "rate-limit: the rate-limit service failed: grpc {code} {}",
-                text.unwrap_or_default()
-            );
+            if let Some(more) = self.filter.service_failure_log.due(now_unix_millis(host)) {
+                let (code, text) = host.grpc_status();
+                log::warn!(
+                    "rate-limit: the rate-limit service failed: grpc {code} {} ({more} more failed calls since the last line)",
+                    text.unwrap_or_default()
+                );
+            }
         }
         let answer = Answer::Replied {
             status,

@@ -37,9 +37,13 @@ pub struct TokenCounter {
     /// `sluice.llm.time_to_first_byte_ms`: from the request leaving for the backend to the
     /// first byte of the response body (the first token of a stream).
     ttfb: Histogram,
-    /// The log line for estimates the backend's count contradicts (one a minute per
-    /// worker; `sluice.llm.prompt_estimate_off` counts each).
+    /// Log lines of events that may come with every request, one a minute per worker
+    /// each: estimates the backend's count contradicts (`sluice.llm.prompt_estimate_off`
+    /// counts each), errors inside a backend's stream, and engine error answers whose
+    /// status the gateway changes (a failing engine fails every request alike).
     estimate_off_log: LogEvery,
+    stream_error_log: LogEvery,
+    engine_error_log: LogEvery,
 }
 
 /// The counter families, their labels' keys in the series' names and the tags Envoy's
@@ -67,6 +71,8 @@ impl TokenCounter {
             memos: CountMemos::default(),
             ttfb: Histogram::define(host, "sluice.llm.time_to_first_byte_ms"),
             estimate_off_log: LogEvery::new(60_000),
+            stream_error_log: LogEvery::new(60_000),
+            engine_error_log: LogEvery::new(60_000),
         }
     }
 }
@@ -203,7 +209,9 @@ impl CountedRequest {
         );
         set_text_property(host, properties::USAGE_SOURCE, usage.source.as_str());
         if let Some(e) = &usage.stream_error {
-            log::info!("token-counter: the backend reported an error in the stream: {e}");
+            if let Some(more) = self.filter.stream_error_log.due(now_unix_millis(host)) {
+                log::info!("token-counter: the backend reported an error in the stream: {e} ({more} more since the last line)");
+            }
             set_text_property(host, properties::ERROR, e);
         }
         let tenant = text_property(host, properties::TENANT).unwrap_or_default();
@@ -244,10 +252,12 @@ impl CountedRequest {
         };
         let e = sluice_common::engine_error::normalise(status, body);
         if e.status != status {
-            log::info!(
-                "token-counter: the backend answered {status} to a request it rejected; the client gets {}",
-                e.status
-            );
+            if let Some(more) = self.filter.engine_error_log.due(now_unix_millis(host)) {
+                log::info!(
+                    "token-counter: the backend answered {status} to a request it rejected; the client gets {} ({more} more such answers since the last line)",
+                    e.status
+                );
+            }
         }
         host.set_header(Side::Response, ":status", &e.status.to_string());
         host.set_header(

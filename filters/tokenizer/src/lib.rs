@@ -25,7 +25,7 @@ pub struct Tokenizer {
     name: &'static str,
     vocab: Vocab,
     pattern: Pattern,
-    /// Special tokens (text, id), longest first: in a model's prompt text each is one
+    /// Special tokens (text, id): in a model's prompt text each is one
     /// token, as the engines read a rendered chat template (llama.cpp's `parse_special`,
     /// Hugging Face's added tokens).
     specials: Vec<(&'static str, u32)>,
@@ -263,9 +263,21 @@ fn load_family(f: &Family) -> Option<Tokenizer> {
     if !f.built {
         return None;
     }
-    let mut specials = f.specials.to_vec();
-    specials.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-    let special_finder = special_finder(&specials)?;
+    let specials = f.specials.to_vec();
+    // A contiguous NFA: built in a fraction of the time a DFA takes (Llama 3's 256 tokens:
+    // about 9 ms in V8 at the first count for the DFA the builder picks by itself), and the
+    // prompt is searched once. One that cannot be built leaves the family out, as a table
+    // that does not load does.
+    let special_finder = if specials.is_empty() {
+        None
+    } else {
+        let finder = AhoCorasick::builder()
+            .kind(Some(AhoCorasickKind::ContiguousNFA))
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(specials.iter().map(|(s, _)| s))
+            .ok()?;
+        Some(finder)
+    };
     let base = load(f.name, f.data, f.pattern)?;
     let chars = match f.merges {
         Some((data, fallback)) => Some((
@@ -283,23 +295,6 @@ fn load_family(f: &Family) -> Option<Tokenizer> {
         chars,
         ..base
     })
-}
-
-/// The automaton that finds `specials` in a text: `Some(None)` with none, `None` if it
-/// cannot be built (the family is then not offered, as with a table that does not load).
-fn special_finder(specials: &[(&'static str, u32)]) -> Option<Option<AhoCorasick>> {
-    if specials.is_empty() {
-        return Some(None);
-    }
-    // A contiguous NFA: built in a fraction of the time a DFA takes (Llama 3's 256 tokens:
-    // about 9 ms in V8 at the first count for the DFA the builder picks by itself), and the
-    // prompt is searched once.
-    AhoCorasick::builder()
-        .kind(Some(AhoCorasickKind::ContiguousNFA))
-        .match_kind(MatchKind::LeftmostLongest)
-        .build(specials.iter().map(|(s, _)| s))
-        .ok()
-        .map(Some)
 }
 
 static LLAMA3_DATA: &Aligned<[u8]> =
@@ -448,10 +443,11 @@ mod tests {
     /// The scan `split_specials` replaced: at every byte, the longest special token that
     /// starts there.
     fn split_by_scan(t: &Tokenizer, text: &str) -> Vec<Result<String, u32>> {
+        let mut longest_first = t.specials.clone();
+        longest_first.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         let (bytes, mut out, mut plain, mut i) = (text.as_bytes(), Vec::new(), 0, 0);
         while i < bytes.len() {
-            match t
-                .specials
+            match longest_first
                 .iter()
                 .find(|(s, _)| bytes.get(i..i + s.len()) == Some(s.as_bytes()))
             {
