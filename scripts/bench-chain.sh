@@ -15,9 +15,13 @@
 # built once in a worktree under target/baseline/) runs beside this build's in the same
 # alternating rounds and wrk rows: a before and after from one run, as the machine drifts.
 #
+# The side by side also has TensorZero (a Rust LLM gateway, with no policies) in front of the
+# same mock, as issue 18 compares: the gateway PyPI's `tensorzero` package starts
+# (scripts/tensorzero.sh installs it once; BENCH_TENSORZERO=0 leaves the row out).
+#
 # Environment: BENCH_ROUNDS (2000), BENCH_SECONDS (5), BENCH_WRK_ROUNDS (3), BENCH_CONNECTIONS (32),
 # BENCH_ENVOY_CONCURRENCY (2), BENCH_PROMPT_BYTES (2000), BENCH_PERF (0), BENCH_PERF_OUT,
-# BENCH_BASELINE.
+# BENCH_PERF_DATA, BENCH_BASELINE, BENCH_TENSORZERO (1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -67,6 +71,14 @@ target/release/sluice-mock-llm --listen 127.0.0.1:0 --port-file "$work/mock.port
 pids+=($!)
 wait_until 30 file_written "$work/mock.port" || { echo "bench-chain: no mock" >&2; exit 1; }
 MOCK_PORT=$(cat "$work/mock.port")
+TENSORZERO_URL=""
+if [ "${BENCH_TENSORZERO:-1}" != 0 ]; then
+  tz_python=$(scripts/tensorzero.sh | tail -1)
+  "$tz_python" scripts/lib/tensorzero-gateway.py "$MOCK_PORT" "$work" >"$work/tensorzero.log" 2>&1 &
+  pids+=($!)
+  wait_until 30 file_written "$work/tensorzero.url" || { cat "$work/tensorzero.log" >&2; exit 1; }
+  TENSORZERO_URL=$(cat "$work/tensorzero.url")
+fi
 
 mkdir -p "$work/keys/ecds"
 "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$work/keys/ecds/key-auth.json" \
@@ -225,10 +237,17 @@ start_envoy native8 native_noop:8 "$PLAIN_POOL"
 start_envoy native_calls native_probe:chain:1 "$PLAIN_POOL"
 targets+=("native1:$PORT_native1:$PID_native1" "native8:$PORT_native8:$PID_native8"
   "native_calls:$PORT_native_calls:$PID_native_calls")
-# The whole chain on a plain pool as an Envoy dynamic module (sluice-native's
-# native_filters: the same filters and configurations, no VM).
-NATIVE=true start_envoy native_chain sluice.rate_limit.tokens "$PLAIN_POOL"
-targets+=("native_chain:$PORT_native_chain:$PID_native_chain")
+# The same prefixes as an Envoy dynamic module (sluice-native's native_filters: the same
+# filters and configurations, no VM; native_chain is the whole chain), and the whole chain
+# with endpoint-picker natively.
+for step in "${STEPS[@]:1}" "picker sluice.endpoint_picker endpoint-picker"; do
+  read -r name last _ <<<"$step"
+  pool=$PLAIN_POOL
+  [ "$name" = picker ] && pool=$ENGINE_POOL
+  NATIVE=true start_envoy "native_$name" "$last" "$pool"
+  pid_var=PID_native_$name port_var=PORT_native_$name
+  targets+=("native_$name:${!port_var}:${!pid_var}")
+done
 # The whole chain on an engine pool: endpoint-picker last.
 start_envoy picker sluice.endpoint_picker "$ENGINE_POOL"
 targets+=("picker:$PORT_picker:$PID_picker")
@@ -243,6 +262,7 @@ if [ -n "$BASELINE_WASM" ]; then
 fi
 
 "$PY" scripts/lib/chat-body.py "$work/body.json" "$PROMPT_BYTES"
+"$PY" scripts/lib/chat-body.py "$work/body-tensorzero.json" "$PROMPT_BYTES" tensorzero::model_name::mock
 export BENCH_BODY=$work/body.json BENCH_KEY=$KEY
 
 declare -A med cpu
@@ -257,16 +277,23 @@ echo "bench-chain: $(stat -c %s "$work/body.json")-byte chat, one client sending
 printf '| %-22s | %12s | %12s | %12s | %12s |\n' "chain up to" "CPU us/req" "filter adds" "p50 us" "filter adds"
 printf '|%s|%s|%s|%s|%s|\n' "------------------------" "--------------" "--------------" "--------------" "--------------"
 prev=""
-for step in "${STEPS[@]}" "picker sluice.endpoint_picker endpoint-picker"; do
-  read -r name _ what <<<"$step"
-  if [ -z "$prev" ]; then
-    printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "$what" "${cpu[$name]}" "" "${med[$name]}" ""
-  else
-    printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "$what" "${cpu[$name]}" \
-      "$(delta "${cpu[$name]}" "${cpu[$prev]}")" "${med[$name]}" "$(delta "${med[$name]}" "${med[$prev]}")"
-  fi
-  prev=$name
-done
+# prefix_table PREFIX: the table's rows, for the Envoys named PREFIX<step> (bare Envoy first).
+prefix_table() {
+  local prev="" name key what
+  for step in "${STEPS[@]}" "picker sluice.endpoint_picker endpoint-picker"; do
+    read -r name _ what <<<"$step"
+    key=$1$name
+    [ "$name" = bare ] && key=bare
+    if [ -z "$prev" ]; then
+      printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "$what" "${cpu[$key]}" "" "${med[$key]}" ""
+    else
+      printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "$what" "${cpu[$key]}" \
+        "$(delta "${cpu[$key]}" "${cpu[$prev]}")" "${med[$key]}" "$(delta "${med[$key]}" "${med[$prev]}")"
+    fi
+    prev=$key
+  done
+}
+prefix_table ""
 for n in 1 8; do
   echo "bare Envoy + $n no-op wasm filter(s): CPU $(delta "${cpu[noop$n]}" "${cpu[bare]}") us/req," \
     "p50 $(delta "${med[noop$n]}" "${med[bare]}") us"
@@ -303,6 +330,11 @@ echo "whole chain over bare Envoy: CPU $(delta "${cpu[chain]}" "${cpu[bare]}") u
   "p50 $(delta "${med[chain]}" "${med[bare]}") us"
 echo "whole chain natively (dynamic module) over bare Envoy: CPU" \
   "$(delta "${cpu[native_chain]}" "${cpu[bare]}") us/req, p50 $(delta "${med[native_chain]}" "${med[bare]}") us"
+echo
+echo "the same prefixes natively (an Envoy dynamic module, no VM):"
+printf '| %-22s | %12s | %12s | %12s | %12s |\n' "chain up to" "CPU us/req" "filter adds" "p50 us" "filter adds"
+printf '|%s|%s|%s|%s|%s|\n' "------------------------" "--------------" "--------------" "--------------" "--------------"
+prefix_table native_
 
 # ---- What one host call costs: a filter making 50 of one kind a request, against the no-op ----
 HOST_CALLS=(header headers set_header property set_property shared_get shared_set metric clock body)
@@ -323,11 +355,12 @@ done
 
 # ---- Side by side: throughput at BENCH_CONNECTIONS, latency at 1 ----
 wrk_run() { # name port connections -> "rps p50_us p99_us non2xx"; a name ending in _fresh: every prompt new
-  local fresh=0
+  local fresh=0 url="http://127.0.0.1:$2/v1/chat/completions" body=$BENCH_BODY
   [[ $1 == *_fresh ]] && fresh=1
-  BENCH_FRESH=$fresh wrk -t1 -c"$3" -d1s -s scripts/lib/post.lua "http://127.0.0.1:$2/v1/chat/completions" >/dev/null
-  BENCH_FRESH=$fresh wrk -t1 -c"$3" -d"${SECONDS_PER_RUN}s" --latency -s scripts/lib/post.lua \
-    "http://127.0.0.1:$2/v1/chat/completions" | "$PY" scripts/lib/wrk_summary.py
+  [[ $1 == tensorzero* ]] && url=$TENSORZERO_URL/chat/completions body=$work/body-tensorzero.json
+  BENCH_BODY=$body BENCH_FRESH=$fresh wrk -t1 -c"$3" -d1s -s scripts/lib/post.lua "$url" >/dev/null
+  BENCH_BODY=$body BENCH_FRESH=$fresh wrk -t1 -c"$3" -d"${SECONDS_PER_RUN}s" --latency -s scripts/lib/post.lua \
+    "$url" | "$PY" scripts/lib/wrk_summary.py
 }
 # Only the Envoys measured here keep running (the others' timers would share the cores).
 for step in "${STEPS[@]}"; do
@@ -335,7 +368,12 @@ for step in "${STEPS[@]}"; do
   case $name in bare | chain | "${BENCH_PERF:-}") ;; *) pid_var=PID_$name; kill -TERM "${!pid_var}" 2>/dev/null || true ;; esac
 done
 kill -TERM "$PID_unmeasured" 2>/dev/null || true
-for n in noop1 noop8 calls native1 native8 native_calls; do [ "$n" = "${BENCH_PERF:-}" ] || { pid_var=PID_$n; kill -TERM "${!pid_var}" 2>/dev/null || true; }; done
+for step in "${STEPS[@]:1}"; do
+  read -r name _ <<<"$step"
+  perf_row=${BENCH_PERF:-}
+  case $name in chain | "${perf_row#native_}") ;; *) pid_var=PID_native_$name; kill -TERM "${!pid_var}" 2>/dev/null || true ;; esac
+done
+for n in noop1 noop8 calls native1 native8 native_calls native_picker; do [ "$n" = "${BENCH_PERF:-}" ] || { pid_var=PID_$n; kill -TERM "${!pid_var}" 2>/dev/null || true; }; done
 sleep 1
 echo
 WRK_ROUNDS=${BENCH_WRK_ROUNDS:-3}
@@ -347,6 +385,7 @@ rows=(direct:$MOCK_PORT bare:$PORT_bare chain:$PORT_chain native_chain:$PORT_nat
   picker:$PORT_picker sepvm:$PORT_sepvm bare_fresh:$PORT_bare chain_fresh:$PORT_chain
   native_chain_fresh:$PORT_native_chain)
 [ -z "$BASELINE_WASM" ] || rows+=(baseline:$PORT_baseline baseline_fresh:$PORT_baseline)
+[ -z "$TENSORZERO_URL" ] || rows+=(tensorzero:0 tensorzero_fresh:0)
 declare -A rps p50 p99
 for round in $(seq "$WRK_ROUNDS"); do
   for t in "${rows[@]}"; do
@@ -376,6 +415,11 @@ awk -v c="${rps[native_chain]}" -v b="${rps[bare]}" -v w="${rps[chain]}" -v cp="
   printf "whole chain natively (dynamic module): %.0f%% of bare Envoy'"'"'s throughput (x%.2f the wasm chain); p50 %+.0f us, p99 %+.0f us over bare Envoy\n", 100 * c / b, c / w, cp - bp, c9 - b9 }'
 awk -v c="${rps[native_chain_fresh]}" -v b="${rps[bare_fresh]}" -v cp="${p50[native_chain_fresh]}" -v bp="${p50[bare_fresh]}" 'BEGIN {
   printf "whole chain natively, every prompt new: %.0f%% of bare Envoy'"'"'s throughput; p50 %+.0f us over bare Envoy\n", 100 * c / b, cp - bp }'
+if [ -n "$TENSORZERO_URL" ]; then
+  awk -v n="${rps[native_chain]}" -v w="${rps[chain]}" -v t="${rps[tensorzero]}" -v nf="${rps[native_chain_fresh]}" \
+    -v wf="${rps[chain_fresh]}" -v tf="${rps[tensorzero_fresh]}" -v tp="${p50[tensorzero]}" -v bp="${p50[bare]}" 'BEGIN {
+    printf "against TensorZero (no policies; p50 %+.0f us over bare Envoy): the native chain x%.2f its throughput, the wasm chain x%.2f; every prompt new: x%.2f and x%.2f\n", tp - bp, n / t, w / t, nf / tf, wf / tf }'
+fi
 awk -v c="${rps[picker]}" -v s="${rps[sepvm]}" -v cp="${p50[picker]}" -v sp="${p50[sepvm]}" 'BEGIN {
   printf "whole chain with endpoint-picker, one VM against a VM per filter: throughput x%.2f, p50 %+.0f us\n", c / s, cp - sp }'
 if [ -n "$BASELINE_WASM" ]; then
@@ -394,7 +438,12 @@ if [ "${BENCH_PERF:-0}" != 0 ]; then
   wrk -t1 -c"$CONNS" -d"$((SECONDS_PER_RUN + 2))s" -s scripts/lib/post.lua "http://127.0.0.1:${!port_var}/v1/chat/completions" >/dev/null &
   wrk_pid=$!
   sleep 1
-  perf record -q -F 999 -g -p "${!pid_var}" -o "$work/perf.data" -- sleep "$SECONDS_PER_RUN" 2>/dev/null
+  # BENCH_PERF_DATA=FILE: DWARF call graphs (the stripped Envoy has no frame pointers to
+  # walk: a call into Envoy is seen under the module's frame that made it), kept in FILE.
+  graph=(-g)
+  [ -z "${BENCH_PERF_DATA:-}" ] || graph=(--call-graph dwarf,16384)
+  perf record -q -F 999 "${graph[@]}" -p "${!pid_var}" -o "$work/perf.data" -- sleep "$SECONDS_PER_RUN" 2>/dev/null
+  [ -z "${BENCH_PERF_DATA:-}" ] || cp "$work/perf.data" "$BENCH_PERF_DATA"
   wait "$wrk_pid" || true
   perf report -i "$work/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null >"$work/perf.txt" || true
   echo
