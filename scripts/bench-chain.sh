@@ -276,7 +276,6 @@ echo "bench-chain: $(stat -c %s "$work/body.json")-byte chat, one client sending
   "each Envoy's CPU per request (schedstat over the rounds) and median latency"
 printf '| %-22s | %12s | %12s | %12s | %12s |\n' "chain up to" "CPU us/req" "filter adds" "p50 us" "filter adds"
 printf '|%s|%s|%s|%s|%s|\n' "------------------------" "--------------" "--------------" "--------------" "--------------"
-prev=""
 # prefix_table PREFIX: the table's rows, for the Envoys named PREFIX<step> (bare Envoy first).
 prefix_table() {
   local prev="" name key what
