@@ -73,7 +73,8 @@ wait_until 30 file_written "$work/mock.port" || { echo "bench-chain: no mock" >&
 MOCK_PORT=$(cat "$work/mock.port")
 TENSORZERO_URL=""
 if [ "${BENCH_TENSORZERO:-1}" != 0 ]; then
-  tz_python=$(scripts/tensorzero.sh | tail -1)
+  tz_python=$(scripts/tensorzero.sh | tail -1) ||
+    { echo "bench-chain: TensorZero did not install (BENCH_TENSORZERO=0 leaves its row out)" >&2; exit 1; }
   "$tz_python" scripts/lib/tensorzero-gateway.py "$MOCK_PORT" "$work" >"$work/tensorzero.log" 2>&1 &
   pids+=($!)
   wait_until 30 file_written "$work/tensorzero.url" || { cat "$work/tensorzero.log" >&2; exit 1; }
