@@ -28,7 +28,7 @@ pub struct Tokenizer {
     /// Special tokens (text, id): in a model's prompt text each is one
     /// token, as the engines read a rendered chat template (llama.cpp's `parse_special`,
     /// Hugging Face's added tokens).
-    specials: Vec<(&'static str, u32)>,
+    specials: &'static [(&'static str, u32)],
     /// An automaton over `specials`' texts (pattern i is `specials[i]`), leftmost-longest
     /// as llama.cpp's `parse_special` reads them; `None` with no specials.
     special_finder: Option<AhoCorasick>,
@@ -219,7 +219,7 @@ fn load(name: &'static str, data: &'static Aligned<[u8]>, pattern: Pattern) -> O
         name,
         vocab: Vocab::from_tables(&data.0)?,
         pattern,
-        specials: Vec::new(),
+        specials: &[],
         special_finder: None,
         bos: None,
         eos: None,
@@ -263,18 +263,17 @@ fn load_family(f: &Family) -> Option<Tokenizer> {
     if !f.built {
         return None;
     }
-    let specials = f.specials.to_vec();
     // A contiguous NFA: built in a fraction of the time a DFA takes (Llama 3's 256 tokens:
     // about 9 ms in V8 at the first count for the DFA the builder picks by itself), and the
     // prompt is searched once. One that cannot be built leaves the family out, as a table
     // that does not load does.
-    let special_finder = if specials.is_empty() {
+    let special_finder = if f.specials.is_empty() {
         None
     } else {
         let finder = AhoCorasick::builder()
             .kind(Some(AhoCorasickKind::ContiguousNFA))
             .match_kind(MatchKind::LeftmostLongest)
-            .build(specials.iter().map(|(s, _)| s))
+            .build(f.specials.iter().map(|(s, _)| s))
             .ok()?;
         Some(finder)
     };
@@ -287,7 +286,7 @@ fn load_family(f: &Family) -> Option<Tokenizer> {
         None => None,
     };
     Some(Tokenizer {
-        specials,
+        specials: f.specials,
         special_finder,
         bos: f.bos,
         eos: f.eos,
@@ -443,7 +442,7 @@ mod tests {
     /// The scan `split_specials` replaced: at every byte, the longest special token that
     /// starts there.
     fn split_by_scan(t: &Tokenizer, text: &str) -> Vec<Result<String, u32>> {
-        let mut longest_first = t.specials.clone();
+        let mut longest_first = t.specials.to_vec();
         longest_first.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         let (bytes, mut out, mut plain, mut i) = (text.as_bytes(), Vec::new(), 0, 0);
         while i < bytes.len() {
