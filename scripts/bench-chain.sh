@@ -363,17 +363,17 @@ wrk_run() { # name port connections -> "rps p50_us p99_us non2xx"; a name ending
     "$url" | "$PY" scripts/lib/wrk_summary.py
 }
 # Only the Envoys measured here keep running (the others' timers would share the cores).
+stop=(unmeasured noop1 noop8 calls native1 native8 native_calls native_picker)
 for step in "${STEPS[@]}"; do
   read -r name _ <<<"$step"
-  case $name in bare | chain | "${BENCH_PERF:-}") ;; *) pid_var=PID_$name; kill -TERM "${!pid_var}" 2>/dev/null || true ;; esac
+  stop+=("$name")
+  [ "$name" = bare ] || stop+=("native_$name")
 done
-kill -TERM "$PID_unmeasured" 2>/dev/null || true
-for step in "${STEPS[@]:1}"; do
-  read -r name _ <<<"$step"
-  perf_row=${BENCH_PERF:-}
-  case $name in chain | "${perf_row#native_}") ;; *) pid_var=PID_native_$name; kill -TERM "${!pid_var}" 2>/dev/null || true ;; esac
+for n in "${stop[@]}"; do
+  case $n in bare | chain | native_chain | "${BENCH_PERF:-}") continue ;; esac
+  pid_var=PID_$n
+  kill -TERM "${!pid_var}" 2>/dev/null || true
 done
-for n in noop1 noop8 calls native1 native8 native_calls native_picker; do [ "$n" = "${BENCH_PERF:-}" ] || { pid_var=PID_$n; kill -TERM "${!pid_var}" 2>/dev/null || true; }; done
 sleep 1
 echo
 WRK_ROUNDS=${BENCH_WRK_ROUNDS:-3}
