@@ -6,7 +6,17 @@ use sluice_common::api::{usage_of, Api, RequestView, GOVERNED_PATHS};
 
 fuzz_target!(|data: &[u8]| {
     for (_, api) in GOVERNED_PATHS {
-        if let Ok(view) = RequestView::parse(api, data) {
+        let parsed = RequestView::parse(api, data);
+        // Through the thread's kept tree (twice: parsed, then found): the same answer.
+        for _ in 0..2 {
+            let shared = RequestView::parse_shared(api, data);
+            match (&parsed, &shared) {
+                (Ok(a), Ok(b)) => assert_eq!(a.body, b.body),
+                (Err(a), Err(b)) => assert_eq!(a.body(), b.body()),
+                _ => panic!("parse and parse_shared disagree"),
+            }
+        }
+        if let Ok(view) = parsed {
             assert!(view.model().is_ok_and(|m| !m.is_empty()));
             let _ = (view.stream(), view.output_cap(), view.include_usage());
             let _ = view.texts();

@@ -21,6 +21,7 @@ use crate::error::{ErrorKind, OpenAiError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 /// One governed API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -211,7 +212,16 @@ fn invalid(message: impl Into<String>, param: &str) -> OpenAiError {
 #[derive(Debug, Clone)]
 pub struct RequestView {
     pub api: Api,
-    pub body: Value,
+    /// Shared with [`crate::parsed`] when parsed through it ([`RequestView::parse_shared`]);
+    /// [`RequestView::body_mut`] to change it.
+    pub body: Rc<Value>,
+}
+
+fn unparsable(e: &serde_json::Error) -> OpenAiError {
+    OpenAiError::new(
+        ErrorKind::InvalidRequest,
+        format!("We could not parse the JSON body of your request ({e})."),
+    )
 }
 
 impl RequestView {
@@ -219,26 +229,27 @@ impl RequestView {
     /// an object, a missing or non-string `model`, or a field the API requires missing or of
     /// the wrong type.
     pub fn parse(api: Api, bytes: &[u8]) -> Result<Self, OpenAiError> {
-        let body: Value = serde_json::from_slice(bytes).map_err(|e| {
-            OpenAiError::new(
-                ErrorKind::InvalidRequest,
-                format!("We could not parse the JSON body of your request ({e})."),
-            )
-        })?;
+        let body: Value = serde_json::from_slice(bytes).map_err(|e| unparsable(&e))?;
         Self::from_value(api, body)
     }
 
-    pub fn from_value(api: Api, body: Value) -> Result<Self, OpenAiError> {
-        if !body.is_object() {
-            return Err(OpenAiError::new(
-                ErrorKind::InvalidRequest,
-                "The request body must be a JSON object.",
-            ));
-        }
-        let view = Self { api, body };
-        view.model()?;
-        view.check_fields()?;
-        Ok(view)
+    /// [`RequestView::parse`] through the thread's kept tree ([`crate::parsed`]): the tree
+    /// an earlier filter built of exactly these bytes, else one built now and kept for the
+    /// filters after this one. For the chain's filters; the same answer as `parse`.
+    pub fn parse_shared(api: Api, bytes: &[u8]) -> Result<Self, OpenAiError> {
+        let body = crate::parsed::parsed_body(bytes).map_err(|e| unparsable(&e))?;
+        Self::from_value(api, body)
+    }
+
+    pub fn from_value(api: Api, body: impl Into<Rc<Value>>) -> Result<Self, OpenAiError> {
+        let body = body.into();
+        check_request(api, &body)?;
+        Ok(Self { api, body })
+    }
+
+    /// The body to change: in place when this view is its only holder, else a copy.
+    pub fn body_mut(&mut self) -> &mut Value {
+        Rc::make_mut(&mut self.body)
     }
 
     /// `model`: required, a non-empty string, for every API.
@@ -287,79 +298,93 @@ impl RequestView {
     pub fn texts(&self) -> Vec<&str> {
         strings_at_all(&self.body, self.api.request_text_paths())
     }
+}
 
-    /// The user-visible structure rules each API enforces before anything is sent.
-    fn check_fields(&self) -> Result<(), OpenAiError> {
-        let array_of_objects = |key: &str| -> Result<(), OpenAiError> {
-            match self.body.get(key) {
-                Some(Value::Array(items)) if items.iter().all(Value::is_object) => Ok(()),
-                Some(Value::Array(_)) => {
-                    Err(invalid(format!("Each of '{key}' must be an object."), key))
-                }
-                _ => Err(invalid(format!("'{key}' must be an array."), key)),
+/// The rules [`RequestView`] checks of a parsed body: a JSON object with a non-empty string
+/// `model` and the API's fields of the right types (for readers that only need to know the
+/// body would pass, without owning a view of it).
+pub fn check_request(api: Api, body: &Value) -> Result<(), OpenAiError> {
+    if !body.is_object() {
+        return Err(OpenAiError::new(
+            ErrorKind::InvalidRequest,
+            "The request body must be a JSON object.",
+        ));
+    }
+    model_of(body)?;
+    check_fields(api, body)
+}
+
+/// The user-visible structure rules each API enforces before anything is sent.
+fn check_fields(api: Api, body: &Value) -> Result<(), OpenAiError> {
+    let array_of_objects = |key: &str| -> Result<(), OpenAiError> {
+        match body.get(key) {
+            Some(Value::Array(items)) if items.iter().all(Value::is_object) => Ok(()),
+            Some(Value::Array(_)) => {
+                Err(invalid(format!("Each of '{key}' must be an object."), key))
             }
-        };
-        // A field of the right JSON type; `optional`: absent or null passes too.
-        let field = |key: &str,
-                     optional: bool,
-                     ok: fn(&Value) -> bool,
-                     message: &str|
-         -> Result<(), OpenAiError> {
-            match self.body.get(key) {
-                None | Some(Value::Null) if optional => Ok(()),
-                Some(v) if ok(v) => Ok(()),
-                _ => Err(invalid(message, key)),
-            }
-        };
-        let cap = |key: &str, required: bool| -> Result<(), OpenAiError> {
-            match self.body.get(key) {
-                None | Some(Value::Null) if !required => Ok(()),
-                Some(v) if v.as_u64().is_some() => Ok(()),
-                None | Some(Value::Null) => Err(invalid(format!("'{key}' is required."), key)),
-                Some(_) => Err(invalid(
-                    format!("'{key}' must be a non-negative integer."),
-                    key,
-                )),
-            }
-        };
-        match self.api {
-            Api::Chat => {
-                array_of_objects("messages")?;
-                cap("max_tokens", false)?;
-                cap("max_completion_tokens", false)
-            }
-            Api::Completions => cap("max_tokens", false),
-            Api::Embeddings => field(
+            _ => Err(invalid(format!("'{key}' must be an array."), key)),
+        }
+    };
+    // A field of the right JSON type; `optional`: absent or null passes too.
+    let field = |key: &str,
+                 optional: bool,
+                 ok: fn(&Value) -> bool,
+                 message: &str|
+     -> Result<(), OpenAiError> {
+        match body.get(key) {
+            None | Some(Value::Null) if optional => Ok(()),
+            Some(v) if ok(v) => Ok(()),
+            _ => Err(invalid(message, key)),
+        }
+    };
+    let cap = |key: &str, required: bool| -> Result<(), OpenAiError> {
+        match body.get(key) {
+            None | Some(Value::Null) if !required => Ok(()),
+            Some(v) if v.as_u64().is_some() => Ok(()),
+            None | Some(Value::Null) => Err(invalid(format!("'{key}' is required."), key)),
+            Some(_) => Err(invalid(
+                format!("'{key}' must be a non-negative integer."),
+                key,
+            )),
+        }
+    };
+    match api {
+        Api::Chat => {
+            array_of_objects("messages")?;
+            cap("max_tokens", false)?;
+            cap("max_completion_tokens", false)
+        }
+        Api::Completions => cap("max_tokens", false),
+        Api::Embeddings => field(
+            "input",
+            false,
+            |v| matches!(v, Value::String(_) | Value::Array(_)),
+            "'input' must be a string or an array of strings or token ids.",
+        ),
+        Api::Responses => {
+            field(
                 "input",
-                false,
+                true,
                 |v| matches!(v, Value::String(_) | Value::Array(_)),
-                "'input' must be a string or an array of strings or token ids.",
-            ),
-            Api::Responses => {
-                field(
-                    "input",
-                    true,
-                    |v| matches!(v, Value::String(_) | Value::Array(_)),
-                    "'input' must be a string or an array of input items.",
-                )?;
-                field(
-                    "instructions",
-                    true,
-                    Value::is_string,
-                    "'instructions' must be a string.",
-                )?;
-                cap("max_output_tokens", false)
-            }
-            Api::Messages | Api::CountTokens => {
-                array_of_objects("messages")?;
-                field(
-                    "system",
-                    true,
-                    |v| matches!(v, Value::String(_) | Value::Array(_)),
-                    "'system' must be a string or an array of text blocks.",
-                )?;
-                cap("max_tokens", self.api == Api::Messages)
-            }
+                "'input' must be a string or an array of input items.",
+            )?;
+            field(
+                "instructions",
+                true,
+                Value::is_string,
+                "'instructions' must be a string.",
+            )?;
+            cap("max_output_tokens", false)
+        }
+        Api::Messages | Api::CountTokens => {
+            array_of_objects("messages")?;
+            field(
+                "system",
+                true,
+                |v| matches!(v, Value::String(_) | Value::Array(_)),
+                "'system' must be a string or an array of text blocks.",
+            )?;
+            cap("max_tokens", api == Api::Messages)
         }
     }
 }

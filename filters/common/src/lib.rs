@@ -16,6 +16,7 @@ pub mod logging;
 pub mod memo;
 pub mod metrics;
 pub mod openai;
+pub mod parsed;
 pub mod policy;
 pub mod properties;
 pub mod replay;

@@ -512,7 +512,7 @@ impl Lifecycle for LimitedRequest {
         // The request model's view: each API's output cap, the same `model` rule.
         let path = host.header(Side::Request, ":path").unwrap_or_default();
         let view = sluice_common::api::governed_api(&path)
-            .and_then(|api| sluice_common::RequestView::parse(api, &body).ok());
+            .and_then(|api| sluice_common::RequestView::parse_shared(api, &body).ok());
         let max_tokens = view.as_ref().and_then(|v| v.output_cap());
         let model = routed_model(host).or_else(|| {
             view.as_ref()

@@ -119,7 +119,9 @@ impl Sampling {
     /// The fields as the body holds them (`None`: not a JSON object with them where they
     /// can be read alone, e.g. a repeated member).
     pub fn read(body: &[u8]) -> Option<Self> {
-        serde_json::from_slice(body).ok()
+        // A derived struct also reads a JSON array, as its fields in order: not a request.
+        let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        object.then(|| serde_json::from_slice(body).ok()).flatten()
     }
 
     fn of(body: &Value) -> Self {
@@ -128,6 +130,16 @@ impl Sampling {
             temperature: body.get("temperature").cloned(),
             seed: body.get("seed").filter(|s| !s.is_null()).cloned(),
         }
+    }
+
+    /// The fields as a parsed request holds them (`None`: not a JSON object), as
+    /// [`Sampling::read`] reads them from its bytes (`null` fields absent).
+    pub fn of_request(body: &Value) -> Option<Self> {
+        body.is_object().then(|| Self {
+            model: body.get("model").filter(|m| !m.is_null()).cloned(),
+            temperature: body.get("temperature").filter(|t| !t.is_null()).cloned(),
+            ..Self::of(body)
+        })
     }
 
     /// The answer does not depend on sampling: an API that does not sample,
@@ -260,8 +272,8 @@ pub fn semantic_text(api: Api, body: &Value, multi_turn: bool) -> Option<String>
     if !(one_turn || multi_turn) {
         return None;
     }
-    let view = sluice_common::RequestView::from_value(api, body.clone()).ok()?;
-    let text = view.texts().join("\n");
+    sluice_common::api::check_request(api, body).ok()?;
+    let text = sluice_common::api::strings_at_all(body, api.request_text_paths()).join("\n");
     (!text.trim().is_empty()).then_some(text)
 }
 

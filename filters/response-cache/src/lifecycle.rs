@@ -260,7 +260,7 @@ impl Source {
 #[derive(Debug)]
 struct Lookup {
     pending: Pending,
-    request: Value,
+    request: Rc<Value>,
     token: u32,
     step: Step,
 }
@@ -338,7 +338,13 @@ fn storable_json(api: Api, body: &[u8]) -> bool {
 impl CachedRequest {
     /// Decide with the whole body; answer a hit.
     fn on_body(&mut self, host: &mut dyn Host, api: Api, body: &[u8]) -> Flow {
-        let sampling = Sampling::read(body);
+        // token-counter, before this filter, parsed these bytes: their tree is read, not the
+        // bytes scanned again ([`sluice_common::parsed`]).
+        let known = sluice_common::parsed::known_body(body);
+        let sampling = match &known {
+            Some(tree) => Sampling::of_request(tree),
+            None => Sampling::read(body),
+        };
         let body_model = sampling
             .as_ref()
             .and_then(|s| s.model.as_ref())
@@ -354,7 +360,7 @@ impl CachedRequest {
         {
             return self.bypass(host, why, &upstream);
         }
-        let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        let Some(request) = known.or_else(|| sluice_common::parsed::parsed_body(body).ok()) else {
             // Not JSON: token-counter refuses it before it gets here.
             self.phase = Phase::Done;
             return Flow::Continue;
@@ -436,7 +442,7 @@ impl CachedRequest {
         &mut self,
         host: &mut dyn Host,
         pending: Pending,
-        request: Value,
+        request: Rc<Value>,
     ) -> Result<(), Box<Pending>> {
         let filter = self.filter.clone();
         let Some(sem) = &filter.settings.semantic else {

@@ -39,7 +39,9 @@ pub fn plan_request(
     now_unix_secs: u64,
     memos: Option<&CountMemos>,
 ) -> Result<RequestPlan, OpenAiError> {
-    let mut view = RequestView::parse(api, body)?;
+    // Parsed through the thread's kept tree: response-cache and rate-limit, after this
+    // filter, read the same tree instead of parsing the body again.
+    let mut view = RequestView::parse_shared(api, body)?;
     let model = view.model()?.to_string();
     let tokenizer = settings.tokenizer_for(&model);
     let rule = settings.rule_for(&model);
@@ -59,7 +61,10 @@ pub fn plan_request(
         stream && !view.include_usage() && settings.inject_include_usage && api.usage_on_request();
     let mut new_body = None;
     if inject {
-        if let Some(fields) = view.body.as_object_mut() {
+        // The body changes: the kept tree is no longer the one the next filter reads, and
+        // this view, its only holder then, changes it in place.
+        sluice_common::parsed::forget_body();
+        if let Some(fields) = view.body_mut().as_object_mut() {
             let options = fields
                 .entry("stream_options")
                 .or_insert_with(|| Value::Object(Map::new()));
@@ -70,7 +75,7 @@ pub fn plan_request(
                 o.insert("include_usage".into(), Value::Bool(true));
             }
         }
-        new_body = serde_json::to_vec(&view.body).ok();
+        new_body = serde_json::to_vec(&*view.body).ok();
     }
     Ok(RequestPlan {
         api,

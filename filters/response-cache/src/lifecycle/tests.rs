@@ -373,3 +373,35 @@ fn other_paths_and_methods_pass_untouched() {
         assert!(host.effects().is_empty());
     }
 }
+
+#[test]
+fn a_request_decides_the_same_whether_an_earlier_filter_parsed_it_or_not() {
+    // token-counter, before this filter, leaves its tree of the body in
+    // `sluice_common::parsed`; this filter then reads that tree instead of scanning the
+    // bytes. The host calls must be the same either way, for every kind of body.
+    let bodies = [
+        json!({"model": "chat-m", "temperature": 0.8, "messages": []}),
+        json!({"model": "chat-m", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}),
+        json!({"model": "chat-m", "temperature": null, "seed": 7, "messages": [{"role": "user", "content": "hi"}]}),
+        json!({"model": "chat-m", "seed": null, "messages": [{"role": "user", "content": "hi"}]}),
+        json!({"model": null, "temperature": 0, "messages": []}),
+        json!({"model": "other", "temperature": 0, "messages": []}),
+        json!(["not", "an", "object"]),
+        embeddings(),
+    ];
+    for body in bodies {
+        let mut runs = Vec::new();
+        for primed in [false, true] {
+            let mut host = MockHost::new();
+            let f = filter(&mut host);
+            let bytes = body.to_string().into_bytes();
+            sluice_common::parsed::forget_body();
+            if primed {
+                let _ = sluice_common::parsed::parsed_body(&bytes);
+            }
+            let (_, flow) = send(&mut host, &f, "/v1/chat/completions", "t", &body, None);
+            runs.push((flow, host.calls()));
+        }
+        assert_eq!(runs[0], runs[1], "{body}");
+    }
+}
