@@ -11,8 +11,12 @@
 //! client sends can make a filter read another body's tree. Only a tree parsed from the
 //! bytes is ever kept (a rewritten tree is not: a float written and read back may differ in
 //! its last digit from the tree it was written from). One entry, of bodies up to
-//! [`MAX_SHARED_BODY`]: what a thread holds is bounded by one body and its tree.
+//! [`MAX_SHARED_BODY`]: what a thread holds is bounded by one body and its tree. Not a
+//! [`crate::memo::TextMemo`]: the reader wants the body the filter before it just parsed,
+//! so one entry compared in place does, where the memo would hash every body and keep many
+//! trees; the comparison is the memo's (`memo::same_bytes`).
 
+use crate::memo::same_bytes;
 use serde_json::Value;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -56,7 +60,7 @@ pub fn known_body(bytes: &[u8]) -> Option<Rc<Value>> {
     LAST.with(|last| {
         let last = last.try_borrow().ok()?;
         let parsed = last.as_ref()?;
-        (parsed.bytes == bytes).then(|| Rc::clone(&parsed.tree))
+        same_bytes(&parsed.bytes, bytes).then(|| Rc::clone(&parsed.tree))
     })
 }
 
