@@ -275,21 +275,20 @@ while read -r name us cpu_us; do med[$name]=$us; cpu[$name]=$cpu_us; done < <(
 echo "bench-chain: $(stat -c %s "$work/body.json")-byte chat, one client sending it to each Envoy" \
   "(--concurrency $ENVOY_CONCURRENCY) in turn, $ROUNDS rounds on kept-alive connections;" \
   "each Envoy's CPU per request (schedstat over the rounds) and median latency"
-printf '| %-22s | %12s | %12s | %12s | %12s |\n' "chain up to" "CPU us/req" "filter adds" "p50 us" "filter adds"
-printf '|%s|%s|%s|%s|%s|\n' "------------------------" "--------------" "--------------" "--------------" "--------------"
-# prefix_table PREFIX: the table's rows, for the Envoys named PREFIX<step> (bare Envoy first).
+# prefix_table PREFIX: the table, for the Envoys named PREFIX<step> (bare Envoy first).
 prefix_table() {
-  local prev="" name key what
+  local prev="" name key what cpu_adds p50_adds
+  printf '| %-22s | %12s | %12s | %12s | %12s |\n' "chain up to" "CPU us/req" "filter adds" "p50 us" "filter adds"
+  printf '|%s|%s|%s|%s|%s|\n' "------------------------" "--------------" "--------------" "--------------" "--------------"
   for step in "${STEPS[@]}" "picker sluice.endpoint_picker endpoint-picker"; do
     read -r name _ what <<<"$step"
     key=$1$name
     [ "$name" = bare ] && key=bare
-    if [ -z "$prev" ]; then
-      printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "$what" "${cpu[$key]}" "" "${med[$key]}" ""
-    else
-      printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "$what" "${cpu[$key]}" \
-        "$(delta "${cpu[$key]}" "${cpu[$prev]}")" "${med[$key]}" "$(delta "${med[$key]}" "${med[$prev]}")"
+    cpu_adds="" p50_adds=""
+    if [ -n "$prev" ]; then
+      cpu_adds=$(delta "${cpu[$key]}" "${cpu[$prev]}") p50_adds=$(delta "${med[$key]}" "${med[$prev]}")
     fi
+    printf '| %-22s | %12.0f | %12s | %12.0f | %12s |\n' "$what" "${cpu[$key]}" "$cpu_adds" "${med[$key]}" "$p50_adds"
     prev=$key
   done
 }
@@ -332,8 +331,6 @@ echo "whole chain natively (dynamic module) over bare Envoy: CPU" \
   "$(delta "${cpu[native_chain]}" "${cpu[bare]}") us/req, p50 $(delta "${med[native_chain]}" "${med[bare]}") us"
 echo
 echo "the same prefixes natively (an Envoy dynamic module, no VM):"
-printf '| %-22s | %12s | %12s | %12s | %12s |\n' "chain up to" "CPU us/req" "filter adds" "p50 us" "filter adds"
-printf '|%s|%s|%s|%s|%s|\n' "------------------------" "--------------" "--------------" "--------------" "--------------"
 prefix_table native_
 
 # ---- What one host call costs: a filter making 50 of one kind a request, against the no-op ----

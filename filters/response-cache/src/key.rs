@@ -124,22 +124,20 @@ impl Sampling {
         object.then(|| serde_json::from_slice(body).ok()).flatten()
     }
 
+    /// The fields as a parsed request holds them, as [`Sampling::read`] reads them from its
+    /// bytes (`null` fields absent).
     fn of(body: &Value) -> Self {
+        let field = |k: &str| body.get(k).filter(|v| !v.is_null()).cloned();
         Self {
-            model: None,
-            temperature: body.get("temperature").cloned(),
-            seed: body.get("seed").filter(|s| !s.is_null()).cloned(),
+            model: field("model"),
+            temperature: field("temperature"),
+            seed: field("seed"),
         }
     }
 
-    /// The fields as a parsed request holds them (`None`: not a JSON object), as
-    /// [`Sampling::read`] reads them from its bytes (`null` fields absent).
+    /// [`Sampling::of`] a parsed request (`None`: not a JSON object).
     pub fn of_request(body: &Value) -> Option<Self> {
-        body.is_object().then(|| Self {
-            model: body.get("model").filter(|m| !m.is_null()).cloned(),
-            temperature: body.get("temperature").filter(|t| !t.is_null()).cloned(),
-            ..Self::of(body)
-        })
+        body.is_object().then(|| Self::of(body))
     }
 
     /// The answer does not depend on sampling: an API that does not sample,
