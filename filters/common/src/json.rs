@@ -4,6 +4,7 @@
 use serde::de::{
     Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
 };
+use smallvec::SmallVec;
 use std::borrow::Cow;
 
 /// Remove the top-level member `key` of a JSON object whose value is exactly `null`
@@ -165,13 +166,27 @@ pub fn for_each_string_at(
     Ok(going)
 }
 
-/// A dotted path's first step and the rest (empty when it was the last).
-fn first_step(path: &str) -> (&str, &str) {
-    path.split_once('.').unwrap_or((path, ""))
+/// What is left of a dotted path after a member named `key` (`None`: an array's element),
+/// if its first step goes there: a step is a member's name, or `*` for any. Compared in
+/// place: cutting the path at its first dot for every member of the document took a
+/// `memchr` per path and member, about a fifth of the walk of a 2 KB chat.
+fn step_into<'s>(path: &'s str, key: Option<&str>) -> Option<&'s str> {
+    let after = |rest: &'s str| match rest.as_bytes().first() {
+        None => Some(""),
+        Some(b'.') => rest.get(1..),
+        Some(_) => None,
+    };
+    // A step has no dot, so a name with one is no step's (checked only on a match).
+    key.and_then(|k| path.strip_prefix(k).filter(|_| !k.contains('.')))
+        .and_then(after)
+        .or_else(|| path.strip_prefix('*').and_then(after))
 }
 
-/// What is left of [`for_each_string_at`]'s paths at one value: each path's remaining
-/// steps, empty for a path that ends here.
+/// What is left of each path at one value: its remaining steps, empty for a path that
+/// ends there. On the stack for the few paths a walk follows.
+type Rests<'s> = SmallVec<[&'s str; 6]>;
+
+/// What is left of [`for_each_string_at`]'s paths at one value.
 struct Node<'r, 's, 'f> {
     rests: &'r [&'s str],
     f: &'f mut dyn FnMut(&str) -> bool,
@@ -179,14 +194,14 @@ struct Node<'r, 's, 'f> {
 
 impl<'s> Node<'_, 's, '_> {
     /// The paths that go on into a member named `key` (`None`: an array's element).
-    fn paths_into(&self, key: Option<&str>) -> Vec<&'s str> {
-        self.rests
-            .iter()
-            .filter(|p| !p.is_empty())
-            .map(|p| first_step(p))
-            .filter(|(step, _)| *step == "*" || Some(*step) == key)
-            .map(|(_, rest)| rest)
-            .collect()
+    fn paths_into(&self, key: Option<&str>) -> Rests<'s> {
+        let mut into = Rests::new();
+        for p in self.rests.iter().filter(|p| !p.is_empty()) {
+            if let Some(rest) = step_into(p, key) {
+                into.push(rest);
+            }
+        }
+        into
     }
 }
 
@@ -220,7 +235,7 @@ impl<'de> Visitor<'de> for Node<'_, '_, '_> {
             let rests = if going {
                 self.paths_into(Some(&key.0))
             } else {
-                Vec::new()
+                Rests::new()
             };
             if rests.is_empty() {
                 map.next_value::<IgnoredAny>()?;
@@ -407,7 +422,7 @@ mod tests {
         leaf.prop_recursive(4, 40, 4, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map("[abc*]{1,2}", inner, 0..4)
+                prop::collection::btree_map("[abc*.]{1,3}", inner, 0..4)
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })

@@ -14,6 +14,7 @@
 //! Envoy's scheduler only posts to a dispatcher.
 #![allow(unsafe_code)]
 
+use smallvec::SmallVec;
 use std::ffi::c_void;
 
 /// Bytes owned by Envoy (valid until the hook returns).
@@ -506,8 +507,8 @@ fn copied_headers(raw: &[HttpHeader]) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Strings as the ABI takes a list of them, pointing into `strings` (which must outlive
-/// the call).
-fn module_buffers(strings: &[&str]) -> Vec<ModuleBuffer> {
+/// the call). On the stack for the few labels a metric has.
+fn module_buffers(strings: &[&str]) -> SmallVec<[ModuleBuffer; 8]> {
     strings
         .iter()
         .map(|s| ModuleBuffer::of(s.as_bytes()))
@@ -614,14 +615,16 @@ impl Filter {
     }
 
     /// The chunks of one body buffer, as Envoy holds them (valid until the hook returns).
-    fn body_chunks(&self, b: BodyType) -> Vec<EnvoyBuffer> {
+    /// On the stack for the few chunks a body usually is: a request reads a body buffer
+    /// or its size about twenty times.
+    fn body_chunks(&self, b: BodyType) -> SmallVec<[EnvoyBuffer; 8]> {
         // SAFETY: the filter pointer is live during the hook.
         let count =
             unsafe { envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, b as u32) };
         if count == 0 {
-            return Vec::new();
+            return SmallVec::new();
         }
-        let mut chunks = vec![EnvoyBuffer::EMPTY; count];
+        let mut chunks: SmallVec<[EnvoyBuffer; 8]> = smallvec::smallvec![EnvoyBuffer::EMPTY; count];
         // SAFETY: `chunks` holds as many entries as Envoy said there are.
         let filled = unsafe {
             envoy_dynamic_module_callback_http_get_body_chunks(
@@ -633,7 +636,7 @@ impl Filter {
         if filled {
             chunks
         } else {
-            Vec::new()
+            SmallVec::new()
         }
     }
 
@@ -674,25 +677,25 @@ impl Filter {
         }
     }
 
-    pub fn filter_state(&self, key: &str) -> Option<Vec<u8>> {
+    pub fn filter_state(&self, key: &[u8]) -> Option<Vec<u8>> {
         let mut result = EnvoyBuffer::EMPTY;
         // SAFETY: the filter pointer is live; `result` is a local.
         let found = unsafe {
             envoy_dynamic_module_callback_http_get_filter_state_bytes(
                 self.0,
-                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(key),
                 &mut result,
             )
         };
         found.then(|| result.as_slice().to_vec())
     }
 
-    pub fn set_filter_state(&self, key: &str, value: &[u8]) -> bool {
+    pub fn set_filter_state(&self, key: &[u8], value: &[u8]) -> bool {
         // SAFETY: the filter pointer is live; the buffers outlive the call.
         unsafe {
             envoy_dynamic_module_callback_http_set_filter_state_bytes(
                 self.0,
-                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(key),
                 ModuleBuffer::of(value),
             )
         }

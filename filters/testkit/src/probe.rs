@@ -9,7 +9,9 @@
 //! read and write back, the whole request body; `rewrite_body` writes it back with a
 //! space after it), `chain` (`<count>` times the host calls the
 //! whole chain makes a request, by kind and phase, with none of its work: what the calls
-//! cost apart from the code around them), `json` (read it and parse it into a
+//! cost apart from the code around them; `chain_rqh`, `chain_rqb` and `chain_rs` make only
+//! the calls of the request's headers, of its body, or of the response, holding both sides
+//! as `chain` does, and any other `chain_*` only holds), `json` (read it and parse it into a
 //! `serde_json::Value`, `<count>` times: what V8 makes of typical Rust code); `response` (hold the
 //! response until its body is in, then read it); `memory` (keep `<count>` MB of linear memory in use, no calls); `attributes`
 //! (on the response's headers, Envoy's `request.id`, `response.code_details` and
@@ -175,9 +177,11 @@ fn chain_response_body(host: &mut dyn Host, size: usize, metric: Option<u32>) {
 impl Lifecycle for ProbeRequest {
     fn on_request_headers(&mut self, host: &mut dyn Host, end: bool) -> Flow {
         let p = &self.0;
-        if p.call == "chain" {
-            for _ in 0..p.count {
-                chain_request_headers(host, p.metric);
+        if p.call.starts_with("chain") {
+            if p.call == "chain" || p.call == "chain_rqh" {
+                for _ in 0..p.count {
+                    chain_request_headers(host, p.metric);
+                }
             }
             return if end { Flow::Continue } else { Flow::Pause };
         }
@@ -235,7 +239,7 @@ impl Lifecycle for ProbeRequest {
         }
         for _ in 0..self.0.count {
             match self.0.call.as_str() {
-                "chain" => chain_request_body(host, size),
+                "chain" | "chain_rqb" => chain_request_body(host, size),
                 "body" => drop(host.body(Side::Request, size)),
                 "json" => {
                     let body = host.body(Side::Request, size);
@@ -260,9 +264,11 @@ impl Lifecycle for ProbeRequest {
     }
 
     fn on_response_headers(&mut self, host: &mut dyn Host, end: bool) -> Flow {
-        if self.0.call == "chain" {
-            for _ in 0..self.0.count {
-                chain_response_headers(host, self.0.metric);
+        if self.0.call.starts_with("chain") {
+            if self.0.call == "chain" || self.0.call == "chain_rs" {
+                for _ in 0..self.0.count {
+                    chain_response_headers(host, self.0.metric);
+                }
             }
             return if end { Flow::Continue } else { Flow::Pause };
         }
@@ -293,12 +299,14 @@ impl Lifecycle for ProbeRequest {
     }
 
     fn on_response_body(&mut self, host: &mut dyn Host, size: usize, end: bool) -> Flow {
-        if self.0.call == "chain" {
+        if self.0.call.starts_with("chain") {
             if !end {
                 return Flow::Pause;
             }
-            for _ in 0..self.0.count {
-                chain_response_body(host, size, self.0.metric);
+            if self.0.call == "chain" || self.0.call == "chain_rs" {
+                for _ in 0..self.0.count {
+                    chain_response_body(host, size, self.0.metric);
+                }
             }
             return Flow::Continue;
         }
