@@ -2,7 +2,9 @@
 # scripts/lib/common.sh, from the repository's root, ROOT set): a scratch directory, the mock
 # backend (MOCK_PORT), a key (KEY) in the wasm and the native build's ECDS resources, and
 # start_envoy, which starts an Envoy running the chain up to a filter, or a floor row.
-# ENVOY is the Envoy binary (or a wrapper that runs it); ENVOY_CONCURRENCY its workers.
+# ENVOY is the Envoy binary (or a wrapper that runs it); ENVOY_CONCURRENCY its workers;
+# NATIVE_MODULE the native chain's module (default this build's: another to compare a
+# build of another revision).
 SLUICE="$ROOT/target/release/sluice"
 PY="$ROOT/.venv/bin/python"
 scratch_dir
@@ -17,7 +19,7 @@ mkdir -p "$work/keys/ecds"
   -s "wasm_dir=$ROOT/target/wasm" -s 'key_auth_config={"keys":[]}'
 KEY=$(SLUICE_KEY_FILE="$work/keys/ecds/key-auth.json" "$SLUICE" keys create --tenant bench 2>/dev/null)
 # The same keys in the native build's ECDS resource (NATIVE=true start_envoy).
-NATIVE_MODULE=$ROOT/target/release/examples/libnative_filters.so
+NATIVE_MODULE=${NATIVE_MODULE:-$ROOT/target/release/examples/libnative_filters.so}
 mkdir -p "$work/keys/native"
 "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$work/keys/native/key-auth.json" \
   -s "wasm_dir=$ROOT/target/wasm" -s native=true -s "native_module=$NATIVE_MODULE" \

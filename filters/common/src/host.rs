@@ -14,6 +14,7 @@
 use crate::api::family_for_path;
 use crate::config::ConfigError;
 use crate::OpenAiError;
+use rustc_hash::FxHashMap;
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
@@ -153,6 +154,17 @@ pub trait Host {
     /// All headers of one side, names lower-cased by Envoy; values as raw bytes because a
     /// client may send anything, and a filter must not panic on non-UTF-8.
     fn headers(&self, side: Side) -> Vec<(String, Vec<u8>)>;
+    /// All headers of one side, lent to `f` for the call (as [`Host::headers`] gives them).
+    /// By default a copy; a host whose headers sit in memory the filter can read (the
+    /// native build) lends them where they are, nothing copied.
+    fn with_headers(&self, side: Side, f: &mut dyn FnMut(&[(&str, &[u8])])) {
+        let headers = self.headers(side);
+        let lent: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        f(&lent);
+    }
     /// One header as UTF-8 (`None`: absent or not UTF-8).
     fn header(&self, side: Side, name: &str) -> Option<String>;
     /// Several headers as UTF-8, in the order of `names` (each as [`Host::header`] gives
@@ -475,7 +487,7 @@ pub struct CounterSet {
     family_series: usize,
     /// [`CounterSet::add_labeled`]'s series by its family parts and labels (length-prefixed,
     /// so no two lists of parts make the same key), at most `2 * max` of them.
-    by_values: HashMap<Vec<u8>, Option<Series>>,
+    by_values: FxHashMap<Vec<u8>, Option<Series>>,
     /// The key being looked up, reused so that a lookup allocates nothing.
     key: Vec<u8>,
 }
@@ -499,7 +511,7 @@ impl CounterSet {
             },
             families: Vec::new(),
             family_series: 0,
-            by_values: HashMap::new(),
+            by_values: FxHashMap::default(),
             key: Vec::new(),
         }
     }

@@ -62,13 +62,14 @@ pub struct Credential {
 /// Extract the credential. Repeating the same key in several headers is accepted (some
 /// SDKs send both `authorization` and `api-key`); two different keys are refused, since
 /// which one the caller meant is unknowable.
-pub fn extract(headers: &[(String, Vec<u8>)]) -> Result<Credential, Denial> {
+pub fn extract<N: AsRef<str>, V: AsRef<[u8]>>(headers: &[(N, V)]) -> Result<Credential, Denial> {
     let mut found: Option<Credential> = None;
     for (name, value) in headers {
-        if !CREDENTIAL_HEADERS.contains(&name.as_str()) {
+        let name = name.as_ref();
+        if !CREDENTIAL_HEADERS.contains(&name) {
             continue;
         }
-        let value = std::str::from_utf8(value)
+        let value = std::str::from_utf8(value.as_ref())
             .map_err(|_| Denial::Malformed)?
             .trim();
         let key = if name == "authorization" {
@@ -83,12 +84,12 @@ pub fn extract(headers: &[(String, Vec<u8>)]) -> Result<Credential, Denial> {
             None => {
                 found = Some(Credential {
                     key: key.to_string(),
-                    headers: vec![name.clone()],
+                    headers: vec![name.to_string()],
                 })
             }
             Some(c) if c.key == key => {
-                if !c.headers.contains(name) {
-                    c.headers.push(name.clone());
+                if !c.headers.iter().any(|h| h == name) {
+                    c.headers.push(name.to_string());
                 }
             }
             Some(_) => return Err(Denial::Conflicting),

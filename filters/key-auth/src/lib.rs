@@ -92,13 +92,24 @@ pub enum Outcome {
 
 /// Authenticate a request at its headers and apply every effect through `host`.
 pub fn on_request_headers(store: &KeyStore, host: &mut dyn Host) -> Outcome {
-    let headers = host.headers(Side::Request);
-    let path = headers
-        .iter()
-        .find(|(n, _)| n == ":path")
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        .unwrap_or_default();
-    let result = credential::extract(&headers).and_then(|cred| {
+    // What the headers say, read where the host holds them (natively, in Envoy's map).
+    let mut path = String::new();
+    let mut credential = Err(Denial::Missing);
+    let mut internal: Vec<String> = Vec::new();
+    host.with_headers(Side::Request, &mut |headers| {
+        if let Some((_, v)) = headers.iter().find(|(n, _)| *n == ":path") {
+            path = String::from_utf8_lossy(v).into_owned();
+        }
+        credential = credential::extract(headers);
+        // Internal headers are ours to set; a client's copy must never steer routing or
+        // masquerade as a filter's decision.
+        internal = headers
+            .iter()
+            .filter(|(n, _)| n.starts_with(properties::INTERNAL_HEADER_PREFIX))
+            .map(|(n, _)| n.to_string())
+            .collect();
+    });
+    let result = credential.and_then(|cred| {
         Ok((
             store.authenticate(
                 &cred.key,
@@ -112,15 +123,10 @@ pub fn on_request_headers(store: &KeyStore, host: &mut dyn Host) -> Outcome {
             for name in &cred.headers {
                 host.remove_header(Side::Request, name);
             }
-            // Internal headers are ours to set; a client's copy must never steer routing
-            // or masquerade as a filter's decision.
-            let mut stripped_internal = false;
-            for (name, _) in &headers {
-                if name.starts_with(properties::INTERNAL_HEADER_PREFIX) {
-                    host.remove_header(Side::Request, name);
-                    stripped_internal = true;
-                }
+            for name in &internal {
+                host.remove_header(Side::Request, name);
             }
+            let stripped_internal = !internal.is_empty();
             // A key in the query string is never accepted, and never forwarded.
             if let Some(clean) = credential::strip_credential_query(&path) {
                 host.set_header(Side::Request, ":path", &clean);

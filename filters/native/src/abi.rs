@@ -34,13 +34,19 @@ impl EnvoyBuffer {
 
     /// The bytes, borrowed for as long as the hook runs.
     fn as_slice(&self) -> &[u8] {
-        if self.ptr.is_null() || self.length == 0 {
-            return &[];
-        }
-        // SAFETY: Envoy returned (or lent) a live buffer of `length` bytes, valid until the
-        // hook returns; the slice is used within it.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.length) }
+        lent_slice(self.ptr, self.length)
     }
+}
+
+/// Bytes Envoy lent for the hook, borrowed no longer than the header or buffer that
+/// pointed at them.
+fn lent_slice<'a>(ptr: *const u8, length: usize) -> &'a [u8] {
+    if ptr.is_null() || length == 0 {
+        return &[];
+    }
+    // SAFETY: Envoy filled in a live buffer of `length` bytes, valid until the hook
+    // returns; callers tie the slice to the entry that pointed at it, used within the hook.
+    unsafe { std::slice::from_raw_parts(ptr, length) }
 }
 
 /// Bytes Envoy lends a hook (a name, a configuration), copied out.
@@ -82,6 +88,16 @@ pub struct HttpHeader {
 }
 
 impl HttpHeader {
+    /// The name Envoy filled in, borrowed for as long as the hook runs.
+    fn key(&self) -> &[u8] {
+        lent_slice(self.key_ptr, self.key_length)
+    }
+
+    /// The value Envoy filled in, borrowed for as long as the hook runs.
+    fn value(&self) -> &[u8] {
+        lent_slice(self.value_ptr, self.value_length)
+    }
+
     /// What Envoy fills in.
     const EMPTY: Self = Self {
         key_ptr: std::ptr::null(),
@@ -598,6 +614,28 @@ impl Filter {
             return Vec::new();
         }
         copied_headers(&raw)
+    }
+
+    /// All headers of one side, lent to `f` where Envoy holds them (valid during the hook;
+    /// a name that is not UTF-8, which Envoy's codecs do not let through, is left out).
+    pub fn with_headers(&self, t: HeaderType, f: &mut dyn FnMut(&[(&str, &[u8])])) {
+        // SAFETY: the filter pointer is live during the hook.
+        let count =
+            unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, t as u32) };
+        let mut raw: SmallVec<[HttpHeader; 32]> = smallvec::smallvec![HttpHeader::EMPTY; count];
+        // SAFETY: `raw` holds `count` entries, as many as Envoy said it has.
+        if count > 0
+            && !unsafe {
+                envoy_dynamic_module_callback_http_get_headers(self.0, t as u32, raw.as_mut_ptr())
+            }
+        {
+            raw.clear();
+        }
+        let lent: SmallVec<[(&str, &[u8]); 32]> = raw
+            .iter()
+            .filter_map(|h| Some((std::str::from_utf8(h.key()).ok()?, h.value())))
+            .collect();
+        f(&lent);
     }
 
     /// Set a header (`None`: remove it).

@@ -20,6 +20,7 @@
 //! metrics only then): the filters define at configuration every name they will use.
 
 use crate::abi::{Attribute, BodyType, Filter, FilterConfig, HeaderType, MetricType};
+use rustc_hash::FxHashMap;
 use sluice_common::host::{
     GrpcCall, HandoffQueue, Host, HttpCall, MetricFamily, MetricKind, SharedDataError,
     SharedDataMap, Side,
@@ -271,8 +272,8 @@ fn shared() -> &'static Mutex<SharedDataMap> {
 thread_local! {
     /// This worker's live streams' Envoy filters, by context id: `set_effective_context`
     /// acts on another stream of the same worker (a queued request released).
-    static STREAM_FILTERS: std::cell::RefCell<HashMap<u32, *mut std::ffi::c_void>> =
-        std::cell::RefCell::new(HashMap::new());
+    static STREAM_FILTERS: std::cell::RefCell<FxHashMap<u32, *mut std::ffi::c_void>> =
+        std::cell::RefCell::new(FxHashMap::default());
 }
 
 /// A stream began on this worker (`filter_new`): its context id and Envoy's filter.
@@ -435,6 +436,13 @@ impl Host for EnvoyHost<'_> {
             .as_ref()
             .map(|f| f.headers(header_type(side)))
             .unwrap_or_default()
+    }
+
+    fn with_headers(&self, side: Side, f: &mut dyn FnMut(&[(&str, &[u8])])) {
+        match &self.filter {
+            Some(filter) => filter.with_headers(header_type(side), f),
+            None => f(&[]),
+        }
     }
 
     fn header(&self, side: Side, name: &str) -> Option<String> {
