@@ -157,7 +157,7 @@ pub trait Host {
     /// All headers of one side, lent to `f` for the call (as [`Host::headers`] gives them).
     /// By default a copy; a host whose headers sit in memory the filter can read (the
     /// native build) lends them where they are, nothing copied.
-    fn with_headers(&self, side: Side, f: &mut dyn FnMut(&[(&str, &[u8])])) {
+    fn with_headers(&self, side: Side, f: &mut dyn FnMut(LentHeaders)) {
         let headers = self.headers(side);
         let lent: Vec<(&str, &[u8])> = headers
             .iter()
@@ -475,6 +475,9 @@ impl NamedMetrics {
         }
     }
 }
+
+/// A side's headers as [`Host::with_headers`] lends them: names and raw values.
+pub type LentHeaders<'a> = &'a [(&'a str, &'a [u8])];
 
 /// Counters named at run time; see [`NamedMetrics`].
 #[derive(Debug)]

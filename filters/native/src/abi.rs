@@ -14,6 +14,7 @@
 //! Envoy's scheduler only posts to a dispatcher.
 #![allow(unsafe_code)]
 
+use sluice_common::host::LentHeaders;
 use smallvec::SmallVec;
 use std::ffi::c_void;
 
@@ -618,7 +619,7 @@ impl Filter {
 
     /// All headers of one side, lent to `f` where Envoy holds them (valid during the hook;
     /// a name that is not UTF-8, which Envoy's codecs do not let through, is left out).
-    pub fn with_headers(&self, t: HeaderType, f: &mut dyn FnMut(&[(&str, &[u8])])) {
+    pub fn with_headers(&self, t: HeaderType, f: &mut dyn FnMut(LentHeaders)) {
         // SAFETY: the filter pointer is live during the hook.
         let count =
             unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, t as u32) };

@@ -22,7 +22,7 @@
 use crate::abi::{Attribute, BodyType, Filter, FilterConfig, HeaderType, MetricType};
 use rustc_hash::FxHashMap;
 use sluice_common::host::{
-    GrpcCall, HandoffQueue, Host, HttpCall, MetricFamily, MetricKind, SharedDataError,
+    GrpcCall, HandoffQueue, Host, HttpCall, LentHeaders, MetricFamily, MetricKind, SharedDataError,
     SharedDataMap, Side,
 };
 use smallvec::SmallVec;
@@ -438,7 +438,7 @@ impl Host for EnvoyHost<'_> {
             .unwrap_or_default()
     }
 
-    fn with_headers(&self, side: Side, f: &mut dyn FnMut(&[(&str, &[u8])])) {
+    fn with_headers(&self, side: Side, f: &mut dyn FnMut(LentHeaders)) {
         match &self.filter {
             Some(filter) => filter.with_headers(header_type(side), f),
             None => f(&[]),
