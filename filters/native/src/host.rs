@@ -281,6 +281,84 @@ pub fn register_stream(context_id: u32, filter: *mut std::ffi::c_void) {
     STREAM_FILTERS.with(|s| s.borrow_mut().insert(context_id, filter));
 }
 
+/// Counter increments a worker's streams of one configuration made, not yet given to
+/// Envoy. A labeled increment costs Envoy about 3,750 instructions (it builds the series'
+/// name from the label values each time: `scripts/envoy-callgrind.sh`), seven a request in
+/// the chain; the same series' increments are summed here and handed over together when no
+/// stream of the configuration is left open on the worker (so a client that has its
+/// answer finds it counted, as before), or, under load, every 256 increments or second.
+#[derive(Default)]
+struct PendingCounters {
+    /// Envoy's metric id, the label values, the sum.
+    series: Vec<(usize, Vec<String>, u64)>,
+    increments: u32,
+    /// When the oldest pending increment was made.
+    since: Option<std::time::Instant>,
+    /// Streams of the configuration open on this worker (not yet complete).
+    open: u32,
+}
+
+/// Hand pending counters over at most this many increments, or this long, after the first.
+const PENDING_INCREMENTS: u32 = 256;
+const PENDING_AGE: Duration = Duration::from_secs(1);
+
+thread_local! {
+    static PENDING: std::cell::RefCell<FxHashMap<u64, PendingCounters>> =
+        std::cell::RefCell::new(FxHashMap::default());
+}
+
+/// A stream of configuration `config_id` opened on this worker.
+pub fn stream_opened(config_id: u64) {
+    PENDING.with(|p| p.borrow_mut().entry(config_id).or_default().open += 1);
+}
+
+/// A stream of configuration `config_id` completed on this worker: with `filter` (its
+/// Envoy filter, live in the hook), the configuration's pending counters are handed to
+/// Envoy when it was the last one open, or when they have waited long enough.
+pub fn stream_completed(config_id: u64, filter: Option<&Filter>) {
+    let due = PENDING.with(|p| {
+        let mut pending = p.borrow_mut();
+        let Some(c) = pending.get_mut(&config_id) else {
+            return Vec::new();
+        };
+        c.open = c.open.saturating_sub(1);
+        let due = c.open == 0
+            || c.increments >= PENDING_INCREMENTS
+            || c.since.is_some_and(|t| t.elapsed() >= PENDING_AGE);
+        if filter.is_none() || !due || c.series.is_empty() {
+            return Vec::new();
+        }
+        c.increments = 0;
+        c.since = None;
+        std::mem::take(&mut c.series)
+    });
+    if let Some(f) = filter {
+        for (id, labels, n) in &due {
+            let labels: SmallVec<[&str; 8]> = labels.iter().map(String::as_str).collect();
+            f.update_metric(MetricType::Counter, *id, &labels, *n);
+        }
+    }
+}
+
+/// Add to a counter of configuration `config_id` (see `PendingCounters`).
+fn defer_counter(config_id: u64, id: usize, labels: &[&str], n: u64) {
+    PENDING.with(|p| {
+        let mut pending = p.borrow_mut();
+        let c = pending.entry(config_id).or_default();
+        c.increments += 1;
+        c.since.get_or_insert_with(std::time::Instant::now);
+        let same = |(i, l, _): &&mut (usize, Vec<String>, u64)| {
+            *i == id && l.len() == labels.len() && l.iter().zip(labels).all(|(a, b)| a == b)
+        };
+        match c.series.iter_mut().find(same) {
+            Some((_, _, sum)) => *sum += n,
+            None => c
+                .series
+                .push((id, labels.iter().map(|l| l.to_string()).collect(), n)),
+        }
+    });
+}
+
 /// A stream ended (`filter_destroy`): no other stream may act on it.
 pub fn forget_stream(context_id: u32) {
     STREAM_FILTERS.with(|s| s.borrow_mut().remove(&context_id));
@@ -323,6 +401,7 @@ pub struct EnvoyHost<'a> {
 impl<'a> EnvoyHost<'a> {
     pub fn stream(
         filter: Filter,
+        config_id: u64,
         config: &'a [u8],
         root_id: &'a str,
         holding: Holding,
@@ -332,7 +411,7 @@ impl<'a> EnvoyHost<'a> {
             filter: Some(filter),
             metrics: Metrics::Defined(metrics),
             holding,
-            ..Self::configuration(0, config, root_id, Metrics::Defined(&[]))
+            ..Self::configuration(config_id, config, root_id, Metrics::Defined(&[]))
         }
     }
 
@@ -408,6 +487,9 @@ impl<'a> EnvoyHost<'a> {
         }
         let t = metric_type(d.kind);
         match (&self.filter, &self.main) {
+            (Some(_), _) if t == MetricType::Counter => {
+                defer_counter(self.config_id, d.envoy_id, values, value)
+            }
             (Some(f), _) => f.update_metric(t, d.envoy_id, values, value),
             (None, Some(main)) => main.update_metric(t, d.envoy_id, values, value),
             (None, None) => {}

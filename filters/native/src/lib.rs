@@ -328,6 +328,10 @@ struct Stream {
     holding: Holding,
     /// gRPC calls started and not answered yet (their answers are decoded as gRPC).
     grpc_callouts: Vec<u64>,
+    /// Its configuration's id (see `host::stream_completed`).
+    config_id: u64,
+    /// Whether Envoy said the stream completed.
+    completed: bool,
 }
 
 /// The lifecycle of a stream whose filter panicked: it is refused (see `with_stream_state`)
@@ -458,6 +462,7 @@ mod hooks {
             id
         });
         host::register_stream(context_id, filter_envoy);
+        host::stream_opened(cfg.id);
         let (lifecycle, holder): (Box<dyn Lifecycle>, _) = match worker {
             Some(w) => (
                 w.plugin.new_stream(context_id),
@@ -473,6 +478,8 @@ mod hooks {
             config: cfg,
             holding: Holding::default(),
             grpc_callouts: Vec::new(),
+            config_id: cfg.id,
+            completed: false,
         })) as *mut c_void
     }
 
@@ -547,12 +554,17 @@ mod hooks {
             return default;
         };
         // SAFETY: the configuration outlives its streams.
-        let (bytes, name, metrics) = unsafe { stream.config.as_ref() }
-            .map_or((&[][..], "", &[][..]), |c| {
-                (c.bytes.as_slice(), c.name.as_str(), c.metrics.as_slice())
+        let (id, bytes, name, metrics) =
+            unsafe { stream.config.as_ref() }.map_or((0, &[][..], "", &[][..]), |c| {
+                (
+                    c.id,
+                    c.bytes.as_slice(),
+                    c.name.as_str(),
+                    c.metrics.as_slice(),
+                )
             });
         let filter = Filter::new(envoy);
-        let mut host = EnvoyHost::stream(filter, bytes, name, stream.holding, metrics);
+        let mut host = EnvoyHost::stream(filter, id, bytes, name, stream.holding, metrics);
         if let Some(answer) = answer {
             host = host.with_answer(answer);
         }
@@ -648,6 +660,13 @@ mod hooks {
         stream: *mut c_void,
     ) {
         with_stream(envoy, stream, (), (), |l, h| l.on_log(h));
+        // SAFETY: as in with_stream_state.
+        if let Some(s) = unsafe { (stream as *mut Stream).as_mut() } {
+            if !s.completed {
+                s.completed = true;
+                host::stream_completed(s.config_id, Some(&Filter::new(envoy)));
+            }
+        }
     }
 
     #[no_mangle]
@@ -655,6 +674,10 @@ mod hooks {
         if !stream.is_null() {
             // SAFETY: made by Box::into_raw in filter_new; destroyed once.
             let s = unsafe { Box::from_raw(stream as *mut Stream) };
+            if !s.completed {
+                // Reset before it completed: its counters wait for the next stream's end.
+                host::stream_completed(s.config_id, None);
+            }
             if s.armed {
                 Waker::get().disarm(stream as usize);
             }
