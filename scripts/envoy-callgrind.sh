@@ -11,6 +11,9 @@
 #
 #     scripts/envoy-callgrind.sh [REQUESTS (300)] [ROW ...]
 #
+# ENVOY_CALLGRIND_CONNECTIONS=N (1): N clients at once, so that the worker's streams overlap
+# as under load (what the native host's summed counters need to sum anything).
+#
 # Rows (default all): bare (bare Envoy), native1 / native8 (one / eight native filters that
 # do nothing), native_calls (one native filter making the whole chain's host calls, no
 # work), native_chain (the whole chain natively, as scripts/run.sh loads it).
@@ -46,7 +49,8 @@ chmod +x "$ENVOY"
 "$PY" scripts/lib/chat-body.py "$work/body.json" 2000
 
 echo "envoy-callgrind: $(stat -c %s "$work/body.json")-byte chat, $REQUESTS requests a row after" \
-  "warm-up, Envoy --concurrency 1; instructions a request on its worker thread"
+  "warm-up from ${ENVOY_CALLGRIND_CONNECTIONS:-1} connection(s), Envoy --concurrency 1;" \
+  "instructions a request on its worker thread"
 for row in "${ROWS[@]}"; do
   case $row in
     bare) start_envoy "$row" none "$PLAIN_POOL" ;;
@@ -60,7 +64,7 @@ for row in "${ROWS[@]}"; do
   detail=""
   [ "$row" = native_chain ] && detail=--detail
   "$PY" scripts/lib/envoy-callgrind.py "$work/body.json" "$KEY" "${!port_var}" "${!pid_var}" \
-    "$work/cg" "$REQUESTS" "$row" $detail
+    "$work/cg" "$REQUESTS" "$row" "${ENVOY_CALLGRIND_CONNECTIONS:-1}" $detail
   kill -TERM "${!pid_var}" 2>/dev/null || true
   wait "${!pid_var}" 2>/dev/null || true
 done

@@ -4,7 +4,10 @@ chat on one kept-alive connection, counts dumped; then instructions a request by
 and with --detail the module's calls into Envoy, each filter's handlers and the
 allocations made under the module.
 
-    envoy-callgrind.py BODY KEY PORT PID DUMP_DIR REQUESTS NAME [--detail]
+    envoy-callgrind.py BODY KEY PORT PID DUMP_DIR REQUESTS NAME CONNECTIONS [--detail]
+
+With CONNECTIONS above 1, as many clients send at once (REQUESTS in all), so that the
+worker's streams overlap as under load.
 
 Callgrind's file format (`ob=`, `fn=`, `cob=`/`cfn=` with compressed `(id) name` names;
 a `calls=` line followed by the call's inclusive cost; other cost lines are a function's
@@ -18,10 +21,31 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 WARMUP = 100
 NAMED = re.compile(r"(\w+)=\((\d+)\)(?: (.*))?")
+
+
+def send_from(port: int, body: bytes, key: str, n: int, connections: int) -> None:
+    """`n` requests from `connections` clients at once."""
+    errors = []
+
+    def client(k: int) -> None:
+        try:
+            send(port, body, key, k)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    shares = [n // connections + (1 if i < n % connections else 0) for i in range(connections)]
+    threads = [threading.Thread(target=client, args=(k,)) for k in shares]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        sys.exit(f"envoy-callgrind: {errors[0]}")
 
 
 def send(port: int, body: bytes, key: str, n: int) -> None:
@@ -103,14 +127,14 @@ def object_label(path: str) -> str:
 
 
 def main() -> None:
-    body_path, key, port, pid, dump_dir, requests, row = sys.argv[1:8]
-    detail = "--detail" in sys.argv[8:]
-    port, requests = int(port), int(requests)
+    body_path, key, port, pid, dump_dir, requests, row, connections = sys.argv[1:9]
+    detail = "--detail" in sys.argv[9:]
+    port, requests, connections = int(port), int(requests), int(connections)
     body = open(body_path, "rb").read()
-    send(port, body, key, WARMUP)
+    send_from(port, body, key, WARMUP, connections)
     before = set(glob.glob(f"{dump_dir}/envoy.{pid}*"))
     subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
-    send(port, body, key, requests)
+    send_from(port, body, key, requests, connections)
     subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
     # Each thread's dump is its own file; the worker is the one that did the most.
     for _ in range(100):

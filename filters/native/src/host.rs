@@ -289,7 +289,8 @@ pub fn register_stream(context_id: u32, filter: *mut std::ffi::c_void) {
 /// answer finds it counted, as before), or, under load, every 256 increments or second.
 #[derive(Default)]
 struct PendingCounters {
-    /// Envoy's metric id, the label values, the sum.
+    /// Envoy's metric id, the label values, the sum since the last hand-over (kept at 0
+    /// after it, so that a series counted again allocates nothing).
     series: Vec<(usize, Vec<String>, u64)>,
     increments: u32,
     /// When the oldest pending increment was made.
@@ -301,6 +302,8 @@ struct PendingCounters {
 /// Hand pending counters over at most this many increments, or this long, after the first.
 const PENDING_INCREMENTS: u32 = 256;
 const PENDING_AGE: Duration = Duration::from_secs(1);
+/// Series kept per configuration and worker; an increment of another goes to Envoy at once.
+const PENDING_SERIES: usize = 256;
 
 thread_local! {
     static PENDING: std::cell::RefCell<FxHashMap<u64, PendingCounters>> =
@@ -316,47 +319,53 @@ pub fn stream_opened(config_id: u64) {
 /// Envoy filter, live in the hook), the configuration's pending counters are handed to
 /// Envoy when it was the last one open, or when they have waited long enough.
 pub fn stream_completed(config_id: u64, filter: Option<&Filter>) {
-    let due = PENDING.with(|p| {
+    PENDING.with(|p| {
         let mut pending = p.borrow_mut();
         let Some(c) = pending.get_mut(&config_id) else {
-            return Vec::new();
+            return;
         };
         c.open = c.open.saturating_sub(1);
         let due = c.open == 0
             || c.increments >= PENDING_INCREMENTS
             || c.since.is_some_and(|t| t.elapsed() >= PENDING_AGE);
-        if filter.is_none() || !due || c.series.is_empty() {
-            return Vec::new();
-        }
+        let Some(f) = filter.filter(|_| due && c.increments > 0) else {
+            return;
+        };
         c.increments = 0;
         c.since = None;
-        std::mem::take(&mut c.series)
-    });
-    if let Some(f) = filter {
-        for (id, labels, n) in &due {
-            let labels: SmallVec<[&str; 8]> = labels.iter().map(String::as_str).collect();
-            f.update_metric(MetricType::Counter, *id, &labels, *n);
+        // Envoy's counter update calls back into no module hook: the borrow is safe.
+        for (id, labels, n) in c.series.iter_mut().filter(|s| s.2 > 0) {
+            let lent: SmallVec<[&str; 8]> = labels.iter().map(String::as_str).collect();
+            f.update_metric(MetricType::Counter, *id, &lent, *n);
+            *n = 0;
         }
-    }
+    });
 }
 
-/// Add to a counter of configuration `config_id` (see `PendingCounters`).
-fn defer_counter(config_id: u64, id: usize, labels: &[&str], n: u64) {
-    PENDING.with(|p| {
+/// Add to a counter of configuration `config_id` (see `PendingCounters`); to Envoy at once
+/// through `filter` when the configuration already keeps as many series as it may.
+fn defer_counter(config_id: u64, filter: &Filter, id: usize, labels: &[&str], n: u64) {
+    let kept = PENDING.with(|p| {
         let mut pending = p.borrow_mut();
         let c = pending.entry(config_id).or_default();
-        c.increments += 1;
-        c.since.get_or_insert_with(std::time::Instant::now);
         let same = |(i, l, _): &&mut (usize, Vec<String>, u64)| {
             *i == id && l.len() == labels.len() && l.iter().zip(labels).all(|(a, b)| a == b)
         };
+        let full = c.series.len() >= PENDING_SERIES;
         match c.series.iter_mut().find(same) {
             Some((_, _, sum)) => *sum += n,
+            None if full => return false,
             None => c
                 .series
                 .push((id, labels.iter().map(|l| l.to_string()).collect(), n)),
         }
+        c.increments += 1;
+        c.since.get_or_insert_with(std::time::Instant::now);
+        true
     });
+    if !kept {
+        filter.update_metric(MetricType::Counter, id, labels, n);
+    }
 }
 
 /// A stream ended (`filter_destroy`): no other stream may act on it.
@@ -487,8 +496,8 @@ impl<'a> EnvoyHost<'a> {
         }
         let t = metric_type(d.kind);
         match (&self.filter, &self.main) {
-            (Some(_), _) if t == MetricType::Counter => {
-                defer_counter(self.config_id, d.envoy_id, values, value)
+            (Some(f), _) if t == MetricType::Counter => {
+                defer_counter(self.config_id, f, d.envoy_id, values, value)
             }
             (Some(f), _) => f.update_metric(t, d.envoy_id, values, value),
             (None, Some(main)) => main.update_metric(t, d.envoy_id, values, value),
