@@ -306,6 +306,9 @@ const PENDING_AGE: Duration = Duration::from_secs(1);
 const PENDING_SERIES: usize = 256;
 
 thread_local! {
+    /// By configuration id. A configuration Envoy replaced (an ECDS key update) leaves its
+    /// entry, its sums handed over when its last stream completed: a few series' names a
+    /// worker per update.
     static PENDING: std::cell::RefCell<FxHashMap<u64, PendingCounters>> =
         std::cell::RefCell::new(FxHashMap::default());
 }
