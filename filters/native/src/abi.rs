@@ -601,25 +601,12 @@ impl Filter {
     }
 
     pub fn headers(&self, t: HeaderType) -> Vec<(String, Vec<u8>)> {
-        // SAFETY: the filter pointer is live during the hook.
-        let count =
-            unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, t as u32) };
-        if count == 0 {
-            return Vec::new();
-        }
-        let mut raw = vec![HttpHeader::EMPTY; count];
-        // SAFETY: `raw` holds `count` entries, as many as Envoy said it has.
-        if !unsafe {
-            envoy_dynamic_module_callback_http_get_headers(self.0, t as u32, raw.as_mut_ptr())
-        } {
-            return Vec::new();
-        }
-        copied_headers(&raw)
+        copied_headers(&self.raw_headers(t))
     }
 
-    /// All headers of one side, lent to `f` where Envoy holds them (valid during the hook;
-    /// a name that is not UTF-8, which Envoy's codecs do not let through, is left out).
-    pub fn with_headers(&self, t: HeaderType, f: &mut dyn FnMut(LentHeaders)) {
+    /// The entries Envoy fills in for a side's headers, pointing into its buffers (valid
+    /// during the hook); none when it fills in nothing.
+    fn raw_headers(&self, t: HeaderType) -> SmallVec<[HttpHeader; 32]> {
         // SAFETY: the filter pointer is live during the hook.
         let count =
             unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, t as u32) };
@@ -632,6 +619,13 @@ impl Filter {
         {
             raw.clear();
         }
+        raw
+    }
+
+    /// All headers of one side, lent to `f` where Envoy holds them (valid during the hook;
+    /// a name that is not UTF-8, which Envoy's codecs do not let through, is left out).
+    pub fn with_headers(&self, t: HeaderType, f: &mut dyn FnMut(LentHeaders)) {
+        let raw = self.raw_headers(t);
         let lent: SmallVec<[(&str, &[u8]); 32]> = raw
             .iter()
             .filter_map(|h| Some((std::str::from_utf8(h.key()).ok()?, h.value())))
