@@ -13,6 +13,8 @@
 #
 # ENVOY_CALLGRIND_CONNECTIONS=N (1): N clients at once, so that the worker's streams overlap
 # as under load (what the native host's summed counters need to sum anything).
+# ENVOY_CALLGRIND_KEEP=DIR keeps each row's worker dump as DIR/ROW.callgrind, for
+# callgrind_annotate by function.
 #
 # Rows (default all): bare (bare Envoy), native1 / native8 (one / eight native filters that
 # do nothing), native_calls (one native filter making the whole chain's host calls, no

@@ -19,6 +19,7 @@ import glob
 import http.client
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -64,6 +65,7 @@ class Profile:
     """One thread's dump: own costs by object and function, calls by callee."""
 
     def __init__(self, path: str):
+        self.path = path
         names = {"ob": {}, "fn": {}}
         self.own_by_object = collections.Counter()
         self.own_by_function = collections.Counter()
@@ -147,6 +149,11 @@ def main() -> None:
     if not dumps:
         sys.exit("envoy-callgrind: no dump")
     worker = max((Profile(p) for p in dumps), key=Profile.total)
+    keep = os.environ.get("ENVOY_CALLGRIND_KEEP")
+    if keep:
+        # For callgrind_annotate by function (divide by REQUESTS for a request's share).
+        os.makedirs(keep, exist_ok=True)
+        shutil.copy(worker.path, os.path.join(keep, f"{row}.callgrind"))
     per = lambda n: n / requests  # noqa: E731
     parts = ", ".join(
         f"{object_label(o)} {per(c):,.0f}"
