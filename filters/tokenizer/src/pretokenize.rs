@@ -87,12 +87,14 @@ impl<'a> Iterator for Pieces<'a> {
     #[inline]
     fn next(&mut self) -> Option<&'a str> {
         let s = self.text.as_bytes();
-        if self.pattern == Pattern::O200k {
-            if let Some(end) = o200k_ascii_word(s, self.pos) {
-                let piece = self.text.get(self.pos..end)?;
-                self.pos = end;
-                return Some(piece);
-            }
+        let ascii = match self.pattern {
+            Pattern::O200k => o200k_ascii_word(s, self.pos),
+            Pattern::Cl100k | Pattern::Llama3 | Pattern::Qwen2 => cl100k_ascii_word(s, self.pos),
+        };
+        if let Some(end) = ascii {
+            let piece = self.text.get(self.pos..end)?;
+            self.pos = end;
+            return Some(piece);
         }
         let (c, n, k) = at(s, self.text, self.pos)?;
         let end = match self.pattern {
@@ -109,34 +111,75 @@ impl<'a> Iterator for Pieces<'a> {
     }
 }
 
-/// o200k's commonest piece on ASCII bytes alone, without the general path's per-character
+/// The end of the run of bytes from `i` that satisfy `keep` (the text's end at most).
+#[inline]
+fn ascii_run(s: &[u8], i: usize, keep: impl Fn(u8) -> bool) -> usize {
+    let rest = s.get(i..).unwrap_or_default();
+    i + rest.iter().position(|&b| !keep(b)).unwrap_or(rest.len())
+}
+
+/// An ASCII byte that may be the optional first character of a word piece
+/// (`[^\r\n\p{L}\p{N}]`): neither a letter, a digit nor a newline.
+#[inline]
+fn ascii_prefix(b: u8) -> bool {
+    b < 0x80 && !b.is_ascii_alphanumeric() && b != b'\r' && b != b'\n'
+}
+
+/// o200k's commonest pieces on ASCII bytes alone, without the general path's per-character
 /// classes (which cost several times the word itself in English prose): an optional ASCII
-/// prefix (A1's `[^\r\n\p{L}\p{N}]?`: not a letter, digit or newline), upper-case letters
-/// (A1's `U*`), at least one lower-case letter (`W+`), then the end of the text or an ASCII
-/// byte that is neither a lower-case letter (`W+` would go on) nor `'` (a contraction
-/// might follow). A1 matches exactly that, and A1 is the pattern's first alternative.
-/// `None` for anything else (a non-ASCII byte next, a word of capitals only, a contraction):
-/// the general path decides.
+/// prefix (`[^\r\n\p{L}\p{N}]?`: not a letter, digit or newline), upper-case letters, then
+/// lower-case letters, then the end of the text or an ASCII byte that is neither a letter
+/// (a run would go on) nor `'` (a contraction might follow).
+///
+/// - At least one lower-case letter: A1 (`U*W+`) matches exactly that, and A1 is the
+///   pattern's first alternative.
+/// - Capitals only (`GPU`, ` I`): no A1 can match (ASCII capitals are not `W`, and what
+///   follows is not a letter, so neither with nor without the prefix is there a `W+`);
+///   A2 (`U+W*`, prefix taken greedily) matches exactly the prefix and the capitals.
+///
+/// `None` for anything else (a non-ASCII byte next, no letter, a contraction): the general
+/// path decides.
 #[inline]
 fn o200k_ascii_word(s: &[u8], i: usize) -> Option<usize> {
     let mut j = i;
-    let first = *s.get(j)?;
-    if first < 0x80 && !first.is_ascii_alphanumeric() && first != b'\r' && first != b'\n' {
+    if ascii_prefix(*s.get(j)?) {
         j += 1;
     }
-    while s.get(j).is_some_and(u8::is_ascii_uppercase) {
-        j += 1;
-    }
-    let lower = j;
-    while s.get(j).is_some_and(u8::is_ascii_lowercase) {
-        j += 1;
-    }
-    if j == lower {
+    let upper = j;
+    let lower = ascii_run(s, j, |b| b.is_ascii_uppercase());
+    j = ascii_run(s, lower, |b| b.is_ascii_lowercase());
+    if j == upper {
         return None;
     }
     match s.get(j) {
         None => Some(j),
-        Some(&b) if b < 0x80 && b != b'\'' => Some(j),
+        Some(&b) if b < 0x80 && b != b'\'' && !b.is_ascii_alphabetic() => Some(j),
+        Some(_) => None,
+    }
+}
+
+/// cl100k's and its relatives' commonest piece on ASCII bytes alone: C2
+/// (`[^\r\n\p{L}\p{N}]?+\p{L}++`) over an optional ASCII prefix and ASCII letters, ending at
+/// the text's end or an ASCII byte that is not a letter. A leading `'` is left to the general
+/// path (C1, a contraction, is tried before C2); the prefix is possessive, so taking it
+/// whenever a letter follows is what C2 does.
+#[inline]
+fn cl100k_ascii_word(s: &[u8], i: usize) -> Option<usize> {
+    let first = *s.get(i)?;
+    let start = if first.is_ascii_alphabetic() {
+        i
+    } else if ascii_prefix(first) && first != b'\'' {
+        i + 1
+    } else {
+        return None;
+    };
+    let end = ascii_run(s, start, |b| b.is_ascii_alphabetic());
+    if end == start {
+        return None;
+    }
+    match s.get(end) {
+        None => Some(end),
+        Some(&b) if b < 0x80 => Some(end),
         Some(_) => None,
     }
 }
