@@ -128,8 +128,9 @@ fn ascii_prefix(b: u8) -> bool {
 /// o200k's commonest pieces on ASCII bytes alone, without the general path's per-character
 /// classes (which cost several times the word itself in English prose): an optional ASCII
 /// prefix (`[^\r\n\p{L}\p{N}]?`: not a letter, digit or newline), upper-case letters, then
-/// lower-case letters, then the end of the text or an ASCII byte that is neither a letter
-/// (a run would go on) nor `'` (a contraction might follow).
+/// lower-case letters, then the end of the text or an ASCII byte other than `'` (a
+/// contraction might follow; a lower-case letter cannot, the run took them all, and a
+/// capital after lower-case letters is not `W`: `CamelCase` is `Camel`, `Case`).
 ///
 /// - At least one lower-case letter: A1 (`U*W+`) matches exactly that, and A1 is the
 ///   pattern's first alternative.
@@ -153,7 +154,7 @@ fn o200k_ascii_word(s: &[u8], i: usize) -> Option<usize> {
     }
     match s.get(j) {
         None => Some(j),
-        Some(&b) if b < 0x80 && b != b'\'' && !b.is_ascii_alphabetic() => Some(j),
+        Some(&b) if b < 0x80 && b != b'\'' => Some(j),
         Some(_) => None,
     }
 }
