@@ -88,8 +88,12 @@ impl<'a> Iterator for Pieces<'a> {
     fn next(&mut self) -> Option<&'a str> {
         let s = self.text.as_bytes();
         let ascii = match self.pattern {
-            Pattern::O200k => o200k_ascii_word(s, self.pos),
-            Pattern::Cl100k | Pattern::Llama3 | Pattern::Qwen2 => cl100k_ascii_word(s, self.pos),
+            Pattern::O200k => {
+                o200k_ascii_word(s, self.pos).or_else(|| ascii_punctuation(s, self.pos, true))
+            }
+            Pattern::Cl100k | Pattern::Llama3 | Pattern::Qwen2 => {
+                cl100k_ascii_word(s, self.pos).or_else(|| ascii_punctuation(s, self.pos, false))
+            }
         };
         if let Some(end) = ascii {
             let piece = self.text.get(self.pos..end)?;
@@ -183,6 +187,41 @@ fn cl100k_ascii_word(s: &[u8], i: usize) -> Option<usize> {
         Some(&b) if b < 0x80 => Some(end),
         Some(_) => None,
     }
+}
+
+/// `[^\s\p{L}\p{N}]` for an ASCII byte.
+#[inline]
+fn ascii_punct(b: u8) -> bool {
+    b < 0x80 && is_punct(class(b as char))
+}
+
+/// Both patterns' punctuation piece (A4 / C4, ` ?[^\s\p{L}\p{N}]+` then `[\r\n/]*` or
+/// `[\r\n]*`) on ASCII bytes alone, where no earlier alternative can match: a space then
+/// punctuation (the space cannot be a word's prefix, no letter follows it), or punctuation
+/// that no letter follows (else it would be the prefix of a word piece, A1 / A2 / C2) and
+/// that is not `'` (C1, a contraction, comes first in cl100k's pattern; o200k's words
+/// take a `'` prefix too, so both leave it to the general path). `None` when the run meets
+/// a non-ASCII byte (it may be punctuation that goes on) or the piece is not of this form.
+#[inline]
+fn ascii_punctuation(s: &[u8], i: usize, slash: bool) -> Option<usize> {
+    let first = *s.get(i)?;
+    let start = if first == b' ' {
+        ascii_punct(*s.get(i + 1)?).then_some(i + 1)?
+    } else if ascii_punct(first) && first != b'\'' {
+        match s.get(i + 1) {
+            Some(&b) if b >= 0x80 || b.is_ascii_alphabetic() => return None,
+            _ => i,
+        }
+    } else {
+        return None;
+    };
+    let run = ascii_run(s, start, ascii_punct);
+    if s.get(run).is_some_and(|&b| b >= 0x80) {
+        return None;
+    }
+    Some(ascii_run(s, run, |b| {
+        b == b'\r' || b == b'\n' || (slash && b == b'/')
+    }))
 }
 
 fn o200k_end(s: &[u8], t: &str, i: usize, c: char, n: usize, k: u8) -> usize {

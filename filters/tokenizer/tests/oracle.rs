@@ -164,4 +164,11 @@ proptest! {
             prop_assert_eq!(got, want, "{} on {:?} x {}", name, unit, n);
         }
     }
+
+    /// Runs of ASCII punctuation and symbols (the fast path for them) between short words,
+    /// spaces, newlines, slashes and a non-ASCII symbol or letter.
+    #[test]
+    fn ascii_symbols_match_the_reference(text in "([ ]?[-.,;:!?()\\[\\]{}<>/\\\\|@#$%^&*_=+`~\"'\n\r\t]{0,4}[a-zA-Z0-9]{0,3}[…é\u{301}]?){0,10}") {
+        same_in_every_encoding(&text)?;
+    }
 }

@@ -62,4 +62,11 @@ proptest! {
     fn any_unicode_cuts_as_the_regex(text in "\\PC{0,80}") {
         same_pieces(&text)?;
     }
+
+    /// Runs of ASCII punctuation and symbols (the fast path for them) between short words,
+    /// spaces, newlines, slashes and a non-ASCII symbol or letter.
+    #[test]
+    fn ascii_symbols_match_the_reference(text in "([ ]?[-.,;:!?()\\[\\]{}<>/\\\\|@#$%^&*_=+`~\"'\n\r\t]{0,4}[a-zA-Z0-9]{0,3}[…é\u{301}]?){0,10}") {
+        same_pieces(&text)?;
+    }
 }
