@@ -9,7 +9,8 @@
 //!     target/release/examples/count_prose 300 llama3     # Ir / 300 = a prompt's count
 //! ```
 //!
-//! Arguments: N (300) and the encoding (o200k_base; any of `sluice_tokenizer::ENCODINGS`).
+//! Arguments: N (300), the encoding (o200k_base; any of `sluice_tokenizer::ENCODINGS`),
+//! and `json` to count a number-heavy JSON text of about the same size instead of prose.
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -19,7 +20,13 @@ fn main() {
         eprintln!("count_prose: no encoding {name}");
         std::process::exit(2);
     };
-    let prose = "You are a helpful assistant for a GPU inference platform. ".repeat(33);
+    let unit = match args.next().as_deref() {
+        Some("json") => {
+            "{\"id\": 12345, \"values\": [3.14159, 2.71828, 1024, 65536], \"date\": \"2026-12-04\"}\n"
+        }
+        _ => "You are a helpful assistant for a GPU inference platform. ",
+    };
+    let prose = unit.repeat(1900 / unit.len() + 1);
     let prose = prose.get(..1900).unwrap_or(&prose);
     let mut tokens = 0;
     for i in 0..n {

@@ -88,12 +88,15 @@ impl<'a> Iterator for Pieces<'a> {
     fn next(&mut self) -> Option<&'a str> {
         let s = self.text.as_bytes();
         let ascii = match self.pattern {
-            Pattern::O200k => {
-                o200k_ascii_word(s, self.pos).or_else(|| ascii_punctuation(s, self.pos, true))
-            }
-            Pattern::Cl100k | Pattern::Llama3 | Pattern::Qwen2 => {
-                cl100k_ascii_word(s, self.pos).or_else(|| ascii_punctuation(s, self.pos, false))
-            }
+            Pattern::O200k => o200k_ascii_word(s, self.pos)
+                .or_else(|| ascii_punctuation(s, self.pos, true))
+                .or_else(|| ascii_digits(s, self.pos, 3)),
+            Pattern::Cl100k | Pattern::Llama3 => cl100k_ascii_word(s, self.pos)
+                .or_else(|| ascii_punctuation(s, self.pos, false))
+                .or_else(|| ascii_digits(s, self.pos, 3)),
+            Pattern::Qwen2 => cl100k_ascii_word(s, self.pos)
+                .or_else(|| ascii_punctuation(s, self.pos, false))
+                .or_else(|| ascii_digits(s, self.pos, 1)),
         };
         if let Some(end) = ascii {
             let piece = self.text.get(self.pos..end)?;
@@ -326,6 +329,25 @@ fn run_while(s: &[u8], t: &str, mut i: usize, keep: impl Fn(u8) -> bool) -> usiz
         i += n;
     }
     i
+}
+
+/// `\p{N}{1,max}` (A3 / C3; Qwen 2's single `\p{N}`) over ASCII digits: no earlier
+/// alternative can start with a digit (it is neither a letter nor a word's prefix). `None`
+/// when a non-ASCII character could be the next digit.
+#[inline]
+fn ascii_digits(s: &[u8], i: usize, max: usize) -> Option<usize> {
+    if !s.get(i)?.is_ascii_digit() {
+        return None;
+    }
+    let mut j = i + 1;
+    while j < i + max {
+        match s.get(j) {
+            Some(b) if b.is_ascii_digit() => j += 1,
+            Some(&b) if b >= 0x80 => return None,
+            _ => break,
+        }
+    }
+    Some(j)
 }
 
 /// `\p{N}{1,3}` after the first digit (ending at `i`).
