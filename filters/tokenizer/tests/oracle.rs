@@ -14,6 +14,8 @@
 )]
 
 use proptest::prelude::*;
+
+mod texts;
 use serde_json::Value;
 use std::sync::OnceLock;
 use tiktoken_rs::CoreBPE;
@@ -126,11 +128,7 @@ fn same_in_every_encoding(text: &str) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    // 2000 cases by default; PROPTEST_CASES=100000 for a deep run.
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(texts::config())]
 
     #[test]
     fn tricky_text_matches_the_reference(chars in prop::collection::vec(tricky_char(), 0..60)) {
@@ -148,7 +146,7 @@ proptest! {
     /// follow one: capitals, digits, apostrophes, newlines, a combining mark, a non-ASCII
     /// letter or space.
     #[test]
-    fn ascii_prose_matches_the_reference(text in "([ .,;\n\r\t'\"(/-]?[A-Z]{0,4}[a-z]{0,8}[0-9']?){0,12}[éÉ\u{301}\u{85}ſK中]?[a-zA-Z' ]{0,4}") {
+    fn ascii_prose_matches_the_reference(text in texts::ASCII_PROSE) {
         same_in_every_encoding(&text)?;
     }
 
@@ -168,7 +166,7 @@ proptest! {
     /// Runs of ASCII punctuation and symbols and of digits (the fast paths for them) between
     /// short words, spaces, newlines, slashes and a non-ASCII symbol, letter or digit.
     #[test]
-    fn ascii_symbols_match_the_reference(text in "([ ]?[-.,;:!?()\\[\\]{}<>/\\\\|@#$%^&*_=+`~\"'\n\r\t]{0,4}[a-zA-Z]{0,2}[0-9]{0,5}[…é\u{301}٣²]?){0,10}") {
+    fn ascii_symbols_match_the_reference(text in texts::ASCII_SYMBOLS) {
         same_in_every_encoding(&text)?;
     }
 }
