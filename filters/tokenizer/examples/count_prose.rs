@@ -33,7 +33,7 @@ fn main() {
         tokens += tokenizer.count(std::hint::black_box(&format!("{i} {prose}")));
     }
     println!(
-        "{name}: {n} prompts of {} bytes, {tokens} tokens",
-        prose.len() + 4
+        "{name}: {n} prompts of {} bytes after their number, {tokens} tokens",
+        prose.len()
     );
 }

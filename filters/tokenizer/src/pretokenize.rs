@@ -129,7 +129,7 @@ fn ascii_run(s: &[u8], i: usize, keep: impl Fn(u8) -> bool) -> usize {
 /// (`[^\r\n\p{L}\p{N}]`): neither a letter, a digit nor a newline.
 #[inline]
 fn ascii_prefix(b: u8) -> bool {
-    b < 0x80 && !b.is_ascii_alphanumeric() && b != b'\r' && b != b'\n'
+    b < 0x80 && is_prefix(b as char, class(b as char))
 }
 
 /// o200k's commonest pieces on ASCII bytes alone, without the general path's per-character

@@ -14,11 +14,11 @@
 )]
 
 use proptest::prelude::*;
-
-mod texts;
 use serde_json::Value;
 use std::sync::OnceLock;
 use tiktoken_rs::CoreBPE;
+
+mod texts;
 
 fn reference(name: &str) -> &'static CoreBPE {
     static O200K: OnceLock<CoreBPE> = OnceLock::new();

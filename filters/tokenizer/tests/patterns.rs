@@ -6,10 +6,10 @@
 
 use fancy_regex::Regex;
 use proptest::prelude::*;
-
-mod texts;
 use sluice_tokenizer::{Pattern, Pieces};
 use std::sync::OnceLock;
+
+mod texts;
 
 /// Llama 3's `pre_tokenizer` pattern (Meta's `tokenizer.json`, llama.cpp's `llama-bpe`).
 const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -65,7 +65,7 @@ proptest! {
     /// Runs of ASCII punctuation and symbols and of digits (the fast paths for them) between
     /// short words, spaces, newlines, slashes and a non-ASCII symbol, letter or digit.
     #[test]
-    fn ascii_symbols_match_the_reference(text in texts::ASCII_SYMBOLS) {
+    fn ascii_symbols_cut_as_the_regex(text in texts::ASCII_SYMBOLS) {
         same_pieces(&text)?;
     }
 }
