@@ -58,20 +58,19 @@ step "real inference engine: llama.cpp llama-server and tiny models (scripts/eng
 SLUICE_ENGINE_DIR=$(scripts/engine.sh | tail -1)
 export SLUICE_ENGINE_DIR SLUICE_REQUIRE_ENGINE=1
 
-step "unit and end-to-end tests (real Envoy: $ROOT/.venv/bin/envoy; real engine: $SLUICE_ENGINE_DIR)"
+step "unit and end-to-end tests, native and wasm builds (real Envoy: $ROOT/.venv/bin/envoy; real engine: $SLUICE_ENGINE_DIR)"
 export ENVOY_BIN="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
-cargo test --workspace --no-fail-fast
-
-step "end-to-end suites against the wasm build (SLUICE_E2E_BUILD=wasm)"
-# The step above runs every suite against the native build (what scripts/run.sh loads);
-# the compose stack and Istio load the wasm build (docs/architecture.md, "Two builds"):
-# these suites run again with each filter in Envoy's V8 — the ones that exercise what the
-# wasm host does differently: ECDS key rotation, body rewriting, callouts from requests and
-# from the root context, its timer and per-VM handoff queues (global limits, the cache's
-# shared tier, the picker's scraping and queue). The others pass against it too and are
-# left out to keep CI within its time budget.
-SLUICE_E2E_BUILD=wasm cargo test -p sluice-e2e --no-fail-fast --test key_auth --test pii \
-  --test rate_limit_global --test response_cache --test endpoint_picker
+# Every test binary runs against the native build (what scripts/run.sh loads); the compose
+# stack and Istio load the wasm build (docs/architecture.md, "Two builds"): the --wasm-suite
+# suites run once more with each filter in Envoy's V8 (SLUICE_E2E_BUILD=wasm) — the ones
+# that exercise what the wasm host does differently: ECDS key rotation, body rewriting,
+# callouts from requests and from the root context, its timer and per-VM handoff queues
+# (global limits, the cache's shared tier, the picker's scraping and queue). The others
+# pass against it too and are left out to keep CI within its time budget. Two binaries at
+# a time (SLUICE_TEST_JOBS): most of an end-to-end suite's time is waiting.
+.venv/bin/python scripts/lib/test-binaries.py --wasm-suite key_auth --wasm-suite pii \
+  --wasm-suite rate_limit_global --wasm-suite response_cache --wasm-suite endpoint_picker
+cargo test --quiet --workspace --doc
 
 step "filter unit tests compiled to wasm32-wasip1, run in V8 (Node WASI)"
 command -v node >/dev/null || { echo "node is needed to run wasm tests"; exit 1; }
