@@ -6,6 +6,7 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET ...]    # SECONDS per target (default 60); all targets
 #   FUZZ_RUNS=10000000 scripts/fuzz.sh        # a fixed number of executions per target instead
 #   FUZZ_FLAGS="-max_len=1024" scripts/fuzz.sh # more libFuzzer flags
+#   FUZZ_SANITIZER=none scripts/fuzz.sh       # without AddressSanitizer (default: address)
 #
 # Installs what it needs once: a nightly toolchain (libFuzzer's instrumentation needs it)
 # and cargo-fuzz. The corpus grows in fuzz/corpus/<target> (git-ignored); a crash is saved
@@ -31,8 +32,9 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
   cargo install --locked --quiet cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
 
+SANITIZER=${FUZZ_SANITIZER:-address}
 cd fuzz
-cargo +nightly fuzz build -O
+cargo +nightly fuzz build -O -s "$SANITIZER"
 failed=0
 total=0
 for t in "${TARGETS[@]}"; do
@@ -40,7 +42,7 @@ for t in "${TARGETS[@]}"; do
   log=$(mktemp)
   start=$(date +%s)
   if [ -n "${FUZZ_RUNS:-}" ]; then limit=(-runs="$FUZZ_RUNS"); else limit=(-max_total_time="$SECONDS_PER_TARGET"); fi
-  if cargo +nightly fuzz run -O "$t" "corpus/$t" -- \
+  if cargo +nightly fuzz run -O -s "$SANITIZER" "$t" "corpus/$t" -- \
       "${limit[@]}" -rss_limit_mb=2048 -timeout=10 ${FUZZ_FLAGS:-} \
       -print_final_stats=1 >"$log" 2>&1; then
     findings=0
