@@ -327,15 +327,24 @@ impl SharedDataMap {
         value: &[u8],
         cas: Option<u32>,
     ) -> Result<(), SharedDataError> {
-        let version = match (self.0.get(key), cas) {
-            (Some((_, current)), Some(cas)) if *current != cas => {
-                return Err(SharedDataError::CasMismatch)
+        match self.0.get_mut(key) {
+            Some((_, current)) if cas.is_some_and(|cas| cas != *current) => {
+                Err(SharedDataError::CasMismatch)
             }
-            (Some((_, current)), _) => current.wrapping_add(1),
-            (None, _) => 1,
-        };
-        self.0.insert(key.to_string(), (value.to_vec(), version));
-        Ok(())
+            // In place, one lookup: a key that exists keeps its string and its value's
+            // buffer (a bucket or a load figure is rewritten every request; a new key and
+            // value each time were three allocations and two hashes of the key).
+            Some((stored, version)) => {
+                stored.clear();
+                stored.extend_from_slice(value);
+                *version = version.wrapping_add(1);
+                Ok(())
+            }
+            None => {
+                self.0.insert(key.to_string(), (value.to_vec(), 1));
+                Ok(())
+            }
+        }
     }
 
     /// The keys set, in no order.

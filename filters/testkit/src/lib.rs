@@ -725,6 +725,15 @@ mod tests {
             Err(SharedDataError::CasMismatch)
         );
         assert_eq!(h.set_shared_data("k", b"c", None), Ok(()));
+        // Rewritten in place: a shorter value replaces a longer one whole, and each write
+        // moves the version on.
+        let (_, before) = h.shared_data("k");
+        assert_eq!(h.set_shared_data("k", b"a longer value", before), Ok(()));
+        let (_, after) = h.shared_data("k");
+        assert_ne!(after, before);
+        assert_eq!(h.set_shared_data("k", b"z", after), Ok(()));
+        assert_eq!(h.shared_data("k").0.as_deref(), Some(&b"z"[..]));
+        assert_eq!(h.shared_data("other").0, None);
     }
 
     #[test]
