@@ -31,8 +31,8 @@ RESULT = re.compile(r"^test result: \w+\. (\d+) passed; (\d+) failed", re.M)
 
 
 def test_binaries():
-    """(label, executable, package dir, is an end-to-end suite, target name) for each test
-    binary of the workspace, built by cargo."""
+    """(label, executable, package dir, is an end-to-end suite, target name, source) for
+    each test binary of the workspace, built by cargo."""
     build = subprocess.run(
         ["cargo", "test", "--workspace", "--no-run", "--message-format=json-render-diagnostics"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
@@ -56,7 +56,7 @@ def test_binaries():
         exe = msg["executable"]
         label = f"{src} ({os.path.relpath(exe, ROOT)})"
         e2e = "test" in target["kind"] and os.path.relpath(pkg_dir, ROOT) == "tests"
-        found.append((label, exe, pkg_dir, e2e, target["name"]))
+        found.append((label, exe, pkg_dir, e2e, target["name"], src))
     return found
 
 
@@ -67,13 +67,16 @@ def main():
     args = ap.parse_args()
 
     bins = test_binaries()
-    jobs = [(label, exe, cwd, {}) for label, exe, cwd, _, _ in bins]
-    e2e = {name: (label, exe, cwd) for label, exe, cwd, is_e2e, name in bins if is_e2e}
+    # A job: (label, executable, directory, environment, key of its recorded duration —
+    # the source path, which a rebuild does not change as it does the executable's name).
+    jobs = [(label, exe, cwd, {}, src) for label, exe, cwd, _, _, src in bins]
+    e2e = {name: (label, exe, cwd, src) for label, exe, cwd, is_e2e, name, src in bins if is_e2e}
     for name in args.wasm_suite:
         if name not in e2e:
             sys.exit(f"test-binaries: no end-to-end suite named {name}")
-        label, exe, cwd = e2e[name]
-        jobs.append((label + " with SLUICE_E2E_BUILD=wasm", exe, cwd, {"SLUICE_E2E_BUILD": "wasm"}))
+        label, exe, cwd, src = e2e[name]
+        wasm = " with SLUICE_E2E_BUILD=wasm"
+        jobs.append((label + wasm, exe, cwd, {"SLUICE_E2E_BUILD": "wasm"}, src + wasm))
 
     try:
         with open(DURATIONS) as f:
@@ -82,9 +85,8 @@ def main():
         last = {}
     # Without a record, the end-to-end suites (long, mostly waiting) first.
     def expected(job):
-        label = job[0]
-        if label in last:
-            return last[label]
+        if job[4] in last:
+            return last[job[4]]
         return 60.0 if os.path.relpath(job[2], ROOT) == "tests" else 1.0
     jobs.sort(key=expected, reverse=True)
 
@@ -92,14 +94,14 @@ def main():
     durations, failed, totals = {}, [], [0, 0]
 
     def run(job):
-        label, exe, cwd, env = job
+        label, exe, cwd, env, key = job
         start = time.monotonic()
         proc = subprocess.run([exe], cwd=cwd, env={**os.environ, **env},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               errors="replace")
         took = time.monotonic() - start
         with lock:
-            durations[label] = round(took, 1)
+            durations[key] = round(took, 1)
             print(f"\n     Running {label}, {took:.1f} s", flush=True)
             sys.stdout.write(proc.stdout)
             sys.stdout.flush()
