@@ -24,24 +24,34 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DURATIONS = os.path.join(ROOT, "target", "test-durations.json")
 RESULT = re.compile(r"^test result: \w+\. (\d+) passed; (\d+) failed", re.M)
 
 
+class Run(NamedTuple):
+    """One run of a test binary."""
+    label: str
+    exe: str
+    cwd: str  # its package's directory, as `cargo test` runs it
+    env: dict
+    key: str  # of its recorded duration: the source path (a rebuild renames the exe)
+    e2e: bool  # an end-to-end suite (tests/tests/*.rs)
+    name: str  # the test target's name
+
+
 def test_binaries():
-    """(label, executable, package dir, is an end-to-end suite, target name, source) for
-    each test binary of the workspace, built by cargo."""
+    """A `Run` of each test binary of the workspace, built by cargo."""
     build = subprocess.run(
         ["cargo", "test", "--workspace", "--no-run", "--message-format=json-render-diagnostics"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
     if build.returncode != 0:
         sys.exit("test-binaries: `cargo test --workspace --no-run` failed")
-    out = build.stdout
     found = []
-    for line in out.splitlines():
+    for line in build.stdout.splitlines():
         try:
             msg = json.loads(line)
         except ValueError:
@@ -51,12 +61,12 @@ def test_binaries():
         if not msg["profile"]["test"]:
             continue
         target = msg["target"]
-        pkg_dir = os.path.dirname(msg["manifest_path"])
+        cwd = os.path.dirname(msg["manifest_path"])
         src = os.path.relpath(target["src_path"], ROOT)
         exe = msg["executable"]
-        label = f"{src} ({os.path.relpath(exe, ROOT)})"
-        e2e = "test" in target["kind"] and os.path.relpath(pkg_dir, ROOT) == "tests"
-        found.append((label, exe, pkg_dir, e2e, target["name"], src))
+        e2e = "test" in target["kind"] and os.path.relpath(cwd, ROOT) == "tests"
+        found.append(Run(f"{src} ({os.path.relpath(exe, ROOT)})", exe, cwd, {}, src, e2e,
+                         target["name"]))
     return found
 
 
@@ -67,16 +77,15 @@ def main():
     args = ap.parse_args()
 
     bins = test_binaries()
-    # A job: (label, executable, directory, environment, key of its recorded duration —
-    # the source path, which a rebuild does not change as it does the executable's name).
-    jobs = [(label, exe, cwd, {}, src) for label, exe, cwd, _, _, src in bins]
-    e2e = {name: (label, exe, cwd, src) for label, exe, cwd, is_e2e, name, src in bins if is_e2e}
+    jobs = list(bins)
+    e2e = {b.name: b for b in bins if b.e2e}
     for name in args.wasm_suite:
         if name not in e2e:
             sys.exit(f"test-binaries: no end-to-end suite named {name}")
-        label, exe, cwd, src = e2e[name]
         wasm = " with SLUICE_E2E_BUILD=wasm"
-        jobs.append((label + wasm, exe, cwd, {"SLUICE_E2E_BUILD": "wasm"}, src + wasm))
+        b = e2e[name]
+        jobs.append(b._replace(label=b.label + wasm, env={"SLUICE_E2E_BUILD": "wasm"},
+                               key=b.key + wasm))
 
     try:
         with open(DURATIONS) as f:
@@ -84,32 +93,27 @@ def main():
     except (OSError, ValueError):
         last = {}
     # Without a record, the end-to-end suites (long, mostly waiting) first.
-    def expected(job):
-        if job[4] in last:
-            return last[job[4]]
-        return 60.0 if os.path.relpath(job[2], ROOT) == "tests" else 1.0
-    jobs.sort(key=expected, reverse=True)
+    jobs.sort(key=lambda r: last.get(r.key, 60.0 if r.e2e else 1.0), reverse=True)
 
     lock = threading.Lock()
     durations, failed, totals = {}, [], [0, 0]
 
     def run(job):
-        label, exe, cwd, env, key = job
         start = time.monotonic()
-        proc = subprocess.run([exe], cwd=cwd, env={**os.environ, **env},
+        proc = subprocess.run([job.exe], cwd=job.cwd, env={**os.environ, **job.env},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               errors="replace")
         took = time.monotonic() - start
         with lock:
-            durations[key] = round(took, 1)
-            print(f"\n     Running {label}, {took:.1f} s", flush=True)
+            durations[job.key] = round(took, 1)
+            print(f"\n     Running {job.label}, {took:.1f} s", flush=True)
             sys.stdout.write(proc.stdout)
             sys.stdout.flush()
             for passed, fails in RESULT.findall(proc.stdout):
                 totals[0] += int(passed)
                 totals[1] += int(fails)
             if proc.returncode != 0:
-                failed.append(f"{label} (exit {proc.returncode})")
+                failed.append(f"{job.label} (exit {proc.returncode})")
 
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:

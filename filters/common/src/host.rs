@@ -337,7 +337,8 @@ impl SharedDataMap {
             Some((stored, version)) => {
                 stored.clear();
                 stored.extend_from_slice(value);
-                *version = version.wrapping_add(1);
+                // Versions count up from 1 and skip 0 (proxy-wasm's "no check").
+                *version = version.wrapping_add(1).max(1);
                 Ok(())
             }
             None => {

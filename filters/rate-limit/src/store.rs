@@ -5,6 +5,7 @@
 //! concurrent requests on different workers can never both take the last unit of a limit.
 //! When the retries run out the request is refused: a limit is never overshot.
 
+use sluice_common::host::SharedDataMap;
 use sluice_common::Host;
 
 /// A store with versioned values (what `proxy_get_shared_data` / `proxy_set_shared_data`
@@ -213,30 +214,20 @@ pub fn remaining<S: SharedStore + ?Sized>(store: &S, key: &str, quota: Quota, no
     quota.limit.saturating_sub(used)
 }
 
-/// An in-memory [`SharedStore`] for tests, with Envoy's version semantics: a missing key is
-/// created whatever `cas`; an existing key is written only when `cas` is absent or equal.
+/// An in-memory [`SharedStore`] for tests, with Envoy's version semantics: the map the
+/// mock host and the native build keep ([`SharedDataMap`]).
 #[derive(Default)]
 pub struct MemoryStore {
-    data: std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>,
+    data: std::cell::RefCell<SharedDataMap>,
 }
 
 impl SharedStore for MemoryStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.data.borrow().get(key) {
-            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-            None => (None, None),
-        }
+        self.data.borrow().get(key)
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        let mut data = self.data.borrow_mut();
-        let current = data.get(key).map(|(_, c)| *c);
-        if current.is_some() && cas.is_some() && cas != current {
-            return Err(StoreError::CasMismatch);
-        }
-        let next = current.unwrap_or(0).wrapping_add(1).max(1);
-        data.insert(key.to_string(), (value.to_vec(), next));
-        Ok(())
+        self.data.borrow_mut().set(key, value, cas)
     }
 }
 
