@@ -10,7 +10,10 @@
 //! is, and `perf record` (or `valgrind --tool=callgrind`) on this binary says which code
 //! does it, with symbols, which the wasm in Envoy does not give.
 //!
-//!     sluice-chain-profile [--requests N] [--prompt-bytes N] [--calls] [--disturb-kb N] [--fresh]
+//!     sluice-chain-profile [--requests N] [--prompt-bytes N] [--calls] [--disturb-kb N] [--fresh] [--one-filter]
+//!
+//! `--one-filter` runs the filters after the buffer filter as one `sluice.chain`, as the
+//! Envoy template does by default (one row for the six).
 //!
 //! `--fresh` puts the request's number before its prompt's first word, so that no memo of a
 //! text seen before helps (the benchmarks' rows "every prompt new").
@@ -20,8 +23,10 @@
 //! filter that answers the request itself (any local reply) is an error: the profile is of
 //! the request that passes every filter.
 
-use sluice_common::host::{Flow, Host, Lifecycle, Plugin};
+use sluice_common::chain::{configure, AnyPlugin, Configure};
+use sluice_common::host::{Flow, Host, Lifecycle};
 use sluice_endpoint_picker::lifecycle::EndpointPicker;
+use sluice_filters::SluiceChain;
 use sluice_key_auth::lifecycle::KeyAuth;
 use sluice_model_router::lifecycle::ModelRouter;
 use sluice_pii_redaction::lifecycle::PiiRedaction;
@@ -40,38 +45,44 @@ const METRICS: &str = "vllm:num_requests_running{model_name=\"m\"} 1\n\
                        vllm:num_requests_waiting{model_name=\"m\"} 0\n\
                        vllm:kv_cache_usage_perc{model_name=\"m\"} 0.1\n";
 
-type NewRequest = Box<dyn Fn(u32) -> Box<dyn Lifecycle>>;
-
-/// One filter of the chain: its name and how it starts a request.
+/// One filter of the chain (or, with `--one-filter`, several as one): its name and its
+/// configured plugin.
 struct Stage {
     name: &'static str,
-    new_request: NewRequest,
+    plugin: Rc<dyn AnyPlugin>,
     time: Duration,
     calls: HostCalls,
 }
 
 impl Stage {
-    fn of<P: Plugin>(name: &'static str, plugin: Rc<P>) -> Self {
+    fn new(name: &'static str, plugin: Rc<dyn AnyPlugin>) -> Self {
         Self {
             name,
-            new_request: Box::new(move |id| Box::new(plugin.new_request(id))),
+            plugin,
             time: Duration::ZERO,
             calls: HostCalls::default(),
         }
     }
 }
 
-/// Filter `P` configured on `host` with `config` (and the root id Envoy would give it).
-fn configure<P: Plugin>(
+/// A filter as Envoy configures it: its name in the table, its root id, its configuration.
+struct Filter {
+    label: &'static str,
+    root_id: &'static str,
+    config: String,
+    configure: Configure,
+}
+
+/// Configure a plugin on `host` with `config` and the root id Envoy would give it.
+fn configure_on(
     host: &mut MockHost,
     root_id: &str,
     config: &str,
-) -> Result<Rc<P>, Box<dyn Error>> {
+    configure: Configure,
+) -> Result<Rc<dyn AnyPlugin>, Box<dyn Error>> {
     host.plugin_config = config.as_bytes().to_vec();
     host.set_text_property("plugin_root_id", root_id);
-    Ok(Rc::new(
-        P::configure(host).map_err(|e| format!("{root_id}: {e}"))?,
-    ))
+    Ok(configure(host).map_err(|e| format!("{root_id}: {e}"))?)
 }
 
 fn file(path: &str) -> Result<String, Box<dyn Error>> {
@@ -79,8 +90,9 @@ fn file(path: &str) -> Result<String, Box<dyn Error>> {
     Ok(std::fs::read_to_string(format!("{root}{path}"))?)
 }
 
-/// The chain as the benchmark's Envoy runs it (endpoint-picker on an engine pool).
-fn chain(host: &mut MockHost) -> Result<(Vec<Stage>, Rc<EndpointPicker>), Box<dyn Error>> {
+/// The chain's filters as the benchmark's Envoy runs them (endpoint-picker on an engine
+/// pool), in order.
+fn filters() -> Result<Vec<Filter>, Box<dyn Error>> {
     let keys = serde_json::json!({"keys": [{"id": "profile", "tenant": "profile",
         "sha256": hex::encode(sluice_key_auth::digest(KEY))}]});
     let router =
@@ -89,54 +101,105 @@ fn chain(host: &mut MockHost) -> Result<(Vec<Stage>, Rc<EndpointPicker>), Box<dy
     let picker = serde_json::json!({"pools": [{"name": "pool-a", "engine": "vllm",
         "endpoints": [{"address": ENDPOINT, "metrics_cluster": "pool-a-metrics"}]}]});
     let rate_limit = file("envoy/filters/rate-limit.json")?;
-    let picker: Rc<EndpointPicker> =
-        configure(host, "sluice.endpoint_picker", &picker.to_string())?;
-    let stages = vec![
-        Stage::of::<KeyAuth>(
+    let filter = |label, root_id, config: String, configure| Filter {
+        label,
+        root_id,
+        config,
+        configure,
+    };
+    Ok(vec![
+        filter(
             "key-auth",
-            configure(host, "sluice.key_auth", &keys.to_string())?,
+            "sluice.key_auth",
+            keys.to_string(),
+            configure::<KeyAuth>,
         ),
-        Stage::of::<RateLimit>(
+        filter(
             "rate-limit admission",
-            configure(host, "sluice.rate_limit.admission", &rate_limit)?,
+            "sluice.rate_limit.admission",
+            rate_limit.clone(),
+            configure::<RateLimit>,
         ),
-        Stage::of::<ModelRouter>(
+        filter(
             "model-router",
-            configure(host, "sluice.model_router", router)?,
+            "sluice.model_router",
+            router.into(),
+            configure::<ModelRouter>,
         ),
-        Stage::of::<PiiRedaction>(
+        filter(
             "pii-redaction",
-            configure(
-                host,
-                "sluice.pii_redaction",
-                &file("envoy/filters/pii-redaction.json")?,
-            )?,
+            "sluice.pii_redaction",
+            file("envoy/filters/pii-redaction.json")?,
+            configure::<PiiRedaction>,
         ),
-        Stage::of::<TokenCounter>(
+        filter(
             "token-counter",
-            configure(
-                host,
-                "sluice.token_counter",
-                &file("envoy/filters/token-counter.json")?,
-            )?,
+            "sluice.token_counter",
+            file("envoy/filters/token-counter.json")?,
+            configure::<TokenCounter>,
         ),
-        Stage::of::<ResponseCache>(
+        filter(
             "response-cache",
-            configure(host, "sluice.response_cache", cache)?,
+            "sluice.response_cache",
+            cache.into(),
+            configure::<ResponseCache>,
         ),
-        Stage::of::<RateLimit>(
+        filter(
             "rate-limit tokens",
-            configure(host, "sluice.rate_limit.tokens", &rate_limit)?,
+            "sluice.rate_limit.tokens",
+            rate_limit,
+            configure::<RateLimit>,
         ),
-        Stage::of("endpoint-picker", picker.clone()),
-    ];
+        filter(
+            "endpoint-picker",
+            "sluice.endpoint_picker",
+            picker.to_string(),
+            configure::<EndpointPicker>,
+        ),
+    ])
+}
+
+/// The stages, and the plugin whose root context scrapes the engine.
+type ConfiguredChain = (Vec<Stage>, Rc<dyn AnyPlugin>);
+
+/// The chain configured on `host`: each filter its own stage, or with `one_filter` the
+/// filters after the buffer filter (the third on) as one `sluice.chain`, as the Envoy
+/// template runs them by default. And the plugin whose root context scrapes the engine.
+fn chain(host: &mut MockHost, one_filter: bool) -> Result<ConfiguredChain, Box<dyn Error>> {
+    let filters = filters()?;
+    let mut stages = Vec::new();
+    for f in &filters {
+        if one_filter && stages.len() == 2 {
+            break;
+        }
+        stages.push(Stage::new(
+            f.label,
+            configure_on(host, f.root_id, &f.config, f.configure)?,
+        ));
+    }
+    if one_filter {
+        let members: Vec<serde_json::Value> = filters
+            .iter()
+            .skip(2)
+            .map(|f| serde_json::json!({"name": f.root_id, "config": f.config}))
+            .collect();
+        let config = serde_json::json!({ "filters": members }).to_string();
+        stages.push(Stage::new(
+            "sluice.chain (the six after the buffer)",
+            configure_on(host, "sluice.chain", &config, configure::<SluiceChain>)?,
+        ));
+    }
+    let root = stages
+        .last()
+        .map(|s| Rc::clone(&s.plugin))
+        .ok_or("no filters")?;
     host.now_ms = 1_700_000_000_000;
-    Ok((stages, picker))
+    Ok((stages, root))
 }
 
 /// One scrape of the endpoint's engine, answered as vLLM answers: the picker ranks on a
 /// fresh report.
-fn scrape(host: &mut MockHost, picker: &EndpointPicker) {
+fn scrape(host: &mut MockHost, picker: &dyn AnyPlugin) {
     host.take_calls();
     let before = host.tokens_issued();
     picker.on_tick(host);
@@ -224,25 +287,42 @@ struct Profile {
     stages: Vec<Stage>,
     body_bytes: usize,
     published: Vec<(String, String)>,
+    /// The last request's headers and body as they went upstream, and its answer's body
+    /// as it went to the client.
+    upstream: (Vec<(String, Vec<u8>)>, Vec<u8>),
+    answer: Vec<u8>,
 }
 
-fn profile(
+/// What to profile.
+#[derive(Debug, Clone, Copy)]
+struct Options {
     requests: u32,
     prompt_bytes: usize,
     disturb_kb: usize,
     fresh: bool,
-) -> Result<Profile, Box<dyn Error>> {
+    one_filter: bool,
+}
+
+fn profile(options: Options) -> Result<Profile, Box<dyn Error>> {
+    let Options {
+        requests,
+        prompt_bytes,
+        disturb_kb,
+        fresh,
+        one_filter,
+    } = options;
     let mut other_memory = vec![0u8; disturb_kb << 10];
     let mut host = MockHost::new();
-    let (mut stages, picker) = chain(&mut host)?;
-    scrape(&mut host, &picker);
+    let (mut stages, picker) = chain(&mut host, one_filter)?;
+    scrape(&mut host, picker.as_ref());
     let body = request_body(prompt_bytes);
     let authorization = format!("Bearer {KEY}");
+    let mut upstream = (Vec::new(), Vec::new());
     for id in 0..requests {
         disturb(&mut other_memory, id);
         if id % 450 == 449 {
             // A millisecond a request: the picker scrapes every 500 ms.
-            scrape(&mut host, &picker);
+            scrape(&mut host, picker.as_ref());
         }
         host.next_request(&[
             (":method", "POST"),
@@ -268,7 +348,7 @@ fn profile(
         let mut live: Vec<Box<dyn Lifecycle>> = Vec::with_capacity(stages.len());
         for s in &mut stages {
             let start = Instant::now();
-            live.push((s.new_request)(id + 2));
+            live.push(s.plugin.new_request(id + 2));
             s.time += start.elapsed();
         }
         // Envoy passes the headers on only when a filter lets them go, and the whole body
@@ -278,6 +358,7 @@ fn profile(
             r.on_request_headers(h, false);
             r.on_request_body(h, size, true)
         })?;
+        upstream = (host.request_headers.clone(), host.request_body.clone());
         host.set_response_headers(&[(":status", "200"), ("content-type", "application/json")]);
         host.response_body = REPLY.as_bytes().to_vec();
         each(&mut stages, &mut live, &mut host, true, |r, h, size| {
@@ -299,21 +380,20 @@ fn profile(
         stages,
         body_bytes: body.len(),
         published,
+        upstream,
+        answer: host.response_body.clone(),
     })
 }
 
-fn run(
-    requests: u32,
-    prompt_bytes: usize,
-    disturb_kb: usize,
-    fresh: bool,
-    show_calls: bool,
-) -> Result<(), Box<dyn Error>> {
+fn run(options: Options, show_calls: bool) -> Result<(), Box<dyn Error>> {
     let Profile {
         stages,
         body_bytes,
         published,
-    } = profile(requests, prompt_bytes, disturb_kb, fresh)?;
+        upstream,
+        answer,
+    } = profile(options)?;
+    let requests = options.requests;
     let n = f64::from(requests.max(1));
     // Built for wasm32-wasip1 it runs in a wasm engine (V8 under Node:
     // `scripts/chain-profile-v8.sh`), the mock host compiled in with the filters.
@@ -357,28 +437,38 @@ fn run(
         for (name, value) in &published {
             println!("{name} = {value}");
         }
+        println!(
+            "upstream: {} headers, a {}-byte body; the answer: {} bytes",
+            upstream.0.len(),
+            upstream.1.len(),
+            answer.len()
+        );
     }
     Ok(())
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let mut requests = 2000;
-    let mut prompt_bytes = 2000;
+    let mut o = Options {
+        requests: 2000,
+        prompt_bytes: 2000,
+        disturb_kb: 0,
+        fresh: false,
+        one_filter: false,
+    };
     let mut show_calls = false;
-    let mut disturb_kb = 0;
-    let mut fresh = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--requests" => requests = args.next().ok_or("--requests N")?.parse()?,
-            "--prompt-bytes" => prompt_bytes = args.next().ok_or("--prompt-bytes N")?.parse()?,
+            "--requests" => o.requests = args.next().ok_or("--requests N")?.parse()?,
+            "--prompt-bytes" => o.prompt_bytes = args.next().ok_or("--prompt-bytes N")?.parse()?,
             "--calls" => show_calls = true,
-            "--fresh" => fresh = true,
-            "--disturb-kb" => disturb_kb = args.next().ok_or("--disturb-kb N")?.parse()?,
+            "--fresh" => o.fresh = true,
+            "--one-filter" => o.one_filter = true,
+            "--disturb-kb" => o.disturb_kb = args.next().ok_or("--disturb-kb N")?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    run(requests, prompt_bytes, disturb_kb, fresh, show_calls)
+    run(o, show_calls)
 }
 
 #[cfg(test)]
@@ -390,7 +480,7 @@ mod tests {
     /// endpoint on its engine report instead of leaving it to Envoy).
     #[test]
     fn every_filter_does_its_whole_work_on_the_profiled_request() {
-        let p = profile(3, 2000, 64, true).unwrap();
+        let p = profile(options(false)).unwrap();
         assert_eq!(p.stages.len(), 8);
         for s in &p.stages {
             assert!(s.calls.total() >= 3, "{}: {:?}", s.name, s.calls);
@@ -415,5 +505,38 @@ mod tests {
         );
         let picker = p.stages.last().unwrap();
         assert!(picker.calls.by_kind.get("set_header") == Some(&3));
+    }
+
+    fn options(one_filter: bool) -> Options {
+        Options {
+            requests: 3,
+            prompt_bytes: 2000,
+            disturb_kb: 64,
+            fresh: true,
+            one_filter,
+        }
+    }
+
+    /// The six filters after the buffer filter as one `sluice.chain` leave the same facts,
+    /// send the same request upstream and the same answer back as the six one by one, and
+    /// make the same host calls (in one filter instead of six).
+    #[test]
+    fn the_filters_as_one_do_what_they_do_one_by_one() {
+        let apart = profile(options(false)).unwrap();
+        let one = profile(options(true)).unwrap();
+        assert_eq!(one.stages.len(), 3);
+        assert_eq!(one.published, apart.published);
+        assert_eq!(one.upstream, apart.upstream);
+        assert_eq!(one.answer, apart.answer);
+        let calls = |stages: &[Stage]| {
+            let mut all = HostCalls::default();
+            for s in stages.iter().skip(2) {
+                all.merge(s.calls.clone());
+            }
+            all
+        };
+        let (one_calls, apart_calls) = (calls(&one.stages), calls(&apart.stages));
+        assert_eq!(one_calls.by_kind, apart_calls.by_kind);
+        assert!(one_calls.total() > 100, "{one_calls:?}");
     }
 }

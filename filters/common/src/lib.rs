@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod chain;
 pub mod config;
 pub mod engine_error;
 pub mod error;

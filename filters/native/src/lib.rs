@@ -27,9 +27,9 @@ use host::{Answer, Defined, Holding, Metrics};
 use abi::{EnvoyBuffer, Filter, FilterConfig, HttpHeader, LogLevel};
 use rustc_hash::FxHashMap;
 use sluice_common::host::{
-    chosen_by_root_id, send_error, Flow, Host, Lifecycle, Plugin, Side, Unconfigured,
+    chosen_by_root_id, send_error, Flow, Host, Lifecycle, Side, Unconfigured,
 };
-use sluice_common::{ConfigError, ErrorKind, OpenAiError};
+use sluice_common::{ErrorKind, OpenAiError};
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_void};
 use std::rc::Rc;
@@ -39,56 +39,13 @@ use std::time::Duration;
 
 /// A configured plugin, its type erased: makes a stream's lifecycle (on a worker), or
 /// does the root context's work (on the main thread).
-pub trait Configured {
-    fn new_stream(&self, context_id: u32) -> Box<dyn Lifecycle>;
-    fn on_tick(&self, host: &mut dyn Host);
-    fn on_grpc_response(&self, host: &mut dyn Host, token: u32, status: u32, size: usize);
-    fn on_http_response(&self, host: &mut dyn Host, token: u32, body_size: usize);
-    fn on_worker_tick(&self, host: &mut dyn Host);
-    fn holds_requests(&self) -> bool;
-}
+pub use sluice_common::chain::AnyPlugin as Configured;
 
-struct Configuration<P: Plugin>(Rc<P>);
-
-impl<P: Plugin> Configured for Configuration<P>
-where
-    P::Request: 'static,
-{
-    fn new_stream(&self, context_id: u32) -> Box<dyn Lifecycle> {
-        Box::new(self.0.new_request(context_id))
-    }
-
-    fn on_tick(&self, host: &mut dyn Host) {
-        self.0.on_tick(host);
-    }
-
-    fn on_grpc_response(&self, host: &mut dyn Host, token: u32, status: u32, size: usize) {
-        self.0.on_grpc_response(host, token, status, size);
-    }
-
-    fn on_http_response(&self, host: &mut dyn Host, token: u32, body_size: usize) {
-        self.0.on_http_response(host, token, body_size);
-    }
-
-    fn on_worker_tick(&self, host: &mut dyn Host) {
-        self.0.on_worker_tick(host);
-    }
-
-    fn holds_requests(&self) -> bool {
-        self.0.holds_requests()
-    }
-}
-
-/// Configure `P` from a host holding its configuration.
-pub type MakePlugin = fn(&mut dyn Host) -> Result<Rc<dyn Configured>, ConfigError>;
+/// Configure a plugin from a host holding its configuration.
+pub use sluice_common::chain::Configure as MakePlugin;
 
 /// [`MakePlugin`] for one plugin type.
-pub fn make<P: Plugin>(host: &mut dyn Host) -> Result<Rc<dyn Configured>, ConfigError>
-where
-    P::Request: 'static,
-{
-    Ok(Rc::new(Configuration(Rc::new(P::configure(host)?))))
-}
+pub use sluice_common::chain::configure as make;
 
 /// The filters this module offers, by the `filter_name` Envoy configures.
 static FILTERS: OnceLock<&'static [(&'static str, MakePlugin)]> = OnceLock::new();
@@ -465,7 +422,7 @@ mod hooks {
         host::stream_opened(cfg.id);
         let (lifecycle, holder): (Box<dyn Lifecycle>, _) = match worker {
             Some(w) => (
-                w.plugin.new_stream(context_id),
+                w.plugin.new_request(context_id),
                 w.plugin.holds_requests().then_some(w),
             ),
             None => (Box::new(Unconfigured { filter: "native" }), None),

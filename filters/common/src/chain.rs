@@ -1,0 +1,1044 @@
+//! Several filters run as one Envoy filter: [`Chain`].
+//!
+//! Each filter instance costs Envoy about 7,000 instructions a request natively and about
+//! 8 µs in V8 even when it does nothing (its filter object, the filter manager's wrappers,
+//! the VM entered at every phase: `docs/benchmarks.md`). The filters after Envoy's buffer
+//! filter (model-router, pii-redaction, token-counter, response-cache, rate-limit's tokens
+//! stage, endpoint-picker) are adjacent in the chain; run as one, they cost one instance.
+//!
+//! A [`Chain`] calls its members' lifecycles in order as Envoy would call them as separate
+//! filters: the request's headers and body in chain order, the response in reverse; a
+//! member that pauses holds everything after it (a pause on a body chunk buffers it, and
+//! the members after it see the buffered body at once when it lets go); a member that
+//! resumes after a callout lets the members after it run before Envoy is told to go on; a
+//! local reply stops the chain there, and only the members that saw the request see the
+//! response (as proxy-wasm does for filters after the one that replied). Each member keeps
+//! its own configuration, root id, metrics, tick period, callouts and handoff queues. The
+//! one rule it adds: a member that releases requests it holds from its worker tick (the
+//! picker's flow control resumes a stream directly) must be the last.
+
+use crate::config::{parse_config, ConfigError};
+use crate::host::{
+    chosen_by_root_id, Flow, GrpcCall, HandoffQueue, Host, HttpCall, LentHeaders, Lifecycle,
+    MetricFamily, MetricKind, Plugin, SharedDataError, Side,
+};
+use serde::Deserialize;
+use smallvec::SmallVec;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// A configured filter, its type erased: what a host or a [`Chain`] needs of a [`Plugin`].
+pub trait AnyPlugin {
+    fn new_request(&self, context_id: u32) -> Box<dyn Lifecycle>;
+    fn on_tick(&self, host: &mut dyn Host);
+    fn on_worker_tick(&self, host: &mut dyn Host);
+    fn holds_requests(&self) -> bool;
+    fn on_grpc_response(&self, host: &mut dyn Host, token: u32, status: u32, size: usize);
+    fn on_http_response(&self, host: &mut dyn Host, token: u32, body_size: usize);
+}
+
+struct Erased<P: Plugin>(Rc<P>);
+
+impl<P: Plugin> AnyPlugin for Erased<P>
+where
+    P::Request: 'static,
+{
+    fn new_request(&self, context_id: u32) -> Box<dyn Lifecycle> {
+        Box::new(self.0.new_request(context_id))
+    }
+
+    fn on_tick(&self, host: &mut dyn Host) {
+        self.0.on_tick(host);
+    }
+
+    fn on_worker_tick(&self, host: &mut dyn Host) {
+        self.0.on_worker_tick(host);
+    }
+
+    fn holds_requests(&self) -> bool {
+        self.0.holds_requests()
+    }
+
+    fn on_grpc_response(&self, host: &mut dyn Host, token: u32, status: u32, size: usize) {
+        self.0.on_grpc_response(host, token, status, size);
+    }
+
+    fn on_http_response(&self, host: &mut dyn Host, token: u32, body_size: usize) {
+        self.0.on_http_response(host, token, body_size);
+    }
+}
+
+/// How a filter is configured, its type erased.
+pub type Configure = fn(&mut dyn Host) -> Result<Rc<dyn AnyPlugin>, ConfigError>;
+
+/// [`Configure`] for one plugin type.
+pub fn configure<P: Plugin>(host: &mut dyn Host) -> Result<Rc<dyn AnyPlugin>, ConfigError>
+where
+    P::Request: 'static,
+{
+    Ok(Rc::new(Erased(Rc::new(P::configure(host)?))))
+}
+
+/// At most this many members (a request's progress is kept on the stack up to it).
+pub const MAX_MEMBERS: usize = 8;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChainConfig {
+    filters: Vec<MemberConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberConfig {
+    /// The member's root id (`sluice.rate_limit.tokens`): which filter, and what it reads
+    /// as `plugin_root_id`.
+    name: String,
+    /// Its configuration: a JSON document, or a string holding one (as Envoy's
+    /// `StringValue` gives a filter its configuration).
+    config: serde_json::Value,
+}
+
+/// One filter of a chain.
+struct Member {
+    name: Rc<str>,
+    plugin: Rc<dyn AnyPlugin>,
+    /// The tick period it asked for while configured, and when its next tick is due
+    /// (nanoseconds of the host's clock; 0: at the first tick).
+    period: Option<Duration>,
+    due: Cell<u64>,
+}
+
+/// Several filters as one: see the module documentation.
+pub struct Chain {
+    members: Vec<Member>,
+    /// Callouts the members' root contexts started: token → member.
+    root_tokens: RefCell<Tokens>,
+}
+
+type Tokens = SmallVec<[(u32, usize); 4]>;
+
+impl Chain {
+    /// Configure each member the chain's configuration names from `registry` (a root id
+    /// runs the first entry whose part it contains, as in a module of several filters).
+    pub fn configure(
+        host: &mut dyn Host,
+        registry: &[(&str, Configure)],
+    ) -> Result<Self, ConfigError> {
+        let config: ChainConfig = parse_config(&host.plugin_configuration())?;
+        if config.filters.is_empty() || config.filters.len() > MAX_MEMBERS {
+            return Err(ConfigError::invalid(format!(
+                "filters: between 1 and {MAX_MEMBERS} filters, not {}",
+                config.filters.len()
+            )));
+        }
+        let mut members = Vec::with_capacity(config.filters.len());
+        let mut ticks = Vec::new();
+        for (i, m) in config.filters.into_iter().enumerate() {
+            let Some(make) =
+                chosen_by_root_id(registry, &m.name).filter(|_| !m.name.contains("chain"))
+            else {
+                return Err(ConfigError::invalid(format!(
+                    "filters[{i}].name: no filter {:?} in this module",
+                    m.name
+                )));
+            };
+            let bytes = match m.config {
+                serde_json::Value::String(text) => text.into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
+            let mut events = Events::default();
+            let mut tokens = Tokens::new();
+            let mut member_host = MemberHost {
+                inner: host,
+                member: i,
+                name: &m.name,
+                config: &bytes,
+                body: None,
+                events: &mut events,
+                tokens: &mut tokens,
+                own: None,
+                capture_reply: false,
+                reply: None,
+            };
+            let plugin = make(&mut member_host)
+                .map_err(|e| ConfigError::invalid(format!("filters[{i}] ({}): {e}", m.name)))?;
+            if let Some(p) = events.tick {
+                ticks.push(p);
+            }
+            members.push(Member {
+                name: m.name.into(),
+                plugin,
+                period: events.tick,
+                due: Cell::new(0),
+            });
+        }
+        let last = members.len().saturating_sub(1);
+        if let Some((i, m)) = members
+            .iter()
+            .enumerate()
+            .find(|(i, m)| m.plugin.holds_requests() && *i != last)
+        {
+            return Err(ConfigError::invalid(format!(
+                "filters[{i}] ({}): a filter that holds requests for its worker tick must be the chain's last",
+                m.name
+            )));
+        }
+        if let Some(period) = ticks.into_iter().min() {
+            host.set_tick_period(period);
+        }
+        Ok(Self {
+            members,
+            root_tokens: RefCell::new(Tokens::new()),
+        })
+    }
+
+    /// The members' root ids, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.members.iter().map(|m| &*m.name)
+    }
+
+    /// A new stream's lifecycle.
+    pub fn new_request(&self, context_id: u32) -> ChainRequest {
+        ChainRequest {
+            context_id,
+            members: self
+                .members
+                .iter()
+                .map(|m| (m.plugin.new_request(context_id), Rc::clone(&m.name)))
+                .collect(),
+            started: 0,
+            request: Direction::default(),
+            response: Direction::default(),
+            tokens: Tokens::new(),
+            replied_here: false,
+        }
+    }
+
+    /// Each member's root tick when its own period has passed.
+    pub fn on_tick(&self, host: &mut dyn Host) {
+        let now = host.now_unix_nanos();
+        for (i, m) in self.members.iter().enumerate() {
+            let Some(period) = m.period else { continue };
+            if now < m.due.get() {
+                continue;
+            }
+            let period_ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
+            m.due.set(now.saturating_add(period_ns));
+            self.with_root_member(host, i, |plugin, h| plugin.on_tick(h));
+        }
+    }
+
+    pub fn on_worker_tick(&self, host: &mut dyn Host) {
+        for i in 0..self.members.len() {
+            self.with_root_member(host, i, |plugin, h| plugin.on_worker_tick(h));
+        }
+    }
+
+    pub fn holds_requests(&self) -> bool {
+        self.members.iter().any(|m| m.plugin.holds_requests())
+    }
+
+    pub fn on_grpc_response(&self, host: &mut dyn Host, token: u32, status: u32, size: usize) {
+        // The borrow ends before the member runs (it may call out again).
+        let member = take_token(&mut self.root_tokens.borrow_mut(), token);
+        if let Some(i) = member {
+            self.with_root_member(host, i, |p, h| p.on_grpc_response(h, token, status, size));
+        }
+    }
+
+    pub fn on_http_response(&self, host: &mut dyn Host, token: u32, body_size: usize) {
+        // The borrow ends before the member runs (it may call out again).
+        let member = take_token(&mut self.root_tokens.borrow_mut(), token);
+        if let Some(i) = member {
+            self.with_root_member(host, i, |p, h| p.on_http_response(h, token, body_size));
+        }
+    }
+
+    /// Run member `i`'s root-context work through its own view of `host`.
+    fn with_root_member(
+        &self,
+        host: &mut dyn Host,
+        i: usize,
+        work: impl FnOnce(&dyn AnyPlugin, &mut dyn Host),
+    ) {
+        let Some(m) = self.members.get(i) else { return };
+        let mut events = Events::default();
+        let mut tokens = Tokens::new();
+        let mut member_host = MemberHost {
+            inner: host,
+            member: i,
+            name: &m.name,
+            config: &[],
+            body: None,
+            events: &mut events,
+            tokens: &mut tokens,
+            own: None,
+            capture_reply: false,
+            reply: None,
+        };
+        work(m.plugin.as_ref(), &mut member_host);
+        self.root_tokens.borrow_mut().extend(tokens);
+    }
+}
+
+fn take_token(tokens: &mut Tokens, token: u32) -> Option<usize> {
+    let at = tokens.iter().position(|(t, _)| *t == token)?;
+    Some(tokens.swap_remove(at).1)
+}
+
+/// How far one member has got in one direction of the stream.
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
+    /// It was given the headers.
+    headers_given: bool,
+    /// It let the headers (and what of the body it was given) go on.
+    passed: bool,
+    /// Bytes at the front of Envoy's buffered body it has let go on.
+    body_passed: usize,
+    /// It let the body's last byte go on.
+    ended: bool,
+}
+
+/// One direction of the stream as Envoy has delivered it to the chain.
+#[derive(Debug, Default)]
+struct Direction {
+    headers_in: bool,
+    /// The headers end the stream: no body follows.
+    headers_end: bool,
+    /// Envoy's buffered body (what the chain holds plus the chunk being delivered): its
+    /// size, and whether its last byte is in.
+    body: Option<(usize, bool)>,
+    /// By position in this direction's order.
+    progress: SmallVec<[Progress; MAX_MEMBERS]>,
+    /// A member answered the client: nothing more runs in this direction.
+    stopped: bool,
+}
+
+/// What a member did through its host during one call.
+#[derive(Debug, Default)]
+struct Events {
+    resumed: PerSide<bool>,
+    replied: bool,
+    /// Bytes its body writes added to each side's body (negative: removed).
+    body_delta: PerSide<isize>,
+    tick: Option<Duration>,
+    /// It acts on another stream now (`set_effective_context`): the chain sets its own
+    /// stream back before the next member runs.
+    elsewhere: bool,
+    /// The local reply it made before the response began, not sent yet: Envoy passes a
+    /// filter's reply through the filters before it, not through the filter that made it,
+    /// so the chain passes it through the members before this one, then sends it.
+    reply: Option<PendingReply>,
+}
+
+/// A local reply on its way to the client through the members before the one that made it.
+#[derive(Debug, Default)]
+struct PendingReply {
+    /// `:status` first, as Envoy's response headers have it.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl PendingReply {
+    fn new(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Self {
+        let mut all = Vec::with_capacity(headers.len() + 2);
+        all.push((":status".to_string(), status.to_string()));
+        all.extend(
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_string())),
+        );
+        Self {
+            headers: all,
+            body: body.to_vec(),
+        }
+    }
+
+    fn find(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Send it as the members before its maker left it.
+    fn send(&self, host: &mut dyn Host) {
+        let status = self
+            .find(":status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(500);
+        // Envoy sets the length of the body it sends.
+        let headers: SmallVec<[(&str, &str); 8]> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| k != ":status" && k != "content-length")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        host.send_reply(status, &headers, &self.body);
+    }
+}
+
+/// One value for each side of the stream.
+#[derive(Debug, Default, Clone, Copy)]
+struct PerSide<T> {
+    request: T,
+    response: T,
+}
+
+impl<T> PerSide<T> {
+    fn get(&self, side: Side) -> &T {
+        match side {
+            Side::Request => &self.request,
+            Side::Response => &self.response,
+        }
+    }
+
+    fn get_mut(&mut self, side: Side) -> &mut T {
+        match side {
+            Side::Request => &mut self.request,
+            Side::Response => &mut self.response,
+        }
+    }
+}
+
+/// A member's lifecycle for one stream, and its root id.
+type MemberRequest = (Box<dyn Lifecycle>, Rc<str>);
+
+/// A stream's lifecycle through a [`Chain`].
+pub struct ChainRequest {
+    /// Envoy's id of the stream.
+    context_id: u32,
+    /// Each member's lifecycle and root id.
+    members: SmallVec<[MemberRequest; MAX_MEMBERS]>,
+    /// How many members were given the request's headers (the response's members).
+    started: usize,
+    request: Direction,
+    response: Direction,
+    /// Callouts the members started: token → member.
+    tokens: Tokens,
+    /// A member answered the request and the chain sent it (see [`PendingReply`]): Envoy
+    /// does not pass it back through the chain.
+    replied_here: bool,
+}
+
+/// Which hook a member is given.
+#[derive(Clone, Copy)]
+enum Step {
+    Headers(bool),
+    Body {
+        offset: usize,
+        size: usize,
+        end: bool,
+    },
+}
+
+impl ChainRequest {
+    fn direction(&mut self, side: Side) -> &mut Direction {
+        match side {
+            Side::Request => &mut self.request,
+            Side::Response => &mut self.response,
+        }
+    }
+
+    /// The member at position `pos` of `side`'s order.
+    fn member_at(&self, side: Side, pos: usize) -> usize {
+        match side {
+            Side::Request => pos,
+            Side::Response => self.started - 1 - pos,
+        }
+    }
+
+    fn len(&self, side: Side) -> usize {
+        match side {
+            Side::Request => self.members.len(),
+            Side::Response => self.started,
+        }
+    }
+
+    /// After a member acted on another stream, the next one acts on this stream again (as
+    /// it would as its own filter, each hook of which starts on its own stream).
+    fn restore(&self, host: &mut dyn Host, events: &Events) {
+        if events.elsewhere {
+            host.set_effective_context(self.context_id);
+        }
+    }
+
+    /// Give member `i` one hook through its view of `host`.
+    fn call(&mut self, host: &mut dyn Host, i: usize, side: Side, step: Step) -> (Flow, Events) {
+        let mut events = Events::default();
+        let Some((lifecycle, name)) = self.members.get_mut(i) else {
+            return (Flow::Continue, events);
+        };
+        let body = match step {
+            Step::Body { offset, .. } if offset > 0 => Some((side, offset)),
+            _ => None,
+        };
+        let mut member_host = MemberHost {
+            inner: host,
+            member: i,
+            name,
+            config: &[],
+            body,
+            events: &mut events,
+            tokens: &mut self.tokens,
+            own: Some(self.context_id),
+            capture_reply: !self.response.headers_in,
+            reply: None,
+        };
+        let flow = match (side, step) {
+            (Side::Request, Step::Headers(end)) => {
+                lifecycle.on_request_headers(&mut member_host, end)
+            }
+            (Side::Response, Step::Headers(end)) => {
+                lifecycle.on_response_headers(&mut member_host, end)
+            }
+            (Side::Request, Step::Body { size, end, .. }) => {
+                lifecycle.on_request_body(&mut member_host, size, end)
+            }
+            (Side::Response, Step::Body { size, end, .. }) => {
+                lifecycle.on_response_body(&mut member_host, size, end)
+            }
+        };
+        self.restore(host, &events);
+        (flow, events)
+    }
+
+    /// Member progress at position `pos` of `side`'s order.
+    fn progress(&mut self, side: Side, pos: usize) -> Option<&mut Progress> {
+        self.direction(side).progress.get_mut(pos)
+    }
+
+    /// Move `side` on as far as its members let it: each in order is given what Envoy has
+    /// delivered that it has not seen. Continue when every member let everything go on
+    /// (Envoy's buffered body then moves on, and the next chunk starts a new buffer).
+    fn advance(&mut self, host: &mut dyn Host, side: Side) -> Flow {
+        let n = self.len(side);
+        let dir = self.direction(side);
+        if dir.stopped || !dir.headers_in {
+            return Flow::Pause;
+        }
+        dir.progress.resize(n, Progress::default());
+        let headers_end = dir.headers_end;
+        for pos in 0..n {
+            let i = self.member_at(side, pos);
+            let Some(p) = self.progress(side, pos).map(|p| *p) else {
+                return Flow::Pause;
+            };
+            if !p.headers_given {
+                if side == Side::Request {
+                    self.started = self.started.max(i + 1);
+                }
+                if let Some(p) = self.progress(side, pos) {
+                    p.headers_given = true;
+                }
+                let (flow, mut events) = self.call(host, i, side, Step::Headers(headers_end));
+                if events.replied {
+                    return self.replied(host, side, i, &mut events);
+                }
+                if flow == Flow::Continue || *events.resumed.get(side) {
+                    if let Some(p) = self.progress(side, pos) {
+                        p.passed = true;
+                        p.ended = headers_end;
+                    }
+                } else if self.direction(side).body.is_none() {
+                    // It holds the headers; the body, when it comes, is given to it.
+                    return Flow::Pause;
+                }
+            }
+            let body = self.direction(side).body;
+            let Some(p) = self.progress(side, pos).map(|p| *p) else {
+                return Flow::Pause;
+            };
+            if let Some((total, end)) = body {
+                if p.body_passed < total || (end && !p.ended) {
+                    let step = Step::Body {
+                        offset: p.body_passed,
+                        size: total - p.body_passed,
+                        end,
+                    };
+                    let (flow, mut events) = self.call(host, i, side, step);
+                    let total = total.saturating_add_signed(*events.body_delta.get(side));
+                    let dir = self.direction(side);
+                    if let Some(b) = dir.body.as_mut() {
+                        b.0 = total;
+                    }
+                    // What the members before it let go on is the body as this one left it.
+                    for q in dir.progress.iter_mut().take(pos) {
+                        q.body_passed = total;
+                    }
+                    if events.replied {
+                        return self.replied(host, side, i, &mut events);
+                    }
+                    if flow == Flow::Pause && !*events.resumed.get(side) {
+                        return Flow::Pause;
+                    }
+                    if let Some(p) = self.progress(side, pos) {
+                        p.passed = true;
+                        p.body_passed = total;
+                        p.ended = end;
+                    }
+                }
+            }
+            if !self.progress(side, pos).is_some_and(|p| p.passed) {
+                return Flow::Pause;
+            }
+        }
+        // Everything delivered goes on: Envoy's buffer is emptied downstream.
+        let dir = self.direction(side);
+        if let Some((_, end)) = dir.body {
+            dir.body = if end { Some((0, true)) } else { None };
+            for p in &mut dir.progress {
+                p.body_passed = 0;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Member `i` answered the client: the direction under way stops there. A reply made
+    /// before the response began goes through the members before `i` (in reverse, as
+    /// Envoy passes a filter's reply through the filters before it), then to Envoy.
+    fn replied(&mut self, host: &mut dyn Host, side: Side, i: usize, events: &mut Events) -> Flow {
+        self.direction(side).stopped = true;
+        let Some(mut reply) = events.reply.take() else {
+            return Flow::Pause;
+        };
+        for j in (0..i).rev() {
+            let mut events = Events::default();
+            let Some((lifecycle, name)) = self.members.get_mut(j) else {
+                continue;
+            };
+            let mut member_host = MemberHost {
+                inner: host,
+                member: j,
+                name,
+                config: &[],
+                body: None,
+                events: &mut events,
+                tokens: &mut self.tokens,
+                own: Some(self.context_id),
+                capture_reply: false,
+                reply: Some(&mut reply),
+            };
+            let empty = member_host.reply.as_ref().is_none_or(|r| r.body.is_empty());
+            // Nothing to wait for: the whole reply is here (a pause is not kept).
+            lifecycle.on_response_headers(&mut member_host, empty);
+            if !empty {
+                let size = member_host.reply.as_ref().map_or(0, |r| r.body.len());
+                lifecycle.on_response_body(&mut member_host, size, true);
+            }
+            self.restore(host, &events);
+        }
+        reply.send(host);
+        self.replied_here = true;
+        Flow::Pause
+    }
+
+    /// Envoy delivers a body: all of it that the chain holds, and the new chunk.
+    fn body(&mut self, host: &mut dyn Host, side: Side, size: usize, end: bool) -> Flow {
+        self.direction(side).body = Some((size, end));
+        self.advance(host, side)
+    }
+
+    fn headers(&mut self, host: &mut dyn Host, side: Side, end: bool) -> Flow {
+        let dir = self.direction(side);
+        dir.headers_in = true;
+        dir.headers_end = end;
+        self.advance(host, side)
+    }
+
+    /// A callout's answer to member `i`: if it resumed its side, the members after it run,
+    /// and Envoy goes on only when all of them let it.
+    fn answer(
+        &mut self,
+        host: &mut dyn Host,
+        token: u32,
+        deliver: impl FnOnce(&mut dyn Lifecycle, &mut dyn Host),
+    ) {
+        let Some(i) = take_token(&mut self.tokens, token) else {
+            return;
+        };
+        let mut events = Events::default();
+        let Some((lifecycle, name)) = self.members.get_mut(i) else {
+            return;
+        };
+        let mut member_host = MemberHost {
+            inner: host,
+            member: i,
+            name,
+            config: &[],
+            body: None,
+            events: &mut events,
+            tokens: &mut self.tokens,
+            own: Some(self.context_id),
+            capture_reply: !self.response.headers_in,
+            reply: None,
+        };
+        deliver(lifecycle.as_mut(), &mut member_host);
+        self.restore(host, &events);
+        if events.replied {
+            let side = if self.response.headers_in {
+                Side::Response
+            } else {
+                Side::Request
+            };
+            self.replied(host, side, i, &mut events);
+            return;
+        }
+        for side in [Side::Request, Side::Response] {
+            if !*events.resumed.get(side) {
+                continue;
+            }
+            // The member lets go of everything it was given on this side.
+            let pos = match side {
+                Side::Request => Some(i),
+                Side::Response => self.started.checked_sub(i + 1),
+            };
+            let dir = self.direction(side);
+            if let Some(b) = dir.body.as_mut() {
+                b.0 = b.0.saturating_add_signed(*events.body_delta.get(side));
+            }
+            let body = dir.body;
+            if let (Some(pos), Some((total, _))) = (pos, body) {
+                for q in dir.progress.iter_mut().take(pos) {
+                    q.body_passed = total;
+                }
+            }
+            if let Some(p) = pos.and_then(|pos| dir.progress.get_mut(pos)) {
+                p.passed = true;
+                if let Some((total, end)) = body {
+                    p.body_passed = total;
+                    p.ended = end;
+                } else {
+                    p.ended = dir.headers_end;
+                }
+            }
+            if self.advance(host, side) == Flow::Continue {
+                host.resume(side);
+            }
+        }
+    }
+}
+
+impl Lifecycle for ChainRequest {
+    fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
+        self.headers(host, Side::Request, end_of_stream)
+    }
+
+    fn on_request_body(&mut self, host: &mut dyn Host, size: usize, end: bool) -> Flow {
+        self.body(host, Side::Request, size, end)
+    }
+
+    fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
+        if self.replied_here {
+            return Flow::Continue;
+        }
+        self.headers(host, Side::Response, end_of_stream)
+    }
+
+    fn on_response_body(&mut self, host: &mut dyn Host, size: usize, end: bool) -> Flow {
+        if self.replied_here {
+            return Flow::Continue;
+        }
+        self.body(host, Side::Response, size, end)
+    }
+
+    fn on_grpc_response(&mut self, host: &mut dyn Host, token: u32, status: u32, size: usize) {
+        self.answer(host, token, |l, h| {
+            l.on_grpc_response(h, token, status, size)
+        });
+    }
+
+    fn on_http_response(&mut self, host: &mut dyn Host, token: u32, body_size: usize) {
+        self.answer(host, token, |l, h| l.on_http_response(h, token, body_size));
+    }
+
+    /// Every member that saw the request, in chain order.
+    fn on_log(&mut self, host: &mut dyn Host) {
+        for i in 0..self.started {
+            let mut events = Events::default();
+            let Some((lifecycle, name)) = self.members.get_mut(i) else {
+                continue;
+            };
+            let mut member_host = MemberHost {
+                inner: host,
+                member: i,
+                name,
+                config: &[],
+                body: None,
+                events: &mut events,
+                tokens: &mut self.tokens,
+                own: Some(self.context_id),
+                capture_reply: false,
+                reply: None,
+            };
+            lifecycle.on_log(&mut member_host);
+            self.restore(host, &events);
+        }
+    }
+}
+
+/// A member's view of the host: its own configuration and root id, its callouts recorded
+/// for the chain, its resumes and replies noted instead of (resumes) or as well as
+/// (replies) reaching Envoy, and, when it is given a body chunk after the part of Envoy's
+/// buffer it already let go on, that buffer from the chunk on.
+struct MemberHost<'a> {
+    inner: &'a mut dyn Host,
+    member: usize,
+    name: &'a str,
+    config: &'a [u8],
+    /// The side whose body this member sees from an offset, and the offset.
+    body: Option<(Side, usize)>,
+    events: &'a mut Events,
+    tokens: &'a mut Tokens,
+    /// The stream this member's call is about; `None` for the root context's work, whose
+    /// resumes and replies (a request the member held, released from its worker tick) go
+    /// to Envoy at once, as do those a member makes for another stream
+    /// (`set_effective_context`: the picker releasing a queued request when one ends).
+    own: Option<u32>,
+    /// Keep a reply to this stream for the chain to pass on (the response has not begun).
+    capture_reply: bool,
+    /// The reply being passed through this member: its response headers and body.
+    reply: Option<&'a mut PendingReply>,
+}
+
+impl MemberHost<'_> {
+    /// The reply being passed through this member, when `side` is its response.
+    fn reply_for(&self, side: Side) -> Option<&PendingReply> {
+        self.reply.as_deref().filter(|_| side == Side::Response)
+    }
+
+    fn reply_for_mut(&mut self, side: Side) -> Option<&mut PendingReply> {
+        self.reply.as_deref_mut().filter(|_| side == Side::Response)
+    }
+
+    /// Whether a resume or a reply now is about the stream the chain is running.
+    fn for_this_stream(&self) -> bool {
+        self.own.is_some() && !self.events.elsewhere
+    }
+
+    fn offset(&self, side: Side) -> usize {
+        match self.body {
+            Some((s, offset)) if s == side => offset,
+            _ => 0,
+        }
+    }
+}
+
+impl Host for MemberHost<'_> {
+    fn plugin_configuration(&self) -> Vec<u8> {
+        self.config.to_vec()
+    }
+
+    fn headers(&self, side: Side) -> Vec<(String, Vec<u8>)> {
+        match self.reply_for(side) {
+            Some(r) => r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+                .collect(),
+            None => self.inner.headers(side),
+        }
+    }
+
+    fn with_headers(&self, side: Side, f: &mut dyn FnMut(LentHeaders)) {
+        match self.reply_for(side) {
+            Some(r) => {
+                let lent: SmallVec<[(&str, &[u8]); 8]> = r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_bytes()))
+                    .collect();
+                f(&lent);
+            }
+            None => self.inner.with_headers(side, f),
+        }
+    }
+
+    fn header(&self, side: Side, name: &str) -> Option<String> {
+        match self.reply_for(side) {
+            Some(r) => r.find(name).map(str::to_owned),
+            None => self.inner.header(side, name),
+        }
+    }
+
+    fn header_strings(&self, side: Side, names: &[&str]) -> Vec<Option<String>> {
+        match self.reply_for(side) {
+            Some(r) => names.iter().map(|n| r.find(n).map(str::to_owned)).collect(),
+            None => self.inner.header_strings(side, names),
+        }
+    }
+
+    fn set_header(&mut self, side: Side, name: &str, value: &str) {
+        match self.reply_for_mut(side) {
+            Some(r) => {
+                r.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+                r.headers
+                    .push((name.to_ascii_lowercase(), value.to_string()));
+            }
+            None => self.inner.set_header(side, name, value),
+        }
+    }
+
+    fn remove_header(&mut self, side: Side, name: &str) {
+        match self.reply_for_mut(side) {
+            Some(r) => r.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name)),
+            None => self.inner.remove_header(side, name),
+        }
+    }
+
+    fn body(&self, side: Side, size: usize) -> Vec<u8> {
+        if let Some(r) = self.reply_for(side) {
+            return r.body.iter().take(size).copied().collect();
+        }
+        let offset = self.offset(side);
+        if offset == 0 {
+            return self.inner.body(side, size);
+        }
+        let mut whole = self.inner.body(side, offset.saturating_add(size));
+        whole.drain(..offset.min(whole.len()));
+        whole
+    }
+
+    fn set_body(&mut self, side: Side, size: usize, bytes: &[u8]) -> bool {
+        if let Some(r) = self.reply_for_mut(side) {
+            let cut = size.min(r.body.len());
+            r.body.splice(..cut, bytes.iter().copied());
+            return true;
+        }
+        let offset = self.offset(side);
+        let written = if offset == 0 {
+            self.inner.set_body(side, size, bytes)
+        } else {
+            let mut whole = self.inner.body(side, offset);
+            whole.extend_from_slice(bytes);
+            self.inner
+                .set_body(side, offset.saturating_add(size), &whole)
+        };
+        if written {
+            let added = isize::try_from(bytes.len()).unwrap_or(isize::MAX);
+            let removed = isize::try_from(size).unwrap_or(isize::MAX);
+            let delta = self.events.body_delta.get_mut(side);
+            *delta = delta.saturating_add(added - removed);
+        }
+        written
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        if path == ["plugin_root_id"] {
+            return Some(self.name.as_bytes().to_vec());
+        }
+        self.inner.property(path)
+    }
+
+    fn set_property(&mut self, name: &str, value: &[u8]) {
+        self.inner.set_property(name, value);
+    }
+
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.inner.shared_data(key)
+    }
+
+    fn set_shared_data(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError> {
+        self.inner.set_shared_data(key, value, cas)
+    }
+
+    fn dispatch_grpc(&mut self, call: &GrpcCall) -> Option<u32> {
+        let token = self.inner.dispatch_grpc(call)?;
+        self.tokens.push((token, self.member));
+        Some(token)
+    }
+
+    fn grpc_response(&self, size: usize) -> Option<Vec<u8>> {
+        self.inner.grpc_response(size)
+    }
+
+    fn grpc_status(&self) -> (u32, Option<String>) {
+        self.inner.grpc_status()
+    }
+
+    fn dispatch_http(&mut self, call: &HttpCall) -> Option<u32> {
+        let token = self.inner.dispatch_http(call)?;
+        self.tokens.push((token, self.member));
+        Some(token)
+    }
+
+    fn http_response(&self, body_size: usize) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
+        self.inner.http_response(body_size)
+    }
+
+    /// Noted: the chain ticks at its members' shortest period and each member at its own.
+    fn set_tick_period(&mut self, period: Duration) {
+        self.events.tick = Some(period);
+    }
+
+    fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        if !self.for_this_stream() {
+            self.inner.send_reply(status, headers, body);
+            return;
+        }
+        self.events.replied = true;
+        if let Some(reply) = self.reply.as_deref_mut() {
+            // A member answering a reply on its way replaces it.
+            *reply = PendingReply::new(status, headers, body);
+        } else if self.capture_reply {
+            self.events.reply = Some(PendingReply::new(status, headers, body));
+        } else {
+            self.inner.send_reply(status, headers, body);
+        }
+    }
+
+    /// Noted: the chain moves on to the members after this one, and tells Envoy only when
+    /// they all let the stream go on.
+    fn resume(&mut self, side: Side) {
+        if self.for_this_stream() {
+            *self.events.resumed.get_mut(side) = true;
+        } else {
+            self.inner.resume(side);
+        }
+    }
+
+    fn set_effective_context(&mut self, context_id: u32) {
+        self.events.elsewhere = self.own.is_some_and(|own| own != context_id);
+        self.inner.set_effective_context(context_id);
+    }
+
+    fn clear_route_cache(&mut self) {
+        self.inner.clear_route_cache();
+    }
+
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        self.inner.define_metric(kind, name)
+    }
+
+    fn increment_metric(&mut self, id: u32, n: u64) {
+        self.inner.increment_metric(id, n);
+    }
+
+    fn record_metric(&mut self, id: u32, value: u64) {
+        self.inner.record_metric(id, value);
+    }
+
+    fn define_metric_family(&mut self, family: &MetricFamily) -> Option<u32> {
+        self.inner.define_metric_family(family)
+    }
+
+    fn increment_labeled(&mut self, id: u32, values: &[&str], n: u64) {
+        self.inner.increment_labeled(id, values, n);
+    }
+
+    /// Each member's queues are its own, whatever it names them.
+    fn handoff_queue(&mut self, name: &str) -> HandoffQueue {
+        self.inner.handoff_queue(&format!("{}:{name}", self.member))
+    }
+
+    fn now_unix_nanos(&self) -> u64 {
+        self.inner.now_unix_nanos()
+    }
+}
