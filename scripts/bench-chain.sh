@@ -124,6 +124,15 @@ done
 # The whole chain on an engine pool: endpoint-picker last.
 start_envoy picker sluice.endpoint_picker "$ENGINE_POOL"
 targets+=("picker:$PORT_picker:$PID_picker")
+# The filters after the buffer filter as one Envoy filter (sluice.chain, the template's
+# default), in V8 and natively, without and with endpoint-picker.
+ONE_FILTER=true start_envoy one sluice.chain "$PLAIN_POOL"
+NATIVE=true ONE_FILTER=true start_envoy native_one sluice.chain "$PLAIN_POOL"
+ONE_FILTER=true start_envoy one_picker sluice.chain "$ENGINE_POOL"
+NATIVE=true ONE_FILTER=true start_envoy native_one_picker sluice.chain "$ENGINE_POOL"
+targets+=("one:$PORT_one:$PID_one" "native_one:$PORT_native_one:$PID_native_one"
+  "one_picker:$PORT_one_picker:$PID_one_picker"
+  "native_one_picker:$PORT_native_one_picker:$PID_native_one_picker")
 # The same chain with a module and a VM per filter (the layout before sluice-filters).
 ONE_VM=false start_envoy sepvm sluice.endpoint_picker "$ENGINE_POOL"
 targets+=("sepvm:$PORT_sepvm:$PID_sepvm")
@@ -204,6 +213,12 @@ echo "whole chain natively (dynamic module) over bare Envoy: CPU" \
 echo
 echo "the same prefixes natively (an Envoy dynamic module, no VM):"
 prefix_table native_
+# The six after the buffer as one Envoy filter against each its own, same build.
+for pair in "one chain" "native_one native_chain" "one_picker picker" "native_one_picker native_picker"; do
+  read -r a b <<<"$pair"
+  echo "$a (the filters after the buffer as one Envoy filter) against $b: CPU" \
+    "$(delta "${cpu[$a]}" "${cpu[$b]}") us/req, p50 $(delta "${med[$a]}" "${med[$b]}") us"
+done
 
 # ---- What one host call costs: a filter making 50 of one kind a request, against the no-op ----
 HOST_CALLS=(header headers set_header property set_property shared_get shared_set metric clock body)
@@ -232,14 +247,14 @@ wrk_run() { # name port connections -> "rps p50_us p99_us non2xx"; a name ending
     "$url" | "$PY" scripts/lib/wrk_summary.py
 }
 # Only the Envoys measured here keep running (the others' timers would share the cores).
-stop=(unmeasured noop1 noop8 calls native1 native8 native_calls native_picker)
+stop=(unmeasured noop1 noop8 calls native1 native8 native_calls native_picker one_picker native_one_picker)
 for step in "${STEPS[@]}"; do
   read -r name _ <<<"$step"
   stop+=("$name")
   [ "$name" = bare ] || stop+=("native_$name")
 done
 for n in "${stop[@]}"; do
-  case $n in bare | chain | native_chain | "${BENCH_PERF:-}") continue ;; esac
+  case $n in bare | chain | native_chain | one | native_one | "${BENCH_PERF:-}") continue ;; esac
   pid_var=PID_$n
   kill -TERM "${!pid_var}" 2>/dev/null || true
 done
@@ -251,8 +266,9 @@ echo "side by side: wrk, $WRK_ROUNDS interleaved rounds of $SECONDS_PER_RUN s pe
 # The same chat every request (what the memos of token-counter and pii-redaction serve), and
 # a new prompt every request (_fresh: what they cannot).
 rows=(direct:$MOCK_PORT bare:$PORT_bare chain:$PORT_chain native_chain:$PORT_native_chain
+  one:$PORT_one native_one:$PORT_native_one
   picker:$PORT_picker sepvm:$PORT_sepvm bare_fresh:$PORT_bare chain_fresh:$PORT_chain
-  native_chain_fresh:$PORT_native_chain)
+  native_chain_fresh:$PORT_native_chain native_one_fresh:$PORT_native_one)
 [ -z "$BASELINE_WASM" ] || rows+=(baseline:$PORT_baseline baseline_fresh:$PORT_baseline)
 [ -z "$TENSORZERO_URL" ] || rows+=(tensorzero:0 tensorzero_fresh:0)
 declare -A rps p50 p99
@@ -288,6 +304,18 @@ if [ -n "$TENSORZERO_URL" ]; then
   awk -v n="${rps[native_chain]}" -v w="${rps[chain]}" -v t="${rps[tensorzero]}" -v nf="${rps[native_chain_fresh]}" \
     -v wf="${rps[chain_fresh]}" -v tf="${rps[tensorzero_fresh]}" -v tp="${p50[tensorzero]}" -v bp="${p50[bare]}" 'BEGIN {
     printf "against TensorZero (no policies; p50 %+.0f us over bare Envoy): the native chain x%.2f its throughput, the wasm chain x%.2f; every prompt new: x%.2f and x%.2f\n", tp - bp, n / t, w / t, nf / tf, wf / tf }'
+fi
+# The filters after the buffer as one Envoy filter (sluice.chain, the template's default).
+awk -v o="${rps[one]}" -v c="${rps[chain]}" -v no="${rps[native_one]}" -v n="${rps[native_chain]}" \
+  -v b="${rps[bare]}" -v op="${p50[one]}" -v nop="${p50[native_one]}" -v bp="${p50[bare]}" \
+  -v o9="${p99[one]}" -v no9="${p99[native_one]}" -v b9="${p99[bare]}" 'BEGIN {
+  printf "as one Envoy filter: in V8 %.0f%% of bare Envoy'"'"'s throughput (x%.2f each its own), p50 %+.0f us, p99 %+.0f us over bare; natively %.0f%% (x%.2f), p50 %+.0f us, p99 %+.0f us\n", 100 * o / b, o / c, op - bp, o9 - b9, 100 * no / b, no / n, nop - bp, no9 - b9 }'
+awk -v c="${rps[native_one_fresh]}" -v b="${rps[bare_fresh]}" -v cp="${p50[native_one_fresh]}" -v bp="${p50[bare_fresh]}" 'BEGIN {
+  printf "as one Envoy filter natively, every prompt new: %.0f%% of bare Envoy'"'"'s throughput; p50 %+.0f us over bare Envoy\n", 100 * c / b, cp - bp }'
+if [ -n "$TENSORZERO_URL" ]; then
+  awk -v n="${rps[native_one]}" -v w="${rps[one]}" -v t="${rps[tensorzero]}" -v nf="${rps[native_one_fresh]}" \
+    -v tf="${rps[tensorzero_fresh]}" 'BEGIN {
+    printf "as one Envoy filter against TensorZero: natively x%.2f its throughput, in V8 x%.2f; every prompt new, natively x%.2f\n", n / t, w / t, nf / tf }'
 fi
 awk -v c="${rps[picker]}" -v s="${rps[sepvm]}" -v cp="${p50[picker]}" -v sp="${p50[sepvm]}" 'BEGIN {
   printf "whole chain with endpoint-picker, one VM against a VM per filter: throughput x%.2f, p50 %+.0f us\n", c / s, cp - sp }'

@@ -18,14 +18,16 @@
 #
 # Rows (default all): bare (bare Envoy), native1 / native8 (one / eight native filters that
 # do nothing), native_calls (one native filter making the whole chain's host calls, no
-# work), native_chain (the whole chain natively, as scripts/run.sh loads it).
+# work), native_chain (the whole chain natively, each filter its own Envoy filter),
+# native_one (the same with the filters after the buffer as one, sluice.chain: what
+# scripts/run.sh loads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 . scripts/lib/common.sh
 REQUESTS=${1:-300}
 ROWS=("${@:2}")
-[ ${#ROWS[@]} -gt 0 ] || ROWS=(bare native1 native8 native_calls native_chain)
+[ ${#ROWS[@]} -gt 0 ] || ROWS=(bare native1 native8 native_calls native_chain native_one)
 command -v valgrind >/dev/null || { echo "envoy-callgrind: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 scripts/setup.sh >/dev/null
 scripts/build.sh >/dev/null
@@ -60,11 +62,12 @@ for row in "${ROWS[@]}"; do
     native8) start_envoy "$row" native_noop:8 "$PLAIN_POOL" ;;
     native_calls) start_envoy "$row" native_probe:chain:1 "$PLAIN_POOL" ;;
     native_chain) NATIVE=true start_envoy "$row" sluice.rate_limit.tokens "$PLAIN_POOL" ;;
+    native_one) NATIVE=true ONE_FILTER=true start_envoy "$row" sluice.chain "$PLAIN_POOL" ;;
     *) echo "envoy-callgrind: unknown row $row" >&2; exit 1 ;;
   esac
   port_var=PORT_$row pid_var=PID_$row
   detail=""
-  [ "$row" = native_chain ] && detail=--detail
+  case $row in native_chain | native_one) detail=--detail ;; esac
   "$PY" scripts/lib/envoy-callgrind.py "$work/body.json" "$KEY" "${!port_var}" "${!pid_var}" \
     "$work/cg" "$REQUESTS" "$row" "${ENVOY_CALLGRIND_CONNECTIONS:-1}" $detail
   kill -TERM "${!pid_var}" 2>/dev/null || true

@@ -39,6 +39,8 @@ ENGINE_POOL="[{\"name\":\"pool-a\",\"engine\":\"vllm\",\"host\":\"127.0.0.1\",\"
 # wasm filters that do nothing; "probe:CALL:COUNT" for bare Envoy with one filter making
 # COUNT host calls CALL a request). The filters' wasm from WASM_DIR (default this build's);
 # ONE_VM=false: a module and a VM per filter instead of sluice_filters.wasm in one VM.
+# ONE_FILTER=true: the filters after the buffer filter as one Envoy filter (sluice.chain, the
+# template's default); by default each its own, so that a prefix can end at any of them.
 # Sets PORT_<NAME>, PID_<NAME>.
 start_envoy() {
   local name=$1 last=$2 pools=$3 port admin filters=true router=true
@@ -48,7 +50,7 @@ start_envoy() {
   port=$(free_port); admin=$(free_port)
   while [ "$admin" = "$port" ]; do admin=$(free_port); done
   mkdir -p "$work/$name/ecds"
-  local wasm=${WASM_DIR:-$ROOT/target/wasm} one_vm=${ONE_VM:-true}
+  local wasm=${WASM_DIR:-$ROOT/target/wasm} one_vm=${ONE_VM:-true} one_filter=${ONE_FILTER:-false}
   local keys=$work/keys/ecds/key-auth.json native_vars=()
   if [ "${NATIVE:-false}" = true ]; then
     # The template's native build: every filter from sluice-native's module.
@@ -63,7 +65,7 @@ start_envoy() {
   fi
   "$SLUICE" render envoy/envoy.yaml.j2 -o "$work/$name/envoy.yaml" \
     -s "listen_port=$port" -s "admin_port=$admin" -s "state_dir=$work/$name" \
-    -s "pools=$pools" -s "filters=$filters" -s "model_router=$router" -s "wasm_dir=$wasm" -s "one_vm=$one_vm" \
+    -s "pools=$pools" -s "filters=$filters" -s "model_router=$router" -s "wasm_dir=$wasm" -s "one_vm=$one_vm" -s "one_filter=$one_filter" \
     -s "model_router_config=$ROUTER_CONFIG" -s "response_cache=$CACHE_CONFIG" "${native_vars[@]}" "$@"
   "$PY" - "$work/$name/envoy.yaml" "$last" "$NOOP_WASM" "$PROBE_WASM" <<'PY'
 import sys, yaml
