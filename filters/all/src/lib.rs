@@ -11,10 +11,7 @@
 //!
 //! The per-filter modules are still built (the Istio WasmPlugins load one each).
 
-use sluice_common::chain::{configure, Chain, ChainRequest, Configure};
-use sluice_common::host::{Host, Plugin};
-use sluice_common::ConfigError;
-use std::rc::Rc;
+use sluice_common::chain::{configure, Chain, Configure, Members};
 
 // The filters' crates, for `with_filters!`'s expansion in another crate.
 pub use {
@@ -44,79 +41,27 @@ macro_rules! with_filters {
     };
 }
 
-/// The filters a [`SluiceChain`] may hold, by the part of the root id that chooses each.
-const MEMBERS: &[(&str, Configure)] = &[
-    ("key_auth", configure::<sluice_key_auth::lifecycle::KeyAuth>),
-    (
-        "rate_limit",
-        configure::<sluice_rate_limit::lifecycle::RateLimit>,
-    ),
-    (
-        "model_router",
-        configure::<sluice_model_router::lifecycle::ModelRouter>,
-    ),
-    (
-        "pii_redaction",
-        configure::<sluice_pii_redaction::lifecycle::PiiRedaction>,
-    ),
-    (
-        "token_counter",
-        configure::<sluice_token_counter::lifecycle::TokenCounter>,
-    ),
-    (
-        "response_cache",
-        configure::<sluice_response_cache::lifecycle::ResponseCache>,
-    ),
-    (
-        "endpoint_picker",
-        configure::<sluice_endpoint_picker::lifecycle::EndpointPicker>,
-    ),
-];
+/// `with_filters!`'s list as the filters a [`SluiceChain`] may hold.
+macro_rules! members {
+    ($($part:literal => $plugin:ty),+ $(,)?) => {
+        const MEMBERS: &[(&str, Configure)] = &[$(($part, configure::<$plugin> as Configure)),+];
+    };
+}
+with_filters!(members);
+
+/// The filters of this module, as a chain's members.
+pub struct SluiceFilters;
+
+impl Members for SluiceFilters {
+    const FILTERS: &'static [(&'static str, Configure)] = MEMBERS;
+}
 
 /// Several of the filters as one Envoy filter (`sluice.chain`; its configuration
 /// `{"filters": [{"name": "sluice.model_router", "config": ...}, ...]}`): one filter
 /// instance instead of one per filter, each member seeing the stream as it would as its own
-/// filter ([`sluice_common::chain`]; docs/architecture.md, "One Envoy filter for the
-/// filters after the buffer").
-pub struct SluiceChain(Chain);
-
-impl Plugin for SluiceChain {
-    const NAME: &'static str = "sluice.chain";
-    type Request = ChainRequest;
-
-    fn configure(host: &mut dyn Host) -> Result<Self, ConfigError> {
-        let chain = Chain::configure(host, MEMBERS)?;
-        log::info!(
-            "sluice.chain: configured with {}",
-            chain.names().collect::<Vec<_>>().join(", ")
-        );
-        Ok(Self(chain))
-    }
-
-    fn new_request(self: &Rc<Self>, context_id: u32) -> ChainRequest {
-        self.0.new_request(context_id)
-    }
-
-    fn on_tick(&self, host: &mut dyn Host) {
-        self.0.on_tick(host);
-    }
-
-    fn on_worker_tick(&self, host: &mut dyn Host) {
-        self.0.on_worker_tick(host);
-    }
-
-    fn holds_requests(&self) -> bool {
-        self.0.holds_requests()
-    }
-
-    fn on_grpc_response(&self, host: &mut dyn Host, token: u32, status: u32, size: usize) {
-        self.0.on_grpc_response(host, token, status, size);
-    }
-
-    fn on_http_response(&self, host: &mut dyn Host, token: u32, body_size: usize) {
-        self.0.on_http_response(host, token, body_size);
-    }
-}
+/// filter ([`sluice_common::chain`]; docs/architecture.md, "One Envoy filter after the
+/// buffer").
+pub type SluiceChain = Chain<SluiceFilters>;
 
 // The root ids as the Envoy configs name them (`sluice.rate_limit.admission`, ...).
 #[cfg(all(target_arch = "wasm32", not(test), feature = "entry"))]

@@ -25,6 +25,7 @@ use crate::host::{
 use serde::Deserialize;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
+use std::marker::PhantomData;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -110,22 +111,52 @@ struct Member {
     due: Cell<u64>,
 }
 
-/// Several filters as one: see the module documentation.
-pub struct Chain {
+/// The filters a [`Chain`] may hold: each module names its own.
+pub trait Members: 'static {
+    /// Each filter after the part of a root id that chooses it (`sluice.rate_limit.tokens`
+    /// runs `rate_limit`), as in a module of several filters.
+    const FILTERS: &'static [(&'static str, Configure)];
+}
+
+/// Several filters as one: see the module documentation. `M` says which filters it may
+/// hold; the configuration, which of them and in what order.
+pub struct Chain<M: Members> {
     members: Vec<Member>,
     /// Callouts the members' root contexts started: token → member.
     root_tokens: RefCell<Tokens>,
+    filters: PhantomData<fn() -> M>,
 }
 
 type Tokens = SmallVec<[(u32, usize); 4]>;
 
-impl Chain {
-    /// Configure each member the chain's configuration names from `registry` (a root id
-    /// runs the first entry whose part it contains, as in a module of several filters).
-    pub fn configure(
+impl<M: Members> Chain<M> {
+    /// The members' root ids, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.members.iter().map(|m| &*m.name)
+    }
+
+    /// Run member `i`'s root-context work through its own view of `host`.
+    fn with_root_member(
+        &self,
         host: &mut dyn Host,
-        registry: &[(&str, Configure)],
-    ) -> Result<Self, ConfigError> {
+        i: usize,
+        work: impl FnOnce(&dyn AnyPlugin, &mut dyn Host),
+    ) {
+        let Some(m) = self.members.get(i) else { return };
+        let mut events = Events::default();
+        let mut tokens = Tokens::new();
+        let mut member_host = MemberHost::root(host, i, &m.name, &[], &mut events, &mut tokens);
+        work(m.plugin.as_ref(), &mut member_host);
+        self.root_tokens.borrow_mut().extend(tokens);
+    }
+}
+
+impl<M: Members> Plugin for Chain<M> {
+    const NAME: &'static str = "sluice.chain";
+    type Request = ChainRequest;
+
+    /// Configure each member the chain's configuration names, from `M::FILTERS`.
+    fn configure(host: &mut dyn Host) -> Result<Self, ConfigError> {
         let config: ChainConfig = parse_config(&host.plugin_configuration())?;
         if config.filters.is_empty() || config.filters.len() > MAX_MEMBERS {
             return Err(ConfigError::invalid(format!(
@@ -137,7 +168,7 @@ impl Chain {
         let mut ticks = Vec::new();
         for (i, m) in config.filters.into_iter().enumerate() {
             let Some(make) =
-                chosen_by_root_id(registry, &m.name).filter(|_| !m.name.contains("chain"))
+                chosen_by_root_id(M::FILTERS, &m.name).filter(|_| !m.name.contains("chain"))
             else {
                 return Err(ConfigError::invalid(format!(
                     "filters[{i}].name: no filter {:?} in this module",
@@ -150,18 +181,8 @@ impl Chain {
             };
             let mut events = Events::default();
             let mut tokens = Tokens::new();
-            let mut member_host = MemberHost {
-                inner: host,
-                member: i,
-                name: &m.name,
-                config: &bytes,
-                body: None,
-                events: &mut events,
-                tokens: &mut tokens,
-                own: None,
-                capture_reply: false,
-                reply: None,
-            };
+            let mut member_host =
+                MemberHost::root(host, i, &m.name, &bytes, &mut events, &mut tokens);
             let plugin = make(&mut member_host)
                 .map_err(|e| ConfigError::invalid(format!("filters[{i}] ({}): {e}", m.name)))?;
             if let Some(p) = events.tick {
@@ -188,19 +209,19 @@ impl Chain {
         if let Some(period) = ticks.into_iter().min() {
             host.set_tick_period(period);
         }
-        Ok(Self {
+        let chain = Self {
             members,
             root_tokens: RefCell::new(Tokens::new()),
-        })
+            filters: PhantomData,
+        };
+        log::info!(
+            "sluice.chain: configured with {}",
+            chain.names().collect::<Vec<_>>().join(", ")
+        );
+        Ok(chain)
     }
 
-    /// The members' root ids, in order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.members.iter().map(|m| &*m.name)
-    }
-
-    /// A new stream's lifecycle.
-    pub fn new_request(&self, context_id: u32) -> ChainRequest {
+    fn new_request(self: &Rc<Self>, context_id: u32) -> ChainRequest {
         ChainRequest {
             context_id,
             members: self
@@ -217,7 +238,7 @@ impl Chain {
     }
 
     /// Each member's root tick when its own period has passed.
-    pub fn on_tick(&self, host: &mut dyn Host) {
+    fn on_tick(&self, host: &mut dyn Host) {
         let now = host.now_unix_nanos();
         for (i, m) in self.members.iter().enumerate() {
             let Some(period) = m.period else { continue };
@@ -230,17 +251,17 @@ impl Chain {
         }
     }
 
-    pub fn on_worker_tick(&self, host: &mut dyn Host) {
+    fn on_worker_tick(&self, host: &mut dyn Host) {
         for i in 0..self.members.len() {
             self.with_root_member(host, i, |plugin, h| plugin.on_worker_tick(h));
         }
     }
 
-    pub fn holds_requests(&self) -> bool {
+    fn holds_requests(&self) -> bool {
         self.members.iter().any(|m| m.plugin.holds_requests())
     }
 
-    pub fn on_grpc_response(&self, host: &mut dyn Host, token: u32, status: u32, size: usize) {
+    fn on_grpc_response(&self, host: &mut dyn Host, token: u32, status: u32, size: usize) {
         // The borrow ends before the member runs (it may call out again).
         let member = take_token(&mut self.root_tokens.borrow_mut(), token);
         if let Some(i) = member {
@@ -248,38 +269,12 @@ impl Chain {
         }
     }
 
-    pub fn on_http_response(&self, host: &mut dyn Host, token: u32, body_size: usize) {
+    fn on_http_response(&self, host: &mut dyn Host, token: u32, body_size: usize) {
         // The borrow ends before the member runs (it may call out again).
         let member = take_token(&mut self.root_tokens.borrow_mut(), token);
         if let Some(i) = member {
             self.with_root_member(host, i, |p, h| p.on_http_response(h, token, body_size));
         }
-    }
-
-    /// Run member `i`'s root-context work through its own view of `host`.
-    fn with_root_member(
-        &self,
-        host: &mut dyn Host,
-        i: usize,
-        work: impl FnOnce(&dyn AnyPlugin, &mut dyn Host),
-    ) {
-        let Some(m) = self.members.get(i) else { return };
-        let mut events = Events::default();
-        let mut tokens = Tokens::new();
-        let mut member_host = MemberHost {
-            inner: host,
-            member: i,
-            name: &m.name,
-            config: &[],
-            body: None,
-            events: &mut events,
-            tokens: &mut tokens,
-            own: None,
-            capture_reply: false,
-            reply: None,
-        };
-        work(m.plugin.as_ref(), &mut member_host);
-        self.root_tokens.borrow_mut().extend(tokens);
     }
 }
 
@@ -423,6 +418,23 @@ pub struct ChainRequest {
     replied_here: bool,
 }
 
+/// How a member's view of the host is set up for one call (see [`MemberHost`]).
+#[derive(Default)]
+struct View<'r> {
+    body: Option<(Side, usize)>,
+    capture_reply: bool,
+    reply: Option<&'r mut PendingReply>,
+}
+
+impl<'r> View<'r> {
+    fn passing(reply: &'r mut PendingReply) -> Self {
+        Self {
+            reply: Some(reply),
+            ..Self::default()
+        }
+    }
+}
+
 /// Which hook a member is given.
 #[derive(Clone, Copy)]
 enum Step {
@@ -457,52 +469,61 @@ impl ChainRequest {
         }
     }
 
-    /// After a member acted on another stream, the next one acts on this stream again (as
-    /// it would as its own filter, each hook of which starts on its own stream).
-    fn restore(&self, host: &mut dyn Host, events: &Events) {
-        if events.elsewhere {
-            host.set_effective_context(self.context_id);
-        }
-    }
-
     /// Give member `i` one hook through its view of `host`.
     fn call(&mut self, host: &mut dyn Host, i: usize, side: Side, step: Step) -> (Flow, Events) {
-        let mut events = Events::default();
-        let Some((lifecycle, name)) = self.members.get_mut(i) else {
-            return (Flow::Continue, events);
-        };
-        let body = match step {
-            Step::Body { offset, .. } if offset > 0 => Some((side, offset)),
-            _ => None,
-        };
-        let mut member_host = MemberHost {
-            inner: host,
-            member: i,
-            name,
-            config: &[],
-            body,
-            events: &mut events,
-            tokens: &mut self.tokens,
-            own: Some(self.context_id),
+        let view = View {
+            body: match step {
+                Step::Body { offset, .. } if offset > 0 => Some((side, offset)),
+                _ => None,
+            },
             capture_reply: !self.response.headers_in,
             reply: None,
         };
-        let flow = match (side, step) {
-            (Side::Request, Step::Headers(end)) => {
-                lifecycle.on_request_headers(&mut member_host, end)
-            }
-            (Side::Response, Step::Headers(end)) => {
-                lifecycle.on_response_headers(&mut member_host, end)
-            }
+        self.run_member(host, i, view, |lifecycle, h| match (side, step) {
+            (Side::Request, Step::Headers(end)) => lifecycle.on_request_headers(h, end),
+            (Side::Response, Step::Headers(end)) => lifecycle.on_response_headers(h, end),
             (Side::Request, Step::Body { size, end, .. }) => {
-                lifecycle.on_request_body(&mut member_host, size, end)
+                lifecycle.on_request_body(h, size, end)
             }
             (Side::Response, Step::Body { size, end, .. }) => {
-                lifecycle.on_response_body(&mut member_host, size, end)
+                lifecycle.on_response_body(h, size, end)
             }
-        };
-        self.restore(host, &events);
-        (flow, events)
+        })
+        .unwrap_or((Flow::Continue, Events::default()))
+    }
+
+    /// Run `work` on member `i`'s lifecycle through its view of `host`: its result, and
+    /// what the member did through the host. A member that acted on another stream leaves
+    /// the chain's own set back for the next (as its own filter's next hook would start on
+    /// its own stream).
+    fn run_member<R>(
+        &mut self,
+        host: &mut dyn Host,
+        i: usize,
+        view: View,
+        work: impl FnOnce(&mut dyn Lifecycle, &mut dyn Host) -> R,
+    ) -> Option<(R, Events)> {
+        let mut events = Events::default();
+        let (lifecycle, name) = self.members.get_mut(i)?;
+        let result = work(
+            lifecycle.as_mut(),
+            &mut MemberHost {
+                inner: host,
+                member: i,
+                name,
+                config: &[],
+                body: view.body,
+                events: &mut events,
+                tokens: &mut self.tokens,
+                own: Some(self.context_id),
+                capture_reply: view.capture_reply,
+                reply: view.reply,
+            },
+        );
+        if events.elsewhere {
+            host.set_effective_context(self.context_id);
+        }
+        Some((result, events))
     }
 
     /// Member progress at position `pos` of `side`'s order.
@@ -604,31 +625,16 @@ impl ChainRequest {
         let Some(mut reply) = events.reply.take() else {
             return Flow::Pause;
         };
+        // Nothing to wait for: the whole reply is here (a pause is not kept).
         for j in (0..i).rev() {
-            let mut events = Events::default();
-            let Some((lifecycle, name)) = self.members.get_mut(j) else {
-                continue;
-            };
-            let mut member_host = MemberHost {
-                inner: host,
-                member: j,
-                name,
-                config: &[],
-                body: None,
-                events: &mut events,
-                tokens: &mut self.tokens,
-                own: Some(self.context_id),
-                capture_reply: false,
-                reply: Some(&mut reply),
-            };
-            let empty = member_host.reply.as_ref().is_none_or(|r| r.body.is_empty());
-            // Nothing to wait for: the whole reply is here (a pause is not kept).
-            lifecycle.on_response_headers(&mut member_host, empty);
+            let empty = reply.body.is_empty();
+            let view = View::passing(&mut reply);
+            self.run_member(host, j, view, |l, h| l.on_response_headers(h, empty));
             if !empty {
-                let size = member_host.reply.as_ref().map_or(0, |r| r.body.len());
-                lifecycle.on_response_body(&mut member_host, size, true);
+                let size = reply.body.len();
+                let view = View::passing(&mut reply);
+                self.run_member(host, j, view, |l, h| l.on_response_body(h, size, true));
             }
-            self.restore(host, &events);
         }
         reply.send(host);
         self.replied_here = true;
@@ -659,24 +665,13 @@ impl ChainRequest {
         let Some(i) = take_token(&mut self.tokens, token) else {
             return;
         };
-        let mut events = Events::default();
-        let Some((lifecycle, name)) = self.members.get_mut(i) else {
+        let view = View {
+            capture_reply: !self.response.headers_in,
+            ..View::default()
+        };
+        let Some(((), mut events)) = self.run_member(host, i, view, deliver) else {
             return;
         };
-        let mut member_host = MemberHost {
-            inner: host,
-            member: i,
-            name,
-            config: &[],
-            body: None,
-            events: &mut events,
-            tokens: &mut self.tokens,
-            own: Some(self.context_id),
-            capture_reply: !self.response.headers_in,
-            reply: None,
-        };
-        deliver(lifecycle.as_mut(), &mut member_host);
-        self.restore(host, &events);
         if events.replied {
             let side = if self.response.headers_in {
                 Side::Response
@@ -757,24 +752,7 @@ impl Lifecycle for ChainRequest {
     /// Every member that saw the request, in chain order.
     fn on_log(&mut self, host: &mut dyn Host) {
         for i in 0..self.started {
-            let mut events = Events::default();
-            let Some((lifecycle, name)) = self.members.get_mut(i) else {
-                continue;
-            };
-            let mut member_host = MemberHost {
-                inner: host,
-                member: i,
-                name,
-                config: &[],
-                body: None,
-                events: &mut events,
-                tokens: &mut self.tokens,
-                own: Some(self.context_id),
-                capture_reply: false,
-                reply: None,
-            };
-            lifecycle.on_log(&mut member_host);
-            self.restore(host, &events);
+            self.run_member(host, i, View::default(), |l, h| l.on_log(h));
         }
     }
 }
@@ -803,7 +781,30 @@ struct MemberHost<'a> {
     reply: Option<&'a mut PendingReply>,
 }
 
-impl MemberHost<'_> {
+impl<'a> MemberHost<'a> {
+    /// A member's view for its configuration or its root context's work.
+    fn root(
+        inner: &'a mut dyn Host,
+        member: usize,
+        name: &'a str,
+        config: &'a [u8],
+        events: &'a mut Events,
+        tokens: &'a mut Tokens,
+    ) -> Self {
+        Self {
+            inner,
+            member,
+            name,
+            config,
+            body: None,
+            events,
+            tokens,
+            own: None,
+            capture_reply: false,
+            reply: None,
+        }
+    }
+
     /// The reply being passed through this member, when `side` is its response.
     fn reply_for(&self, side: Side) -> Option<&PendingReply> {
         self.reply.as_deref().filter(|_| side == Side::Response)

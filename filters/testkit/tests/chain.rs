@@ -3,7 +3,7 @@
 //! is given and does what its configuration says (hold, buffer, call out, reply, rewrite).
 
 use serde::Deserialize;
-use sluice_common::chain::{configure, Chain, ChainRequest, Configure};
+use sluice_common::chain::{configure, Chain, ChainRequest, Configure, Members};
 use sluice_common::host::{
     plugin_config, text_property, Flow, GrpcCall, Host, Lifecycle, Plugin, Side,
 };
@@ -173,15 +173,37 @@ impl Lifecycle for ScriptedRequest {
     }
 }
 
-const REGISTRY: &[(&str, Configure)] = &[("scripted", configure::<Scripted> as Configure)];
+struct Scripts;
 
-fn configured(host: &mut MockHost, members: serde_json::Value) -> Result<Chain, ConfigError> {
+impl Members for Scripts {
+    const FILTERS: &'static [(&'static str, Configure)] =
+        &[("scripted", configure::<Scripted> as Configure)];
+}
+
+type ScriptedChain = Rc<Chain<Scripts>>;
+
+fn configured(
+    host: &mut MockHost,
+    members: serde_json::Value,
+) -> Result<ScriptedChain, ConfigError> {
     host.plugin_config = serde_json::json!({ "filters": members })
         .to_string()
         .into_bytes();
-    let chain = Chain::configure(host, REGISTRY);
+    let chain = Chain::<Scripts>::configure(host).map(Rc::new);
     take_log();
     chain
+}
+
+/// A chain of scripted members, each `(id, script)`.
+fn chain_of(
+    host: &mut MockHost,
+    scripts: &[(&str, serde_json::Value)],
+) -> Result<ScriptedChain, ConfigError> {
+    let members: Vec<serde_json::Value> = scripts
+        .iter()
+        .map(|(id, script)| member(id, script.clone()))
+        .collect();
+    configured(host, members.into())
 }
 
 fn member(id: &str, script: serde_json::Value) -> serde_json::Value {
@@ -218,12 +240,9 @@ fn respond(host: &mut MockHost, request: &mut ChainRequest, body: &str) {
 #[test]
 fn members_see_the_stream_in_envoys_order() {
     let mut host = MockHost::new();
-    let chain = configured(
+    let chain = chain_of(
         &mut host,
-        serde_json::json!([
-            member("a", serde_json::json!({})),
-            member("b", serde_json::json!({}))
-        ]),
+        &[("a", serde_json::json!({})), ("b", serde_json::json!({}))],
     )
     .unwrap();
     post(&mut host, "{}");
@@ -261,13 +280,13 @@ fn members_see_the_stream_in_envoys_order() {
 #[test]
 fn a_member_holding_the_headers_holds_the_members_after_it() {
     let mut host = MockHost::new();
-    let chain = configured(
+    let chain = chain_of(
         &mut host,
-        serde_json::json!([
-            member("a", serde_json::json!({})),
-            member("b", serde_json::json!({"hold_headers": true})),
-            member("c", serde_json::json!({"hold_headers": true}))
-        ]),
+        &[
+            ("a", serde_json::json!({})),
+            ("b", serde_json::json!({"hold_headers": true})),
+            ("c", serde_json::json!({"hold_headers": true})),
+        ],
     )
     .unwrap();
     post(&mut host, "{}");
@@ -292,13 +311,13 @@ fn a_member_holding_the_headers_holds_the_members_after_it() {
 #[test]
 fn a_callout_holds_the_chain_until_its_member_resumes() {
     let mut host = MockHost::new();
-    let chain = configured(
+    let chain = chain_of(
         &mut host,
-        serde_json::json!([
-            member("a", serde_json::json!({"callout": true})),
-            member("b", serde_json::json!({"callout": true})),
-            member("c", serde_json::json!({}))
-        ]),
+        &[
+            ("a", serde_json::json!({"callout": true})),
+            ("b", serde_json::json!({"callout": true})),
+            ("c", serde_json::json!({})),
+        ],
     )
     .unwrap();
     post(&mut host, "{}");
@@ -394,13 +413,13 @@ fn a_local_reply_stops_the_chain_and_only_members_that_saw_the_request_see_the_r
 #[test]
 fn a_buffering_member_gets_the_whole_buffer_and_the_members_before_it_each_new_chunk() {
     let mut host = MockHost::new();
-    let chain = configured(
+    let chain = chain_of(
         &mut host,
-        serde_json::json!([
-            member("a", serde_json::json!({"append": "!"})),
-            member("b", serde_json::json!({"buffer": true})),
-            member("c", serde_json::json!({}))
-        ]),
+        &[
+            ("a", serde_json::json!({"append": "!"})),
+            ("b", serde_json::json!({"buffer": true})),
+            ("c", serde_json::json!({})),
+        ],
     )
     .unwrap();
     post(&mut host, "abc");
@@ -429,12 +448,9 @@ fn a_buffering_member_gets_the_whole_buffer_and_the_members_before_it_each_new_c
 #[test]
 fn streamed_chunks_pass_one_at_a_time() {
     let mut host = MockHost::new();
-    let chain = configured(
+    let chain = chain_of(
         &mut host,
-        serde_json::json!([
-            member("a", serde_json::json!({})),
-            member("b", serde_json::json!({}))
-        ]),
+        &[("a", serde_json::json!({})), ("b", serde_json::json!({}))],
     )
     .unwrap();
     post(&mut host, "");
@@ -474,7 +490,7 @@ fn configuration_names_each_member_and_ticks_each_at_its_own_period() {
     ]})
     .to_string()
     .into_bytes();
-    let chain = Chain::configure(&mut host, REGISTRY).unwrap();
+    let chain = Chain::<Scripts>::configure(&mut host).unwrap();
     assert_eq!(
         take_log(),
         ["a configured as scripted.a", "b configured as scripted.b"]
@@ -515,12 +531,12 @@ fn configuration_names_each_member_and_ticks_each_at_its_own_period() {
         member("b", serde_json::json!({}))
     ]))
     .contains("must be the chain's last"));
-    assert!(configured(
+    assert!(chain_of(
         &mut MockHost::new(),
-        serde_json::json!([
-            member("a", serde_json::json!({})),
-            member("b", serde_json::json!({"holds": true}))
-        ])
+        &[
+            ("a", serde_json::json!({})),
+            ("b", serde_json::json!({"holds": true}))
+        ]
     )
     .unwrap()
     .holds_requests());
@@ -535,12 +551,12 @@ fn chain_err(host: &mut MockHost, members: serde_json::Value) -> String {
 #[test]
 fn a_resume_for_another_stream_goes_to_envoy_at_once() {
     let mut host = MockHost::new();
-    let chain = configured(
+    let chain = chain_of(
         &mut host,
-        serde_json::json!([
-            member("a", serde_json::json!({"release": 9})),
-            member("b", serde_json::json!({}))
-        ]),
+        &[
+            ("a", serde_json::json!({"release": 9})),
+            ("b", serde_json::json!({})),
+        ],
     )
     .unwrap();
     post(&mut host, "{}");
