@@ -233,8 +233,7 @@ impl<M: Members> Plugin for Chain<M> {
                 .map(|m| (m.plugin.new_request(context_id), Rc::clone(&m.name)))
                 .collect(),
             started: 0,
-            request: Direction::default(),
-            response: Direction::default(),
+            sides: PerSide::default(),
             tokens: Tokens::new(),
             replied_here: false,
         }
@@ -412,8 +411,8 @@ pub struct ChainRequest {
     members: SmallVec<[MemberRequest; MAX_MEMBERS]>,
     /// How many members were given the request's headers (the response's members).
     started: usize,
-    request: Direction,
-    response: Direction,
+    /// Each direction as Envoy has delivered it.
+    sides: PerSide<Direction>,
     /// Callouts the members started: token → member.
     tokens: Tokens,
     /// A member answered the request and the chain sent it (see [`PendingReply`]): Envoy
@@ -451,10 +450,12 @@ enum Step {
 
 impl ChainRequest {
     fn direction(&mut self, side: Side) -> &mut Direction {
-        match side {
-            Side::Request => &mut self.request,
-            Side::Response => &mut self.response,
-        }
+        self.sides.get_mut(side)
+    }
+
+    /// The response has begun: a reply now replaces it rather than ending the request.
+    fn response_begun(&self) -> bool {
+        self.sides.response.headers_in
     }
 
     /// The member at position `pos` of `side`'s order.
@@ -479,7 +480,7 @@ impl ChainRequest {
                 Step::Body { offset, .. } if offset > 0 => Some((side, offset)),
                 _ => None,
             },
-            capture_reply: !self.response.headers_in,
+            capture_reply: !self.response_begun(),
             reply: None,
         };
         self.run_member(host, i, view, |lifecycle, h| match (side, step) {
@@ -669,14 +670,14 @@ impl ChainRequest {
             return;
         };
         let view = View {
-            capture_reply: !self.response.headers_in,
+            capture_reply: !self.response_begun(),
             ..View::default()
         };
         let Some(((), mut events)) = self.run_member(host, i, view, deliver) else {
             return;
         };
         if events.replied {
-            let side = if self.response.headers_in {
+            let side = if self.response_begun() {
                 Side::Response
             } else {
                 Side::Request
