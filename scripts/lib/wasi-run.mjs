@@ -13,5 +13,17 @@ const wasi = new WASI({
   returnOnExit: true,
 });
 const module = await WebAssembly.compile(await readFile(file));
-const instance = await WebAssembly.instantiate(module, wasi.getImportObject());
+// A program that links the filters' wasm entry crate (sluice-chain-profile does) imports
+// proxy-wasm's host calls from `env` though it never makes them (it runs the filters on a
+// mock host): each is given a function that fails loudly if it ever is called.
+const imports = wasi.getImportObject();
+for (const { module: from, name, kind } of WebAssembly.Module.imports(module)) {
+  if (from === 'env' && kind === 'function') {
+    imports.env ??= {};
+    imports.env[name] = () => {
+      throw new Error(`wasi-run: host call ${name} has no host here`);
+    };
+  }
+}
+const instance = await WebAssembly.instantiate(module, imports);
 process.exitCode = wasi.start(instance);

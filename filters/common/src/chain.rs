@@ -27,7 +27,7 @@ use crate::host::{
 };
 use serde::Deserialize;
 use smallvec::SmallVec;
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::time::Duration;
@@ -127,6 +127,9 @@ pub struct Chain<M: Members> {
     members: Vec<Member>,
     /// Callouts the members' root contexts started: token → member.
     root_tokens: RefCell<Tokens>,
+    /// The host's reads are copies: each request keeps its members' reads of a hook
+    /// ([`HookReads`]).
+    keep_reads: bool,
     filters: PhantomData<fn() -> M>,
 }
 
@@ -215,6 +218,7 @@ impl<M: Members> Plugin for Chain<M> {
         let chain = Self {
             members,
             root_tokens: RefCell::new(Tokens::new()),
+            keep_reads: host.reads_are_copies(),
             filters: PhantomData,
         };
         log::info!(
@@ -236,6 +240,7 @@ impl<M: Members> Plugin for Chain<M> {
             sides: PerSide::default(),
             tokens: Tokens::new(),
             replied_here: false,
+            reads: self.keep_reads.then(RefCell::default),
         }
     }
 
@@ -400,6 +405,122 @@ impl<T> PerSide<T> {
     }
 }
 
+/// What the members read of their stream during one Envoy hook, kept so that the next
+/// member to read it is answered without a host call, when the host's reads are copies
+/// (proxy-wasm: a body read there is a call, a call back into the VM to allocate, and a
+/// copy; five members read the request's body). Emptied at every hook, since between hooks
+/// Envoy and the filters around the chain may change the stream. A member's write keeps
+/// what is kept true: a body write is spliced into it as Envoy splices it into its buffer,
+/// filter state a member writes answers the next read of that name (as Envoy's filter state
+/// would), and a header write drops that side's headers (Envoy's rules for a repeated name
+/// are its own).
+#[derive(Debug, Default)]
+struct HookReads {
+    headers: PerSide<Option<HeaderList>>,
+    bodies: PerSide<Option<BodyRead>>,
+    /// The size of Envoy's buffered body, when this hook delivered one.
+    body_len: PerSide<Option<usize>>,
+    /// Filter state written by the members during this hook: name, value.
+    written: SmallVec<[(String, Vec<u8>); 8]>,
+}
+
+/// A side's headers as [`Host::headers`] gives them.
+type HeaderList = Vec<(String, Vec<u8>)>;
+
+/// The front of a buffered body as read.
+#[derive(Debug)]
+struct BodyRead {
+    bytes: Vec<u8>,
+    /// `bytes` is all of the buffer.
+    whole: bool,
+}
+
+impl HookReads {
+    /// A side's headers, read once.
+    fn headers(&mut self, host: &dyn Host, side: Side) -> &[(String, Vec<u8>)] {
+        self.headers
+            .get_mut(side)
+            .get_or_insert_with(|| host.headers(side))
+    }
+
+    /// One header as [`Host::header`] gives it. A name that occurs more than once is
+    /// asked of the host (which of its values the host gives is the host's rule).
+    fn header(&mut self, host: &dyn Host, side: Side, name: &str) -> Option<String> {
+        let mut found = self
+            .headers(host, side)
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name));
+        match (found.next(), found.next()) {
+            (None, _) => None,
+            (Some((_, value)), None) => std::str::from_utf8(value).ok().map(str::to_owned),
+            (Some(_), Some(_)) => host.header(side, name),
+        }
+    }
+
+    fn header_written(&mut self, side: Side) {
+        *self.headers.get_mut(side) = None;
+    }
+
+    /// The first `size` bytes of a side's buffered body.
+    fn body(&mut self, host: &dyn Host, side: Side, size: usize) -> Vec<u8> {
+        if let Some(b) = self.bodies.get(side) {
+            if size <= b.bytes.len() || b.whole {
+                return b.bytes.iter().take(size).copied().collect();
+            }
+        }
+        let bytes = host.body(side, size);
+        let whole = bytes.len() < size || *self.body_len.get(side) == Some(bytes.len());
+        *self.bodies.get_mut(side) = Some(BodyRead {
+            bytes: bytes.clone(),
+            whole,
+        });
+        bytes
+    }
+
+    /// The first `size` bytes of a side's body were replaced by `bytes` (`written`: the
+    /// host took the write). Envoy drains them from its buffer and puts `bytes` in front.
+    fn body_written(&mut self, side: Side, size: usize, bytes: &[u8], written: bool) {
+        let kept = self.bodies.get_mut(side).take();
+        if !written {
+            return;
+        }
+        if let Some(len) = self.body_len.get_mut(side) {
+            *len = len.saturating_sub(size).saturating_add(bytes.len());
+        }
+        *self.bodies.get_mut(side) = kept.and_then(|b| {
+            let rest = match b.bytes.get(size..) {
+                Some(rest) => rest,
+                // All of it replaced (Envoy drains no more than it holds).
+                None if b.whole => &[],
+                None => return None,
+            };
+            let mut now = Vec::with_capacity(bytes.len() + rest.len());
+            now.extend_from_slice(bytes);
+            now.extend_from_slice(rest);
+            Some(BodyRead {
+                bytes: now,
+                whole: b.whole,
+            })
+        });
+    }
+
+    /// Filter state a member wrote during this hook.
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let [name] = path else { return None };
+        self.written
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn property_written(&mut self, name: &str, value: &[u8]) {
+        match self.written.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v = value.to_vec(),
+            None => self.written.push((name.to_string(), value.to_vec())),
+        }
+    }
+}
+
 /// A member's lifecycle for one stream, and its root id.
 type MemberRequest = (Box<dyn Lifecycle>, Rc<str>);
 
@@ -418,6 +539,8 @@ pub struct ChainRequest {
     /// A member answered the request and the chain sent it (see [`PendingReply`]): Envoy
     /// does not pass it back through the chain.
     replied_here: bool,
+    /// What the members read during the hook under way, when the host's reads are copies.
+    reads: Option<RefCell<HookReads>>,
 }
 
 /// How a member's view of the host is set up for one call (see [`MemberHost`]).
@@ -453,6 +576,13 @@ impl ChainRequest {
         self.sides.get_mut(side)
     }
 
+    /// A new hook of Envoy's: what the members read before may have changed.
+    fn forget_reads(&mut self) {
+        if let Some(reads) = &mut self.reads {
+            *reads.get_mut() = HookReads::default();
+        }
+    }
+
     /// The response has begun: a reply now replaces it rather than ending the request.
     fn response_begun(&self) -> bool {
         self.sides.response.headers_in
@@ -475,6 +605,9 @@ impl ChainRequest {
 
     /// Give member `i` one hook through its view of `host`.
     fn call(&mut self, host: &mut dyn Host, i: usize, side: Side, step: Step) -> (Flow, Events) {
+        if let (Some(reads), Step::Body { offset, size, .. }) = (&mut self.reads, step) {
+            *reads.get_mut().body_len.get_mut(side) = Some(offset.saturating_add(size));
+        }
         let view = View {
             body: match step {
                 Step::Body { offset, .. } if offset > 0 => Some((side, offset)),
@@ -522,6 +655,7 @@ impl ChainRequest {
                 own: Some(self.context_id),
                 capture_reply: view.capture_reply,
                 reply: view.reply,
+                reads: self.reads.as_ref(),
             },
         );
         if events.elsewhere {
@@ -720,12 +854,15 @@ impl ChainRequest {
     }
 }
 
+/// Each of Envoy's hooks starts with nothing read (see [`HookReads`]).
 impl Lifecycle for ChainRequest {
     fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
+        self.forget_reads();
         self.headers(host, Side::Request, end_of_stream)
     }
 
     fn on_request_body(&mut self, host: &mut dyn Host, size: usize, end: bool) -> Flow {
+        self.forget_reads();
         self.body(host, Side::Request, size, end)
     }
 
@@ -733,6 +870,7 @@ impl Lifecycle for ChainRequest {
         if self.replied_here {
             return Flow::Continue;
         }
+        self.forget_reads();
         self.headers(host, Side::Response, end_of_stream)
     }
 
@@ -740,21 +878,25 @@ impl Lifecycle for ChainRequest {
         if self.replied_here {
             return Flow::Continue;
         }
+        self.forget_reads();
         self.body(host, Side::Response, size, end)
     }
 
     fn on_grpc_response(&mut self, host: &mut dyn Host, token: u32, status: u32, size: usize) {
+        self.forget_reads();
         self.answer(host, token, |l, h| {
             l.on_grpc_response(h, token, status, size)
         });
     }
 
     fn on_http_response(&mut self, host: &mut dyn Host, token: u32, body_size: usize) {
+        self.forget_reads();
         self.answer(host, token, |l, h| l.on_http_response(h, token, body_size));
     }
 
     /// Every member that saw the request, in chain order.
     fn on_log(&mut self, host: &mut dyn Host) {
+        self.forget_reads();
         for i in 0..self.started {
             self.run_member(host, i, View::default(), |l, h| l.on_log(h));
         }
@@ -783,6 +925,8 @@ struct MemberHost<'a> {
     capture_reply: bool,
     /// The reply being passed through this member: its response headers and body.
     reply: Option<&'a mut PendingReply>,
+    /// What the members read of this stream during this hook (see [`HookReads`]).
+    reads: Option<&'a RefCell<HookReads>>,
 }
 
 impl<'a> MemberHost<'a> {
@@ -806,6 +950,7 @@ impl<'a> MemberHost<'a> {
             own: None,
             capture_reply: false,
             reply: None,
+            reads: None,
         }
     }
 
@@ -829,6 +974,37 @@ impl<'a> MemberHost<'a> {
             _ => 0,
         }
     }
+
+    /// What the members read of this stream during this hook, when the chain keeps it and
+    /// this call is about this stream.
+    fn kept(&self) -> Option<RefMut<'_, HookReads>> {
+        self.reads
+            .filter(|_| self.for_this_stream())
+            .map(RefCell::borrow_mut)
+    }
+
+    /// The first `size` bytes of Envoy's buffered body on `side`.
+    fn buffered(&self, side: Side, size: usize) -> Vec<u8> {
+        match self.kept() {
+            Some(mut kept) => kept.body(&*self.inner, side, size),
+            None => self.inner.body(side, size),
+        }
+    }
+
+    /// Replace the first `size` bytes of Envoy's buffered body on `side`.
+    fn set_buffered(&mut self, side: Side, size: usize, bytes: &[u8]) -> bool {
+        let written = self.inner.set_body(side, size, bytes);
+        if let Some(mut kept) = self.kept() {
+            kept.body_written(side, size, bytes, written);
+        }
+        written
+    }
+
+    fn header_written(&self, side: Side) {
+        if let Some(mut kept) = self.kept() {
+            kept.header_written(side);
+        }
+    }
 }
 
 impl Host for MemberHost<'_> {
@@ -843,7 +1019,10 @@ impl Host for MemberHost<'_> {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
                 .collect(),
-            None => self.inner.headers(side),
+            None => match self.kept() {
+                Some(mut kept) => kept.headers(&*self.inner, side).to_vec(),
+                None => self.inner.headers(side),
+            },
         }
     }
 
@@ -857,21 +1036,49 @@ impl Host for MemberHost<'_> {
                     .collect();
                 f(&lent);
             }
-            None => self.inner.with_headers(side, f),
+            None => match self.kept() {
+                Some(mut kept) => {
+                    let lent: SmallVec<[(&str, &[u8]); 16]> = kept
+                        .headers(&*self.inner, side)
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_slice()))
+                        .collect();
+                    f(&lent);
+                }
+                None => self.inner.with_headers(side, f),
+            },
         }
     }
 
     fn header(&self, side: Side, name: &str) -> Option<String> {
         match self.reply_for(side) {
             Some(r) => r.find(name).map(str::to_owned),
-            None => self.inner.header(side, name),
+            None => match self.kept() {
+                Some(mut kept) => kept.header(&*self.inner, side, name),
+                None => self.inner.header(side, name),
+            },
         }
     }
 
     fn header_strings(&self, side: Side, names: &[&str]) -> Vec<Option<String>> {
         match self.reply_for(side) {
             Some(r) => names.iter().map(|n| r.find(n).map(str::to_owned)).collect(),
-            None => self.inner.header_strings(side, names),
+            None => match self.kept() {
+                Some(mut kept) => {
+                    let headers = kept.headers(&*self.inner, side);
+                    names
+                        .iter()
+                        .map(|name| {
+                            headers
+                                .iter()
+                                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                                .map(str::to_owned)
+                        })
+                        .collect()
+                }
+                None => self.inner.header_strings(side, names),
+            },
         }
     }
 
@@ -882,14 +1089,20 @@ impl Host for MemberHost<'_> {
                 r.headers
                     .push((name.to_ascii_lowercase(), value.to_string()));
             }
-            None => self.inner.set_header(side, name, value),
+            None => {
+                self.inner.set_header(side, name, value);
+                self.header_written(side);
+            }
         }
     }
 
     fn remove_header(&mut self, side: Side, name: &str) {
         match self.reply_for_mut(side) {
             Some(r) => r.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name)),
-            None => self.inner.remove_header(side, name),
+            None => {
+                self.inner.remove_header(side, name);
+                self.header_written(side);
+            }
         }
     }
 
@@ -899,9 +1112,9 @@ impl Host for MemberHost<'_> {
         }
         let offset = self.offset(side);
         if offset == 0 {
-            return self.inner.body(side, size);
+            return self.buffered(side, size);
         }
-        let mut whole = self.inner.body(side, offset.saturating_add(size));
+        let mut whole = self.buffered(side, offset.saturating_add(size));
         whole.drain(..offset.min(whole.len()));
         whole
     }
@@ -914,12 +1127,11 @@ impl Host for MemberHost<'_> {
         }
         let offset = self.offset(side);
         let written = if offset == 0 {
-            self.inner.set_body(side, size, bytes)
+            self.set_buffered(side, size, bytes)
         } else {
-            let mut whole = self.inner.body(side, offset);
+            let mut whole = self.buffered(side, offset);
             whole.extend_from_slice(bytes);
-            self.inner
-                .set_body(side, offset.saturating_add(size), &whole)
+            self.set_buffered(side, offset.saturating_add(size), &whole)
         };
         if written {
             let added = isize::try_from(bytes.len()).unwrap_or(isize::MAX);
@@ -934,11 +1146,17 @@ impl Host for MemberHost<'_> {
         if path == ["plugin_root_id"] {
             return Some(self.name.as_bytes().to_vec());
         }
+        if let Some(value) = self.kept().and_then(|kept| kept.property(path)) {
+            return Some(value);
+        }
         self.inner.property(path)
     }
 
     fn set_property(&mut self, name: &str, value: &[u8]) {
         self.inner.set_property(name, value);
+        if let Some(mut kept) = self.kept() {
+            kept.property_written(name, value);
+        }
     }
 
     fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
@@ -1045,5 +1263,9 @@ impl Host for MemberHost<'_> {
 
     fn now_unix_nanos(&self) -> u64 {
         self.inner.now_unix_nanos()
+    }
+
+    fn reads_are_copies(&self) -> bool {
+        self.inner.reads_are_copies()
     }
 }

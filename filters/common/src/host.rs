@@ -265,6 +265,15 @@ pub trait Host {
 
     /// Wall-clock time, nanoseconds since the Unix epoch (0 if the host cannot tell).
     fn now_unix_nanos(&self) -> u64;
+
+    /// Whether each read (headers, body) is a call that copies into the filter's memory, as
+    /// in proxy-wasm, where a read that returns data also calls back into the VM to
+    /// allocate it. A [`crate::chain::Chain`] then keeps what its members read during one
+    /// Envoy hook and answers the next member from it. False for a host whose reads are
+    /// lookups where the data lies (the native build lends headers in place).
+    fn reads_are_copies(&self) -> bool {
+        true
+    }
 }
 
 /// Wall-clock milliseconds since the Unix epoch.

@@ -765,6 +765,12 @@ impl Host for EnvoyHost<'_> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
     }
+
+    /// Headers are lent where Envoy keeps them and a header is a lookup: a copy kept by a
+    /// chain would cost more than the reads it saves.
+    fn reads_are_copies(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

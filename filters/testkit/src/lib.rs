@@ -624,6 +624,9 @@ impl Host for CountingHost<'_> {
         self.count("now", 0, 0);
         self.inner.now_unix_nanos()
     }
+    fn reads_are_copies(&self) -> bool {
+        self.inner.reads_are_copies()
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use sluice_common::host::{
     plugin_config, text_property, Flow, GrpcCall, Host, Lifecycle, Plugin, Side,
 };
 use sluice_common::ConfigError;
-use sluice_testkit::{Call, MockHost};
+use sluice_testkit::{Call, CountingHost, HostCalls, MockHost};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -47,6 +47,9 @@ struct Script {
     reply_on_answer: bool,
     /// Append this to the response's body at its end, and name itself in a header.
     mark_response: Option<String>,
+    /// Log the request's `x-note` header and `note` property it reads at each request hook;
+    /// at the request body's end (after `append`) write its id to both.
+    note: bool,
 }
 
 struct Scripted(Script);
@@ -84,8 +87,11 @@ impl Plugin for Scripted {
 }
 
 impl Lifecycle for ScriptedRequest {
-    fn on_request_headers(&mut self, _host: &mut dyn Host, end: bool) -> Flow {
+    fn on_request_headers(&mut self, host: &mut dyn Host, end: bool) -> Flow {
         log(format!("{} request headers end={end}", self.0.id));
+        if self.0.note {
+            log_notes(&self.0.id, host);
+        }
         if self.0.hold_headers && !end {
             Flow::Pause
         } else {
@@ -111,6 +117,11 @@ impl Lifecycle for ScriptedRequest {
             let mut longer = body.clone();
             longer.extend_from_slice(extra.as_bytes());
             assert!(host.set_body(Side::Request, size, &longer));
+        }
+        if self.0.note {
+            log_notes(&self.0.id, host);
+            host.set_header(Side::Request, "x-note", &self.0.id);
+            host.set_property("note", self.0.id.as_bytes());
         }
         if self.0.reply {
             host.send_reply(403, &[], b"refused");
@@ -171,6 +182,14 @@ impl Lifecycle for ScriptedRequest {
             host.resume(Side::Request);
         }
     }
+}
+
+/// What a `note` member reads: the request's `x-note` header and `note` property.
+fn log_notes(id: &str, host: &dyn Host) {
+    let header = host.header(Side::Request, "x-note");
+    let headers = host.header_strings(Side::Request, &["x-note", ":path"]);
+    let property = text_property(host, "note");
+    log(format!("{id} reads {header:?} {headers:?} {property:?}"));
 }
 
 struct Scripts;
@@ -614,4 +633,71 @@ fn a_reply_from_a_callout_answer_passes_the_members_before_it() {
             "c log",
         ]
     );
+}
+
+/// What the members read during one of Envoy's hooks is read from Envoy once (reads are
+/// copies in proxy-wasm): a later member is answered from it, a member's body write is
+/// spliced into it, filter state written answers the next read of its name, a header write
+/// makes the next read go to Envoy again; and the next hook reads Envoy afresh.
+#[test]
+fn members_read_the_stream_once_a_hook_and_see_each_others_writes() {
+    let mut host = MockHost::new();
+    let note = serde_json::json!({"note": true});
+    let chain = chain_of(
+        &mut host,
+        &[
+            ("a", serde_json::json!({"note": true, "append": "+a"})),
+            ("b", note.clone()),
+            ("c", note),
+        ],
+    )
+    .unwrap();
+    post(&mut host, "{}");
+    let mut r = chain.new_request(1);
+    let reads = |calls: HostCalls| {
+        ["body", "headers", "header", "property"].map(|k| calls.by_kind.get(k).copied())
+    };
+    let mut counting = CountingHost::new(&mut host);
+    assert_eq!(r.on_request_headers(&mut counting, false), Flow::Continue);
+    // One read of the headers; each member's read of `note` goes to Envoy (nothing wrote it).
+    assert_eq!(
+        reads(counting.calls.into_inner()),
+        [None, Some(1), None, Some(3)]
+    );
+    let path = "Some(\"/v1/chat/completions\")";
+    assert_eq!(
+        take_log(),
+        [
+            "a request headers end=false".to_string(),
+            format!("a reads None [None, {path}] None"),
+            "b request headers end=false".to_string(),
+            format!("b reads None [None, {path}] None"),
+            "c request headers end=false".to_string(),
+            format!("c reads None [None, {path}] None"),
+        ]
+    );
+    // Between two hooks Envoy (or a filter before the chain) changes the request.
+    host.set_header(Side::Request, "x-note", "envoy");
+    let mut counting = CountingHost::new(&mut host);
+    assert_eq!(r.on_request_body(&mut counting, 2, true), Flow::Continue);
+    // The body once; the headers again after each member's header write; `note` from Envoy
+    // only before a member wrote it.
+    assert_eq!(
+        reads(counting.calls.into_inner()),
+        [Some(1), Some(3), None, Some(1)]
+    );
+    assert_eq!(
+        take_log(),
+        [
+            "a request body \"{}\" end=true".to_string(),
+            format!("a reads Some(\"envoy\") [Some(\"envoy\"), {path}] None"),
+            "b request body \"{}+a\" end=true".to_string(),
+            format!("b reads Some(\"a\") [Some(\"a\"), {path}] Some(\"a\")"),
+            "c request body \"{}+a\" end=true".to_string(),
+            format!("c reads Some(\"b\") [Some(\"b\"), {path}] Some(\"b\")"),
+        ]
+    );
+    assert_eq!(host.request_body, b"{}+a");
+    assert_eq!(host.request_header("x-note"), Some(&b"c"[..]));
+    assert_eq!(host.text_property("note"), Some("c"));
 }
