@@ -14,6 +14,9 @@
 # With BENCH_BASELINE=<git revision>, the whole chain built from that revision (its wasm,
 # built once in a worktree under target/baseline/) runs beside this build's in the same
 # alternating rounds and wrk rows: a before and after from one run, as the machine drifts.
+# A revision whose module has sluice.chain runs it as the template's default does (the
+# filters after the buffer as one), against this build's one_picker; an older one each
+# filter its own, against picker.
 #
 # The side by side also has TensorZero (a Rust LLM gateway, with no policies) in front of the
 # same mock, as issue 18 compares: the gateway PyPI's `tensorzero` package starts
@@ -136,10 +139,15 @@ targets+=("one:$PORT_one:$PID_one" "native_one:$PORT_native_one:$PID_native_one"
 # The same chain with a module and a VM per filter (the layout before sluice-filters).
 ONE_VM=false start_envoy sepvm sluice.endpoint_picker "$ENGINE_POOL"
 targets+=("sepvm:$PORT_sepvm:$PID_sepvm")
+BASE_AGAINST=picker
 if [ -n "$BASELINE_WASM" ]; then
-  base_one_vm=false
+  base_one_vm=false base_last=sluice.endpoint_picker
   [ -f "$BASELINE_WASM/sluice_filters.wasm" ] && base_one_vm=true
-  ONE_VM=$base_one_vm WASM_DIR=$BASELINE_WASM start_envoy baseline sluice.endpoint_picker "$ENGINE_POOL"
+  if $base_one_vm && grep -q sluice.chain "$BASELINE_WASM/sluice_filters.wasm"; then
+    BASE_AGAINST=one_picker base_last=sluice.chain
+  fi
+  ONE_FILTER=$([ "$BASE_AGAINST" = one_picker ] && echo true || echo false) ONE_VM=$base_one_vm \
+    WASM_DIR=$BASELINE_WASM start_envoy baseline "$base_last" "$ENGINE_POOL"
   targets+=("baseline:$PORT_baseline:$PID_baseline")
 fi
 
@@ -202,9 +210,9 @@ echo "one VM for the chain (sluice-filters) against a VM per filter: CPU" \
   "$(delta "${cpu[picker]}" "${cpu[sepvm]}") us/req," \
   "p50 $(delta "${med[picker]}" "${med[sepvm]}") us"
 if [ -n "$BASELINE_WASM" ]; then
-  echo "this build against $BENCH_BASELINE (whole chain with endpoint-picker): CPU" \
-    "$(delta "${cpu[picker]}" "${cpu[baseline]}") us/req," \
-    "p50 $(delta "${med[picker]}" "${med[baseline]}") us"
+  echo "this build against $BENCH_BASELINE (whole chain with endpoint-picker, $BASE_AGAINST): CPU" \
+    "$(delta "${cpu[$BASE_AGAINST]}" "${cpu[baseline]}") us/req," \
+    "p50 $(delta "${med[$BASE_AGAINST]}" "${med[baseline]}") us"
 fi
 echo "whole chain over bare Envoy: CPU $(delta "${cpu[chain]}" "${cpu[bare]}") us/req," \
   "p50 $(delta "${med[chain]}" "${med[bare]}") us"
@@ -254,7 +262,7 @@ for step in "${STEPS[@]}"; do
   [ "$name" = bare ] || stop+=("native_$name")
 done
 for n in "${stop[@]}"; do
-  case $n in bare | chain | native_chain | one | native_one | "${BENCH_PERF:-}") continue ;; esac
+  case $n in bare | chain | native_chain | one | native_one | "$BASE_AGAINST" | "${BENCH_PERF:-}") continue ;; esac
   pid_var=PID_$n
   kill -TERM "${!pid_var}" 2>/dev/null || true
 done
@@ -270,6 +278,7 @@ rows=(direct:$MOCK_PORT bare:$PORT_bare chain:$PORT_chain native_chain:$PORT_nat
   picker:$PORT_picker sepvm:$PORT_sepvm bare_fresh:$PORT_bare chain_fresh:$PORT_chain
   native_chain_fresh:$PORT_native_chain native_one_fresh:$PORT_native_one)
 [ -z "$BASELINE_WASM" ] || rows+=(baseline:$PORT_baseline baseline_fresh:$PORT_baseline)
+[ "$BASE_AGAINST" = picker ] || rows+=("$BASE_AGAINST:$PORT_one_picker")
 [ -z "$TENSORZERO_URL" ] || rows+=(tensorzero:0 tensorzero_fresh:0)
 declare -A rps p50 p99
 for round in $(seq "$WRK_ROUNDS"); do
@@ -320,9 +329,9 @@ fi
 awk -v c="${rps[picker]}" -v s="${rps[sepvm]}" -v cp="${p50[picker]}" -v sp="${p50[sepvm]}" 'BEGIN {
   printf "whole chain with endpoint-picker, one VM against a VM per filter: throughput x%.2f, p50 %+.0f us\n", c / s, cp - sp }'
 if [ -n "$BASELINE_WASM" ]; then
-  awk -v c="${rps[picker]}" -v s="${rps[baseline]}" -v cp="${p50[picker]}" -v sp="${p50[baseline]}" -v r="$BENCH_BASELINE" 'BEGIN {
-    printf "whole chain with endpoint-picker against %s: throughput x%.2f, p50 %+.0f us\n", r, c / s, cp - sp }'
-  awk -v c="${rps[picker]}" -v s="${rps[baseline_fresh]}" -v b="${rps[bare_fresh]}" -v r="$BENCH_BASELINE" 'BEGIN {
+  awk -v c="${rps[$BASE_AGAINST]}" -v s="${rps[baseline]}" -v cp="${p50[$BASE_AGAINST]}" -v sp="${p50[baseline]}" -v r="$BENCH_BASELINE" -v a="$BASE_AGAINST" 'BEGIN {
+    printf "whole chain with endpoint-picker (%s) against %s: throughput x%.2f, p50 %+.0f us\n", a, r, c / s, cp - sp }'
+  awk -v c="${rps[$BASE_AGAINST]}" -v s="${rps[baseline_fresh]}" -v b="${rps[bare_fresh]}" -v r="$BENCH_BASELINE" 'BEGIN {
     printf "%s with every prompt new: %.0f%% of bare Envoy'"'"'s throughput (against the chain with the picker, same prompt: %.0f%%)\n", r, 100 * s / b, 100 * c / b }'
 fi
 

@@ -465,7 +465,9 @@ impl HookReads {
     fn body(&mut self, host: &dyn Host, side: Side, size: usize) -> Vec<u8> {
         if let Some(b) = self.bodies.get(side) {
             if size <= b.bytes.len() || b.whole {
-                return b.bytes.iter().take(size).copied().collect();
+                // A slice's copy is one memcpy (an iterator's, a byte at a time in V8).
+                let kept = b.bytes.get(..size).unwrap_or(&b.bytes);
+                return kept.to_vec();
             }
         }
         let bytes = host.body(side, size);
@@ -1108,7 +1110,7 @@ impl Host for MemberHost<'_> {
 
     fn body(&self, side: Side, size: usize) -> Vec<u8> {
         if let Some(r) = self.reply_for(side) {
-            return r.body.iter().take(size).copied().collect();
+            return r.body.get(..size).unwrap_or(&r.body).to_vec();
         }
         let offset = self.offset(side);
         if offset == 0 {

@@ -282,7 +282,9 @@ impl Host for MockHost {
             Side::Request => &self.request_body,
             Side::Response => &self.response_body,
         };
-        body.iter().take(size).copied().collect()
+        // One memcpy, as a host's copy into the VM is (an iterator's goes a byte at a time
+        // in V8, and the V8 profile would charge it to the filters).
+        body.get(..size).unwrap_or(body).to_vec()
     }
 
     fn set_body(&mut self, side: Side, size: usize, bytes: &[u8]) -> bool {
@@ -334,7 +336,7 @@ impl Host for MockHost {
     fn grpc_response(&self, size: usize) -> Option<Vec<u8>> {
         self.grpc_answer
             .as_ref()
-            .map(|b| b.iter().take(size).copied().collect())
+            .map(|b| b.get(..size).unwrap_or(b).to_vec())
     }
 
     fn grpc_status(&self) -> (u32, Option<String>) {
@@ -362,7 +364,7 @@ impl Host for MockHost {
         let (headers, body) = &self.http_answer;
         (
             headers.clone(),
-            body.iter().take(body_size).copied().collect(),
+            body.get(..body_size).unwrap_or(body).to_vec(),
         )
     }
 
