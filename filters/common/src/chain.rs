@@ -22,8 +22,8 @@
 
 use crate::config::{parse_config, ConfigError};
 use crate::host::{
-    chosen_by_root_id, Flow, GrpcCall, HandoffQueue, Host, HttpCall, LentHeaders, Lifecycle,
-    MetricFamily, MetricKind, Plugin, SharedDataError, Side,
+    chosen_by_root_id, named_strings, Flow, GrpcCall, HandoffQueue, Host, HttpCall, LentHeaders,
+    Lifecycle, MetricFamily, MetricKind, Plugin, SharedDataError, Side,
 };
 use serde::Deserialize;
 use smallvec::SmallVec;
@@ -1066,19 +1066,7 @@ impl Host for MemberHost<'_> {
         match self.reply_for(side) {
             Some(r) => names.iter().map(|n| r.find(n).map(str::to_owned)).collect(),
             None => match self.kept() {
-                Some(mut kept) => {
-                    let headers = kept.headers(&*self.inner, side);
-                    names
-                        .iter()
-                        .map(|name| {
-                            headers
-                                .iter()
-                                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                                .and_then(|(_, v)| std::str::from_utf8(v).ok())
-                                .map(str::to_owned)
-                        })
-                        .collect()
-                }
+                Some(mut kept) => named_strings(kept.headers(&*self.inner, side), names),
                 None => self.inner.header_strings(side, names),
             },
         }

@@ -174,17 +174,7 @@ pub trait Host {
     /// 1.7 µs under load, `docs/benchmarks.md`). A host whose reads are plain lookups (the
     /// native build) reads each by name instead of copying every header.
     fn header_strings(&self, side: Side, names: &[&str]) -> Vec<Option<String>> {
-        let headers = self.headers(side);
-        names
-            .iter()
-            .map(|name| {
-                headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .and_then(|(_, v)| std::str::from_utf8(v).ok())
-                    .map(str::to_owned)
-            })
-            .collect()
+        named_strings(&self.headers(side), names)
     }
     /// Replace (or add) a header, pseudo-headers such as `:path` and `:status` included.
     fn set_header(&mut self, side: Side, name: &str, value: &str);
@@ -274,6 +264,21 @@ pub trait Host {
     fn reads_are_copies(&self) -> bool {
         true
     }
+}
+
+/// The headers `names` of a side's headers as [`Host::headers`] gives them, each the first of
+/// its name, as UTF-8 (`None`: absent or not UTF-8).
+pub fn named_strings(headers: &[(String, Vec<u8>)], names: &[&str]) -> Vec<Option<String>> {
+    names
+        .iter()
+        .map(|name| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                .map(str::to_owned)
+        })
+        .collect()
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
