@@ -89,6 +89,9 @@ pub struct MockHost {
     /// Per metric name: counters summed, gauges their last value, histograms the count of
     /// values recorded.
     pub metric_totals: BTreeMap<String, u64>,
+    /// When set, the host says its reads are lookups, not copies (as the native build's):
+    /// a chain configured on it keeps nothing its members read.
+    pub reads_lent: bool,
 }
 
 fn lossy(bytes: &[u8]) -> String {
@@ -445,6 +448,10 @@ impl Host for MockHost {
 
     fn now_unix_nanos(&self) -> u64 {
         self.now_ms.saturating_mul(1_000_000)
+    }
+
+    fn reads_are_copies(&self) -> bool {
+        !self.reads_lent
     }
 }
 

@@ -2,7 +2,8 @@
 //! stream as it would as its own filter. The members here are scripted: each logs what it
 //! is given and does what its configuration says (hold, buffer, call out, reply, rewrite).
 
-use serde::Deserialize;
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
 use sluice_common::chain::{configure, Chain, ChainRequest, Configure, Members};
 use sluice_common::host::{
     plugin_config, text_property, Flow, GrpcCall, Host, Lifecycle, Plugin, Side,
@@ -50,6 +51,69 @@ struct Script {
     /// Log the request's `x-note` header and `note` property it reads at each request hook;
     /// at the request body's end (after `append`) write its id to both.
     note: bool,
+    /// Done on the request's headers, each read logged.
+    head_ops: Vec<Op>,
+    /// Done at the request body's end (after `note`), each read logged.
+    body_ops: Vec<Op>,
+}
+
+/// One read or write of a scripted member's request.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Op {
+    ReadBody(usize),
+    /// Replace the body's first `.0` bytes.
+    WriteBody(usize, String),
+    ReadHeader(String),
+    ReadHeaders,
+    ReadHeaderStrings(Vec<String>),
+    SetHeader(String, String),
+    RemoveHeader(String),
+    ReadProperty(String),
+    SetProperty(String, String),
+}
+
+impl Op {
+    fn run(&self, id: &str, host: &mut dyn Host) {
+        let result = match self {
+            Op::ReadBody(n) => format!(
+                "{:?}",
+                String::from_utf8_lossy(&host.body(Side::Request, *n))
+            ),
+            Op::WriteBody(n, bytes) => {
+                format!("{}", host.set_body(Side::Request, *n, bytes.as_bytes()))
+            }
+            Op::ReadHeader(name) => format!("{:?}", host.header(Side::Request, name)),
+            Op::ReadHeaders => {
+                let mut lent = Vec::new();
+                host.with_headers(Side::Request, &mut |h| {
+                    lent = h
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v)))
+                        .collect();
+                });
+                format!("{:?} {lent:?}", host.headers(Side::Request))
+            }
+            Op::ReadHeaderStrings(names) => {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                format!("{:?}", host.header_strings(Side::Request, &names))
+            }
+            Op::SetHeader(name, value) => {
+                host.set_header(Side::Request, name, value);
+                String::new()
+            }
+            Op::RemoveHeader(name) => {
+                host.remove_header(Side::Request, name);
+                String::new()
+            }
+            Op::ReadProperty(name) => format!("{:?}", host.property(&[name])),
+            Op::SetProperty(name, value) => {
+                host.set_property(name, value.as_bytes());
+                String::new()
+            }
+        };
+        log(format!("{id} {self:?} -> {result}"));
+    }
 }
 
 struct Scripted(Script);
@@ -92,6 +156,9 @@ impl Lifecycle for ScriptedRequest {
         if self.0.note {
             log_notes(&self.0.id, host);
         }
+        for op in &self.0.head_ops {
+            op.run(&self.0.id, host);
+        }
         if self.0.hold_headers && !end {
             Flow::Pause
         } else {
@@ -122,6 +189,9 @@ impl Lifecycle for ScriptedRequest {
             log_notes(&self.0.id, host);
             host.set_header(Side::Request, "x-note", &self.0.id);
             host.set_property("note", self.0.id.as_bytes());
+        }
+        for op in &self.0.body_ops {
+            op.run(&self.0.id, host);
         }
         if self.0.reply {
             host.send_reply(403, &[], b"refused");
@@ -700,4 +770,96 @@ fn members_read_the_stream_once_a_hook_and_see_each_others_writes() {
     assert_eq!(host.request_body, b"{}+a");
     assert_eq!(host.request_header("x-note"), Some(&b"c"[..]));
     assert_eq!(host.text_property("note"), Some("c"));
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let name = prop::sample::select(vec!["x-a", "x-b", "x-dup", ":path", "content-length"])
+        .prop_map(str::to_string);
+    let text = "[a-z{}\"]{0,12}";
+    prop_oneof![
+        (0usize..48).prop_map(Op::ReadBody),
+        ((0usize..48), text).prop_map(|(n, t)| Op::WriteBody(n, t)),
+        name.clone().prop_map(Op::ReadHeader),
+        Just(Op::ReadHeaders),
+        prop::collection::vec(name.clone(), 0..3).prop_map(Op::ReadHeaderStrings),
+        (name.clone(), "[a-z0-9]{0,6}").prop_map(|(n, v)| Op::SetHeader(n, v)),
+        name.prop_map(Op::RemoveHeader),
+        prop::sample::select(vec!["p_a", "p_b"]).prop_map(|n| Op::ReadProperty(n.into())),
+        (prop::sample::select(vec!["p_a", "p_b"]), "[a-z]{0,6}")
+            .prop_map(|(n, v)| Op::SetProperty(n.into(), v)),
+    ]
+}
+
+/// What scripted members logged over a request, and the request and filter state they left.
+#[derive(Debug, PartialEq)]
+struct Left {
+    log: Vec<String>,
+    body: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+    properties: Vec<(String, Vec<u8>)>,
+}
+
+/// One run of scripted members (each its ops on the request's headers and body) over a
+/// request, on a host whose reads are copies or lent.
+fn run_scripts(
+    members: &[(Vec<Op>, Vec<Op>)],
+    body: &str,
+    reads_lent: bool,
+) -> Result<Left, ConfigError> {
+    let mut host = MockHost::new();
+    host.reads_lent = reads_lent;
+    let scripts: Vec<(String, serde_json::Value)> = members
+        .iter()
+        .enumerate()
+        .map(|(i, (head, body))| {
+            (
+                format!("m{i}"),
+                serde_json::json!({"head_ops": head, "body_ops": body}),
+            )
+        })
+        .collect();
+    let scripts: Vec<(&str, serde_json::Value)> = scripts
+        .iter()
+        .map(|(id, s)| (id.as_str(), s.clone()))
+        .collect();
+    let chain = chain_of(&mut host, &scripts)?;
+    host.next_request(&[
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        ("x-dup", "one"),
+        ("x-dup", "two"),
+        ("content-length", &body.len().to_string()),
+    ]);
+    host.request_body = body.as_bytes().to_vec();
+    let mut r = chain.new_request(1);
+    r.on_request_headers(&mut host, false);
+    let size = host.request_body.len();
+    r.on_request_body(&mut host, size, true);
+    let mut properties: Vec<(String, Vec<u8>)> = host.properties.clone().into_iter().collect();
+    properties.sort();
+    Ok(Left {
+        log: take_log(),
+        body: host.request_body.clone(),
+        headers: host.request_headers.clone(),
+        properties,
+    })
+}
+
+proptest! {
+    /// Whatever the members read and write during a hook, what each is given with the reads
+    /// kept (the wasm build) is what it is given reading the host every time (the native
+    /// build), and the request they leave is the same.
+    #[test]
+    fn kept_reads_give_what_the_host_gives(
+        members in prop::collection::vec(
+            (prop::collection::vec(op(), 0..5), prop::collection::vec(op(), 0..7)),
+            1..4,
+        ),
+        body in "[a-z{}\"]{0,40}",
+    ) {
+        let kept = run_scripts(&members, &body, false);
+        let lent = run_scripts(&members, &body, true);
+        prop_assert!(kept.is_ok());
+        prop_assert_eq!(kept, lent);
+    }
 }
