@@ -35,14 +35,7 @@ CONNS=${BENCH_CONNECTIONS:-32}
 ENVOY_CONCURRENCY=${BENCH_ENVOY_CONCURRENCY:-2}
 PROMPT_BYTES=${BENCH_PROMPT_BYTES:-2000}
 
-scripts/setup.sh >/dev/null
-scripts/build.sh >/dev/null
-cargo build --quiet --profile wasm-release --target wasm32-wasip1 -p sluice-proxy --example noop --example probe
-# The seven filters as a dynamic module (build.sh builds the native probe).
-cargo build --quiet --release -p sluice-native --example native_filters
-NOOP_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/noop.wasm
-PROBE_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/probe.wasm
-ENVOY="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
+build_bench_envoys
 BASELINE_WASM=""
 if [ -n "${BENCH_BASELINE:-}" ]; then
   rev=$(git rev-parse --short "$BENCH_BASELINE")
@@ -290,7 +283,6 @@ for round in $(seq "$WRK_ROUNDS"); do
     rps[$name]+="$r " p50[$name]+="$a " p99[$name]+="$b "
   done
 done
-median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 printf '| %-16s | %10s | %10s | %10s |\n' target "req/s at $CONNS" "p50 at 1" "p99 at 1"
 printf '|%s|%s|%s|%s|\n' "------------------" "------------" "------------" "------------"
 for t in "${rows[@]}"; do

@@ -23,13 +23,7 @@ SECONDS_PER_RUN=${BENCH_SECONDS:-6}
 CONNS=${BENCH_CONNECTIONS:-32}
 ENVOY_CONCURRENCY=${BENCH_ENVOY_CONCURRENCY:-2}
 
-scripts/setup.sh >/dev/null
-scripts/build.sh >/dev/null
-cargo build --quiet --profile wasm-release --target wasm32-wasip1 -p sluice-proxy --example noop --example probe
-cargo build --quiet --release -p sluice-native --example native_filters
-NOOP_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/noop.wasm
-PROBE_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/probe.wasm
-ENVOY="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
+build_bench_envoys
 . scripts/lib/chain-envoys.sh
 
 start_envoy bare none "$PLAIN_POOL"
@@ -62,7 +56,6 @@ for _ in $(seq "$ROUNDS"); do
     rps[$name]+="$r " cpu[$name]+="$us "
   done
 done
-median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo "bench-load: $(stat -c %s "$work/body.json")-byte chat, wrk at $CONNS connections, $ROUNDS rounds of" \
   "$SECONDS_PER_RUN s (medians); Envoy --concurrency $ENVOY_CONCURRENCY, its CPU over the run a request"
 printf '| %-44s | %10s | %14s |\n' row "req/s" "Envoy CPU/req"

@@ -72,3 +72,19 @@ scratch_dir() {
   pids=()
   trap 'stop_pids "${pids[@]}"; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 }
+
+# What the chain benchmarks (scripts/bench-chain.sh, scripts/bench-load.sh) start their
+# Envoys from: the filters, the wasm no-op and probe filters, the seven filters as a dynamic
+# module (build.sh builds the native probe). Sets NOOP_WASM, PROBE_WASM and ENVOY.
+build_bench_envoys() {
+  scripts/setup.sh >/dev/null
+  scripts/build.sh >/dev/null
+  cargo build --quiet --profile wasm-release --target wasm32-wasip1 -p sluice-proxy --example noop --example probe
+  cargo build --quiet --release -p sluice-native --example native_filters
+  NOOP_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/noop.wasm
+  PROBE_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/probe.wasm
+  ENVOY="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
+}
+
+# median: the median of the numbers on stdin, separated by spaces or newlines.
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
