@@ -134,13 +134,13 @@ ONE_VM=false start_envoy sepvm sluice.endpoint_picker "$ENGINE_POOL"
 targets+=("sepvm:$PORT_sepvm:$PID_sepvm")
 BASE_AGAINST=picker
 if [ -n "$BASELINE_WASM" ]; then
-  base_one_vm=false base_last=sluice.endpoint_picker
+  base_one_vm=false base_one_filter=false base_last=sluice.endpoint_picker
   [ -f "$BASELINE_WASM/sluice_filters.wasm" ] && base_one_vm=true
   if $base_one_vm && grep -q sluice.chain "$BASELINE_WASM/sluice_filters.wasm"; then
-    BASE_AGAINST=one_picker base_last=sluice.chain
+    BASE_AGAINST=one_picker base_one_filter=true base_last=sluice.chain
   fi
-  ONE_FILTER=$([ "$BASE_AGAINST" = one_picker ] && echo true || echo false) ONE_VM=$base_one_vm \
-    WASM_DIR=$BASELINE_WASM start_envoy baseline "$base_last" "$ENGINE_POOL"
+  ONE_FILTER=$base_one_filter ONE_VM=$base_one_vm WASM_DIR=$BASELINE_WASM \
+    start_envoy baseline "$base_last" "$ENGINE_POOL"
   targets+=("baseline:$PORT_baseline:$PID_baseline")
 fi
 

@@ -418,8 +418,6 @@ impl<T> PerSide<T> {
 struct HookReads {
     headers: PerSide<Option<HeaderList>>,
     bodies: PerSide<Option<BodyRead>>,
-    /// The size of Envoy's buffered body, when this hook delivered one.
-    body_len: PerSide<Option<usize>>,
     /// Filter state written by the members during this hook: name, value.
     written: SmallVec<[(String, Vec<u8>); 8]>,
 }
@@ -431,7 +429,7 @@ type HeaderList = Vec<(String, Vec<u8>)>;
 #[derive(Debug)]
 struct BodyRead {
     bytes: Vec<u8>,
-    /// `bytes` is all of the buffer.
+    /// `bytes` is all of the buffer: the host gave fewer bytes than were asked for.
     whole: bool,
 }
 
@@ -471,10 +469,9 @@ impl HookReads {
             }
         }
         let bytes = host.body(side, size);
-        let whole = bytes.len() < size || *self.body_len.get(side) == Some(bytes.len());
         *self.bodies.get_mut(side) = Some(BodyRead {
             bytes: bytes.clone(),
-            whole,
+            whole: bytes.len() < size,
         });
         bytes
     }
@@ -485,9 +482,6 @@ impl HookReads {
         let kept = self.bodies.get_mut(side).take();
         if !written {
             return;
-        }
-        if let Some(len) = self.body_len.get_mut(side) {
-            *len = len.saturating_sub(size).saturating_add(bytes.len());
         }
         *self.bodies.get_mut(side) = kept.and_then(|b| {
             let rest = match b.bytes.get(size..) {
@@ -607,9 +601,6 @@ impl ChainRequest {
 
     /// Give member `i` one hook through its view of `host`.
     fn call(&mut self, host: &mut dyn Host, i: usize, side: Side, step: Step) -> (Flow, Events) {
-        if let (Some(reads), Step::Body { offset, size, .. }) = (&mut self.reads, step) {
-            *reads.get_mut().body_len.get_mut(side) = Some(offset.saturating_add(size));
-        }
         let view = View {
             body: match step {
                 Step::Body { offset, .. } if offset > 0 => Some((side, offset)),
@@ -1007,6 +998,17 @@ impl<'a> MemberHost<'a> {
             kept.header_written(side);
         }
     }
+
+    /// `f` of `side`'s headers as kept for this hook (read from the host the first time),
+    /// when the chain keeps them.
+    fn with_kept_headers<R>(
+        &self,
+        side: Side,
+        f: impl FnOnce(&[(String, Vec<u8>)]) -> R,
+    ) -> Option<R> {
+        self.kept()
+            .map(|mut kept| f(kept.headers(&*self.inner, side)))
+    }
 }
 
 impl Host for MemberHost<'_> {
@@ -1021,10 +1023,9 @@ impl Host for MemberHost<'_> {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
                 .collect(),
-            None => match self.kept() {
-                Some(mut kept) => kept.headers(&*self.inner, side).to_vec(),
-                None => self.inner.headers(side),
-            },
+            None => self
+                .with_kept_headers(side, <[_]>::to_vec)
+                .unwrap_or_else(|| self.inner.headers(side)),
         }
     }
 
@@ -1038,37 +1039,37 @@ impl Host for MemberHost<'_> {
                     .collect();
                 f(&lent);
             }
-            None => match self.kept() {
-                Some(mut kept) => {
-                    let lent: SmallVec<[(&str, &[u8]); 16]> = kept
-                        .headers(&*self.inner, side)
+            None => {
+                let lent_kept = self.with_kept_headers(side, |headers| {
+                    let lent: SmallVec<[(&str, &[u8]); 16]> = headers
                         .iter()
                         .map(|(k, v)| (k.as_str(), v.as_slice()))
                         .collect();
                     f(&lent);
+                });
+                if lent_kept.is_none() {
+                    self.inner.with_headers(side, f);
                 }
-                None => self.inner.with_headers(side, f),
-            },
+            }
         }
     }
 
     fn header(&self, side: Side, name: &str) -> Option<String> {
         match self.reply_for(side) {
             Some(r) => r.find(name).map(str::to_owned),
-            None => match self.kept() {
-                Some(mut kept) => kept.header(&*self.inner, side, name),
-                None => self.inner.header(side, name),
-            },
+            None => self
+                .kept()
+                .map(|mut kept| kept.header(&*self.inner, side, name))
+                .unwrap_or_else(|| self.inner.header(side, name)),
         }
     }
 
     fn header_strings(&self, side: Side, names: &[&str]) -> Vec<Option<String>> {
         match self.reply_for(side) {
             Some(r) => names.iter().map(|n| r.find(n).map(str::to_owned)).collect(),
-            None => match self.kept() {
-                Some(mut kept) => named_strings(kept.headers(&*self.inner, side), names),
-                None => self.inner.header_strings(side, names),
-            },
+            None => self
+                .with_kept_headers(side, |headers| named_strings(headers, names))
+                .unwrap_or_else(|| self.inner.header_strings(side, names)),
         }
     }
 
