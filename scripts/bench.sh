@@ -165,7 +165,7 @@ rows = {name: summary(open(f"{work}/{name}.wrk").read())
         for name in ("direct", "bare", "nopii", "norouter", "chain", "wasm", "limits", "global")}
 print(f"bench: {secs}s per target, {conns} connections, Envoy --concurrency {conc}, ~2 KB chat POST")
 print(f"  chain: key-auth + rate-limit + model-router + pii-redaction + token-counter, key without limits, the {build} build;")
-print("  wasm: the same chain in Envoy's V8 (what the compose stack and Istio load);")
+print("  wasm: the same chain in Envoy's V8 (what Istio loads);")
 print("  nopii: the chain with pii-redaction scanning nothing; norouter: the chain without model-router;")
 print("  limits: same chain, key with")
 print("  rpm/tpm/max-parallel (local tier); global: the key's limits in sluice-ratelimit + Redis")

@@ -9,7 +9,7 @@
 # SLUICE_REDIS (redis://...; default: the rate-limit service keeps counters in memory),
 # SLUICE_STATE_DIR (.sluice),
 # SLUICE_BUILD (native: the filters as an Envoy dynamic module, no VM; or wasm: the same
-#   filters in Envoy's V8, as the compose stack and Istio load them; docs/architecture.md,
+#   filters in Envoy's V8, as Istio loads them; docs/architecture.md,
 #   "Two builds"),
 # SLUICE_SKIP_BUILD=1 to use what is built.
 set -euo pipefail
@@ -66,20 +66,9 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 echo $$ > "$STATE/run.pid"
 
-# The key file Envoy watches. Kept across runs, so keys you create survive a restart. Its
-# resource names the build's filter: a file of the other build is set aside as
-# key-auth.<build>.json (and brought back when that build runs again).
-key_file_build() { if grep -q DynamicModuleFilter "$1"; then echo native; else echo wasm; fi; }
-if [ -f "$SLUICE_KEY_FILE" ] && [ "$(key_file_build "$SLUICE_KEY_FILE")" != "$BUILD" ]; then
-  mv "$SLUICE_KEY_FILE" "$STATE/ecds/key-auth.$(key_file_build "$SLUICE_KEY_FILE").json"
-  if [ -f "$STATE/ecds/key-auth.$BUILD.json" ]; then
-    mv "$STATE/ecds/key-auth.$BUILD.json" "$SLUICE_KEY_FILE"
-  fi
-fi
-if [ ! -f "$SLUICE_KEY_FILE" ]; then
-  "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$SLUICE_KEY_FILE" \
-    -s "wasm_dir=$ROOT/target/wasm" "${build_vars[@]}" -s 'key_auth_config={"keys":[]}'
-fi
+# The key file Envoy watches. Kept across runs, so keys you create survive a restart (and a
+# switch of SLUICE_BUILD: key_file_render, scripts/lib/common.sh).
+key_file_render "$SLUICE" "$SLUICE_KEY_FILE" "$BUILD" -s "wasm_dir=$ROOT/target/wasm" "${build_vars[@]}"
 if [ ! -s "$STATE/demo-key" ] || ! "$SLUICE" keys list | grep -q '^key_demo '; then
   "$SLUICE" keys revoke key_demo 2>/dev/null || true
   ( umask 077; "$SLUICE" keys create --tenant demo --id key_demo 2>/dev/null > "$STATE/demo-key" )

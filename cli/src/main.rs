@@ -101,6 +101,13 @@ enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print the key-auth configuration the key file holds, as JSON: keys by digest, and the
+    /// batch secret if one is set. For rendering it into another form of the deployment:
+    /// `sluice render envoy/ecds/key-auth.json.j2 ... -s key_auth_config="$(sluice keys config)"`.
+    Config {
+        #[command(flatten)]
+        file: KeyFileArg,
+    },
     /// Remove a key: requests with it get 401 once Envoy reloads (about 2 s).
     Revoke {
         #[command(flatten)]
@@ -222,6 +229,11 @@ fn keys(cmd: KeysCommand) -> Result<()> {
                     serde_json::to_string(&k.limits)?
                 );
             }
+            Ok(())
+        }
+        KeysCommand::Config { file } => {
+            let kf = KeyFile::load(&file.key_file)?;
+            println!("{}", serde_json::to_string(&kf.config)?);
             Ok(())
         }
         KeysCommand::Revoke { file, id } => edit(&file, &id, |keys, i| {

@@ -88,3 +88,18 @@ build_bench_envoys() {
 
 # median: the median of the numbers on stdin, separated by spaces or newlines.
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# The key file Envoy watches: an ECDS resource naming its build's filter (a wasm filter or
+# the dynamic module). key_file_render SLUICE FILE BUILD RENDER_VARS...: with no FILE, render
+# one with no keys; with a FILE of the other build, render it again for BUILD with the keys
+# and batch secret it holds (`sluice keys config`), so keys survive a switch of builds.
+key_file_build() { if grep -q DynamicModuleFilter "$1"; then echo native; else echo wasm; fi; }
+key_file_render() {
+  local sluice=$1 file=$2 build=$3 config='{"keys":[]}'
+  shift 3
+  if [ -f "$file" ]; then
+    [ "$(key_file_build "$file")" != "$build" ] || return 0
+    config=$("$sluice" keys config --key-file "$file")
+  fi
+  "$sluice" render envoy/ecds/key-auth.json.j2 -o "$file" "$@" -s "key_auth_config=$config"
+}

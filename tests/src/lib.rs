@@ -304,8 +304,8 @@ pub struct StackOptions {
     pub cache_service: bool,
     pub cache_redis: Option<String>,
     /// The filters from sluice-native's dynamic module (the template's `native`, what
-    /// `scripts/run.sh` loads), or else the wasm module (what the compose stack and Istio
-    /// load). By default native; `SLUICE_E2E_BUILD=wasm` runs a suite against the wasm
+    /// `scripts/run.sh` and the compose stack load), or else the wasm module (what Istio
+    /// loads). By default native; `SLUICE_E2E_BUILD=wasm` runs a suite against the wasm
     /// build.
     pub native: bool,
 }

@@ -269,6 +269,18 @@ async fn keys_added_and_revoked_with_the_cli_take_effect_without_restart() {
     eprintln!("new key accepted after {:?}", started.elapsed());
     let listed = s.cli(&["keys", "list"]);
     assert!(listed.contains("key_hot") && !listed.contains(&secret));
+    // The configuration as the filter reads it (what a switch of builds renders again): the
+    // key by its digest, never its secret.
+    let printed = s.cli(&["keys", "config"]);
+    let config: KeyAuthConfig = serde_json::from_str(&printed).unwrap();
+    assert!(
+        config
+            .keys
+            .iter()
+            .any(|k| k.id == "key_hot" && k.sha256.len() == 64),
+        "{printed}"
+    );
+    assert!(!printed.contains(&secret));
 
     // A slow stream is in flight with the key while the key is revoked: it completes.
     s.pool("pool-a")
