@@ -60,8 +60,8 @@ export SLUICE_ENGINE_DIR SLUICE_REQUIRE_ENGINE=1
 
 step "unit and end-to-end tests, native and wasm builds (real Envoy: $ROOT/.venv/bin/envoy; real engine: $SLUICE_ENGINE_DIR)"
 export ENVOY_BIN="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
-# Every test binary runs against the native build (what scripts/run.sh loads); the compose
-# stack and Istio load the wasm build (docs/architecture.md, "Two builds"): the --wasm-suite
+# Every test binary runs against the native build (what scripts/run.sh and the compose
+# stack load); Istio loads the wasm build (docs/architecture.md, "Two builds"): the --wasm-suite
 # suites run once more with each filter in Envoy's V8 (SLUICE_E2E_BUILD=wasm) — the ones
 # that exercise what the wasm host does differently: ECDS key rotation, body rewriting,
 # callouts from requests and from the root context, its timer and per-VM handoff queues
