@@ -23,9 +23,7 @@ NATIVE_MODULE=${NATIVE_MODULE:-$ROOT/target/release/examples/libnative_filters.s
 mkdir -p "$work/keys/native"
 "$SLUICE" render envoy/ecds/key-auth.json.j2 -o "$work/keys/native/key-auth.json" \
   -s "wasm_dir=$ROOT/target/wasm" -s native=true -s "native_module=$NATIVE_MODULE" \
-  -s "key_auth_config=$("$PY" -c 'import json, sys
-print(json.load(open(sys.argv[1]))["resources"][0]["typed_config"]["config"]["configuration"]["value"])' \
-    "$work/keys/ecds/key-auth.json")"
+  -s "key_auth_config=$("$SLUICE" keys config --key-file "$work/keys/ecds/key-auth.json")"
 
 ROUTER_CONFIG='{"models":{"mock-model":{"targets":[{"pool":"pool-a","model":"org/mock-model-8b"}]}}}'
 # As scripts/run.sh configures it: chat without temperature 0 or a seed is not cached
