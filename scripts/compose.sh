@@ -19,7 +19,9 @@ case "$BUILD" in
 esac
 if [ "${1:-}" != --render-only ]; then
   scripts/setup.sh
-  if [ "$BUILD" = wasm ]; then scripts/build.sh; fi
+  # The wasm build is mounted from here; the native one is built into the image. Either way
+  # the CLI that renders and edits the key file is this checkout's.
+  if [ "$BUILD" = wasm ]; then scripts/build.sh; else cargo build --quiet --release -p sluice-cli; fi
 fi
 SLUICE=target/release/sluice
 [ -x "$SLUICE" ] || cargo build --quiet --release -p sluice-cli
