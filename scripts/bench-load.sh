@@ -8,12 +8,15 @@
 # reads were kept for a hook (the probe's `chain` mode: no work, holding both sides as the
 # body filters do); the chain as the template runs it, in V8 and natively. Medians of the
 # rounds. With BENCH_PERF=1, a perf profile of the V8 chain under load split by where the
-# CPU went (needs perf).
+# CPU went (needs perf). With BENCH_LAYOUTS=1, instead: the native chain with the filters
+# after the buffer as one Envoy filter against each its own, two Envoys of each (two Envoys
+# of one build differ under load by as much as the layouts might).
 #
 #     scripts/bench-load.sh
+#     BENCH_LAYOUTS=1 BENCH_ROUNDS=5 BENCH_SECONDS=5 scripts/bench-load.sh
 #
 # Environment: BENCH_ROUNDS (3), BENCH_SECONDS (6), BENCH_CONNECTIONS (32),
-# BENCH_ENVOY_CONCURRENCY (2), BENCH_PROMPT_BYTES (2000), BENCH_PERF (0).
+# BENCH_ENVOY_CONCURRENCY (2), BENCH_PROMPT_BYTES (2000), BENCH_PERF (0), BENCH_LAYOUTS (0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -26,13 +29,33 @@ ENVOY_CONCURRENCY=${BENCH_ENVOY_CONCURRENCY:-2}
 build_bench_envoys
 . scripts/lib/chain-envoys.sh
 
-start_envoy bare none "$PLAIN_POOL"
-start_envoy noop1 noop:1 "$PLAIN_POOL"
-start_envoy noop3 noop:3 "$PLAIN_POOL"
-start_envoy calls probe:chain:1 "$PLAIN_POOL"
-ONE_FILTER=true start_envoy one sluice.chain "$PLAIN_POOL"
-NATIVE=true ONE_FILTER=true start_envoy native_one sluice.chain "$PLAIN_POOL"
-ROWS=(bare noop1 noop3 calls one native_one)
+declare -A what=(
+  [bare]="bare Envoy 1.40"
+  [noop1]="one wasm filter that does nothing"
+  [noop3]="three (the wasm build's number of filters)"
+  [calls]="one filter making the chain's 72 host calls"
+  [one]="the chain in V8 (the template's default)"
+  [native_one]="the chain natively (dynamic module)"
+  [apart_a]="natively, each filter its own: Envoy A"
+  [one_a]="natively, as one filter: Envoy A"
+  [apart_b]="natively, each filter its own: Envoy B"
+  [one_b]="natively, as one filter: Envoy B"
+)
+if [ "${BENCH_LAYOUTS:-0}" = 1 ]; then
+  for e in a b; do
+    NATIVE=true start_envoy "apart_$e" sluice.rate_limit.tokens "$PLAIN_POOL"
+    NATIVE=true ONE_FILTER=true start_envoy "one_$e" sluice.chain "$PLAIN_POOL"
+  done
+  ROWS=(apart_a one_a apart_b one_b)
+else
+  start_envoy bare none "$PLAIN_POOL"
+  start_envoy noop1 noop:1 "$PLAIN_POOL"
+  start_envoy noop3 noop:3 "$PLAIN_POOL"
+  start_envoy calls probe:chain:1 "$PLAIN_POOL"
+  ONE_FILTER=true start_envoy one sluice.chain "$PLAIN_POOL"
+  NATIVE=true ONE_FILTER=true start_envoy native_one sluice.chain "$PLAIN_POOL"
+  ROWS=(bare noop1 noop3 calls one native_one)
+fi
 "$PY" scripts/lib/chat-body.py "$work/body.json" "${BENCH_PROMPT_BYTES:-2000}"
 export BENCH_BODY=$work/body.json BENCH_KEY=$KEY BENCH_FRESH=0
 
@@ -60,18 +83,11 @@ echo "bench-load: $(stat -c %s "$work/body.json")-byte chat, wrk at $CONNS conne
   "$SECONDS_PER_RUN s (medians); Envoy --concurrency $ENVOY_CONCURRENCY, its CPU over the run a request"
 printf '| %-44s | %10s | %14s |\n' row "req/s" "Envoy CPU/req"
 printf '|%s|%s|%s|\n' "----------------------------------------------" "------------" "----------------"
-declare -A what=(
-  [bare]="bare Envoy 1.40"
-  [noop1]="one wasm filter that does nothing"
-  [noop3]="three (the wasm build's number of filters)"
-  [calls]="one filter making the chain's 72 host calls"
-  [one]="the chain in V8 (the template's default)"
-  [native_one]="the chain natively (dynamic module)"
-)
 for name in "${ROWS[@]}"; do
   rps[$name]=$(median <<<"${rps[$name]}") cpu[$name]=$(median <<<"${cpu[$name]}")
   printf '| %-44s | %10.0f | %11.1f us |\n' "${what[$name]}" "${rps[$name]}" "${cpu[$name]}"
 done
+[ "${BENCH_LAYOUTS:-0}" = 1 ] && exit 0
 awk -v b="${cpu[bare]}" -v n1="${cpu[noop1]}" -v n3="${cpu[noop3]}" -v c="${cpu[calls]}" \
   -v o="${cpu[one]}" -v nat="${cpu[native_one]}" -v rb="${rps[bare]}" -v ro="${rps[one]}" \
   -v rn="${rps[native_one]}" 'BEGIN {
