@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The same POST load (a ~2 KB chat body) direct to the mock backend, through bare Envoy
 # (same config, no Sluice wasm filters) and through the Sluice filter chain. Prints
-# requests/s and p50/p99 latency for each, and the differences and ratios.
+# requests/s and p50/p99 latency for each, and the differences and ratios; then, one
+# request at a time, what single filters add, large prompts (pii-redaction and the whole
+# chain on a 100 KB prompt, the tokenizer on 512 KB, endpoint-picker on 200 KB), and the
+# tokenizer, pii-redaction and sluice-ratelimit outside Envoy.
 #
 # Numbers on a shared 2-core machine are noisy: compare the rows of one run, not runs.
 # The chain is the build scripts/run.sh loads (BENCH_BUILD, default native: the filters as
-# an Envoy dynamic module); the "wasm" row is the same chain in Envoy's V8, as the compose
-# stack and Istio load it.
+# an Envoy dynamic module; the compose stack's too); the "wasm" row is the same chain in
+# Envoy's V8, as Istio loads it.
 # Environment: BENCH_SECONDS (10), BENCH_CONNECTIONS (16), BENCH_THREADS (1),
 # BENCH_ENVOY_CONCURRENCY (1), BENCH_BUILD (native or wasm).
 set -euo pipefail
@@ -257,6 +260,15 @@ read -r off_ms on_ms < <(paired_ms "$NOPII_PORT" "$CHAIN_PORT" "$work/pii.json")
 echo
 echo "pii-redaction in Envoy: $(stat -c %s "$work/pii.json")-byte prompt (every entity redacted):" \
   "off ${off_ms} ms, on ${on_ms} ms -> +$(awk -v a="$off_ms" -v b="$on_ms" 'BEGIN { printf "%.2f", b - a }') ms"
+# The whole chain on that prompt, a new one every request (nothing remembered: parsed,
+# scanned and redacted, counted), against bare Envoy: issue 18's "a 100 KB prompt".
+chain_added() { # port key -> "bare X ms, chain Y ms -> +Z ms" (41 alternating pairs)
+  ALTERNATE_FRESH=1 .venv/bin/python scripts/lib/alternate.py "$work/pii.json" "$2" 41 3 \
+    bare:"$BARE_PORT" chain:"$1" |
+    awk '{ ms[$1] = $2 / 1000 } END { printf "bare %.2f ms, chain %.2f ms -> %+.2f ms", ms["bare"], ms["chain"], ms["chain"] - ms["bare"] }'
+}
+echo "the whole chain on it, a new prompt every request: the $BUILD build $(chain_added "$CHAIN_PORT" "$KEY");" \
+  "in V8 $(chain_added "$WASM_PORT" "$WKEY")"
 # endpoint-picker on a 200 KB prompt (its prompt read and prefix index are linear in size).
 .venv/bin/python - "$work/picker.json" <<'PY'
 import json, sys

@@ -49,6 +49,7 @@ target/release/sluice render envoy/istio/destinationrules.yaml.j2 -o "$deploy/de
   -s 'pools=[{"name":"pool-small"},{"name":"pool-large","lb":"maglev"},{"name":"pool-ring","lb":"ring_hash"}]'
 .venv/bin/python tests/deploy/check_istio_locality.py target/release/sluice "$deploy"
 .venv/bin/python tests/deploy/validate_istio.py "$crds" "$deploy"/*.yaml
+.venv/bin/python tests/deploy/check_istio_chain.py "$deploy"
 scripts/compose.sh --render-only >/dev/null
 docker-compose -f docker-compose.yml config -q
 .venv/bin/python tests/deploy/check_compose.py "$ROOT" "$ROOT/.venv/bin/envoy"

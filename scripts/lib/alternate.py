@@ -15,6 +15,10 @@ always follows the same other. That does not make two processes equal: two Envoy
 build can still differ by tens of microseconds of CPU a request (docs/benchmarks.md,
 "Comparing two builds"); compare two Envoys of each build.
 
+With ALTERNATE_FRESH=1 every request's prompt is new (a number put before the first
+message's text), so nothing about it can be remembered between requests (as wrk's
+BENCH_FRESH in scripts/lib/post.lua).
+
     alternate.py BODY_FILE KEY ROUNDS WARMUP_ROUNDS name:port[:pid] [name:port[:pid] ...]
 """
 import http.client
@@ -23,6 +27,10 @@ import random
 import statistics
 import sys
 import time
+
+
+# Where a new prompt's number goes: the first message's text, as json.dump writes it.
+CONTENT = b'"content": "'
 
 
 def cpu_ns(pid: str) -> int:
@@ -39,6 +47,10 @@ def cpu_ns(pid: str) -> int:
 
 def main() -> None:
     body = open(sys.argv[1], "rb").read()
+    fresh = os.getenv("ALTERNATE_FRESH") == "1"
+    if fresh and CONTENT not in body:
+        sys.exit(f"alternate: ALTERNATE_FRESH needs {CONTENT!r} in the body")
+    sent = 0
     key, rounds, warmup = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     targets = [(t.split(":") + [None])[:3] for t in sys.argv[5:]]
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
@@ -52,8 +64,10 @@ def main() -> None:
             cpu = {name: cpu_ns(pid) for name, _, pid in targets if pid}
         shuffle(order)
         for name, _, _ in order:
+            sent += 1
+            data = body.replace(CONTENT, CONTENT + b"%d " % sent, 1) if fresh else body
             t0 = time.perf_counter_ns()
-            conns[name].request("POST", "/v1/chat/completions", body, headers)
+            conns[name].request("POST", "/v1/chat/completions", data, headers)
             r = conns[name].getresponse()
             r.read()
             elapsed_us = (time.perf_counter_ns() - t0) / 1000
