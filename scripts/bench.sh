@@ -251,21 +251,24 @@ json.dump({"model": "mock-model", "max_tokens": 1,
            "messages": [{"role": "user", "content": "".join(parts)}]}, open(sys.argv[1], "w"))
 PY
 # Requests alternate between the two Envoys (41 each), so the machine's drift hits both alike.
-paired_ms() { # port_off port_on body -> "median_off median_on" in ms (41 alternating pairs)
-  .venv/bin/python scripts/lib/alternate.py "$3" "$KEY" 41 0 off:"$1" on:"$2" |
+# With ALTERNATE_FRESH=1 in its environment, a new prompt every request (alternate.py).
+paired_ms() { # port_off port_on body [key] -> "median_off median_on" in ms (41 alternating pairs)
+  .venv/bin/python scripts/lib/alternate.py "$3" "${4:-$KEY}" 41 0 off:"$1" on:"$2" |
     awk '{ ms[$1] = $2 / 1000 } END { printf "%.2f %.2f\n", ms["off"], ms["on"] }'
 }
+added_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.2f", b - a }'; } # off on -> on - off
 paired_ms "$NOPII_PORT" "$CHAIN_PORT" "$work/pii.json" >/dev/null   # warm up
 read -r off_ms on_ms < <(paired_ms "$NOPII_PORT" "$CHAIN_PORT" "$work/pii.json")
 echo
 echo "pii-redaction in Envoy: $(stat -c %s "$work/pii.json")-byte prompt (every entity redacted):" \
-  "off ${off_ms} ms, on ${on_ms} ms -> +$(awk -v a="$off_ms" -v b="$on_ms" 'BEGIN { printf "%.2f", b - a }') ms"
+  "off ${off_ms} ms, on ${on_ms} ms -> $(added_ms "$off_ms" "$on_ms") ms"
 # The whole chain on that prompt, a new one every request (nothing remembered: parsed,
 # scanned and redacted, counted), against bare Envoy: issue 18's "a 100 KB prompt".
-chain_added() { # port key -> "bare X ms, chain Y ms -> +Z ms" (41 alternating pairs)
-  ALTERNATE_FRESH=1 .venv/bin/python scripts/lib/alternate.py "$work/pii.json" "$2" 41 3 \
-    bare:"$BARE_PORT" chain:"$1" |
-    awk '{ ms[$1] = $2 / 1000 } END { printf "bare %.2f ms, chain %.2f ms -> %+.2f ms", ms["bare"], ms["chain"], ms["chain"] - ms["bare"] }'
+chain_added() { # port key -> "bare X ms, chain Y ms -> +Z ms"
+  local bare chain
+  ALTERNATE_FRESH=1 paired_ms "$BARE_PORT" "$1" "$work/pii.json" "$2" >/dev/null # warm up
+  read -r bare chain < <(ALTERNATE_FRESH=1 paired_ms "$BARE_PORT" "$1" "$work/pii.json" "$2")
+  echo "bare $bare ms, chain $chain ms -> $(added_ms "$bare" "$chain") ms"
 }
 echo "the whole chain on it, a new prompt every request: the $BUILD build $(chain_added "$CHAIN_PORT" "$KEY");" \
   "in V8 $(chain_added "$WASM_PORT" "$WKEY")"
@@ -279,7 +282,7 @@ PY
 paired_ms "$CHAIN_PORT" "$PICKER_PORT" "$work/picker.json" >/dev/null   # warm up
 read -r off_ms on_ms < <(paired_ms "$CHAIN_PORT" "$PICKER_PORT" "$work/picker.json")
 echo "endpoint-picker in Envoy: $(stat -c %s "$work/picker.json")-byte prompt:" \
-  "without ${off_ms} ms, with ${on_ms} ms -> +$(awk -v a="$off_ms" -v b="$on_ms" 'BEGIN { printf "%.2f", b - a }') ms"
+  "without ${off_ms} ms, with ${on_ms} ms -> $(added_ms "$off_ms" "$on_ms") ms"
 cargo build --quiet --profile wasm-release -p sluice-pii-redaction --no-default-features \
   --example throughput --target wasm32-wasip1
 echo "pii-redaction in V8 (Node WASI): $(node --no-warnings scripts/lib/wasi-run.mjs \

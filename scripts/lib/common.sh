@@ -74,13 +74,12 @@ scratch_dir() {
 }
 
 # What the chain benchmarks (scripts/bench-chain.sh, scripts/bench-load.sh) start their
-# Envoys from: the filters, the wasm no-op and probe filters, the seven filters as a dynamic
-# module (build.sh builds the native probe). Sets NOOP_WASM, PROBE_WASM and ENVOY.
+# Envoys from: the filters in both builds and the native probe (build.sh), the wasm no-op
+# and probe filters. Sets NOOP_WASM, PROBE_WASM and ENVOY.
 build_bench_envoys() {
   scripts/setup.sh >/dev/null
   scripts/build.sh >/dev/null
   cargo build --quiet --profile wasm-release --target wasm32-wasip1 -p sluice-proxy --example noop --example probe
-  cargo build --quiet --release -p sluice-native --example native_filters
   NOOP_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/noop.wasm
   PROBE_WASM=$ROOT/target/wasm32-wasip1/wasm-release/examples/probe.wasm
   ENVOY="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
